@@ -1,0 +1,1 @@
+"""TreeDrive: a peer-to-peer file-sharing node."""

@@ -1,0 +1,3 @@
+from treedrive.cli import main
+
+main()

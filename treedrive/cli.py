@@ -1,0 +1,356 @@
+"""The ``treedrive`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from treedrive.app import AlreadyRunning, running_node, serve_until_stopped
+from treedrive.core.config import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_P2P_PORT,
+    Address,
+    NodeConfig,
+    default_data_root,
+)
+from treedrive.core.node import Node
+from treedrive.core.plugins import Plugins, make_plugin_manager
+from treedrive.shell import ExitShell, Shell
+from treedrive.store import Store
+
+log = logging.getLogger("treedrive")
+
+PORT = click.IntRange(0, 65535)
+SECONDS = click.FloatRange(min=0.01)
+
+
+def resolve_data_dir(data_dir: Path | None, peer_id: str | None) -> Path:
+    """The data dir: given, or one per peer id under the user's data folder."""
+    if data_dir is not None:
+        return data_dir
+    return default_data_root() / (peer_id or "default")
+
+
+def setup_logging(level: str, data_dir: Path | None = None) -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    root.setLevel(level)
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    root.addHandler(stderr)
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(data_dir / "node.log")
+        to_file.setFormatter(logging.Formatter(fmt))
+        root.addHandler(to_file)
+
+
+def env(name: str) -> str:
+    return f"TREEDRIVE_{name}"
+
+
+class TreeDriveGroup(click.Group):
+    """Adds the commands that plugins register (``treedrive_cli_commands``)."""
+
+    _plugin_commands: dict[str, click.Command] | None = None
+
+    def _extra(self) -> dict[str, click.Command]:
+        if self._plugin_commands is None:
+            plugins = Plugins(make_plugin_manager())
+            found: dict[str, click.Command] = {}
+            for commands in plugins.collect("treedrive_cli_commands"):
+                for command in commands:
+                    if isinstance(command, click.Command) and command.name:
+                        found.setdefault(command.name, command)
+            self._plugin_commands = found
+        return self._plugin_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._extra()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._extra().get(cmd_name)
+
+
+@click.group(cls=TreeDriveGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="treedrive")
+def cli() -> None:
+    """TreeDrive: a peer-to-peer file-sharing node."""
+
+
+@cli.command()
+@click.argument("positional", nargs=-1, metavar="[PEER_ID [HOST [P2P_PORT [HTTP_PORT]]]]")
+@click.option(
+    "--peer-id",
+    envvar=env("PEER_ID"),
+    show_envvar=True,
+    help="This node's id on the network (default: the one stored in the data dir, or a new one).",
+)
+@click.option(
+    "--host",
+    envvar=env("HOST"),
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on and to give peers.",
+)
+@click.option(
+    "--port",
+    envvar=env("PORT"),
+    show_envvar=True,
+    type=PORT,
+    default=DEFAULT_P2P_PORT,
+    show_default=True,
+    help="P2P (TCP) port; 0 = any free.",
+)
+@click.option(
+    "--http-port",
+    envvar=env("HTTP_PORT"),
+    show_envvar=True,
+    type=PORT,
+    default=DEFAULT_HTTP_PORT,
+    show_default=True,
+    help="Dashboard/API port; 0 = any free.",
+)
+@click.option(
+    "--bootstrap",
+    envvar=env("BOOTSTRAP"),
+    show_envvar=True,
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A well-known host to join through (repeatable).",
+)
+@click.option(
+    "--data-dir",
+    envvar=env("DATA_DIR"),
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the database and files live (default: per peer id under $XDG_DATA_HOME/treedrive).",
+)
+@click.option(
+    "--gossip-interval",
+    envvar=env("GOSSIP_INTERVAL"),
+    show_envvar=True,
+    type=SECONDS,
+    default=30.0,
+    show_default=True,
+    help="Seconds between gossips.",
+)
+@click.option(
+    "--peer-timeout",
+    envvar=env("PEER_TIMEOUT"),
+    show_envvar=True,
+    type=SECONDS,
+    default=60.0,
+    show_default=True,
+    help="Seconds of silence after which a peer is dropped.",
+)
+@click.option(
+    "--cleanup-interval",
+    envvar=env("CLEANUP_INTERVAL"),
+    show_envvar=True,
+    type=SECONDS,
+    default=10.0,
+    show_default=True,
+    help="Seconds between sweeps for silent peers.",
+)
+@click.option(
+    "--join-delay",
+    envvar=env("JOIN_DELAY"),
+    show_envvar=True,
+    type=click.FloatRange(0),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for gossip replies before fetching files on join.",
+)
+@click.option(
+    "--download-limit",
+    envvar=env("DOWNLOAD_LIMIT"),
+    show_envvar=True,
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Files to fetch on join.",
+)
+@click.option(
+    "--shell/--no-shell",
+    "shell",
+    envvar=env("SHELL"),
+    show_envvar=True,
+    default=None,
+    help="Offer the interactive shell (default: when in a terminal).",
+)
+@click.option(
+    "--log-level",
+    envvar=env("LOG_LEVEL"),
+    show_envvar=True,
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    show_default=True,
+)
+def run(
+    positional: Sequence[str],
+    peer_id: str | None,
+    host: str,
+    port: int,
+    http_port: int,
+    bootstrap: Sequence[str],
+    data_dir: Path | None,
+    gossip_interval: float,
+    peer_timeout: float,
+    cleanup_interval: float,
+    join_delay: float,
+    download_limit: int,
+    shell: bool | None,
+    log_level: str,
+) -> None:
+    """Run a node: P2P listener, gossip, dashboard, and (in a terminal) the shell.
+
+    The seed's form also works: treedrive run PEER_ID [HOST [P2P_PORT [HTTP_PORT]]].
+    """
+    if len(positional) > 4:
+        raise click.UsageError("at most PEER_ID HOST P2P_PORT HTTP_PORT")
+    names = ("peer id", "host", "P2P port", "HTTP port")
+    values: list[Any] = list(positional)
+    for i in (2, 3):
+        if len(values) > i:
+            try:
+                values[i] = PORT.convert(values[i], None, None)
+            except click.BadParameter as exc:
+                raise click.BadParameter(str(exc), param_hint=names[i]) from None
+    peer_id = values[0] if len(values) > 0 else peer_id
+    host = values[1] if len(values) > 1 else host
+    port = values[2] if len(values) > 2 else port
+    http_port = values[3] if len(values) > 3 else http_port
+    try:
+        boot = tuple(Address.parse(b) for b in bootstrap)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+    data = resolve_data_dir(data_dir, peer_id)
+    config = NodeConfig(
+        data_dir=data,
+        peer_id=peer_id,
+        host=host,
+        port=port,
+        http_port=http_port,
+        bootstrap=boot,
+        gossip_interval=gossip_interval,
+        peer_timeout=peer_timeout,
+        cleanup_interval=min(cleanup_interval, peer_timeout),
+        join_delay=join_delay,
+        download_limit=download_limit,
+    )
+    if shell is None:
+        shell = sys.stdin.isatty()
+    setup_logging(log_level, data)
+    try:
+        asyncio.run(_run(config, shell))
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the node: {exc}") from None
+
+
+async def _run(config: NodeConfig, with_shell: bool) -> None:
+    stop = asyncio.Event()
+    async with running_node(config) as node:
+        click.echo(
+            f"TreeDrive node {node.peer_id} on {node.host}:{node.port} (data: {config.data_dir})",
+            err=True,
+        )
+        if node.http_url:
+            click.echo(f"dashboard: {node.http_url}", err=True)
+        if with_shell:
+            _start_shell(node, stop)
+        await serve_until_stopped(node, stop)
+    click.echo("stopped", err=True)
+
+
+def _start_shell(node: Node, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    sh = Shell(node)
+
+    def repl() -> None:
+        interactive = sys.stdin.isatty()
+        while not stop.is_set():
+            try:
+                line = input(f"{node.peer_id}> " if interactive else "")
+            except (EOFError, KeyboardInterrupt):
+                break
+            future = asyncio.run_coroutine_threadsafe(sh.execute(line), loop)
+            try:
+                out = future.result()
+            except ExitShell:
+                break
+            except Exception as exc:  # the shell never dies of one command
+                out = f"error: {exc}"
+            if out:
+                print(out, flush=True)
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=repl, name="shell", daemon=True).start()
+
+
+# -- db -------------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Manage a node's database schema."""
+
+
+def _data_dir_option(f: Any) -> Any:
+    f = click.option(
+        "--data-dir",
+        envvar=env("DATA_DIR"),
+        show_envvar=True,
+        type=click.Path(file_okay=False, path_type=Path),
+    )(f)
+    return click.option("--peer-id", envvar=env("PEER_ID"), show_envvar=True)(f)
+
+
+@db.command("upgrade")
+@_data_dir_option
+def db_upgrade(data_dir: Path | None, peer_id: str | None) -> None:
+    """Apply every pending migration (a node does this at start)."""
+    store = Store(resolve_data_dir(data_dir, peer_id))
+    before = store.current_revision()
+    store.upgrade()
+    click.echo(f"{store.db_path}: {before or '(empty)'} -> {store.current_revision()}")
+
+
+@db.command("current")
+@_data_dir_option
+def db_current(data_dir: Path | None, peer_id: str | None) -> None:
+    """Show the schema revision of the database."""
+    store = Store(resolve_data_dir(data_dir, peer_id))
+    current, head = store.current_revision(), store.head_revision()
+    state = "up to date" if current == head else f"behind (head is {head})"
+    click.echo(f"{store.db_path}: {current or '(empty)'} — {state}")
+
+
+@db.command("history")
+def db_history() -> None:
+    """List the migrations, newest first."""
+    from alembic.script import ScriptDirectory
+
+    from treedrive.store.db import alembic_config
+
+    for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions():
+        click.echo(f"{rev.revision}  {rev.doc}")
+
+
+@cli.command("plugins")
+def plugins_cmd() -> None:
+    """List the plugins that are loaded."""
+    for name, source in Plugins(make_plugin_manager()).names():
+        click.echo(f"{name}  ({source})")
+
+
+def main() -> None:
+    cli(auto_envvar_prefix="TREEDRIVE")

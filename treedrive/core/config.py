@@ -1,0 +1,56 @@
+"""The node's settings, with the class network's defaults (PROTOCOL.md 1.10)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_P2P_PORT = 8270
+DEFAULT_HTTP_PORT = 8280
+
+
+def default_data_root() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "treedrive"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: Path
+    peer_id: str | None = None
+    """None: the identity stored in the data dir, or a new one made at first start."""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_P2P_PORT
+    http_port: int | None = DEFAULT_HTTP_PORT
+    """None: no web server."""
+    bootstrap: tuple[Address, ...] = ()
+    gossip_interval: float = 30.0
+    peer_timeout: float = 60.0
+    cleanup_interval: float = 10.0
+    join_delay: float = 3.0
+    """How long a new node waits for gossip replies before it fetches files."""
+    download_limit: int = 3
+    fanout: int = 3
+    connect_timeout: float = 5.0
+    reply_timeout: float = 30.0
+    """How long to wait for a FILE_DATA answer (and between reads of a long one)."""
+    max_connections: int = 256
+    extra: dict[str, str] = field(default_factory=dict)
+    """Settings for plugins (e.g. the web server's upload cap), by name."""

@@ -1,0 +1,21 @@
+"""Errors the node's commands raise, each with a message meant for the user."""
+
+
+class NodeError(Exception):
+    """A command could not be done; ``str(error)`` says why."""
+
+
+class NotFound(NodeError):
+    pass
+
+
+class NotOwner(NodeError):
+    pass
+
+
+class FetchFailed(NodeError):
+    pass
+
+
+class TransferError(Exception):
+    """A transfer with one peer failed (connection, timeout, malformed answer)."""

@@ -1,0 +1,623 @@
+"""The node: the classic protocol's behaviour (PROTOCOL.md part 1) and the user's commands.
+
+Every change goes through one unit of work and its events are published to plugins only after
+the commit. Network sends run as tracked background tasks so a slow peer never stalls the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from treedrive.core.config import NodeConfig
+from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, TransferError
+from treedrive.core.events import (
+    Event,
+    FileAdvertised,
+    FileDeleted,
+    FileRefused,
+    FileStored,
+    PeerExpired,
+    PeerSeen,
+    TransferFinished,
+    TransferProgress,
+)
+from treedrive.core.messages import (
+    Announce,
+    Delete,
+    FileData,
+    Gossip,
+    GossipReply,
+    Message,
+)
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.plugins import Plugins
+from treedrive.core.ports import FileSink, Network
+from treedrive.store import BlobWriter, Store, VerificationError
+from treedrive.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+SEEN_IDS = 10_000
+PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
+RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one peer about one deleted file
+
+
+def new_peer_id() -> str:
+    return f"td-{secrets.token_hex(4)}"
+
+
+def features_of(extra: Any) -> frozenset[str] | None:
+    """The TreeDrive features a GOSSIP/GOSSIP_REPLY advertises; None for a classic peer."""
+    ext = extra.get("treedrive") if hasattr(extra, "get") else None
+    if not isinstance(ext, dict):
+        return None
+    feats = ext.get("features")
+    if not isinstance(feats, list):
+        return frozenset()
+    return frozenset(f for f in feats if isinstance(f, str))
+
+
+class Node:
+    """One TreeDrive node. Build it with :func:`treedrive.app.build_node`."""
+
+    features: frozenset[str] = frozenset()
+
+    def __init__(
+        self, config: NodeConfig, store: Store, plugins: Plugins, network: Network
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.plugins = plugins
+        self.network = network
+        self.peer_id = config.peer_id or ""
+        self.host = config.host
+        self.port = config.port
+        self.started_at = time.time()
+        self.http_url: str | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fetching: dict[str, asyncio.Future[CatalogEntry]] = {}
+        self._relayed: dict[tuple[str, str], float] = {}
+        self._stopping = asyncio.Event()
+        self.joined = asyncio.Event()
+        """Set once the join-time downloads are done (or skipped)."""
+
+    # -- life cycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._recover()
+        self.host, self.port = await self.network.start(self)
+        await self.plugins.notify("treedrive_startup", within=30, node=self)
+        log.info("node %s listening on %s:%d", self.peer_id, self.host, self.port)
+        self._spawn(self._gossip_loop(), "gossip")
+        self._spawn(self._cleanup_loop(), "cleanup")
+        self._spawn(self._join(), "join")
+
+    def _recover(self) -> None:
+        """Make the store consistent after whatever stopped the node last time."""
+        now = time.time()
+        removed = self.store.blobs.clean_partials()
+        with self.transaction() as uow:
+            stored = self.config.peer_id
+            known = uow.identity.get()
+            if stored is None:
+                stored = known or new_peer_id()
+            elif known is not None and known != stored:
+                log.warning("data dir belonged to peer %r; now peer %r", known, stored)
+            uow.identity.set(stored, now)
+            self.peer_id = stored
+            interrupted = uow.transfers.abandon_running(now)
+            blobs = self.store.blobs.ids()
+            for entry in uow.files.entries("local"):
+                if entry.meta.file_id not in blobs:
+                    log.warning("local copy of %s is missing; now remote", entry.meta.file_id)
+                    uow.files.unmark_local(entry.meta.file_id)
+            local = {m.file_id for m in uow.files.local_metas()}
+            uow.commit()
+        for orphan in blobs - local:
+            # A crash between publishing a blob and committing its record leaves the blob alone.
+            self.store.blobs.delete(orphan)
+        if removed or interrupted:
+            log.info(
+                "recovered: %d partial files removed, %d transfers interrupted",
+                removed,
+                interrupted,
+            )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self.plugins.notify("treedrive_shutdown", within=5, node=self)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        await self.network.close()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task %s failed", task.get_name(), exc_info=exc)
+
+    # -- store and events --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[UnitOfWork]:
+        """A unit of work whose events reach plugins once (and only if) it committed."""
+        with self.store.unit_of_work() as uow:
+            yield uow
+        self.publish(uow.published)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.plugins.notify_soon("treedrive_on_event", node=self, event=event)
+
+    def peers(self) -> list[PeerInfo]:
+        with self.store.unit_of_work() as uow:
+            return uow.peers.all()
+
+    def files(
+        self, scope: str = "both", offset: int = 0, limit: int | None = None
+    ) -> list[CatalogEntry]:
+        with self.store.unit_of_work() as uow:
+            return uow.files.entries(scope, offset=offset, limit=limit)
+
+    def file(self, file_id: str) -> CatalogEntry | None:
+        with self.store.unit_of_work() as uow:
+            return uow.files.get(file_id)
+
+    # -- sending -----------------------------------------------------------------------------
+    def _gossip_extra(self, message_type: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for result in self.plugins.collect(
+            "treedrive_gossip_extra", node=self, message_type=message_type
+        ):
+            if isinstance(result, dict):
+                extra.update(result)
+        extra["treedrive"] = {"version": PROTOCOL_VERSION, "features": sorted(self.features)}
+        return extra
+
+    def _send(self, host: str, port: int, message: Message) -> None:
+        self._spawn(self.network.send(host, port, message), f"send {type(message).__name__}")
+
+    def _send_to_all(self, message: Message, exclude: Sequence[str] = ()) -> int:
+        peers = [p for p in self.peers() if p.peer_id not in exclude]
+        for p in peers:
+            self._send(p.host, p.port, message)
+        return len(peers)
+
+    def new_gossip(self) -> Gossip:
+        gossip = Gossip(
+            host=self.host,
+            port=self.port,
+            id=str(uuid.uuid4()),
+            peer_id=self.peer_id,
+            extra=self._gossip_extra("GOSSIP"),
+        )
+        self._remember(gossip.id)
+        return gossip
+
+    def _remember(self, gossip_id: str) -> bool:
+        """Record a gossip id; False if it was already seen."""
+        if gossip_id in self._seen:
+            return False
+        self._seen[gossip_id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        return True
+
+    async def gossip_now(self) -> None:
+        """Gossip to every tracked peer, and to the well-known hosts while we know nobody."""
+        gossip = self.new_gossip()
+        sent = self._send_to_all(gossip)
+        if sent == 0 or not self.joined.is_set():
+            for addr in self.config.bootstrap:
+                if (addr.host, addr.port) != (self.host, self.port):
+                    self._send(addr.host, addr.port, gossip)
+
+    async def _gossip_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self.gossip_now()
+            await asyncio.sleep(self.config.gossip_interval)
+
+    async def _cleanup_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.config.cleanup_interval)
+            self.expire_peers()
+
+    def expire_peers(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        with self.transaction() as uow:
+            gone = uow.peers.expired(now - self.config.peer_timeout)
+            uow.peers.remove(gone)
+            for peer_id in gone:
+                uow.emit(PeerExpired(peer_id))
+            forgotten = uow.files.remove_orphans()
+            uow.commit()
+        if gone:
+            log.info("peers expired: %s (%d files nobody holds forgotten)", gone, len(forgotten))
+        return gone
+
+    # -- inbound (InboundHandler) --------------------------------------------------------------
+    def open_sink(self) -> FileSink:
+        return self.store.blobs.writer()
+
+    def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
+        entry = self.file(file_id)
+        if entry is None or not entry.has_copy or not self.store.blobs.has(file_id):
+            return None
+        return entry.meta, self.store.blobs.path(file_id)
+
+    async def handle_message(self, message: Message, source: str) -> None:
+        if isinstance(message, Gossip):
+            self._on_gossip(message)
+        elif isinstance(message, GossipReply):
+            self._on_gossip_reply(message)
+        elif isinstance(message, Announce):
+            self._on_announce(message)
+        elif isinstance(message, Delete):
+            self._on_delete(message)
+        else:
+            log.warning("unexpected %s from %s dropped", type(message).__name__, source)
+
+    def _on_gossip(self, g: Gossip) -> None:
+        if not self._remember(g.id) or g.peer_id == self.peer_id:
+            return
+        with self.transaction() as uow:
+            peer, new = uow.peers.upsert(
+                g.peer_id, g.host, g.port, time.time(), features_of(g.extra)
+            )
+            uow.emit(PeerSeen(peer, new))
+            files = uow.files.local_metas()
+            uow.commit()
+        self._extension_keys("GOSSIP", g.peer_id, g.extra)
+        reply = GossipReply(
+            host=self.host,
+            port=self.port,
+            peer_id=self.peer_id,
+            files=tuple(files),
+            extra=self._gossip_extra("GOSSIP_REPLY"),
+        )
+        self._send(g.host, g.port, reply)
+        others = [p for p in self.peers() if p.peer_id != g.peer_id]
+        for p in random.sample(others, min(self.config.fanout, len(others))):
+            self._send(p.host, p.port, g)
+
+    def _extension_keys(self, message_type: str, peer_id: str, extra: Any) -> None:
+        unknown = {k: v for k, v in extra.items() if k != "treedrive"}
+        if unknown:
+            self.plugins.collect(
+                "treedrive_gossip_received",
+                node=self,
+                message_type=message_type,
+                peer_id=peer_id,
+                extra=unknown,
+            )
+
+    def _on_gossip_reply(self, r: GossipReply) -> None:
+        if r.peer_id == self.peer_id:
+            return
+        now = time.time()
+        stale: list[tuple[str, str]] = []
+        with self.transaction() as uow:
+            peer, new = uow.peers.upsert(r.peer_id, r.host, r.port, now, features_of(r.extra))
+            uow.emit(PeerSeen(peer, new))
+            held = []
+            for meta in r.files:
+                owner = uow.tombstones.owner(meta.file_id)
+                if owner is not None:
+                    stale.append((meta.file_id, owner))
+                    continue
+                held.append(meta.file_id)
+                self._merge_advert(uow, meta, r.peer_id, now)
+            uow.files.set_holdings(r.peer_id, held)
+            uow.commit()
+        if r.skipped:
+            log.warning("%d malformed file records from %s skipped", r.skipped, r.peer_id)
+        self._extension_keys("GOSSIP_REPLY", r.peer_id, r.extra)
+        for file_id, owner in stale:
+            self._relay_delete(peer, file_id, owner, now)
+
+    def _merge_advert(self, uow: UnitOfWork, meta: FileMeta, holder: str, now: float) -> None:
+        is_new = uow.files.merge(meta, now)
+        added = uow.files.add_holder(meta.file_id, holder, now)
+        if is_new or added:
+            uow.emit(FileAdvertised(meta, holder, is_new))
+
+    def _relay_delete(self, peer: PeerInfo, file_id: str, owner: str, now: float) -> None:
+        """A peer still advertises a file its owner deleted (it missed the DELETE): pass the
+        owner's DELETE on to it, at most once per ``RELAY_DELETE_EVERY``."""
+        key = (peer.peer_id, file_id)
+        if now - self._relayed.get(key, 0.0) < RELAY_DELETE_EVERY:
+            return
+        self._relayed[key] = now
+        log.info("telling %s that %s was deleted by its owner", peer.peer_id, file_id[:12])
+        self._send(peer.host, peer.port, Delete(from_peer=owner, file_id=file_id))
+
+    def _on_announce(self, a: Announce) -> None:
+        if a.from_peer == self.peer_id:
+            return
+        now = time.time()
+        with self.transaction() as uow:
+            owner = uow.tombstones.owner(a.meta.file_id)
+            peer = uow.peers.get(a.from_peer)
+            if owner is None:
+                self._merge_advert(uow, a.meta, a.from_peer, now)
+                uow.commit()
+        if owner is not None and peer is not None:
+            self._relay_delete(peer, a.meta.file_id, owner, now)
+
+    def _on_delete(self, d: Delete) -> None:
+        with self.transaction() as uow:
+            entry = uow.files.get(d.file_id)
+            if entry is None:
+                log.info("DELETE of unknown file %s from %r ignored", d.file_id[:12], d.from_peer)
+                return
+            if entry.meta.file_owner != d.from_peer:
+                log.warning(
+                    "DELETE of %s from %r ignored: the owner is %r",
+                    d.file_id[:12],
+                    d.from_peer,
+                    entry.meta.file_owner,
+                )
+                return
+            self._forget(uow, entry)
+            uow.commit()
+        self.store.blobs.delete(d.file_id)
+        log.info("file %s deleted by its owner %r", d.file_id[:12], d.from_peer)
+
+    def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
+        uow.files.remove(entry.meta.file_id)
+        uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time())
+        uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
+
+    async def handle_pushed_file(
+        self, header: FileData, sink: FileSink | None, source: str
+    ) -> None:
+        meta = header.meta
+        if meta is None or sink is None:
+            if sink is not None:
+                sink.abort()
+            log.warning("FILE_DATA without a file from %s dropped", source)
+            return
+        assert isinstance(sink, BlobWriter)
+        with self.store.unit_of_work() as uow:
+            tombstoned = uow.tombstones.owner(meta.file_id) is not None
+            entry = uow.files.get(meta.file_id)
+        reason = None
+        if tombstoned:
+            reason = "its owner deleted it"
+        elif entry is not None and entry.has_copy:
+            reason = "already held"
+        elif (
+            self.plugins.first("treedrive_accept_file", node=self, meta=meta, peer_id=None) is False
+        ):
+            reason = "refused by policy"
+        if reason is not None:
+            sink.abort()
+            log.info("pushed file %s from %s not stored: %s", meta.file_id[:12], source, reason)
+            return
+        if self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
+            self._stored(meta, sink.size, "received")
+
+    def _commit_blob(
+        self, sink: BlobWriter, file_id: str, ts: Timestamp, source: str | None
+    ) -> bool:
+        """Verify the bytes against the id and publish the blob; on a mismatch, refuse them."""
+        try:
+            sink.commit(file_id, ts)
+        except VerificationError as exc:
+            log.warning("file %s from %s refused: %s", file_id[:12], source, exc)
+            self.publish([FileRefused(file_id, source, str(exc))])
+            return False
+        return True
+
+    def _stored(self, meta: FileMeta, size: int, how: str) -> None:
+        with self.transaction() as uow:
+            uow.files.mark_local(meta, size, time.time())
+            uow.emit(FileStored(meta, size, how))
+            uow.commit()
+        self._send_to_all(Announce(from_peer=self.peer_id, meta=meta))
+
+    # -- commands ----------------------------------------------------------------------------
+    async def push(self, path: Path, name: str | None = None) -> FileMeta:
+        """Add a file to the network: store it, FILE_DATA to one random peer, ANNOUNCE to all."""
+        ts = int(time.time())
+        writer = self.store.blobs.writer()
+        try:
+            await asyncio.to_thread(self._copy_in, path, writer)
+        except OSError as exc:
+            writer.abort()
+            raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        file_id = writer.content_id(ts)
+        meta = FileMeta(
+            file_id=file_id,
+            file_name=name or path.name,
+            file_size=writer.size / MEGABYTE,
+            file_owner=self.peer_id,
+            file_timestamp=ts,
+        )
+        await asyncio.to_thread(writer.commit, file_id, ts)
+        with self.transaction() as uow:
+            uow.files.mark_local(meta, writer.size, time.time())
+            uow.emit(FileStored(meta, writer.size, "push"))
+            uow.commit()
+        peers = self.peers()
+        if peers:
+            target = random.choice(peers)
+            blob = self.store.blobs.path(file_id)
+            self._spawn(self.network.push_file(target.host, target.port, meta, blob), "push")
+        self._send_to_all(Announce(from_peer=self.peer_id, meta=meta))
+        log.info("pushed %s as %s (%d bytes)", meta.file_name, file_id[:12], writer.size)
+        return meta
+
+    @staticmethod
+    def _copy_in(path: Path, writer: BlobWriter) -> None:
+        with path.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                writer.write(block)
+
+    async def get(self, file_id: str) -> CatalogEntry:
+        """Fetch a file from a holder (the next on failure), verify it, store it, announce it."""
+        running = self._fetching.get(file_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[CatalogEntry] = asyncio.get_running_loop().create_future()
+        self._fetching[file_id] = future
+        try:
+            result = await self._get(file_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, re-raise it
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._fetching[file_id]
+
+    async def _get(self, file_id: str) -> CatalogEntry:
+        with self.store.unit_of_work() as uow:
+            entry = uow.files.get(file_id)
+            tracked = {p.peer_id: p for p in uow.peers.all()}
+        if entry is None:
+            raise NotFound(f"no file {file_id!r} in the catalogue")
+        if entry.has_copy:
+            return entry
+        holders = [tracked[h] for h in entry.holders if h in tracked]
+        ordered = self.plugins.first(
+            "treedrive_order_holders", node=self, entry=entry, holders=holders
+        )
+        errors = []
+        for peer in ordered or []:
+            ok, why = await self._fetch_from(entry, peer)
+            if ok:
+                stored = self.file(file_id)
+                assert stored is not None
+                return stored
+            errors.append(f"{peer.peer_id}: {why}")
+        if not holders:
+            raise FetchFailed(f"no tracked peer holds {file_id[:12]}…")
+        raise FetchFailed(f"could not fetch {file_id[:12]}… ({'; '.join(errors)})")
+
+    async def _fetch_from(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
+        meta = entry.meta
+        now = time.time()
+        with self.transaction() as uow:
+            tid = uow.transfers.start(meta.file_id, "in", peer.peer_id, entry.size_bytes, now)
+            uow.commit()
+        writer = self.store.blobs.writer()
+        progress = self._progress_reporter(tid, meta.file_id, "in", peer.peer_id, None)
+        why = ""
+        try:
+            header = await self.network.fetch_file(
+                peer.host, peer.port, meta.file_id, writer, progress
+            )
+        except TransferError as exc:
+            why = str(exc)
+        else:
+            if header.meta is None:
+                why = "does not have it"
+                with self.transaction() as uow:
+                    uow.files.set_holdings(peer.peer_id, [])
+                    uow.commit()
+            elif header.meta.file_id != meta.file_id:
+                why = f"sent another file ({header.meta.file_id[:12]}…)"
+            else:
+                # Verify under the timestamp the holder sent, else under the one we recorded.
+                ts = header.meta.file_timestamp
+                if not writer.matches(meta.file_id, ts):
+                    ts = meta.file_timestamp
+                if self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
+                    self._finish_transfer(tid, meta.file_id, peer.peer_id, True, writer.size)
+                    self._stored(meta, writer.size, "get")
+                    log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
+                    return True, ""
+                why = "sent bytes that do not match the file id"
+        writer.abort()
+        log.warning("fetching %s from %s failed: %s", meta.file_id[:12], peer.peer_id, why)
+        self._finish_transfer(tid, meta.file_id, peer.peer_id, False, writer.size, why)
+        return False, why
+
+    def _finish_transfer(
+        self, tid: int, file_id: str, peer_id: str, ok: bool, done: int, error: str | None = None
+    ) -> None:
+        with self.transaction() as uow:
+            uow.transfers.finish(tid, ok, done, time.time(), error)
+            uow.emit(TransferFinished(tid, file_id, "in", peer_id, ok, done, error))
+            uow.commit()
+
+    def _progress_reporter(
+        self, tid: int, file_id: str, direction: str, peer_id: str | None, total: int | None
+    ) -> Callable[[int], None]:
+        last = 0.0
+
+        def report(done: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY:
+                last = now
+                self.publish([TransferProgress(tid, file_id, direction, peer_id, done, total)])
+
+        return report
+
+    async def delete(self, file_id: str) -> None:
+        """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere."""
+        with self.transaction() as uow:
+            entry = uow.files.get(file_id)
+            if entry is None:
+                raise NotFound(f"no file {file_id!r} in the catalogue")
+            if entry.meta.file_owner != self.peer_id:
+                raise NotOwner(
+                    f"{file_id[:12]}… belongs to {entry.meta.file_owner!r}; "
+                    "only its owner can delete it"
+                )
+            self._forget(uow, entry)
+            uow.commit()
+        self.store.blobs.delete(file_id)
+        self._send_to_all(Delete(from_peer=self.peer_id, file_id=file_id))
+
+    async def _join(self) -> None:
+        """After the first replies settle, fetch what the download selector picks."""
+        try:
+            await asyncio.sleep(self.config.join_delay)
+            await self.fetch_selected()
+        finally:
+            self.joined.set()
+
+    async def fetch_selected(self) -> list[str]:
+        with self.store.unit_of_work() as uow:
+            tracked = {p.peer_id for p in uow.peers.all()}
+            remote = uow.files.entries("remote")
+        candidates = [e for e in remote if any(h in tracked for h in e.holders)]
+        if not candidates:
+            return []
+        chosen = self.plugins.first(
+            "treedrive_select_downloads",
+            node=self,
+            candidates=candidates,
+            limit=self.config.download_limit,
+        )
+        got = []
+        for file_id in list(chosen or [])[: self.config.download_limit]:
+            try:
+                await self.get(file_id)
+                got.append(file_id)
+            except NodeError as exc:
+                log.warning("join download of %s failed: %s", file_id[:12], exc)
+        return got

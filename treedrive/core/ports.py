@@ -1,0 +1,72 @@
+"""What the core needs from the transport, and what the transport needs from the core.
+
+The transport implements :class:`Network`; the node implements :class:`InboundHandler`. Neither
+side imports the other's package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from treedrive.core.messages import FileData, Message
+from treedrive.core.model import FileMeta
+
+
+class FileSink(Protocol):
+    """Where the bytes of an arriving file go (a temp file in the blob store)."""
+
+    size: int
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class InboundHandler(Protocol):
+    def open_sink(self) -> FileSink:
+        """A fresh sink for the bytes of an incoming FILE_DATA."""
+        ...
+
+    async def handle_message(self, message: Message, source: str) -> None:
+        """A GOSSIP, GOSSIP_REPLY, ANNOUNCE or DELETE arrived from TCP address ``source``."""
+        ...
+
+    async def handle_pushed_file(
+        self, header: FileData, sink: FileSink | None, source: str
+    ) -> None:
+        """An unsolicited FILE_DATA is complete; its bytes are in ``sink`` (None: no data)."""
+        ...
+
+    def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
+        """The record and blob path of a file we hold, for a GET_FILE; None if we don't."""
+        ...
+
+
+class Network(Protocol):
+    async def start(self, handler: InboundHandler) -> tuple[str, int]:
+        """Listen; returns the bound host and port."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, host: str, port: int, message: Message) -> bool:
+        """Deliver one message on a new connection; False if it could not be delivered."""
+        ...
+
+    async def push_file(self, host: str, port: int, meta: FileMeta, path: Path) -> bool:
+        """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
+        ...
+
+    async def fetch_file(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        sink: FileSink,
+        progress: Callable[[int], None] | None = None,
+    ) -> FileData:
+        """GET_FILE: the answer's header, its bytes written to ``sink``. ``meta`` None means the
+        peer does not have it. Raises TransferError when the exchange fails."""
+        ...

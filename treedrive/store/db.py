@@ -1,0 +1,118 @@
+"""The node's SQLite database: engine, pragmas, migrations at start, unit of work."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from treedrive.store.blobs import BlobStore
+from treedrive.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "treedrive.db"
+
+
+def migrations_dir() -> Path:
+    """Where the alembic environment is: inside the package when installed from a wheel, else the
+    top-level ``migrations/`` of the source tree (an editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("the alembic migrations folder is missing from this installation")
+
+
+def make_engine(db_path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{db_path}", future=True)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's "begin" event below open transactions, not the sqlite3 module.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        # WAL: readers never block the writer and a crash never corrupts committed pages.
+        cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes in WAL mode (only an OS crash can lose
+        # the last transactions) and far faster than FULL.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        # Holder rows must not outlive their file record.
+        cur.execute("PRAGMA foreign_keys=ON")
+        # A second process (`treedrive db …`) waits for the lock instead of failing at once.
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Take the write lock up front: a transaction that reads and then writes can never fail
+        # half-way with SQLITE_BUSY on lock upgrade. One writer path.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(engine: Engine | None = None, url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url)
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+class Store:
+    """One node's persistent state: the database file and the blob folder in ``data_dir``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = data_dir / DB_NAME
+        self.engine = make_engine(self.db_path)
+        self.blobs = BlobStore(data_dir)
+
+    # -- schema -----------------------------------------------------------------------------
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision, backing the database up first if it has one."""
+        current = self.current_revision()
+        head = self.head_revision()
+        if current == head:
+            return
+        if current is not None and self.db_path.exists():
+            backup = self.db_path.with_name(f"{DB_NAME}.{current}.bak")
+            with sqlite3.connect(self.db_path) as src, sqlite3.connect(backup) as dst:
+                src.backup(dst)
+            log.info("database backed up to %s before upgrading from %s", backup, current)
+        command.upgrade(alembic_config(self.engine), "head")
+        log.info("database schema at %s", head)
+
+    # -- work -------------------------------------------------------------------------------
+    @contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """A transaction: ``uow.commit()`` makes it durable; leaving without commit rolls back."""
+        uow = UnitOfWork(self.engine)
+        try:
+            yield uow
+        finally:
+            uow.close()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,330 @@
+"""Unit of work and repositories (cosmicpython's shape).
+
+Repositories read and stage changes; they never commit. ``UnitOfWork.commit()`` commits everything
+at once and only then hands back the domain events recorded with ``uow.emit`` — the caller
+publishes them, so a plugin never hears of a change that did not happen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from treedrive.core.events import Event
+from treedrive.core.fileid import timestamp_value
+from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.store.models import FileRecord, Holder, Identity, Peer, Tombstone, Transfer
+
+
+def _ts_text(ts: Timestamp) -> str:
+    return json.dumps(ts)
+
+
+def _ts_load(text: str) -> Timestamp:
+    value = json.loads(text)
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        return value
+    return str(value)
+
+
+def _features_text(features: frozenset[str] | None) -> str | None:
+    return None if features is None else " ".join(sorted(features))
+
+
+def _features_load(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(text.split())
+
+
+def peer_info(row: Peer) -> PeerInfo:
+    return PeerInfo(
+        peer_id=row.peer_id,
+        host=row.host,
+        port=row.port,
+        last_seen=row.last_seen,
+        features=_features_load(row.features),
+    )
+
+
+def file_meta(row: FileRecord) -> FileMeta:
+    return FileMeta(
+        file_id=row.file_id,
+        file_name=row.file_name,
+        file_size=row.file_size,
+        file_owner=row.file_owner,
+        file_timestamp=_ts_load(row.file_timestamp),
+    )
+
+
+def catalog_entry(row: FileRecord) -> CatalogEntry:
+    return CatalogEntry(
+        meta=file_meta(row),
+        has_copy=row.has_copy,
+        size_bytes=row.size_bytes,
+        holders=tuple(sorted(h.peer_id for h in row.holders)),
+    )
+
+
+class IdentityRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self) -> str | None:
+        row = self.s.get(Identity, 1)
+        return None if row is None else row.peer_id
+
+    def set(self, peer_id: str, now: float) -> None:
+        row = self.s.get(Identity, 1)
+        if row is None:
+            self.s.add(Identity(id=1, peer_id=peer_id, created_at=now))
+        else:
+            row.peer_id = peer_id
+
+
+class PeerRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, peer_id: str) -> PeerInfo | None:
+        row = self.s.get(Peer, peer_id)
+        return None if row is None else peer_info(row)
+
+    def all(self) -> list[PeerInfo]:
+        rows = self.s.scalars(select(Peer).order_by(Peer.peer_id))
+        return [peer_info(r) for r in rows]
+
+    def upsert(
+        self,
+        peer_id: str,
+        host: str,
+        port: int,
+        now: float,
+        features: frozenset[str] | None,
+        *,
+        keep_features: bool = False,
+    ) -> tuple[PeerInfo, bool]:
+        """Track or refresh a peer; returns it and whether it is new.
+
+        ``keep_features`` leaves known features alone (a message that does not say them).
+        """
+        row = self.s.get(Peer, peer_id)
+        new = row is None
+        if row is None:
+            row = Peer(peer_id=peer_id, host=host, port=port, last_seen=now, first_seen=now)
+            row.features = _features_text(features)
+            self.s.add(row)
+        else:
+            row.host, row.port, row.last_seen = host, port, max(row.last_seen, now)
+            if not keep_features or features is not None:
+                row.features = _features_text(features)
+        return peer_info(row), new
+
+    def expired(self, before: float) -> list[str]:
+        return list(self.s.scalars(select(Peer.peer_id).where(Peer.last_seen < before)))
+
+    def remove(self, peer_ids: Sequence[str]) -> None:
+        if peer_ids:
+            self.s.execute(delete(Holder).where(Holder.peer_id.in_(peer_ids)))
+            self.s.execute(delete(Peer).where(Peer.peer_id.in_(peer_ids)))
+
+
+class FileRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def _row(self, file_id: str) -> FileRecord | None:
+        return self.s.get(FileRecord, file_id)
+
+    def get(self, file_id: str) -> CatalogEntry | None:
+        row = self._row(file_id)
+        return None if row is None else catalog_entry(row)
+
+    def entries(
+        self, scope: str = "both", *, offset: int = 0, limit: int | None = None
+    ) -> list[CatalogEntry]:
+        """``scope``: "local" (we hold a copy), "remote" (we don't), or "both"."""
+        q = select(FileRecord).options(selectinload(FileRecord.holders))
+        if scope == "local":
+            q = q.where(FileRecord.has_copy.is_(True))
+        elif scope == "remote":
+            q = q.where(FileRecord.has_copy.is_(False))
+        q = q.order_by(FileRecord.timestamp_value.desc(), FileRecord.file_id)
+        q = q.offset(offset).limit(limit)
+        return [catalog_entry(r) for r in self.s.scalars(q)]
+
+    def count(self, scope: str = "both") -> int:
+        q = select(func.count()).select_from(FileRecord)
+        if scope == "local":
+            q = q.where(FileRecord.has_copy.is_(True))
+        elif scope == "remote":
+            q = q.where(FileRecord.has_copy.is_(False))
+        return int(self.s.scalar(q) or 0)
+
+    def local_metas(self) -> list[FileMeta]:
+        rows = self.s.scalars(select(FileRecord).where(FileRecord.has_copy.is_(True)))
+        return [file_meta(r) for r in rows]
+
+    def merge(self, meta: FileMeta, now: float) -> bool:
+        """Record ``meta``: a new id is added; a known one is replaced only by a newer timestamp.
+        Returns whether the id was new."""
+        row = self._row(meta.file_id)
+        if row is None:
+            self.s.add(
+                FileRecord(
+                    file_id=meta.file_id,
+                    file_name=meta.file_name,
+                    file_size=meta.file_size,
+                    file_owner=meta.file_owner,
+                    file_timestamp=_ts_text(meta.file_timestamp),
+                    timestamp_value=timestamp_value(meta.file_timestamp),
+                    has_copy=False,
+                    added_at=now,
+                )
+            )
+            self.s.flush()
+            return True
+        if timestamp_value(meta.file_timestamp) > row.timestamp_value:
+            row.file_name, row.file_size = meta.file_name, meta.file_size
+            row.file_owner = meta.file_owner
+            row.file_timestamp = _ts_text(meta.file_timestamp)
+            row.timestamp_value = timestamp_value(meta.file_timestamp)
+        return False
+
+    def add_holder(self, file_id: str, peer_id: str, now: float) -> bool:
+        if self.s.get(Holder, (file_id, peer_id)) is not None:
+            return False
+        self.s.add(Holder(file_id=file_id, peer_id=peer_id, since=now))
+        return True
+
+    def set_holdings(self, peer_id: str, file_ids: Iterable[str]) -> None:
+        """``peer_id`` holds exactly ``file_ids`` (a GOSSIP_REPLY lists all a peer holds)."""
+        keep = set(file_ids)
+        current = set(self.s.scalars(select(Holder.file_id).where(Holder.peer_id == peer_id)))
+        gone = current - keep
+        if gone:
+            self.s.execute(
+                delete(Holder).where(Holder.peer_id == peer_id, Holder.file_id.in_(gone))
+            )
+
+    def mark_local(self, meta: FileMeta, size: int, now: float) -> None:
+        self.merge(meta, now)
+        row = self._row(meta.file_id)
+        assert row is not None
+        row.has_copy = True
+        row.size_bytes = size
+
+    def unmark_local(self, file_id: str) -> None:
+        row = self._row(file_id)
+        if row is not None:
+            row.has_copy = False
+
+    def remove(self, file_id: str) -> bool:
+        row = self._row(file_id)
+        if row is None:
+            return False
+        self.s.delete(row)
+        return True
+
+    def remove_orphans(self) -> list[str]:
+        """Drop remote records that nobody holds any more; returns their ids."""
+        held = select(Holder.file_id)
+        ids = list(
+            self.s.scalars(
+                select(FileRecord.file_id).where(
+                    FileRecord.has_copy.is_(False), FileRecord.file_id.not_in(held)
+                )
+            )
+        )
+        if ids:
+            self.s.execute(delete(FileRecord).where(FileRecord.file_id.in_(ids)))
+        return ids
+
+
+class TombstoneRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, file_id: str) -> Tombstone | None:
+        return self.s.get(Tombstone, file_id)
+
+    def owner(self, file_id: str) -> str | None:
+        row = self.s.get(Tombstone, file_id)
+        return None if row is None else row.file_owner
+
+    def add(self, file_id: str, owner: str, now: float) -> None:
+        if self.s.get(Tombstone, file_id) is None:
+            self.s.add(Tombstone(file_id=file_id, file_owner=owner, deleted_at=now))
+
+    def count(self) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(Tombstone)) or 0)
+
+
+class TransferRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def start(
+        self, file_id: str, direction: str, peer_id: str | None, total: int | None, now: float
+    ) -> int:
+        row = Transfer(
+            file_id=file_id,
+            direction=direction,
+            peer_id=peer_id,
+            state="running",
+            bytes_done=0,
+            bytes_total=total,
+            started_at=now,
+            updated_at=now,
+        )
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def finish(
+        self, transfer_id: int, ok: bool, bytes_done: int, now: float, error: str | None = None
+    ) -> None:
+        row = self.s.get(Transfer, transfer_id)
+        if row is not None:
+            row.state = "done" if ok else "failed"
+            row.bytes_done = bytes_done
+            row.updated_at = now
+            row.error = error
+
+    def abandon_running(self, now: float) -> int:
+        """Mark transfers a crash interrupted as failed; returns how many."""
+        rows = list(self.s.scalars(select(Transfer).where(Transfer.state == "running")))
+        for row in rows:
+            row.state, row.error, row.updated_at = "failed", "interrupted by a restart", now
+        return len(rows)
+
+
+class UnitOfWork:
+    def __init__(self, engine: Engine) -> None:
+        self.session = Session(engine, expire_on_commit=False, autoflush=True)
+        self.identity = IdentityRepo(self.session)
+        self.peers = PeerRepo(self.session)
+        self.files = FileRepo(self.session)
+        self.tombstones = TombstoneRepo(self.session)
+        self.transfers = TransferRepo(self.session)
+        self._events: list[Event] = []
+        self.published: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        """Record an event to hand out once the transaction commits."""
+        self._events.append(event)
+
+    def commit(self) -> list[Event]:
+        self.session.commit()
+        events, self._events = self._events, []
+        self.published.extend(events)
+        return events
+
+    def rollback(self) -> None:
+        self.session.rollback()
+        self._events.clear()
+
+    def close(self) -> None:
+        self._events.clear()
+        self.session.close()
