@@ -324,6 +324,31 @@ def test_message_completes_without_eof_and_later_data_is_ignored_and_bounded() -
     assert parser.bytes_received == len(PROTOCOL_EXAMPLES["file_data"]) + 6 + 100 * 65536
 
 
+def test_everything_fed_before_the_end_is_kept_in_trailing() -> None:
+    # A TreeDrive raw-range reply: a JSON header immediately followed by raw bytes, often in
+    # the same read. None of them may be lost, however many there are.
+    header = encode_message({"type": "FILE_DATA", **RECORD, "data": None})
+    raw = random.Random(3).randbytes(200_000)
+    wire = header + raw
+    for pieces in ([wire], [wire[:10], wire[10:]], [header[:-1], header[-1:] + raw]):
+        parser = MessageParser()
+        events = run(parser, pieces)
+        assert isinstance(events[-1], Message)
+        assert events[-1].fields["data"] is None
+        assert parser.trailing == raw
+    # Several pieces queued before next_event() is called: all kept, in order.
+    parser = MessageParser()
+    parser.receive_data(header + b"ab")
+    parser.receive_data(b"cd")
+    parser.receive_data(b"ef")
+    assert isinstance(parser.next_event(), Message)
+    assert parser.trailing == b"abcdef"
+    # Input fed after the end: only a few KiB more are kept.
+    parser.receive_data(b"g" * 100_000)
+    assert parser.trailing.startswith(b"abcdefggg")
+    assert 6 < len(parser.trailing) <= 6 + 65536
+
+
 def test_event_order_and_complete_flag() -> None:
     parser = MessageParser()
     head = encode_file_data_head({"type": "FILE_DATA", "file_id": FILE_ID})
@@ -760,7 +785,7 @@ def _corpus(n: int, seed: int) -> list[bytes]:
         elif style == 1:
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         elif style == 2:
-            text = json.dumps(obj, indent=rng.choice([1, "\t"]))
+            text = json.dumps(obj, indent=1 if rng.random() < 0.5 else "\t")
         else:
             text = json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
         out.append(text.encode("utf-8"))

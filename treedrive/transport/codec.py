@@ -19,7 +19,12 @@ Usage, in the style of h11::
 Events come in this order: zero or more :class:`DataChunk` (only while inside the ``"data"``
 string, one per fed piece), then exactly one :class:`Message`; or a :class:`ProtocolError` at
 any point, which is terminal. After the ``Message``, :meth:`MessageParser.next_event` returns
-``NEED_DATA`` forever and further input is ignored (a little of it is kept in ``trailing``).
+``NEED_DATA`` forever.
+
+Bytes after the object are not an error (one classic server keeps the socket open; a TreeDrive
+raw-range reply puts raw bytes right after its JSON header). Whatever had already been fed when
+the object ended is kept whole in ``trailing``, so a caller that feeds each read and stops at the
+``Message`` loses nothing; of input fed after that, only the first few KiB are kept.
 
 The parser checks that the input is one JSON object (RFC 8259: ``NaN``/``Infinity`` are
 rejected), but not which message type or fields it holds: another layer does that.
@@ -183,7 +188,7 @@ _NUMBER_START: Final = frozenset(b"-0123456789")
 _LITERAL_START: Final = frozenset(b"tfn")
 _MAX_LITERAL: Final = 5  # len("false")
 
-_TRAILING_KEEP: Final = 4096
+_TRAILING_KEEP: Final = 4096  # bytes kept of input fed after the object was complete
 
 
 def _describe(byte: int) -> str:
@@ -208,6 +213,7 @@ class MessageParser:
         self._message: Message | None = None
         self._message_returned = False
         self._trailing = bytearray()
+        self._trailing_cap = 0
         self._control_used = 0
         self._fields: dict[str, Any] = {}
         # Key scanning.
@@ -234,11 +240,13 @@ class MessageParser:
 
     @property
     def trailing(self) -> bytes:
-        """Bytes received after the object (the first few KiB only; not an error)."""
+        """Bytes received after the object: all of those fed before the object ended, then
+        at most a few KiB more (see the module docstring)."""
         return bytes(self._trailing)
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the connection; ``b""`` signals EOF."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes read from the connection; ``b""`` signals EOF. The bytes are copied
+        only if they are not ``bytes`` (the caller may reuse its buffer)."""
         self.bytes_received += len(data)
         if not data:
             self._eof = True
@@ -316,8 +324,8 @@ class MessageParser:
             f"({self.bytes_received} bytes received)"
         )
 
-    def _keep_trailing(self, data: bytes | memoryview) -> None:
-        room = _TRAILING_KEEP - len(self._trailing)
+    def _keep_trailing(self, data: bytes | bytearray | memoryview) -> None:
+        room = self._trailing_cap - len(self._trailing)
         if room > 0:
             self._trailing += data[:room]
 
@@ -334,10 +342,11 @@ class MessageParser:
         self._state = _ST_DONE
         self._message = Message(self._fields)
         self._fields = {}
-        if pos < len(self._cur):
-            self._keep_trailing(self._mv[pos:])
+        # Everything already fed is kept whole; later input only up to _TRAILING_KEEP more.
+        self._trailing += self._mv[pos:]
         while self._queue:
-            self._keep_trailing(self._queue.popleft())
+            self._trailing += self._queue.popleft()
+        self._trailing_cap = len(self._trailing) + _TRAILING_KEEP
         self._cur = b""
         self._mv = memoryview(b"")
         self._pos = 0
