@@ -201,6 +201,8 @@ def run(
     host: str,
     port: int,
     http_port: int,
+    http_host: str,
+    max_upload: int,
     bootstrap: Sequence[str],
     data_dir: Path | None,
     gossip_interval: float,
@@ -240,6 +242,8 @@ def run(
         host=host,
         port=port,
         http_port=http_port,
+        http_host=http_host,
+        max_upload=max_upload * 1024 * 1024,
         bootstrap=boot,
         gossip_interval=gossip_interval,
         peer_timeout=peer_timeout,
@@ -266,7 +270,8 @@ async def _run(config: NodeConfig, with_shell: bool) -> None:
             err=True,
         )
         if node.http_url:
-            click.echo(f"dashboard: {node.http_url}", err=True)
+            token = (config.data_dir / "api-token").read_text().strip()
+            click.echo(f"dashboard: {node.http_url}?token={token}", err=True)
         if with_shell:
             _start_shell(node, stop)
         await serve_until_stopped(node, stop)

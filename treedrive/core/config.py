@@ -40,6 +40,10 @@ class NodeConfig:
     port: int = DEFAULT_P2P_PORT
     http_port: int | None = DEFAULT_HTTP_PORT
     """None: no web server."""
+    http_host: str = "127.0.0.1"
+    """Where the dashboard and API listen (loopback unless told otherwise)."""
+    max_upload: int = 4 * 1024**3
+    """The largest file the API accepts in one upload, in bytes."""
     bootstrap: tuple[Address, ...] = ()
     gossip_interval: float = 30.0
     peer_timeout: float = 60.0

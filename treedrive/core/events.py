@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from treedrive.core.model import FileMeta, PeerInfo
+from treedrive.core.model import FileMeta, PeerInfo, TransferState
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,22 +52,13 @@ class FileDeleted(Event):
 
 @dataclass(frozen=True, slots=True)
 class TransferProgress(Event):
-    transfer_id: int
-    file_id: str
-    direction: str
-    peer_id: str | None
-    bytes_done: int
-    bytes_total: int | None
+    transfer: TransferState
 
 
 @dataclass(frozen=True, slots=True)
 class TransferFinished(Event):
-    transfer_id: int
-    file_id: str
-    direction: str
-    peer_id: str | None
+    transfer: TransferState
     ok: bool
-    bytes_done: int
     error: str | None = None
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 Timestamp = int | float | str
 """A ``file_timestamp`` as peers send it: usually an int, sometimes a float, once a string."""
@@ -55,3 +56,36 @@ class CatalogEntry:
     size_bytes: int | None
     holders: tuple[str, ...] = field(default=())
     """Peer ids known to hold a copy (never this node itself; see ``has_copy``)."""
+
+
+@dataclass(slots=True)
+class TransferState:
+    """A transfer in progress (mutable; events carry frozen snapshots)."""
+
+    transfer_id: int
+    file_id: str
+    file_name: str
+    direction: str
+    """"in" (we fetch) or "out" (we send)."""
+    peer_id: str | None
+    bytes_total: int | None
+    bytes_done: int = 0
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second since the start."""
+        elapsed = time.monotonic() - self.started_mono
+        return self.bytes_done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, when the total is known."""
+        rate = self.rate
+        if self.bytes_total is None or rate <= 0:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / rate)
+
+    def snapshot(self) -> TransferState:
+        return replace(self)

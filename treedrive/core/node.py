@@ -39,7 +39,14 @@ from treedrive.core.messages import (
     GossipReply,
     Message,
 )
-from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.model import (
+    MEGABYTE,
+    CatalogEntry,
+    FileMeta,
+    PeerInfo,
+    Timestamp,
+    TransferState,
+)
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import FileSink, Network
 from treedrive.store import BlobWriter, Store, VerificationError
@@ -90,6 +97,7 @@ class Node:
         self._fetching: dict[str, asyncio.Future[CatalogEntry]] = {}
         self._relayed: dict[tuple[str, str], float] = {}
         self._stopping = asyncio.Event()
+        self.active_transfers: dict[int, TransferState] = {}
         self.joined = asyncio.Event()
         """Set once the join-time downloads are done (or skipped)."""
 
@@ -247,8 +255,10 @@ class Node:
             uow.peers.remove(gone)
             for peer_id in gone:
                 uow.emit(PeerExpired(peer_id))
+            uow.files.drop_untracked_holders()
             forgotten = uow.files.remove_orphans()
             uow.commit()
+        self._relayed = {k: t for k, t in self._relayed.items() if now - t < RELAY_DELETE_EVERY}
         if gone:
             log.info("peers expired: %s (%d files nobody holds forgotten)", gone, len(forgotten))
         return gone
@@ -412,15 +422,16 @@ class Node:
             sink.abort()
             log.info("pushed file %s from %s not stored: %s", meta.file_id[:12], source, reason)
             return
-        if self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
+        if await self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
             self._stored(meta, sink.size, "received")
 
-    def _commit_blob(
+    async def _commit_blob(
         self, sink: BlobWriter, file_id: str, ts: Timestamp, source: str | None
     ) -> bool:
         """Verify the bytes against the id and publish the blob; on a mismatch, refuse them."""
         try:
-            sink.commit(file_id, ts)
+            # fsync of a large file takes a while: off the event loop.
+            await asyncio.to_thread(sink.commit, file_id, ts)
         except VerificationError as exc:
             log.warning("file %s from %s refused: %s", file_id[:12], source, exc)
             self.publish([FileRefused(file_id, source, str(exc))])
@@ -437,22 +448,30 @@ class Node:
     # -- commands ----------------------------------------------------------------------------
     async def push(self, path: Path, name: str | None = None) -> FileMeta:
         """Add a file to the network: store it, FILE_DATA to one random peer, ANNOUNCE to all."""
-        ts = int(time.time())
         writer = self.store.blobs.writer()
         try:
             await asyncio.to_thread(self._copy_in, path, writer)
         except OSError as exc:
             writer.abort()
             raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return await self.push_blob(writer, name or path.name)
+
+    async def push_blob(self, writer: FileSink, name: str) -> FileMeta:
+        """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``."""
+        assert isinstance(writer, BlobWriter)
+        ts = int(time.time())
         file_id = writer.content_id(ts)
         meta = FileMeta(
             file_id=file_id,
-            file_name=name or path.name,
+            file_name=name,
             file_size=writer.size / MEGABYTE,
             file_owner=self.peer_id,
             file_timestamp=ts,
         )
-        await asyncio.to_thread(writer.commit, file_id, ts)
+        try:
+            await asyncio.to_thread(writer.commit, file_id, ts)
+        except OSError as exc:
+            raise NodeError(f"cannot store {name}: {exc.strerror or exc}") from exc
         with self.transaction() as uow:
             uow.files.mark_local(meta, writer.size, time.time())
             uow.emit(FileStored(meta, writer.size, "push"))
@@ -517,24 +536,27 @@ class Node:
 
     async def _fetch_from(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
         meta = entry.meta
-        now = time.time()
+        # Classic peers do not say the size before the bytes: estimate it from the record.
+        total = entry.size_bytes or (round(meta.file_size * MEGABYTE) or None)
         with self.transaction() as uow:
-            tid = uow.transfers.start(meta.file_id, "in", peer.peer_id, entry.size_bytes, now)
+            tid = uow.transfers.start(meta.file_id, "in", peer.peer_id, total, time.time())
             uow.commit()
+        transfer = TransferState(tid, meta.file_id, meta.file_name, "in", peer.peer_id, total)
+        self.active_transfers[tid] = transfer
         writer = self.store.blobs.writer()
-        progress = self._progress_reporter(tid, meta.file_id, "in", peer.peer_id, None)
         why = ""
         try:
             header = await self.network.fetch_file(
-                peer.host, peer.port, meta.file_id, writer, progress
+                peer.host, peer.port, meta.file_id, writer, self._progress_reporter(transfer)
             )
         except TransferError as exc:
             why = str(exc)
         else:
+            transfer.bytes_done = writer.size
             if header.meta is None:
                 why = "does not have it"
                 with self.transaction() as uow:
-                    uow.files.set_holdings(peer.peer_id, [])
+                    uow.files.remove_holder(meta.file_id, peer.peer_id)
                     uow.commit()
             elif header.meta.file_id != meta.file_id:
                 why = f"sent another file ({header.meta.file_id[:12]}…)"
@@ -543,36 +565,37 @@ class Node:
                 ts = header.meta.file_timestamp
                 if not writer.matches(meta.file_id, ts):
                     ts = meta.file_timestamp
-                if self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
-                    self._finish_transfer(tid, meta.file_id, peer.peer_id, True, writer.size)
+                if await self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
+                    self._finish_transfer(transfer, True)
                     self._stored(meta, writer.size, "get")
                     log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
                     return True, ""
                 why = "sent bytes that do not match the file id"
-        writer.abort()
+        finally:
+            writer.abort()  # a no-op once committed
         log.warning("fetching %s from %s failed: %s", meta.file_id[:12], peer.peer_id, why)
-        self._finish_transfer(tid, meta.file_id, peer.peer_id, False, writer.size, why)
+        self._finish_transfer(transfer, False, why)
         return False, why
 
-    def _finish_transfer(
-        self, tid: int, file_id: str, peer_id: str, ok: bool, done: int, error: str | None = None
-    ) -> None:
+    def _finish_transfer(self, transfer: TransferState, ok: bool, error: str | None = None) -> None:
+        self.active_transfers.pop(transfer.transfer_id, None)
+        if ok:
+            transfer.bytes_total = transfer.bytes_done
         with self.transaction() as uow:
-            uow.transfers.finish(tid, ok, done, time.time(), error)
-            uow.emit(TransferFinished(tid, file_id, "in", peer_id, ok, done, error))
+            uow.transfers.finish(transfer.transfer_id, ok, transfer.bytes_done, time.time(), error)
+            uow.emit(TransferFinished(transfer.snapshot(), ok, error))
             uow.commit()
 
-    def _progress_reporter(
-        self, tid: int, file_id: str, direction: str, peer_id: str | None, total: int | None
-    ) -> Callable[[int], None]:
+    def _progress_reporter(self, transfer: TransferState) -> Callable[[int], None]:
         last = 0.0
 
         def report(done: int) -> None:
             nonlocal last
+            transfer.bytes_done = done
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
-                self.publish([TransferProgress(tid, file_id, direction, peer_id, done, total)])
+                self.publish([TransferProgress(transfer.snapshot())])
 
         return report
 

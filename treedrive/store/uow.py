@@ -186,8 +186,9 @@ class FileRepo:
             self.s.flush()
             return True
         if timestamp_value(meta.file_timestamp) > row.timestamp_value:
+            # The owner stays as first recorded: only the owner may delete, and a record that
+            # merely claims a newer timestamp must not hand that right to someone else.
             row.file_name, row.file_size = meta.file_name, meta.file_size
-            row.file_owner = meta.file_owner
             row.file_timestamp = _ts_text(meta.file_timestamp)
             row.timestamp_value = timestamp_value(meta.file_timestamp)
         return False
@@ -197,6 +198,14 @@ class FileRepo:
             return False
         self.s.add(Holder(file_id=file_id, peer_id=peer_id, since=now))
         return True
+
+    def remove_holder(self, file_id: str, peer_id: str) -> None:
+        self.s.execute(delete(Holder).where(Holder.file_id == file_id, Holder.peer_id == peer_id))
+
+    def drop_untracked_holders(self) -> int:
+        """Forget holders that are not tracked peers (an ANNOUNCE names no address)."""
+        result = self.s.execute(delete(Holder).where(Holder.peer_id.not_in(select(Peer.peer_id))))
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def set_holdings(self, peer_id: str, file_ids: Iterable[str]) -> None:
         """``peer_id`` holds exactly ``file_ids`` (a GOSSIP_REPLY lists all a peer holds)."""
@@ -291,6 +300,10 @@ class TransferRepo:
             row.bytes_done = bytes_done
             row.updated_at = now
             row.error = error
+
+    def recent(self, limit: int = 20) -> list[Transfer]:
+        q = select(Transfer).order_by(Transfer.id.desc()).limit(limit)
+        return list(self.s.scalars(q))
 
     def abandon_running(self, now: float) -> int:
         """Mark transfers a crash interrupted as failed; returns how many."""

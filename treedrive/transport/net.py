@@ -187,6 +187,10 @@ class TcpNetwork:
                 message = wire.decode(event.fields)
             except wire.WireError as exc:
                 log.warning("%s: invalid message dropped: %s", source, exc)
+                if event.fields.get("type") == "GET_FILE":
+                    # Never leave a GET_FILE silent: the asker moves on to another holder.
+                    writer.write(codec.encode_message(NOT_HERE))
+                    await _drain(writer, self.limits)
                 return
             if isinstance(message, GetFile):
                 await self._answer_get(writer, message, source)

@@ -1,0 +1,397 @@
+"""The aiohttp application: dashboard, ``/stats.json``, the JSON API and the event stream.
+
+Safety: it listens on 127.0.0.1 unless told otherwise; a request whose ``Host`` is not this
+server's (DNS rebinding) or whose ``Origin`` is foreign is refused; every request that changes
+state needs the node's API token (header ``Authorization: Bearer …``, or the cookie the dashboard
+gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …, "status": …}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import BodyPartReader, web
+
+from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner
+from treedrive.core.events import Event
+from treedrive.core.names import safe_name
+from treedrive.core.node import Node
+from treedrive.web import views
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
+COOKIE = "treedrive_token"
+STATIC = Path(__file__).parent / "static"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MAX_PAGE = 500
+QUEUE_SIZE = 1000
+HEARTBEAT = 15.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+NODE: web.AppKey[Node] = web.AppKey("node", Node)
+HUB: web.AppKey[EventHub] = web.AppKey("hub")
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+HOSTS: web.AppKey[set[str]] = web.AppKey("hosts", set)
+
+
+def load_token(data_dir: Path) -> str:
+    """The node's API token, made at first start (readable by its owner only)."""
+    path = data_dir / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class EventHub:
+    """Fans committed events out to the event-stream clients; keeps a throughput history."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.throughput: deque[dict[str, float]] = deque(maxlen=300)
+        self._last: dict[int, int] = {}
+
+    def publish(self, data: dict[str, Any]) -> None:
+        for queue in list(self.clients):
+            try:
+                queue.put_nowait(data)
+            except asyncio.QueueFull:
+                # A client too slow to keep up is dropped; its page reconnects and reloads.
+                self.clients.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+
+    def on_event(self, event: Event) -> None:
+        if self.clients:
+            self.publish(views.event_json(self.node, event))
+
+    def sample(self) -> dict[str, float]:
+        """Bytes per second moved since the last sample, per direction."""
+        now = time.time()
+        rates = {"in": 0.0, "out": 0.0}
+        seen = {}
+        for tid, t in self.node.active_transfers.items():
+            before = self._last.get(tid, 0)
+            rates[t.direction] = rates.get(t.direction, 0.0) + max(0, t.bytes_done - before)
+            seen[tid] = t.bytes_done
+        self._last = seen
+        point = {"t": now, "in": rates["in"], "out": rates["out"]}
+        self.throughput.append(point)
+        return point
+
+    async def run_sampler(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            point = self.sample()
+            if self.clients:
+                self.publish({"type": "Throughput", **point})
+
+    def close(self) -> None:
+        for queue in list(self.clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        self.clients.clear()
+
+
+class ApiError(Exception):
+    """An error answer: JSON ``{"error": message, "status": status}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error(status: int, message: str) -> ApiError:
+    return ApiError(status, message)
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host/Origin checks, the token for state changes, JSON errors."""
+    app = request.app
+    try:
+        host = request.headers.get("Host", "")
+        if host not in app[HOSTS]:
+            raise error(403, f"foreign Host {host!r} refused")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1] not in app[HOSTS]:
+            raise error(403, f"foreign Origin {origin!r} refused")
+        if request.method not in SAFE_METHODS:
+            given = request.headers.get("Authorization", "")
+            token = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+            if not token:
+                raise error(401, "this request needs the node's API token")
+            if not hmac.compare_digest(token.encode(), app[TOKEN].encode()):
+                raise error(401, "wrong API token")
+        return await handler(request)
+    except ApiError as exc:
+        return _json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json_error(exc.status, exc.reason)
+    except NotFound as exc:
+        return _json_error(404, str(exc))
+    except NotOwner as exc:
+        return _json_error(403, str(exc))
+    except FetchFailed as exc:
+        return _json_error(502, str(exc))
+    except NodeError as exc:
+        return _json_error(400, str(exc))
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE]
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error(400, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise error(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def _entry(node: Node, file_id: str) -> Any:
+    entry = node.file(file_id)
+    if entry is None:
+        raise error(404, f"no file {file_id!r} in the catalogue")
+    return entry
+
+
+# -- pages -------------------------------------------------------------------------------------
+async def index(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token")
+    if token is not None:
+        if not hmac.compare_digest(token.encode(), request.app[TOKEN].encode()):
+            raise error(401, "wrong API token")
+        # Trade the token in the URL for a cookie and drop it from the address bar.
+        found = web.HTTPFound("/")
+        found.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        raise found
+    page = web.FileResponse(STATIC / "index.html")
+    page.headers["Cache-Control"] = "no-store"
+    return page
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(views.stats_json(_node(request)))
+
+
+# -- API ---------------------------------------------------------------------------------------
+async def status(request: web.Request) -> web.Response:
+    data = views.status_json(_node(request))
+    data["authorized"] = hmac.compare_digest(
+        request.cookies.get(COOKIE, "").encode(), request.app[TOKEN].encode()
+    )
+    return web.json_response(data)
+
+
+async def peers(request: web.Request) -> web.Response:
+    return web.json_response({"peers": [views.peer_json(p) for p in _node(request).peers()]})
+
+
+async def files(request: web.Request) -> web.Response:
+    node = _node(request)
+    scope = request.query.get("scope", "both")
+    if scope not in ("local", "remote", "both"):
+        raise error(400, "scope must be local, remote or both")
+    offset = _int(request, "offset", 0, 0, 10**9)
+    limit = _int(request, "limit", 50, 1, MAX_PAGE)
+    with node.store.unit_of_work() as uow:
+        total = uow.files.count(scope)
+        page = uow.files.entries(scope, offset=offset, limit=limit)
+    return web.json_response(
+        {
+            "scope": scope,
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "files": [views.file_json(e, node) for e in page],
+        }
+    )
+
+
+async def one_file(request: web.Request) -> web.Response:
+    node = _node(request)
+    return web.json_response(views.file_json(_entry(node, request.match_info["file_id"]), node))
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Push: the body (raw, with ``?name=``) or a multipart form's ``file`` field."""
+    node = _node(request)
+    cap = node.config.max_upload
+    if request.content_length is not None and request.content_length > cap:
+        raise error(413, f"upload of {request.content_length} bytes is over the cap ({cap})")
+    name = request.query.get("name", "")
+    chunks: AsyncIterator[bytes]
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        part = await reader.next()
+        while part is not None and getattr(part, "name", None) != "file":
+            part = await reader.next()
+        if not isinstance(part, BodyPartReader):
+            raise error(400, "the form has no 'file' field")
+        name = name or part.filename or ""
+        chunks = _part_chunks(part)
+    else:
+        chunks = request.content.iter_chunked(1 << 20)
+    if not name:
+        raise error(400, "the file needs a name (?name=…)")
+    sink = node.open_sink()
+    try:
+        async for chunk in chunks:
+            sink.write(chunk)
+            if sink.size > cap:
+                raise error(413, f"upload is over the cap ({cap} bytes)")
+        meta = await node.push_blob(sink, safe_name(name))
+    finally:
+        sink.abort()  # a no-op once pushed
+    entry = node.file(meta.file_id)
+    assert entry is not None
+    return web.json_response(views.file_json(entry, node), status=201)
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(1 << 20):
+        yield bytes(chunk)
+
+
+async def fetch(request: web.Request) -> web.Response:
+    node = _node(request)
+    entry = await node.get(request.match_info["file_id"])
+    return web.json_response(views.file_json(entry, node))
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    entry = _entry(node, request.match_info["file_id"])
+    if not entry.has_copy or not node.store.blobs.has(entry.meta.file_id):
+        raise error(404, "this node holds no copy of that file; fetch it first")
+    name = safe_name(entry.meta.file_name)
+    resp = web.FileResponse(node.store.blobs.path(entry.meta.file_id))
+    resp.headers["Content-Type"] = "application/octet-stream"
+    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
+    return resp
+
+
+async def remove(request: web.Request) -> web.Response:
+    node = _node(request)
+    file_id = request.match_info["file_id"]
+    await node.delete(file_id)
+    return web.json_response({"deleted": file_id})
+
+
+async def transfers(request: web.Request) -> web.Response:
+    node = _node(request)
+    with node.store.unit_of_work() as uow:
+        recent = [
+            {
+                "transfer_id": t.id,
+                "file_id": t.file_id,
+                "direction": t.direction,
+                "peer_id": t.peer_id,
+                "state": t.state,
+                "bytes_done": t.bytes_done,
+                "bytes_total": t.bytes_total,
+                "started_at": t.started_at,
+                "updated_at": t.updated_at,
+                "error": t.error,
+            }
+            for t in uow.transfers.recent()
+        ]
+    active = [views.transfer_json(t) for t in node.active_transfers.values()]
+    return web.json_response({"active": active, "recent": recent})
+
+
+async def throughput(request: web.Request) -> web.Response:
+    return web.json_response({"samples": list(request.app[HUB].throughput)})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every committed change, as JSON, as it happens."""
+    hub = request.app[HUB]
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_SIZE)
+    hub.clients.add(queue)
+    try:
+        await resp.write(b"retry: 2000\n\n")
+        hello = {"type": "Hello", "status": views.status_json(hub.node)}
+        await resp.write(f"data: {json.dumps(hello)}\n\n".encode())
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if item is None:
+                break
+            await resp.write(f"data: {json.dumps(item)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.clients.discard(queue)
+    return resp
+
+
+def make_app(node: Node, token: str, hosts: set[str]) -> web.Application:
+    """The app; ``hosts`` (``host:port`` names it answers to) may be filled in after binding."""
+    app = web.Application(middlewares=[guard], client_max_size=node.config.max_upload + 1)
+    app[NODE] = node
+    app[HUB] = EventHub(node)
+    app[TOKEN] = token
+    app[HOSTS] = hosts
+    app.router.add_get("/", index)
+    app.router.add_get("/stats.json", stats)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/peers", peers)
+    app.router.add_get("/api/files", files)
+    app.router.add_post("/api/files", upload)
+    app.router.add_get("/api/files/{file_id}", one_file)
+    app.router.add_delete("/api/files/{file_id}", remove)
+    app.router.add_post("/api/files/{file_id}/fetch", fetch)
+    app.router.add_get("/api/files/{file_id}/content", content)
+    app.router.add_get("/api/transfers", transfers)
+    app.router.add_get("/api/throughput", throughput)
+    app.router.add_get("/api/events", events)
+    app.router.add_static("/static/", STATIC)
+    return app

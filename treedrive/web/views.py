@@ -1,0 +1,132 @@
+"""JSON shapes of the domain values (the API's and the event stream's)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from treedrive.core.events import (
+    Event,
+    FileAdvertised,
+    FileDeleted,
+    FileRefused,
+    FileStored,
+    PeerExpired,
+    PeerSeen,
+    TransferFinished,
+    TransferProgress,
+)
+from treedrive.core.model import CatalogEntry, PeerInfo, TransferState
+from treedrive.core.names import safe_name
+from treedrive.core.node import Node
+
+
+def peer_json(p: PeerInfo) -> dict[str, Any]:
+    return {
+        "peer_id": p.peer_id,
+        "host": p.host,
+        "port": p.port,
+        "last_seen": p.last_seen,
+        "treedrive": p.is_treedrive,
+        "features": sorted(p.features or ()),
+    }
+
+
+def file_json(e: CatalogEntry, node: Node) -> dict[str, Any]:
+    m = e.meta
+    return {
+        "file_id": m.file_id,
+        "file_name": m.file_name,
+        "display_name": safe_name(m.file_name),
+        "file_size": m.file_size,
+        "size_bytes": e.size_bytes,
+        "file_owner": m.file_owner,
+        "file_timestamp": m.file_timestamp,
+        "has_copy": e.has_copy,
+        "holders": list(e.holders),
+        "mine": m.file_owner == node.peer_id,
+    }
+
+
+def transfer_json(t: TransferState) -> dict[str, Any]:
+    total = t.bytes_total
+    return {
+        "transfer_id": t.transfer_id,
+        "file_id": t.file_id,
+        "file_name": safe_name(t.file_name),
+        "direction": t.direction,
+        "peer_id": t.peer_id,
+        "bytes_done": t.bytes_done,
+        "bytes_total": total,
+        "percent": None if not total else min(100.0, 100.0 * t.bytes_done / total),
+        "rate": t.rate,
+        "eta": t.eta,
+        "started_at": t.started_at,
+    }
+
+
+def stats_json(node: Node) -> dict[str, Any]:
+    """The seed-compatible ``/stats.json``."""
+    peers = node.peers()
+    files = node.files("both")
+    return {
+        "peerId": node.peer_id,
+        "peers": [
+            {"peerId": p.peer_id, "host": p.host, "port": p.port, "last_seen": p.last_seen}
+            for p in peers
+        ],
+        "files": [
+            {
+                "file_name": e.meta.file_name,
+                "file_size": e.meta.file_size,
+                "file_id": e.meta.file_id,
+                "file_owner": e.meta.file_owner,
+                "file_timestamp": e.meta.file_timestamp,
+                "has_copy": "yes" if e.has_copy else "no",
+                "peers_with_file": ([node.peer_id] if e.has_copy else []) + list(e.holders),
+            }
+            for e in files
+        ],
+    }
+
+
+def status_json(node: Node) -> dict[str, Any]:
+    with node.store.unit_of_work() as uow:
+        counts = {
+            "peers": len(uow.peers.all()),
+            "files": uow.files.count("both"),
+            "local": uow.files.count("local"),
+            "remote": uow.files.count("remote"),
+        }
+    return {
+        "peer_id": node.peer_id,
+        "host": node.host,
+        "port": node.port,
+        "http": node.http_url,
+        "started_at": node.started_at,
+        "uptime": time.time() - node.started_at,
+        "features": sorted(node.features),
+        "counts": counts,
+        "transfers": len(node.active_transfers),
+    }
+
+
+def event_json(node: Node, event: Event) -> dict[str, Any]:
+    """An event for the live stream, with what the page needs to update in place."""
+    data: dict[str, Any] = {}
+    if isinstance(event, PeerSeen):
+        data = {"peer": peer_json(event.peer), "new": event.new}
+    elif isinstance(event, PeerExpired):
+        data = {"peer_id": event.peer_id}
+    elif isinstance(event, FileAdvertised | FileStored):
+        entry = node.file(event.meta.file_id)
+        data = {"file_id": event.meta.file_id, "file": entry and file_json(entry, node)}
+    elif isinstance(event, FileDeleted):
+        data = {"file_id": event.file_id}
+    elif isinstance(event, TransferProgress):
+        data = {"transfer": transfer_json(event.transfer)}
+    elif isinstance(event, TransferFinished):
+        data = {"transfer": transfer_json(event.transfer), "ok": event.ok, "error": event.error}
+    elif isinstance(event, FileRefused):
+        data = {"file_id": event.file_id, "peer_id": event.peer_id, "reason": event.reason}
+    return {"type": event.name, "time": time.time(), **data}
