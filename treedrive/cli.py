@@ -120,6 +120,23 @@ def cli() -> None:
     help="Dashboard/API port; 0 = any free.",
 )
 @click.option(
+    "--http-host",
+    envvar=env("HTTP_HOST"),
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the dashboard/API listens on.",
+)
+@click.option(
+    "--max-upload",
+    envvar=env("MAX_UPLOAD"),
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Largest upload the API accepts, in MiB.",
+)
+@click.option(
     "--bootstrap",
     envvar=env("BOOTSTRAP"),
     show_envvar=True,
