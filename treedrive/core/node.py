@@ -13,7 +13,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -479,11 +479,19 @@ class Node:
         peers = self.peers()
         if peers:
             target = random.choice(peers)
-            blob = self.store.blobs.path(file_id)
-            self._spawn(self.network.push_file(target.host, target.port, meta, blob), "push")
+            self._spawn(self._push_to(target, meta, writer.size), "push")
         self._send_to_all(Announce(from_peer=self.peer_id, meta=meta))
         log.info("pushed %s as %s (%d bytes)", meta.file_name, file_id[:12], writer.size)
         return meta
+
+    async def _push_to(self, peer: PeerInfo, meta: FileMeta, size: int) -> bool:
+        """Send a FILE_DATA with our copy of ``meta`` to ``peer`` (the classic push)."""
+        transfer = self.begin_transfer(meta, "out", peer.peer_id, size)
+        ok = await self.network.push_file(
+            peer.host, peer.port, meta, self.store.blobs.path(meta.file_id), transfer.update
+        )
+        transfer.finish(ok, None if ok else "push failed")
+        return ok
 
     @staticmethod
     def _copy_in(path: Path, writer: BlobWriter) -> None:
@@ -538,21 +546,17 @@ class Node:
         meta = entry.meta
         # Classic peers do not say the size before the bytes: estimate it from the record.
         total = entry.size_bytes or (round(meta.file_size * MEGABYTE) or None)
-        with self.transaction() as uow:
-            tid = uow.transfers.start(meta.file_id, "in", peer.peer_id, total, time.time())
-            uow.commit()
-        transfer = TransferState(tid, meta.file_id, meta.file_name, "in", peer.peer_id, total)
-        self.active_transfers[tid] = transfer
+        transfer = self.begin_transfer(meta, "in", peer.peer_id, total)
         writer = self.store.blobs.writer()
         why = ""
         try:
             header = await self.network.fetch_file(
-                peer.host, peer.port, meta.file_id, writer, self._progress_reporter(transfer)
+                peer.host, peer.port, meta.file_id, writer, transfer.update
             )
         except TransferError as exc:
             why = str(exc)
         else:
-            transfer.bytes_done = writer.size
+            transfer.update(writer.size)
             if header.meta is None:
                 why = "does not have it"
                 with self.transaction() as uow:
@@ -566,7 +570,7 @@ class Node:
                 if not writer.matches(meta.file_id, ts):
                     ts = meta.file_timestamp
                 if await self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
-                    self._finish_transfer(transfer, True)
+                    transfer.finish(True)
                     self._stored(meta, writer.size, "get")
                     log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
                     return True, ""
@@ -574,11 +578,23 @@ class Node:
         finally:
             writer.abort()  # a no-op once committed
         log.warning("fetching %s from %s failed: %s", meta.file_id[:12], peer.peer_id, why)
-        self._finish_transfer(transfer, False, why)
+        transfer.finish(False, why)
         return False, why
 
+    def begin_transfer(
+        self, meta: FileMeta, direction: str, peer_id: str | None, total: int | None
+    ) -> TransferHandle:
+        """Record a transfer (``direction`` "in" or "out") and track its progress."""
+        with self.transaction() as uow:
+            tid = uow.transfers.start(meta.file_id, direction, peer_id, total, time.time())
+            uow.commit()
+        state = TransferState(tid, meta.file_id, meta.file_name, direction, peer_id, total)
+        self.active_transfers[tid] = state
+        return TransferHandle(self, state)
+
     def _finish_transfer(self, transfer: TransferState, ok: bool, error: str | None = None) -> None:
-        self.active_transfers.pop(transfer.transfer_id, None)
+        if self.active_transfers.pop(transfer.transfer_id, None) is None:
+            return  # finished already
         if ok:
             transfer.bytes_total = transfer.bytes_done
         with self.transaction() as uow:
@@ -586,18 +602,9 @@ class Node:
             uow.emit(TransferFinished(transfer.snapshot(), ok, error))
             uow.commit()
 
-    def _progress_reporter(self, transfer: TransferState) -> Callable[[int], None]:
-        last = 0.0
-
-        def report(done: int) -> None:
-            nonlocal last
-            transfer.bytes_done = done
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY:
-                last = now
-                self.publish([TransferProgress(transfer.snapshot())])
-
-        return report
+    # -- uploads (InboundHandler) ---------------------------------------------------------------
+    def track_upload(self, meta: FileMeta, peer: str, size: int) -> TransferHandle:
+        return self.begin_transfer(meta, "out", peer, size)
 
     async def delete(self, file_id: str) -> None:
         """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere."""
@@ -644,3 +651,23 @@ class Node:
             except NodeError as exc:
                 log.warning("join download of %s failed: %s", file_id[:12], exc)
         return got
+
+
+class TransferHandle:
+    """Progress of one transfer: ``update(bytes_done)`` as bytes move (events at most every
+    ``PROGRESS_EVERY``), then ``finish(ok, error)`` once."""
+
+    def __init__(self, node: Node, state: TransferState) -> None:
+        self.node = node
+        self.state = state
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        self.state.bytes_done = done
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY:
+            self._last = now
+            self.node.publish([TransferProgress(self.state.snapshot())])
+
+    def finish(self, ok: bool, error: str | None = None) -> None:
+        self.node._finish_transfer(self.state, ok, error)

@@ -24,6 +24,14 @@ class FileSink(Protocol):
     def abort(self) -> None: ...
 
 
+class Progress(Protocol):
+    """Progress of one transfer, reported by whoever moves the bytes."""
+
+    def update(self, done: int) -> None: ...
+
+    def finish(self, ok: bool, error: str | None = None) -> None: ...
+
+
 class InboundHandler(Protocol):
     def open_sink(self) -> FileSink:
         """A fresh sink for the bytes of an incoming FILE_DATA."""
@@ -43,6 +51,10 @@ class InboundHandler(Protocol):
         """The record and blob path of a file we hold, for a GET_FILE; None if we don't."""
         ...
 
+    def track_upload(self, meta: FileMeta, peer: str, size: int) -> Progress:
+        """We are about to send ``size`` bytes of ``meta`` to ``peer`` (a GET_FILE answer)."""
+        ...
+
 
 class Network(Protocol):
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
@@ -55,7 +67,14 @@ class Network(Protocol):
         """Deliver one message on a new connection; False if it could not be delivered."""
         ...
 
-    async def push_file(self, host: str, port: int, meta: FileMeta, path: Path) -> bool:
+    async def push_file(
+        self,
+        host: str,
+        port: int,
+        meta: FileMeta,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> bool:
         """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
         ...
 

@@ -215,7 +215,13 @@ class TcpNetwork:
             await _drain(writer, self.limits)
             return
         meta, path = found
-        size = await _write_file_data(writer, meta, path, self.limits)
+        progress = self._handler.track_upload(meta, source, path.stat().st_size)
+        try:
+            size = await _write_file_data(writer, meta, path, self.limits, progress.update)
+        except BaseException as exc:
+            progress.finish(False, str(exc) or type(exc).__name__)
+            raise
+        progress.finish(True)
         log.info("served %s (%d bytes) to %s", meta.file_id[:12], size, source)
 
     # -- dialing -----------------------------------------------------------------------------
@@ -244,7 +250,14 @@ class TcpNetwork:
             finally:
                 await _close(writer)
 
-    async def push_file(self, host: str, port: int, meta: FileMeta, path: Path) -> bool:
+    async def push_file(
+        self,
+        host: str,
+        port: int,
+        meta: FileMeta,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> bool:
         async with self._dials:
             try:
                 _, writer = await self._connect(host, port)
@@ -252,7 +265,7 @@ class TcpNetwork:
                 log.warning("cannot push to %s:%d: %s", host, port, exc)
                 return False
             try:
-                await _write_file_data(writer, meta, path, self.limits)
+                await _write_file_data(writer, meta, path, self.limits, progress)
                 return True
             except (OSError, TimeoutError) as exc:
                 log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
