@@ -101,15 +101,15 @@ class NodeProcess:
         (self.data_dir / "node.json").unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "treedrive", "run", *self.args]
         cmd.append("--shell" if shell else "--no-shell")
-        out = self.log.open("a")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE if shell else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if shell else out,
-            stderr=out,
-            text=True,
-            bufsize=1,
-        )
+        with self.log.open("a") as out:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE if shell else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if shell else out,
+                stderr=out,
+                text=True,
+                bufsize=1,
+            )
         deadline = time.monotonic() + 20
         while not (self.data_dir / "node.json").exists():
             if self.proc.poll() is not None:

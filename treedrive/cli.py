@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,27 +297,47 @@ async def _run(config: NodeConfig, with_shell: bool) -> None:
     click.echo("stopped", err=True)
 
 
+def _read_lines(fd: int) -> Iterator[str]:
+    """Lines from ``fd`` with plain ``os.read``: unlike ``input()``, a thread blocked here
+    holds no interpreter lock, so the process exits cleanly while it waits."""
+    pending = b""
+    while chunk := os.read(fd, 4096):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode(errors="replace").rstrip("\r")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
 def _start_shell(node: Node, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     sh = Shell(node)
+    interactive = sys.stdin.isatty()
+    prompt = f"{node.peer_id}> " if interactive else ""
+
+    def say(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
     def repl() -> None:
-        interactive = sys.stdin.isatty()
-        while not stop.is_set():
-            try:
-                line = input(f"{node.peer_id}> " if interactive else "")
-            except (EOFError, KeyboardInterrupt):
-                break
-            future = asyncio.run_coroutine_threadsafe(sh.execute(line), loop)
-            try:
-                out = future.result()
-            except ExitShell:
-                break
-            except Exception as exc:  # the shell never dies of one command
-                out = f"error: {exc}"
-            if out:
-                print(out, flush=True)
-        loop.call_soon_threadsafe(stop.set)
+        say(prompt)
+        try:
+            for line in _read_lines(sys.stdin.fileno()):
+                if stop.is_set():
+                    break
+                future = asyncio.run_coroutine_threadsafe(sh.execute(line), loop)
+                try:
+                    out = future.result()
+                except ExitShell:
+                    break
+                except Exception as exc:  # the shell never dies of one command
+                    out = f"error: {exc}"
+                say(f"{out}\n{prompt}" if out else prompt)
+        except (OSError, RuntimeError):
+            pass  # stdin closed, or the loop is gone: the node is stopping anyway
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=repl, name="shell", daemon=True).start()
 
