@@ -20,6 +20,8 @@ class Gossip:
     id: str
     peer_id: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    original: Mapping[str, Any] | None = None
+    """The message exactly as received, so that forwarding leaves it unchanged."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,7 @@ def decode(obj: Mapping[str, Any]) -> Message:
             id=_text(obj, "id", numbers=True),
             peer_id=_text(obj, "peerId", numbers=True),
             extra=_extra(obj, keys),
+            original=dict(obj),
         )
     if kind == "GOSSIP_REPLY":
         raw_files = obj.get("files", [])
@@ -164,6 +165,8 @@ def decode(obj: Mapping[str, Any]) -> Message:
 
 def encode(message: Message) -> dict[str, Any]:
     """A core message as a wire object (FILE_DATA without its ``data``: it streams)."""
+    if isinstance(message, Gossip) and message.original is not None:
+        return dict(message.original)  # forwarded: unchanged
     if isinstance(message, Gossip):
         out: dict[str, Any] = {
             "type": "GOSSIP",
