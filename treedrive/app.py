@@ -77,6 +77,16 @@ async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
     try:
         node = build_node(config)
         await node.start()
+        if (
+            config.http_port is not None
+            and node.http_url is None
+            and node.plugins.pm.has_plugin("web")
+        ):
+            await node.stop()
+            node.store.close()
+            raise OSError(
+                f"the dashboard could not listen on port {config.http_port} (see the log)"
+            )
         run_file = write_run_file(node)
         try:
             yield node

@@ -10,11 +10,10 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from treedrive.app import AlreadyRunning, running_node, serve_until_stopped
 from treedrive.core.config import (
     DEFAULT_HTTP_PORT,
     DEFAULT_P2P_PORT,
@@ -22,10 +21,12 @@ from treedrive.core.config import (
     NodeConfig,
     default_data_root,
 )
-from treedrive.core.node import Node
 from treedrive.core.plugins import Plugins, make_plugin_manager
 from treedrive.shell import ExitShell, Shell
-from treedrive.store import Store
+
+if TYPE_CHECKING:
+    from treedrive.core.node import Node
+    from treedrive.store import Store
 
 log = logging.getLogger("treedrive")
 
@@ -273,6 +274,8 @@ def run(
     if shell is None:
         shell = sys.stdin.isatty()
     setup_logging(log_level, data)
+    from treedrive.app import AlreadyRunning
+
     try:
         asyncio.run(_run(config, shell))
     except AlreadyRunning as exc:
@@ -282,6 +285,8 @@ def run(
 
 
 async def _run(config: NodeConfig, with_shell: bool) -> None:
+    from treedrive.app import running_node, serve_until_stopped
+
     stop = asyncio.Event()
     async with running_node(config) as node:
         click.echo(
@@ -358,11 +363,17 @@ def _data_dir_option(f: Any) -> Any:
     return click.option("--peer-id", envvar=env("PEER_ID"), show_envvar=True)(f)
 
 
+def _store(data_dir: Path | None, peer_id: str | None) -> Store:
+    from treedrive.store import Store
+
+    return Store(resolve_data_dir(data_dir, peer_id))
+
+
 @db.command("upgrade")
 @_data_dir_option
 def db_upgrade(data_dir: Path | None, peer_id: str | None) -> None:
     """Apply every pending migration (a node does this at start)."""
-    store = Store(resolve_data_dir(data_dir, peer_id))
+    store = _store(data_dir, peer_id)
     before = store.current_revision()
     store.upgrade()
     click.echo(f"{store.db_path}: {before or '(empty)'} -> {store.current_revision()}")
@@ -372,7 +383,7 @@ def db_upgrade(data_dir: Path | None, peer_id: str | None) -> None:
 @_data_dir_option
 def db_current(data_dir: Path | None, peer_id: str | None) -> None:
     """Show the schema revision of the database."""
-    store = Store(resolve_data_dir(data_dir, peer_id))
+    store = _store(data_dir, peer_id)
     current, head = store.current_revision(), store.head_revision()
     state = "up to date" if current == head else f"behind (head is {head})"
     click.echo(f"{store.db_path}: {current or '(empty)'} — {state}")

@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from treedrive.core.errors import NodeError
 from treedrive.core.model import CatalogEntry
 from treedrive.core.names import safe_name
-from treedrive.core.node import Node
+
+if TYPE_CHECKING:
+    from treedrive.core.node import Node
 
 HELP = """\
 Commands:

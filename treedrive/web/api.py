@@ -9,8 +9,8 @@ gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -45,7 +45,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 HUB: web.AppKey[EventHub] = web.AppKey("hub")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
-HOSTS: web.AppKey[set[str]] = web.AppKey("hosts", set)
+HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts")
 
 
 def load_token(data_dir: Path) -> str:
@@ -64,6 +64,36 @@ def load_token(data_dir: Path) -> str:
     return token
 
 
+class HostPolicy:
+    """Which ``Host`` (and ``Origin``) names the server answers to: its own address, loopback
+    names, and when it listens on every interface, any IP literal. Names that are not this
+    server's (a DNS-rebinding page, say) are refused."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.names: set[str] = set()
+        self.any_ip = False
+
+    def bind(self, host: str, port: int) -> None:
+        self.port = port
+        self.any_ip = host in ("0.0.0.0", "::", "")
+        self.names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+
+    def allows(self, value: str) -> bool:
+        name, sep, port = value.rpartition(":")
+        if not sep or port != str(self.port):
+            return False
+        if name in self.names:
+            return True
+        if self.any_ip:
+            try:
+                ipaddress.ip_address(name.strip("[]"))
+            except ValueError:
+                return False
+            return True
+        return False
+
+
 class EventHub:
     """Fans committed events out to the event-stream clients; keeps a throughput history."""
 
@@ -78,10 +108,16 @@ class EventHub:
             try:
                 queue.put_nowait(data)
             except asyncio.QueueFull:
-                # A client too slow to keep up is dropped; its page reconnects and reloads.
+                # A client too slow to keep up is dropped: its stream ends, and the page
+                # reconnects and reloads. Make room for the end marker.
                 self.clients.discard(queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
+                self._end(queue)
+
+    @staticmethod
+    def _end(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     def on_event(self, event: Event) -> None:
         if self.clients:
@@ -110,8 +146,7 @@ class EventHub:
 
     def close(self) -> None:
         for queue in list(self.clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            self._end(queue)
         self.clients.clear()
 
 
@@ -138,10 +173,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     try:
         host = request.headers.get("Host", "")
-        if host not in app[HOSTS]:
+        if not app[HOSTS].allows(host):
             raise error(403, f"foreign Host {host!r} refused")
         origin = request.headers.get("Origin")
-        if origin is not None and origin.split("://", 1)[-1] not in app[HOSTS]:
+        if origin is not None and not app[HOSTS].allows(origin.split("://", 1)[-1]):
             raise error(403, f"foreign Origin {origin!r} refused")
         if request.method not in SAFE_METHODS:
             given = request.headers.get("Authorization", "")
@@ -213,9 +248,9 @@ async def stats(request: web.Request) -> web.Response:
 # -- API ---------------------------------------------------------------------------------------
 async def status(request: web.Request) -> web.Response:
     data = views.status_json(_node(request))
-    data["authorized"] = hmac.compare_digest(
-        request.cookies.get(COOKIE, "").encode(), request.app[TOKEN].encode()
-    )
+    given = request.headers.get("Authorization", "")
+    token = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+    data["authorized"] = hmac.compare_digest(token.encode(), request.app[TOKEN].encode())
     return web.json_response(data)
 
 
@@ -253,11 +288,12 @@ async def upload(request: web.Request) -> web.Response:
     """Push: the body (raw, with ``?name=``) or a multipart form's ``file`` field."""
     node = _node(request)
     cap = node.config.max_upload
-    if request.content_length is not None and request.content_length > cap:
+    multipart = request.content_type.startswith("multipart/")
+    if not multipart and request.content_length is not None and request.content_length > cap:
         raise error(413, f"upload of {request.content_length} bytes is over the cap ({cap})")
     name = request.query.get("name", "")
     chunks: AsyncIterator[bytes]
-    if request.content_type.startswith("multipart/"):
+    if multipart:
         reader = await request.multipart()
         part = await reader.next()
         while part is not None and getattr(part, "name", None) != "file":
@@ -373,7 +409,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def make_app(node: Node, token: str, hosts: set[str]) -> web.Application:
+def make_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
     """The app; ``hosts`` (``host:port`` names it answers to) may be filled in after binding."""
     app = web.Application(middlewares=[guard], client_max_size=node.config.max_upload + 1)
     app[NODE] = node

@@ -9,14 +9,19 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from treedrive.core.events import Event
 from treedrive.core.hookspecs import hookimpl
-from treedrive.core.node import Node
-from treedrive.web.api import HUB, EventHub, load_token, make_app
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from treedrive.core.events import Event
+    from treedrive.core.node import Node
+    from treedrive.web.api import EventHub
+
+# aiohttp and the app are imported when a node starts its server, so that loading this plugin
+# (e.g. for its CLI commands) stays cheap.
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +36,28 @@ class _Server:
 _servers: dict[int, _Server] = {}
 
 
-def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    names = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
-    return frozenset(f"{name}:{port}" for name in names)
-
-
 @hookimpl
 async def treedrive_startup(node: Node) -> None:
     port = node.config.http_port
     if port is None:
         return
+    from aiohttp import web
+
+    from treedrive.web.api import HUB, HostPolicy, load_token, make_app
+
     token = load_token(node.config.data_dir)
-    hosts: set[str] = set()
+    hosts = HostPolicy()
     app = make_app(node, token, hosts)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, node.config.http_host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, node.config.http_host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1]
     host = node.config.http_host
-    hosts.update(allowed_hosts(host, bound))  # the port is known only once bound
+    hosts.bind(host, bound)  # the port is known only once bound
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     node.http_url = f"http://{shown}:{bound}/"
     hub = app[HUB]
