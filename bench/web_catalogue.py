@@ -1,0 +1,454 @@
+"""Benchmark: the dashboard and the JSON API over a catalogue of 10,000 files.
+
+A real ``treedrive run`` process is started on a temp data dir (dashboard on a free port). This
+script fills its catalogue by speaking the classic protocol to it: one ``GOSSIP_REPLY`` from a fake
+peer (whose address this script listens on, so the node's gossips to it land somewhere) carrying
+``--files`` file records. Then it measures, over one keep-alive HTTP connection:
+
+- ``GET /api/files?limit=50&offset=<random>`` and ``GET /api/files?limit=500`` (``--requests``
+  each), ``GET /api/status`` (same count), and ``GET /stats.json`` (the whole catalogue,
+  ``--stats-requests`` times);
+- the dashboard's first render in headless Chromium, ``--loads`` times, each in a fresh browser
+  context (cold cache, the token cookie set): navigation start to the first ``tr[data-file]`` row
+  in the DOM (a MutationObserver installed before the page's scripts), the same seen from outside
+  (``page.goto`` until the row is visible), and ``performance.timing`` domContentLoaded;
+- ingest: how long the node takes to take in the records (until ``/api/status`` counts them), with
+  no dashboard open and with one open (its event stream gets one event per new record), and how
+  long the open page takes to show the new total, and how often its event stream was re-opened.
+
+Only numbers are printed (no asserts). Only 127.0.0.1 is used; the node process is ended by its
+PID; the temp dir is removed at the end (``--keep`` keeps it).
+
+    python bench/web_catalogue.py
+    python bench/web_catalogue.py --files 2000 --requests 50 --loads 2   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+COOKIE = "treedrive_token"
+
+# Installed before the page's own scripts: the time (ms since navigation start) at which the
+# first file row enters the DOM.
+FIRST_ROW_PROBE = """
+(() => {
+  const probe = new MutationObserver(() => {
+    if (document.querySelector("tr[data-file]")) {
+      window.__firstRow = performance.now();
+      probe.disconnect();
+    }
+  });
+  probe.observe(document, { childList: true, subtree: true });
+})();
+"""
+
+
+# -- the node -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NodeProc:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    p2p_port: int
+    http_host: str
+    http_port: int
+    token: str
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+
+@contextlib.contextmanager
+def running_node(root: Path) -> Iterator[NodeProc]:
+    data_dir = root / "node"
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "treedrive", "run",
+        "--peer-id", "bench",
+        "--port", str(port),
+        "--http-port", "0",
+        "--data-dir", str(data_dir),
+        "--peer-timeout", "3600",  # the fake peers never gossip: keep them (and their files)
+        "--download-limit", "0",
+        "--log-level", "WARNING",
+        "--no-shell",
+    ]  # fmt: skip
+    with (root / "node.out").open("wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        run_file = data_dir / "node.json"
+        deadline = time.monotonic() + 30
+        while not run_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not start: {(root / 'node.out').read_text()}")
+            time.sleep(0.05)
+        info = json.loads(run_file.read_text())
+        host, http_port = str(info["http"]).split("//", 1)[1].rstrip("/").rsplit(":", 1)
+        token = (data_dir / "api-token").read_text().strip()
+        yield NodeProc(proc, data_dir, port, host, int(http_port), token)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- the fake classic peer ------------------------------------------------------------------------
+class Sink:
+    """A listening socket that takes whatever the node sends the fake peers and drops it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.received = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    self.received += len(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def records(count: int, owner: str, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    base = 1_750_000_000
+    out = []
+    for i in range(count):
+        ts = base + rng.randrange(10_000_000)
+        size = rng.randrange(1, 50 << 20)
+        out.append(
+            {
+                "file_name": f"{owner}-report-{i:05d}.pdf",
+                "file_size": size / 1048576,
+                "file_id": hashlib.sha256(f"{owner}/{seed}/{i}".encode()).hexdigest(),
+                "file_owner": owner,
+                "file_timestamp": ts,
+            }
+        )
+    return out
+
+
+def send_gossip_reply(node: NodeProc, peer_id: str, peer_port: int, files: list[Any]) -> None:
+    message = {
+        "type": "GOSSIP_REPLY",
+        "host": "127.0.0.1",
+        "port": peer_port,
+        "peerId": peer_id,
+        "files": files,
+    }
+    with socket.create_connection(("127.0.0.1", node.p2p_port), timeout=10) as s:
+        s.sendall(json.dumps(message).encode())
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+class Client:
+    """One keep-alive HTTP connection to the node's API."""
+
+    def __init__(self, node: NodeProc) -> None:
+        self.conn = http.client.HTTPConnection(node.http_host, node.http_port, timeout=60)
+
+    def get(self, path: str) -> tuple[float, bytes]:
+        start = time.perf_counter()
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        body = resp.read()
+        took = time.perf_counter() - start
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
+        return took, body
+
+    def json(self, path: str) -> Any:
+        return json.loads(self.get(path)[1])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def ingest(
+    node: NodeProc, client: Client, sink: Sink, peer_id: str, count: int, seed: int, target: int
+) -> tuple[float, float]:
+    """Send one GOSSIP_REPLY of ``count`` new records from ``peer_id``; poll ``/api/status``
+    until the catalogue holds ``target`` files. Returns (seconds, slowest poll in ms): while the
+    node takes the records in, its event loop, and so the API, may not answer."""
+    start = time.perf_counter()
+    send_gossip_reply(node, peer_id, sink.port, records(count, peer_id, seed))
+    worst = 0.0
+    while True:
+        took, body = client.get("/api/status")
+        worst = max(worst, took)
+        if json.loads(body)["counts"]["files"] >= target:
+            return time.perf_counter() - start, worst * 1000
+        if time.perf_counter() - start > 600:
+            raise TimeoutError("the records did not arrive in time")
+        time.sleep(0.02)
+
+
+@dataclass
+class Row:
+    what: str
+    n: int
+    samples_ms: list[float]
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        s = sorted(self.samples_ms)
+        p50 = statistics.median(s)
+        p95 = statistics.quantiles(s, n=20, method="inclusive")[18] if len(s) > 1 else s[0]
+        return [
+            self.what,
+            str(self.n),
+            f"{p50:.1f}",
+            f"{p95:.1f}",
+            f"{statistics.fmean(s):.1f}",
+            f"{s[-1]:.1f}",
+            self.note,
+        ]
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ["measure", "n", "p50 ms", "p95 ms", "mean ms", "max ms", "note"]
+    body = [r.cells() for r in rows]
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    fmt = "  ".join(
+        f"{{:{'<' if i in (0, len(head) - 1) else '>'}{w}}}" for i, w in enumerate(widths)
+    )
+    print(fmt.format(*head))
+    print("  ".join("-" * w for w in widths))
+    for line in body:
+        print(fmt.format(*line))
+
+
+def measure_api(client: Client, total: int, requests: int, stats_requests: int) -> list[Row]:
+    rng = random.Random(7)
+    rows = []
+    pages = []
+    size = 0
+    for _ in range(requests):
+        offset = rng.randrange(max(1, total - 50))
+        took, body = client.get(f"/api/files?limit=50&offset={offset}")
+        pages.append(took * 1000)
+        size = len(body)
+    rows.append(Row("GET /api/files?limit=50&offset=<random>", requests, pages, f"{size} B"))
+    big = []
+    for _ in range(requests):
+        took, body = client.get("/api/files?limit=500")
+        big.append(took * 1000)
+        size = len(body)
+    rows.append(Row("GET /api/files?limit=500", requests, big, f"{size} B"))
+    status = []
+    for _ in range(requests):
+        took, body = client.get("/api/status")
+        status.append(took * 1000)
+    rows.append(Row("GET /api/status", requests, status, f"{len(body)} B"))
+    stats = []
+    for _ in range(stats_requests):
+        took, body = client.get("/stats.json")
+        stats.append(took * 1000)
+    rows.append(Row("GET /stats.json (whole catalogue)", stats_requests, stats, f"{len(body)} B"))
+    return rows
+
+
+def measure_status_under_stats(node: NodeProc, client: Client, requests: int) -> Row:
+    """``/api/status`` while another connection keeps asking for ``/stats.json``."""
+    stop = threading.Event()
+
+    def hammer() -> None:
+        other = Client(node)
+        while not stop.is_set():
+            other.get("/stats.json")
+        other.close()
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    samples = [client.get("/api/status")[0] * 1000 for _ in range(requests)]
+    stop.set()
+    thread.join()
+    return Row("GET /api/status while /stats.json is served", requests, samples, "2nd conn")
+
+
+def measure_render(node: NodeProc, loads: int) -> list[Row]:
+    from playwright.sync_api import sync_playwright
+
+    first_rows, walls, dcls = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for _ in range(loads):
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.add_cookies([{"name": COOKIE, "value": node.token, "url": node.base}])
+                context.add_init_script(FIRST_ROW_PROBE)
+                page = context.new_page()
+                start = time.perf_counter()
+                page.goto(node.base + "/")
+                page.wait_for_selector("tr[data-file]", timeout=30_000)
+                walls.append((time.perf_counter() - start) * 1000)
+                first_rows.append(float(page.evaluate("window.__firstRow")))
+                dcls.append(
+                    float(
+                        page.evaluate(
+                            "performance.timing.domContentLoadedEventEnd"
+                            " - performance.timing.navigationStart"
+                        )
+                    )
+                )
+                context.close()
+        finally:
+            browser.close()
+    return [
+        Row("first render: nav start -> first file row (in page)", loads, first_rows),
+        Row("first render: goto -> row visible (outside)", loads, walls),
+        Row("first render: domContentLoaded (performance.timing)", loads, dcls),
+    ]
+
+
+def measure_ingest_with_page(
+    node: NodeProc, client: Client, sink: Sink, count: int, before: int
+) -> dict[str, Any]:
+    """One more GOSSIP_REPLY of ``count`` new records while a dashboard page is open."""
+    from playwright.sync_api import sync_playwright
+
+    result: dict[str, Any] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_cookies([{"name": COOKIE, "value": node.token, "url": node.base}])
+            page = context.new_page()
+            streams: list[str] = []
+            page.on("request", lambda r: streams.append(r.url) if "/api/events" in r.url else None)
+            page.goto(node.base + "/")
+            page.wait_for_selector("tr[data-file]")
+            page.wait_for_function("document.querySelector('#conn').textContent === 'live'")
+            target = before + count
+            start = time.perf_counter()
+            result["node_s"], result["worst_ms"] = ingest(
+                node, client, sink, "fake-peer-2", count, 2, target
+            )
+            page.wait_for_function(
+                f"document.querySelector('#n-files').textContent === '{target}'", timeout=300_000
+            )
+            result["page_s"] = time.perf_counter() - start
+            time.sleep(1.0)  # let a dropped stream reconnect, if it was dropped
+            result["streams"] = len(streams)
+            result["conn"] = page.locator("#conn").text_content()
+            context.close()
+        finally:
+            browser.close()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", type=int, default=10_000, help="file records in the catalogue")
+    ap.add_argument("--requests", type=int, default=200, help="requests per API measure")
+    ap.add_argument("--stats-requests", type=int, default=30, help="requests of /stats.json")
+    ap.add_argument("--loads", type=int, default=5, help="dashboard loads in Chromium")
+    ap.add_argument("--no-browser", action="store_true", help="skip the Chromium measures")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args()
+    browser = not args.no_browser and Path(CHROMIUM).exists()
+
+    root = Path(tempfile.mkdtemp(prefix="treedrive-bench-web-"))
+    sink = Sink()
+    try:
+        with running_node(root) as node:
+            client = Client(node)
+            print(f"node: p2p 127.0.0.1:{node.p2p_port}, dashboard {node.base}/  (data {root})")
+            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+
+            took, worst = ingest(node, client, sink, "fake-peer-1", args.files, 1, args.files)
+            total = client.json("/api/status")["counts"]["files"]
+            print(f"catalogue: {total} file records")
+            print(
+                f"ingest of one GOSSIP_REPLY with {args.files} records, no dashboard open: "
+                f"{took:.2f} s (slowest /api/status poll meanwhile: {worst:.0f} ms)"
+            )
+            print()
+
+            rows = measure_api(client, total, args.requests, args.stats_requests)
+            rows.append(measure_status_under_stats(node, client, min(args.requests, 50)))
+            if browser:
+                rows += measure_render(node, args.loads)
+            print_table(rows)
+
+            if browser:
+                print()
+                with_page = measure_ingest_with_page(node, client, sink, args.files, total)
+                total = client.json("/api/status")["counts"]["files"]
+                target = total + args.files
+                took, worst = ingest(node, client, sink, "fake-peer-3", args.files, 3, target)
+                print(
+                    f"ingest of {args.files} more records with a dashboard open: "
+                    f"{with_page['node_s']:.2f} s in the node (slowest /api/status poll "
+                    f"{with_page['worst_ms']:.0f} ms), {with_page['page_s']:.2f} s until the "
+                    f"page shows the new total; event-stream connections opened by the page: "
+                    f"{with_page['streams']} (1 = never dropped); #conn then {with_page['conn']!r}"
+                )
+                print(
+                    f"ingest of {args.files} more records, no dashboard open again "
+                    f"(catalogue {total} -> {target}): {took:.2f} s (slowest poll {worst:.0f} ms)"
+                )
+            client.close()
+    finally:
+        sink.close()
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
