@@ -305,6 +305,6 @@ async def test_throughput_samples_count_every_byte_of_a_fetch(
             await asyncio.sleep(0.1)
 
     async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-        moved_in = sum(s["in"] for s in await samples(http, bob))
-        moved_out = sum(s["out"] for s in await samples(http, alice))
+        moved_in = sum(s["in_bytes"] for s in await samples(http, bob))
+        moved_out = sum(s["out_bytes"] for s in await samples(http, alice))
     assert (moved_in, moved_out) == (size, size)

@@ -8,7 +8,7 @@ import re
 
 from treedrive.core.model import Timestamp
 
-FILE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+FILE_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def timestamp_suffixes(ts: Timestamp) -> list[bytes]:
@@ -62,4 +62,4 @@ def compute_file_id(data: bytes, ts: int) -> str:
 
 
 def is_file_id(value: object) -> bool:
-    return isinstance(value, str) and FILE_ID_RE.match(value) is not None
+    return isinstance(value, str) and FILE_ID_RE.fullmatch(value) is not None

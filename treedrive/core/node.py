@@ -323,31 +323,20 @@ class Node:
         if r.peer_id == self.peer_id:
             return
         now = time.time()
-        stale: list[tuple[str, str]] = []
         with self.transaction() as uow:
             peer, new = uow.peers.upsert(r.peer_id, r.host, r.port, now, features_of(r.extra))
             uow.emit(PeerSeen(peer, new))
-            held = []
-            for meta in r.files:
-                owner = uow.tombstones.owner(meta.file_id)
-                if owner is not None:
-                    stale.append((meta.file_id, owner))
-                    continue
-                held.append(meta.file_id)
-                self._merge_advert(uow, meta, r.peer_id, now)
-            uow.files.set_holdings(r.peer_id, held)
+            deleted = uow.tombstones.owners([m.file_id for m in r.files])
+            stale = [(m.file_id, deleted[m.file_id]) for m in r.files if m.file_id in deleted]
+            live = [m for m in r.files if m.file_id not in deleted]
+            for meta, is_new in uow.files.advertise(r.peer_id, live, now, complete=True):
+                uow.emit(FileAdvertised(meta, r.peer_id, is_new))
             uow.commit()
         if r.skipped:
             log.warning("%d malformed file records from %s skipped", r.skipped, r.peer_id)
         self._extension_keys("GOSSIP_REPLY", r.peer_id, r.extra)
         for file_id, owner in stale:
             self._relay_delete(peer, file_id, owner, now)
-
-    def _merge_advert(self, uow: UnitOfWork, meta: FileMeta, holder: str, now: float) -> None:
-        is_new = uow.files.merge(meta, now)
-        added = uow.files.add_holder(meta.file_id, holder, now)
-        if is_new or added:
-            uow.emit(FileAdvertised(meta, holder, is_new))
 
     def _relay_delete(self, peer: PeerInfo, file_id: str, owner: str, now: float) -> None:
         """A peer still advertises a file its owner deleted (it missed the DELETE): pass the
@@ -367,7 +356,8 @@ class Node:
             owner = uow.tombstones.owner(a.meta.file_id)
             peer = uow.peers.get(a.from_peer)
             if owner is None:
-                self._merge_advert(uow, a.meta, a.from_peer, now)
+                for meta, is_new in uow.files.advertise(a.from_peer, [a.meta], now):
+                    uow.emit(FileAdvertised(meta, a.from_peer, is_new))
                 uow.commit()
         if owner is not None and peer is not None:
             self._relay_delete(peer, a.meta.file_id, owner, now)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -60,6 +61,11 @@ class FileRecord(Base):
     """A file of the replicated catalogue, local or remote."""
 
     __tablename__ = "files"
+    # The catalogue is listed newest first (a page at a time): these serve the order with no sort.
+    __table_args__ = (
+        Index("ix_files_order", "timestamp_value", "file_id"),
+        Index("ix_files_scope_order", "has_copy", "timestamp_value", "file_id"),
+    )
 
     file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     file_name: Mapped[str] = mapped_column(Text)
@@ -72,7 +78,7 @@ class FileRecord(Base):
     file_timestamp: Mapped[str] = mapped_column(Text)
     # The timestamp as a number for ordering ("replace if greater"); 0 when not numeric.
     timestamp_value: Mapped[float] = mapped_column(Float)
-    has_copy: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    has_copy: Mapped[bool] = mapped_column(Boolean, default=False)
     added_at: Mapped[float] = mapped_column(Float)
 
     holders: Mapped[list[Holder]] = relationship(

@@ -8,9 +8,9 @@ publishes them, so a plugin never hears of a change that did not happen.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from treedrive.core.events import Event
@@ -36,6 +36,25 @@ def _features_text(features: frozenset[str] | None) -> str | None:
 
 def _features_load(text: str | None) -> frozenset[str] | None:
     return None if text is None else frozenset(text.split())
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Pieces small enough for SQLite's limit on bound parameters."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _file_row(meta: FileMeta, now: float) -> dict[str, object]:
+    return {
+        "file_id": meta.file_id,
+        "file_name": meta.file_name,
+        "file_size": meta.file_size,
+        "file_owner": meta.file_owner,
+        "file_timestamp": _ts_text(meta.file_timestamp),
+        "timestamp_value": timestamp_value(meta.file_timestamp),
+        "has_copy": False,
+        "added_at": now,
+    }
 
 
 def peer_info(row: Peer) -> PeerInfo:
@@ -150,7 +169,7 @@ class FileRepo:
             q = q.where(FileRecord.has_copy.is_(True))
         elif scope == "remote":
             q = q.where(FileRecord.has_copy.is_(False))
-        q = q.order_by(FileRecord.timestamp_value.desc(), FileRecord.file_id)
+        q = q.order_by(FileRecord.timestamp_value.desc(), FileRecord.file_id.desc())
         q = q.offset(offset).limit(limit)
         return [catalog_entry(r) for r in self.s.scalars(q)]
 
@@ -193,6 +212,53 @@ class FileRepo:
             row.timestamp_value = timestamp_value(meta.file_timestamp)
         return False
 
+    def advertise(
+        self, holder: str, metas: Sequence[FileMeta], now: float, *, complete: bool = False
+    ) -> list[tuple[FileMeta, bool]]:
+        """``holder`` says it holds ``metas``: record new ids, take newer timestamps, add the
+        holder. ``complete``: that is all it holds (a GOSSIP_REPLY), so it stops holding the
+        rest. Returns the (meta, is_new) that changed something. Batched: a reply with thousands
+        of records costs a few statements, not thousands."""
+        latest: dict[str, FileMeta] = {}
+        for meta in metas:
+            seen = latest.get(meta.file_id)
+            if seen is None or timestamp_value(meta.file_timestamp) > timestamp_value(
+                seen.file_timestamp
+            ):
+                latest[meta.file_id] = meta
+        ids = list(latest)
+        rows: dict[str, FileRecord] = {}
+        for part in _chunks(ids):
+            for row in self.s.scalars(select(FileRecord).where(FileRecord.file_id.in_(part))):
+                rows[row.file_id] = row
+        held = set(self.s.scalars(select(Holder.file_id).where(Holder.peer_id == holder)))
+        new_rows: list[dict[str, object]] = []
+        new_holders: list[dict[str, object]] = []
+        changed: list[tuple[FileMeta, bool]] = []
+        for file_id, meta in latest.items():
+            found = rows.get(file_id)
+            if found is None:
+                new_rows.append(_file_row(meta, now))
+            elif timestamp_value(meta.file_timestamp) > found.timestamp_value:
+                found.file_name, found.file_size = meta.file_name, meta.file_size
+                found.file_timestamp = _ts_text(meta.file_timestamp)
+                found.timestamp_value = timestamp_value(meta.file_timestamp)
+            if file_id not in held:
+                new_holders.append({"file_id": file_id, "peer_id": holder, "since": now})
+            if found is None or file_id not in held:
+                changed.append((meta, found is None))
+        if new_rows:
+            self.s.execute(insert(FileRecord), new_rows)
+        if new_holders:
+            self.s.execute(insert(Holder), new_holders)
+        if complete:
+            gone = held - set(ids)
+            for part in _chunks(list(gone)):
+                self.s.execute(
+                    delete(Holder).where(Holder.peer_id == holder, Holder.file_id.in_(part))
+                )
+        return changed
+
     def add_holder(self, file_id: str, peer_id: str, now: float) -> bool:
         if self.s.get(Holder, (file_id, peer_id)) is not None:
             return False
@@ -206,16 +272,6 @@ class FileRepo:
         """Forget holders that are not tracked peers (an ANNOUNCE names no address)."""
         result = self.s.execute(delete(Holder).where(Holder.peer_id.not_in(select(Peer.peer_id))))
         return int(getattr(result, "rowcount", 0) or 0)
-
-    def set_holdings(self, peer_id: str, file_ids: Iterable[str]) -> None:
-        """``peer_id`` holds exactly ``file_ids`` (a GOSSIP_REPLY lists all a peer holds)."""
-        keep = set(file_ids)
-        current = set(self.s.scalars(select(Holder.file_id).where(Holder.peer_id == peer_id)))
-        gone = current - keep
-        if gone:
-            self.s.execute(
-                delete(Holder).where(Holder.peer_id == peer_id, Holder.file_id.in_(gone))
-            )
 
     def mark_local(self, meta: FileMeta, size: int, now: float) -> None:
         self.merge(meta, now)
@@ -234,6 +290,7 @@ class FileRepo:
         if row is None:
             return False
         self.s.delete(row)
+        self.s.flush()
         return True
 
     def remove_orphans(self) -> list[str]:
@@ -254,6 +311,14 @@ class FileRepo:
 class TombstoneRepo:
     def __init__(self, session: Session) -> None:
         self.s = session
+
+    def owners(self, file_ids: Sequence[str]) -> dict[str, str]:
+        """The recorded owner of each of ``file_ids`` that is tombstoned."""
+        out: dict[str, str] = {}
+        for part in _chunks(list(file_ids)):
+            q = select(Tombstone.file_id, Tombstone.file_owner).where(Tombstone.file_id.in_(part))
+            out.update({file_id: owner for file_id, owner in self.s.execute(q)})
+        return out
 
     def get(self, file_id: str) -> Tombstone | None:
         return self.s.get(Tombstone, file_id)

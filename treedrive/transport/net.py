@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from treedrive.core.errors import TransferError
 from treedrive.core.messages import FileData, GetFile, Message
@@ -117,7 +116,8 @@ class TcpNetwork:
         self.limits = limits or NetLimits()
         self._server: asyncio.Server | None = None
         self._handler: InboundHandler | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._closing = False
         self._dials = asyncio.Semaphore(self.limits.max_dials)
 
     # -- listening ---------------------------------------------------------------------------
@@ -130,26 +130,34 @@ class TcpNetwork:
         return self.host, int(sockname[1])
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
+        for task, writer in list(self._conns.items()):
             task.cancel()
+            writer.close()
         if self._conns:
-            await asyncio.wait(self._conns, timeout=5)
+            await asyncio.wait(list(self._conns), timeout=5)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._conns) >= self.limits.max_connections:
-            log.warning(
-                "connection limit (%d) reached; connection closed", self.limits.max_connections
-            )
-            await _close(writer)
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, not a coroutine: the connection is recorded at once, so close()
+        # always finds (and closes) it, even before its task first runs.
+        if self._closing or len(self._conns) >= self.limits.max_connections:
+            if not self._closing:
+                log.warning(
+                    "connection limit (%d) reached; connection closed",
+                    self.limits.max_connections,
+                )
+            writer.close()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
+        task = asyncio.ensure_future(self._connection(reader, writer))
+        self._conns[task] = writer
+        task.add_done_callback(self._conns.pop)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         try:
@@ -161,7 +169,6 @@ class TcpNetwork:
         except Exception:
             log.exception("%s: error while handling a message", source)
         finally:
-            self._conns.discard(task)
             await _close(writer)
 
     async def _serve_connection(

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 
 from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner
-from treedrive.core.events import Event
+from treedrive.core.events import Event, TransferFinished
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
 from treedrive.web import views
@@ -102,38 +102,51 @@ class EventHub:
         self.clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.throughput: deque[dict[str, float]] = deque(maxlen=300)
         self._last: dict[int, int] = {}
+        self._finished = {"in": 0, "out": 0}
+        self._sampled = time.monotonic()
 
     def publish(self, data: dict[str, Any]) -> None:
         for queue in list(self.clients):
             try:
                 queue.put_nowait(data)
             except asyncio.QueueFull:
-                # A client too slow to keep up is dropped: its stream ends, and the page
-                # reconnects and reloads. Make room for the end marker.
-                self.clients.discard(queue)
-                self._end(queue)
+                # A client that fell behind (a burst of thousands of records) skips what it
+                # missed and is told to reload its view instead.
+                self._flush(queue, {"type": "Resync", "time": time.time()})
 
     @staticmethod
-    def _end(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    def _flush(queue: asyncio.Queue[dict[str, Any] | None], last: dict[str, Any] | None) -> None:
         while not queue.empty():
             queue.get_nowait()
-        queue.put_nowait(None)
+        queue.put_nowait(last)
 
     def on_event(self, event: Event) -> None:
+        if isinstance(event, TransferFinished):
+            # Bytes moved since the last sample still count in the next one.
+            t = event.transfer
+            self._finished[t.direction] += max(0, t.bytes_done - self._last.pop(t.transfer_id, 0))
         if self.clients:
             self.publish(views.event_json(self.node, event))
 
     def sample(self) -> dict[str, float]:
         """Bytes per second moved since the last sample, per direction."""
-        now = time.time()
-        rates = {"in": 0.0, "out": 0.0}
+        now = time.monotonic()
+        moved = dict(self._finished)
+        self._finished = {"in": 0, "out": 0}
         seen = {}
         for tid, t in self.node.active_transfers.items():
-            before = self._last.get(tid, 0)
-            rates[t.direction] = rates.get(t.direction, 0.0) + max(0, t.bytes_done - before)
+            moved[t.direction] += max(0, t.bytes_done - self._last.get(tid, 0))
             seen[tid] = t.bytes_done
         self._last = seen
-        point = {"t": now, "in": rates["in"], "out": rates["out"]}
+        elapsed = max(1e-3, now - self._sampled)
+        self._sampled = now
+        point = {
+            "t": time.time(),
+            "in": moved["in"] / elapsed,  # bytes per second
+            "out": moved["out"] / elapsed,
+            "in_bytes": moved["in"],  # bytes since the previous sample
+            "out_bytes": moved["out"],
+        }
         self.throughput.append(point)
         return point
 
@@ -146,7 +159,7 @@ class EventHub:
 
     def close(self) -> None:
         for queue in list(self.clients):
-            self._end(queue)
+            self._flush(queue, None)
         self.clients.clear()
 
 
@@ -242,7 +255,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(views.stats_json(_node(request)))
+    # The whole catalogue: built in a worker thread so the node keeps serving meanwhile.
+    body = await asyncio.to_thread(lambda: json.dumps(views.stats_json(_node(request))))
+    return web.Response(text=body, content_type="application/json")
 
 
 # -- API ---------------------------------------------------------------------------------------

@@ -66,9 +66,10 @@ def transfer_json(t: TransferState) -> dict[str, Any]:
 
 
 def stats_json(node: Node) -> dict[str, Any]:
-    """The seed-compatible ``/stats.json``."""
-    peers = node.peers()
-    files = node.files("both")
+    """The seed-compatible ``/stats.json`` (safe to build in a worker thread)."""
+    with node.store.unit_of_work() as uow:
+        peers = uow.peers.all()
+        files = uow.files.entries("both")
     return {
         "peerId": node.peer_id,
         "peers": [
@@ -118,7 +119,10 @@ def event_json(node: Node, event: Event) -> dict[str, Any]:
         data = {"peer": peer_json(event.peer), "new": event.new}
     elif isinstance(event, PeerExpired):
         data = {"peer_id": event.peer_id}
-    elif isinstance(event, FileAdvertised | FileStored):
+    elif isinstance(event, FileAdvertised):
+        # Cheap (no lookup): a reply can advertise thousands of files at once.
+        data = {"file_id": event.meta.file_id, "holder": event.holder, "new": event.new}
+    elif isinstance(event, FileStored):
         entry = node.file(event.meta.file_id)
         data = {"file_id": event.meta.file_id, "file": entry and file_json(entry, node)}
     elif isinstance(event, FileDeleted):

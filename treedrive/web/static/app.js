@@ -180,7 +180,9 @@ async function loadFiles() {
 }
 async function loadTransfers() {
   const data = await api("GET", "/api/transfers");
-  state.transfers = new Map(data.active.map((t) => [t.transfer_id, t]));
+  // Keep this page's own uploads (negative ids): the node does not list them until they land.
+  const uploads = [...state.transfers.values()].filter((t) => t.transfer_id < 0);
+  state.transfers = new Map([...data.active, ...uploads].map((t) => [t.transfer_id, t]));
   renderTransfers();
 }
 async function loadThroughput() {
@@ -235,9 +237,15 @@ function onEvent(ev) {
     case "PeerExpired":
       state.peers.delete(ev.peer_id); renderPeers(); break;
     case "FileAdvertised":
+      // A new record or holder: the page's rows (and totals) change; coalesced.
+      soon("files"); soon("status");
+      break;
     case "FileStored":
       if (ev.file) upsertFile(ev.file);
-      if (ev.type === "FileStored") toast(`stored ${ev.file ? ev.file.display_name : ev.file_id.slice(0, 12)}`);
+      toast(`stored ${ev.file ? ev.file.display_name : ev.file_id.slice(0, 12)}`);
+      break;
+    case "Resync":
+      loadAll().catch((e) => toast(`reload failed: ${e.message}`, true));
       break;
     case "FileDeleted": {
       const i = state.files.findIndex((x) => x.file_id === ev.file_id);
@@ -322,7 +330,7 @@ function wire() {
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadFiles(); });
   setInterval(() => {
     for (const td of document.querySelectorAll("td.seen")) td.textContent = ago(Number(td.dataset.t));
-    if (state.status) $("#uptime").textContent = `up ${duration(Date.now() / 1000 - state.status.started_at)}`;
+    if (state.status && state.connected) $("#uptime").textContent = `up ${duration(Date.now() / 1000 - state.status.started_at)}`;
   }, 1000);
   window.addEventListener("resize", renderChart);
 }

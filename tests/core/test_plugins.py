@@ -1,0 +1,270 @@
+"""The plugin manager factory and facade, and the example ``rarest`` download selector — both
+through the hook and through a real joining node (real sockets on loopback, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import address
+from treedrive.cli import cli
+from treedrive.core import defaults
+from treedrive.core.fileid import compute_file_id
+from treedrive.core.hookspecs import hookimpl
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
+from treedrive.core.node import Node
+from treedrive.core.plugins import BLOCK_ENV, Plugins, make_plugin_manager
+
+HAS_RAREST = importlib.util.find_spec("treedrive_rarest") is not None
+needs_rarest = pytest.mark.skipif(
+    not HAS_RAREST, reason="pip install -e plugins/treedrive-rarest (scripts/test does)"
+)
+
+
+def entry(n: int, ts: int, holders: int) -> CatalogEntry:
+    data = f"file {n}".encode()
+    meta = FileMeta(compute_file_id(data, ts), f"f{n}", 0.0, "owner", ts)
+    return CatalogEntry(meta, False, None, tuple(f"h{i}" for i in range(holders)))
+
+
+# -- the factory ----------------------------------------------------------------------------------
+def test_factory_registers_the_defaults_and_checks_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    pm = make_plugin_manager(load_entry_points=False)
+    assert pm.get_plugin("treedrive.defaults") is defaults
+    assert pm.project_name == "treedrive"
+    pm.check_pending()
+    assert Plugins(pm).names() == [("treedrive.defaults", "built-in")]
+    # The default policies answer.
+    plugins = Plugins(pm)
+    cands = [entry(i, 100 + i, 1) for i in range(5)]
+    chosen = plugins.first("treedrive_select_downloads", node=None, candidates=cands, limit=3)
+    assert chosen == [c.meta.file_id for c in cands[:3]]
+    assert plugins.first("treedrive_accept_file", node=None, meta=cands[0].meta, peer_id=None)
+
+
+def test_a_misspelt_hook_fails_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def treedrive_on_evnet(self, node: Any, event: Any) -> None: ...
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Typo())
+    with pytest.raises(pluggy.PluginValidationError):
+        pm.check_pending()
+
+
+def test_factory_is_not_a_singleton() -> None:
+    assert make_plugin_manager(load_entry_points=False) is not make_plugin_manager(
+        load_entry_points=False
+    )
+
+
+@needs_rarest
+def test_entry_point_plugins_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    names = dict(Plugins(make_plugin_manager()).names())
+    assert "rarest" in names
+    assert names["rarest"].startswith("treedrive-rarest ")
+    assert names["treedrive.defaults"] == "built-in"
+
+
+@needs_rarest
+def test_disable_env_blocks_a_named_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLOCK_ENV, " something-else , rarest")
+    pm = make_plugin_manager()
+    assert pm.is_blocked("rarest")
+    assert pm.get_plugin("rarest") is None
+    assert "rarest" not in dict(Plugins(pm).names())
+    assert pm.get_plugin("treedrive.defaults") is defaults
+
+
+def test_policy_hook_returning_an_awaitable_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    class AsyncPolicy:
+        @hookimpl
+        async def treedrive_select_downloads(
+            self, node: Any, candidates: Sequence[CatalogEntry], limit: int
+        ) -> list[str]:
+            return ["nope"]
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(AsyncPolicy(), name="async-policy")
+    cands = [entry(1, 100, 1)]
+    caplog.set_level(logging.ERROR)
+    chosen = Plugins(pm).first("treedrive_select_downloads", node=None, candidates=cands, limit=3)
+    assert chosen == [cands[0].meta.file_id]
+    assert "awaitable" in caplog.text
+
+
+def test_collect_skips_a_raising_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    class Good:
+        @hookimpl
+        def treedrive_gossip_extra(self, node: Any, message_type: str) -> dict[str, int]:
+            return {"good": 1}
+
+    class Bad:
+        @hookimpl
+        def treedrive_gossip_extra(self, node: Any, message_type: str) -> dict[str, int]:
+            raise ValueError("bad plugin")
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Good(), name="good")
+    pm.register(Bad(), name="bad")
+    caplog.set_level(logging.ERROR)
+    got = Plugins(pm).collect("treedrive_gossip_extra", node=None, message_type="GOSSIP")
+    assert got == [{"good": 1}]
+    assert "'bad' failed in treedrive_gossip_extra" in caplog.text
+
+
+# -- the rarest selector, through the hook --------------------------------------------------------
+@needs_rarest
+def test_rarest_orders_by_holders_then_newest_then_id() -> None:
+    import treedrive_rarest
+
+    common_new = entry(1, 900, 3)
+    rare_old = entry(2, 100, 1)
+    rare_new = entry(3, 200, 1)
+    two = entry(4, 800, 2)
+    tie_a, tie_b = entry(5, 500, 2), entry(6, 500, 2)
+    cands = [common_new, rare_old, rare_new, two, tie_a, tie_b]
+    ids = treedrive_rarest.treedrive_select_downloads(node=None, candidates=cands, limit=10)
+    ties = sorted([tie_a.meta.file_id, tie_b.meta.file_id])
+    assert ids == [
+        rare_new.meta.file_id,
+        rare_old.meta.file_id,
+        two.meta.file_id,
+        *ties,
+        common_new.meta.file_id,
+    ]
+    assert treedrive_rarest.treedrive_select_downloads(node=None, candidates=cands, limit=2) == [
+        rare_new.meta.file_id,
+        rare_old.meta.file_id,
+    ]
+    assert treedrive_rarest.treedrive_select_downloads(node=None, candidates=[], limit=3) is None
+    assert treedrive_rarest.treedrive_select_downloads(node=None, candidates=cands, limit=0) == []
+
+
+@needs_rarest
+def test_rarest_overrides_the_default_selector() -> None:
+    import treedrive_rarest
+
+    # Newest first, as the node hands them over; the newest are the most common.
+    cands = [entry(1, 400, 3), entry(2, 300, 3), entry(3, 200, 1), entry(4, 100, 2)]
+    without = Plugins(make_plugin_manager(load_entry_points=False))
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(treedrive_rarest, name="rarest")
+    with_rarest = Plugins(pm)
+    kwargs: dict[str, Any] = {"node": None, "candidates": cands, "limit": 2}
+    assert without.first("treedrive_select_downloads", **kwargs) == [
+        cands[0].meta.file_id,
+        cands[1].meta.file_id,
+    ]
+    assert with_rarest.first("treedrive_select_downloads", **kwargs) == [
+        cands[2].meta.file_id,
+        cands[3].meta.file_id,
+    ]
+
+
+# -- the rarest selector, through a real joining node ---------------------------------------------
+def seed(node: Node, data: bytes, ts: int, owner: str, name: str) -> FileMeta:
+    """Put a file into a running holder's store as if it had it all along."""
+    file_id = compute_file_id(data, ts)
+    meta = FileMeta(file_id, name, len(data) / MEGABYTE, owner, ts)
+    with node.store.blobs.writer() as w:
+        w.write(data)
+        w.commit(file_id, ts)
+    with node.transaction() as uow:
+        uow.files.mark_local(meta, len(data), 1.0)
+        uow.commit()
+    return meta
+
+
+@needs_rarest
+@pytest.mark.parametrize("with_rarest", [True, False], ids=["rarest", "default"])
+async def test_joining_node_fetches_rarest_files_with_the_plugin(
+    start_node: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    wait_for_peers: Callable[..., Any],
+    with_rarest: bool,
+) -> None:
+    if with_rarest:
+        monkeypatch.delenv(BLOCK_ENV, raising=False)
+    else:
+        monkeypatch.setenv(BLOCK_ENV, "rarest")
+    # Three holders that never fetch anything themselves.
+    h1 = await start_node("h1", download_limit=0)
+    h2 = await start_node("h2", download_limit=0, bootstrap=(address(h1),))
+    h3 = await start_node("h3", download_limit=0, bootstrap=(address(h1),))
+    holders = (h1, h2, h3)
+    await wait_for_peers(h1, {"h2", "h3"})
+    # The newest files are held by all three; each older one by one holder only.
+    common = []
+    for i in range(3):
+        for h in holders:
+            meta = seed(h, f"common {i}".encode(), 3000 + i, "h1", f"common{i}")
+        common.append(meta)
+    rare = [
+        seed(h, f"rare {i}".encode(), 1000 + i, h.peer_id, f"rare{i}")
+        for i, h in enumerate(holders)
+    ]
+    joiner = await start_node("joiner", join_delay=1.5, bootstrap=(address(h1),))
+    assert (joiner.plugins.pm.get_plugin("rarest") is not None) is with_rarest
+    await asyncio.wait_for(joiner.joined.wait(), 20)
+    got = {e.meta.file_id for e in joiner.files("local")}
+    expected = rare if with_rarest else common
+    assert got == {m.file_id for m in expected}
+    # It saw every file with the right number of holders before choosing.
+    holders_of = {e.meta.file_id: len(e.holders) for e in joiner.files("remote")}
+    others = common if with_rarest else rare
+    assert set(holders_of) == {m.file_id for m in others}
+    for m in others:
+        assert holders_of[m.file_id] == (3 if m in common else 1)
+
+
+@pytest.fixture
+def wait_for_peers() -> Callable[..., Any]:
+    from tests.conftest import wait_for
+
+    async def wait(node: Node, peer_ids: set[str]) -> None:
+        await wait_for(lambda: peer_ids <= {p.peer_id for p in node.peers()}, timeout=10)
+
+    return wait
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+@needs_rarest
+def test_plugins_command_lists_rarest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("rarest  (treedrive-rarest ") for line in lines), result.output
+    assert "treedrive.defaults  (built-in)" in lines
+
+
+@needs_rarest
+def test_plugins_command_hides_a_blocked_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLOCK_ENV, "rarest")
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "rarest" not in result.output
+    assert "treedrive.defaults" in result.output
+
+
+def test_rarest_package_is_declared() -> None:
+    """The example plugin declares the entry point the brief names (hatchling, group treedrive)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "plugins/treedrive-rarest/pyproject.toml").read_text())
+    assert project["build-system"]["build-backend"] == "hatchling.build"
+    assert project["project"]["entry-points"]["treedrive"] == {"rarest": "treedrive_rarest"}
+    assert any(d.startswith("treedrive") for d in project["project"]["dependencies"])
