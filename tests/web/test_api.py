@@ -600,7 +600,7 @@ async def test_transfers_and_throughput_shapes(
             break
         await asyncio.sleep(0.05)
     assert got, "no throughput sample"
-    assert set(got[0]) == {"t", "in", "out"}
+    assert set(got[0]) == {"t", "in", "out", "in_bytes", "out_bytes"}
     assert got[0]["in"] == got[0]["out"] == 0
 
 
