@@ -64,11 +64,20 @@ class Watched:
     inside: set[str] = field(default_factory=set)
     log_mark: int = 0
     probes: int = 0
+    xs: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> None:
         self.outside = self._outside()
         self.inside = self._inside()
+        self.xs = self._xs()
         self.log_mark = len(self.node.log_text())
+
+    def _xs(self) -> dict[str, int]:
+        """Every file named x where a '../../x' could land, with its mtime (one may exist
+        already: a checkout can live in a folder named x)."""
+        places = (self.tmp, self.tmp.parent, self.node.data_dir, Path.cwd(), Path.cwd().parent)
+        places += (Path.cwd().parent.parent,)
+        return {str(p / "x"): (p / "x").stat().st_mtime_ns for p in places if (p / "x").exists()}
 
     def _outside(self) -> set[str]:
         data = self.node.data_dir.name
@@ -99,9 +108,7 @@ class Watched:
 
     def assert_nothing_outside(self, allowed_blobs: frozenset[str] = frozenset()) -> None:
         assert self._outside() == self.outside
-        for where in (self.tmp, self.tmp.parent, self.node.data_dir, Path.cwd()):
-            assert not (where / "x").exists()
-        assert not (Path.cwd().parent.parent / "x").exists()
+        assert self._xs() == self.xs
         assert self.node.partials() == []
         blobs = {p.name for p in (self.node.data_dir / "blobs").iterdir()}
         assert blobs == {self.held_id, *allowed_blobs}
