@@ -30,7 +30,7 @@ from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipRe
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo
 from treedrive.core.node import Node
 from treedrive.core.plugins import Plugins, make_plugin_manager
-from treedrive.core.ports import FileSink, InboundHandler
+from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
 from treedrive.store import Store
 
 ME = "me"
@@ -53,6 +53,8 @@ class RecordingNetwork:
     holders: dict[tuple[str, int], Serve] = field(default_factory=dict)
     started: bool = False
     closed: bool = False
+    raw_pushes: int = 0
+    rates: tuple[float | None, float | None] = (None, None)
 
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
         self.started = True
@@ -72,9 +74,26 @@ class RecordingNetwork:
         meta: FileMeta,
         path: Path,
         progress: Callable[[int], None] | None = None,
+        raw: bool = False,
     ) -> bool:
         self.pushed.append((host, port, meta, await asyncio.to_thread(path.read_bytes)))
+        self.raw_pushes += raw
         return True
+
+    def set_rate_limits(self, download: float | None, upload: float | None) -> None:
+        self.rates = (download, upload)
+
+    async def fetch_range(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        offset: int,
+        length: int | None,
+        fd: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> RangeAnswer:
+        raise TransferError("this fake speaks only the classic protocol")
 
     async def fetch_file(
         self,

@@ -56,5 +56,18 @@ class NodeConfig:
     reply_timeout: float = 30.0
     """How long to wait for a FILE_DATA answer (and between reads of a long one)."""
     max_connections: int = 256
+    chunk_size: int = 8 * 1024 * 1024
+    """Bytes per ranged request between TreeDrive nodes."""
+    max_inflight: int = 4
+    """Ranged requests in flight at once for one download (spread over its holders)."""
+    sync_every: int = 32 * 1024 * 1024
+    """Bytes of a ranged download between syncs of its partial file (at most this much is
+    fetched again after a crash)."""
+    stall_timeout: float = 60.0
+    """How long a download waits for some holder to come back before it gives up (resumable)."""
+    max_download_rate: float | None = None
+    """Bytes per second for all downloads together; None: no limit."""
+    max_upload_rate: float | None = None
+    """Bytes per second for all uploads together; None: no limit."""
     extra: dict[str, str] = field(default_factory=dict)
     """Settings for plugins (e.g. the web server's upload cap), by name."""

@@ -19,3 +19,7 @@ class FetchFailed(NodeError):
 
 class TransferError(Exception):
     """A transfer with one peer failed (connection, timeout, malformed answer)."""
+
+
+class ClassicAnswer(TransferError):
+    """A peer answered a ranged request the classic way (it does not speak the extension)."""

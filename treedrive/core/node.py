@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from treedrive.core.config import NodeConfig
+from treedrive.core.download import RAW_RANGE, RangedDownload
 from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, TransferError
 from treedrive.core.events import (
     Event,
@@ -55,6 +56,8 @@ from treedrive.store.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+RAW_PUSH = "raw-push"
+DISTRUST_FOR = 600.0  # seconds a holder that sent bad bytes is avoided
 SEEN_IDS = 10_000
 PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
 RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one peer about one deleted file
@@ -78,7 +81,7 @@ def features_of(extra: Any) -> frozenset[str] | None:
 class Node:
     """One TreeDrive node. Build it with :func:`treedrive.app.build_node`."""
 
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({RAW_RANGE, RAW_PUSH})
 
     def __init__(
         self, config: NodeConfig, store: Store, plugins: Plugins, network: Network
@@ -98,12 +101,15 @@ class Node:
         self._relayed: dict[tuple[str, str], float] = {}
         self._stopping = asyncio.Event()
         self.active_transfers: dict[int, TransferState] = {}
+        self._distrusted: dict[str, float] = {}
+        self.rate_limits = (config.max_download_rate, config.max_upload_rate)
         self.joined = asyncio.Event()
         """Set once the join-time downloads are done (or skipped)."""
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._recover()
+        self.network.set_rate_limits(self.config.max_download_rate, self.config.max_upload_rate)
         self.host, self.port = await self.network.start(self)
         await self.plugins.notify("treedrive_startup", within=30, node=self)
         log.info("node %s listening on %s:%d", self.peer_id, self.host, self.port)
@@ -114,8 +120,13 @@ class Node:
     def _recover(self) -> None:
         """Make the store consistent after whatever stopped the node last time."""
         now = time.time()
-        removed = self.store.blobs.clean_partials()
+        with self.store.unit_of_work() as uow:
+            resumable = {d.file_id for d in uow.downloads.all()}
+        removed = self.store.blobs.clean_partials(keep=frozenset(resumable))
         with self.transaction() as uow:
+            for file_id in resumable:
+                if not self.store.blobs.range_path(file_id).exists():
+                    uow.downloads.remove(file_id)
             stored = self.config.peer_id
             known = uow.identity.get()
             if stored is None:
@@ -475,10 +486,16 @@ class Node:
         return meta
 
     async def _push_to(self, peer: PeerInfo, meta: FileMeta, size: int) -> bool:
-        """Send a FILE_DATA with our copy of ``meta`` to ``peer`` (the classic push)."""
+        """Send a FILE_DATA with our copy of ``meta`` to ``peer``: raw bytes to a TreeDrive
+        peer that takes them, hex (the classic push) to anyone else."""
         transfer = self.begin_transfer(meta, "out", peer.peer_id, size)
         ok = await self.network.push_file(
-            peer.host, peer.port, meta, self.store.blobs.path(meta.file_id), transfer.update
+            peer.host,
+            peer.port,
+            meta,
+            self.store.blobs.path(meta.file_id),
+            transfer.update,
+            raw=RAW_PUSH in (peer.features or ()),
         )
         transfer.finish(ok, None if ok else "push failed")
         return ok
@@ -517,11 +534,24 @@ class Node:
         if entry.has_copy:
             return entry
         holders = [tracked[h] for h in entry.holders if h in tracked]
-        ordered = self.plugins.first(
-            "treedrive_order_holders", node=self, entry=entry, holders=holders
+        trusted = [p for p in holders if not self.distrusted(p.peer_id)] or holders
+        ordered = list(
+            self.plugins.first("treedrive_order_holders", node=self, entry=entry, holders=trusted)
+            or []
         )
         errors = []
-        for peer in ordered or []:
+        extension = [p for p in ordered if RAW_RANGE in (p.features or ())]
+        if extension:
+            try:
+                await RangedDownload(self, entry, extension).run()
+            except FetchFailed as exc:
+                errors.append(str(exc))
+            else:
+                self._stored(entry.meta, self.store.blobs.size(file_id), "get")
+                stored = self.file(file_id)
+                assert stored is not None
+                return stored
+        for peer in [p for p in ordered if p not in extension]:
             ok, why = await self._fetch_from(entry, peer)
             if ok:
                 stored = self.file(file_id)
@@ -588,7 +618,9 @@ class Node:
         if ok:
             transfer.bytes_total = transfer.bytes_done
         with self.transaction() as uow:
-            uow.transfers.finish(transfer.transfer_id, ok, transfer.bytes_done, time.time(), error)
+            uow.transfers.finish(
+                transfer.transfer_id, ok, transfer.bytes_done, time.time(), error, transfer.peer_id
+            )
             uow.emit(TransferFinished(transfer.snapshot(), ok, error))
             uow.commit()
 
@@ -613,12 +645,39 @@ class Node:
         self._send_to_all(Delete(from_peer=self.peer_id, file_id=file_id))
 
     async def _join(self) -> None:
-        """After the first replies settle, fetch what the download selector picks."""
+        """After the first replies settle, finish interrupted downloads, then fetch what the
+        download selector picks."""
         try:
             await asyncio.sleep(self.config.join_delay)
+            await self.resume_downloads()
             await self.fetch_selected()
         finally:
             self.joined.set()
+
+    async def resume_downloads(self) -> list[str]:
+        """Continue the ranged downloads a stop or crash interrupted."""
+        with self.store.unit_of_work() as uow:
+            pending = [d.file_id for d in uow.downloads.all()]
+        done = []
+        for file_id in pending:
+            try:
+                await self.get(file_id)
+                done.append(file_id)
+            except NodeError as exc:
+                log.warning("resuming the download of %s failed: %s", file_id[:12], exc)
+        return done
+
+    def distrust(self, peer_id: str) -> None:
+        """Avoid ``peer_id`` as a holder for a while: it sent bytes that did not verify."""
+        self._distrusted[peer_id] = time.monotonic() + DISTRUST_FOR
+
+    def distrusted(self, peer_id: str) -> bool:
+        return self._distrusted.get(peer_id, 0.0) > time.monotonic()
+
+    def set_rate_limits(self, download: float | None, upload: float | None) -> None:
+        """Bytes per second for all downloads and all uploads (None: no limit)."""
+        self.rate_limits = (download, upload)
+        self.network.set_rate_limits(download, upload)
 
     async def fetch_selected(self) -> list[str]:
         with self.store.unit_of_work() as uow:

@@ -7,11 +7,25 @@ side imports the other's package.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from treedrive.core.messages import FileData, Message
 from treedrive.core.model import FileMeta
+
+
+@dataclass(frozen=True, slots=True)
+class RangeAnswer:
+    """What a holder said to a ranged GET_FILE (the TreeDrive extension's ``raw-range``)."""
+
+    meta: FileMeta | None
+    """None: the holder does not have the file."""
+    size: int
+    """The whole file's size in bytes."""
+    offset: int
+    length: int
+    """How many bytes of the range were written to the file."""
 
 
 class FileSink(Protocol):
@@ -74,8 +88,29 @@ class Network(Protocol):
         meta: FileMeta,
         path: Path,
         progress: Callable[[int], None] | None = None,
+        raw: bool = False,
     ) -> bool:
         """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
+        ...
+
+    async def fetch_range(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        offset: int,
+        length: int | None,
+        fd: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> RangeAnswer:
+        """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
+        written at the same offsets of ``fd``. ``length`` None asks for the rest (and, with
+        ``offset`` 0, the size). Raises TransferError when the exchange fails, or
+        ClassicAnswer when the peer answered the classic way."""
+        ...
+
+    def set_rate_limits(self, download: float | None, upload: float | None) -> None:
+        """Bytes per second for all transfers in each direction (None: no limit)."""
         ...
 
     async def fetch_file(

@@ -130,14 +130,34 @@ class BlobStore:
     def ids(self) -> set[str]:
         return {p.name for p in self.blob_dir.iterdir() if fileid.is_file_id(p.name)}
 
-    def clean_partials(self) -> int:
-        """Remove temp files a crash left behind; returns how many."""
+    def clean_partials(self, keep: frozenset[str] = frozenset()) -> int:
+        """Remove temp files a crash left behind, but for the partial files of the resumable
+        downloads in ``keep`` (file ids); returns how many were removed."""
         n = 0
         for p in self.partial_dir.iterdir():
-            if p.name.endswith(".part"):
+            resumable = p.suffix == ".range" and p.stem in keep
+            if p.suffix in (".part", ".range") and not resumable:
                 p.unlink(missing_ok=True)
                 n += 1
         return n
+
+    def range_path(self, file_id: str) -> Path:
+        """The partial file of a ranged (resumable) download of ``file_id``."""
+        if not fileid.is_file_id(file_id):
+            raise ValueError(f"not a file id: {file_id!r}")
+        return self.partial_dir / f"{file_id}.range"
+
+    def adopt(self, path: Path, file_id: str) -> Path:
+        """Publish a complete, verified partial file as the blob of ``file_id``."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = self.path(file_id)
+        os.replace(path, target)
+        self.fsync_dir()
+        return target
 
     def fsync_dir(self) -> None:
         fd = os.open(self.blob_dir, os.O_RDONLY)

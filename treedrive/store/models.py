@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -125,3 +126,21 @@ class Transfer(Base):
     started_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Download(Base):
+    """A ranged download in progress: which chunks of the partial file are on disk for good.
+
+    A chunk is recorded only after the partial file was synced, so after a crash the node
+    re-fetches at most the chunks that arrived since the last sync.
+    """
+
+    __tablename__ = "downloads"
+
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    # Indexes of the chunks that are on disk, as a bitmap (bit i of byte i // 8).
+    done: Mapped[bytes] = mapped_column(LargeBinary)
+    started_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
@@ -16,7 +17,15 @@ from sqlalchemy.orm import Session, selectinload
 from treedrive.core.events import Event
 from treedrive.core.fileid import timestamp_value
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Timestamp
-from treedrive.store.models import FileRecord, Holder, Identity, Peer, Tombstone, Transfer
+from treedrive.store.models import (
+    Download,
+    FileRecord,
+    Holder,
+    Identity,
+    Peer,
+    Tombstone,
+    Transfer,
+)
 
 
 def _ts_text(ts: Timestamp) -> str:
@@ -357,10 +366,17 @@ class TransferRepo:
         return row.id
 
     def finish(
-        self, transfer_id: int, ok: bool, bytes_done: int, now: float, error: str | None = None
+        self,
+        transfer_id: int,
+        ok: bool,
+        bytes_done: int,
+        now: float,
+        error: str | None = None,
+        peer_id: str | None = None,
     ) -> None:
         row = self.s.get(Transfer, transfer_id)
         if row is not None:
+            row.peer_id = peer_id or row.peer_id
             row.state = "done" if ok else "failed"
             row.bytes_done = bytes_done
             row.updated_at = now
@@ -378,6 +394,53 @@ class TransferRepo:
         return len(rows)
 
 
+@dataclass(frozen=True, slots=True)
+class DownloadState:
+    file_id: str
+    size: int
+    chunk_size: int
+    done: frozenset[int]
+
+
+def _bitmap(chunks: frozenset[int] | set[int], count: int) -> bytes:
+    out = bytearray((count + 7) // 8)
+    for i in chunks:
+        out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def _unbitmap(data: bytes) -> frozenset[int]:
+    return frozenset(i for i in range(len(data) * 8) if data[i // 8] >> (i % 8) & 1)
+
+
+class DownloadRepo:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, file_id: str) -> DownloadState | None:
+        row = self.s.get(Download, file_id)
+        if row is None:
+            return None
+        return DownloadState(row.file_id, row.size, row.chunk_size, _unbitmap(row.done))
+
+    def all(self) -> list[DownloadState]:
+        rows = self.s.scalars(select(Download))
+        return [DownloadState(r.file_id, r.size, r.chunk_size, _unbitmap(r.done)) for r in rows]
+
+    def save(self, state: DownloadState, now: float) -> None:
+        count = -(-state.size // state.chunk_size) if state.size else 0
+        row = self.s.get(Download, state.file_id)
+        if row is None:
+            row = Download(file_id=state.file_id, started_at=now)
+            self.s.add(row)
+        row.size, row.chunk_size = state.size, state.chunk_size
+        row.done = _bitmap(state.done, count)
+        row.updated_at = now
+
+    def remove(self, file_id: str) -> None:
+        self.s.execute(delete(Download).where(Download.file_id == file_id))
+
+
 class UnitOfWork:
     def __init__(self, engine: Engine) -> None:
         self.session = Session(engine, expire_on_commit=False, autoflush=True)
@@ -386,6 +449,7 @@ class UnitOfWork:
         self.files = FileRepo(self.session)
         self.tombstones = TombstoneRepo(self.session)
         self.transfers = TransferRepo(self.session)
+        self.downloads = DownloadRepo(self.session)
         self._events: list[Event] = []
         self.published: list[Event] = []
 

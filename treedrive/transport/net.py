@@ -11,22 +11,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from treedrive.core.errors import TransferError
+from treedrive.core.errors import ClassicAnswer, TransferError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler
+from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
 from treedrive.transport import codec, wire
+from treedrive.transport.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1024 * 1024
 FILE_CHUNK = 512 * 1024  # raw bytes per write: 1 MiB of hex
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+SEND_PIECE = 4 * 1024 * 1024  # raw bytes per sendfile call (progress and rate-limit steps)
+LIMITED_PIECE = 256 * 1024  # the same when a rate limit is set
+RANGE_BUFFER = 1024 * 1024
+RANGE_WORKERS = 8
+PROGRESS_STEP = 4 * 1024 * 1024
 
 NOT_HERE = {"type": "FILE_DATA", **dict.fromkeys(wire.RECORD_KEYS), "data": None}
 
@@ -78,12 +88,23 @@ async def _drain(writer: asyncio.StreamWriter, limits: NetLimits) -> None:
     await asyncio.wait_for(writer.drain(), limits.send_timeout)
 
 
+def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The extension's ``treedrive`` object when it asks for (or announces) raw bytes."""
+    ext = extra.get("treedrive")
+    return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
+
+
+def _nonneg(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 async def _write_file_data(
     writer: asyncio.StreamWriter,
     meta: FileMeta,
     path: Path,
     limits: NetLimits,
     progress: Callable[[int], None] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> int:
     """Write a FILE_DATA for ``meta`` with the bytes at ``path`` hex-encoded; returns the size."""
     writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -91,6 +112,8 @@ async def _write_file_data(
     sent = 0
     with path.open("rb") as f:
         while block := f.read(FILE_CHUNK):
+            if limiter is not None:
+                await limiter.acquire(len(block))
             writer.write(codec.encode_data_chunk(block))
             sent += len(block)
             await _drain(writer, limits)
@@ -118,6 +141,14 @@ class TcpNetwork:
         self._handler: InboundHandler | None = None
         self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._closing = False
+        self.download = RateLimiter()
+        self.upload = RateLimiter()
+        self._pool: ThreadPoolExecutor | None = None
+        self._range_socks: set[socket.socket] = set()
+
+    def set_rate_limits(self, download: float | None, upload: float | None) -> None:
+        self.download.set_rate(download)
+        self.upload.set_rate(upload)
         self._dials = asyncio.Semaphore(self.limits.max_dials)
 
     # -- listening ---------------------------------------------------------------------------
@@ -141,6 +172,11 @@ class TcpNetwork:
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+        for sock in list(self._range_socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A plain callback, not a coroutine: the connection is recorded at once, so close()
@@ -187,7 +223,10 @@ class TcpNetwork:
                     sink.write(event.data)
                     continue
                 if isinstance(event, codec.ProtocolError):
-                    log.warning("%s: malformed message dropped: %s", source, event.reason)
+                    if stream.parser.bytes_received == 0:
+                        log.debug("%s: closed without sending anything", source)
+                    else:
+                        log.warning("%s: malformed message dropped: %s", source, event.reason)
                     return
                 break
             try:
@@ -200,9 +239,17 @@ class TcpNetwork:
                     await _drain(writer, self.limits)
                 return
             if isinstance(message, GetFile):
-                await self._answer_get(writer, message, source)
+                ext = _raw_ext(message.extra)
+                if ext is not None:
+                    await self._answer_raw(writer, message, ext, source)
+                else:
+                    await self._answer_get(writer, message, source)
             elif isinstance(message, FileData):
-                if sink is None and event.fields.get("data") is True:
+                ext = _raw_ext(message.extra)
+                if sink is None and ext is not None and message.meta is not None:
+                    sink = handler.open_sink()  # a raw push: the bytes follow the header
+                    await self._read_raw(stream, sink, _nonneg(ext.get("length")) or 0)
+                elif sink is None and event.fields.get("data") is True:
                     sink = handler.open_sink()  # an empty file
                 pushed, sink = sink, None
                 await handler.handle_pushed_file(message, pushed, source)
@@ -224,12 +271,80 @@ class TcpNetwork:
         meta, path = found
         progress = self._handler.track_upload(meta, source, path.stat().st_size)
         try:
-            size = await _write_file_data(writer, meta, path, self.limits, progress.update)
+            size = await _write_file_data(
+                writer, meta, path, self.limits, progress.update, self.upload
+            )
         except BaseException as exc:
             progress.finish(False, str(exc) or type(exc).__name__)
             raise
         progress.finish(True)
         log.info("served %s (%d bytes) to %s", meta.file_id[:12], size, source)
+
+    async def _answer_raw(
+        self, writer: asyncio.StreamWriter, request: GetFile, ext: Mapping[str, Any], source: str
+    ) -> None:
+        """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile)."""
+        assert self._handler is not None
+        found = self._handler.file_to_serve(request.file_id)
+        offset, length = _nonneg(ext.get("offset", 0)), ext.get("length")
+        if found is None or offset is None or (length is not None and _nonneg(length) is None):
+            if found is not None:
+                log.warning("%s: bad range %r dropped", source, dict(ext))
+            writer.write(codec.encode_message(NOT_HERE))
+            await _drain(writer, self.limits)
+            return
+        meta, path = found
+        size = path.stat().st_size
+        offset = min(offset, size)
+        length = size - offset if length is None else min(int(length), size - offset)
+        ext_out = {"raw": True, "offset": offset, "length": length, "size": size}
+        header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext_out}
+        writer.write(codec.encode_message(header))
+        progress = self._handler.track_upload(meta, source, length)
+        try:
+            await self._send_raw(writer, path, offset, length, progress.update)
+        except BaseException as exc:
+            progress.finish(False, str(exc) or type(exc).__name__)
+            raise
+        progress.finish(True)
+
+    async def _send_raw(
+        self,
+        writer: asyncio.StreamWriter,
+        path: Path,
+        offset: int,
+        length: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        await _drain(writer, self.limits)
+        piece = LIMITED_PIECE if self.upload.rate else SEND_PIECE
+        sent = 0
+        with path.open("rb") as f:
+            while sent < length:
+                n = min(piece, length - sent)
+                await self.upload.acquire(n)
+                await asyncio.wait_for(
+                    loop.sendfile(writer.transport, f, offset + sent, n),
+                    self.limits.idle_timeout,
+                )
+                sent += n
+                if progress is not None:
+                    progress(sent)
+
+    async def _read_raw(self, stream: _Reader, sink: FileSink, length: int) -> None:
+        """The raw bytes of a raw push: exactly ``length``, the first ones already read."""
+        first = stream.parser.trailing[:length]
+        if first:
+            sink.write(first)
+        while sink.size < length:
+            data = await asyncio.wait_for(
+                stream.reader.read(min(READ_SIZE, length - sink.size)), self.limits.idle_timeout
+            )
+            if not data:
+                raise OSError(f"closed after {sink.size} of {length} raw bytes")
+            await self.download.acquire(len(data))
+            sink.write(data)
 
     # -- dialing -----------------------------------------------------------------------------
     async def _connect(
@@ -264,6 +379,7 @@ class TcpNetwork:
         meta: FileMeta,
         path: Path,
         progress: Callable[[int], None] | None = None,
+        raw: bool = False,
     ) -> bool:
         async with self._dials:
             try:
@@ -272,7 +388,14 @@ class TcpNetwork:
                 log.warning("cannot push to %s:%d: %s", host, port, exc)
                 return False
             try:
-                await _write_file_data(writer, meta, path, self.limits, progress)
+                if raw:
+                    size = os.stat(path).st_size
+                    ext = {"raw": True, "offset": 0, "length": size, "size": size}
+                    header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext}
+                    writer.write(codec.encode_message(header))
+                    await self._send_raw(writer, path, 0, size, progress)
+                else:
+                    await _write_file_data(writer, meta, path, self.limits, progress, self.upload)
                 return True
             except (OSError, TimeoutError) as exc:
                 log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
@@ -301,6 +424,7 @@ class TcpNetwork:
                 while True:
                     event = await stream.next()
                     if isinstance(event, codec.DataChunk):
+                        await self.download.acquire(len(event.data))
                         sink.write(event.data)
                         if progress is not None:
                             progress(sink.size)
@@ -321,3 +445,138 @@ class TcpNetwork:
                 raise TransferError(f"connection failed: {exc}") from exc
             finally:
                 await _close(writer)
+
+    async def fetch_range(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        offset: int,
+        length: int | None,
+        fd: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> RangeAnswer:
+        """Ranged GET_FILE, done in a worker thread with a blocking socket: ``recv_into`` one
+        buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead."""
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RANGE_WORKERS, thread_name_prefix="range")
+
+        def report(done: int) -> None:
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, done)
+
+        holder: dict[str, socket.socket] = {}
+        async with self._dials:
+            future = loop.run_in_executor(
+                self._pool,
+                self._fetch_range_blocking,
+                host,
+                port,
+                file_id,
+                offset,
+                length,
+                fd,
+                report,
+                holder,
+            )
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if (sock := holder.get("sock")) is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # the worker's recv returns at once
+                with contextlib.suppress(Exception):
+                    await future
+                raise
+
+    def _fetch_range_blocking(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        offset: int,
+        length: int | None,
+        fd: int,
+        report: Callable[[int], None],
+        holder: dict[str, socket.socket],
+    ) -> RangeAnswer:
+        try:
+            sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
+        except OSError as exc:
+            raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
+        holder["sock"] = sock
+        self._range_socks.add(sock)
+        try:
+            sock.settimeout(self.limits.idle_timeout)
+            ext = {"raw": True, "offset": offset, "length": length}
+            sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
+            parser = codec.MessageParser(self.limits.codec)
+            while True:
+                event = parser.next_event()
+                if isinstance(event, codec.NeedData):
+                    parser.receive_data(sock.recv(65536))
+                elif isinstance(event, codec.DataChunk):
+                    raise ClassicAnswer(f"{host}:{port} answered with classic hex")
+                elif isinstance(event, codec.ProtocolError):
+                    raise TransferError(f"malformed answer: {event.reason}")
+                else:
+                    break
+            answer = wire.decode(event.fields)
+            if not isinstance(answer, FileData):
+                raise TransferError(f"answered GET_FILE with {event.fields.get('type')!r}")
+            if answer.meta is None:
+                return RangeAnswer(None, 0, offset, 0)
+            got_ext = _raw_ext(answer.extra)
+            if got_ext is None:
+                raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
+            size, start, count = (_nonneg(got_ext.get(k)) for k in ("size", "offset", "length"))
+            if size is None or start != offset or count is None or start + count > size:
+                raise TransferError(f"answered a range it was not asked for: {dict(got_ext)}")
+            if length is not None and count > length:
+                raise TransferError(f"sent {count} bytes for a range of {length}")
+            self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report)
+            return RangeAnswer(answer.meta, size, offset, count)
+        except TimeoutError as exc:
+            raise TransferError(f"{host}:{port} timed out") from exc
+        except wire.WireError as exc:
+            raise TransferError(f"invalid answer: {exc}") from exc
+        except OSError as exc:
+            raise TransferError(f"connection to {host}:{port} failed: {exc}") from exc
+        finally:
+            self._range_socks.discard(sock)
+            sock.close()
+
+    def _receive_raw(
+        self,
+        sock: socket.socket,
+        first: bytes,
+        fd: int,
+        offset: int,
+        count: int,
+        report: Callable[[int], None],
+    ) -> None:
+        got = 0
+        if first:
+            self.download.acquire_blocking(len(first))
+            _pwrite_all(fd, memoryview(first), offset)
+            got = len(first)
+        buf = bytearray(min(RANGE_BUFFER, max(count, 1)))
+        view = memoryview(buf)
+        reported = 0
+        while got < count:
+            n = sock.recv_into(view, min(len(buf), count - got))
+            if n == 0:
+                raise TransferError(f"closed after {got} of {count} bytes")
+            self.download.acquire_blocking(n)
+            _pwrite_all(fd, view[:n], offset + got)
+            got += n
+            if got - reported >= PROGRESS_STEP or got == count:
+                reported = got
+                report(got)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n

@@ -143,7 +143,9 @@ def decode(obj: Mapping[str, Any]) -> Message:
         return GetFile(file_id=_file_id(obj), extra=_extra(obj, ("file_id",)))
     if kind == "FILE_DATA":
         extra = _extra(obj, (*RECORD_KEYS, "data"))
-        if obj.get("file_id") is None or not obj.get("data"):
+        ext = extra.get("treedrive")
+        raw = isinstance(ext, Mapping) and ext.get("raw") is True  # bytes follow the object
+        if obj.get("file_id") is None or not (obj.get("data") or raw):
             return FileData(meta=None, extra=extra)
         return FileData(meta=file_meta(obj), extra=extra)
     if kind == "ANNOUNCE":
