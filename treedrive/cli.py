@@ -200,6 +200,48 @@ def cli() -> None:
     help="Files to fetch on join.",
 )
 @click.option(
+    "--max-download-rate",
+    envvar=env("MAX_DOWNLOAD_RATE"),
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    default=0,
+    help="KiB/s for all downloads together (0: no limit; also settable through the API).",
+)
+@click.option(
+    "--max-upload-rate",
+    envvar=env("MAX_UPLOAD_RATE"),
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    default=0,
+    help="KiB/s for all uploads together (0: no limit; also settable through the API).",
+)
+@click.option(
+    "--chunk-size",
+    envvar=env("CHUNK_SIZE"),
+    show_envvar=True,
+    type=click.IntRange(min=16),
+    default=8192,
+    show_default=True,
+    help="KiB per ranged request between TreeDrive nodes.",
+)
+@click.option(
+    "--max-inflight",
+    envvar=env("MAX_INFLIGHT"),
+    show_envvar=True,
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    help="Ranged requests in flight at once for one download.",
+)
+@click.option(
+    "--extension/--no-extension",
+    envvar=env("EXTENSION"),
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Speak the TreeDrive extension (raw ranged transfers) with peers that do.",
+)
+@click.option(
     "--shell/--no-shell",
     "shell",
     envvar=env("SHELL"),
@@ -230,6 +272,11 @@ def run(
     cleanup_interval: float,
     join_delay: float,
     download_limit: int,
+    max_download_rate: float,
+    max_upload_rate: float,
+    chunk_size: int,
+    max_inflight: int,
+    extension: bool,
     shell: bool | None,
     log_level: str,
 ) -> None:
@@ -270,6 +317,11 @@ def run(
         cleanup_interval=min(cleanup_interval, peer_timeout),
         join_delay=join_delay,
         download_limit=download_limit,
+        max_download_rate=max_download_rate * 1024 or None,
+        max_upload_rate=max_upload_rate * 1024 or None,
+        chunk_size=chunk_size * 1024,
+        max_inflight=max_inflight,
+        extension=extension,
     )
     if shell is None:
         shell = sys.stdin.isatty()

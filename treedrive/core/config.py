@@ -69,5 +69,7 @@ class NodeConfig:
     """Bytes per second for all downloads together; None: no limit."""
     max_upload_rate: float | None = None
     """Bytes per second for all uploads together; None: no limit."""
+    extension: bool = True
+    """Speak the TreeDrive extension (PROTOCOL part 2); False: classic only, like the seed."""
     extra: dict[str, str] = field(default_factory=dict)
     """Settings for plugins (e.g. the web server's upload cap), by name."""

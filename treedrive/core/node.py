@@ -81,7 +81,7 @@ def features_of(extra: Any) -> frozenset[str] | None:
 class Node:
     """One TreeDrive node. Build it with :func:`treedrive.app.build_node`."""
 
-    features: frozenset[str] = frozenset({RAW_RANGE, RAW_PUSH})
+    EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH})
 
     def __init__(
         self, config: NodeConfig, store: Store, plugins: Plugins, network: Network
@@ -103,6 +103,7 @@ class Node:
         self.active_transfers: dict[int, TransferState] = {}
         self._distrusted: dict[str, float] = {}
         self.rate_limits = (config.max_download_rate, config.max_upload_rate)
+        self.features = self.EXTENSION_FEATURES if config.extension else frozenset()
         self.joined = asyncio.Event()
         """Set once the join-time downloads are done (or skipped)."""
 
@@ -495,7 +496,7 @@ class Node:
             meta,
             self.store.blobs.path(meta.file_id),
             transfer.update,
-            raw=RAW_PUSH in (peer.features or ()),
+            raw=RAW_PUSH in (peer.features or ()) and RAW_PUSH in self.features,
         )
         transfer.finish(ok, None if ok else "push failed")
         return ok
@@ -541,6 +542,8 @@ class Node:
         )
         errors = []
         extension = [p for p in ordered if RAW_RANGE in (p.features or ())]
+        if RAW_RANGE not in self.features:
+            extension = []
         if extension:
             try:
                 await RangedDownload(self, entry, extension).run()

@@ -387,6 +387,30 @@ async def transfers(request: web.Request) -> web.Response:
     return web.json_response({"active": active, "recent": recent})
 
 
+async def limits(request: web.Request) -> web.Response:
+    """The rate limits (bytes per second, null: none); PUT changes them."""
+    node = _node(request)
+    if request.method == "PUT":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise error(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise error(400, "the body must be a JSON object")
+        current = dict(zip(("download", "upload"), node.rate_limits, strict=True))
+        for key in ("download", "upload"):
+            if key in body:
+                value = body[key]
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                ):
+                    raise error(400, f"{key} must be bytes per second (a number ≥ 0) or null")
+                current[key] = value or None
+        node.set_rate_limits(current["download"], current["upload"])
+    download, upload = node.rate_limits
+    return web.json_response({"download": download, "upload": upload})
+
+
 async def throughput(request: web.Request) -> web.Response:
     return web.json_response({"samples": list(request.app[HUB].throughput)})
 
@@ -443,6 +467,8 @@ def make_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
     app.router.add_get("/api/files/{file_id}/content", content)
     app.router.add_get("/api/transfers", transfers)
     app.router.add_get("/api/throughput", throughput)
+    app.router.add_get("/api/limits", limits)
+    app.router.add_put("/api/limits", limits)
     app.router.add_get("/api/events", events)
     app.router.add_static("/static/", STATIC)
     return app

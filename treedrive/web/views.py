@@ -48,7 +48,8 @@ def file_json(e: CatalogEntry, node: Node) -> dict[str, Any]:
     }
 
 
-def transfer_json(t: TransferState) -> dict[str, Any]:
+def transfer_json(t: TransferState, committed: bool = False) -> dict[str, Any]:
+    """A transfer; ``percent`` reaches 100 only once the file is committed and verified."""
     total = t.bytes_total
     return {
         "transfer_id": t.transfer_id,
@@ -58,7 +59,9 @@ def transfer_json(t: TransferState) -> dict[str, Any]:
         "peer_id": t.peer_id,
         "bytes_done": t.bytes_done,
         "bytes_total": total,
-        "percent": None if not total else min(100.0, 100.0 * t.bytes_done / total),
+        "percent": 100.0
+        if committed
+        else (None if not total else min(99.9, 100.0 * t.bytes_done / total)),
         "rate": t.rate,
         "eta": t.eta,
         "started_at": t.started_at,
@@ -130,7 +133,11 @@ def event_json(node: Node, event: Event) -> dict[str, Any]:
     elif isinstance(event, TransferProgress):
         data = {"transfer": transfer_json(event.transfer)}
     elif isinstance(event, TransferFinished):
-        data = {"transfer": transfer_json(event.transfer), "ok": event.ok, "error": event.error}
+        data = {
+            "transfer": transfer_json(event.transfer, committed=event.ok),
+            "ok": event.ok,
+            "error": event.error,
+        }
     elif isinstance(event, FileRefused):
         data = {"file_id": event.file_id, "peer_id": event.peer_id, "reason": event.reason}
     return {"type": event.name, "time": time.time(), **data}
