@@ -49,6 +49,13 @@ from typing import IO, Any
 
 MIB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# `python -m treedrive` with the node's advertised TreeDrive features cleared, so that two
+# TreeDrive nodes see each other as feature-less and move files the classic way (hex FILE_DATA),
+# not over the raw-range extension. Nothing else changes: it is the same CLI and node code.
+CLASSIC_ONLY = (
+    "import treedrive.core.node as n; n.Node.features = frozenset(); "
+    "from treedrive.cli import main; main()"
+)
 END_MARK = "__bench_end__"  # an unknown shell command: its error line ends a command's output
 TARGET_RSS_MIB = 100
 TARGET_MB_S = 150
@@ -169,6 +176,7 @@ class NodeProc:
     port: int
     extra: list[str]
     timers: dict[str, str]
+    classic_only: bool = True
     proc: subprocess.Popen[str] | None = None
     lines: queue.Queue[tuple[float, str | None]] = field(default_factory=queue.Queue)
     stderr_file: IO[str] | None = None
@@ -188,8 +196,9 @@ class NodeProc:
 
     def start(self) -> NodeProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        launch = ["-c", CLASSIC_ONLY] if self.classic_only else ["-m", "treedrive"]
         cmd = [
-            sys.executable, "-m", "treedrive", "run", "--shell",
+            sys.executable, *launch, "run", "--shell",
             "--peer-id", self.name,
             "--port", str(self.port),
             "--http-port", "0",
@@ -286,19 +295,24 @@ class NodeProc:
 
 # -- py-spy (optional) ----------------------------------------------------------------------------
 class Profiler:
-    """``py-spy record --threads --idle --format raw`` attached to one PID for one phase."""
+    """A sampling profiler attached to one PID for the length of one phase: ``py-spy record
+    --threads --idle --format raw`` (Python stacks) or ``perf record -g`` (native and kernel)."""
 
-    def __init__(self, pid: int, out: Path, rate: int, native: bool) -> None:
+    def __init__(self, kind: str, pid: int, out: Path, rate: int, native: bool = False) -> None:
+        self.kind = kind
         self.out = out
-        exe = shutil.which("py-spy")
+        exe = shutil.which(kind)
         if exe is None:
-            raise SystemExit("--py-spy needs py-spy on PATH (pip install py-spy)")
-        cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
-        cmd += ["--threads", "--idle", "--output", str(out)]
-        if native:
-            cmd.append("--native")
+            raise SystemExit(f"--{kind} needs {kind} on PATH")
+        if kind == "py-spy":
+            cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
+            cmd += ["--threads", "--idle", "--output", str(out)]
+            if native:
+                cmd.append("--native")
+        else:
+            cmd = [exe, "record", "-F", str(rate), "-g", "-p", str(pid), "-o", str(out)]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
         )
         time.sleep(1.0)  # let it attach before the measured phase starts
 
@@ -310,6 +324,67 @@ class Profiler:
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def summary(self, top: int) -> str:
+        if self.kind == "py-spy":
+            return summarize_raw(self.out, top)
+        return summarize_perf(self.out, top)
+
+
+# Rough buckets for perf's symbols (first match wins), to read a profile at a glance.
+PERF_BUCKETS: list[tuple[str, re.Pattern[str]]] = [
+    ("hex decode (binascii a2b_hex)", re.compile(r"a2b_hex")),
+    ("hex encode (b2a_hex / _Py_strhex)", re.compile(r"strhex|b2a_hex")),
+    ("sha256 (libcrypto)", re.compile(r"libcrypto|sha256")),
+    (
+        "page faults: fault, zero, map, unmap pages (kernel)",
+        re.compile(
+            r"page_fault|clear_page|anonymous_page|mm_fault|unmap_page|alloc_pages|alloc_frozen"
+            r"|freelist|memcg|mem_cgroup|folio_add_new_anon|lruvec|mas_walk|lock_vma|zap_|pte"
+            r"|free_pages|free_unref|tlb|rmqueue|list_del|lru_|release_pages|folio_batch|pcp"
+            r"|vma|access_error|rcu_read|p4d_|pmd_|charge|do_brk|munmap|node_page_state"
+        ),
+    ),
+    (
+        "file write into the page cache (kernel)",
+        re.compile(r"copy_folio_from_iter|ext4|perform_write|filemap_(?!read)|block_|jbd2|mpage"),
+    ),
+    ("kernel -> user copy (_copy_to_iter: recv, read)", re.compile(r"_copy_to_iter|filemap_read")),
+    ("user -> kernel copy (_copy_from_iter: send)", re.compile(r"_copy_from_iter")),
+    (
+        "TCP loopback, softirq, locks, scheduler (kernel)",
+        re.compile(r"softirq|spin_|tcp_|ip_|dev_|net_|sock|napi|skb|sched|task_switch"),
+    ),
+    ("memcpy/memmove (libc)", re.compile(r"memmove|memcpy|memchr")),
+    ("Python interpreter, asyncio, sqlite", re.compile(r"libpython|Py|sqlite|select|epoll")),
+]
+
+
+def summarize_perf(path: Path, top: int) -> str:
+    """CPU time by bucket and by symbol (user and kernel) from ``perf report``."""
+    cmd = ["perf", "report", "-i", str(path), "--stdio", "--no-children", "-g", "none"]
+    cmd += ["--sort", "dso,sym", "--percent-limit", "0"]
+    try:
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"  (perf report failed: {exc})"
+    symbols: list[tuple[float, str]] = []
+    for line in text.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*)", line)
+        if m:
+            symbols.append((float(m.group(1)), f"{m.group(2)} {m.group(3).strip()}"))
+    if not symbols:
+        return "  (no samples)"
+    buckets: dict[str, float] = collections.defaultdict(float)
+    for pct, name in symbols:
+        bucket = next((b for b, rx in PERF_BUCKETS if rx.search(name)), "other")
+        buckets[bucket] += pct
+    rows = ["  CPU time by bucket:"]
+    ranked = sorted(buckets.items(), key=lambda item: -item[1])
+    rows += [f"    {pct:5.1f}%  {name}" for name, pct in ranked]
+    rows.append("  top symbols:")
+    rows += [f"    {pct:5.1f}%  {name}" for pct, name in symbols[:top]]
+    return "\n".join(rows)
 
 
 _LINENO = re.compile(r":\d+\)$")
@@ -491,6 +566,7 @@ class TransferRun:
     cpu_sender: tuple[float, float, int] | None
     cpu_receiver: tuple[float, float, int] | None
     others: float
+    classic: bool
 
     @property
     def mb_s(self) -> float:
@@ -524,13 +600,14 @@ class Bench:
         self.sampler = RssSampler(args.sample_every)
         self.nodes: list[NodeProc] = []
         self.profilers: list[Profiler] = []
-        self.prof_dir = Path(args.py_spy) if args.py_spy else None
         self.payload = tmp / "payload.bin"
         self.want = ""
         self.file_id = ""
 
     def node(self, name: str, extra: list[str]) -> NodeProc:
-        node = NodeProc(name, self.tmp / name, free_port(), extra, self.timers)
+        node = NodeProc(
+            name, self.tmp / name, free_port(), extra, self.timers, self.args.transport == "classic"
+        )
         self.nodes.append(node)
         node.start()
         self.sampler.watch(name, node.pid)
@@ -581,13 +658,17 @@ class Bench:
         return receiver
 
     def transfer(self, n: int, sender: NodeProc, receiver: NodeProc) -> TransferRun:
-        if self.prof_dir is not None and n == 1:
-            self.prof_dir.mkdir(parents=True, exist_ok=True)
+        if n == 1:
             for node in (sender, receiver):
-                raw = self.prof_dir / f"{node.name}.txt"
-                self.profilers.append(
-                    Profiler(node.pid, raw, self.args.py_spy_rate, self.args.native)
-                )
+                if self.args.py_spy:
+                    raw = Path(self.args.py_spy) / f"{node.name}.txt"
+                    raw.parent.mkdir(parents=True, exist_ok=True)
+                    rate = self.args.py_spy_rate
+                    self.profilers.append(Profiler("py-spy", node.pid, raw, rate, self.args.native))
+                if self.args.perf:
+                    data = Path(self.args.perf) / f"{node.name}.perf.data"
+                    data.parent.mkdir(parents=True, exist_ok=True)
+                    self.profilers.append(Profiler("perf", node.pid, data, 499))
         phase = f"transfer{n}"
         cpu0 = [cpu_split(sender.pid), cpu_split(receiver.pid)]
         busy0 = system_busy()
@@ -604,7 +685,9 @@ class Bench:
         if not out or not out[0][1].startswith("got "):
             raise RuntimeError(f"get failed: {out!r}")
         seconds = out[0][0] - sent
-        served = log_times(sender.log_path, f"served {self.file_id[:12]}")
+        served = [
+            t for t in log_times(sender.log_path, f"served {self.file_id[:12]}") if t >= wall0 - 1
+        ]
         got = log_times(receiver.log_path, f"got {self.file_id[:12]}")
         blob = receiver.data_dir / "blobs" / self.file_id
         identical = (
@@ -626,6 +709,7 @@ class Bench:
             cpu_sender=cpu[0],
             cpu_receiver=cpu[1],
             others=busy1 - busy0 - ours,
+            classic=self.args.transport == "classic",
         )
 
     def bad_push(self, receiver: NodeProc) -> Result:
@@ -687,10 +771,11 @@ def print_result(title: str, res: Result) -> None:
 
 
 def print_runs(runs: list[TransferRun]) -> None:
-    title = "scenario 1: receiver 'get' -> GET_FILE -> hex FILE_DATA, two node processes"
+    how = "GET_FILE -> hex FILE_DATA" if runs[0].classic else "whatever the nodes negotiate"
+    title = f"scenario 1: receiver 'get' -> {how}, two node processes"
     print(f"\n{title}\n{'-' * len(title)}")
     head = (
-        "run", "wall s", "MB/s", "MiB/s", "RSS snd", "RSS rcv",
+        "run", "path", "wall s", "MB/s", "MiB/s", "RSS snd", "RSS rcv",
         "CPU snd usr+sys", "CPU rcv usr+sys", "faults snd/rcv", "others", "sha256",
     )  # fmt: skip
     rows = [head]
@@ -698,6 +783,7 @@ def print_runs(runs: list[TransferRun]) -> None:
         rows.append(
             (
                 str(i),
+                "hex" if r.served_at is not None else "other",
                 f"{r.seconds:.2f}",
                 f"{r.mb_s:.1f}",
                 f"{r.size / MIB / r.seconds:.1f}",
@@ -714,12 +800,15 @@ def print_runs(runs: list[TransferRun]) -> None:
     for row in rows:
         print("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     print(
-        "  (wall: from writing 'get' to the receiver printing 'got'; MB = 10^6 B; RSS: peak\n"
-        "   VmRSS in MiB, sampled during the transfer; CPU: seconds used during the transfer;\n"
-        "   faults: minor page faults meanwhile, thousands; others: CPU seconds that other\n"
-        "   processes of the machine used meanwhile)"
+        "  (path: hex = the sender logged 'served' (classic GET_FILE -> FILE_DATA), other = it\n"
+        "   did not (the raw-range extension); wall: from writing 'get' to the receiver\n"
+        "   printing 'got'; MB = 10^6 B; RSS: peak VmRSS in MiB, sampled during the transfer;\n"
+        "   CPU: seconds used during the transfer; faults: minor page faults meanwhile, in\n"
+        "   thousands; others: CPU seconds that other processes of the machine used meanwhile)"
     )
     for i, r in enumerate(runs, 1):
+        if r.served_at is None and r.classic:
+            print(f"  WARNING: run {i}: the sender did not log 'served': not a hex FILE_DATA?")
         print(
             f"  run {i}: sender logged 'served' at {fmt(r.served_at, '.2f', ' s')}, "
             f"receiver logged 'got' at {fmt(r.got_at, '.2f', ' s')} (after 'get')"
@@ -775,8 +864,8 @@ def run(args: argparse.Namespace) -> int:
         f"(median {median:.1f}, best {best:.1f} MB/s)"
     )
     for p in bench.profilers:
-        print(f"\npy-spy profile of {p.out.stem} during run 1 ({p.out}):")
-        print(summarize_raw(p.out, args.top))
+        print(f"\n{p.kind} profile of {p.out.name.split('.')[0]} during run 1 ({p.out}):")
+        print(p.summary(args.top))
     if not all(r.identical for r in runs):
         print("SANITY: a received blob differs from the payload", file=sys.stderr)
         return 2
@@ -802,6 +891,13 @@ def main(argv: list[str] | None = None) -> int:
         "--bad-size", type=int, default=256, help="size of the mismatched push in MiB (256)"
     )
     p.add_argument("--repeat", type=int, default=1, help="transfers, each to a fresh receiver")
+    p.add_argument(
+        "--transport",
+        choices=["classic", "auto"],
+        default="classic",
+        help="classic: the nodes advertise no TreeDrive features, so the file moves as hex\n"
+        "FILE_DATA (default); auto: whatever the two nodes negotiate (raw-range if built in)",
+    )
     p.add_argument("--gossip-interval", type=float, default=1.0, help="node gossip timer (s)")
     p.add_argument("--sample-every", type=float, default=0.05, help="RSS sampling period (s)")
     p.add_argument("--tmp-dir", default=None, help="parent of the scratch dir (default: $TMPDIR)")
@@ -811,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         default=None,
         help="profile both nodes during the transfer with py-spy; raw stacks go to DIR",
+    )
+    p.add_argument(
+        "--perf",
+        metavar="DIR",
+        default=None,
+        help="profile both nodes during the transfer with perf record -g (native + kernel)",
     )
     p.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")

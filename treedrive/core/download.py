@@ -184,7 +184,11 @@ class RangedDownload:
         if entry is None:
             raise FetchFailed(f"{self.file_id[:12]}… was deleted meanwhile")
         for peer in self.node.peers():
-            if peer.peer_id in entry.holders and RAW_RANGE in (peer.features or ()):
+            if (
+                peer.peer_id in entry.holders
+                and RAW_RANGE in (peer.features or ())
+                and not self.node.distrusted(peer.peer_id)
+            ):
                 self.holders[peer.peer_id] = peer
 
     async def _fetch_chunks(self, wanted: list[int], avoid: str | None = None) -> None:

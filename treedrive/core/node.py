@@ -259,6 +259,27 @@ class Node:
         while not self._stopping.is_set():
             await asyncio.sleep(self.config.cleanup_interval)
             self.expire_peers()
+            if self.joined.is_set():
+                self._retry_downloads()
+
+    def _retry_downloads(self) -> None:
+        """Interrupted downloads whose holders are (back) in reach continue by themselves."""
+        with self.store.unit_of_work() as uow:
+            pending = [d.file_id for d in uow.downloads.all() if d.file_id not in self._fetching]
+            tracked = {p.peer_id for p in uow.peers.all()}
+            ready = [
+                f
+                for f in pending
+                if (e := uow.files.get(f)) is not None and tracked.intersection(e.holders)
+            ]
+        for file_id in ready:
+            self._spawn(self._quiet_get(file_id), f"resume {file_id[:12]}")
+
+    async def _quiet_get(self, file_id: str) -> None:
+        try:
+            await self.get(file_id)
+        except NodeError as exc:
+            log.info("download of %s not finished yet: %s", file_id[:12], exc)
 
     def expire_peers(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
@@ -391,10 +412,12 @@ class Node:
             self._forget(uow, entry)
             uow.commit()
         self.store.blobs.delete(d.file_id)
+        self.store.blobs.range_path(d.file_id).unlink(missing_ok=True)
         log.info("file %s deleted by its owner %r", d.file_id[:12], d.from_peer)
 
     def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
         uow.files.remove(entry.meta.file_id)
+        uow.downloads.remove(entry.meta.file_id)
         uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time())
         uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
 
@@ -645,6 +668,7 @@ class Node:
             self._forget(uow, entry)
             uow.commit()
         self.store.blobs.delete(file_id)
+        self.store.blobs.range_path(file_id).unlink(missing_ok=True)
         self._send_to_all(Delete(from_peer=self.peer_id, file_id=file_id))
 
     async def _join(self) -> None:
