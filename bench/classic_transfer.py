@@ -11,12 +11,20 @@ Scenario 2 (bad push): this script connects to the receiver itself and streams a
 ``FILE_DATA`` of ``--bad-size`` MiB whose bytes do not match its ``file_id``. Expected: the
 receiver refuses it and leaves nothing in ``blobs/`` or ``partial/``; its peak RSS stays flat.
 
-Only numbers are printed (no pass/fail beyond sanity checks). Only 127.0.0.1 is used; the node
-processes this script starts are ended by their PID; the temp dir is removed at the end.
+Both nodes run with ``--no-extension`` (``--transport classic``, the default) so that the bytes
+move as hex even though both are TreeDrive nodes; the sender's ``served`` log line confirms it.
+``--transport auto`` lets them negotiate (raw-range) for comparison.
 
-    python bench/classic_transfer.py                 # 1 GiB
-    python bench/classic_transfer.py --size 64       # a quick run
-    python bench/classic_transfer.py --py-spy /tmp/prof   # also profile both nodes (py-spy)
+Only numbers are printed (no pass/fail beyond sanity checks). Only 127.0.0.1 is used; the node
+processes (and profilers) this script starts are ended by their PID; the temp dir is removed.
+
+    python bench/classic_transfer.py                      # 1 GiB
+    python bench/classic_transfer.py --size 64            # a quick run
+    python bench/classic_transfer.py --repeat 3           # three transfers, fresh receivers
+    python bench/classic_transfer.py --py-spy /tmp/prof   # + Python profile of both nodes
+    python bench/classic_transfer.py --perf /tmp/perf     # + native/kernel profile (perf)
+
+See bench/README.md for what the columns mean and the numbers measured so far.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import binascii
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -49,13 +58,6 @@ from typing import IO, Any
 
 MIB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# `python -m treedrive` with the node's advertised TreeDrive features cleared, so that two
-# TreeDrive nodes see each other as feature-less and move files the classic way (hex FILE_DATA),
-# not over the raw-range extension. Nothing else changes: it is the same CLI and node code.
-CLASSIC_ONLY = (
-    "import treedrive.core.node as n; n.Node.features = frozenset(); "
-    "from treedrive.cli import main; main()"
-)
 END_MARK = "__bench_end__"  # an unknown shell command: its error line ends a command's output
 TARGET_RSS_MIB = 100
 TARGET_MB_S = 150
@@ -160,6 +162,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def has_option(option: str) -> bool:
+    """Whether ``treedrive run`` takes ``option`` (the extension switch came in later)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "treedrive", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return option in out.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,7 +191,6 @@ class NodeProc:
     port: int
     extra: list[str]
     timers: dict[str, str]
-    classic_only: bool = True
     proc: subprocess.Popen[str] | None = None
     lines: queue.Queue[tuple[float, str | None]] = field(default_factory=queue.Queue)
     stderr_file: IO[str] | None = None
@@ -196,9 +210,8 @@ class NodeProc:
 
     def start(self) -> NodeProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        launch = ["-c", CLASSIC_ONLY] if self.classic_only else ["-m", "treedrive"]
         cmd = [
-            sys.executable, *launch, "run", "--shell",
+            sys.executable, "-m", "treedrive", "run", "--shell",
             "--peer-id", self.name,
             "--port", str(self.port),
             "--http-port", "0",
@@ -605,9 +618,9 @@ class Bench:
         self.file_id = ""
 
     def node(self, name: str, extra: list[str]) -> NodeProc:
-        node = NodeProc(
-            name, self.tmp / name, free_port(), extra, self.timers, self.args.transport == "classic"
-        )
+        if self.args.transport == "classic" and has_option("--no-extension"):
+            extra = [*extra, "--no-extension"]
+        node = NodeProc(name, self.tmp / name, free_port(), extra, self.timers)
         self.nodes.append(node)
         node.start()
         self.sampler.watch(name, node.pid)
@@ -847,6 +860,10 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: VmHWM / CPU s since start",
             f"{fmt(hwm[name], '.1f', ' MiB')} / {fmt(cpu_total[name], '.2f', ' s')}",
         )
+    life.row(
+        "sender: peak VmRSS while 'push' stored the payload",
+        fmt(bench.sampler.peak_mib("sender", "push"), ".1f", " MiB"),
+    )
     print_result("whole life of each node (last receiver)", life)
     rates = sorted(r.mb_s for r in runs)
     peaks = [v for r in runs for v in (r.rss_sender, r.rss_receiver) if v is not None]
@@ -895,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         "--transport",
         choices=["classic", "auto"],
         default="classic",
-        help="classic: the nodes advertise no TreeDrive features, so the file moves as hex\n"
+        help="classic: both nodes run with --no-extension, so the file moves as hex\n"
         "FILE_DATA (default); auto: whatever the two nodes negotiate (raw-range if built in)",
     )
     p.add_argument("--gossip-interval", type=float, default=1.0, help="node gossip timer (s)")

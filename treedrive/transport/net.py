@@ -94,6 +94,14 @@ def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
 
 
+def _file_data_answer(fields: Mapping[str, Any]) -> FileData:
+    """The answer to a GET_FILE, which must be a FILE_DATA (raises WireError, TransferError)."""
+    answer = wire.decode(fields)
+    if not isinstance(answer, FileData):
+        raise TransferError(f"answered GET_FILE with {fields.get('type')!r}")
+    return answer
+
+
 def _nonneg(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -433,10 +441,7 @@ class TcpNetwork:
                     else:
                         # Stop at the end of the object: never wait for the peer to close.
                         break
-                answer = wire.decode(event.fields)
-                if not isinstance(answer, FileData):
-                    raise TransferError(f"answered GET_FILE with {event.fields.get('type')!r}")
-                return answer
+                return _file_data_answer(event.fields)
             except wire.WireError as exc:
                 raise TransferError(f"invalid answer: {exc}") from exc
             except TimeoutError as exc:
@@ -522,9 +527,7 @@ class TcpNetwork:
                     raise TransferError(f"malformed answer: {event.reason}")
                 else:
                     break
-            answer = wire.decode(event.fields)
-            if not isinstance(answer, FileData):
-                raise TransferError(f"answered GET_FILE with {event.fields.get('type')!r}")
+            answer = _file_data_answer(event.fields)
             if answer.meta is None:
                 return RangeAnswer(None, 0, offset, 0)
             got_ext = _raw_ext(answer.extra)
