@@ -314,6 +314,7 @@ class Profiler:
     def __init__(self, kind: str, pid: int, out: Path, rate: int, native: bool = False) -> None:
         self.kind = kind
         self.out = out
+        self.native = native
         exe = shutil.which(kind)
         if exe is None:
             raise SystemExit(f"--{kind} needs {kind} on PATH")
@@ -340,7 +341,7 @@ class Profiler:
 
     def summary(self, top: int) -> str:
         if self.kind == "py-spy":
-            return summarize_raw(self.out, top)
+            return summarize_raw(self.out, top, self.native)
         return summarize_perf(self.out, top)
 
 
@@ -405,7 +406,7 @@ _THREAD = re.compile(r"^thread \((?:0x)?[0-9a-fA-F]+\): ?(.*)$")
 _IDLE_LOOP = ("EpollSelector.select", "epoll_wait")
 
 
-def summarize_raw(path: Path, top: int) -> str:
+def summarize_raw(path: Path, top: int, native: bool = False) -> str:
     """Where the event loop's thread spends its time, from py-spy's collapsed stacks.
 
     The main thread runs the event loop: its samples inside ``EpollSelector.select`` are time
@@ -456,7 +457,7 @@ def summarize_raw(path: Path, top: int) -> str:
         "  busy time by Python line (leaf Python frame; % of all main-thread samples):",
     ]
     rows += [f"    {100 * n / main:5.1f}%  {name}" for name, n in py_leaf.most_common(top)]
-    if any(".py:" not in name for name in native_leaf):
+    if native:
         rows.append("  busy time by native leaf (C function or kernel entry):")
         rows += [f"    {100 * n / main:5.1f}%  {name}" for name, n in native_leaf.most_common(top)]
     rows.append("  busy time by Python function, including callees (below 99%):")

@@ -326,8 +326,9 @@ def run(
     if shell is None:
         shell = sys.stdin.isatty()
     setup_logging(log_level, data)
-    from treedrive.app import AlreadyRunning
+    from treedrive.app import AlreadyRunning, tune_malloc
 
+    tune_malloc()
     try:
         asyncio.run(_run(config, shell))
     except AlreadyRunning as exc:

@@ -153,11 +153,11 @@ class TcpNetwork:
         self.upload = RateLimiter()
         self._pool: ThreadPoolExecutor | None = None
         self._range_socks: set[socket.socket] = set()
+        self._dials = asyncio.Semaphore(self.limits.max_dials)
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.download.set_rate(download)
         self.upload.set_rate(upload)
-        self._dials = asyncio.Semaphore(self.limits.max_dials)
 
     # -- listening ---------------------------------------------------------------------------
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
