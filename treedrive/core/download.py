@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from treedrive.core import fileid
-from treedrive.core.errors import FetchFailed, TransferError
+from treedrive.core.errors import ClassicAnswer, FetchFailed, TransferError
 from treedrive.core.events import FileRefused
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.ports import RangeAnswer
@@ -125,6 +125,8 @@ class RangedDownload:
                 last = f"{peer.peer_id}: {exc}"
                 self._failed(peer.peer_id, exc)
                 continue
+            finally:
+                self.inflight_bytes.pop(0, None)
             self.size = answer.size
             if answer.length == self.span(0)[1]:
                 self.done.add(0)
@@ -150,8 +152,9 @@ class RangedDownload:
         chunk = offset // self.chunk_size
 
         def progress(done: int) -> None:
-            self.inflight_bytes[chunk] = done
-            self._report()
+            if chunk not in self.done:  # a late report of a chunk already counted
+                self.inflight_bytes[chunk] = done
+                self._report()
 
         return progress
 
@@ -159,7 +162,8 @@ class RangedDownload:
         if self.handle is not None:
             # The peers this download has taken chunks from so far.
             self.handle.state.peer_id = ", ".join(sorted(set(self.sources.values()))) or None
-            self.handle.update(self.bytes_on_disk() + sum(self.inflight_bytes.values()))
+            done = self.bytes_on_disk() + sum(self.inflight_bytes.values())
+            self.handle.update(min(done, self.size or 0))
 
     def _usable(self) -> list[PeerInfo]:
         now = time.monotonic()
@@ -170,7 +174,9 @@ class RangedDownload:
         ]
 
     def _failed(self, peer_id: str, exc: BaseException) -> None:
-        if isinstance(exc, HolderGone):
+        if isinstance(exc, HolderGone | ClassicAnswer):
+            # It does not have the file, or speaks only hex: not a holder for this download
+            # (the node falls back to the classic GET_FILE for such holders).
             self.excluded.add(peer_id)
             return
         self.failures[peer_id] += 1
@@ -196,12 +202,14 @@ class RangedDownload:
         pending = deque(wanted)
         inflight: dict[asyncio.Task[RangeAnswer], tuple[int, str]] = {}
         load: Counter[str] = Counter()
+        given: Counter[str] = Counter(self.sources.values())
         stalled_since: float | None = None
         try:
             while pending or inflight:
                 usable = [p for p in self._usable() if p.peer_id != avoid]
                 per_holder = max(1, -(-self.max_inflight // max(1, len(usable))))
-                for peer in sorted(usable, key=lambda p: load[p.peer_id]):
+                # The least busy holder first; among equals, the one given the fewest chunks.
+                for peer in sorted(usable, key=lambda p: (load[p.peer_id], given[p.peer_id])):
                     while pending and len(inflight) < self.max_inflight:
                         if load[peer.peer_id] >= per_holder:
                             break
@@ -210,6 +218,7 @@ class RangedDownload:
                         task = asyncio.ensure_future(self._fetch(peer, offset, length))
                         inflight[task] = (chunk, peer.peer_id)
                         load[peer.peer_id] += 1
+                        given[peer.peer_id] += 1
                 if not inflight:
                     now = time.monotonic()
                     stalled_since = stalled_since or now
@@ -254,7 +263,10 @@ class RangedDownload:
         unsynced = self.done - self.synced
         if not unsynced:
             return
-        if not force and sum(self.span(c)[1] for c in unsynced) < self.node.config.sync_every:
+        # At most 1/20 of the file (and ``sync_every``) is ever fetched again after a crash.
+        assert self.size is not None
+        every = min(self.node.config.sync_every, max(self.chunk_size, self.size // 20))
+        if not force and sum(self.span(c)[1] for c in unsynced) < every:
             return
         snapshot = frozenset(self.done)
         await asyncio.to_thread(os.fdatasync, self.fd)

@@ -572,6 +572,7 @@ class Node:
                 await RangedDownload(self, entry, extension).run()
             except FetchFailed as exc:
                 errors.append(str(exc))
+                extension = []  # they may still answer a classic GET_FILE
             else:
                 self._stored(entry.meta, self.store.blobs.size(file_id), "get")
                 stored = self.file(file_id)

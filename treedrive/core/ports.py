@@ -47,6 +47,9 @@ class Progress(Protocol):
 
 
 class InboundHandler(Protocol):
+    features: frozenset[str]
+    """The extension features the node speaks (empty: classic only)."""
+
     def open_sink(self) -> FileSink:
         """A fresh sink for the bytes of an incoming FILE_DATA."""
         ...

@@ -171,10 +171,18 @@ class TcpNetwork:
     async def close(self) -> None:
         self._closing = True
         if self._server is not None:
+            # Stop accepting first, and let accepts already under way reach _accept (which now
+            # closes them): a connection set up after Server.close() would leak its socket.
+            loop = asyncio.get_running_loop()
+            for sock in self._server.sockets:
+                loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
             self._server.close()
         for task, writer in list(self._conns.items()):
             task.cancel()
-            writer.close()
+            # abort, not close: close() waits for unsent bytes to drain to a peer that may
+            # never read them, and the socket would outlive the node.
+            writer.transport.abort()
         if self._conns:
             await asyncio.wait(list(self._conns), timeout=5)
         if self._server is not None:
@@ -248,7 +256,7 @@ class TcpNetwork:
                 return
             if isinstance(message, GetFile):
                 ext = _raw_ext(message.extra)
-                if ext is not None:
+                if ext is not None and "raw-range" in handler.features:
                     await self._answer_raw(writer, message, ext, source)
                 else:
                     await self._answer_get(writer, message, source)

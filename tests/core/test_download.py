@@ -1,0 +1,607 @@
+"""Ranged, multi-source, resumable downloads between real in-process TreeDrive nodes (real
+sockets on loopback, real SQLite): which holders serve which ranges, holders that vanish or lie,
+classic holders, the rate limits (and their API), progress events, and resuming after a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.classic_peer import ClassicPeer
+from tests.conftest import address, fast_config, wait_for
+from treedrive.app import running_node
+from treedrive.core.download import RAW_RANGE
+from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
+from treedrive.core.hookspecs import hookimpl
+from treedrive.core.node import Node
+
+pytestmark = pytest.mark.timeout(60)
+
+Starter = Callable[..., Any]
+KiB = 1024
+MiB = 1024 * 1024
+CHUNK = 64 * KiB
+SYNC = 256 * KiB
+RANGED = {"chunk_size": CHUNK, "sync_every": SYNC, "download_limit": 0}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+class Events:
+    """A test plugin: every event one node publishes, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    @hookimpl
+    def treedrive_on_event(self, node: Node, event: Event) -> None:
+        self.seen.append(event)
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+    def finished(self, direction: str, file_id: str, ok: bool | None = True) -> list[Any]:
+        return [
+            e
+            for e in self.seen
+            if isinstance(e, TransferFinished)
+            and e.transfer.direction == direction
+            and e.transfer.file_id == file_id
+            and (ok is None or e.ok is ok)
+        ]
+
+
+def watch(node: Node) -> Events:
+    events = Events()
+    node.plugins.pm.register(events)
+    return events
+
+
+async def push_random(node: Node, tmp_path: Path, size: int, name: str) -> tuple[str, bytes]:
+    data = os.urandom(size)
+    src = tmp_path / "src" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(data)
+    meta = await node.push(src)
+    return meta.file_id, data
+
+
+def knows(node: Node, file_id: str, holders: set[str], ranged: bool = True) -> bool:
+    """``node`` lists ``file_id`` as held by every one of ``holders``, tracks them, and (when
+    ``ranged``) knows they speak raw-range."""
+    entry = node.file(file_id)
+    if entry is None or not holders <= set(entry.holders):
+        return False
+    peers = {p.peer_id: p for p in node.peers()}
+    if not holders <= peers.keys():
+        return False
+    return not ranged or all(RAW_RANGE in (peers[h].features or ()) for h in holders)
+
+
+def blob(node: Node, file_id: str) -> bytes:
+    return node.store.blobs.path(file_id).read_bytes()
+
+
+def in_flight_out(node: Node, file_id: str) -> bool:
+    return any(
+        t.direction == "out" and t.file_id == file_id for t in node.active_transfers.values()
+    )
+
+
+class Lifetimes:
+    """Nodes whose lifetime the test controls (``running_node`` entered and exited by hand)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.running: dict[str, contextlib.AbstractAsyncContextManager[Node]] = {}
+
+    async def start(self, peer_id: str, **config: Any) -> Node:
+        ctx = running_node(fast_config(self.root / peer_id, peer_id, **config))
+        node = await ctx.__aenter__()
+        self.running[peer_id] = ctx
+        return node
+
+    async def stop(self, peer_id: str) -> None:
+        ctx = self.running.pop(peer_id)
+        await ctx.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        for peer_id in list(self.running):
+            with contextlib.suppress(Exception):
+                await self.stop(peer_id)
+
+
+@pytest.fixture
+async def lifetimes(tmp_path: Path) -> AsyncIterator[Lifetimes]:
+    made = Lifetimes(tmp_path)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def holders_of_one_file(
+    start: Starter, tmp_path: Path, names: list[str], size: int
+) -> tuple[list[Node], str, bytes]:
+    """The first node pushes a file while alone; each other one joins and gets it."""
+    first: Node = await start(names[0], **RANGED)
+    file_id, data = await push_random(first, tmp_path, size, "shared.bin")
+    nodes = [first]
+    for name in names[1:]:
+        node: Node = await start(name, bootstrap=(address(first),), **RANGED)
+        await wait_for(lambda node=node: knows(node, file_id, {names[0]}))
+        await node.get(file_id)
+        assert blob(node, file_id) == data
+        nodes.append(node)
+    return nodes, file_id, data
+
+
+# -- ranged transfers ----------------------------------------------------------------------------
+async def test_get_between_treedrive_nodes_uses_ranges(start_node: Starter, tmp_path: Path) -> None:
+    size = 1 * MiB + 1234
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "ranged.bin")
+    served = watch(holder)
+    receiver: Node = await start_node("receiver", bootstrap=(address(holder),), **RANGED)
+    got = watch(receiver)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+
+    entry = await receiver.get(file_id)
+
+    assert entry.has_copy
+    assert blob(receiver, file_id) == data
+    outs = await wait_for(lambda: served.finished("out", file_id) or None)
+    await asyncio.sleep(0.2)
+    outs = served.finished("out", file_id)
+    chunks = -(-size // CHUNK)
+    assert len(outs) == chunks  # one upload per range
+    assert all(e.transfer.bytes_done <= CHUNK for e in outs)
+    assert sum(e.transfer.bytes_done for e in outs) == size
+    ins = got.finished("in", file_id)
+    assert len(ins) == 1
+    assert ins[0].transfer.bytes_done == size
+    assert ins[0].transfer.peer_id == "holder"
+    assert not receiver.store.blobs.range_path(file_id).exists()
+    with receiver.store.unit_of_work() as uow:
+        assert uow.downloads.get(file_id) is None
+
+
+async def test_node_without_extension_fetches_whole_file_classically(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    size = 700 * KiB
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "classic.bin")
+    served = watch(holder)
+    plain: Node = await start_node("plain", bootstrap=(address(holder),), extension=False, **RANGED)
+    await wait_for(lambda: knows(plain, file_id, {"holder"}))
+    await plain.get(file_id)
+    assert blob(plain, file_id) == data
+    outs = await wait_for(lambda: served.finished("out", file_id) or None)
+    assert [e.transfer.bytes_done for e in outs] == [size]  # one classic GET_FILE
+
+
+async def test_download_takes_chunks_from_every_holder(start_node: Starter, tmp_path: Path) -> None:
+    size = 2 * MiB
+    holders, file_id, data = await holders_of_one_file(
+        start_node, tmp_path, ["H1", "H2", "H3"], size
+    )
+    served = {h.peer_id: watch(h) for h in holders}
+    for h in holders:  # each holder alone is slower than the network: more than one helps
+        h.set_rate_limits(None, 1 * MiB)
+    receiver: Node = await start_node("R", bootstrap=(address(holders[0]),), **RANGED)
+    got = watch(receiver)
+    await wait_for(lambda: knows(receiver, file_id, {"H1", "H2", "H3"}))
+
+    await receiver.get(file_id)
+
+    assert blob(receiver, file_id) == data
+    await asyncio.sleep(0.2)
+    counts = {name: len(ev.finished("out", file_id)) for name, ev in served.items()}
+    assert all(n >= 1 for n in counts.values()), counts
+    assert sum(counts.values()) == -(-size // CHUNK)
+    served_bytes = sum(
+        e.transfer.bytes_done for ev in served.values() for e in ev.finished("out", file_id)
+    )
+    assert served_bytes == size
+    ins = got.finished("in", file_id)
+    assert len(ins) == 1
+    assert set((ins[0].transfer.peer_id or "").split(", ")) == {"H1", "H2", "H3"}
+
+
+async def test_download_survives_a_holder_that_vanishes(
+    start_node: Starter, lifetimes: Lifetimes, tmp_path: Path
+) -> None:
+    size = 3 * MiB
+    h1: Node = await start_node("H1", **RANGED)
+    file_id, data = await push_random(h1, tmp_path, size, "vanish.bin")
+    h2 = await lifetimes.start("H2", bootstrap=(address(h1),), **RANGED)
+    h3: Node = await start_node("H3", bootstrap=(address(h1),), **RANGED)
+    for h in (h2, h3):
+        await wait_for(lambda h=h: knows(h, file_id, {"H1"}))
+        await h.get(file_id)
+    for h in (h1, h2, h3):
+        h.set_rate_limits(None, 512 * KiB)
+    receiver: Node = await start_node("R", bootstrap=(address(h1),), **RANGED)
+    await wait_for(lambda: knows(receiver, file_id, {"H1", "H2", "H3"}))
+
+    task = asyncio.ensure_future(receiver.get(file_id))
+    try:
+        await wait_for(lambda: in_flight_out(h2, file_id), timeout=10)
+        await wait_for(
+            lambda: any(t.direction == "in" for t in receiver.active_transfers.values()),
+            timeout=10,
+        )
+        assert not task.done()
+        await lifetimes.stop("H2")  # H2 vanishes mid-download
+        assert not task.done()
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+    assert blob(receiver, file_id) == data
+    entry = receiver.file(file_id)
+    assert entry is not None
+    assert entry.has_copy
+
+
+async def test_corrupting_holder_is_named_and_distrusted(
+    start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    size = 1 * MiB
+    holders, file_id, data = await holders_of_one_file(
+        start_node, tmp_path, ["H1", "H2", "H3"], size
+    )
+    # H3's copy goes bad on disk: one byte flipped in every chunk
+    bad_path = holders[2].store.blobs.path(file_id)
+    bad = bytearray(bad_path.read_bytes())
+    for offset in range(0, size, CHUNK):
+        bad[offset + 7] ^= 0xFF
+    bad_path.chmod(0o600)
+    bad_path.write_bytes(bytes(bad))
+
+    receiver: Node = await start_node("R", bootstrap=(address(holders[0]),), **RANGED)
+    got = watch(receiver)
+    await wait_for(lambda: knows(receiver, file_id, {"H1", "H2", "H3"}))
+    caplog.clear()
+
+    await receiver.get(file_id)
+
+    assert blob(receiver, file_id) == data
+    refused = [e for e in got.seen if isinstance(e, FileRefused)]
+    assert [e.peer_id for e in refused] == ["H3"]
+    assert refused[0].file_id == file_id
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("treedrive")
+    ]
+    assert any("H3" in w and "avoid" in w for w in warnings), warnings
+    assert receiver.distrusted("H3")
+    assert not receiver.distrusted("H1")
+    assert not receiver.distrusted("H2")
+
+
+async def test_classic_holder_is_fetched_the_classic_way(start_node: Starter) -> None:
+    data = os.urandom(600 * KiB)
+    with ClassicPeer("classic") as cp:
+        rec = cp.add_file("old.bin", data)
+        file_id = rec["file_id"]
+        receiver: Node = await start_node("R", **RANGED)
+        await asyncio.to_thread(cp.send_gossip, (receiver.host, receiver.port))
+        await wait_for(lambda: knows(receiver, file_id, {"classic"}, ranged=False))
+        peer = next(p for p in receiver.peers() if p.peer_id == "classic")
+        assert peer.features is None
+
+        await receiver.get(file_id)
+
+        assert blob(receiver, file_id) == data
+        asks = cp.messages("GET_FILE")
+        assert asks
+        assert all("treedrive" not in m for m in asks), asks
+        assert not cp.errors
+
+
+async def test_holder_advertising_raw_range_but_answering_hex_is_still_fetched(
+    start_node: Starter,
+) -> None:
+    """PROTOCOL 2.2: 'the client handles either' answer to a ranged GET_FILE."""
+    data = os.urandom(300 * KiB)
+    features = {"treedrive": {"version": 1, "features": ["raw-range"]}}
+    with ClassicPeer("liar", reply_to_gossip=False) as cp:
+        rec = cp.add_file("either.bin", data)
+        file_id = rec["file_id"]
+        receiver: Node = await start_node("R", stall_timeout=3.0, **RANGED)
+        to = (receiver.host, receiver.port)
+        await asyncio.to_thread(cp.send_gossip, to, extra=features)
+        await wait_for(lambda: any(p.peer_id == "liar" for p in receiver.peers()))
+        await asyncio.to_thread(cp.announce, to, file_id)
+        await wait_for(lambda: knows(receiver, file_id, {"liar"}))
+
+        await asyncio.wait_for(receiver.get(file_id), 20)
+
+        assert blob(receiver, file_id) == data
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+async def test_download_rate_limit_holds(start_node: Starter, tmp_path: Path) -> None:
+    rate = 1 * MiB
+    size = 3 * MiB
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "slow-in.bin")
+    receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
+    receiver.set_rate_limits(rate, None)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+    started = time.monotonic()
+    await receiver.get(file_id)
+    elapsed = time.monotonic() - started
+    assert blob(receiver, file_id) == data
+    assert size / elapsed <= 1.1 * rate, f"{size / elapsed:.0f} B/s with a limit of {rate}"
+
+
+@pytest.mark.parametrize("extension", [True, False], ids=["ranged", "classic"])
+async def test_upload_rate_limit_holds(
+    start_node: Starter, tmp_path: Path, extension: bool
+) -> None:
+    rate = 1 * MiB
+    size = 3 * MiB
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "slow-out.bin")
+    holder.set_rate_limits(None, rate)
+    receiver: Node = await start_node(
+        "R", bootstrap=(address(holder),), extension=extension, **RANGED
+    )
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}, ranged=extension))
+    started = time.monotonic()
+    await receiver.get(file_id)
+    elapsed = time.monotonic() - started
+    assert blob(receiver, file_id) == data
+    assert size / elapsed <= 1.1 * rate, f"{size / elapsed:.0f} B/s with a limit of {rate}"
+
+
+def token_of(node: Node) -> str:
+    return (node.config.data_dir / "api-token").read_text().strip()
+
+
+async def test_put_api_limits_changes_the_node_limits(start_node: Starter) -> None:
+    node: Node = await start_node("web", http_port=0, **RANGED)
+    assert node.http_url is not None
+    url = node.http_url.rstrip("/") + "/api/limits"
+    auth = {"Authorization": f"Bearer {token_of(node)}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            assert r.status == 200
+            assert await r.json() == {"download": None, "upload": None}
+
+        async with http.put(url, json={"download": 1048576, "upload": 2048.5}, headers=auth) as r:
+            assert r.status == 200
+            assert await r.json() == {"download": 1048576, "upload": 2048.5}
+        assert node.rate_limits == (1048576, 2048.5)
+
+        # only the keys given change
+        async with http.put(url, json={"upload": None}, headers=auth) as r:
+            assert r.status == 200
+        assert node.rate_limits == (1048576, None)
+
+        # 0 means no limit
+        async with http.put(url, json={"download": 0}, headers=auth) as r:
+            assert r.status == 200
+            assert (await r.json())["download"] is None
+        assert node.rate_limits == (None, None)
+
+        async with http.put(url, json={"download": 5000}, headers=auth) as r:
+            assert r.status == 200
+        before = node.rate_limits
+        for body in (
+            {"download": -1},
+            {"download": "fast"},
+            {"upload": True},
+            {"upload": [1]},
+            [1, 2],
+            "100",
+        ):
+            async with http.put(url, json=body, headers=auth) as r:
+                assert r.status == 400, body
+                assert "error" in await r.json()
+            assert node.rate_limits == before, body
+        async with http.put(url, data=b"{not json", headers=auth) as r:
+            assert r.status == 400
+        async with http.put(url, json={"download": 1}) as r:  # no token
+            assert r.status == 401
+        assert node.rate_limits == before
+
+        async with http.get(url) as r:
+            assert await r.json() == {"download": 5000, "upload": None}
+
+
+# -- progress ------------------------------------------------------------------------------------
+async def test_progress_rises_and_finished_comes_last(start_node: Starter, tmp_path: Path) -> None:
+    size = 2 * MiB
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "progress.bin")
+    receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
+    receiver.set_rate_limits(2 * MiB, None)
+    got = watch(receiver)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+
+    await receiver.get(file_id)
+
+    assert blob(receiver, file_id) == data
+    mine = [
+        e
+        for e in got.seen
+        if isinstance(e, TransferProgress | TransferFinished)
+        and e.transfer.file_id == file_id
+        and e.transfer.direction == "in"
+    ]
+    assert len({e.transfer.transfer_id for e in mine}) == 1
+    progress = [e for e in mine if isinstance(e, TransferProgress)]
+    assert len(progress) >= 2
+    done = [e.transfer.bytes_done for e in progress]
+    assert done == sorted(done)
+    percents = [100 * e.transfer.bytes_done / (e.transfer.bytes_total or 1) for e in progress]
+    assert percents == sorted(percents)
+    assert all(0 <= p <= 100 for p in percents)
+    assert all(e.transfer.bytes_total == size for e in progress)
+    last = mine[-1]
+    assert isinstance(last, TransferFinished)
+    assert last.ok
+    assert last.transfer.bytes_done == size
+    assert sum(isinstance(e, TransferFinished) for e in mine) == 1
+
+
+async def test_progress_never_counts_more_than_the_file(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    """Two chunks: the first one (which tells the size) must not be counted twice."""
+    size = CHUNK + 100
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "two-chunks.bin")
+    receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
+    got = watch(receiver)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+
+    await receiver.get(file_id)
+
+    assert blob(receiver, file_id) == data
+    seen = [
+        (type(e).__name__, e.transfer.bytes_done, e.transfer.bytes_total)
+        for e in got.seen
+        if isinstance(e, TransferProgress | TransferFinished) and e.transfer.direction == "in"
+    ]
+    assert seen
+    assert all(done <= size for _, done, _ in seen), seen
+    assert seen[-1] == ("TransferFinished", size, size)
+
+
+class ArrivedAtProgress:
+    """A test plugin: at each progress event of a download, how many bytes the event counts and
+    how many bytes of whole chunks are really in the partial file at that moment."""
+
+    def __init__(self, data: bytes, file_id: str) -> None:
+        self.data = data
+        self.file_id = file_id
+        self.seen: list[tuple[int, int]] = []
+
+    @hookimpl
+    def treedrive_on_event(self, node: Node, event: Event) -> None:
+        if not isinstance(event, TransferProgress) or event.transfer.direction != "in":
+            return
+        path = node.store.blobs.range_path(self.file_id)
+        try:
+            partial = path.read_bytes()
+        except FileNotFoundError:
+            return
+        present = 0
+        for start in range(0, len(self.data), CHUNK):
+            want = self.data[start : start + CHUNK]
+            if partial[start : start + len(want)] == want:
+                present += len(want)
+        self.seen.append((event.transfer.bytes_done, present))
+
+
+async def test_progress_counts_only_bytes_that_arrived(start_node: Starter, tmp_path: Path) -> None:
+    size = 6 * CHUNK + 100
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "counted.bin")
+    receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
+    receiver.set_rate_limits(512 * KiB, None)
+    probe = ArrivedAtProgress(data, file_id)
+    receiver.plugins.pm.register(probe)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+
+    await receiver.get(file_id)
+
+    assert blob(receiver, file_id) == data
+    assert probe.seen
+    assert all(counted <= present for counted, present in probe.seen), probe.seen
+
+
+# -- resuming ------------------------------------------------------------------------------------
+GOT = re.compile(r"got (\w+) \((\d+) bytes; (\d+) over the network in this run\)")
+RESUMING = re.compile(r"resuming (\w+): (\d+) of (\d+) bytes already here")
+
+
+def downloads_rows(db: Path) -> list[tuple[str, int, int, bytes]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(con.execute("SELECT file_id, size, chunk_size, done FROM downloads"))
+    finally:
+        con.close()
+
+
+def synced_bytes(node: Node, file_id: str) -> int:
+    with node.store.unit_of_work() as uow:
+        state = uow.downloads.get(file_id)
+    if state is None:
+        return 0
+    return sum(min(state.chunk_size, state.size - c * state.chunk_size) for c in state.done)
+
+
+async def test_download_resumes_after_a_stop(
+    start_node: Starter,
+    lifetimes: Lifetimes,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    size = 3 * MiB
+    holder: Node = await start_node("holder", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "resume.bin")
+    holder.set_rate_limits(None, 1 * MiB)
+    served = watch(holder)
+    config = {**RANGED, "bootstrap": (address(holder),)}
+
+    # first run: the node fetches the file when it joins; it stops midway
+    receiver = await lifetimes.start("R", **{**config, "download_limit": 1})
+    await wait_for(lambda: synced_bytes(receiver, file_id) >= size // 3, timeout=15)
+    assert not receiver.store.blobs.has(file_id)
+    await lifetimes.stop("R")
+
+    data_dir = tmp_path / "R"
+    rows = downloads_rows(data_dir / "treedrive.db")
+    assert [r[0] for r in rows] == [file_id]
+    assert rows[0][1] == size
+    assert rows[0][2] == CHUNK
+    range_file = data_dir / "partial" / f"{file_id}.range"
+    assert range_file.exists()
+    assert not (data_dir / "blobs" / file_id).exists()
+
+    # second run on the same data dir: it resumes
+    await asyncio.sleep(0.3)  # the uploads the stop broke settle
+    served.clear()
+    caplog.clear()
+    receiver = await lifetimes.start("R", **config)
+    await wait_for(lambda: receiver.store.blobs.has(file_id), timeout=20)
+    assert blob(receiver, file_id) == data
+    entry = receiver.file(file_id)
+    assert entry is not None
+    assert entry.has_copy
+
+    messages = [r.getMessage() for r in caplog.records]
+    resumed = [m for m in (RESUMING.search(t) for t in messages) if m]
+    assert resumed, messages
+    already = int(resumed[0].group(2))
+    assert already >= size // 3
+    got = [m for m in (GOT.search(t) for t in messages) if m]
+    assert got, messages
+    assert int(got[-1].group(2)) == size
+    over_network = int(got[-1].group(3))
+    assert over_network < size
+    assert over_network == size - already
+    await wait_for(lambda: not in_flight_out(holder, file_id))
+    served_after = sum(e.transfer.bytes_done for e in served.finished("out", file_id, ok=None))
+    assert served_after < size
+    assert served_after == over_network
+    assert downloads_rows(data_dir / "treedrive.db") == []
+    assert not range_file.exists()
