@@ -578,7 +578,8 @@ async def test_download_resumes_after_a_stop(
     assert not (data_dir / "blobs" / file_id).exists()
 
     # second run on the same data dir: it resumes
-    await asyncio.sleep(0.3)  # the uploads the stop broke settle
+    # the uploads the stop broke settle before counting what the holder serves from now on
+    await wait_for(lambda: not in_flight_out(holder, file_id))
     served.clear()
     caplog.clear()
     receiver = await lifetimes.start("R", **config)
