@@ -64,6 +64,7 @@ class RangedDownload:
         self.handle: TransferHandle | None = None
         self.fd = -1
         self._arrived = asyncio.Event()
+        self._syncing: asyncio.Task[None] | None = None
 
     # -- the plan ---------------------------------------------------------------------------
     @property
@@ -113,6 +114,9 @@ class RangedDownload:
                 self.handle.finish(False, str(exc) or type(exc).__name__)
             raise
         finally:
+            if self._syncing is not None:  # never sync a closed descriptor
+                with contextlib.suppress(BaseException):
+                    await self._syncing
             os.close(self.fd)
 
     async def _first_chunk(self) -> None:
@@ -250,7 +254,7 @@ class RangedDownload:
                     self.sources[chunk] = peer_id
                     self._arrived.set()
                     self._report()
-                await self._checkpoint()
+                self._maybe_checkpoint()
                 self._report()
         finally:
             for task in inflight:
@@ -258,20 +262,31 @@ class RangedDownload:
             if inflight:
                 await asyncio.wait(inflight)
 
-    async def _checkpoint(self, force: bool = False) -> None:
-        """Sync the partial file and record its chunks, every ``sync_every`` bytes."""
-        unsynced = self.done - self.synced
-        if not unsynced:
+    def _maybe_checkpoint(self) -> None:
+        """Every ``sync_every`` bytes (at most 1/20 of the file, so that little is ever fetched
+        again after a crash), sync the partial file and record its chunks: in the background,
+        one sync at a time, so that the chunks keep coming meanwhile."""
+        if self._syncing is not None and not self._syncing.done():
             return
-        # At most 1/20 of the file (and ``sync_every``) is ever fetched again after a crash.
         assert self.size is not None
         every = min(self.node.config.sync_every, max(self.chunk_size, self.size // 20))
-        if not force and sum(self.span(c)[1] for c in unsynced) < every:
-            return
-        snapshot = frozenset(self.done)
+        if sum(self.span(c)[1] for c in self.done - self.synced) >= every:
+            self._syncing = asyncio.ensure_future(self._sync(frozenset(self.done)))
+
+    async def _sync(self, snapshot: frozenset[int]) -> None:
+        """Make the chunks in ``snapshot`` durable, then record them."""
         await asyncio.to_thread(os.fdatasync, self.fd)
         self.synced = snapshot
         self._save()
+
+    async def _checkpoint(self) -> None:
+        """Sync and record every chunk on disk now (waiting for a sync under way)."""
+        if self._syncing is not None:
+            with contextlib.suppress(Exception):
+                await self._syncing
+            self._syncing = None
+        if self.done - self.synced:
+            await self._sync(frozenset(self.done))
 
     def _save(self) -> None:
         assert self.size is not None
@@ -284,7 +299,7 @@ class RangedDownload:
         hasher = asyncio.ensure_future(self._hash_in_order())
         try:
             await self._fetch_chunks([c for c in range(self.chunks) if c not in self.done])
-            await self._checkpoint(force=True)
+            await self._checkpoint()
             digest = await hasher
         finally:
             hasher.cancel()
