@@ -55,6 +55,7 @@ from transfer import (
     TIMERS,
     ApiError,
     Node,
+    code_version,
     cpu_seconds,
     fmt,
     loadavg,
@@ -505,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"TreeDrive crash/resume benchmark: {args.size} MiB, kill at {args.kill_at:.0%}; "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {loadavg()}; "
-        f"node timers {TIMERS}",
+        f"node timers {TIMERS}; treedrive at {code_version()}",
         flush=True,
     )
     reports: list[Report] = []

@@ -167,6 +167,29 @@ def wait_for_quiet(pids: list[int], timeout: float, threshold: float) -> bool:
     return False
 
 
+def code_version() -> str:
+    """The commit the node code is at, and whether treedrive/ has local changes (read-only git)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "treedrive"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" + local changes in treedrive/" if dirty else "")
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -744,7 +767,8 @@ class Bench:
             for node in reversed(self.nodes):
                 node.stop()
             self.nodes = []
-            shutil.rmtree(root, ignore_errors=True)
+            if not self.args.keep:
+                shutil.rmtree(root, ignore_errors=True)
         return runs
 
     def measure(
@@ -928,7 +952,8 @@ def run(args: argparse.Namespace) -> int:
         f"TreeDrive transfer benchmark: sizes {args.sizes} MiB, modes {args.modes}, sources "
         f"{args.sources}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{platform.machine()}, load average {loadavg()}; node args {args.node_arg or '-'}"
-        f"{'; node preamble ' + args.node_preamble if args.node_preamble else ''}",
+        f"{'; node preamble ' + args.node_preamble if args.node_preamble else ''}; "
+        f"treedrive at {code_version()}",
         flush=True,
     )
     runs: list[Run] = []
