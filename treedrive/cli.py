@@ -55,6 +55,12 @@ def setup_logging(level: str, data_dir: Path | None = None) -> None:
         root.addHandler(to_file)
 
 
+def _chunk_kib(value: int) -> int:
+    if 0 < value < 16:
+        raise click.BadParameter(f"{value} KiB is too small: 0 (by the file's size) or 16 and up")
+    return value
+
+
 def env(name: str) -> str:
     return f"TREEDRIVE_{name}"
 
@@ -219,10 +225,11 @@ def cli() -> None:
     "--chunk-size",
     envvar=env("CHUNK_SIZE"),
     show_envvar=True,
-    type=click.IntRange(min=16),
-    default=8192,
+    type=click.IntRange(min=0),
+    callback=lambda _ctx, _param, v: _chunk_kib(v),
+    default=0,
     show_default=True,
-    help="KiB per ranged request between TreeDrive nodes.",
+    help="KiB per ranged request between TreeDrive nodes (0: by the file's size, 1-32 MiB).",
 )
 @click.option(
     "--max-inflight",
@@ -319,7 +326,7 @@ def run(
         download_limit=download_limit,
         max_download_rate=max_download_rate * 1024 or None,
         max_upload_rate=max_upload_rate * 1024 or None,
-        chunk_size=chunk_size * 1024,
+        chunk_size=chunk_size * 1024 or None,
         max_inflight=max_inflight,
         extension=extension,
     )

@@ -92,6 +92,7 @@ class RecordingNetwork:
         length: int | None,
         fd: int,
         progress: Callable[[int], None] | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> RangeAnswer:
         raise TransferError("this fake speaks only the classic protocol")
 

@@ -1,13 +1,14 @@
 """Ranged, multi-source, resumable downloads between TreeDrive nodes (extension ``raw-range``).
 
-The file is cut into chunks fetched from every holder that speaks the extension, a bounded number
-at a time; a chunk that fails goes back to the queue for another holder, and a holder that keeps
-failing waits out a back-off. The chunks land in ``partial/<file_id>.range`` at their offsets;
-every so often the file is synced and the chunks on disk are recorded in the store, so a crash
-costs at most what arrived since the last sync. A task hashes the file in order while it arrives.
-Nothing becomes a blob until the whole file verifies against its id; when it does not, the
-chunks of each holder in turn are fetched again from the others until it does, which names the
-holder that sent bad bytes.
+The file is cut into chunks (sized by the file: 1 to 32 MiB) fetched from every holder that speaks
+the extension, a bounded number at a time. Each chunk lands front to back at its offset in
+``partial/<file_id>.range``, so what is on disk is always, per chunk, a prefix; a chunk that fails
+goes back to the queue and continues from where its bytes stop, with another holder if there is
+one, and a holder that keeps failing waits out a back-off. Every so often the file is synced and
+those prefixes are recorded in the store, so a crash costs at most what arrived since the last
+sync. A thread hashes the file in order, following the bytes as they land. Nothing becomes a blob
+until the whole file verifies against its id; when it does not, the chunks of each holder in turn
+are fetched again from the others until it does, which names the holder that sent bad bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 from treedrive.core import fileid
 from treedrive.core.errors import ClassicAnswer, FetchFailed, TransferError
 from treedrive.core.events import FileRefused
-from treedrive.core.model import CatalogEntry, PeerInfo
+from treedrive.core.model import MEGABYTE, CatalogEntry, PeerInfo
 from treedrive.core.ports import RangeAnswer
 from treedrive.store.uow import DownloadState
 
@@ -35,11 +37,99 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAW_RANGE = "raw-range"
-HASH_BLOCK = 1024 * 1024
+HASH_BLOCK = 4 * 1024 * 1024
+MIN_CHUNK = 1024 * 1024
+MAX_CHUNK = 32 * 1024 * 1024
+CHUNKS_PER_FILE = 16
+"""With the chunk size chosen by the file's size, a file has about this many chunks (more when
+it is over 512 MiB): enough to spread over several holders, few enough that each ranged request
+moves many MiB."""
+MIN_SYNC = 256 * 1024
+
+
+def chunk_size_for(size: int) -> int:
+    """The chunk size for a file of ``size`` bytes: a whole number of MiB, 1 to 32 MiB."""
+    chunk = size // CHUNKS_PER_FILE // MIN_CHUNK * MIN_CHUNK
+    return max(MIN_CHUNK, min(MAX_CHUNK, chunk))
 
 
 class HolderGone(Exception):
     """The holder answered that it does not have the file."""
+
+
+class _Stopped(Exception):
+    """The download ended while the hasher was waiting for bytes."""
+
+
+class Frontier:
+    """How many of each chunk's first bytes are on disk. The threads that receive ranges move it
+    forward (``advance``); the hasher thread waits on it; checkpoints copy it."""
+
+    def __init__(self, size: int, chunk_size: int, have: dict[int, int]) -> None:
+        self.size = size
+        self.chunk_size = chunk_size
+        self.count = max(1, -(-size // chunk_size))
+        self.have = [min(have.get(c, 0), self.span(c)[1]) for c in range(self.count)]
+        self.cond = threading.Condition()
+        self.closed = False
+        self.received = 0
+        """Bytes written by ranges of this run (including ranges that later failed)."""
+
+    def span(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_size
+        return start, max(0, min(self.chunk_size, self.size - start))
+
+    def complete(self, chunk: int) -> bool:
+        return self.have[chunk] >= self.span(chunk)[1]
+
+    def missing(self) -> list[int]:
+        return [c for c in range(self.count) if not self.complete(c)]
+
+    def on_disk(self) -> int:
+        return sum(self.have)
+
+    def snapshot(self) -> list[int]:
+        with self.cond:
+            return list(self.have)
+
+    def writer(self, chunk: int, start: int) -> Callable[[int], None]:
+        """The ``written`` callback of a range of ``chunk`` that begins ``start`` bytes in."""
+        last = 0
+
+        def advance(got: int) -> None:
+            nonlocal last
+            with self.cond:
+                self.received += got - last
+                last = got
+                if start + got > self.have[chunk]:
+                    self.have[chunk] = start + got
+                    self.cond.notify_all()
+
+        return advance
+
+    def reset(self, chunks: list[int]) -> None:
+        """Forget what is on disk of ``chunks`` (to fetch them again whole)."""
+        with self.cond:
+            for c in chunks:
+                self.have[c] = 0
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_contiguous(self, pos: int) -> int:
+        """Block until bytes from ``pos`` on are on disk; returns how many follow it."""
+        chunk = pos // self.chunk_size
+        start = chunk * self.chunk_size
+        with self.cond:
+            while True:
+                if self.closed:
+                    raise _Stopped
+                ready = start + self.have[chunk] - pos
+                if ready > 0:
+                    return ready
+                self.cond.wait(1.0)
 
 
 class RangedDownload:
@@ -49,36 +139,30 @@ class RangedDownload:
         self.file_id = entry.meta.file_id
         self.holders = {p.peer_id: p for p in holders}
         cfg = node.config
-        self.chunk_size = cfg.chunk_size
+        hint = entry.size_bytes or round(entry.meta.file_size * MEGABYTE)
+        self.chunk_size = cfg.chunk_size or chunk_size_for(max(0, hint))
         self.max_inflight = cfg.max_inflight
         self.path = node.store.blobs.range_path(self.file_id)
         self.size: int | None = None
-        self.done: set[int] = set()  # chunks on disk (maybe not yet synced)
-        self.synced: frozenset[int] = frozenset()  # chunks recorded in the store
-        self.sources: dict[int, str] = {}  # chunk -> holder that sent it (this run)
+        self.frontier: Frontier | None = None
+        self.synced: list[int] = []  # per chunk, the bytes recorded in the store
+        self.sources: dict[int, set[str]] = {}  # chunk -> holders that sent bytes of it (this run)
         self.failures: Counter[str] = Counter()
         self.backoff: dict[str, float] = {}
         self.excluded: set[str] = set()
-        self.inflight_bytes: dict[int, int] = {}
-        self.fetched_bytes = 0  # bytes that came over the network in this run
         self.handle: TransferHandle | None = None
         self.fd = -1
-        self._arrived = asyncio.Event()
         self._syncing: asyncio.Task[None] | None = None
+        self._hashing: asyncio.Future[hashlib._Hash] | None = None
 
-    # -- the plan ---------------------------------------------------------------------------
     @property
-    def chunks(self) -> int:
-        assert self.size is not None
-        return max(1, -(-self.size // self.chunk_size))
+    def fetched_bytes(self) -> int:
+        """Bytes that came over the network in this run."""
+        return self.frontier.received if self.frontier is not None else 0
 
-    def span(self, chunk: int) -> tuple[int, int]:
-        assert self.size is not None
-        start = chunk * self.chunk_size
-        return start, min(self.chunk_size, self.size - start)
-
-    def bytes_on_disk(self) -> int:
-        return sum(self.span(c)[1] for c in self.done)
+    def _frontier(self) -> Frontier:
+        assert self.frontier is not None
+        return self.frontier
 
     # -- running ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -86,27 +170,17 @@ class RangedDownload:
         with self.node.store.unit_of_work() as uow:
             saved = uow.downloads.get(self.file_id)
         fresh = saved is None or not self.path.exists()
-        if not fresh:
-            assert saved is not None
-            self.size, self.chunk_size = saved.size, saved.chunk_size
-            self.done = set(saved.done)
-            self.synced = saved.done
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if self.size is None:
-                await self._first_chunk()
-            assert self.size is not None
             if fresh:
-                os.ftruncate(self.fd, self.size)
+                await self._first_chunk()
+                os.ftruncate(self.fd, self._frontier().size)
                 self._save()
-            if not fresh and self.done:
-                log.info(
-                    "resuming %s: %d of %d bytes already here",
-                    self.file_id[:12],
-                    self.bytes_on_disk(),
-                    self.size,
-                )
-            self.handle = self.node.begin_transfer(self.entry.meta, "in", None, self.size)
+            else:
+                assert saved is not None
+                self._resume(saved)
+            frontier = self._frontier()
+            self.handle = self.node.begin_transfer(self.entry.meta, "in", None, frontier.size)
             self._report()
             await self._fetch_and_verify()
         except BaseException as exc:
@@ -114,60 +188,101 @@ class RangedDownload:
                 self.handle.finish(False, str(exc) or type(exc).__name__)
             raise
         finally:
-            if self._syncing is not None:  # never sync a closed descriptor
-                with contextlib.suppress(BaseException):
-                    await self._syncing
+            if self.frontier is not None:
+                self.frontier.close()
+            for running in (self._hashing, self._syncing):  # never use a closed descriptor
+                if running is not None:
+                    with contextlib.suppress(BaseException):
+                        await running
             os.close(self.fd)
+
+    def _resume(self, saved: DownloadState) -> None:
+        self.size, self.chunk_size = saved.size, saved.chunk_size
+        have = dict(saved.partial)
+        for c in saved.done:
+            have[c] = self.chunk_size
+        self.frontier = Frontier(saved.size, saved.chunk_size, have)
+        self.synced = self.frontier.snapshot()
+        if self.frontier.on_disk():
+            log.info(
+                "resuming %s: %d of %d bytes already here",
+                self.file_id[:12],
+                self.frontier.on_disk(),
+                self.size,
+            )
 
     async def _first_chunk(self) -> None:
         """Ask holders for chunk 0 until one answers: that answer says the file's size."""
         last = "no holder speaks the extension"
         for peer in self._usable():
+            got = 0
+
+            def written(n: int) -> None:
+                nonlocal got
+                got = n
+
             try:
-                answer = await self._fetch(peer, 0, self.chunk_size)
+                answer = await self._request(peer, 0, self.chunk_size, None, written)
             except (TransferError, HolderGone) as exc:
                 last = f"{peer.peer_id}: {exc}"
                 self._failed(peer.peer_id, exc)
                 continue
-            finally:
-                self.inflight_bytes.pop(0, None)
             self.size = answer.size
-            if answer.length == self.span(0)[1]:
-                self.done.add(0)
-                self.sources[0] = peer.peer_id
+            self.frontier = Frontier(answer.size, self.chunk_size, {0: answer.length})
+            self.frontier.received = got
+            self.synced = [0] * self.frontier.count
+            self.sources[0] = {peer.peer_id}
             return
         raise FetchFailed(f"could not start {self.file_id[:12]}… ({last})")
 
-    async def _fetch(self, peer: PeerInfo, offset: int, length: int) -> RangeAnswer:
+    async def _request(
+        self,
+        peer: PeerInfo,
+        offset: int,
+        length: int,
+        progress: Callable[[int], None] | None,
+        written: Callable[[int], None],
+    ) -> RangeAnswer:
         answer = await self.node.network.fetch_range(
-            peer.host, peer.port, self.file_id, offset, length, self.fd,
-            self._progress_for(offset),
-        )  # fmt: skip
+            peer.host, peer.port, self.file_id, offset, length, self.fd, progress, written
+        )
         if answer.meta is None:
             raise HolderGone("does not have it")
         if answer.meta.file_id != self.file_id:
             raise TransferError("sent another file")
         if self.size is not None and answer.size != self.size:
             raise TransferError(f"says the file has {answer.size} bytes, not {self.size}")
-        self.fetched_bytes += answer.length
         return answer
 
-    def _progress_for(self, offset: int) -> Callable[[int], None]:
-        chunk = offset // self.chunk_size
+    async def _fetch(self, peer: PeerInfo, chunk: int) -> RangeAnswer:
+        """The rest of ``chunk`` (from where its bytes on disk stop) from ``peer``."""
+        frontier = self._frontier()
+        begin, length = frontier.span(chunk)
+        start = frontier.have[chunk]
+        self.sources.setdefault(chunk, set()).add(peer.peer_id)
+        answer = await self._request(
+            peer,
+            begin + start,
+            length - start,
+            self._progress,
+            frontier.writer(chunk, start),
+        )
+        if answer.length != length - start:
+            raise TransferError("sent a short range")
+        return answer
 
-        def progress(done: int) -> None:
-            if chunk not in self.done:  # a late report of a chunk already counted
-                self.inflight_bytes[chunk] = done
-                self._report()
-
-        return progress
+    def _progress(self, _done: int) -> None:
+        self._report()
+        self._maybe_checkpoint()
 
     def _report(self) -> None:
-        if self.handle is not None:
-            # The peers this download has taken chunks from so far.
-            self.handle.state.peer_id = ", ".join(sorted(set(self.sources.values()))) or None
-            done = self.bytes_on_disk() + sum(self.inflight_bytes.values())
-            self.handle.update(min(done, self.size or 0))
+        if self.handle is not None and self.frontier is not None:
+            # The peers this download has taken bytes from so far.
+            self.handle.state.peer_id = ", ".join(sorted(self._peers())) or None
+            self.handle.update(min(self.frontier.on_disk(), self.frontier.size))
+
+    def _peers(self) -> set[str]:
+        return {p for ps in self.sources.values() for p in ps}
 
     def _usable(self) -> list[PeerInfo]:
         now = time.monotonic()
@@ -202,11 +317,13 @@ class RangedDownload:
                 self.holders[peer.peer_id] = peer
 
     async def _fetch_chunks(self, wanted: list[int], avoid: str | None = None) -> None:
-        """Fetch ``wanted`` chunks from the holders (never from ``avoid``), a few at a time."""
+        """Fetch what is missing of ``wanted`` chunks from the holders (never from ``avoid``),
+        a few at a time, in order."""
+        frontier = self._frontier()
         pending = deque(wanted)
         inflight: dict[asyncio.Task[RangeAnswer], tuple[int, str]] = {}
         load: Counter[str] = Counter()
-        given: Counter[str] = Counter(self.sources.values())
+        given: Counter[str] = Counter(p for ps in self.sources.values() for p in ps)
         stalled_since: float | None = None
         try:
             while pending or inflight:
@@ -218,8 +335,7 @@ class RangedDownload:
                         if load[peer.peer_id] >= per_holder:
                             break
                         chunk = pending.popleft()
-                        offset, length = self.span(chunk)
-                        task = asyncio.ensure_future(self._fetch(peer, offset, length))
+                        task = asyncio.ensure_future(self._fetch(peer, chunk))
                         inflight[task] = (chunk, peer.peer_id)
                         load[peer.peer_id] += 1
                         given[peer.peer_id] += 1
@@ -236,24 +352,16 @@ class RangedDownload:
                     continue
                 stalled_since = None
                 finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
+                for task in sorted(finished, key=lambda t: inflight[t][0], reverse=True):
                     chunk, peer_id = inflight.pop(task)
                     load[peer_id] -= 1
-                    self.inflight_bytes.pop(chunk, None)
                     try:
-                        answer = task.result()
+                        task.result()
+                        if not frontier.complete(chunk):
+                            raise TransferError("the range did not reach the disk whole")
                     except (TransferError, HolderGone) as exc:
                         self._failed(peer_id, exc)
-                        pending.appendleft(chunk)
-                        continue
-                    if answer.length != self.span(chunk)[1]:
-                        self._failed(peer_id, TransferError("sent a short range"))
-                        pending.appendleft(chunk)
-                        continue
-                    self.done.add(chunk)
-                    self.sources[chunk] = peer_id
-                    self._arrived.set()
-                    self._report()
+                        pending.appendleft(chunk)  # it goes on from where its bytes stop
                 self._maybe_checkpoint()
                 self._report()
         finally:
@@ -262,62 +370,69 @@ class RangedDownload:
             if inflight:
                 await asyncio.wait(inflight)
 
+    # -- checkpoints ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
         """Every ``sync_every`` bytes (at most 1/20 of the file, so that little is ever fetched
-        again after a crash), sync the partial file and record its chunks: in the background,
-        one sync at a time, so that the chunks keep coming meanwhile."""
-        if self._syncing is not None and not self._syncing.done():
+        again after a crash), sync the partial file and record what is on disk: in the
+        background, one sync at a time, so that the bytes keep coming meanwhile."""
+        if self.frontier is None or (self._syncing is not None and not self._syncing.done()):
             return
-        assert self.size is not None
-        every = min(self.node.config.sync_every, max(self.chunk_size, self.size // 20))
-        if sum(self.span(c)[1] for c in self.done - self.synced) >= every:
-            self._syncing = asyncio.ensure_future(self._sync(frozenset(self.done)))
+        every = min(self.node.config.sync_every, max(MIN_SYNC, self.frontier.size // 20))
+        if self.frontier.on_disk() - sum(self.synced) >= every:
+            self._syncing = asyncio.ensure_future(self._sync(self.frontier.snapshot()))
 
-    async def _sync(self, snapshot: frozenset[int]) -> None:
-        """Make the chunks in ``snapshot`` durable, then record them."""
+    async def _sync(self, snapshot: list[int]) -> None:
+        """Make the bytes in ``snapshot`` (taken before the sync starts) durable, then record
+        them."""
         await asyncio.to_thread(os.fdatasync, self.fd)
         self.synced = snapshot
         self._save()
 
     async def _checkpoint(self) -> None:
-        """Sync and record every chunk on disk now (waiting for a sync under way)."""
+        """Sync and record everything on disk now (waiting for a sync under way)."""
         if self._syncing is not None:
             with contextlib.suppress(Exception):
                 await self._syncing
             self._syncing = None
-        if self.done - self.synced:
-            await self._sync(frozenset(self.done))
+        snapshot = self._frontier().snapshot()
+        if snapshot != self.synced:
+            await self._sync(snapshot)
 
     def _save(self) -> None:
-        assert self.size is not None
-        state = DownloadState(self.file_id, self.size, self.chunk_size, self.synced)
+        frontier = self._frontier()
+        synced = self.synced or [0] * frontier.count
+        done = frozenset(c for c, n in enumerate(synced) if n >= frontier.span(c)[1])
+        partial = {c: n for c, n in enumerate(synced) if n > 0 and c not in done}
+        state = DownloadState(self.file_id, frontier.size, self.chunk_size, done, partial)
         with self.node.store.unit_of_work() as uow:
             uow.downloads.save(state, time.time())
             uow.commit()
 
+    # -- verifying --------------------------------------------------------------------------
     async def _fetch_and_verify(self) -> None:
-        hasher = asyncio.ensure_future(self._hash_in_order())
-        try:
-            await self._fetch_chunks([c for c in range(self.chunks) if c not in self.done])
-            await self._checkpoint()
-            digest = await hasher
-        finally:
-            hasher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hasher
+        frontier = self._frontier()
+        loop = asyncio.get_running_loop()
+        self._hashing = loop.run_in_executor(None, self._hash_following, frontier)
+        await self._fetch_chunks(frontier.missing())
+        await self._checkpoint()
+        digest = await self._hashing
         if not self._matches(digest):
             digest = await self._find_bad_holder()
         await self._commit()
 
-    async def _hash_in_order(self) -> hashlib._Hash:
-        """sha256 of the file, chunk by chunk in order, as the chunks arrive."""
+    def _hash_following(self, frontier: Frontier) -> hashlib._Hash:
+        """sha256 of the file in order, following the bytes as they land (in a thread)."""
         h = hashlib.sha256()
-        for chunk in range(self.chunks):
-            while chunk not in self.done:
-                self._arrived.clear()
-                await self._arrived.wait()
-            offset, length = self.span(chunk)
-            await asyncio.to_thread(self._hash_span, h, offset, length)
+        buf = bytearray(HASH_BLOCK)
+        view = memoryview(buf)
+        pos = 0
+        while pos < frontier.size:
+            ready = frontier.wait_contiguous(pos)
+            n = os.preadv(self.fd, [view[: min(ready, HASH_BLOCK)]], pos)
+            if n <= 0:
+                raise OSError("the partial file is shorter than it should be")
+            h.update(view[:n])
+            pos += n
         return h
 
     def _hash_span(self, h: hashlib._Hash, offset: int, length: int) -> None:
@@ -334,16 +449,15 @@ class RangedDownload:
 
     async def _rehash(self) -> hashlib._Hash:
         h = hashlib.sha256()
-        assert self.size is not None
-        await asyncio.to_thread(self._hash_span, h, 0, self.size)
+        await asyncio.to_thread(self._hash_span, h, 0, self._frontier().size)
         return h
 
     async def _find_bad_holder(self) -> hashlib._Hash:
-        """The bytes do not verify: fetch each holder's chunks again from the others; the
-        holder whose chunks, replaced, make the file verify sent the bad bytes."""
-        by_holder = Counter(self.sources.values())
+        """The bytes do not verify: fetch each holder's chunks again, whole, from the others;
+        the holder whose chunks, replaced, make the file verify sent the bad bytes."""
+        by_holder = Counter(p for ps in self.sources.values() for p in ps)
         for suspect, _ in by_holder.most_common():
-            chunks = [c for c, p in self.sources.items() if p == suspect]
+            chunks = sorted(c for c, ps in self.sources.items() if suspect in ps)
             others = [p for p in self._usable() if p.peer_id != suspect]
             if not others:
                 continue
@@ -353,6 +467,9 @@ class RangedDownload:
                 len(chunks),
                 suspect,
             )
+            self._frontier().reset(chunks)
+            for c in chunks:
+                self.sources[c] = set()
             await self._fetch_chunks(chunks, avoid=suspect)
             digest = await self._rehash()
             if self._matches(digest):
@@ -374,18 +491,18 @@ class RangedDownload:
             uow.commit()
 
     async def _commit(self) -> None:
-        assert self.size is not None
+        size = self._frontier().size
         assert self.handle is not None
         await asyncio.to_thread(self.node.store.blobs.adopt, self.path, self.file_id)
         with self.node.store.unit_of_work() as uow:
             uow.downloads.remove(self.file_id)
             uow.commit()
-        self.handle.update(self.size)
+        self.handle.update(size)
         self.handle.finish(True)
         log.info(
             "got %s (%d bytes; %d over the network in this run) from %s",
             self.file_id[:12],
-            self.size,
+            size,
             self.fetched_bytes,
-            ", ".join(sorted(set(self.sources.values()))) or "this node's partial file",
+            ", ".join(sorted(self._peers())) or "this node's partial file",
         )

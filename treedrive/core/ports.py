@@ -105,11 +105,15 @@ class Network(Protocol):
         length: int | None,
         fd: int,
         progress: Callable[[int], None] | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
-        written at the same offsets of ``fd``. ``length`` None asks for the rest (and, with
-        ``offset`` 0, the size). Raises TransferError when the exchange fails, or
-        ClassicAnswer when the peer answered the classic way."""
+        written front to back at the same offsets of ``fd``. ``length`` None asks for the rest
+        (and, with ``offset`` 0, the size). ``progress`` is called on the loop every few MiB;
+        ``written``, if given, right after every write, from whatever thread wrote (so it must
+        be thread-safe and quick), with the bytes of the range on disk so far. Raises
+        TransferError when the exchange fails, or ClassicAnswer when the peer answered the
+        classic way."""
         ...
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:

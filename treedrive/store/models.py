@@ -132,7 +132,8 @@ class Download(Base):
     """A ranged download in progress: which chunks of the partial file are on disk for good.
 
     A chunk is recorded only after the partial file was synced, so after a crash the node
-    re-fetches at most the chunks that arrived since the last sync.
+    re-fetches at most what arrived since the last sync: each chunk is written front to back, so
+    a chunk still arriving at a sync is recorded by how many of its first bytes are on disk.
     """
 
     __tablename__ = "downloads"
@@ -142,5 +143,7 @@ class Download(Base):
     chunk_size: Mapped[int] = mapped_column(Integer)
     # Indexes of the chunks that are on disk, as a bitmap (bit i of byte i // 8).
     done: Mapped[bytes] = mapped_column(LargeBinary)
+    # Chunks partly on disk: JSON {"index": bytes from the chunk's start}.
+    partial: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     started_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)

@@ -8,8 +8,8 @@ publishes them, so a plugin never hears of a change that did not happen.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
@@ -400,6 +400,13 @@ class DownloadState:
     size: int
     chunk_size: int
     done: frozenset[int]
+    """Chunks wholly on disk."""
+    partial: Mapping[int, int] = field(default_factory=dict)
+    """Chunks partly on disk: index -> how many of its first bytes."""
+
+    def bytes_on_disk(self) -> int:
+        whole = sum(min(self.chunk_size, self.size - c * self.chunk_size) for c in self.done)
+        return whole + sum(self.partial.values())
 
 
 def _bitmap(chunks: frozenset[int] | set[int], count: int) -> bytes:
@@ -413,6 +420,26 @@ def _unbitmap(data: bytes) -> frozenset[int]:
     return frozenset(i for i in range(len(data) * 8) if data[i // 8] >> (i % 8) & 1)
 
 
+def _partial_load(text: str | None) -> dict[int, int]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        int(k): v
+        for k, v in value.items()
+        if str(k).isdigit() and isinstance(v, int) and not isinstance(v, bool) and v > 0
+    }
+
+
+def _download_state(row: Download) -> DownloadState:
+    return DownloadState(
+        row.file_id, row.size, row.chunk_size, _unbitmap(row.done), _partial_load(row.partial)
+    )
+
+
 class DownloadRepo:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -421,11 +448,10 @@ class DownloadRepo:
         row = self.s.get(Download, file_id)
         if row is None:
             return None
-        return DownloadState(row.file_id, row.size, row.chunk_size, _unbitmap(row.done))
+        return _download_state(row)
 
     def all(self) -> list[DownloadState]:
-        rows = self.s.scalars(select(Download))
-        return [DownloadState(r.file_id, r.size, r.chunk_size, _unbitmap(r.done)) for r in rows]
+        return [_download_state(r) for r in self.s.scalars(select(Download))]
 
     def save(self, state: DownloadState, now: float) -> None:
         count = -(-state.size // state.chunk_size) if state.size else 0
@@ -435,6 +461,7 @@ class DownloadRepo:
             self.s.add(row)
         row.size, row.chunk_size = state.size, state.chunk_size
         row.done = _bitmap(state.done, count)
+        row.partial = json.dumps({str(c): n for c, n in sorted(state.partial.items()) if n > 0})
         row.updated_at = now
 
     def remove(self, file_id: str) -> None:

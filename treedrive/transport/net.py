@@ -468,9 +468,12 @@ class TcpNetwork:
         length: int | None,
         fd: int,
         progress: Callable[[int], None] | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE, done in a worker thread with a blocking socket: ``recv_into`` one
-        buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead."""
+        buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead.
+        ``written`` is called in that thread after every write with the bytes of the range on
+        disk so far; ``progress`` on the loop, every few MiB."""
         loop = asyncio.get_running_loop()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(RANGE_WORKERS, thread_name_prefix="range")
@@ -492,6 +495,7 @@ class TcpNetwork:
                 fd,
                 report,
                 holder,
+                written,
             )
             try:
                 return await asyncio.shield(future)
@@ -513,6 +517,7 @@ class TcpNetwork:
         fd: int,
         report: Callable[[int], None],
         holder: dict[str, socket.socket],
+        written: Callable[[int], None] | None = None,
     ) -> RangeAnswer:
         try:
             sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
@@ -546,7 +551,7 @@ class TcpNetwork:
                 raise TransferError(f"answered a range it was not asked for: {dict(got_ext)}")
             if length is not None and count > length:
                 raise TransferError(f"sent {count} bytes for a range of {length}")
-            self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report)
+            self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
             return RangeAnswer(answer.meta, size, offset, count)
         except TimeoutError as exc:
             raise TransferError(f"{host}:{port} timed out") from exc
@@ -566,12 +571,15 @@ class TcpNetwork:
         offset: int,
         count: int,
         report: Callable[[int], None],
+        written: Callable[[int], None] | None = None,
     ) -> None:
         got = 0
         if first:
             self.download.acquire_blocking(len(first))
             _pwrite_all(fd, memoryview(first), offset)
             got = len(first)
+            if written is not None:
+                written(got)
         buf = bytearray(min(RANGE_BUFFER, max(count, 1)))
         view = memoryview(buf)
         reported = 0
@@ -582,6 +590,8 @@ class TcpNetwork:
             self.download.acquire_blocking(n)
             _pwrite_all(fd, view[:n], offset + got)
             got += n
+            if written is not None:
+                written(got)
             if got - reported >= PROGRESS_STEP or got == count:
                 reported = got
                 report(got)
