@@ -28,6 +28,12 @@ that ``recv_into``s a 1 MiB buffer and writes it to a file on the same disk; med
 ``fsync`` at the end; ``--sync-every``). Every received blob is checked against the payload's
 sha256 (streamed), the setup copies too.
 
+With ``--warm`` (the default), the fetch and the first ceiling copy each follow an unmeasured
+socket copy whose file is deleted right before them, so that every measured transfer writes its
+bytes into memory in the same state: on this VM memory that stayed free for a couple of seconds
+goes back to the host and costs a fault to touch again, and without this the fetch (after the
+setup's pauses) lands in such memory while the later copies reuse what the previous copy freed.
+
 On a shared machine, ``--wait-quiet S`` waits before each fetch for a second in which the rest of
 the machine is idle. ``--node-preamble FILE`` runs a Python file in every node before its CLI, to
 measure a change to the node (a patched method) without editing it. ``--py-spy DIR`` / ``--perf
@@ -788,6 +794,8 @@ class Bench:
             self.profilers.start(label, everyone)
         os.sync()  # start with no dirty pages from the setup
         self.wait_quiet(everyone)
+        if self.args.warm:
+            socket_copy(payload, root / "warm.bin")  # deleted: its memory is the fetch's
         cpu0 = {n.name: cpu_seconds(n.pid) or 0.0 for n in everyone}
         faults0 = minor_faults(receiver.pid)
         procs0 = all_cpu()
@@ -817,6 +825,9 @@ class Bench:
                 m = re.search(r"got \w+ from (\S+)", got[-1])
                 used = "hex from " + m.group(1) if m else got[-1][-40:]
         ceilings, synced = [], []
+        if self.args.warm:
+            os.sync()
+            socket_copy(payload, root / "warm.bin")  # as before the fetch
         for _ in range(self.args.ceiling_runs):
             os.sync()
             ceilings.append(socket_copy(payload, root / "ceiling.bin"))
@@ -951,7 +962,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"TreeDrive transfer benchmark: sizes {args.sizes} MiB, modes {args.modes}, sources "
         f"{args.sources}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.machine()}, load average {loadavg()}; node args {args.node_arg or '-'}"
+        f"{platform.machine()}, load average {loadavg()}; node args {args.node_arg or '-'}; "
+        f"{'warm' if args.warm else 'no warm-up copies'}"
         f"{'; node preamble ' + args.node_preamble if args.node_preamble else ''}; "
         f"treedrive at {code_version()}",
         flush=True,
@@ -1052,6 +1064,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.15,
         help="CPU s per 1 s window that counts as idle for --wait-quiet (default 0.15)",
+    )
+    p.add_argument(
+        "--warm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before the fetch and before the first ceiling copy, make and delete an\n"
+        "unmeasured socket copy, so that every measured transfer writes into memory in the\n"
+        "same state (see bench/README.md: memory that was free for a while is slow to touch\n"
+        "again on this VM; without this the fetch gets such memory and the copies do not)",
     )
     p.add_argument("--sample-every", type=float, default=0.025, help="RSS sampling period (s)")
     p.add_argument("--tmp-dir", default=None, help="parent of the scratch dir (default: $TMPDIR)")

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,10 +22,11 @@ import pytest
 from tests.classic_peer import ClassicPeer
 from tests.conftest import address, fast_config, wait_for
 from treedrive.app import running_node
-from treedrive.core.download import RAW_RANGE
+from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for
 from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.node import Node
+from treedrive.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -606,3 +608,187 @@ async def test_download_resumes_after_a_stop(
     assert served_after == over_network
     assert downloads_rows(data_dir / "treedrive.db") == []
     assert not range_file.exists()
+
+
+def bytes_in(node: Node, file_id: str) -> int:
+    """Bytes of ``file_id`` on the node's disk so far, as its download reports them."""
+    return max(
+        (
+            t.bytes_done
+            for t in node.active_transfers.values()
+            if t.direction == "in" and t.file_id == file_id
+        ),
+        default=0,
+    )
+
+
+def got_line(caplog: pytest.LogCaptureFixture, file_id: str) -> tuple[int, int]:
+    """(size, bytes over the network in this run) from the download's last 'got' line."""
+    found = [m for m in (GOT.search(r.getMessage()) for r in caplog.records) if m]
+    found = [m for m in found if file_id.startswith(m.group(1))]
+    assert found, [r.getMessage() for r in caplog.records]
+    return int(found[-1].group(2)), int(found[-1].group(3))
+
+
+async def test_chunk_cut_by_its_holder_continues_from_where_its_bytes_stop(
+    lifetimes: Lifetimes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only holder stops in the middle of a chunk and comes back: the download waits, then
+    asks for the rest of that chunk only. No byte comes over the network twice."""
+    caplog.set_level(logging.INFO)
+    size = 2 * MiB
+    config = {"chunk_size": MiB, "sync_every": SYNC, "download_limit": 0}
+    holder = await lifetimes.start("H", **config)
+    file_id, data = await push_random(holder, tmp_path, size, "cut.bin")
+    holder.set_rate_limits(None, 256 * KiB)
+    receiver = await lifetimes.start("R", bootstrap=(address(holder),), **config)
+    await wait_for(lambda: knows(receiver, file_id, {"H"}))
+
+    task = asyncio.ensure_future(receiver.get(file_id))
+    try:
+        # chunk 0 comes alone (its answer tells the size); stop H inside chunk 1
+        await wait_for(lambda: bytes_in(receiver, file_id) >= MiB + 128 * KiB, timeout=15)
+        await lifetimes.stop("H")
+        cut_at = bytes_in(receiver, file_id)
+        assert MiB < cut_at < size
+        assert not task.done()
+        holder = await lifetimes.start("H", **config)  # back on the same data dir
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+
+    assert blob(receiver, file_id) == data
+    got_size, over_network = got_line(caplog, file_id)
+    assert got_size == size
+    assert over_network == size  # the bytes of the cut chunk were not fetched again
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("chunk from H failed" in m for m in messages), messages
+
+
+async def test_download_resumes_inside_a_chunk_after_a_stop(
+    start_node: Starter,
+    lifetimes: Lifetimes,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checkpoints record how much of each chunk still arriving is on disk: a download
+    stopped in the middle of its chunks goes on from there, not from their starts."""
+    caplog.set_level(logging.INFO)
+    size, chunk = 3 * MiB, 1 * MiB
+    config = {"chunk_size": chunk, "sync_every": SYNC, "download_limit": 0}
+    holder: Node = await start_node("holder", **config)
+    file_id, data = await push_random(holder, tmp_path, size, "inside.bin")
+    holder.set_rate_limits(None, 512 * KiB)
+    config = {**config, "bootstrap": (address(holder),)}
+    receiver = await lifetimes.start("R", **config)
+    await wait_for(lambda: knows(receiver, file_id, {"holder"}))
+    task = asyncio.ensure_future(receiver.get(file_id))
+
+    def partial_recorded() -> bool:
+        with receiver.store.unit_of_work() as uow:
+            state = uow.downloads.get(file_id)
+        return state is not None and bool(state.partial)
+
+    try:
+        await wait_for(partial_recorded, timeout=15)
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    await lifetimes.stop("R")
+    store = Store(tmp_path / "R")
+    try:
+        with store.unit_of_work() as uow:
+            saved = uow.downloads.get(file_id)
+    finally:
+        store.close()
+    assert saved is not None
+    assert saved.partial
+    assert all(0 < n < chunk for n in saved.partial.values())
+    already = saved.bytes_on_disk()
+    assert already % chunk != 0
+
+    caplog.clear()
+    await lifetimes.start("R", **{**config, "download_limit": 1})  # resumes when it joins
+    await wait_for(lambda: (tmp_path / "R" / "blobs" / file_id).exists(), timeout=20)
+    assert (tmp_path / "R" / "blobs" / file_id).read_bytes() == data
+    messages = [r.getMessage() for r in caplog.records]
+    resumed = [m for m in (RESUMING.search(t) for t in messages) if m]
+    assert resumed, messages
+    assert int(resumed[0].group(2)) == already
+    got_size, over_network = got_line(caplog, file_id)
+    assert got_size == size
+    assert over_network == size - already
+
+
+def test_chunk_size_follows_the_file_size() -> None:
+    assert chunk_size_for(0) == MiB
+    assert chunk_size_for(5 * MiB) == MiB
+    assert chunk_size_for(64 * MiB) == 4 * MiB
+    assert chunk_size_for(256 * MiB) == 16 * MiB
+    assert chunk_size_for(1024 * MiB) == 32 * MiB
+    assert chunk_size_for(100 * 1024 * MiB) == 32 * MiB
+    assert chunk_size_for(100 * MiB + 12345) % MiB == 0
+
+
+async def test_download_without_a_chunk_size_sizes_its_chunks_by_the_file(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    size = 40 * MiB  # 16 chunks would be 2.5 MiB: 2 MiB chunks, 20 ranges
+    holder: Node = await start_node("H", download_limit=0)
+    file_id, data = await push_random(holder, tmp_path, size, "auto.bin")
+    served = watch(holder)
+    receiver: Node = await start_node("R", bootstrap=(address(holder),), download_limit=0)
+    await wait_for(lambda: knows(receiver, file_id, {"H"}))
+    await receiver.get(file_id)
+    assert blob(receiver, file_id) == data
+    await wait_for(lambda: not in_flight_out(holder, file_id))
+    ranges = sorted(e.transfer.bytes_done for e in served.finished("out", file_id))
+    assert ranges == [2 * MiB] * 20
+
+
+# -- the frontier: what the receiving threads wrote, what the hasher may read ---------------------
+def test_frontier_counts_each_chunk_front_to_back() -> None:
+    f = Frontier(size=10, chunk_size=4, have={1: 2, 2: 9})
+    assert f.count == 3
+    assert f.have == [0, 2, 2]  # chunk 2 has only 2 bytes (8..9): clamped
+    assert f.missing() == [0, 1]
+    advance = f.writer(1, start=2)  # a range for the rest of chunk 1
+    advance(1)
+    assert f.have[1] == 3
+    advance(2)
+    assert f.complete(1)
+    assert f.received == 2
+    assert f.on_disk() == 6
+    f.reset([1])
+    assert f.have == [0, 0, 2]
+
+
+def test_frontier_lets_the_hasher_read_only_contiguous_bytes() -> None:
+    f = Frontier(size=8, chunk_size=4, have={})
+    f.writer(1, 0)(4)  # chunk 1 is whole, chunk 0 has nothing: nothing to hash yet
+    ready: list[int] = []
+    waiter = threading.Thread(target=lambda: ready.append(f.wait_contiguous(0)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    f.writer(0, 0)(3)
+    waiter.join(5)
+    assert ready == [3]
+    assert f.wait_contiguous(4) == 4  # chunk 1, from its start
+
+    stopped: list[BaseException] = []
+
+    def wait_then_stop() -> None:
+        try:
+            f.wait_contiguous(3)
+        except BaseException as exc:
+            stopped.append(exc)
+
+    waiter = threading.Thread(target=wait_then_stop)
+    waiter.start()
+    waiter.join(0.2)
+    f.close()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert len(stopped) == 1

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -15,8 +16,9 @@ from treedrive.core.events import FileDeleted
 from treedrive.core.fileid import compute_file_id
 from treedrive.core.model import FileMeta, PeerInfo, Timestamp
 from treedrive.store import BlobStore, Store, VerificationError
-from treedrive.store.db import DB_NAME
+from treedrive.store.db import DB_NAME, alembic_config
 from treedrive.store.models import Base
+from treedrive.store.uow import DownloadState
 
 TABLES = {"identity", "peers", "files", "holders", "tombstones", "transfers"}
 
@@ -652,3 +654,66 @@ def test_delete_blob(blobs: BlobStore) -> None:
     assert blobs.delete(file_id) is True
     assert not blobs.has(file_id)
     assert blobs.delete(file_id) is False
+
+
+# -- resumable downloads ---------------------------------------------------------------------------
+def test_download_state_keeps_whole_and_partial_chunks(store: Store) -> None:
+    chunk = 1024 * 1024
+    size = 5 * chunk + 123
+    state = DownloadState(fid(1), size, chunk, frozenset({0, 2, 5}), {1: 4096, 3: chunk - 1})
+    with store.unit_of_work() as uow:
+        uow.downloads.save(state, 1.0)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        got = uow.downloads.get(fid(1))
+        listed = uow.downloads.all()
+    assert got == state
+    assert listed == [state]
+    # 3 whole chunks (the last one is 123 bytes) and the first bytes of two others
+    assert got.bytes_on_disk() == 2 * chunk + 123 + 4096 + chunk - 1
+
+    # a later checkpoint replaces both: chunk 1 done, chunk 3 further along, chunk 4 begun
+    later = DownloadState(fid(1), size, chunk, frozenset({0, 1, 2, 5}), {3: chunk - 1, 4: 7})
+    with store.unit_of_work() as uow:
+        uow.downloads.save(later, 2.0)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.downloads.get(fid(1)) == later
+
+
+def test_download_row_from_before_partial_chunks_reads_with_none(tmp_path: Path) -> None:
+    """A downloads row written at revision 0003 (whole chunks only) survives the upgrade."""
+    s = Store(tmp_path / "old")
+    try:
+        command.upgrade(alembic_config(s.engine), "0003")
+        with s.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO downloads (file_id, size, chunk_size, done, started_at, "
+                    "updated_at) VALUES (:f, 300, 100, :done, 1.0, 1.0)"
+                ),
+                {"f": fid(2), "done": bytes([0b101])},
+            )
+        s.upgrade()
+        assert s.current_revision() == s.head_revision()
+        with s.unit_of_work() as uow:
+            state = uow.downloads.get(fid(2))
+        assert state == DownloadState(fid(2), 300, 100, frozenset({0, 2}), {})
+        assert state is not None
+        assert state.bytes_on_disk() == 200
+    finally:
+        s.close()
+
+
+def test_download_row_with_a_damaged_partial_column_reads_as_no_partial_chunks(
+    store: Store,
+) -> None:
+    with store.unit_of_work() as uow:
+        uow.downloads.save(DownloadState(fid(3), 300, 100, frozenset({1})), 1.0)
+        uow.commit()
+    for damaged in ("not json", "[1, 2]", '{"x": 5, "0": -4, "2": "7", "1": true}'):
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE downloads SET partial = :p"), {"p": damaged})
+        with store.unit_of_work() as uow:
+            state = uow.downloads.get(fid(3))
+        assert state == DownloadState(fid(3), 300, 100, frozenset({1}), {}), damaged

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +38,10 @@ SEND_PIECE = 4 * 1024 * 1024  # raw bytes per sendfile call (progress and rate-l
 LIMITED_PIECE = 256 * 1024  # the same when a rate limit is set
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
+SEND_WORKERS = 32  # raw uploads at once; more wait for a thread
 PROGRESS_STEP = 4 * 1024 * 1024
+WAITALL = getattr(socket, "MSG_WAITALL", 0)
+WAITALL_RATE = 8 * RANGE_BUFFER  # bytes/s: a buffer in 1/8 s
 
 NOT_HERE = {"type": "FILE_DATA", **dict.fromkeys(wire.RECORD_KEYS), "data": None}
 
@@ -152,8 +157,19 @@ class TcpNetwork:
         self.download = RateLimiter()
         self.upload = RateLimiter()
         self._pool: ThreadPoolExecutor | None = None
+        self._send_pool: ThreadPoolExecutor | None = None
         self._range_socks: set[socket.socket] = set()
         self._dials = asyncio.Semaphore(self.limits.max_dials)
+
+    def _receivers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RANGE_WORKERS, thread_name_prefix="range-in")
+        return self._pool
+
+    def _senders(self) -> ThreadPoolExecutor:
+        if self._send_pool is None:
+            self._send_pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="range-out")
+        return self._send_pool
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.download.set_rate(download)
@@ -191,8 +207,9 @@ class TcpNetwork:
         for sock in list(self._range_socks):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._send_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A plain callback, not a coroutine: the connection is recorded at once, so close()
@@ -332,21 +349,60 @@ class TcpNetwork:
         length: int,
         progress: Callable[[int], None] | None,
     ) -> None:
+        """``length`` bytes of ``path`` from ``offset`` on, after what ``writer`` already holds:
+        ``sendfile`` in a worker thread, on a duplicate of the socket, so that the event loop
+        takes no part in moving the bytes (and ``close()`` can cut it off by shutting the
+        socket down)."""
         loop = asyncio.get_running_loop()
         await _drain(writer, self.limits)
+        raw = writer.get_extra_info("socket")
+        if raw is None:
+            raise OSError("the connection has no socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        self._range_socks.add(sock)
+
+        def report(done: int) -> None:
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, done)
+
+        try:
+            await loop.run_in_executor(
+                self._senders(), self._sendfile_blocking, sock, path, offset, length, report
+            )
+        finally:
+            self._range_socks.discard(sock)
+            sock.close()  # the duplicate; the transport closes the original
+
+    def _sendfile_blocking(
+        self,
+        sock: socket.socket,
+        path: Path,
+        offset: int,
+        length: int,
+        report: Callable[[int], None],
+    ) -> None:
         piece = LIMITED_PIECE if self.upload.rate else SEND_PIECE
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        idle_ms = int(self.limits.idle_timeout * 1000)
         sent = 0
         with path.open("rb") as f:
             while sent < length:
                 n = min(piece, length - sent)
-                await self.upload.acquire(n)
-                await asyncio.wait_for(
-                    loop.sendfile(writer.transport, f, offset + sent, n),
-                    self.limits.idle_timeout,
-                )
+                self.upload.acquire_blocking(n)
+                done = 0
+                while done < n:
+                    try:
+                        k = os.sendfile(sock.fileno(), f.fileno(), offset + sent + done, n - done)
+                    except BlockingIOError:
+                        if not poller.poll(idle_ms):
+                            raise TimeoutError("the peer stopped reading") from None
+                        continue
+                    if k == 0:
+                        raise OSError(f"{path.name} ended before its last {length - sent} bytes")
+                    done += k
                 sent += n
-                if progress is not None:
-                    progress(sent)
+                report(sent)
 
     async def _read_raw(self, stream: _Reader, sink: FileSink, length: int) -> None:
         """The raw bytes of a raw push: exactly ``length``, the first ones already read."""
@@ -475,8 +531,6 @@ class TcpNetwork:
         ``written`` is called in that thread after every write with the bytes of the range on
         disk so far; ``progress`` on the loop, every few MiB."""
         loop = asyncio.get_running_loop()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(RANGE_WORKERS, thread_name_prefix="range")
 
         def report(done: int) -> None:
             if progress is not None:
@@ -485,7 +539,7 @@ class TcpNetwork:
         holder: dict[str, socket.socket] = {}
         async with self._dials:
             future = loop.run_in_executor(
-                self._pool,
+                self._receivers(),
                 self._fetch_range_blocking,
                 host,
                 port,
@@ -526,7 +580,12 @@ class TcpNetwork:
         holder["sock"] = sock
         self._range_socks.add(sock)
         try:
-            sock.settimeout(self.limits.idle_timeout)
+            # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
+            # a fast body is read a whole buffer at a time (MSG_WAITALL).
+            sock.settimeout(None)
+            idle = _timeval(self.limits.idle_timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
             ext = {"raw": True, "offset": offset, "length": length}
             sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
             parser = codec.MessageParser(self.limits.codec)
@@ -553,7 +612,7 @@ class TcpNetwork:
                 raise TransferError(f"sent {count} bytes for a range of {length}")
             self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
             return RangeAnswer(answer.meta, size, offset, count)
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO: EAGAIN
             raise TransferError(f"{host}:{port} timed out") from exc
         except wire.WireError as exc:
             raise TransferError(f"invalid answer: {exc}") from exc
@@ -583,8 +642,10 @@ class TcpNetwork:
         buf = bytearray(min(RANGE_BUFFER, max(count, 1)))
         view = memoryview(buf)
         reported = 0
+        started = reported_at = time.monotonic()
+        flags = 0
         while got < count:
-            n = sock.recv_into(view, min(len(buf), count - got))
+            n = sock.recv_into(view, min(len(buf), count - got), flags)
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
             self.download.acquire_blocking(n)
@@ -592,9 +653,18 @@ class TcpNetwork:
             got += n
             if written is not None:
                 written(got)
-            if got - reported >= PROGRESS_STEP or got == count:
-                reported = got
+            now = time.monotonic()
+            if got - reported >= PROGRESS_STEP or got == count or now - reported_at >= 0.25:
+                reported, reported_at = got, now
                 report(got)
+            # Fast enough that a whole buffer takes little time: wait for whole buffers (fewer
+            # wake-ups and writes); slower, take what comes, so progress keeps being reported.
+            flags = WAITALL if got >= WAITALL_RATE * (now - started) else 0
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
