@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import re
@@ -98,15 +99,20 @@ def sent_out(node: Node, file_id: str, since: float = 0.0) -> tuple[int, int]:
     return sum(r[0] or 0 for r in rows), len(rows)
 
 
-def recorded_chunks(node: Node, file_id: str) -> tuple[int, int, int] | None:
-    """(size, chunk size, chunks recorded as on disk) of a resumable download, or None."""
+def recorded_bytes(node: Node, file_id: str) -> int | None:
+    """Bytes a resumable download has recorded as on disk (whole chunks, and the first bytes
+    of chunks still arriving), or None."""
     rows = db_rows(
-        node, "SELECT size, chunk_size, done FROM downloads WHERE file_id = ?", (file_id,)
+        node,
+        "SELECT size, chunk_size, done, partial FROM downloads WHERE file_id = ?",
+        (file_id,),
     )
     if not rows:
         return None
-    size, chunk, done = rows[0]
-    return int(size), int(chunk), sum(bin(b).count("1") for b in bytes(done))
+    size, chunk, done, partial = int(rows[0][0]), int(rows[0][1]), bytes(rows[0][2]), rows[0][3]
+    whole = [i for i in range(len(done) * 8) if done[i // 8] >> (i % 8) & 1]
+    in_chunks = sum(min(chunk, size - i * chunk) for i in whole)
+    return in_chunks + sum(int(n) for n in json.loads(partial or "{}").values())
 
 
 def allocated(path: Path) -> int:
@@ -276,11 +282,7 @@ class Bench:
         r.kill()
         range_path = r.data_dir / "partial" / f"{file_id}.range"
         on_disk = allocated(range_path)
-        recorded = recorded_chunks(r, file_id)
-        rec_bytes = None
-        if recorded is not None:
-            _, chunk, n = recorded
-            rec_bytes = min(self.size, n * chunk)
+        rec_bytes = recorded_bytes(r, file_id)
         fetcher.join(30)
         if not self.args.keep_limit:
             h1.request("PUT", "/api/limits", {"upload": None})
@@ -316,7 +318,7 @@ class Bench:
             "r's progress in its API just before the kill", f"{mib(seen)} ({pct(seen, self.size)})"
         )
         rep.row("on r's disk at the kill (partial/<id>.range blocks)", mib(on_disk))
-        rep.row("recorded in r's store (synced chunks) at the kill", mib(rec_bytes))
+        rep.row("recorded in r's store (synced) at the kill", mib(rec_bytes))
         rep.row("r found at restart ('resuming … already here')", mib(kept))
         rep.row("still missing at the kill (size - on disk)", mib(missing))
         rep.row("h1 sent before the restart (all 'out' rows)", mib(sent_before))
