@@ -451,7 +451,7 @@ class Bench:
         rep.row(
             f"{survivor.name} sent ('out' rows)", f"{mib(sent_surv)} in {req_surv} ranged requests"
         )
-        rep.row("r's completed ranges in all (its 'got' line)", mib(net))
+        rep.row("r over the network (its 'got' line)", mib(net))
         rep.row("r wrote during the fetch (/proc/<pid>/io wchar)", mib(wrote))
         if wrote is not None:
             rep.row(
