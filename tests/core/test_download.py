@@ -10,9 +10,10 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.classic_peer import ClassicPeer
 from tests.conftest import address, fast_config, wait_for
 from treedrive.app import running_node
 from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for
+from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.node import Node
@@ -594,7 +596,7 @@ async def test_download_resumes_after_a_stop(
     served.clear()
     caplog.clear()
     receiver = await lifetimes.start("R", **config)
-    await wait_for(lambda: receiver.store.blobs.has(file_id), timeout=20)
+    await wait_for(lambda: committed(caplog, file_id), timeout=20)
     assert blob(receiver, file_id) == data
     entry = receiver.file(file_id)
     assert entry is not None
@@ -628,6 +630,13 @@ def bytes_in(node: Node, file_id: str) -> int:
             if t.direction == "in" and t.file_id == file_id
         ),
         default=0,
+    )
+
+
+def committed(caplog: pytest.LogCaptureFixture, file_id: str) -> bool:
+    """The download logged its 'got' line: the file is in place and recorded."""
+    return any(
+        (m := GOT.search(r.getMessage())) and file_id.startswith(m.group(1)) for r in caplog.records
     )
 
 
@@ -719,7 +728,7 @@ async def test_download_resumes_inside_a_chunk_after_a_stop(
 
     caplog.clear()
     await lifetimes.start("R", **{**config, "download_limit": 1})  # resumes when it joins
-    await wait_for(lambda: (tmp_path / "R" / "blobs" / file_id).exists(), timeout=20)
+    await wait_for(lambda: committed(caplog, file_id), timeout=20)
     assert (tmp_path / "R" / "blobs" / file_id).read_bytes() == data
     messages = [r.getMessage() for r in caplog.records]
     resumed = [m for m in (RESUMING.search(t) for t in messages) if m]
@@ -801,3 +810,102 @@ def test_frontier_lets_the_hasher_read_only_contiguous_bytes() -> None:
     waiter.join(5)
     assert not waiter.is_alive()
     assert len(stopped) == 1
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 12 MiB file system (tmpfs) for a node's data dir. Mounting needs root, which CI
+    has; elsewhere these tests skip."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk is full."""
+    block = b"\0" * (64 * KiB)
+    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
+        while True:
+            f.write(block)
+
+
+def holder_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "failed (" in r.getMessage()]
+
+
+async def test_download_larger_than_the_free_disk_is_refused_up_front(
+    start_node: Starter, small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    holder: Node = await start_node("H", **RANGED)
+    big_id, _ = await push_random(holder, tmp_path, 16 * MiB, "big.bin")
+    small_id, small = await push_random(holder, tmp_path, 1 * MiB, "small.bin")
+    on_small_disk = Lifetimes(small_disk)
+    try:
+        receiver = await on_small_disk.start("R", bootstrap=(address(holder),), **RANGED)
+        await wait_for(lambda: knows(receiver, big_id, {"H"}) and knows(receiver, small_id, {"H"}))
+
+        with pytest.raises(StorageError, match="not enough disk space") as refused:
+            await asyncio.wait_for(receiver.get(big_id), 10)
+        assert "more bytes needed" in str(refused.value)
+        assert not receiver.store.blobs.has(big_id)
+        assert not receiver.distrusted("H")
+        assert holder_failures(caplog) == []  # the holder is not blamed
+
+        # the node keeps working: a file that fits arrives
+        await asyncio.wait_for(receiver.get(small_id), 10)
+        assert blob(receiver, small_id) == small
+    finally:
+        await on_small_disk.close()
+
+
+async def test_disk_filling_up_mid_download_stops_it_and_it_resumes_once_there_is_room(
+    start_node: Starter, small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    size = 4 * MiB
+    holder: Node = await start_node("H", **RANGED)
+    file_id, data = await push_random(holder, tmp_path, size, "filling.bin")
+    holder.set_rate_limits(None, 1 * MiB)
+    on_small_disk = Lifetimes(small_disk)
+    filler = small_disk / "filler"
+    try:
+        receiver = await on_small_disk.start("R", bootstrap=(address(holder),), **RANGED)
+        await wait_for(lambda: knows(receiver, file_id, {"H"}))
+        task = asyncio.ensure_future(receiver.get(file_id))
+        await wait_for(lambda: bytes_in(receiver, file_id) >= 1 * MiB, timeout=10)
+        fill(filler)  # something else takes the rest of the disk
+
+        with pytest.raises(StorageError, match="No space left on device"):
+            await asyncio.wait_for(task, 15)
+        range_file = small_disk / "R" / "partial" / f"{file_id}.range"
+        assert range_file.exists()  # kept: what arrived can be used later
+        assert not receiver.store.blobs.has(file_id)
+        assert not (small_disk / "R" / "blobs" / file_id).exists()
+        assert holder_failures(caplog) == []
+        assert not receiver.distrusted("H")
+
+        filler.unlink()  # room again: the same download goes on from what it has
+        caplog.clear()
+        await asyncio.wait_for(receiver.get(file_id), 20)
+        assert blob(receiver, file_id) == data
+        resumed = [m for m in (RESUMING.search(r.getMessage()) for r in caplog.records) if m]
+        assert resumed, [r.getMessage() for r in caplog.records]
+        assert int(resumed[0].group(2)) > 0
+        assert not range_file.exists()
+    finally:
+        filler.unlink(missing_ok=True)
+        await on_small_disk.close()

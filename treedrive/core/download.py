@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from treedrive.core import fileid
-from treedrive.core.errors import ClassicAnswer, FetchFailed, TransferError
+from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
 from treedrive.core.model import MEGABYTE, CatalogEntry, PeerInfo
 from treedrive.core.ports import RangeAnswer
@@ -186,12 +187,19 @@ class RangedDownload:
                 assert saved is not None
                 self._resume(saved)
             frontier = self._frontier()
+            self._check_room()
             self.handle = self.node.begin_transfer(self.entry.meta, "in", None, frontier.size)
             self._report()
             await self._fetch_and_verify()
+        except StorageError as exc:
+            log.error("download of %s stopped: %s", self.file_id[:12], exc)
+            self._finish_failed(exc)
+            raise StorageError(
+                f"{exc}; the download of {self.entry.meta.file_name!r} stopped, keeping what "
+                "arrived, and goes on once there is room"
+            ) from exc
         except BaseException as exc:
-            if self.handle is not None:
-                self.handle.finish(False, str(exc) or type(exc).__name__)
+            self._finish_failed(exc)
             raise
         finally:
             if self.frontier is not None:
@@ -201,6 +209,24 @@ class RangedDownload:
                     with contextlib.suppress(BaseException):
                         await running
             os.close(self.fd)
+
+    def _finish_failed(self, exc: BaseException) -> None:
+        if self.handle is not None:
+            try:
+                self.handle.finish(False, str(exc) or type(exc).__name__)
+            except Exception:  # a full disk may refuse this record too: keep the first error
+                log.exception("recording the failed download of %s failed", self.file_id[:12])
+
+    def _check_room(self) -> None:
+        """Refuse to start when the disk cannot take the rest of the file."""
+        frontier = self._frontier()
+        need = frontier.size - frontier.on_disk()
+        free = shutil.disk_usage(self.path.parent).free
+        if need > free:
+            raise StorageError(
+                f"not enough disk space: {need} more bytes needed, {free} free in "
+                f"{self.path.parent}"
+            )
 
     def _resume(self, saved: DownloadState) -> None:
         self.size, self.chunk_size = saved.size, saved.chunk_size

@@ -17,6 +17,11 @@ class FetchFailed(NodeError):
     pass
 
 
+class StorageError(NodeError):
+    """This node could not write a file to its own disk (full, read-only, over a size limit).
+    Not the fault of any peer: a download that meets it stops, keeping what it has."""
+
+
 class TransferError(Exception):
     """A transfer with one peer failed (connection, timeout, malformed answer)."""
 

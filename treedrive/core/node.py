@@ -7,6 +7,7 @@ the commit. Network sends run as tracked background tasks so a slow peer never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -20,7 +21,14 @@ from typing import Any
 
 from treedrive.core.config import NodeConfig
 from treedrive.core.download import RAW_RANGE, RangedDownload
-from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, TransferError
+from treedrive.core.errors import (
+    FetchFailed,
+    NodeError,
+    NotFound,
+    NotOwner,
+    StorageError,
+    TransferError,
+)
 from treedrive.core.events import (
     Event,
     FileAdvertised,
@@ -252,15 +260,17 @@ class Node:
 
     async def _gossip_loop(self) -> None:
         while not self._stopping.is_set():
-            await self.gossip_now()
+            with _logged("gossip"):
+                await self.gossip_now()
             await asyncio.sleep(self.config.gossip_interval)
 
     async def _cleanup_loop(self) -> None:
         while not self._stopping.is_set():
             await asyncio.sleep(self.config.cleanup_interval)
-            self.expire_peers()
-            if self.joined.is_set():
-                self._retry_downloads()
+            with _logged("the cleanup sweep"):
+                self.expire_peers()
+                if self.joined.is_set():
+                    self._retry_downloads()
 
     def _retry_downloads(self) -> None:
         """Interrupted downloads whose holders are (back) in reach continue by themselves."""
@@ -602,6 +612,11 @@ class Node:
             )
         except TransferError as exc:
             why = str(exc)
+        except StorageError as exc:
+            log.error("fetching %s stopped: %s", meta.file_id[:12], exc)
+            with contextlib.suppress(Exception):  # the disk may refuse this record too
+                transfer.finish(False, str(exc))
+            raise
         else:
             transfer.update(writer.size)
             if header.meta is None:
@@ -728,6 +743,16 @@ class Node:
             except NodeError as exc:
                 log.warning("join download of %s failed: %s", file_id[:12], exc)
         return got
+
+
+@contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """One round of a periodic task: a failure (a full disk, say) is logged and the next round
+    comes as usual."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed; trying again at the next round", what)
 
 
 class TransferHandle:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treedrive.core.errors import ClassicAnswer, TransferError
+from treedrive.core.errors import ClassicAnswer, StorageError, TransferError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
@@ -231,6 +231,8 @@ class TcpNetwork:
         source = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         try:
             await self._serve_connection(reader, writer, source)
+        except StorageError as exc:
+            log.error("%s: a pushed file was dropped: %s", source, exc)
         except TimeoutError as exc:
             log.warning("%s: timed out (%s); dropped", source, exc or "no progress")
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -253,7 +255,7 @@ class TcpNetwork:
                 if isinstance(event, codec.DataChunk):
                     if sink is None:
                         sink = handler.open_sink()
-                    sink.write(event.data)
+                    _store(sink.write, event.data)
                     continue
                 if isinstance(event, codec.ProtocolError):
                     if stream.parser.bytes_received == 0:
@@ -408,7 +410,7 @@ class TcpNetwork:
         """The raw bytes of a raw push: exactly ``length``, the first ones already read."""
         first = stream.parser.trailing[:length]
         if first:
-            sink.write(first)
+            _store(sink.write, first)
         while sink.size < length:
             data = await asyncio.wait_for(
                 stream.reader.read(min(READ_SIZE, length - sink.size)), self.limits.idle_timeout
@@ -416,7 +418,7 @@ class TcpNetwork:
             if not data:
                 raise OSError(f"closed after {sink.size} of {length} raw bytes")
             await self.download.acquire(len(data))
-            sink.write(data)
+            _store(sink.write, data)
 
     # -- dialing -----------------------------------------------------------------------------
     async def _connect(
@@ -497,7 +499,7 @@ class TcpNetwork:
                     event = await stream.next()
                     if isinstance(event, codec.DataChunk):
                         await self.download.acquire(len(event.data))
-                        sink.write(event.data)
+                        _store(sink.write, event.data)
                         if progress is not None:
                             progress(sink.size)
                     elif isinstance(event, codec.ProtocolError):
@@ -635,7 +637,7 @@ class TcpNetwork:
         got = 0
         if first:
             self.download.acquire_blocking(len(first))
-            _pwrite_all(fd, memoryview(first), offset)
+            _store(_pwrite_all, fd, memoryview(first), offset)
             got = len(first)
             if written is not None:
                 written(got)
@@ -649,7 +651,7 @@ class TcpNetwork:
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
             self.download.acquire_blocking(n)
-            _pwrite_all(fd, view[:n], offset + got)
+            _store(_pwrite_all, fd, view[:n], offset + got)
             got += n
             if written is not None:
                 written(got)
@@ -660,6 +662,14 @@ class TcpNetwork:
             # Fast enough that a whole buffer takes little time: wait for whole buffers (fewer
             # wake-ups and writes); slower, take what comes, so progress keeps being reported.
             flags = WAITALL if got >= WAITALL_RATE * (now - started) else 0
+
+
+def _store(write: Callable[..., None], *args: Any) -> None:
+    """A write of received bytes to this node's disk: its failure is ours, not the peer's."""
+    try:
+        write(*args)
+    except OSError as exc:
+        raise StorageError(f"cannot write the file to disk: {exc.strerror or exc}") from exc
 
 
 def _timeval(seconds: float) -> bytes:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 
-from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner
+from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, StorageError
 from treedrive.core.events import Event, TransferFinished
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
@@ -211,6 +211,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json_error(403, str(exc))
     except FetchFailed as exc:
         return _json_error(502, str(exc))
+    except StorageError as exc:
+        return _json_error(507, str(exc))
     except NodeError as exc:
         return _json_error(400, str(exc))
 
