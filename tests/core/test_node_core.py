@@ -93,6 +93,7 @@ class RecordingNetwork:
         fd: int,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
+        download: str | None = None,
     ) -> RangeAnswer:
         raise TransferError("this fake speaks only the classic protocol")
 

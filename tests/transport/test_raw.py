@@ -250,6 +250,37 @@ async def test_raw_get_ranges(
     assert body == data[want_offset : want_offset + want_length]
 
 
+async def test_ranges_of_one_download_add_up_to_one_upload_named_by_its_asker(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    node, fid, data = await holder_with_file(start_node, tmp_path)
+    # "zoe" asks for the file in two ranges of one download, then one range of another run
+    for offset, length, download in ((0, 1000, "run1"), (1000, 500, "run1"), (0, 70, "run2")):
+        _, body = await ask(
+            node, raw_get(fid, offset=offset, length=length, download=download, **{"from": "zoe"})
+        )
+        assert body == data[offset : offset + length]
+    # a client that names no download: each of its ranges is an upload of its own
+    for offset in (0, 10):
+        _, body = await ask(node, raw_get(fid, offset=offset, length=10))
+        assert body == data[offset : offset + 10]
+
+    def settled() -> bool:
+        return not any(t.direction == "out" for t in node.active_transfers.values())
+
+    await wait_for(settled, timeout=10)
+    with node.store.unit_of_work() as uow:
+        rows = sorted(
+            (t.peer_id or "", t.bytes_done, t.state)
+            for t in uow.transfers.recent(50)
+            if t.direction == "out" and t.file_id == fid
+        )
+    assert [r for r in rows if r[0] == "zoe"] == [("zoe", 70, "done"), ("zoe", 1500, "done")]
+    others = [r for r in rows if r[0] != "zoe"]
+    assert len(others) == 2
+    assert all(r[0].startswith("127.0.0.1:") and r[1:] == (10, "done") for r in others)
+
+
 @pytest.mark.parametrize(
     "ext",
     [

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -150,6 +151,8 @@ class RangedDownload:
         self.chunk_size = cfg.chunk_size or chunk_size_for(max(0, hint))
         self.max_inflight = cfg.max_inflight
         self.path = node.store.blobs.range_path(self.file_id)
+        self.run_id = secrets.token_hex(8)
+        """Names this run of the download to its holders (each counts its ranges as one upload)."""
         self.size: int | None = None
         self.frontier: Frontier | None = None
         self.synced: list[int] = []  # per chunk, the bytes recorded in the store
@@ -276,7 +279,15 @@ class RangedDownload:
         written: Callable[[int], None],
     ) -> RangeAnswer:
         answer = await self.node.network.fetch_range(
-            peer.host, peer.port, self.file_id, offset, length, self.fd, progress, written
+            peer.host,
+            peer.port,
+            self.file_id,
+            offset,
+            length,
+            self.fd,
+            progress,
+            written,
+            self.run_id,
         )
         if answer.meta is None:
             raise HolderGone("does not have it")

@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ DISTRUST_FOR = 600.0  # seconds a holder that sent bad bytes is avoided
 SEEN_IDS = 10_000
 PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
 RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one peer about one deleted file
+UPLOAD_LINGER = 1.0
+"""Seconds an upload of ranges stays open after its last range, for the next one: the ranges one
+download asks for become one upload (one transfers row, one line on the dashboard)."""
 
 
 def new_peer_id() -> str:
@@ -109,6 +112,7 @@ class Node:
         self._relayed: dict[tuple[str, str], float] = {}
         self._stopping = asyncio.Event()
         self.active_transfers: dict[int, TransferState] = {}
+        self._uploads: dict[tuple[str, str, str], RangedUpload] = {}
         self._distrusted: dict[str, float] = {}
         self.rate_limits = (config.max_download_rate, config.max_upload_rate)
         self.features = self.EXTENSION_FEATURES if config.extension else frozenset()
@@ -170,6 +174,7 @@ class Node:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.network.close()
+        self._close_uploads()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -670,6 +675,22 @@ class Node:
     def track_upload(self, meta: FileMeta, peer: str, size: int) -> TransferHandle:
         return self.begin_transfer(meta, "out", peer, size)
 
+    def track_range(
+        self, meta: FileMeta, peer: str, download: str | None, size: int
+    ) -> RangeProgress:
+        """One range of an upload: the ranges of one download (same asker, same ``download``
+        id) add up to one transfer, finished ``UPLOAD_LINGER`` s after its last range."""
+        key = (meta.file_id, peer, download[:64] if download else secrets.token_hex(8))
+        upload = self._uploads.get(key)
+        if upload is None:
+            handle = self.begin_transfer(meta, "out", peer[:256], size)
+            upload = self._uploads[key] = RangedUpload(handle, lambda: self._uploads.pop(key, None))
+        return upload.range()
+
+    def _close_uploads(self) -> None:
+        for upload in list(self._uploads.values()):
+            upload.close()
+
     async def delete(self, file_id: str) -> None:
         """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere."""
         with self.transaction() as uow:
@@ -773,3 +794,60 @@ class TransferHandle:
 
     def finish(self, ok: bool, error: str | None = None) -> None:
         self.node._finish_transfer(self.state, ok, error)
+
+
+class RangedUpload:
+    """The ranges one download asks of this node, as one upload: bytes add up over the ranges;
+    it finishes ``UPLOAD_LINGER`` s after its last range ended (ok if that range was whole)."""
+
+    def __init__(self, handle: TransferHandle, forget: Callable[[], object]) -> None:
+        self.handle = handle
+        self.forget = forget
+        self.done = 0  # bytes of the ranges that ended
+        self.running: dict[int, int] = {}  # range -> its bytes so far
+        self.error: str | None = None
+        self._next = 0
+        self._closing: asyncio.TimerHandle | None = None
+
+    def range(self) -> RangeProgress:
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
+        self._next += 1
+        self.running[self._next] = 0
+        return RangeProgress(self, self._next)
+
+    def update(self, rid: int, done: int) -> None:
+        self.running[rid] = done
+        self.handle.update(self.done + sum(self.running.values()))
+
+    def end(self, rid: int, ok: bool, error: str | None) -> None:
+        self.done += self.running.pop(rid, 0)
+        self.error = None if ok else error or "failed"
+        self.handle.update(self.done + sum(self.running.values()))
+        if not self.running:
+            loop = asyncio.get_running_loop()
+            self._closing = loop.call_later(UPLOAD_LINGER, self.close)
+
+    def close(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
+        if self.running:  # closed with ranges still going: the node is stopping
+            self.error = self.error or "interrupted"
+        self.forget()
+        self.handle.finish(self.error is None, self.error)
+
+
+class RangeProgress:
+    """The :class:`Progress` of one range of a :class:`RangedUpload`."""
+
+    def __init__(self, upload: RangedUpload, rid: int) -> None:
+        self.upload = upload
+        self.rid = rid
+
+    def update(self, done: int) -> None:
+        self.upload.update(self.rid, done)
+
+    def finish(self, ok: bool, error: str | None = None) -> None:
+        self.upload.end(self.rid, ok, error)

@@ -47,6 +47,8 @@ class Progress(Protocol):
 
 
 class InboundHandler(Protocol):
+    peer_id: str
+    """This node's id (ranged requests carry it, so that the holder knows who asks)."""
     features: frozenset[str]
     """The extension features the node speaks (empty: classic only)."""
 
@@ -70,6 +72,12 @@ class InboundHandler(Protocol):
 
     def track_upload(self, meta: FileMeta, peer: str, size: int) -> Progress:
         """We are about to send ``size`` bytes of ``meta`` to ``peer`` (a GET_FILE answer)."""
+        ...
+
+    def track_range(self, meta: FileMeta, peer: str, download: str | None, size: int) -> Progress:
+        """We are about to send one range of ``meta`` (a file of ``size`` bytes) to ``peer``.
+        Ranges of the same ``download`` (the asker's id for one run of its download) add up to
+        one upload; ``update`` counts this range's bytes."""
         ...
 
 
@@ -106,12 +114,15 @@ class Network(Protocol):
         fd: int,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
+        download: str | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
         written front to back at the same offsets of ``fd``. ``length`` None asks for the rest
         (and, with ``offset`` 0, the size). ``progress`` is called on the loop every few MiB;
         ``written``, if given, right after every write, from whatever thread wrote (so it must
-        be thread-safe and quick), with the bytes of the range on disk so far. Raises
+        be thread-safe and quick), with the bytes of the range on disk so far. ``download``
+        names the download this range belongs to (the holder counts its ranges as one upload).
+        Raises
         TransferError when the exchange fails, or ClassicAnswer when the peer answered the
         classic way."""
         ...

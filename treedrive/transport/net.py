@@ -335,7 +335,13 @@ class TcpNetwork:
         ext_out = {"raw": True, "offset": offset, "length": length, "size": size}
         header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext_out}
         writer.write(codec.encode_message(header))
-        progress = self._handler.track_upload(meta, source, length)
+        asker, download = ext.get("from"), ext.get("download")
+        progress = self._handler.track_range(
+            meta,
+            asker if isinstance(asker, str) and asker else source,
+            download if isinstance(download, str) and download else None,
+            size,
+        )
         try:
             await self._send_raw(writer, path, offset, length, progress.update)
         except BaseException as exc:
@@ -527,6 +533,7 @@ class TcpNetwork:
         fd: int,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
+        download: str | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE, done in a worker thread with a blocking socket: ``recv_into`` one
         buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead.
@@ -552,6 +559,7 @@ class TcpNetwork:
                 report,
                 holder,
                 written,
+                download,
             )
             try:
                 return await asyncio.shield(future)
@@ -574,6 +582,7 @@ class TcpNetwork:
         report: Callable[[int], None],
         holder: dict[str, socket.socket],
         written: Callable[[int], None] | None = None,
+        download: str | None = None,
     ) -> RangeAnswer:
         try:
             sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
@@ -588,7 +597,11 @@ class TcpNetwork:
             idle = _timeval(self.limits.idle_timeout)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
-            ext = {"raw": True, "offset": offset, "length": length}
+            ext: dict[str, Any] = {"raw": True, "offset": offset, "length": length}
+            if self._handler is not None:
+                ext["from"] = self._handler.peer_id
+            if download is not None:
+                ext["download"] = download
             sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
             parser = codec.MessageParser(self.limits.codec)
             while True:
