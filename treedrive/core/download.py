@@ -47,12 +47,12 @@ CHUNKS_PER_FILE = 16
 it is over 512 MiB): enough to spread over several holders, few enough that each ranged request
 moves many MiB."""
 MIN_SYNC = 256 * 1024
-PER_HOLDER = 2
-"""Ranges in flight from one holder. Two keep a holder's stream busy between ranges; more split
-its bandwidth over chunks that then all finish at once, and the in-order hasher waits for the
-first of them while the others pile up (measured at 1 GiB on loopback: 1 range ~1 GB/s with the
-hasher always caught up, 2 ranges 0.88-0.95 GB/s, 4 ranges 0.82-0.93 GB/s with 0.1-0.4 s of
-hashing left when the last byte lands)."""
+PER_HOLDER = 1
+"""Ranges in flight from one holder. One stream per holder keeps the in-order hasher right behind
+the bytes; more split a holder's bandwidth over chunks that all finish together, and the hasher
+waits for the first of them while the others pile up. Measured at 1 GiB on loopback (2 cores):
+one range at a time 0.94-1.03 GB/s with 10-50 ms of hashing left at the end, two 0.89-0.96 GB/s
+with 0.1-0.3 s left, four 0.82-0.93 GB/s."""
 
 
 def chunk_size_for(size: int) -> int:
