@@ -229,7 +229,7 @@ def cli() -> None:
     callback=lambda _ctx, _param, v: _chunk_kib(v),
     default=0,
     show_default=True,
-    help="KiB per ranged request between TreeDrive nodes (0: by the file's size, 1-32 MiB).",
+    help="KiB per ranged request between TreeDrive nodes (0: by the file's size, 4-32 MiB).",
 )
 @click.option(
     "--max-inflight",

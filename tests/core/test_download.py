@@ -744,9 +744,10 @@ async def test_download_resumes_inside_a_chunk_after_a_stop(
 
 
 def test_chunk_size_follows_the_file_size() -> None:
-    assert chunk_size_for(0) == MiB
-    assert chunk_size_for(5 * MiB) == MiB
+    assert chunk_size_for(0) == 4 * MiB
+    assert chunk_size_for(5 * MiB) == 4 * MiB
     assert chunk_size_for(64 * MiB) == 4 * MiB
+    assert chunk_size_for(80 * MiB) == 5 * MiB
     assert chunk_size_for(256 * MiB) == 16 * MiB
     assert chunk_size_for(1024 * MiB) == 32 * MiB
     assert chunk_size_for(100 * 1024 * MiB) == 32 * MiB
@@ -756,7 +757,7 @@ def test_chunk_size_follows_the_file_size() -> None:
 async def test_download_without_a_chunk_size_sizes_its_chunks_by_the_file(
     start_node: Starter, tmp_path: Path
 ) -> None:
-    size = 48 * MiB  # 1/16 of it: 3 MiB chunks
+    size = 80 * MiB  # 1/16 of it: 5 MiB chunks
     holder: Node = await start_node("H", download_limit=0)
     file_id, data = await push_random(holder, tmp_path, size, "auto.bin")
     holder.set_rate_limits(None, 32 * MiB)
@@ -770,7 +771,7 @@ async def test_download_without_a_chunk_size_sizes_its_chunks_by_the_file(
                 state = uow.downloads.get(file_id)
             return state.chunk_size if state is not None else None
 
-        assert await wait_for(chunk_size, timeout=10) == 3 * MiB
+        assert await wait_for(chunk_size, timeout=10) == 5 * MiB
         await asyncio.wait_for(task, 30)
     finally:
         task.cancel()

@@ -57,7 +57,7 @@ class NodeConfig:
     """How long to wait for a FILE_DATA answer (and between reads of a long one)."""
     max_connections: int = 256
     chunk_size: int | None = None
-    """Bytes per ranged request between TreeDrive nodes; None: by the file's size (1-32 MiB)."""
+    """Bytes per ranged request between TreeDrive nodes; None: by the file's size (4-32 MiB)."""
     max_inflight: int = 4
     """Ranged requests in flight at once for one download (spread over its holders)."""
     sync_every: int = 32 * 1024 * 1024

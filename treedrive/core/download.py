@@ -1,6 +1,6 @@
 """Ranged, multi-source, resumable downloads between TreeDrive nodes (extension ``raw-range``).
 
-The file is cut into chunks (sized by the file: 1 to 32 MiB) fetched from every holder that speaks
+The file is cut into chunks (sized by the file: 4 to 32 MiB) fetched from every holder that speaks
 the extension, a bounded number at a time. Each chunk lands front to back at its offset in
 ``partial/<file_id>.range``, so what is on disk is always, per chunk, a prefix; a chunk that fails
 goes back to the queue and continues from where its bytes stop, with another holder if there is
@@ -40,13 +40,18 @@ log = logging.getLogger(__name__)
 
 RAW_RANGE = "raw-range"
 HASH_BLOCK = 4 * 1024 * 1024
-MIN_CHUNK = 1024 * 1024
+MIN_CHUNK = 4 * 1024 * 1024
 MAX_CHUNK = 32 * 1024 * 1024
 CHUNKS_PER_FILE = 16
 """With the chunk size chosen by the file's size, a file has about this many chunks (more when
 it is over 512 MiB): enough to spread over several holders, few enough that each ranged request
 moves many MiB."""
 MIN_SYNC = 256 * 1024
+MIB = 1024 * 1024
+TAIL = 4 * 1024 * 1024
+"""A range with this little left no longer counts against its holder's one range at a time: the
+next one is asked for meanwhile, so that the holder's stream does not stop between ranges (a
+ranged request costs a couple of milliseconds before its first byte)."""
 PER_HOLDER = 1
 """Ranges in flight from one holder. One stream per holder keeps the in-order hasher right behind
 the bytes; more split a holder's bandwidth over chunks that all finish together, and the hasher
@@ -56,8 +61,8 @@ with 0.1-0.3 s left, four 0.82-0.93 GB/s."""
 
 
 def chunk_size_for(size: int) -> int:
-    """The chunk size for a file of ``size`` bytes: a whole number of MiB, 1 to 32 MiB."""
-    chunk = size // CHUNKS_PER_FILE // MIN_CHUNK * MIN_CHUNK
+    """The chunk size for a file of ``size`` bytes: a whole number of MiB, 4 to 32 MiB."""
+    chunk = size // CHUNKS_PER_FILE // MIB * MIB
     return max(MIN_CHUNK, min(MAX_CHUNK, chunk))
 
 
@@ -164,6 +169,8 @@ class RangedDownload:
         self.fd = -1
         self._syncing: asyncio.Task[None] | None = None
         self._hashing: asyncio.Future[hashlib._Hash] | None = None
+        self._ending: set[int] = set()  # chunks whose range is in its last TAIL bytes
+        self._wake = asyncio.Event()
 
     @property
     def fetched_bytes(self) -> int:
@@ -303,12 +310,17 @@ class RangedDownload:
         begin, length = frontier.span(chunk)
         start = frontier.have[chunk]
         self.sources.setdefault(chunk, set()).add(peer.peer_id)
+        self._ending.discard(chunk)
+        left = length - start
+
+        def progress(done: int) -> None:
+            if left - done <= TAIL and chunk not in self._ending:
+                self._ending.add(chunk)
+                self._wake.set()
+            self._progress(done)
+
         answer = await self._request(
-            peer,
-            begin + start,
-            length - start,
-            self._progress,
-            frontier.writer(chunk, start),
+            peer, begin + start, left, progress, frontier.writer(chunk, start)
         )
         if answer.length != length - start:
             raise TransferError("sent a short range")
@@ -365,13 +377,15 @@ class RangedDownload:
         frontier = self._frontier()
         pending = deque(wanted)
         inflight: dict[asyncio.Task[RangeAnswer], tuple[int, str]] = {}
-        load: Counter[str] = Counter()
         given: Counter[str] = Counter(p for ps in self.sources.values() for p in ps)
         stalled_since: float | None = None
+        woken: asyncio.Task[bool] | None = None
         try:
             while pending or inflight:
                 usable = [p for p in self._usable() if p.peer_id != avoid]
                 per_holder = min(PER_HOLDER, max(1, -(-self.max_inflight // max(1, len(usable)))))
+                # What each holder is busy with: its ranges not yet in their last bytes.
+                load = Counter(p for c, p in inflight.values() if c not in self._ending)
                 # The least busy holder first; among equals, the one given the fewest chunks.
                 for peer in sorted(usable, key=lambda p: (load[p.peer_id], given[p.peer_id])):
                     while pending and len(inflight) < self.max_inflight:
@@ -394,10 +408,16 @@ class RangedDownload:
                     self._refresh_holders()
                     continue
                 stalled_since = None
-                finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                if woken is None or woken.done():
+                    self._wake.clear()
+                    woken = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait(
+                    [*inflight, woken], return_when=asyncio.FIRST_COMPLETED
+                )
+                finished = [t for t in inflight if t in done]
                 for task in sorted(finished, key=lambda t: inflight[t][0], reverse=True):
                     chunk, peer_id = inflight.pop(task)
-                    load[peer_id] -= 1
+                    self._ending.discard(chunk)
                     try:
                         task.result()
                         if not frontier.complete(chunk):
@@ -408,6 +428,8 @@ class RangedDownload:
                 self._maybe_checkpoint()
                 self._report()
         finally:
+            if woken is not None:
+                woken.cancel()
             for task in inflight:
                 task.cancel()
             if inflight:

@@ -39,7 +39,7 @@ LIMITED_PIECE = 256 * 1024  # the same when a rate limit is set
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
 SEND_WORKERS = 32  # raw uploads at once; more wait for a thread
-PROGRESS_STEP = 4 * 1024 * 1024
+PROGRESS_STEP = 2 * 1024 * 1024
 WAITALL = getattr(socket, "MSG_WAITALL", 0)
 WAITALL_RATE = 8 * RANGE_BUFFER  # bytes/s: a buffer in 1/8 s
 
