@@ -87,16 +87,35 @@ def db_rows(node: Node, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[An
         con.close()
 
 
-def sent_out(node: Node, file_id: str, since: float = 0.0) -> tuple[int, int]:
-    """(bytes, requests) a holder sent for ``file_id`` in transfers started at or after
-    ``since`` (epoch s), from its ``transfers`` table, direction 'out'."""
+def sent_out(
+    node: Node, file_id: str, since: float = 0.0, until: float = float("inf")
+) -> tuple[int, int]:
+    """(bytes, uploads) a holder sent for ``file_id`` in uploads started in [since, until)
+    (epoch s), from its ``transfers`` table, direction 'out'. A holder counts the ranges of one
+    download run as one upload, and records its bytes after each range (and when it ends, a
+    second after its last range: see ``settled``)."""
     rows = db_rows(
         node,
         "SELECT bytes_done FROM transfers WHERE direction = 'out' AND file_id = ? "
-        "AND started_at >= ?",
-        (file_id, since),
+        "AND started_at >= ? AND started_at < ?",
+        (file_id, since, until),
     )
     return sum(r[0] or 0 for r in rows), len(rows)
+
+
+def settled(node: Node, file_id: str, timeout: float = 10.0) -> None:
+    """Wait until a holder has no upload of ``file_id`` still open."""
+
+    def none_running() -> bool:
+        rows = db_rows(
+            node,
+            "SELECT COUNT(*) FROM transfers WHERE direction = 'out' AND file_id = ? "
+            "AND state = 'running'",
+            (file_id,),
+        )
+        return bool(rows) and rows[0][0] == 0
+
+    wait_until(none_running, timeout, f"{node.name}'s uploads ending")
 
 
 def recorded_bytes(node: Node, file_id: str) -> int | None:
@@ -286,8 +305,7 @@ class Bench:
         fetcher.join(30)
         if not self.args.keep_limit:
             h1.request("PUT", "/api/limits", {"upload": None})
-        time.sleep(0.5)  # h1 notices the broken connections and records those transfers
-        sent_before, _ = sent_out(h1, file_id)
+        time.sleep(0.5)  # h1 notices the broken connections
         t_restart_wall = time.time()
         t_restart = time.monotonic()
         busy0 = system_busy()
@@ -307,7 +325,8 @@ class Bench:
         got = log_lines(r.log_path, f"got {file_id[:12]}")
         t_got = log_time(got[-1]) if got else None
         net_after, sources = got_line(r, file_id)
-        time.sleep(0.3)
+        settled(h1, file_id)  # every upload recorded whole
+        sent_before, _ = sent_out(h1, file_id, until=t_restart_wall)
         sent_after, requests = sent_out(h1, file_id, t_restart_wall)
         ok = sha256_of(r.blob(file_id)) == self.want
         missing = self.size - on_disk
@@ -324,7 +343,7 @@ class Bench:
         rep.row("h1 sent before the restart (all 'out' rows)", mib(sent_before))
         rep.row(
             "h1 sent after the restart ('out' rows, bytes_done)",
-            f"{mib(sent_after)} in {requests} ranged requests",
+            f"{mib(sent_after)} in {requests} upload(s)",
         )
         rep.row("r over the network after the restart (its 'got' line)", mib(net_after))
         rep.row("r wrote since the restart (/proc/<pid>/io wchar)", mib(wrote))
@@ -410,6 +429,7 @@ class Bench:
         wrote = None if wrote0 is None or wrote1 is None else wrote1 - wrote0
         ok = ok_call and sha256_of(r.blob(file_id)) == self.want
         sent_victim, req_victim = sent_out(victim, file_id, t_wall)
+        settled(survivor, file_id)
         sent_surv, req_surv = sent_out(survivor, file_id, t_wall)
         net, sources = got_line(r, file_id)
         failed = log_lines(r.log_path, "failed", "retrying it elsewhere")
@@ -431,7 +451,7 @@ class Bench:
         rep.row("sending when the kill came", ", ".join(h.name for h in senders) or "none seen")
         rep.row(
             "h2 sent before the kill ('out' rows)",
-            f"{mib(h2_before_kill[0])} in {h2_before_kill[1]} ranged requests",
+            f"{mib(h2_before_kill[0])} in {h2_before_kill[1]} upload(s)",
         )
         rep.row("killed / survivor", f"{victim.name} / {survivor.name}")
         rep.row(
@@ -445,12 +465,10 @@ class Bench:
             f"{own:.2f} / {busy:.2f} (2 CPUs x {t_end - t_kill:.2f} s available)",
         )
         rep.row(
-            f"{victim.name} sent (killed; its finished 'out' rows)",
-            f"{mib(sent_victim)} in {req_victim} ranged requests",
+            f"{victim.name} sent (killed: its 'out' rows as of its last finished range)",
+            f"{mib(sent_victim)} in {req_victim} upload(s)",
         )
-        rep.row(
-            f"{survivor.name} sent ('out' rows)", f"{mib(sent_surv)} in {req_surv} ranged requests"
-        )
+        rep.row(f"{survivor.name} sent ('out' rows)", f"{mib(sent_surv)} in {req_surv} upload(s)")
         rep.row("r over the network (its 'got' line)", mib(net))
         rep.row("r wrote during the fetch (/proc/<pid>/io wchar)", mib(wrote))
         if wrote is not None:

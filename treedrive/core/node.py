@@ -792,6 +792,12 @@ class TransferHandle:
             self._last = now
             self.node.publish([TransferProgress(self.state.snapshot())])
 
+    def record(self) -> None:
+        """Write the bytes done so far to the store (the transfer goes on)."""
+        with self.node.store.unit_of_work() as uow:
+            uow.transfers.progress(self.state.transfer_id, self.state.bytes_done, time.time())
+            uow.commit()
+
     def finish(self, ok: bool, error: str | None = None) -> None:
         self.node._finish_transfer(self.state, ok, error)
 
@@ -825,6 +831,7 @@ class RangedUpload:
         self.done += self.running.pop(rid, 0)
         self.error = None if ok else error or "failed"
         self.handle.update(self.done + sum(self.running.values()))
+        self.handle.record()  # what was sent so far survives a crash of this node
         if not self.running:
             loop = asyncio.get_running_loop()
             self._closing = loop.call_later(UPLOAD_LINGER, self.close)

@@ -382,6 +382,13 @@ class TransferRepo:
             row.updated_at = now
             row.error = error
 
+    def progress(self, transfer_id: int, bytes_done: int, now: float) -> None:
+        """Record how far a running transfer got (it may never finish: a crash)."""
+        row = self.s.get(Transfer, transfer_id)
+        if row is not None and row.state == "running":
+            row.bytes_done = bytes_done
+            row.updated_at = now
+
     def recent(self, limit: int = 20) -> list[Transfer]:
         q = select(Transfer).order_by(Transfer.id.desc()).limit(limit)
         return list(self.s.scalars(q))
