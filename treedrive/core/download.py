@@ -191,7 +191,10 @@ class RangedDownload:
         try:
             if fresh:
                 await self._first_chunk()
-                os.ftruncate(self.fd, self._frontier().size)
+                try:
+                    os.ftruncate(self.fd, self._frontier().size)
+                except OSError as exc:
+                    raise StorageError(f"cannot size the partial file: {exc.strerror}") from exc
                 self._save()
             else:
                 assert saved is not None
@@ -206,7 +209,7 @@ class RangedDownload:
             self._finish_failed(exc)
             raise StorageError(
                 f"{exc}; the download of {self.entry.meta.file_name!r} stopped, keeping what "
-                "arrived, and goes on once there is room"
+                "arrived (it goes on by itself once the disk takes it)"
             ) from exc
         except BaseException as exc:
             self._finish_failed(exc)
@@ -501,9 +504,12 @@ class RangedDownload:
         pos = 0
         while pos < frontier.size:
             ready = frontier.wait_contiguous(pos)
-            n = os.preadv(self.fd, [view[: min(ready, HASH_BLOCK)]], pos)
+            try:
+                n = os.preadv(self.fd, [view[: min(ready, HASH_BLOCK)]], pos)
+            except OSError as exc:
+                raise StorageError(f"cannot read the partial file: {exc.strerror}") from exc
             if n <= 0:
-                raise OSError("the partial file is shorter than it should be")
+                raise StorageError("the partial file is shorter than it should be")
             h.update(view[:n])
             pos += n
         return h
