@@ -831,7 +831,10 @@ class RangedUpload:
         self.done += self.running.pop(rid, 0)
         self.error = None if ok else error or "failed"
         self.handle.update(self.done + sum(self.running.values()))
-        self.handle.record()  # what was sent so far survives a crash of this node
+        try:
+            self.handle.record()  # what was sent so far survives a crash of this node
+        except Exception as exc:  # a full disk, say: the upload goes on, counted in memory
+            log.warning("could not record the upload of %s: %s", self.handle.state.file_id, exc)
         if not self.running:
             loop = asyncio.get_running_loop()
             self._closing = loop.call_later(UPLOAD_LINGER, self.close)
