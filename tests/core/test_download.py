@@ -922,3 +922,45 @@ async def test_disk_filling_up_mid_download_stops_it_and_it_resumes_once_there_i
     finally:
         filler.unlink(missing_ok=True)
         await on_small_disk.close()
+
+
+# -- a slow holder ---------------------------------------------------------------------------------
+class HoldersInOrder:
+    """A test plugin: ask the holders in this order."""
+
+    def __init__(self, *order: str) -> None:
+        self.order = order
+
+    @hookimpl
+    def treedrive_order_holders(self, node: Node, entry: Any, holders: Any) -> list[Any]:
+        return sorted(holders, key=lambda p: self.order.index(p.peer_id))
+
+
+async def test_slow_holders_range_is_taken_over_by_an_idle_faster_one(
+    start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once nothing else is left to fetch, the rest of the range a crawling holder is sending
+    moves to an idle holder that is much faster; the bytes already here are kept."""
+    caplog.set_level(logging.INFO)
+    size = 2 * MiB
+    (fast, slow), file_id, data = await holders_of_one_file(
+        start_node, tmp_path, ["fast", "slow"], size
+    )
+    slow.set_rate_limits(None, 64 * KiB)  # a 64 KiB chunk takes it 1 s, in 16 KiB pieces
+    receiver: Node = await start_node("R", bootstrap=(address(fast),), **RANGED)
+    receiver.plugins.pm.register(HoldersInOrder("fast", "slow"))  # chunk 0 from the fast one
+    await wait_for(lambda: knows(receiver, file_id, {"fast", "slow"}))
+
+    await asyncio.wait_for(receiver.get(file_id), 30)
+
+    assert blob(receiver, file_id) == data
+    messages = [r.getMessage() for r in caplog.records]
+    taken = [m for m in messages if "takes over" in m]
+    assert taken, messages
+    assert "slow sends" in taken[0]
+    assert "fast takes over" in taken[0]
+    left = re.search(r"takes over the last (\d+) bytes", taken[0])
+    assert left is not None
+    assert 0 < int(left.group(1)) < CHUNK  # what the slow one had sent stays
+    got_size, over_network = got_line(caplog, file_id)
+    assert (got_size, over_network) == (size, size)  # and no byte came twice

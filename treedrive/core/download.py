@@ -48,6 +48,10 @@ it is over 512 MiB): enough to spread over several holders, few enough that each
 moves many MiB."""
 MIN_SYNC = 256 * 1024
 MIB = 1024 * 1024
+TAKE_OVER_AFTER = 0.5
+"""Seconds a range must have run before its rate says it is slow (see ``_take_over``)."""
+TAKE_OVER_GAIN = 2.0
+"""An idle holder takes over the rest of a range when it would finish it this many times sooner."""
 TAIL = 4 * 1024 * 1024
 """A range with this little left no longer counts against its holder's one range at a time: the
 next one is asked for meanwhile, so that the holder's stream does not stop between ranges (a
@@ -171,6 +175,9 @@ class RangedDownload:
         self._hashing: asyncio.Future[hashlib._Hash] | None = None
         self._ending: set[int] = set()  # chunks whose range is in its last TAIL bytes
         self._wake = asyncio.Event()
+        self._running: dict[int, tuple[float, int]] = {}  # chunk -> (started, bytes so far)
+        self._speed: dict[str, float] = {}  # holder -> bytes/s of its last whole range
+        self._not_from: dict[int, str] = {}  # chunk -> the slow holder it was taken from
 
     @property
     def fetched_bytes(self) -> int:
@@ -266,6 +273,7 @@ class RangedDownload:
                 nonlocal got
                 got = n
 
+            asked = time.monotonic()
             try:
                 answer = await self._request(peer, 0, self.chunk_size, None, written)
             except (TransferError, HolderGone) as exc:
@@ -273,6 +281,8 @@ class RangedDownload:
                 self._failed(peer.peer_id, exc)
                 continue
             self.size = answer.size
+            if (elapsed := time.monotonic() - asked) > 0:
+                self._speed[peer.peer_id] = answer.length / elapsed
             self.frontier = Frontier(answer.size, self.chunk_size, {0: answer.length})
             self.frontier.received = got
             self.synced = [0] * self.frontier.count
@@ -315,18 +325,27 @@ class RangedDownload:
         self.sources.setdefault(chunk, set()).add(peer.peer_id)
         self._ending.discard(chunk)
         left = length - start
+        started = time.monotonic()
+        self._running[chunk] = (started, 0)
 
         def progress(done: int) -> None:
+            self._running[chunk] = (started, done)
             if left - done <= TAIL and chunk not in self._ending:
                 self._ending.add(chunk)
                 self._wake.set()
             self._progress(done)
 
-        answer = await self._request(
-            peer, begin + start, left, progress, frontier.writer(chunk, start)
-        )
+        try:
+            answer = await self._request(
+                peer, begin + start, left, progress, frontier.writer(chunk, start)
+            )
+        finally:
+            self._running.pop(chunk, None)
         if answer.length != length - start:
             raise TransferError("sent a short range")
+        elapsed = time.monotonic() - started
+        if elapsed > 0 and left > 0:
+            self._speed[peer.peer_id] = left / elapsed
         return answer
 
     def _progress(self, _done: int) -> None:
@@ -394,7 +413,14 @@ class RangedDownload:
                     while pending and len(inflight) < self.max_inflight:
                         if load[peer.peer_id] >= per_holder:
                             break
-                        chunk = pending.popleft()
+                        alone = all(p.peer_id == peer.peer_id for p in usable)
+                        mine = [
+                            c for c in pending if alone or self._not_from.get(c) != peer.peer_id
+                        ]
+                        if not mine:
+                            break
+                        chunk = mine[0]
+                        pending.remove(chunk)
                         task = asyncio.ensure_future(self._fetch(peer, chunk))
                         inflight[task] = (chunk, peer.peer_id)
                         load[peer.peer_id] += 1
@@ -414,13 +440,25 @@ class RangedDownload:
                 if woken is None or woken.done():
                     self._wake.clear()
                     woken = asyncio.ensure_future(self._wake.wait())
+                idle = [p for p in usable if not any(q == p.peer_id for _, q in inflight.values())]
                 done, _ = await asyncio.wait(
-                    [*inflight, woken], return_when=asyncio.FIRST_COMPLETED
+                    [*inflight, woken],
+                    # with nothing left to hand out and a holder idle: look at the slow ones
+                    timeout=0.25 if idle and not pending else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-                finished = [t for t in inflight if t in done]
+                if not pending:
+                    self._take_over(inflight, idle)
+                finished = [t for t in inflight if t in done or t.cancelled()]
                 for task in sorted(finished, key=lambda t: inflight[t][0], reverse=True):
+                    if not task.done():
+                        continue
                     chunk, peer_id = inflight.pop(task)
                     self._ending.discard(chunk)
+                    if task.cancelled():  # taken over: the rest goes to a faster holder
+                        if not frontier.complete(chunk):
+                            pending.appendleft(chunk)
+                        continue
                     try:
                         task.result()
                         if not frontier.complete(chunk):
@@ -437,6 +475,43 @@ class RangedDownload:
                 task.cancel()
             if inflight:
                 await asyncio.wait(inflight)
+
+    def _take_over(
+        self, inflight: dict[asyncio.Task[RangeAnswer], tuple[int, str]], idle: list[PeerInfo]
+    ) -> None:
+        """A slow holder's range moves to an idle holder that would finish it much sooner: the
+        range is cut (its bytes on disk are kept) and the rest of its chunk is asked of the
+        idle one. Only once nothing else is left to hand out."""
+        frontier = self._frontier()
+        fast = [(self._speed[p.peer_id], p) for p in idle if p.peer_id in self._speed]
+        if not fast:
+            return
+        speed, helper = max(fast, key=lambda f: f[0])
+        now = time.monotonic()
+        for task, (chunk, peer_id) in inflight.items():
+            if task.done() or chunk not in self._running or peer_id == helper.peer_id:
+                continue
+            if self._not_from.get(chunk) == peer_id:  # already being taken over
+                continue
+            started, done = self._running[chunk]
+            if now - started < TAKE_OVER_AFTER:
+                continue
+            rate = done / (now - started)
+            left = frontier.span(chunk)[1] - frontier.have[chunk]
+            if left <= 0 or left / max(rate, 1.0) < TAKE_OVER_GAIN * left / speed:
+                continue
+            log.info(
+                "chunk %d of %s: %s sends %.0f KB/s; %s takes over the last %d bytes",
+                chunk,
+                self.file_id[:12],
+                peer_id,
+                rate / 1000,
+                helper.peer_id,
+                left,
+            )
+            self._not_from[chunk] = peer_id
+            task.cancel()
+            return  # one at a time: the helper is busy now
 
     # -- checkpoints ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:

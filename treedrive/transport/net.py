@@ -35,7 +35,8 @@ READ_SIZE = 1024 * 1024
 FILE_CHUNK = 512 * 1024  # raw bytes per write: 1 MiB of hex
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 SEND_PIECE = 4 * 1024 * 1024  # raw bytes per sendfile call (progress and rate-limit steps)
-LIMITED_PIECE = 256 * 1024  # the same when a rate limit is set
+LIMITED_PIECE = 256 * 1024  # at most this when a rate limit is set
+MIN_PIECE = 16 * 1024
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
 SEND_WORKERS = 32  # raw uploads at once; more wait for a thread
@@ -389,7 +390,9 @@ class TcpNetwork:
         length: int,
         report: Callable[[int], None],
     ) -> None:
-        piece = LIMITED_PIECE if self.upload.rate else SEND_PIECE
+        rate = self.upload.rate
+        # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
+        piece = max(MIN_PIECE, min(LIMITED_PIECE, int(rate / 10))) if rate else SEND_PIECE
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLOUT)
         idle_ms = int(self.limits.idle_timeout * 1000)
