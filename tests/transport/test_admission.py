@@ -1,0 +1,100 @@
+"""The admission policy on its own (no sockets): who gives way at the cap, the per-address dial
+backoff, and the tally that keeps logs from flooding."""
+
+from __future__ import annotations
+
+from treedrive.transport.admission import ConnState, DialBackoff, Tally, choose_victim
+
+GOOD = 64 * 1024
+
+
+def test_least_progress_gives_way() -> None:
+    conns = [
+        ("gossip", ConnState(started=9.0, received=120)),  # 120 B/s
+        ("trickle", ConnState(started=0.0, received=200)),  # 20 B/s
+        ("slowish", ConnState(started=5.0, received=250)),  # 50 B/s
+    ]
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "trickle"
+
+
+def test_young_connections_never_give_way() -> None:
+    conns = [("new", ConnState(started=9.8)), ("old", ConnState(started=0.0, received=10_000))]
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "old"
+    assert choose_victim(conns[:1], now=10.0, grace=0.5, good_rate=GOOD) is None
+
+
+def test_protected_connections_never_give_way() -> None:
+    upload = ConnState(started=0.0, received=100, protected=True)
+    assert choose_victim([("upload", upload)], now=10.0, grace=0.5, good_rate=GOOD) is None
+
+
+def test_a_fast_body_never_gives_way_a_slow_one_does() -> None:
+    fast = ConnState(started=0.0, received=300, body_started=9.0, body_received=GOOD * 2)
+    slow = ConnState(started=0.0, received=GOOD * 3, body_started=0.0, body_received=GOOD * 3)
+    assert choose_victim([("fast", fast)], now=10.0, grace=0.5, good_rate=GOOD) is None
+    # slow: 3 * 64 KiB over 10 s is under the good rate: a candidate, whatever its total.
+    assert choose_victim([("fast", fast), ("slow", slow)], 10.0, 0.5, GOOD) == "slow"
+
+
+def test_ties_go_to_the_oldest() -> None:
+    conns = [("b", ConnState(started=2.0)), ("a", ConnState(started=1.0))]
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "a"
+
+
+def test_backoff_allows_at_most_three_dials_a_minute_to_a_refusing_address() -> None:
+    backoff = DialBackoff()
+    addr = ("127.0.0.1", 22)
+    dials: list[float] = []
+    t = 0.0
+    while t < 300:
+        if backoff.allowed(addr, t):
+            dials.append(t)
+            backoff.failed(addr, t)
+        t += 0.1
+    for start in dials:
+        assert len([d for d in dials if start <= d < start + 60]) <= 3
+    assert len(dials) >= 5  # it keeps trying, once a minute in the end
+    assert dials[-1] - dials[-2] <= 60.2
+
+
+def test_backoff_success_forgets_and_entries_are_bounded() -> None:
+    backoff = DialBackoff(max_entries=3)
+    backoff.failed(("h", 1), 0.0)
+    assert not backoff.allowed(("h", 1), 1.0)
+    backoff.succeeded(("h", 1))
+    assert backoff.allowed(("h", 1), 1.0)
+    for port in range(10):
+        backoff.failed(("h", port), 0.0)
+    assert len(backoff) == 3
+    assert backoff.allowed(("h", 0), 1.0)  # forgotten: the oldest went first
+    assert not backoff.allowed(("h", 9), 1.0)
+    assert backoff.allowed(("other", 1), 1.0)
+
+
+def test_tally_logs_a_few_details_then_one_summary_a_second() -> None:
+    tally = Tally(every=1.0, detail=3)
+    lines = 0
+    t = 0.0
+    for _ in range(10_000):  # 10,000 events over 10 s
+        if tally.note("refused", t):
+            lines += 1
+        if tally.summary(t) is not None:
+            lines += 1
+        t += 0.001
+    assert tally.totals["refused"] == 10_000
+    assert lines <= 10 * 4 + 4
+    summary = Tally(every=1.0, detail=0)
+    summary.note("refused", 0.0)
+    summary.note("evicted", 0.5)
+    assert summary.summary(0.5) is None
+    assert summary.summary(1.0) == "1 evicted, 1 refused"
+    assert summary.summary(5.0) is None
+
+
+def test_tally_gives_details_when_quiet() -> None:
+    tally = Tally(every=1.0, detail=2)
+    assert tally.note("timeout", 0.0)
+    assert tally.note("timeout", 0.1)
+    assert not tally.note("timeout", 0.2)
+    assert tally.summary(1.2) == "1 timeout"
+    assert tally.note("timeout", 5.0)

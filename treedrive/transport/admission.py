@@ -1,0 +1,139 @@
+"""Who gets a connection, who gives way, how often an address is dialed, and how much is logged
+about it. Pure policy: no sockets, no clock of its own (every call takes ``now``), so each rule is
+tested on its own.
+
+- :func:`choose_victim`: at the connection cap, the open connection that has made the least
+  progress (bytes received per second of age) gives way to a new one; young connections and
+  protected ones (transfers we serve, fast bodies, messages already whole) never do.
+- :class:`DialBackoff`: an address that refuses is dialed at most a few times a minute.
+- :class:`Tally`: refusals, evictions, drops and per-connection failures are counted; a few detail
+  lines a second at most, and the rest summed up in one line (never one line per connection).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(slots=True)
+class ConnState:
+    """What admission knows about one inbound connection (updated by the transport)."""
+
+    started: float
+    """When it was accepted (monotonic seconds)."""
+    received: int = 0
+    """Bytes received so far."""
+    protected: bool = False
+    """Never evicted: we are serving it (an upload), or its message is whole and being handled."""
+    body_started: float | None = None
+    """When a streamed file body began (None: no body yet)."""
+    body_received: int = 0
+    """Bytes received since then."""
+
+    def progress(self, now: float) -> float:
+        """Bytes received per second of age."""
+        return self.received / max(now - self.started, 1e-6)
+
+    def body_rate(self, now: float) -> float | None:
+        if self.body_started is None:
+            return None
+        return self.body_received / max(now - self.body_started, 1e-6)
+
+
+def choose_victim(
+    conns: Iterable[tuple[K, ConnState]], now: float, grace: float, good_rate: float
+) -> K | None:
+    """The connection that gives way to a new one, or None (the new one is refused).
+
+    Candidates are connections older than ``grace`` that are not protected and are not streaming
+    a body at ``good_rate`` bytes/s or more; among them, the least bytes per second of age (the
+    oldest first on a tie)."""
+    best: K | None = None
+    best_key: tuple[float, float] | None = None
+    for key, state in conns:
+        if state.protected or now - state.started < grace:
+            continue
+        rate = state.body_rate(now)
+        if rate is not None and rate >= good_rate:
+            continue
+        rank = (state.progress(now), state.started)
+        if best_key is None or rank < best_key:
+            best, best_key = key, rank
+    return best
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int
+    next_try: float
+
+
+class DialBackoff:
+    """Per-address dial backoff. After ``n`` failed dials in a row, the next is allowed
+    ``base * 2**(n-1)`` seconds later (capped at ``cap``): with the defaults, at most 3 dials in
+    any minute to an address that keeps refusing, then one a minute. A success forgets the
+    address. At most ``max_entries`` addresses are remembered (the oldest failure forgotten)."""
+
+    def __init__(self, base: float = 10.0, cap: float = 60.0, max_entries: int = 4096) -> None:
+        self.base = base
+        self.cap = cap
+        self.max_entries = max_entries
+        self._failed: OrderedDict[tuple[str, int], _Failures] = OrderedDict()
+
+    def allowed(self, address: tuple[str, int], now: float) -> bool:
+        entry = self._failed.get(address)
+        return entry is None or now >= entry.next_try
+
+    def failed(self, address: tuple[str, int], now: float) -> None:
+        entry = self._failed.pop(address, None)
+        count = 1 if entry is None else entry.count + 1
+        delay = min(self.cap, self.base * 2 ** min(count - 1, 30))
+        self._failed[address] = _Failures(count, now + delay)
+        while len(self._failed) > self.max_entries:
+            self._failed.popitem(last=False)
+
+    def succeeded(self, address: tuple[str, int]) -> None:
+        self._failed.pop(address, None)
+
+    def __len__(self) -> int:
+        return len(self._failed)
+
+
+class Tally:
+    """Counts events by kind, for logs that cannot flood. :meth:`note` says whether this event
+    may have its own detail line (at most ``detail`` a window); the rest are summed up, and
+    :meth:`summary` gives the sums once a window has passed (one line, or None). ``totals`` keeps
+    every count since the start."""
+
+    def __init__(self, every: float = 1.0, detail: int = 3) -> None:
+        self.every = every
+        self.detail = detail
+        self.totals: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()
+        self._window = float("-inf")
+        self._details = 0
+
+    def note(self, kind: str, now: float, n: int = 1) -> bool:
+        """Count ``n`` events of ``kind``; True if the caller may log this one in detail."""
+        self.totals[kind] += n
+        if now - self._window >= self.every and not self._pending:
+            self._window, self._details = now, 0
+        if self._details < self.detail and now - self._window < self.every:
+            self._details += 1
+            return True
+        self._pending[kind] += n
+        return False
+
+    def summary(self, now: float) -> str | None:
+        """The events not logged in detail, once per window: e.g. ``"12 refused, 3 evicted"``."""
+        if not self._pending or now - self._window < self.every:
+            return None
+        line = ", ".join(f"{n} {kind}" for kind, n in sorted(self._pending.items()))
+        self._pending.clear()
+        self._window, self._details = now, 0
+        return line
