@@ -92,6 +92,14 @@ class Network(Protocol):
         """Deliver one message on a new connection; False if it could not be delivered."""
         ...
 
+    def post(self, host: str, port: int, message: Message) -> None:
+        """Queue one message for delivery on a new connection, without waiting. The outbound
+        queue is bounded (its oldest entries are dropped when full), a message is encoded only
+        when a sender takes it (one object posted to many addresses is encoded once), and an
+        address that refuses is dialed at most a few times a minute (posts to it meanwhile are
+        dropped). Nothing reports whether it arrived."""
+        ...
+
     async def push_file(
         self,
         host: str,
