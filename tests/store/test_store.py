@@ -190,20 +190,24 @@ def test_merge_adds_a_new_id(store: Store) -> None:
     assert entry.holders == ()
 
 
-def test_merge_newer_timestamp_replaces_older_does_not(store: Store) -> None:
+def test_merge_keeps_the_first_timestamp_unless_a_newer_one_hashes_the_same(store: Store) -> None:
+    """A newer timestamp replaces a remote record only when every file that verifies under the
+    recorded one verifies under it too (2000 and 2000.5 both hash as "2000"); otherwise the first
+    seen stays, so that no claim can make honest holders fail verification."""
     with store.unit_of_work() as uow:
-        uow.files.merge(meta(1, 1000, name="first"), 1.0)
-        uow.files.merge(meta(1, 2000, name="newer", owner="carol"), 2.0)
+        uow.files.merge(meta(1, 2000, name="first"), 1.0)
+        uow.files.merge(meta(1, 3000, name="forged", owner="carol"), 2.0)
         uow.files.merge(meta(1, 1500, name="older"), 3.0)
-        uow.files.merge(meta(1, 2000, name="same"), 4.0)
+        uow.files.merge(meta(1, 2000.5, name="same-hash", owner="carol"), 4.0)
+        uow.files.merge(meta(1, 2000, name="same"), 5.0)
         uow.commit()
     with store.unit_of_work() as uow:
         entry = uow.files.get(fid(1))
     assert entry is not None
-    assert entry.meta.file_name == "newer"
+    assert entry.meta.file_name == "same-hash"
     # The owner stays as first recorded: a newer record must not hand the right to delete over.
     assert entry.meta.file_owner == "alice"
-    assert entry.meta.file_timestamp == 2000
+    assert entry.meta.file_timestamp == 2000.5
 
 
 @pytest.mark.parametrize("ts", [1_700_000_000, 1_700_000_000.75, "1700000000", "not a number"])
@@ -227,14 +231,14 @@ def test_merge_orders_string_timestamps_by_their_value(store: Store) -> None:
         entry = uow.files.get(fid(1))
         assert entry is not None
         assert entry.meta.file_name == "str-1000"
-        uow.files.merge(meta(1, "1001.5", name="str-1001.5"), 1.0)
+        uow.files.merge(meta(1, "1000.5", name="str-1000.5"), 1.0)  # hashes as "1000" too
         uow.files.merge(meta(1, "garbage", name="garbage"), 1.0)  # not a number: value 0
         uow.commit()
     with store.unit_of_work() as uow:
         entry = uow.files.get(fid(1))
     assert entry is not None
-    assert entry.meta.file_name == "str-1001.5"
-    assert entry.meta.file_timestamp == "1001.5"
+    assert entry.meta.file_name == "str-1000.5"
+    assert entry.meta.file_timestamp == "1000.5"
 
 
 def test_entries_scope_and_order(store: Store) -> None:
@@ -304,15 +308,17 @@ def test_advertise_reports_new_records_and_new_holders(store: Store) -> None:
     assert same == []
 
 
-def test_advertise_takes_the_newest_timestamp_in_one_batch(store: Store) -> None:
+def test_advertise_takes_a_newer_timestamp_only_when_it_hashes_the_same(store: Store) -> None:
     with store.unit_of_work() as uow:
-        uow.files.advertise("bob", [meta(1, 10, name="old"), meta(1, 20, name="new")], 1.0)
+        uow.files.advertise(
+            "bob", [meta(1, 10, name="old"), meta(1, 20, name="new"), meta(1, 10.5, name="ok")], 1.0
+        )
         uow.files.advertise("carol", [meta(1, 15, name="middle")], 1.0)
         uow.commit()
     with store.unit_of_work() as uow:
         entry = uow.files.get(fid(1))
     assert entry is not None
-    assert (entry.meta.file_name, entry.meta.file_timestamp) == ("new", 20)
+    assert (entry.meta.file_name, entry.meta.file_timestamp) == ("ok", 10.5)
     assert entry.holders == ("bob", "carol")
 
 
@@ -470,7 +476,7 @@ def test_reopened_store_keeps_everything(tmp_path: Path) -> None:
     with first.blobs.writer() as w:
         w.write(body)
         w.commit(compute_file_id(body, 1234), 1234)
-    local = FileMeta(compute_file_id(body, 1234), "kept.txt", 0.1, "me", 1234)
+    local = FileMeta(compute_file_id(body, 1234), "kept.txt", len(body) / 1048576, "me", 1234)
     with first.unit_of_work() as uow:
         uow.identity.set("me", 1.0)
         uow.peers.upsert("bob", "127.0.0.1", 9001, 10.0, frozenset({"x"}))

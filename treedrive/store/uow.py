@@ -8,6 +8,7 @@ publishes them, so a plugin never hears of a change that did not happen.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -15,8 +16,8 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from treedrive.core.events import Event
-from treedrive.core.fileid import timestamp_value
-from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.fileid import timestamp_suffixes, timestamp_value
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
 from treedrive.store.models import (
     Download,
     FileRecord,
@@ -64,6 +65,65 @@ def _file_row(meta: FileMeta, now: float) -> dict[str, object]:
         "has_copy": False,
         "added_at": now,
     }
+
+
+MAX_CLAIMED_SIZE = 2**50
+"""The largest ``file_size`` a record can claim and still be taken as saying something (1 PiB in
+bytes; in MB, far more). Above it, or when not a positive finite number, the record does not say
+the file's size."""
+SIZE_TOLERANCE_MB = 0.01
+SIZE_TOLERANCE = 0.01
+"""How far a real size may be from a record's ``file_size`` and still agree with it: 0.01 MB
+(10 KiB: peers round the MB figure, and a tiny file is often ``0.0``) plus 1 %."""
+
+
+def claimed_size(file_size: float) -> float | None:
+    """The record's ``file_size`` if it says something about the size, else None (0, negative,
+    not finite, absurdly large: see ``MAX_CLAIMED_SIZE``)."""
+    if isinstance(file_size, bool) or not isinstance(file_size, int | float):
+        return None
+    try:
+        value = float(file_size)
+    except (OverflowError, ValueError):  # an int too large for a float
+        return None
+    if not math.isfinite(value) or value <= 0 or value > MAX_CLAIMED_SIZE:
+        return None
+    return value
+
+
+def size_agrees(file_size: float, size: int) -> bool:
+    """Whether a file of ``size`` bytes is what a record's ``file_size`` says: in MB (the
+    reference data's reading, ``bytes / 1048576``) or in bytes (what some peers send), within
+    ``SIZE_TOLERANCE_MB`` + ``SIZE_TOLERANCE``. False when the record does not say (see
+    :func:`claimed_size`)."""
+    claim = claimed_size(file_size)
+    if claim is None or size < 0:
+        return False
+    in_mb = size / MEGABYTE
+    if abs(in_mb - claim) <= SIZE_TOLERANCE_MB + SIZE_TOLERANCE * claim:
+        return True
+    return abs(size - claim) <= SIZE_TOLERANCE * claim
+
+
+def _same_hash(old: Timestamp, new: Timestamp) -> bool:
+    """Whether every file that verifies under ``old`` verifies under ``new`` too (``1000`` and
+    ``1000.5`` both hash as ``"1000"``): only then may ``new`` replace ``old`` in a record."""
+    before = set(timestamp_suffixes(old))
+    return bool(before) and before <= set(timestamp_suffixes(new))
+
+
+def _claim_replaces(row: FileRecord, meta: FileMeta) -> bool:
+    """Whether the claim ``meta`` replaces the name and timestamp of the known ``row``.
+
+    Claims never override facts: a file this node holds (its bytes verified) is frozen, and a
+    remote record keeps the timestamp first seen unless the newer one hashes the same way. So
+    no message can make honest holders' bytes fail verification here. The size and the owner
+    stay as first recorded in any case."""
+    if row.has_copy:
+        return False
+    if timestamp_value(meta.file_timestamp) <= row.timestamp_value:
+        return False
+    return _same_hash(_ts_load(row.file_timestamp), meta.file_timestamp)
 
 
 def peer_info(row: Peer) -> PeerInfo:
@@ -114,6 +174,8 @@ class IdentityRepo:
 class PeerRepo:
     def __init__(self, session: Session) -> None:
         self.s = session
+        self.evicted: list[str] = []
+        """The peers the last :meth:`upsert` evicted to stay within its ``max_peers``."""
 
     def get(self, peer_id: str) -> PeerInfo | None:
         row = self.s.get(Peer, peer_id)
@@ -122,6 +184,9 @@ class PeerRepo:
     def all(self) -> list[PeerInfo]:
         rows = self.s.scalars(select(Peer).order_by(Peer.peer_id))
         return [peer_info(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(Peer)) or 0)
 
     def upsert(
         self,
@@ -132,14 +197,21 @@ class PeerRepo:
         features: frozenset[str] | None,
         *,
         keep_features: bool = False,
+        max_peers: int | None = None,
     ) -> tuple[PeerInfo, bool]:
         """Track or refresh a peer; returns it and whether it is new.
 
         ``keep_features`` leaves known features alone (a message that does not say them).
+        ``max_peers``: a new peer that would make more than this many tracked peers first
+        evicts the longest silent ones (and their holder rows); their ids are in
+        :attr:`evicted` afterwards (empty when none was). Values below 1 count as 1.
         """
+        self.evicted = []
         row = self.s.get(Peer, peer_id)
         new = row is None
         if row is None:
+            if max_peers is not None:
+                self.evicted = self.evict_over(max(1, max_peers) - 1)
             row = Peer(peer_id=peer_id, host=host, port=port, last_seen=now, first_seen=now)
             row.features = _features_text(features)
             self.s.add(row)
@@ -148,6 +220,18 @@ class PeerRepo:
             if not keep_features or features is not None:
                 row.features = _features_text(features)
         return peer_info(row), new
+
+    def evict_over(self, max_peers: int) -> list[str]:
+        """Forget the longest silent peers (and their holder rows) until at most ``max_peers``
+        are tracked; returns their ids, longest silent first."""
+        over = self.count() - max(0, max_peers)
+        if over <= 0:
+            return []
+        q = select(Peer.peer_id).order_by(Peer.last_seen, Peer.peer_id).limit(over)
+        gone = list(self.s.scalars(q))
+        for part in _chunks(gone):
+            self.remove(part)
+        return gone
 
     def expired(self, before: float) -> list[str]:
         return list(self.s.scalars(select(Peer.peer_id).where(Peer.last_seen < before)))
@@ -195,28 +279,20 @@ class FileRepo:
         return [file_meta(r) for r in rows]
 
     def merge(self, meta: FileMeta, now: float) -> bool:
-        """Record ``meta``: a new id is added; a known one is replaced only by a newer timestamp.
-        Returns whether the id was new."""
+        """Record the claim ``meta``: a new id is added; a known one keeps what it has, except
+        that a newer timestamp that hashes the same way may replace the name and timestamp of a
+        record this node does not hold (see ``_claim_replaces``). Returns whether the id was
+        new."""
         row = self._row(meta.file_id)
         if row is None:
-            self.s.add(
-                FileRecord(
-                    file_id=meta.file_id,
-                    file_name=meta.file_name,
-                    file_size=meta.file_size,
-                    file_owner=meta.file_owner,
-                    file_timestamp=_ts_text(meta.file_timestamp),
-                    timestamp_value=timestamp_value(meta.file_timestamp),
-                    has_copy=False,
-                    added_at=now,
-                )
-            )
+            self.s.add(FileRecord(**_file_row(meta, now)))
             self.s.flush()
             return True
-        if timestamp_value(meta.file_timestamp) > row.timestamp_value:
-            # The owner stays as first recorded: only the owner may delete, and a record that
-            # merely claims a newer timestamp must not hand that right to someone else.
-            row.file_name, row.file_size = meta.file_name, meta.file_size
+        if _claim_replaces(row, meta):
+            # The owner and the size stay as first recorded: only the owner may delete, and a
+            # record that merely claims a newer timestamp must not hand that right to someone
+            # else, nor make honest holders' sizes look like lies.
+            row.file_name = meta.file_name
             row.file_timestamp = _ts_text(meta.file_timestamp)
             row.timestamp_value = timestamp_value(meta.file_timestamp)
         return False
@@ -224,15 +300,17 @@ class FileRepo:
     def advertise(
         self, holder: str, metas: Sequence[FileMeta], now: float, *, complete: bool = False
     ) -> list[tuple[FileMeta, bool]]:
-        """``holder`` says it holds ``metas``: record new ids, take newer timestamps, add the
-        holder. ``complete``: that is all it holds (a GOSSIP_REPLY), so it stops holding the
-        rest. Returns the (meta, is_new) that changed something. Batched: a reply with thousands
-        of records costs a few statements, not thousands."""
+        """``holder`` says it holds ``metas``: record new ids, add the holder (a known record
+        changes only as :meth:`merge` says). ``complete``: that is all it holds (a
+        GOSSIP_REPLY), so it stops holding the rest. Returns the (meta, is_new) that changed
+        something. Batched: a reply with thousands of records costs a few statements, not
+        thousands."""
         latest: dict[str, FileMeta] = {}
         for meta in metas:
             seen = latest.get(meta.file_id)
-            if seen is None or timestamp_value(meta.file_timestamp) > timestamp_value(
-                seen.file_timestamp
+            if seen is None or (
+                timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
+                and _same_hash(seen.file_timestamp, meta.file_timestamp)
             ):
                 latest[meta.file_id] = meta
         ids = list(latest)
@@ -248,8 +326,8 @@ class FileRepo:
             found = rows.get(file_id)
             if found is None:
                 new_rows.append(_file_row(meta, now))
-            elif timestamp_value(meta.file_timestamp) > found.timestamp_value:
-                found.file_name, found.file_size = meta.file_name, meta.file_size
+            elif _claim_replaces(found, meta):
+                found.file_name = meta.file_name
                 found.file_timestamp = _ts_text(meta.file_timestamp)
                 found.timestamp_value = timestamp_value(meta.file_timestamp)
             if file_id not in held:
@@ -283,9 +361,24 @@ class FileRepo:
         return int(getattr(result, "rowcount", 0) or 0)
 
     def mark_local(self, meta: FileMeta, size: int, now: float) -> None:
-        self.merge(meta, now)
+        """This node holds the ``size`` bytes of ``meta`` and verified them under
+        ``meta.file_timestamp``: a fact, which overrides earlier claims. The record takes that
+        timestamp, and the size (``file_size`` becomes ``size`` in MB unless it already agrees
+        with it); the name and the owner stay as first recorded. A record already held is
+        frozen: nothing changes."""
         row = self._row(meta.file_id)
-        assert row is not None
+        if row is None:
+            self.s.add(FileRecord(**_file_row(meta, now)))
+            self.s.flush()
+            row = self._row(meta.file_id)
+            assert row is not None
+        elif row.has_copy:
+            return
+        else:
+            row.file_timestamp = _ts_text(meta.file_timestamp)
+            row.timestamp_value = timestamp_value(meta.file_timestamp)
+        if not size_agrees(row.file_size, size):
+            row.file_size = size / MEGABYTE
         row.has_copy = True
         row.size_bytes = size
 
