@@ -15,33 +15,45 @@ def timestamp_suffixes(ts: Timestamp) -> list[bytes]:
     """The byte strings a peer may have appended to the file's bytes when it made the id.
 
     Numbers hash as their integer part (``1750028734.0`` hashes as ``b"1750028734"``). A string is
-    tried as written and, if it reads as a number, as that number's integer part too.
+    tried as written and, if it reads as a number, as that number's integer part too. Total: a
+    value that cannot be written (a non-finite float, an int too long for ``str``) gives fewer
+    suffixes, never an exception.
     """
     if isinstance(ts, bool):
         return []
     if isinstance(ts, int):
-        return [str(ts).encode()]
+        return _int_text(int(ts))
     if isinstance(ts, float):
-        return [str(int(ts)).encode()] if math.isfinite(ts) else []
+        return _int_text(int(ts)) if math.isfinite(ts) else []
+    if not isinstance(ts, str):
+        return []
     out = [ts.encode("utf-8", "surrogatepass")]
     try:
         as_number = float(ts)
-    except ValueError:
+    except (ValueError, OverflowError):
         return out
     if math.isfinite(as_number):
-        out.append(str(int(as_number)).encode())
+        out.extend(_int_text(int(as_number)))
     return out
 
 
+def _int_text(value: int) -> list[bytes]:
+    try:
+        return [str(value).encode()]
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return []
+
+
 def timestamp_value(ts: Timestamp) -> float:
-    """A number to order timestamps by; 0.0 when the timestamp is not a number."""
+    """A number to order timestamps by; 0.0 when the timestamp is not a (finite) number.
+
+    Total: never raises, whatever the value (an int too big for a float reads as 0.0 too).
+    """
     if isinstance(ts, bool):
         return 0.0
-    if isinstance(ts, int | float):
-        return float(ts) if math.isfinite(ts) else 0.0
     try:
         value = float(ts)
-    except ValueError:
+    except (ValueError, OverflowError, TypeError):
         return 0.0
     return value if math.isfinite(value) else 0.0
 

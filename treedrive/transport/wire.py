@@ -1,15 +1,43 @@
 """Wire objects (decoded JSON) to the core's messages and back. Pure: no I/O.
 
-Validation is strict where a value is used (types of host, port, ids) and lenient where real peers
-differ (file_size in MB or bytes, timestamps as int, float or string, owners as numbers). Unknown
-keys are kept in ``extra``.
+Every field is checked here, at the boundary, into a typed, range-checked value: nothing the core
+receives can make ``str()``, ``int()``, ``float()``, ``round(size * MEGABYTE)`` or a UTF-8 encode
+raise, and no string it prints holds a control character or a lone surrogate.
+
+The limits (module constants below):
+
+- identifiers (``peerId``, ``from``, ``file_owner``: :data:`MAX_PEER_ID` chars; gossip ``id``:
+  :data:`MAX_GOSSIP_ID`; a ranged request's ``download``: :data:`MAX_DOWNLOAD_ID`) are non-empty
+  strings without control characters (C0, DEL, C1) or lone surrogates; a number is accepted where
+  real peers send one (ids, owners) and read as its text, if it has at most :data:`MAX_ID_DIGITS`
+  digits. A bad identifier is refused, never rewritten: two distinct ids must never become one.
+- ``host``: 1 to :data:`MAX_HOST` characters that a host name or IP literal can hold.
+- ``port``: an int 1..65535, or a string of at most 5 ASCII digits.
+- ``file_name`` is a label (never a path, never hashed): control characters and lone surrogates are
+  replaced by U+FFFD and it is cut to :data:`MAX_FILE_NAME` characters. The record is kept.
+- ``file_size`` (MB, or bytes for some peers): a finite number, or a short ASCII string of one, in
+  0..:data:`MAX_FILE_SIZE`; missing or null reads as 0.0. Anything else makes the record invalid.
+- ``file_timestamp``: an int or finite float in 0..:data:`MAX_TIMESTAMP`, or a string of 1 to
+  :data:`MAX_TIMESTAMP_TEXT` showable characters (which, if it reads as a number, is in range too).
+- ``GOSSIP_REPLY``: at most :data:`MAX_RECORDS` records are decoded, the rest count as skipped; a
+  bad record is skipped alone.
+- ``GOSSIP`` is forwarded unchanged, so it is bounded as a whole: at most
+  :data:`MAX_GOSSIP_EXTRA_KEYS` unknown keys and :data:`MAX_GOSSIP_BYTES` once encoded.
+- The TreeDrive extension's ranged request and raw header (:func:`range_request`,
+  :func:`range_header`): offsets, lengths and sizes are ints in 0..:data:`MAX_FILE_BYTES`.
+
+A bad message raises :class:`WireError` (the transport drops it with one log line). Unknown keys
+are kept in ``extra``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from treedrive.core.fileid import is_file_id
 from treedrive.core.messages import (
@@ -22,119 +50,330 @@ from treedrive.core.messages import (
     Message,
 )
 from treedrive.core.model import FileMeta, Timestamp
+from treedrive.transport import codec
 
-MAX_TEXT = 4096
+__all__ = [
+    "MAX_DOWNLOAD_ID",
+    "MAX_FILE_BYTES",
+    "MAX_FILE_NAME",
+    "MAX_FILE_SIZE",
+    "MAX_GOSSIP_BYTES",
+    "MAX_GOSSIP_EXTRA_KEYS",
+    "MAX_GOSSIP_ID",
+    "MAX_HOST",
+    "MAX_ID_DIGITS",
+    "MAX_PEER_ID",
+    "MAX_RECORDS",
+    "MAX_TIMESTAMP",
+    "MAX_TIMESTAMP_TEXT",
+    "RECORD_KEYS",
+    "TYPES",
+    "RangeHeader",
+    "RangeRequest",
+    "WireError",
+    "decode",
+    "encode",
+    "file_meta",
+    "range_header",
+    "range_request",
+    "showable",
+]
+
+MAX_PEER_ID: Final = 256
+"""Characters of a ``peerId``, ``from`` or ``file_owner``."""
+MAX_HOST: Final = 255
+"""Characters of a ``host`` (the longest DNS name)."""
+MAX_GOSSIP_ID: Final = 128
+"""Characters of a gossip ``id`` (a UUID4 is 36)."""
+MAX_DOWNLOAD_ID: Final = 64
+"""Characters of a ranged request's ``download`` (a run id)."""
+MAX_FILE_NAME: Final = 4096
+"""Characters kept of a ``file_name``."""
+MAX_ID_DIGITS: Final = 32
+"""Digits of an int accepted as an identifier (read as its text)."""
+MAX_FILE_BYTES: Final = 2**50
+"""Largest offset, length or size of a file, in bytes (1 PiB)."""
+MAX_FILE_SIZE: Final = float(2**50)
+"""Largest ``file_size`` (MB or bytes: peers differ; either way ``round(x * 2**20)`` is safe)."""
+MAX_TIMESTAMP: Final = 2**40
+"""Largest ``file_timestamp`` (Unix seconds: year 36812)."""
+MAX_TIMESTAMP_TEXT: Final = 32
+"""Characters of a ``file_timestamp`` sent as a string (``"Sun Jun 15 21:36:41 2025"`` is 24)."""
+MAX_NUMBER_TEXT: Final = 32
+"""Characters of a ``file_size`` sent as a string."""
+MAX_RECORDS: Final = 10_000
+"""Records of a GOSSIP_REPLY that are decoded; the rest count as skipped."""
+MAX_GOSSIP_EXTRA_KEYS: Final = 32
+"""Unknown keys of a GOSSIP (it is forwarded unchanged to 3 peers: an amplifier)."""
+MAX_GOSSIP_BYTES: Final = 16 * 1024
+"""A whole GOSSIP, as :func:`codec.encode_message` writes it when forwarding."""
+
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
 TYPES = ("GOSSIP", "GOSSIP_REPLY", "GET_FILE", "FILE_DATA", "ANNOUNCE", "DELETE")
+
+_UNSHOWABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters (C0, DEL, C1) and lone surrogates: never printed, never stored."""
+_HOST: Final = re.compile(r"[A-Za-z0-9._:%-]+")
+"""Host names (letters, digits, ``-``, ``_``, ``.``), IPv4 and IPv6 literals (``:``, ``%zone``)."""
+_PORT_TEXT: Final = re.compile("[0-9]{1,5}")
+"""A port as a string: ASCII digits only (`str.isdigit` takes "²", which int() refuses)."""
+_MAX_JSON_INT_DIGITS: Final = 4000
+"""Below Python's limit on int/str conversion (4300 digits): such an int can be encoded."""
 
 
 class WireError(ValueError):
     """A message that is valid JSON but not a valid protocol message."""
 
 
-def _text(obj: Mapping[str, Any], key: str, *, numbers: bool = False) -> str:
+def _preview(value: Any) -> str:
+    """A short description of a bad value for an error message (never raises, never long)."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("…" if len(value) > 40 else "")
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() > 64:
+            return f"an int of {value.bit_length()} bits"
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def showable(text: str) -> bool:
+    """True if ``text`` has no control character (C0, DEL, C1) and no lone surrogate."""
+    return _UNSHOWABLE.search(text) is None
+
+
+def _ident(obj: Mapping[str, Any], key: str, limit: int, *, numbers: bool = False) -> str:
+    """An identifier: a non-empty showable string of at most ``limit`` chars (or a number)."""
     value = obj.get(key)
-    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
+    if numbers and not isinstance(value, bool):
+        if isinstance(value, int):
+            if value.bit_length() > 4 * MAX_ID_DIGITS or len(str(abs(value))) > MAX_ID_DIGITS:
+                raise WireError(f"{key!r} is a number with too many digits")
+            value = str(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise WireError(f"{key!r} is not a finite number")
+            value = repr(value)
     if not isinstance(value, str) or not value:
-        raise WireError(f"{key!r} must be a non-empty string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        raise WireError(f"{key!r} is too long ({len(value)} chars)")
+        raise WireError(f"{key!r} must be a non-empty string, got {_preview(value)}")
+    if len(value) > limit:
+        raise WireError(f"{key!r} is too long ({len(value)} chars, at most {limit})")
+    if not showable(value):
+        raise WireError(f"{key!r} holds a control character or a lone surrogate")
+    return value
+
+
+def _host(obj: Mapping[str, Any]) -> str:
+    value = obj.get("host")
+    if not isinstance(value, str) or not value:
+        raise WireError(f"'host' must be a non-empty string, got {_preview(value)}")
+    if len(value) > MAX_HOST:
+        raise WireError(f"'host' is too long ({len(value)} chars, at most {MAX_HOST})")
+    if _HOST.fullmatch(value) is None:
+        raise WireError(f"'host' must be a host name or an IP address, got {_preview(value)}")
     return value
 
 
 def _port(obj: Mapping[str, Any]) -> int:
-    value = obj.get("port")
-    if isinstance(value, str) and value.isdigit():
+    value: Any = obj.get("port")
+    if isinstance(value, str) and _PORT_TEXT.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise WireError(f"'port' must be a port number, got {value!r}")
-    return value
+        raise WireError(f"'port' must be a port number, got {_preview(value)}")
+    return int(value)
 
 
 def _file_id(obj: Mapping[str, Any], key: str = "file_id") -> str:
     value = obj.get(key)
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) == 64:
         value = value.lower()
     if not is_file_id(value):
-        raise WireError(f"{key!r} must be 64 hex characters, got {str(value)[:80]!r}")
+        raise WireError(f"{key!r} must be 64 hex characters, got {_preview(value)}")
     assert isinstance(value, str)
-    return value
+    return str(value)
+
+
+def _file_name(value: Any) -> str:
+    """The name as a label: unshowable characters replaced, cut to MAX_FILE_NAME chars."""
+    if not isinstance(value, str):
+        raise WireError(f"'file_name' must be a string, got {_preview(value)}")
+    return _UNSHOWABLE.sub("\ufffd", value[:MAX_FILE_NAME])
+
+
+def _in_range(number: float, top: float) -> bool:
+    return math.isfinite(number) and 0 <= number <= top
 
 
 def _size(value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """``file_size`` as a float in 0..MAX_FILE_SIZE (missing: 0.0). WireError otherwise."""
+    if value is None:
         return 0.0
-    return float(value) if math.isfinite(value) and value >= 0 else 0.0
+    number: float
+    if isinstance(value, bool):
+        raise WireError("'file_size' must be a number, got a bool")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_FILE_BYTES:
+            raise WireError(f"'file_size' is out of range, got {_preview(value)}")
+        number = float(value)
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        if not 0 < len(value) <= MAX_NUMBER_TEXT or not value.isascii():
+            raise WireError(f"'file_size' must be a number, got {_preview(value)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise WireError(f"'file_size' must be a number, got {_preview(value)}") from None
+    else:
+        raise WireError(f"'file_size' must be a number, got {_preview(value)}")
+    if not _in_range(number, MAX_FILE_SIZE):
+        raise WireError(f"'file_size' is out of range, got {_preview(value)}")
+    return float(number) + 0.0  # -0.0 reads as 0.0
 
 
 def _timestamp(value: Any) -> Timestamp:
-    if isinstance(value, bool) or value is None:
+    """``file_timestamp``: an int, a finite float or a short string, in 0..MAX_TIMESTAMP."""
+    if value is None:
         raise WireError("'file_timestamp' is missing")
+    if isinstance(value, bool):
+        raise WireError("'file_timestamp' must be a number or a short string, got a bool")
     if isinstance(value, int):
-        return value
+        if 0 <= value <= MAX_TIMESTAMP:
+            return int(value)
+        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise WireError("'file_timestamp' is not finite")
-        return value
-    if isinstance(value, str) and 0 < len(value) <= 64:
-        return value
-    raise WireError(f"'file_timestamp' must be a number or a short string, got {value!r:.80}")
+        if _in_range(value, MAX_TIMESTAMP):
+            return float(value) + 0.0
+        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TIMESTAMP_TEXT:
+        raise WireError(
+            f"'file_timestamp' must be a number or a short string, got {_preview(value)}"
+        )
+    if not showable(value):
+        raise WireError("'file_timestamp' holds a control character or a lone surrogate")
+    try:
+        number = float(value)
+    except ValueError:
+        return str(value)  # a date as text: kept as written (it is hashed as written)
+    if not _in_range(number, MAX_TIMESTAMP):
+        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
+    return str(value)
 
 
 def _extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in known and k != "type"}
 
 
+def _json_size_over(obj: Any, limit: int) -> bool:
+    """True if ``obj`` encoded as compact JSON surely takes more than ``limit`` bytes.
+
+    Iterative and stops as soon as the lower bound passes ``limit``, so its cost is bounded by the
+    limit, not by the object. Raises WireError for a value that JSON cannot carry.
+    """
+    total = 0
+    stack: list[Any] = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if len(item) + 2 > limit - total:
+                return True
+            text = json.dumps(item, ensure_ascii=False)
+            total += len(text.encode("utf-8", "surrogatepass"))
+        elif item is None or isinstance(item, bool):
+            total += 5 if item is False else 4
+        elif isinstance(item, int):
+            if item.bit_length() > 3 * _MAX_JSON_INT_DIGITS:
+                raise WireError("a number with too many digits to forward")
+            total += len(str(item))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise WireError("a number that JSON cannot carry")
+            total += len(repr(item))
+        elif isinstance(item, Mapping):
+            total += 1 + max(1, len(item))  # braces and commas, colons counted below
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise WireError("an object key that is not a string")
+                total += 1
+                stack.append(key)
+                stack.append(value)
+        elif isinstance(item, list | tuple):
+            total += 1 + max(1, len(item))
+            stack.extend(item)
+        else:
+            raise WireError(f"a value that JSON cannot carry ({type(item).__name__})")
+        if total > limit:
+            return True
+    return False
+
+
+def _check_gossip_size(obj: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    if len(extra) > MAX_GOSSIP_EXTRA_KEYS:
+        raise WireError(
+            f"GOSSIP has {len(extra)} unknown keys (at most {MAX_GOSSIP_EXTRA_KEYS}): not forwarded"
+        )
+    if _json_size_over(obj, MAX_GOSSIP_BYTES):
+        raise WireError(f"GOSSIP is larger than {MAX_GOSSIP_BYTES} bytes: not forwarded")
+    try:
+        size = len(codec.encode_message(obj))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise WireError(f"GOSSIP cannot be forwarded: {exc}") from None
+    if size > MAX_GOSSIP_BYTES:
+        raise WireError(f"GOSSIP is larger than {MAX_GOSSIP_BYTES} bytes: not forwarded")
+
+
 def file_meta(obj: Any) -> FileMeta:
+    """One file record (PROTOCOL.md 1.2). Raises WireError if it is not usable."""
     if not isinstance(obj, Mapping):
         raise WireError("a file record must be an object")
-    name = obj.get("file_name")
-    if not isinstance(name, str):
-        raise WireError("'file_name' must be a string")
     return FileMeta(
         file_id=_file_id(obj),
-        file_name=name[:MAX_TEXT],
+        file_name=_file_name(obj.get("file_name")),
         file_size=_size(obj.get("file_size")),
-        file_owner=_text(obj, "file_owner", numbers=True),
+        file_owner=_ident(obj, "file_owner", MAX_PEER_ID, numbers=True),
         file_timestamp=_timestamp(obj.get("file_timestamp")),
     )
 
 
 def decode(obj: Mapping[str, Any]) -> Message:
     """A wire object as a core message. Raises WireError saying what is wrong."""
+    if not isinstance(obj, Mapping):
+        raise WireError("a message must be an object")
     kind = obj.get("type")
     if kind == "GOSSIP":
         keys = ("host", "port", "id", "peerId")
-        return Gossip(
-            host=_text(obj, "host"),
+        gossip = Gossip(
+            host=_host(obj),
             port=_port(obj),
-            id=_text(obj, "id", numbers=True),
-            peer_id=_text(obj, "peerId", numbers=True),
+            id=_ident(obj, "id", MAX_GOSSIP_ID, numbers=True),
+            peer_id=_ident(obj, "peerId", MAX_PEER_ID, numbers=True),
             extra=_extra(obj, keys),
             original=dict(obj),
         )
+        _check_gossip_size(obj, gossip.extra)
+        return gossip
     if kind == "GOSSIP_REPLY":
+        host, port = _host(obj), _port(obj)
+        peer_id = _ident(obj, "peerId", MAX_PEER_ID, numbers=True)
         raw_files = obj.get("files", [])
         if raw_files is None:
             raw_files = []
         if not isinstance(raw_files, list):
-            raise WireError("'files' must be a list")
-        files, skipped = [], 0
-        for item in raw_files:
+            raise WireError(f"'files' must be a list, got {_preview(raw_files)}")
+        files: list[FileMeta] = []
+        skipped = max(0, len(raw_files) - MAX_RECORDS)
+        for item in raw_files[:MAX_RECORDS]:
             try:
                 files.append(file_meta(item))
             except WireError:
                 skipped += 1
         return GossipReply(
-            host=_text(obj, "host"),
-            port=_port(obj),
-            peer_id=_text(obj, "peerId", numbers=True),
+            host=host,
+            port=port,
+            peer_id=peer_id,
             files=tuple(files),
             extra=_extra(obj, ("host", "port", "peerId", "files")),
             skipped=skipped,
@@ -143,25 +382,24 @@ def decode(obj: Mapping[str, Any]) -> Message:
         return GetFile(file_id=_file_id(obj), extra=_extra(obj, ("file_id",)))
     if kind == "FILE_DATA":
         extra = _extra(obj, (*RECORD_KEYS, "data"))
-        ext = extra.get("treedrive")
-        raw = isinstance(ext, Mapping) and ext.get("raw") is True  # bytes follow the object
+        raw = _raw_ext(extra) is not None  # bytes follow the object
         if obj.get("file_id") is None or not (obj.get("data") or raw):
             return FileData(meta=None, extra=extra)
         return FileData(meta=file_meta(obj), extra=extra)
     if kind == "ANNOUNCE":
         return Announce(
-            from_peer=_text(obj, "from", numbers=True),
+            from_peer=_ident(obj, "from", MAX_PEER_ID, numbers=True),
             meta=file_meta(obj),
             extra=_extra(obj, (*RECORD_KEYS, "from")),
         )
     if kind == "DELETE":
         return Delete(
-            from_peer=_text(obj, "from", numbers=True),
+            from_peer=_ident(obj, "from", MAX_PEER_ID, numbers=True),
             file_id=_file_id(obj),
             extra=_extra(obj, ("from", "file_id")),
         )
     if isinstance(kind, str):
-        raise WireError(f"unknown message type {kind[:40]!r}")
+        raise WireError(f"unknown message type {_preview(kind)}")
     raise WireError("the message has no 'type'")
 
 
@@ -199,3 +437,72 @@ def encode(message: Message) -> dict[str, Any]:
     for key, value in message.extra.items():
         out.setdefault(key, value)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The TreeDrive extension's raw ranged transfer (PROTOCOL.md 2.2)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """What a ranged GET_FILE asks for: ``length`` None means to the end of the file."""
+
+    offset: int
+    length: int | None
+    asker: str | None
+    """The asker's peer id, as it claims it (a label for progress, not a fact)."""
+    download: str | None
+    """The asker's name for its download run (its ranges count as one upload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeHeader:
+    """The raw header of a FILE_DATA answer: ``length`` raw bytes at ``offset`` of ``size``."""
+
+    offset: int
+    length: int
+    size: int
+
+
+def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The extension's ``treedrive`` object when it asks for (or announces) raw bytes."""
+    ext = extra.get("treedrive")
+    return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
+
+
+def _byte_count(ext: Mapping[str, Any], key: str) -> int:
+    value = ext.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
+        raise WireError(f"'treedrive.{key}' must be an int in 0..2**50, got {_preview(value)}")
+    return int(value)
+
+
+def range_request(extra: Mapping[str, Any]) -> RangeRequest | None:
+    """The range a GET_FILE's extension asks for; None if it does not ask for raw bytes.
+
+    Raises WireError if it asks with bad values. A missing ``offset`` is 0; a missing or null
+    ``length`` is "to the end"; ``from`` and ``download`` are optional.
+    """
+    ext = _raw_ext(extra)
+    if ext is None:
+        return None
+    offset = _byte_count(ext, "offset") if "offset" in ext else 0
+    length = None if ext.get("length") is None else _byte_count(ext, "length")
+    asker = None if ext.get("from") is None else _ident(ext, "from", MAX_PEER_ID, numbers=True)
+    download = None if ext.get("download") is None else _ident(ext, "download", MAX_DOWNLOAD_ID)
+    return RangeRequest(offset=offset, length=length, asker=asker, download=download)
+
+
+def range_header(extra: Mapping[str, Any]) -> RangeHeader | None:
+    """The raw header of a FILE_DATA's extension; None if the answer is not raw.
+
+    Raises WireError unless ``offset``, ``length`` and ``size`` are ints in 0..MAX_FILE_BYTES with
+    ``offset + length <= size``.
+    """
+    ext = _raw_ext(extra)
+    if ext is None:
+        return None
+    offset, length, size = (_byte_count(ext, k) for k in ("offset", "length", "size"))
+    if offset + length > size:
+        raise WireError(f"raw header: offset {offset} + length {length} > size {size}")
+    return RangeHeader(offset=offset, length=length, size=size)
