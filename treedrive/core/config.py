@@ -56,6 +56,8 @@ class NodeConfig:
     reply_timeout: float = 30.0
     """How long to wait for a FILE_DATA answer (and between reads of a long one)."""
     max_connections: int = 256
+    max_peers: int = 1000
+    """Peers tracked at most; a new one beyond that evicts the longest silent."""
     chunk_size: int | None = None
     """Bytes per ranged request between TreeDrive nodes; None: by the file's size (4-32 MiB)."""
     max_inflight: int = 4
