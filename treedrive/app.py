@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import logging
 import os
+import resource
 import signal
-from collections.abc import AsyncIterator
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from treedrive.core.config import NodeConfig
 from treedrive.core.node import Node
@@ -23,6 +28,9 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "node.json"
 LOCK_FILE = "lock"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class AlreadyRunning(RuntimeError):
@@ -40,6 +48,107 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
     libc.mallopt(m_trim_threshold, 16 * 1024 * 1024)
+
+
+def _tree(root: Path) -> Iterator[tuple[Path, bool]]:
+    """Every dir and regular file under ``root`` (symlinks are neither followed nor changed)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in dirnames:
+            if not (here / name).is_symlink():
+                yield here / name, True
+        for name in filenames:
+            path = here / name
+            if not path.is_symlink():
+                yield path, False
+
+
+def make_private(data_dir: Path) -> list[Path]:
+    """Keep the data dir to its owner (THREATS.md: private stays private): files this process
+    creates from now on are owner-only (umask 077), the dir is made 0700 if missing, and an
+    existing dir, its sub-dirs (0700) and its files (0600) are tightened if they are not so
+    already. Logs once if it had to tighten anything; returns what it changed."""
+    os.umask(0o077)
+    data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    changed: list[Path] = []
+    for path, is_dir in [(data_dir, True), *_tree(data_dir)]:
+        want = PRIVATE_DIR if is_dir else PRIVATE_FILE
+        try:
+            if stat.S_IMODE(path.stat().st_mode) != want:
+                path.chmod(want)
+                changed.append(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (a temp file)
+    if changed:
+        shown = ", ".join(str(p.relative_to(data_dir)) for p in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        log.warning(
+            "the data dir %s was readable by others: made %d paths private to the owner (%s%s)",
+            data_dir,
+            len(changed),
+            shown,
+            more,
+        )
+    return changed
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard limit (many connections, one process);
+    returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return soft
+    # An unlimited hard limit is still capped by the kernel (fs.nr_open): try a large number.
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.info("the open files limit stays at %d: %s", soft, exc)
+        return soft
+    log.debug("open files limit raised from %d to %d", soft, target)
+    return target
+
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+class AcceptErrorFilter:
+    """An event-loop exception handler: an ``accept()`` that fails for want of file descriptors
+    (EMFILE, ENFILE, ...) is logged as one line, at most once per ``every`` seconds, with how
+    many were seen; asyncio itself retries the accept a second later. Everything else goes to
+    the handler that was there before (or asyncio's default)."""
+
+    def __init__(self, previous: ExceptionHandler | None, every: float = 1.0) -> None:
+        self.previous = previous
+        self.every = every
+        self.seen = 0
+        self._unlogged = 0
+        self._logged_at = -float("inf")
+
+    @staticmethod
+    def is_out_of_fds(context: dict[str, Any]) -> bool:
+        exc = context.get("exception")
+        return isinstance(exc, OSError) and exc.errno in OUT_OF_FDS
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if self.is_out_of_fds(context):
+            self.seen += 1
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._logged_at >= self.every:
+                exc = context["exception"]
+                log.warning(
+                    "out of file descriptors: %d connection(s) not accepted (%s); retrying",
+                    self._unlogged,
+                    exc.strerror or exc,
+                )
+                self._logged_at = now
+                self._unlogged = 0
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 def build_node(config: NodeConfig, plugins: Plugins | None = None) -> Node:
@@ -79,14 +188,37 @@ def write_run_file(node: Node) -> Path:
         "http": node.http_url,
     }
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
     tmp.replace(path)
     return path
 
 
 @contextlib.asynccontextmanager
 async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
-    """Start a node for the length of the block; stop it cleanly after."""
+    """Start a node for the length of the block; stop it cleanly after.
+
+    Before anything listens: the data dir is made private to its owner, the open files soft
+    limit is raised to the hard limit, and accept errors for want of file descriptors are
+    logged at most once a second instead of a traceback each."""
+    make_private(config.data_dir)
+    raise_open_files_limit()
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    installed = not isinstance(previous, AcceptErrorFilter)  # one per loop (nodes in tests)
+    if installed:
+        loop.set_exception_handler(AcceptErrorFilter(previous))
+    try:
+        async with _locked_node(config) as node:
+            yield node
+    finally:
+        if installed:
+            loop.set_exception_handler(previous)
+
+
+@contextlib.asynccontextmanager
+async def _locked_node(config: NodeConfig) -> AsyncIterator[Node]:
     fd = lock_data_dir(config.data_dir)
     try:
         node = build_node(config)

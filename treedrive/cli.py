@@ -22,6 +22,7 @@ from treedrive.core.config import (
     default_data_root,
 )
 from treedrive.core.plugins import Plugins, make_plugin_manager
+from treedrive.core.text import printable, printable_lines
 from treedrive.shell import ExitShell, Shell
 
 if TYPE_CHECKING:
@@ -41,17 +42,28 @@ def resolve_data_dir(data_dir: Path | None, peer_id: str | None) -> Path:
     return default_data_root() / (peer_id or "default")
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log lines quote what peers said (ids, hosts, names): control characters in them are
+    escaped, so that a log read in a terminal (stderr, ``tail node.log``) shows them and never
+    runs them. Line breaks of tracebacks are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_lines(super().format(record))
+
+
 def setup_logging(level: str, data_dir: Path | None = None) -> None:
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()
     root.setLevel(level)
     stderr = logging.StreamHandler()
-    stderr.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    stderr.setFormatter(PrintableFormatter(fmt, "%H:%M:%S"))
     root.addHandler(stderr)
     if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(data_dir / "node.log")
-        to_file.setFormatter(logging.Formatter(fmt))
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_file = data_dir / "node.log"
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner only
+        to_file = logging.FileHandler(log_file)
+        to_file.setFormatter(PrintableFormatter(fmt))
         root.addHandler(to_file)
 
 
@@ -350,7 +362,8 @@ async def _run(config: NodeConfig, with_shell: bool) -> None:
     stop = asyncio.Event()
     async with running_node(config) as node:
         click.echo(
-            f"TreeDrive node {node.peer_id} on {node.host}:{node.port} (data: {config.data_dir})",
+            printable(f"TreeDrive node {node.peer_id} on {node.host}:{node.port}")
+            + f" (data: {config.data_dir})",
             err=True,
         )
         if node.http_url:
@@ -379,7 +392,7 @@ def _start_shell(node: Node, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     sh = Shell(node)
     interactive = sys.stdin.isatty()
-    prompt = f"{node.peer_id}> " if interactive else ""
+    prompt = f"{printable(node.peer_id)}> " if interactive else ""
 
     def say(text: str) -> None:
         sys.stdout.write(text)
@@ -397,7 +410,7 @@ def _start_shell(node: Node, stop: asyncio.Event) -> None:
                 except ExitShell:
                     break
                 except Exception as exc:  # the shell never dies of one command
-                    out = f"error: {exc}"
+                    out = printable_lines(f"error: {exc}")
                 say(f"{out}\n{prompt}" if out else prompt)
         except (OSError, RuntimeError):
             pass  # stdin closed, or the loop is gone: the node is stopping anyway

@@ -1,6 +1,7 @@
 """The seed's interactive shell: ``list``, ``peers``, ``get``, ``push``, ``delete``, ``ls``,
 ``help``, ``exit`` (case-sensitive). :meth:`Shell.execute` runs one line and returns its output,
-so it is tested without a terminal."""
+so it is tested without a terminal. Peer ids, hosts, names and owners come from strangers: every
+table cell, and every line the shell prints, has its control characters escaped."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from treedrive.core.errors import NodeError
 from treedrive.core.model import CatalogEntry
 from treedrive.core.names import safe_name
+from treedrive.core.text import printable, printable_lines
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node
@@ -50,6 +52,10 @@ def entry_size(entry: CatalogEntry) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; every cell shown with its control characters
+    escaped (a peer id with an ESC in it is printed as ``\\x1b``, never sent raw)."""
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
@@ -63,6 +69,10 @@ class Shell:
         self.node = node
 
     async def execute(self, line: str) -> str:
+        """Run one line; its output, safe to print to a terminal."""
+        return printable_lines(await self._execute(line))
+
+    async def _execute(self, line: str) -> str:
         parts = line.split(maxsplit=1)
         if not parts:
             return ""

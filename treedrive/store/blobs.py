@@ -95,8 +95,9 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.blob_dir = root / "blobs"
         self.partial_dir = root / "partial"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only, like every file in them (mkstemp makes 0600 files; renames keep it).
+        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.partial_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, file_id: str) -> Path:
         if not fileid.is_file_id(file_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,14 @@ from treedrive.store.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 DB_NAME = "treedrive.db"
+
+
+def create_private(path: Path) -> None:
+    """Make ``path`` an empty owner-only (0600) file if it does not exist. SQLite takes an empty
+    file as an empty database, and creates its ``-wal`` and ``-shm`` files with the database
+    file's mode: created this way, none of them is ever readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
 
 
 def migrations_dir() -> Path:
@@ -77,8 +86,9 @@ class Store:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db_path = data_dir / DB_NAME
+        create_private(self.db_path)
         self.engine = make_engine(self.db_path)
         self.blobs = BlobStore(data_dir)
 
@@ -98,6 +108,7 @@ class Store:
             return
         if current is not None and self.db_path.exists():
             backup = self.db_path.with_name(f"{DB_NAME}.{current}.bak")
+            create_private(backup)
             with sqlite3.connect(self.db_path) as src, sqlite3.connect(backup) as dst:
                 src.backup(dst)
             log.info("database backed up to %s before upgrading from %s", backup, current)

@@ -3,6 +3,8 @@
 ``treedrive push FILE``, ``get FILE_ID [-o PATH]``, ``delete FILE_ID``, ``list [SCOPE]``,
 ``peers``, ``status``. The node is found from its data dir (``node.json`` and ``api-token``) or
 given with ``--node URL`` (and ``--token``). Human tables by default, ``--json`` for scripts.
+Peer ids, hosts, names and owners come from strangers: what is printed for humans has its control
+characters escaped (``--json`` escapes them anyway).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import quote, urlencode
 import click
 
 from treedrive.core.config import default_data_root
+from treedrive.core.text import printable
 from treedrive.shell import human_size, table
 
 CHUNK = 1 << 20
@@ -52,7 +55,7 @@ class Client:
                 message = json.loads(exc.read())["error"]
             except (ValueError, KeyError, TypeError):
                 message = f"{exc.code} {exc.reason}"
-            raise click.ClickException(message) from None
+            raise click.ClickException(printable(message)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise click.ClickException(
@@ -163,9 +166,15 @@ def status(
     data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/status")
     if as_json:
         return _emit(data)
+    click.echo(status_lines(data))
+
+
+def status_lines(data: dict[str, Any]) -> str:
+    """The human form of ``/api/status`` (escaped: the peer id and host may be anyone's)."""
     c = data["counts"]
-    click.echo(f"peer {data['peer_id']}  p2p {data['host']}:{data['port']}  http {data['http']}")
-    click.echo(
+    peer, host, http = (printable(data[k]) for k in ("peer_id", "host", "http"))
+    return (
+        f"peer {peer}  p2p {host}:{data['port']}  http {http}\n"
         f"up {data['uptime']:.0f} s  peers {c['peers']}  files {c['files']} "
         f"({c['local']} local, {c['remote']} remote)  transfers {data['transfers']}"
     )
@@ -184,7 +193,10 @@ def peers(
     data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/peers")
     if as_json:
         return _emit(data)
-    now = time.time()
+    click.echo(_peers_table(data["peers"], time.time()) if data["peers"] else "no peers")
+
+
+def _peers_table(peers: list[dict[str, Any]], now: float) -> str:
     rows = [
         [
             p["peer_id"],
@@ -192,9 +204,9 @@ def peers(
             f"{max(0, now - p['last_seen']):.0f} s ago",
             "treedrive" if p["treedrive"] else "classic",
         ]
-        for p in data["peers"]
+        for p in peers
     ]
-    click.echo(table(["peer", "address", "last seen", "kind"], rows) if rows else "no peers")
+    return table(["peer", "address", "last seen", "kind"], rows)
 
 
 @click.command("list")
@@ -232,7 +244,7 @@ def _chunks(path: Path, bar: Any) -> Iterator[bytes]:
 def _bar(total: int | None, label: str, hidden: bool) -> Any:
     return click.progressbar(
         length=total or 0,
-        label=label,
+        label=printable(label),
         file=sys.stderr,
         show_eta=True,
         show_percent=True,
@@ -267,7 +279,7 @@ def push(
         )
     if as_json:
         return _emit(data)
-    click.echo(f"pushed {data['display_name']} as {data['file_id']}")
+    click.echo(printable(f"pushed {data['display_name']} as {data['file_id']}"))
 
 
 @click.command()
@@ -318,8 +330,10 @@ def get(
     if as_json:
         return _emit(result)
     click.echo(
-        f"got {result['display_name']} ({human_size(result['size_bytes'])})"
-        + (f", saved to {result['saved_to']}" if "saved_to" in result else "")
+        printable(
+            f"got {result['display_name']} ({human_size(result['size_bytes'])})"
+            + (f", saved to {result['saved_to']}" if "saved_to" in result else "")
+        )
     )
 
 
@@ -355,7 +369,7 @@ def delete(
     )
     if as_json:
         return _emit(data)
-    click.echo(f"deleted {file_id}")
+    click.echo(printable(f"deleted {file_id}"))
 
 
 COMMANDS: list[click.Command] = [status, peers, list_files, push, get, delete]

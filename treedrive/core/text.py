@@ -1,0 +1,33 @@
+"""Strings from strangers, made safe to print to a terminal.
+
+A peer chooses its ``peerId``, ``host``, file names and owners. Printed raw, an ESC starts a
+terminal control sequence (retitle the window, move the cursor, hide or rewrite lines), a BEL
+rings, a carriage return overwrites what is on the line. :func:`printable` shows every such
+character as a visible escape instead (``\\x1b``, ``\\x07``, ``\\u202e``), so what is printed is
+exactly what was said and nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls, DEL and C1 controls; lone surrogates (a str from JSON or surrogateescape can hold
+# them, and encoding one for the terminal fails); the line and paragraph separators; the bidi
+# embeddings, overrides and isolates that make text display in another order than it is.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object) -> str:
+    """``str(value)`` with control characters, lone surrogates and bidi controls escaped."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_escape, text)
+
+
+def printable_lines(text: str) -> str:
+    """Like :func:`printable`, but keeps the line breaks (``\\n``) of a multi-line text."""
+    return "\n".join(printable(line) for line in text.split("\n"))
