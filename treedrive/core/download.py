@@ -24,14 +24,17 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import OperationalError
 
 from treedrive.core import fileid
 from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
-from treedrive.core.model import MEGABYTE, CatalogEntry, PeerInfo
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
 from treedrive.core.ports import RangeAnswer
-from treedrive.store.uow import DownloadState
+from treedrive.store.uow import MAX_CLAIMED_SIZE, DownloadState, claimed_size, size_agrees
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node, TransferHandle
@@ -64,6 +67,22 @@ one range at a time 0.94-1.03 GB/s with 10-50 ms of hashing left at the end, two
 with 0.1-0.3 s left, four 0.82-0.93 GB/s."""
 
 
+MAX_TIMESTAMPS = 8
+"""Timestamps a download tries its bytes under: the record's, then those its holders' answers
+carry (a first-seen record may be a forgery; the id commits to the true one)."""
+
+
+def size_hint(entry: CatalogEntry) -> int:
+    """The file's size in bytes as far as the catalogue says (0: it does not say). Total: a
+    record's ``file_size`` of ``1e308``, ``inf`` or NaN says nothing, it never raises."""
+    if entry.size_bytes:
+        return entry.size_bytes
+    claim = claimed_size(entry.meta.file_size)
+    if claim is None:
+        return 0
+    return int(min(claim * MEGABYTE, MAX_CLAIMED_SIZE))
+
+
 def chunk_size_for(size: int) -> int:
     """The chunk size for a file of ``size`` bytes: a whole number of MiB, 4 to 32 MiB."""
     chunk = size // CHUNKS_PER_FILE // MIB * MIB
@@ -72,6 +91,11 @@ def chunk_size_for(size: int) -> int:
 
 class HolderGone(Exception):
     """The holder answered that it does not have the file."""
+
+
+class LyingHolder(TransferError):
+    """The holder's answer contradicts what this node knows of the file (its size): it is not
+    used for this download, and distrusted for a while."""
 
 
 class _Stopped(Exception):
@@ -156,8 +180,7 @@ class RangedDownload:
         self.file_id = entry.meta.file_id
         self.holders = {p.peer_id: p for p in holders}
         cfg = node.config
-        hint = entry.size_bytes or round(entry.meta.file_size * MEGABYTE)
-        self.chunk_size = cfg.chunk_size or chunk_size_for(max(0, hint))
+        self.chunk_size = cfg.chunk_size or chunk_size_for(size_hint(entry))
         self.max_inflight = cfg.max_inflight
         self.path = node.store.blobs.range_path(self.file_id)
         self.run_id = secrets.token_hex(8)
@@ -178,6 +201,19 @@ class RangedDownload:
         self._running: dict[int, tuple[float, int]] = {}  # chunk -> (started, bytes so far)
         self._speed: dict[str, float] = {}  # holder -> bytes/s of its last whole range
         self._not_from: dict[int, str] = {}  # chunk -> the slow holder it was taken from
+        self.timestamps: list[Timestamp] = [entry.meta.file_timestamp]
+        """What the bytes are verified under (see ``MAX_TIMESTAMPS``)."""
+        self.verified: Timestamp | None = None
+        """The timestamp the bytes verified under, once they did."""
+        self._first_bytes = 0  # bytes of chunk 0 on disk while the size is not known yet
+        self._lied = False  # a holder's answer was refused as a lie in this run
+
+    @property
+    def verified_meta(self) -> FileMeta:
+        """The record as this node now knows it: with the timestamp the bytes verified under."""
+        if self.verified is None:
+            return self.entry.meta
+        return replace(self.entry.meta, file_timestamp=self.verified)
 
     @property
     def fetched_bytes(self) -> int:
@@ -190,36 +226,53 @@ class RangedDownload:
 
     # -- running ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Fetch, verify and store the file, or raise FetchFailed (keeping what can resume)."""
+        """Fetch, verify and store the file, or raise FetchFailed (keeping what can resume).
+
+        A fresh download is recorded before its first byte (size not known yet: 0), so that a
+        disk that fills during the first chunk leaves a download that resumes like any other.
+        The first answer's size is checked against the catalogue before anything is allocated
+        for it; the partial file is sized in a thread."""
         with self.node.store.unit_of_work() as uow:
             saved = uow.downloads.get(self.file_id)
         fresh = saved is None or not self.path.exists()
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if fresh:
-                await self._first_chunk()
-                try:
-                    os.ftruncate(self.fd, self._frontier().size)
-                except OSError as exc:
-                    raise StorageError(f"cannot size the partial file: {exc.strerror}") from exc
+            if fresh or (saved is not None and saved.size == 0):
+                start = 0
+                if fresh:
+                    self._record(DownloadState(self.file_id, 0, self.chunk_size, frozenset()))
+                else:
+                    assert saved is not None
+                    self.chunk_size = saved.chunk_size
+                    start = saved.partial.get(0, 0)
+                    start = start if 0 < start < self.chunk_size else 0
+                await self._first_chunk(start)
+                self._check_room()
+                await self._size_partial()
                 self._save()
             else:
                 assert saved is not None
                 self._resume(saved)
+                self._check_room()
+                await self._size_partial()
             frontier = self._frontier()
-            self._check_room()
             self.handle = self.node.begin_transfer(self.entry.meta, "in", None, frontier.size)
             self._report()
             await self._fetch_and_verify()
         except StorageError as exc:
             log.error("download of %s stopped: %s", self.file_id[:12], exc)
             self._finish_failed(exc)
+            await self._keep_resumable()
             raise StorageError(
                 f"{exc}; the download of {self.entry.meta.file_name!r} stopped, keeping what "
                 "arrived (it goes on by itself once the disk takes it)"
             ) from exc
         except BaseException as exc:
             self._finish_failed(exc)
+            if self.frontier is None and (fresh or self._lied):
+                # It never started: nothing to resume (and a liar's bytes are not kept).
+                with contextlib.suppress(Exception):
+                    self._forget_download()
             raise
         finally:
             if self.frontier is not None:
@@ -230,6 +283,36 @@ class RangedDownload:
                         await running
             os.close(self.fd)
 
+    async def _size_partial(self) -> None:
+        """Give the partial file the file's size (sparse), in a thread: never on the loop."""
+        size = self._frontier().size
+
+        def size_it() -> None:
+            if os.fstat(self.fd).st_size != size:
+                os.ftruncate(self.fd, size)
+
+        try:
+            await asyncio.to_thread(size_it)
+        except OSError as exc:
+            raise StorageError(f"cannot size the partial file: {exc.strerror}") from exc
+
+    async def _keep_resumable(self) -> None:
+        """After a StorageError: record what is on disk for good, so that the download goes on
+        once there is room. Best effort (the full disk may refuse this record too)."""
+        try:
+            if self.frontier is not None:
+                self._save()
+                return
+            kept = 0
+            if self._first_bytes > 0:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.fdatasync, self.fd)
+                    kept = self._first_bytes
+            partial = {0: kept} if kept else {}
+            self._record(DownloadState(self.file_id, 0, self.chunk_size, frozenset(), partial))
+        except Exception as exc:
+            log.warning("could not record the download of %s: %s", self.file_id[:12], exc)
+
     def _finish_failed(self, exc: BaseException) -> None:
         if self.handle is not None:
             try:
@@ -237,11 +320,14 @@ class RangedDownload:
             except Exception:  # a full disk may refuse this record too: keep the first error
                 log.exception("recording the failed download of %s failed", self.file_id[:12])
 
+    def _free(self) -> int:
+        return shutil.disk_usage(self.path.parent).free
+
     def _check_room(self) -> None:
         """Refuse to start when the disk cannot take the rest of the file."""
         frontier = self._frontier()
         need = frontier.size - frontier.on_disk()
-        free = shutil.disk_usage(self.path.parent).free
+        free = self._free()
         if need > free:
             raise StorageError(
                 f"not enough disk space: {need} more bytes needed, {free} free in "
@@ -263,19 +349,23 @@ class RangedDownload:
                 self.size,
             )
 
-    async def _first_chunk(self) -> None:
-        """Ask holders for chunk 0 until one answers: that answer says the file's size."""
+    async def _first_chunk(self, start: int = 0) -> None:
+        """Ask holders for chunk 0 (from ``start``, what is already on disk of it) until one
+        answers with a size this node can believe: that answer says the file's size."""
         last = "no holder speaks the extension"
+        self._first_bytes = start
         for peer in self._usable():
             got = 0
 
             def written(n: int) -> None:
                 nonlocal got
                 got = n
+                self._first_bytes = max(self._first_bytes, start + n)
 
             asked = time.monotonic()
             try:
-                answer = await self._request(peer, 0, self.chunk_size, None, written)
+                answer = await self._request(peer, start, self.chunk_size - start, None, written)
+                self._believe(answer.size)
             except (TransferError, HolderGone) as exc:
                 last = f"{peer.peer_id}: {exc}"
                 self._failed(peer.peer_id, exc)
@@ -283,12 +373,37 @@ class RangedDownload:
             self.size = answer.size
             if (elapsed := time.monotonic() - asked) > 0:
                 self._speed[peer.peer_id] = answer.length / elapsed
-            self.frontier = Frontier(answer.size, self.chunk_size, {0: answer.length})
+            # Sized by a believed size, and built off the loop all the same.
+            self.frontier = await asyncio.to_thread(
+                Frontier, answer.size, self.chunk_size, {0: start + answer.length}
+            )
             self.frontier.received = got
             self.synced = [0] * self.frontier.count
             self.sources[0] = {peer.peer_id}
             return
         raise FetchFailed(f"could not start {self.file_id[:12]}… ({last})")
+
+    def _believe(self, size: int) -> None:
+        """Raise LyingHolder unless ``size`` (a holder's word for the file's size) agrees with
+        the catalogue: the exact size when this node knows it, else the record's ``file_size``
+        (MB or bytes, see :func:`treedrive.store.uow.size_agrees`). When the record does not
+        say, a size larger than this disk's free space is not believed either: such a holder is
+        not usable (a file the record says is too large is a StorageError, from _check_room)."""
+        known = self.entry.size_bytes
+        claim = self.entry.meta.file_size
+        if known:
+            if size != known:
+                raise LyingHolder(f"says the file has {size} bytes; it has {known}")
+        elif claimed_size(claim) is not None:
+            if not size_agrees(claim, size):
+                raise LyingHolder(
+                    f"says the file has {size} bytes; its record says {claim!r} (MB or bytes)"
+                )
+        elif size > (free := self._free()):
+            raise LyingHolder(
+                f"says the file has {size} bytes, more than this disk's {free} free, and its "
+                "record does not say its size: not usable"
+            )
 
     async def _request(
         self,
@@ -313,6 +428,9 @@ class RangedDownload:
             raise HolderGone("does not have it")
         if answer.meta.file_id != self.file_id:
             raise TransferError("sent another file")
+        ts = answer.meta.file_timestamp
+        if ts not in self.timestamps and len(self.timestamps) < MAX_TIMESTAMPS:
+            self.timestamps.append(ts)
         if self.size is not None and answer.size != self.size:
             raise TransferError(f"says the file has {answer.size} bytes, not {self.size}")
         return answer
@@ -370,6 +488,14 @@ class RangedDownload:
         ]
 
     def _failed(self, peer_id: str, exc: BaseException) -> None:
+        if isinstance(exc, LyingHolder):
+            # Not this node's disk, not a passing failure: the holder is not used again here.
+            self._lied = True
+            self.excluded.add(peer_id)
+            log.warning("holder %s of %s %s; avoiding it", peer_id, self.file_id[:12], exc)
+            self.node.distrust(peer_id)
+            self.node.publish([FileRefused(self.file_id, peer_id, str(exc))])
+            return
         if isinstance(exc, HolderGone | ClassicAnswer):
             # It does not have the file, or speaks only hex: not a holder for this download
             # (the node falls back to the classic GET_FILE for such holders).
@@ -546,9 +672,21 @@ class RangedDownload:
         synced = self.synced or [0] * frontier.count
         done = frozenset(c for c, n in enumerate(synced) if n >= frontier.span(c)[1])
         partial = {c: n for c, n in enumerate(synced) if n > 0 and c not in done}
-        state = DownloadState(self.file_id, frontier.size, self.chunk_size, done, partial)
+        self._record(DownloadState(self.file_id, frontier.size, self.chunk_size, done, partial))
+
+    def _record(self, state: DownloadState) -> None:
+        """Save ``state`` (``size`` 0: the first chunk has not told the size yet)."""
+        try:
+            with self.node.store.unit_of_work() as uow:
+                uow.downloads.save(state, time.time())
+                uow.commit()
+        except OperationalError as exc:  # "database or disk is full"
+            raise StorageError(f"cannot record the download: {exc.orig}") from exc
+
+    def _forget_download(self) -> None:
+        self.path.unlink(missing_ok=True)
         with self.node.store.unit_of_work() as uow:
-            uow.downloads.save(state, time.time())
+            uow.downloads.remove(self.file_id)
             uow.commit()
 
     # -- verifying --------------------------------------------------------------------------
@@ -599,7 +737,12 @@ class RangedDownload:
             offset += len(block)
 
     def _matches(self, h: hashlib._Hash) -> bool:
-        return fileid.matches(h, self.entry.meta.file_timestamp, self.file_id)
+        """Whether the bytes verify under one of ``timestamps`` (remembered in ``verified``)."""
+        for ts in self.timestamps:
+            if fileid.matches(h, ts, self.file_id):
+                self.verified = ts
+                return True
+        return False
 
     async def _rehash(self) -> hashlib._Hash:
         h = hashlib.sha256()
@@ -639,10 +782,7 @@ class RangedDownload:
         self.node.publish([FileRefused(self.file_id, peer_id, reason)])
 
     async def _discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-        with self.node.store.unit_of_work() as uow:
-            uow.downloads.remove(self.file_id)
-            uow.commit()
+        self._forget_download()
 
     async def _commit(self) -> None:
         size = self._frontier().size
@@ -650,6 +790,8 @@ class RangedDownload:
         await asyncio.to_thread(self.node.store.blobs.adopt, self.path, self.file_id)
         with self.node.store.unit_of_work() as uow:
             uow.downloads.remove(self.file_id)
+            # A verified fact: the record takes the timestamp and size the bytes verified under.
+            uow.files.mark_local(self.verified_meta, size, time.time())
             uow.commit()
         self.handle.update(size)
         self.handle.finish(True)
