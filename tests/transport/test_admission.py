@@ -3,7 +3,16 @@ backoff, and the tally that keeps logs from flooding."""
 
 from __future__ import annotations
 
-from treedrive.transport.admission import ConnState, DialBackoff, Tally, choose_victim
+import pytest
+
+from treedrive.transport.admission import (
+    FREE,
+    PROBE,
+    ConnState,
+    DialBackoff,
+    Tally,
+    choose_victim,
+)
 
 GOOD = 64 * 1024
 
@@ -47,28 +56,48 @@ def test_backoff_allows_at_most_three_dials_a_minute_to_a_refusing_address() -> 
     dials: list[float] = []
     t = 0.0
     while t < 300:
-        if backoff.allowed(addr, t):
-            dials.append(t)
-            backoff.failed(addr, t)
+        for _ in range(5):  # many wish to dial at once: one probe goes
+            if backoff.take(addr, t) is not None:
+                dials.append(t)
+        if backoff.probing(addr):
+            backoff.failed(addr, t + 0.05)
         t += 0.1
     for start in dials:
         assert len([d for d in dials if start <= d < start + 60]) <= 3
-    assert len(dials) >= 5  # it keeps trying, once a minute in the end
+    assert dials[:3] == pytest.approx([0.0, 1.1, 6.2])  # quick retries: a peer restarting
+    assert len(dials) >= 6  # it keeps trying, once a minute in the end
     assert dials[-1] - dials[-2] <= 60.2
+
+
+def test_one_probe_at_a_time_until_an_address_answers() -> None:
+    backoff = DialBackoff()
+    addr = ("10.0.0.1", 8270)
+    assert backoff.take(addr, 0.0) == PROBE
+    assert backoff.take(addr, 0.0) is None  # the others wait for the probe's outcome
+    assert backoff.probing(addr)
+    backoff.succeeded(addr)
+    assert [backoff.take(addr, 0.0) for _ in range(3)] == [FREE] * 3
+    # Free dials that fail together count as one failure.
+    for _ in range(3):
+        backoff.failed(addr, 1.0)
+    assert not backoff.allowed(addr, 1.5)
+    assert backoff.take(addr, 2.0) == PROBE
 
 
 def test_backoff_success_forgets_and_entries_are_bounded() -> None:
     backoff = DialBackoff(max_entries=3)
+    backoff.take(("h", 1), 0.0)
     backoff.failed(("h", 1), 0.0)
-    assert not backoff.allowed(("h", 1), 1.0)
+    assert not backoff.allowed(("h", 1), 0.5)
     backoff.succeeded(("h", 1))
-    assert backoff.allowed(("h", 1), 1.0)
+    assert backoff.allowed(("h", 1), 0.5)
     for port in range(10):
+        backoff.take(("h", port), 0.0)
         backoff.failed(("h", port), 0.0)
     assert len(backoff) == 3
-    assert backoff.allowed(("h", 0), 1.0)  # forgotten: the oldest went first
-    assert not backoff.allowed(("h", 9), 1.0)
-    assert backoff.allowed(("other", 1), 1.0)
+    assert backoff.take(("h", 0), 0.5) == PROBE  # forgotten: the oldest went first
+    assert backoff.take(("h", 9), 0.5) is None
+    assert backoff.take(("other", 1), 0.5) == PROBE
 
 
 def test_tally_logs_a_few_details_then_one_summary_a_second() -> None:

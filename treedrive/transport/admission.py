@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -71,34 +71,81 @@ def choose_victim(
 class _Failures:
     count: int
     next_try: float
+    probing: bool = False
+
+
+PROBE = "probe"
+""":meth:`DialBackoff.take`: dial, and report the outcome; other dials to it wait for it."""
+FREE = "free"
+""":meth:`DialBackoff.take`: dial (the address answered lately)."""
 
 
 class DialBackoff:
-    """Per-address dial backoff. After ``n`` failed dials in a row, the next is allowed
-    ``base * 2**(n-1)`` seconds later (capped at ``cap``): with the defaults, at most 3 dials in
-    any minute to an address that keeps refusing, then one a minute. A success forgets the
-    address. At most ``max_entries`` addresses are remembered (the oldest failure forgotten)."""
+    """Per-address dial backoff.
 
-    def __init__(self, base: float = 10.0, cap: float = 60.0, max_entries: int = 4096) -> None:
-        self.base = base
-        self.cap = cap
+    An address that has not answered lately (new, or failing) is dialed by one *probe* at a
+    time; while the probe is out, other dials to it wait for its outcome or are dropped. After
+    ``n`` failed probes in a row, the next one is allowed ``delays[n-1]`` seconds later (the
+    last delay repeats): with the defaults, two quick retries (a peer that is restarting), then
+    at most 3 dials in any minute to an address that keeps refusing, and one a minute after
+    that. A success makes the address free (any number of dials at once) until it fails.
+    At most ``max_entries`` addresses of each kind are remembered (the oldest forgotten)."""
+
+    DELAYS = (1.0, 5.0, 54.0, 60.0)
+
+    def __init__(self, delays: tuple[float, ...] = DELAYS, max_entries: int = 4096) -> None:
+        if not delays:
+            raise ValueError("at least one delay")
+        self.delays = delays
         self.max_entries = max_entries
         self._failed: OrderedDict[tuple[str, int], _Failures] = OrderedDict()
+        self._reachable: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    def take(self, address: tuple[str, int], now: float) -> str | None:
+        """May we dial ``address`` now? :data:`FREE`, :data:`PROBE`, or None (not now)."""
+        entry = self._failed.get(address)
+        if entry is None:
+            if address in self._reachable:
+                return FREE
+            entry = self._failed[address] = _Failures(0, now)
+            self._trim(self._failed)
+        if entry.probing or now < entry.next_try:
+            return None
+        entry.probing = True
+        return PROBE
+
+    def probing(self, address: tuple[str, int]) -> bool:
+        entry = self._failed.get(address)
+        return entry is not None and entry.probing
 
     def allowed(self, address: tuple[str, int], now: float) -> bool:
+        """Would :meth:`take` allow a dial (without taking it)?"""
         entry = self._failed.get(address)
-        return entry is None or now >= entry.next_try
+        return entry is None or (not entry.probing and now >= entry.next_try)
 
     def failed(self, address: tuple[str, int], now: float) -> None:
-        entry = self._failed.pop(address, None)
+        """A dial failed. Failures of dials made while the address was free (several at once)
+        count as one."""
+        entry = self._failed.get(address)
+        self._reachable.pop(address, None)
+        if entry is not None and not entry.probing:
+            if entry.count > 0:
+                return  # already backing off: a dial made before the first failure
         count = 1 if entry is None else entry.count + 1
-        delay = min(self.cap, self.base * 2 ** min(count - 1, 30))
+        delay = self.delays[min(count, len(self.delays)) - 1]
+        self._failed.pop(address, None)
         self._failed[address] = _Failures(count, now + delay)
-        while len(self._failed) > self.max_entries:
-            self._failed.popitem(last=False)
+        self._trim(self._failed)
 
     def succeeded(self, address: tuple[str, int]) -> None:
         self._failed.pop(address, None)
+        self._reachable.pop(address, None)
+        self._reachable[address] = None
+        self._trim(self._reachable)
+
+    def _trim(self, table: OrderedDict[tuple[str, int], Any]) -> None:
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._failed)

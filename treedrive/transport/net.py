@@ -2,20 +2,30 @@
 
 One message per connection. Reads are bounded in size (the codec's limits) and in time (a whole
 control message must arrive within ``control_timeout``; a file's bytes must keep coming, at most
-``idle_timeout`` apart). File bytes go straight from the socket into the sink and from disk into
-the socket, hex-encoded in chunks: memory stays flat whatever the file size.
+``idle_timeout`` apart, and a file pushed to us unasked must also keep ``min_push_rate`` on
+average). File bytes go straight from the socket into the sink and from disk into the socket,
+hex-encoded in chunks: memory stays flat whatever the file size.
+
+Admission (see :mod:`treedrive.transport.admission`): at ``max_connections``, the open connection
+that has made the least progress gives way to a new one; uploads whose reader stalls for
+``upload_stall_timeout`` are closed, and hold no thread while they wait. Outbound messages go
+through a bounded outbox (:meth:`TcpNetwork.post`), and an address that refuses is dialed at most
+a few times a minute. Refusals, evictions, drops and failed connections are counted; the log gets
+a few detail lines and one summary line a second at most.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
-import select
+import resource
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +37,8 @@ from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
 from treedrive.transport import codec, wire
+from treedrive.transport.admission import PROBE, ConnState, DialBackoff, Tally, choose_victim
+from treedrive.transport.outbox import EncodeCache, Outbox
 from treedrive.transport.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -39,7 +51,10 @@ LIMITED_PIECE = 256 * 1024  # at most this when a rate limit is set
 MIN_PIECE = 16 * 1024
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
-SEND_WORKERS = 32  # raw uploads at once; more wait for a thread
+SEND_WORKERS = 32  # raw uploads moving bytes at once (a stalled one waits on the loop)
+MAX_WAITING = 4  # dials waiting for the outcome of a probe to their address; more are dropped
+OPEN_FILES_CAP = 1 << 20
+ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 PROGRESS_STEP = 2 * 1024 * 1024
 WAITALL = getattr(socket, "MSG_WAITALL", 0)
 WAITALL_RATE = 8 * RANGE_BUFFER  # bytes/s: a buffer in 1/8 s
@@ -58,40 +73,99 @@ class NetLimits:
     idle_timeout: float = 30.0
     """The bytes of a file must keep coming at most this far apart (and a FILE_DATA answer)."""
     max_connections: int = 256
-    """Inbound connections served at once; more are closed at once."""
+    """Inbound connections served at once; at the cap, the one with the least progress gives way
+    to a new one (or, if none may, the new one is closed)."""
+    admission_grace: float = 0.5
+    """A connection younger than this never gives way."""
+    min_push_rate: float = 64 * 1024
+    """Bytes/s on average that the body of a file pushed to us unasked must keep (and the rate
+    at which a body counts as a transfer that never gives way)."""
+    push_rate_grace: float = 5.0
+    """Seconds from the start of a pushed body before ``min_push_rate`` applies."""
+    upload_stall_timeout: float = 10.0
+    """An upload whose reader takes nothing for this long is closed."""
     max_dials: int = 64
-    """Outbound connections open at once; more wait."""
+    """Outbound connections open at once; more wait. Also the number of outbox senders."""
+    outbox_size: int = 1024
+    """Messages posted and not yet sent; when full, the oldest is dropped."""
     codec: codec.Limits = field(default_factory=codec.Limits)
 
 
-class _Reader:
-    """Feeds a socket into a parser under the time limits, yielding codec events."""
+def _rate_due(started: float, got: int, rate: float, grace: float) -> float:
+    """When a body that began at ``started`` and has ``got`` bytes falls under ``rate`` bytes/s
+    on average (not before ``grace`` seconds) if nothing more comes."""
+    return started + max(grace, got / rate)
 
-    def __init__(self, reader: asyncio.StreamReader, limits: NetLimits) -> None:
+
+class _Reader:
+    """Feeds a socket into a parser under the time limits, yielding codec events.
+
+    Until the file bytes of a FILE_DATA begin, the whole message must arrive by ``deadline``;
+    then each read must come within ``idle_timeout`` and, with ``min_rate``, the body must keep
+    that average rate (after ``grace``). ``state``, if given, is kept up to date for admission."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        limits: NetLimits,
+        state: ConnState | None = None,
+        min_rate: float | None = None,
+    ) -> None:
         self.reader = reader
         self.limits = limits
         self.parser = codec.MessageParser(limits.codec)
         self.deadline = time.monotonic() + limits.control_timeout
         self.streaming = False
+        self.state = state if state is not None else ConnState(time.monotonic())
+        self.min_rate = min_rate
 
     async def next(self) -> codec.DataChunk | codec.Message | codec.ProtocolError:
+        state = self.state
         while True:
             event = self.parser.next_event()
             if not isinstance(event, codec.NeedData):
-                if isinstance(event, codec.DataChunk):
+                if isinstance(event, codec.DataChunk) and not self.streaming:
                     self.streaming = True
+                    state.body_started, state.body_received = time.monotonic(), 0
                 return event
             timeout = self.limits.idle_timeout
+            now = time.monotonic()
             if not self.streaming:
-                timeout = min(timeout, self.deadline - time.monotonic())
+                timeout = min(timeout, self.deadline - now)
                 if timeout <= 0:
                     raise TimeoutError("the message did not arrive in time")
+            elif self.min_rate and state.body_started is not None:
+                due = _rate_due(
+                    state.body_started,
+                    state.body_received,
+                    self.min_rate,
+                    self.limits.push_rate_grace,
+                )
+                timeout = min(timeout, due - now)
+                if timeout <= 0:
+                    raise TimeoutError("the file's bytes came too slowly")
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            state.received += len(data)
+            if self.streaming:
+                state.body_received += len(data)
             self.parser.receive_data(data)
 
 
 async def _drain(writer: asyncio.StreamWriter, limits: NetLimits) -> None:
     await asyncio.wait_for(writer.drain(), limits.send_timeout)
+
+
+async def _drain_upload(writer: asyncio.StreamWriter, stall: float) -> None:
+    """Wait until the write buffer is low again; fail only if the reader takes nothing at all
+    for ``stall`` seconds (a slow reader is not a stalled one)."""
+    while True:
+        before = writer.transport.get_write_buffer_size()
+        try:
+            await asyncio.wait_for(writer.drain(), stall)
+            return
+        except TimeoutError:
+            if writer.transport.get_write_buffer_size() >= before:
+                raise TimeoutError("the peer stopped reading") from None
 
 
 def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -130,11 +204,11 @@ async def _write_file_data(
                 await limiter.acquire(len(block))
             writer.write(codec.encode_data_chunk(block))
             sent += len(block)
-            await _drain(writer, limits)
+            await _drain_upload(writer, limits.upload_stall_timeout)
             if progress is not None:
                 progress(sent)
     writer.write(codec.FILE_DATA_TAIL)
-    await _drain(writer, limits)
+    await _drain_upload(writer, limits.upload_stall_timeout)
     return sent
 
 
@@ -144,8 +218,79 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), 2)
 
 
+@dataclass(slots=True)
+class _Upload:
+    """A raw upload under way: where it stands, and rate-limit budget taken but not yet sent."""
+
+    offset: int
+    length: int
+    sent: int = 0
+    credit: int = 0
+
+
+_accept_errors = Tally(every=1.0, detail=1)
+"""accept() failures for lack of file descriptors, in this process (the loop retries a second
+later on its own): counted, and logged one line a second at most, with no traceback."""
+
+
+def _filter_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Route the loop's "socket.accept() out of system resource" reports (one, with a traceback,
+    per failed accept of every server on the loop) to :data:`_accept_errors`; everything else goes
+    where it went before."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "treedrive_accept_filter", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == ACCEPT_OUT_OF_RESOURCES or (
+            isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+        ):
+            now = time.monotonic()
+            if _accept_errors.note("accepts failed (out of open files)", now):
+                log.warning("cannot accept a connection: %s (retrying in a second)", exc)
+            if (line := _accept_errors.summary(now)) is not None:
+                log.warning("since the last line: %s", line)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.treedrive_accept_filter = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
+@dataclass(frozen=True, slots=True)
+class _Post:
+    host: str
+    port: int
+    message: Message
+
+
+def _encode(message: Message) -> bytes:
+    return codec.encode_message(wire.encode(message))
+
+
+def raise_open_files_limit(cap: int = OPEN_FILES_CAP) -> int:
+    """Raise this process's soft limit of open files to its hard limit (at most ``cap``);
+    returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
 class TcpNetwork:
-    """The :class:`treedrive.core.ports.Network` over asyncio TCP."""
+    """The :class:`treedrive.core.ports.Network` over asyncio TCP.
+
+    Counters for benchmarks and the node: :meth:`stats` (and ``events.totals``, per kind)."""
 
     def __init__(self, host: str, port: int, limits: NetLimits | None = None) -> None:
         self.host = host
@@ -154,6 +299,9 @@ class TcpNetwork:
         self._server: asyncio.Server | None = None
         self._handler: InboundHandler | None = None
         self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        """Every connection task not yet ended (close() ends them all)."""
+        self._live: dict[asyncio.Task[None], ConnState] = {}
+        """The connections that count against the cap (not those evicted and ending)."""
         self._closing = False
         self.download = RateLimiter()
         self.upload = RateLimiter()
@@ -161,6 +309,57 @@ class TcpNetwork:
         self._send_pool: ThreadPoolExecutor | None = None
         self._range_socks: set[socket.socket] = set()
         self._dials = asyncio.Semaphore(self.limits.max_dials)
+        self._outbox: Outbox[_Post] = Outbox(self.limits.outbox_size)
+        self._encodings: EncodeCache[Message] = EncodeCache(_encode, size=8)
+        self._senders_tasks: list[asyncio.Task[None]] = []
+        self._backoff = DialBackoff()
+        self._probes: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self._waiting: Counter[tuple[str, int]] = Counter()
+        self.events = Tally(every=1.0, detail=0)
+        """Admission and outbound events (refused, evicted, dropped...): one summary a second."""
+        self.problems = Tally(every=1.0, detail=3)
+        """Failed inbound connections: a few detail lines a second, then a summary."""
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._old_exception_handler: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.bytes_sent = 0
+        """Bytes of messages sent by send() and post() (not file uploads)."""
+        self.bytes_uploaded = 0
+        """Bytes of files sent (answers to GET_FILE, ranges and pushes)."""
+        self.open_files_limit: int | None = None
+
+    def stats(self) -> dict[str, int]:
+        """Counts since the start: posted, sent, dropped (outbox full), backoff (posts dropped to
+        an address that refuses), dial_failed, refused and evicted connections, accept_errors,
+        timeouts..., plus bytes_sent, bytes_uploaded and the connections open now."""
+        return {
+            **self.events.totals,
+            **self.problems.totals,
+            "bytes_sent": self.bytes_sent,
+            "bytes_uploaded": self.bytes_uploaded,
+            "connections": len(self._live),
+            "outbox": len(self._outbox),
+        }
+
+    def _event(self, kind: str, n: int = 1) -> None:
+        """Count an admission or outbound event; a summary line at most once a second."""
+        self.events.note(kind, time.monotonic(), n)
+        self._flush_events()
+
+    def _flush_events(self) -> None:
+        now = time.monotonic()
+        if (line := self.events.summary(now)) is not None:
+            log.warning("connections and messages, last second or so: %s", line)
+        if (line := self.problems.summary(now)) is not None:
+            log.warning("inbound connections that failed, not logged one by one: %s", line)
+
+    def _problem(self, kind: str, level: int, msg: str, *args: Any, exc: bool = False) -> None:
+        """A failed inbound connection: its own line if few came lately, else only counted."""
+        if self.problems.note(kind, time.monotonic()):
+            log.log(level, msg, *args, exc_info=exc)
+        else:
+            log.debug(msg, *args)
+        self._flush_events()
 
     def _receivers(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -179,14 +378,26 @@ class TcpNetwork:
     # -- listening ---------------------------------------------------------------------------
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
         self._handler = handler
+        self.open_files_limit = raise_open_files_limit()
+        _filter_accept_errors(asyncio.get_running_loop())
         self._server = await asyncio.start_server(
             self._accept, self.host, self.port, limit=READ_SIZE, reuse_address=True
         )
+        self._housekeeping = asyncio.ensure_future(self._housekeep())
         sockname = self._server.sockets[0].getsockname()
         return self.host, int(sockname[1])
 
+    async def _housekeep(self) -> None:
+        """Log the counts not yet logged, once a second (events stop; their sums still show)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._flush_events()
+
     async def close(self) -> None:
         self._closing = True
+        for task in [*self._senders_tasks, self._housekeeping]:
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             # Stop accepting first, and let accepts already under way reach _accept (which now
             # closes them): a connection set up after Server.close() would leak its socket.
@@ -215,40 +426,88 @@ class TcpNetwork:
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A plain callback, not a coroutine: the connection is recorded at once, so close()
         # always finds (and closes) it, even before its task first runs.
-        if self._closing or len(self._conns) >= self.limits.max_connections:
-            if not self._closing:
-                log.warning(
-                    "connection limit (%d) reached; connection closed",
-                    self.limits.max_connections,
-                )
-            writer.close()
+        if self._closing:
+            writer.transport.abort()
             return
-        task = asyncio.ensure_future(self._connection(reader, writer))
+        now = time.monotonic()
+        if len(self._live) >= self.limits.max_connections:
+            victim = choose_victim(
+                self._live.items(),
+                now,
+                self.limits.admission_grace,
+                self.limits.min_push_rate,
+            )
+            if victim is None:
+                writer.transport.abort()  # no FIN handshake to wait for, no socket kept
+                self._event("connections refused at the cap")
+                return
+            self._evict(victim)
+            self._event("slow connections closed for new ones")
+        state = ConnState(now)
+        task = asyncio.ensure_future(self._connection(reader, writer, state))
         self._conns[task] = writer
-        task.add_done_callback(self._conns.pop)
+        self._live[task] = state
+        task.add_done_callback(self._ended)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._conns.pop(task, None)
+        self._live.pop(task, None)
+
+    def _evict(self, task: asyncio.Task[None]) -> None:
+        """Close a connection at once to make room (its task ends, dropping what it read)."""
+        self._live.pop(task, None)
+        writer = self._conns.get(task)
+        if writer is not None:
+            writer.transport.abort()
+        task.cancel()
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ConnState
+    ) -> None:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         try:
-            await self._serve_connection(reader, writer, source)
+            await self._serve_connection(reader, writer, source, state)
         except StorageError as exc:
-            log.error("%s: a pushed file was dropped: %s", source, exc)
+            self._problem(
+                "pushes dropped", logging.ERROR, "%s: a pushed file was dropped: %s", source, exc
+            )
         except TimeoutError as exc:
-            log.warning("%s: timed out (%s); dropped", source, exc or "no progress")
+            self._problem(
+                "timed out",
+                logging.WARNING,
+                "%s: timed out (%s); dropped",
+                source,
+                exc or "no progress",
+            )
         except (OSError, asyncio.IncompleteReadError) as exc:
-            log.warning("%s: connection failed: %s", source, exc)
+            self._problem("failed", logging.WARNING, "%s: connection failed: %s", source, exc)
         except Exception:
-            log.exception("%s: error while handling a message", source)
+            self._problem(
+                "errors", logging.ERROR, "%s: error while handling a message", source, exc=True
+            )
         finally:
             await _close(writer)
 
+    def _push_min_rate(self) -> float | None:
+        """The average rate an unasked-for body must keep: ``min_push_rate``, or half the
+        download limit if that is lower (the limit itself slows the body down)."""
+        rate = self.limits.min_push_rate or None
+        if rate is not None and self.download.rate is not None:
+            rate = min(rate, self.download.rate / 2)
+        return rate
+
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        source: str,
+        state: ConnState | None = None,
     ) -> None:
         handler = self._handler
         assert handler is not None
-        stream = _Reader(reader, self.limits)
+        stream = _Reader(reader, self.limits, state, self._push_min_rate())
+        state = stream.state
         sink: FileSink | None = None
         try:
             while True:
@@ -262,13 +521,24 @@ class TcpNetwork:
                     if stream.parser.bytes_received == 0:
                         log.debug("%s: closed without sending anything", source)
                     else:
-                        log.warning("%s: malformed message dropped: %s", source, event.reason)
+                        self._problem(
+                            "malformed",
+                            logging.WARNING,
+                            "%s: malformed message dropped: %s",
+                            source,
+                            event.reason,
+                        )
                     return
                 break
+            # The message is whole: what is left is our work (a handler, an upload), and its
+            # connection never gives way to a new one (an upload's stall timeout bounds it).
+            state.protected = True
             try:
                 message = wire.decode(event.fields)
             except wire.WireError as exc:
-                log.warning("%s: invalid message dropped: %s", source, exc)
+                self._problem(
+                    "invalid", logging.WARNING, "%s: invalid message dropped: %s", source, exc
+                )
                 if event.fields.get("type") == "GET_FILE":
                     # Never leave a GET_FILE silent: the asker moves on to another holder.
                     writer.write(codec.encode_message(NOT_HERE))
@@ -284,7 +554,9 @@ class TcpNetwork:
                 ext = _raw_ext(message.extra)
                 if sink is None and ext is not None and message.meta is not None:
                     sink = handler.open_sink()  # a raw push: the bytes follow the header
+                    state.protected = False
                     await self._read_raw(stream, sink, _nonneg(ext.get("length")) or 0)
+                    state.protected = True
                 elif sink is None and event.fields.get("data") is True:
                     sink = handler.open_sink()  # an empty file
                 pushed, sink = sink, None
@@ -313,6 +585,7 @@ class TcpNetwork:
         except BaseException as exc:
             progress.finish(False, str(exc) or type(exc).__name__)
             raise
+        self.bytes_uploaded += size
         progress.finish(True)
         log.info("served %s (%d bytes) to %s", meta.file_id[:12], size, source)
 
@@ -361,9 +634,11 @@ class TcpNetwork:
         """``length`` bytes of ``path`` from ``offset`` on, after what ``writer`` already holds:
         ``sendfile`` in a worker thread, on a duplicate of the socket, so that the event loop
         takes no part in moving the bytes (and ``close()`` can cut it off by shutting the
-        socket down)."""
+        socket down). When the reader's buffer is full the worker returns, and the loop (not a
+        thread) waits for room, at most ``upload_stall_timeout``: a reader that stops reading
+        holds no thread, and its upload ends."""
         loop = asyncio.get_running_loop()
-        await _drain(writer, self.limits)
+        await _drain_upload(writer, self.limits.upload_stall_timeout)
         raw = writer.get_extra_info("socket")
         if raw is None:
             raise OSError("the connection has no socket")
@@ -374,58 +649,91 @@ class TcpNetwork:
             if progress is not None:
                 loop.call_soon_threadsafe(progress, done)
 
+        upload = _Upload(offset, length)
         try:
-            await loop.run_in_executor(
-                self._senders(), self._sendfile_blocking, sock, path, offset, length, report
-            )
+            with path.open("rb") as f:
+                while True:
+                    before = upload.sent
+                    await loop.run_in_executor(
+                        self._senders(), self._sendfile_some, sock, f.fileno(), upload, report
+                    )
+                    self.bytes_uploaded += upload.sent - before
+                    if upload.sent >= length:
+                        return
+                    await self._writable(sock, path)
         finally:
             self._range_socks.discard(sock)
             sock.close()  # the duplicate; the transport closes the original
 
-    def _sendfile_blocking(
-        self,
-        sock: socket.socket,
-        path: Path,
-        offset: int,
-        length: int,
-        report: Callable[[int], None],
+    async def _writable(self, sock: socket.socket, path: Path) -> None:
+        """Wait until ``sock`` takes bytes again, at most ``upload_stall_timeout``."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd = sock.fileno()
+        loop.add_writer(fd, wake)
+        try:
+            await asyncio.wait_for(ready, self.limits.upload_stall_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the peer stopped reading {path.name}") from None
+        finally:
+            loop.remove_writer(fd)
+
+    def _sendfile_some(
+        self, sock: socket.socket, fd: int, upload: _Upload, report: Callable[[int], None]
     ) -> None:
+        """Send what the socket takes now (in a worker thread); return when it is full (EAGAIN)
+        or the upload is done. The rate limit is taken a piece at a time, and kept in
+        ``upload.credit`` across returns."""
         rate = self.upload.rate
         # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
         piece = max(MIN_PIECE, min(LIMITED_PIECE, int(rate / 10))) if rate else SEND_PIECE
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLOUT)
-        idle_ms = int(self.limits.idle_timeout * 1000)
-        sent = 0
-        with path.open("rb") as f:
-            while sent < length:
-                n = min(piece, length - sent)
+        while upload.sent < upload.length:
+            if upload.credit == 0:
+                n = min(piece, upload.length - upload.sent)
                 self.upload.acquire_blocking(n)
-                done = 0
-                while done < n:
-                    try:
-                        k = os.sendfile(sock.fileno(), f.fileno(), offset + sent + done, n - done)
-                    except BlockingIOError:
-                        if not poller.poll(idle_ms):
-                            raise TimeoutError("the peer stopped reading") from None
-                        continue
-                    if k == 0:
-                        raise OSError(f"{path.name} ended before its last {length - sent} bytes")
-                    done += k
-                sent += n
-                report(sent)
+                upload.credit = n
+            try:
+                k = os.sendfile(sock.fileno(), fd, upload.offset + upload.sent, upload.credit)
+            except BlockingIOError:
+                return
+            if k == 0:
+                left = upload.length - upload.sent
+                raise OSError(f"the file ended before its last {left} bytes")
+            upload.sent += k
+            upload.credit -= k
+            if upload.credit == 0:
+                report(upload.sent)
 
     async def _read_raw(self, stream: _Reader, sink: FileSink, length: int) -> None:
-        """The raw bytes of a raw push: exactly ``length``, the first ones already read."""
+        """The raw bytes of a raw push: exactly ``length``, the first ones already read. They
+        must keep coming (``idle_timeout``) and at ``min_push_rate`` on average."""
+        state = stream.state
+        state.body_started, state.body_received = time.monotonic(), 0
         first = stream.parser.trailing[:length]
         if first:
             _store(sink.write, first)
+        min_rate = self._push_min_rate()
         while sink.size < length:
+            timeout = self.limits.idle_timeout
+            if min_rate:
+                due = _rate_due(
+                    state.body_started, state.body_received, min_rate, self.limits.push_rate_grace
+                )
+                timeout = min(timeout, due - time.monotonic())
+                if timeout <= 0:
+                    raise TimeoutError("the file's bytes came too slowly")
             data = await asyncio.wait_for(
-                stream.reader.read(min(READ_SIZE, length - sink.size)), self.limits.idle_timeout
+                stream.reader.read(min(READ_SIZE, length - sink.size)), timeout
             )
             if not data:
                 raise OSError(f"closed after {sink.size} of {length} raw bytes")
+            state.received += len(data)
+            state.body_received += len(data)
             await self.download.acquire(len(data))
             _store(sink.write, data)
 
@@ -438,22 +746,102 @@ class TcpNetwork:
         )
 
     async def send(self, host: str, port: int, message: Message) -> bool:
-        data = codec.encode_message(wire.encode(message))
+        """Deliver one message now (waiting for a dial slot); False if it was not delivered,
+        also when ``host:port`` refused lately and is backing off."""
         async with self._dials:
+            return await self._deliver(host, port, message)
+
+    def post(self, host: str, port: int, message: Message) -> None:
+        """Queue one message for delivery, without waiting (see ``Network.post``)."""
+        if self._closing:
+            return
+        if not self._senders_tasks:
+            self._senders_tasks = [
+                asyncio.ensure_future(self._sender()) for _ in range(self.limits.max_dials)
+            ]
+        self.events.totals["posted"] += 1
+        if self._outbox.put(_Post(host, port, message)) is not None:
+            self._event("messages dropped (outbox full)")
+
+    async def _sender(self) -> None:
+        while True:
+            post = await self._outbox.get()
+            if not self._backoff.allowed((post.host, post.port), time.monotonic()) and not (
+                self._backoff.probing((post.host, post.port))
+            ):
+                self._event("messages dropped (address refused lately)")
+                continue
+            async with self._dials:
+                await self._deliver(post.host, post.port, post.message)
+
+    async def _may_dial(self, address: tuple[str, int]) -> str | None:
+        """Whether to dial ``address`` (see :class:`DialBackoff`): a probe, a free dial, or
+        None. While a probe to it is out, a few dials wait for its outcome; the rest are not
+        made."""
+        while True:
+            decision = self._backoff.take(address, time.monotonic())
+            if decision is not None:
+                if decision == PROBE:
+                    self._probes[address] = asyncio.get_running_loop().create_future()
+                return decision
+            probe = self._probes.get(address)
+            if probe is None or self._waiting[address] >= MAX_WAITING:
+                return None
+            self._waiting[address] += 1
+            try:
+                if not await asyncio.shield(probe):
+                    return None
+            finally:
+                self._waiting[address] -= 1
+                if not self._waiting[address]:
+                    del self._waiting[address]
+
+    def _probed(self, address: tuple[str, int], ok: bool) -> None:
+        now = time.monotonic()
+        if ok:
+            self._backoff.succeeded(address)
+        else:
+            self._backoff.failed(address, now)
+        probe = self._probes.pop(address, None)
+        if probe is not None and not probe.done():
+            probe.set_result(ok)
+
+    async def _deliver(self, host: str, port: int, message: Message) -> bool:
+        """Dial, write, close; under a dial slot. The message is encoded only now (and once for
+        the same object posted to several addresses)."""
+        address = (host, port)
+        decision = await self._may_dial(address)
+        if decision is None:
+            self._event("messages dropped (address refused lately)")
+            return False
+        try:
+            try:
+                data = self._encodings.get(message)
+            except (wire.WireError, ValueError, TypeError) as exc:
+                log.error("cannot encode a %s for %s: %s", type(message).__name__, host, exc)
+                return False
             try:
                 _, writer = await self._connect(host, port)
             except (OSError, TimeoutError) as exc:
+                self._probed(address, False)
+                self._event("dials failed")
                 log.debug("cannot reach %s:%d: %s", host, port, exc)
                 return False
-            try:
-                writer.write(data)
-                await _drain(writer, self.limits)
-                return True
-            except (OSError, TimeoutError) as exc:
-                log.debug("sending to %s:%d failed: %s", host, port, exc)
-                return False
-            finally:
-                await _close(writer)
+            self._probed(address, True)
+        finally:
+            if address in self._probes and self._backoff.probing(address):
+                self._probed(address, False)  # cancelled, or could not encode: let others try
+        try:
+            writer.write(data)
+            await _drain(writer, self.limits)
+            self.bytes_sent += len(data)
+            self.events.totals["sent"] += 1
+            return True
+        except (OSError, TimeoutError) as exc:
+            log.debug("sending to %s:%d failed: %s", host, port, exc)
+            return False
+        finally:
+            await _close(writer)
 
     async def push_file(
         self,
@@ -478,7 +866,9 @@ class TcpNetwork:
                     writer.write(codec.encode_message(header))
                     await self._send_raw(writer, path, 0, size, progress)
                 else:
-                    await _write_file_data(writer, meta, path, self.limits, progress, self.upload)
+                    self.bytes_uploaded += await _write_file_data(
+                        writer, meta, path, self.limits, progress, self.upload
+                    )
                 return True
             except (OSError, TimeoutError) as exc:
                 log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
