@@ -1,0 +1,284 @@
+"""Admission and outbound limits over real loopback sockets, against real in-process nodes:
+at the connection cap the slowest connection gives way, a trickled push is dropped, stalled
+readers of uploads hold no thread and time out, posts are bounded and encoded once, and an
+address that refuses is dialed a few times a minute at most."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, wait_for
+from tests.transport.test_raw import (
+    Recorder,
+    Starter,
+    raw_get,
+    raw_push_header,
+    record,
+    send,
+    split_answer,
+)
+from treedrive.core.messages import Gossip
+from treedrive.core.node import Node
+from treedrive.transport.net import NetLimits, TcpNetwork
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Callable[[], Recorder]]:
+    made: list[Recorder] = []
+
+    def make() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def tune(node: Node, **limits: Any) -> TcpNetwork:
+    network = node.network
+    assert isinstance(network, TcpNetwork)
+    network.limits = dataclasses.replace(network.limits, **limits)
+    return network
+
+
+def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def closed_by_peer(s: socket.socket, timeout: float = 0.0) -> bool:
+    """True if the node closed (or reset) this connection."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1 << 16) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+def file_data_head(rec: dict[str, Any]) -> bytes:
+    """A FILE_DATA up to the opening quote of its "data" string, and two hex digits."""
+    return json.dumps({"type": "FILE_DATA", **rec, "data": ""}).encode()[: -len(b'"}')] + b"00"
+
+
+def gossip_bytes(listen_port: int, peer_id: str) -> bytes:
+    message = {
+        "type": "GOSSIP",
+        "host": "127.0.0.1",
+        "port": listen_port,
+        "id": str(uuid.uuid4()),
+        "peerId": peer_id,
+    }
+    return json.dumps(message).encode()
+
+
+# -- the connection cap --------------------------------------------------------------------------
+async def test_at_the_cap_a_trickling_connection_gives_way_to_a_gossip(
+    start_node: Starter, recorder: Any
+) -> None:
+    node: Node = await start_node("capped", max_connections=4)
+    network = tune(node, admission_grace=0.2)
+    rec = record(os.urandom(1000), 1_700_000_000)
+    trickles = [connect(node.port) for _ in range(4)]
+    for s in trickles:
+        s.sendall(file_data_head(rec))
+    await wait_for(lambda: network.stats()["connections"] == 4)
+    await asyncio.sleep(0.4)  # older than the grace
+    listener: Recorder = recorder()
+    await asyncio.to_thread(send, node.port, gossip_bytes(listener.port, "newcomer"))
+    await wait_for(lambda: listener.of_type("GOSSIP_REPLY"))
+    assert network.stats()["slow connections closed for new ones"] >= 1
+    assert sum(closed_by_peer(s, 0.5) for s in trickles) >= 1
+    for s in trickles:
+        s.close()
+
+
+async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_each(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="treedrive.transport")
+    node: Node = await start_node("full", max_connections=3)
+    network = tune(node, admission_grace=30.0)  # nobody is old enough to give way
+    held = [connect(node.port) for _ in range(3)]
+    await wait_for(lambda: network.stats()["connections"] == 3)
+    caplog.clear()
+    refused = [connect(node.port) for _ in range(100)]
+    await wait_for(lambda: network.stats().get("connections refused at the cap", 0) >= 100)
+    assert all(closed_by_peer(s, 2.0) for s in refused[:5])
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]
+    await wait_for(lambda: any("100 connections refused" in r.getMessage() for r in caplog.records))
+    for s in held + refused:
+        s.close()
+
+
+# -- minimum rate of pushed bodies ---------------------------------------------------------------
+async def test_a_trickled_file_data_body_is_dropped_after_the_grace(start_node: Starter) -> None:
+    node: Node = await start_node("pushed")
+    network = tune(node, push_rate_grace=1.0, min_push_rate=10_000)
+    rec = record(os.urandom(100_000), 1_700_000_000)
+    s = connect(node.port)
+    s.sendall(file_data_head(rec))
+    started = time.monotonic()
+
+    def trickle() -> float:
+        while True:
+            try:
+                s.sendall(b"00")
+            except OSError:
+                return time.monotonic() - started
+            if closed_by_peer(s, 0.3):
+                return time.monotonic() - started
+
+    lasted = await asyncio.to_thread(trickle)
+    s.close()
+    assert lasted < 10  # the idle timer alone (reset by every byte) would never fire
+    assert network.stats()["timed out"] >= 1
+    assert not (node.config.data_dir / "blobs" / rec["file_id"]).exists()
+
+
+async def test_a_trickled_raw_push_is_dropped_after_the_grace(start_node: Starter) -> None:
+    node: Node = await start_node("rawpushed")
+    network = tune(node, push_rate_grace=1.0, min_push_rate=10_000)
+    data = os.urandom(100_000)
+    rec = record(data, 1_700_000_000)
+    s = connect(node.port)
+    s.sendall(raw_push_header(rec, len(data), len(data)) + data[:10])
+    started = time.monotonic()
+
+    def trickle() -> float:
+        for i in range(10, len(data)):
+            try:
+                s.sendall(data[i : i + 1])
+            except OSError:
+                break
+            if closed_by_peer(s, 0.3):
+                break
+        return time.monotonic() - started
+
+    lasted = await asyncio.to_thread(trickle)
+    s.close()
+    assert lasted < 10
+    assert network.stats()["timed out"] >= 1
+
+
+# -- stalled readers of uploads ------------------------------------------------------------------
+async def test_stalled_ranged_readers_hold_no_thread_and_time_out(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    node: Node = await start_node("holder", download_limit=0)
+    network = tune(node, upload_stall_timeout=6.0)
+    data = os.urandom(8 * 1024 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    meta = await node.push(src)
+    request = json.dumps(raw_get(meta.file_id, offset=0, length=None)).encode()
+
+    stalled = []
+    for _ in range(40):
+        s = connect(node.port, rcvbuf=4096)
+        s.sendall(request)
+        stalled.append(s)
+    await wait_for(lambda: network.stats()["connections"] >= 40)
+    await asyncio.sleep(0.5)  # every stalled upload has filled its socket
+
+    def fetch() -> tuple[bytes, float]:
+        t0 = time.monotonic()
+        with connect(node.port) as s:
+            s.sendall(request)
+            buf = bytearray()
+            while chunk := s.recv(1 << 20):
+                buf += chunk
+        return bytes(buf), time.monotonic() - t0
+
+    answer, took = await asyncio.to_thread(fetch)
+    header, body = split_answer(answer)
+    assert header["treedrive"]["length"] == len(data)
+    assert body == data
+    # Done while the 40 stalled uploads are still open (their timeout is 6 s away).
+    assert took < 4.0
+    assert network.stats()["connections"] >= 40
+    # Then they time out and are closed.
+    await wait_for(lambda: network.stats()["connections"] == 0, timeout=20)
+    assert all(closed_by_peer(s, 0.5) or True for s in stalled)
+    assert network.stats()["timed out"] >= 40
+    for s in stalled:
+        s.close()
+
+
+async def test_a_stalled_classic_reader_times_out(start_node: Starter, tmp_path: Path) -> None:
+    node: Node = await start_node("hexholder")
+    network = tune(node, upload_stall_timeout=1.0)
+    src = tmp_path / "hex.bin"
+    src.write_bytes(os.urandom(8 * 1024 * 1024))
+    meta = await node.push(src)
+    s = connect(node.port, rcvbuf=4096)
+    s.sendall(json.dumps({"type": "GET_FILE", "file_id": meta.file_id}).encode())
+    await wait_for(lambda: network.stats()["connections"] == 1)
+    await wait_for(lambda: network.stats()["connections"] == 0, timeout=15)
+    assert network.stats()["timed out"] == 1
+    s.close()
+
+
+# -- outbound ------------------------------------------------------------------------------------
+async def test_post_drops_the_oldest_when_full_and_encodes_once(recorder: Any) -> None:
+    listener: Recorder = recorder()
+    network = TcpNetwork("127.0.0.1", 0, NetLimits(outbox_size=4))
+    try:
+        # Posted in one go (no sender runs in between): only the last 4 are kept.
+        for i in range(10):
+            network.post("127.0.0.1", listener.port, Gossip("127.0.0.1", 1, f"g{i}", "me"))
+        await wait_for(lambda: len(listener.of_type("GOSSIP")) == 4)
+        assert sorted(m["id"] for m, _ in listener.of_type("GOSSIP")) == ["g6", "g7", "g8", "g9"]
+        assert network.stats()["messages dropped (outbox full)"] == 6
+        # One object posted to several addresses (here: the same one 3 times) is encoded once.
+        others = [recorder() for _ in range(2)]
+        one = Gossip("127.0.0.1", 1, "shared", "me")
+        for r in [listener, *others]:
+            network.post("127.0.0.1", r.port, one)
+        await wait_for(lambda: all(r.of_type("GOSSIP", id="shared") for r in [listener, *others]))
+        assert network._encodings.encoded == 4 + 1
+        assert network.stats()["sent"] == 7
+        assert network.bytes_sent > 0
+    finally:
+        await network.close()
+
+
+async def test_a_refused_address_is_dialed_a_few_times_at_most(recorder: Any) -> None:
+    port = free_port()  # nobody listens: every dial is refused
+    network = TcpNetwork("127.0.0.1", 0)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:
+            for i in range(20):
+                network.post("127.0.0.1", port, Gossip("127.0.0.1", 1, f"x{i}", "me"))
+            assert await network.send("127.0.0.1", port, Gossip("127.0.0.1", 1, "s", "me")) is False
+            await asyncio.sleep(0.05)
+        stats = network.stats()
+        # Dials at 0 s and 1 s, the next not before 6 s: 2 in 3 s, for some 1,200 messages.
+        assert stats["dials failed"] <= 2
+        assert stats["messages dropped (address refused lately)"] >= 1000
+        listener: Recorder = recorder()  # another address is not held back
+        assert await network.send("127.0.0.1", listener.port, Gossip("h", 1, "ok", "me"))
+    finally:
+        await network.close()
