@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from treedrive.core.hookspecs import hookimpl
 
@@ -24,6 +24,30 @@ if TYPE_CHECKING:
 # (e.g. for its CLI commands) stays cheap.
 
 log = logging.getLogger(__name__)
+
+
+MAX_CONNECTIONS = "http_max_connections"
+"""``NodeConfig.extra`` key: open HTTP connections at most (default 256)."""
+HEAD_TIMEOUT = "http_head_timeout"
+"""``NodeConfig.extra`` key: seconds a connection may take to send a request head (default 10)."""
+
+T = TypeVar("T", int, float)
+
+
+def _setting(extra: dict[str, str], key: str, default: T, kind: type[T]) -> T:
+    """A positive number from ``NodeConfig.extra``; the default (and a warning) if it is not."""
+    raw = extra.get(key)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        pass
+    else:
+        if value > 0:
+            return value
+    log.warning("%s=%r is not a positive number: %s used", key, raw, default)
+    return default
 
 
 @dataclass
@@ -43,15 +67,22 @@ async def treedrive_startup(node: Node) -> None:
         return
     from aiohttp import web
 
+    from treedrive.web import admission
     from treedrive.web.api import HUB, HostPolicy, load_token, make_app
 
     token = load_token(node.config.data_dir)
     hosts = HostPolicy()
     app = make_app(node, token, hosts)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    extra = node.config.extra
+    cap = _setting(extra, MAX_CONNECTIONS, admission.MAX_CONNECTIONS, int)
+    head = _setting(extra, HEAD_TIMEOUT, admission.HEAD_TIMEOUT, float)
+    # keepalive_timeout: aiohttp's own idle timer, the same deadline (the admission enforces it
+    # for heads that never complete, whatever the aiohttp version).
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=head)
     await runner.setup()
     try:
-        await web.TCPSite(runner, node.config.http_host, port).start()
+        site = admission.AdmittingSite(runner, node.config.http_host, port, cap, head)
+        await site.start()
     except OSError:
         await runner.cleanup()
         raise

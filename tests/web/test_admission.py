@@ -1,0 +1,312 @@
+"""Admission of HTTP connections (issue 8, THREATS.md): a cap on open connections where the
+longest idle gives way to a new one, a deadline for a request head that a trickle cannot reset,
+busy connections (event streams) kept, and accept() out of file descriptors logged at most once
+a second. Real sockets on loopback against in-process nodes, and one real ``treedrive run``
+process under a small open files limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port, wait_for
+from tests.web.test_api import auth, next_event, read_events, url, web_node
+from treedrive.app import AcceptErrorFilter
+from treedrive.core.node import Node
+from treedrive.web.admission import Admission
+
+pytestmark = pytest.mark.timeout(90)
+
+Starter = Callable[..., Any]
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def http_address(node: Node) -> tuple[str, int]:
+    assert node.http_url is not None
+    host, port = node.http_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
+def closed(conn: Conn) -> bool:
+    """Whether the server closed this connection (EOF or reset seen by the client)."""
+    reader, _ = conn
+    return reader.at_eof() or reader.exception() is not None
+
+
+async def open_idle(node: Node, n: int) -> list[Conn]:
+    host, port = http_address(node)
+    return [await asyncio.open_connection(host, port) for _ in range(n)]
+
+
+def close_all(conns: list[Conn]) -> None:
+    for _, writer in conns:
+        writer.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def status_ok(http: aiohttp.ClientSession, node: Node) -> None:
+    async with asyncio.timeout(5), http.get(url(node, "/api/status")) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["peer_id"] == node.peer_id
+
+
+# -- the cap ---------------------------------------------------------------------------------------
+async def test_idle_connections_over_the_cap_give_way_oldest_first(
+    start_node: Starter, http: aiohttp.ClientSession
+) -> None:
+    node = await web_node(start_node, "alice", extra={"http_head_timeout": "60"})
+    conns = await open_idle(node, 300)
+    try:
+        # 256 stay open: the 44 opened first (the longest idle) were closed for newer ones
+        await wait_for(lambda: sum(map(closed, conns)) >= 44, timeout=10)
+        await asyncio.sleep(0.3)
+        assert [i for i, c in enumerate(conns) if closed(c)] == list(range(44))
+
+        # a normal API request still gets through, at the cost of the next oldest idle one
+        await status_ok(http, node)
+        await wait_for(lambda: closed(conns[44]), timeout=5)
+        assert sum(map(closed, conns)) == 45
+    finally:
+        close_all(conns)
+
+
+async def test_busy_connections_are_kept_and_a_new_one_is_refused_only_when_all_are_busy(
+    start_node: Starter, http: aiohttp.ClientSession
+) -> None:
+    node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for _ in range(3):
+            resp = await stack.enter_async_context(http.get(url(node, "/api/events")))
+            events = read_events(resp)
+            assert (await next_event(events, lambda e: True))["type"] == "Hello"
+            streams.append(events)
+        # every connection is in a request: the new one is refused, none of the streams goes
+        (extra,) = await open_idle(node, 1)
+        await wait_for(lambda: closed(extra), timeout=5)
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await http.get(url(node, "/api/status"))
+        # the streams are all still there and streaming
+        src = node.config.data_dir.parent / "src.txt"
+        src.write_bytes(b"pushed while the cap is full")
+        meta = await node.push(src)
+        for events in streams:
+            stored = await next_event(events, lambda e: e["type"] == "FileStored")
+            assert stored["file_id"] == meta.file_id
+        close_all([extra])
+    # once a stream ends, there is room again
+    await status_ok(http, node)
+
+
+async def test_a_request_is_admitted_when_a_slot_is_idle(
+    start_node: Starter, http: aiohttp.ClientSession
+) -> None:
+    node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for _ in range(2):
+            resp = await stack.enter_async_context(http.get(url(node, "/api/events")))
+            events = read_events(resp)
+            assert (await next_event(events, lambda e: True))["type"] == "Hello"
+            streams.append(events)
+        idle = await open_idle(node, 1)
+        await asyncio.sleep(0.2)
+        assert not closed(idle[0])
+        # the cap is reached: the idle one gives way, the streams stay and see the upload
+        async with http.post(
+            url(node, "/api/files?name=x.txt"), data=b"x", headers=auth(node)
+        ) as resp:
+            assert resp.status == 201
+            file_id = (await resp.json())["file_id"]
+        assert closed(idle[0])
+        for events in streams:
+            stored = await next_event(events, lambda e: e["type"] == "FileStored")
+            assert stored["file_id"] == file_id
+        close_all(idle)
+
+
+# -- the head deadline -----------------------------------------------------------------------------
+async def test_a_request_head_has_a_deadline_that_a_trickle_does_not_reset(
+    start_node: Starter, http: aiohttp.ClientSession
+) -> None:
+    deadline = 0.5
+    node = await web_node(start_node, "alice", extra={"http_head_timeout": str(deadline)})
+    host, port = http_address(node)
+    started = time.monotonic()
+    idle, trickle, kept_alive = await open_idle(node, 3)
+
+    head = f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n"
+
+    async def trickling() -> None:
+        for ch in head * 100:  # never ends the head
+            trickle[1].write(ch.encode())
+            await asyncio.sleep(0.02)
+
+    trickler = asyncio.ensure_future(trickling())
+    kept_alive[1].write((head + "\r\n").encode())
+    answer = await asyncio.wait_for(kept_alive[0].readuntil(b"\r\n\r\n"), 5)
+    assert answer.startswith(b"HTTP/1.1 200")
+    length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert json.loads(await kept_alive[0].readexactly(length))["peer_id"] == "alice"
+    answered = time.monotonic()
+
+    async with http.get(url(node, "/api/events")) as stream:
+        events = read_events(stream)
+        assert (await next_event(events, lambda e: True))["type"] == "Hello"
+
+        await wait_for(lambda: closed(idle) and closed(trickle) and closed(kept_alive), 5)
+        took = time.monotonic() - started
+        assert deadline <= took < deadline + 3, took
+        assert time.monotonic() - answered >= deadline  # idle time counts from the answer
+        trickler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await trickler
+
+        # the event stream is in a request: well past the deadline it still streams
+        await asyncio.sleep(3 * deadline)
+        async with http.post(
+            url(node, "/api/files?name=y.txt"), data=b"y", headers=auth(node)
+        ) as resp:
+            file_id = (await resp.json())["file_id"]
+        stored = await next_event(events, lambda e: e["type"] == "FileStored")
+        assert stored["file_id"] == file_id
+    close_all([idle, trickle, kept_alive])
+
+
+async def test_bad_admission_settings_fall_back_to_the_defaults(
+    start_node: Starter, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    node = await web_node(
+        start_node, "alice", extra={"http_max_connections": "-3", "http_head_timeout": "soon"}
+    )
+    await status_ok(http, node)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("http_max_connections='-3'" in m for m in messages), messages
+    assert any("http_head_timeout='soon'" in m for m in messages), messages
+    with pytest.raises(ValueError, match="max_connections"):
+        Admission(lambda: asyncio.Protocol(), max_connections=0)
+
+
+# -- out of file descriptors -----------------------------------------------------------------------
+def test_accept_errors_for_want_of_descriptors_are_logged_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    passed: list[dict[str, Any]] = []
+    handler = AcceptErrorFilter(lambda _loop, context: passed.append(context))
+    loop = asyncio.new_event_loop()
+    try:
+        emfile = OSError(24, "Too many open files")
+        for _ in range(5000):
+            handler(
+                loop, {"message": "socket.accept() out of system resource", "exception": emfile}
+            )
+        other = {"message": "something else", "exception": ValueError("x")}
+        handler(loop, other)
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].exc_info is None  # a line, never a traceback
+    assert handler.seen == 5000
+    assert passed == [other]  # anything else goes to the handler that was there before
+
+
+def node_under_fd_limit(tmp_path: Path, limit: int) -> tuple[subprocess.Popen[str], Path, Path]:
+    """A real ``treedrive run`` whose open files limit (soft and hard) is ``limit``."""
+    data_dir = tmp_path / "alice"
+    out = tmp_path / "alice.out"
+    code = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+        "sys.argv = ['treedrive', *sys.argv[1:]]; "
+        "runpy.run_module('treedrive', run_name='__main__')"
+    )
+    args = ["run", "--peer-id", "alice", "--port", str(free_port()), "--http-port", "0"]
+    args += ["--data-dir", str(data_dir), "--no-shell"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREEDRIVE_")}
+    with out.open("w") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=log_out,
+            text=True,
+            env=env,
+        )
+    deadline = time.monotonic() + 20
+    while not (data_dir / "node.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the node did not start: {out.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, data_dir, out
+
+
+@contextlib.contextmanager
+def ended(proc: subprocess.Popen[str]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, 9)
+            proc.wait(timeout=20)
+
+
+@pytest.mark.e2e
+async def test_a_node_out_of_file_descriptors_logs_a_line_a_second_and_recovers(
+    tmp_path: Path,
+) -> None:
+    proc, data_dir, out = node_under_fd_limit(tmp_path, 128)
+    with ended(proc):
+        info = json.loads((data_dir / "node.json").read_text())
+        host, port = info["http"].split("//", 1)[1].rstrip("/").rsplit(":", 1)
+        conns: list[Conn] = []
+        started = time.monotonic()
+        try:
+            for _ in range(300):  # more than the node has descriptors for
+                with contextlib.suppress(OSError, TimeoutError):
+                    opening = asyncio.open_connection(host, int(port))
+                    conns.append(await asyncio.wait_for(opening, 0.2))
+            await asyncio.sleep(3)
+        finally:
+            close_all(conns)
+        # once the idle connections are gone, the API answers again
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    async with asyncio.timeout(2), http.get(info["http"] + "api/status") as r:
+                        assert r.status == 200
+                        break
+                except (aiohttp.ClientError, TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+        log = (data_dir / "node.log").read_text()
+        # (the transport installs a filter of its own on the same loop: either may speak)
+        words = ("out of file descriptors", "out of open files", "Too many open files")
+        lines = [line for line in log.splitlines() if any(w in line for w in words)]
+        assert lines, log[-3000:]  # the node did run out: the scenario happened
+        assert len(lines) <= 2 * (elapsed + 2), lines  # a line or two a second, not one per try
+        assert "Traceback" not in log + out.read_text(), log[-3000:]
+        assert len(log) < 20_000, len(log)
