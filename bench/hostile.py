@@ -20,7 +20,7 @@ benchmark); the summary at the end lists what failed.
    legitimate peer gossips with it every 1.1 intervals; then 2,000 GOSSIPs (~121 bytes, unique
    ids, varied peerIds) naming 16 listeners of this script and 16 closed ports (bound, never
    listening). Reply bytes (GOSSIP_REPLY delivered to the listeners, until 3 s pass without
-   any) / GOSSIP bytes sent; the other bytes delivered (forwards, the node's own gossip rounds)
+   a reply) / GOSSIP bytes sent; the other bytes delivered (forwards, the node's own gossip rounds)
    are shown too. Targets: reply bytes ≤ 10x, RSS within +50 MiB, every legitimate GOSSIP
    answered within 2 s during the flood.
 3. ``slow``: for 20 s, 500 slow connections a second (each sends a FILE_DATA header and then
@@ -329,6 +329,7 @@ class Prober(threading.Thread):
         self.node_port, self.peer_id, self.every, self.wait = node_port, peer_id, every, wait
         self.inbox = Inbox()
         self.results: list[tuple[float, float | None]] = []
+        self.send_failed: list[float] = []
         self._seen = 0
         self._halt = threading.Event()
 
@@ -338,6 +339,7 @@ class Prober(threading.Thread):
             send_blocking(self.node_port, gossip_message(self.inbox.port, self.peer_id))
         except OSError:
             self.results.append((t0, None))
+            self.send_failed.append(t0)
             return None
         arrived, self._seen = self.inbox.wait_reply(t0, self._seen, self.wait)
         latency = None if arrived is None else arrived - t0
@@ -402,7 +404,7 @@ class Sink:
     def __init__(self) -> None:
         self.bytes: collections.Counter[str] = collections.Counter()
         self.messages: collections.Counter[str] = collections.Counter()
-        self.last = 0.0
+        self.last_reply = 0.0
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -422,7 +424,6 @@ class Sink:
                 if len(head) < 300:
                     head += chunk[:300]
                 size += len(chunk)
-                self.last = time.monotonic()
         except (OSError, TimeoutError):
             pass
         finally:
@@ -430,6 +431,8 @@ class Sink:
         kind = message_type(head)
         self.bytes[kind] += size
         self.messages[kind] += 1
+        if kind == "GOSSIP_REPLY":
+            self.last_reply = time.monotonic()
 
     def close(self) -> None:
         if self.server is not None:
@@ -823,7 +826,7 @@ def scenario_amplification(args: argparse.Namespace, tmp: Path) -> Result:
                 sem.release()
 
         for i in range(n_gossip):
-            peer = f"atk-{i % 700:03d}-" + "x" * 6
+            peer = f"atk-{i % 700:03d}"
             data = gossip_message(targets[i % len(targets)], peer)
             sent_bytes += len(data)
             await sem.acquire()
@@ -839,7 +842,7 @@ def scenario_amplification(args: argparse.Namespace, tmp: Path) -> Result:
         limit = flood_end + (30 if args.quick else 60)
         while time.monotonic() < limit:
             await asyncio.sleep(0.5)
-            last = max(s.last for s in sinks)
+            last = max(s.last_reply for s in sinks)
             if time.monotonic() - max(last, flood_end) > 3:
                 break
         end = time.monotonic()
@@ -885,7 +888,7 @@ def scenario_amplification(args: argparse.Namespace, tmp: Path) -> Result:
     )
     details = [
         f"pushing {n_files} files took {t_push:.1f} s; the window ran {end - t0:.1f} s "
-        f"(until 3 s without bytes)",
+        f"(until 3 s without a GOSSIP_REPLY)",
         "delivered to the listeners: "
         + ", ".join(f"{k} {msgs[k]} msgs {by_kind[k] / 1e6:.2f} MB" for k in sorted(msgs)),
         "flood connections: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())),
@@ -920,31 +923,70 @@ def scenario_slow(args: argparse.Namespace, tmp: Path) -> Result:
 
     stats: collections.Counter[str] = collections.Counter()
     live = [0, 0]  # slow connections open now, most at once
+    addr = (HOST, node.port)
 
-    async def slow_conn(stop_at: float) -> None:
+    async def connect(limit: float) -> socket.socket | None:
+        sock = socket.socket()
+        sock.setblocking(False)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, node.port), 3)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, addr), limit)
         except (OSError, TimeoutError):
+            sock.close()
+            return None
+        return sock
+
+    async def short_conn() -> None:
+        sock = await connect(2)
+        if sock is None:
+            stats["short connect failed"] += 1
+            return
+        with contextlib.suppress(OSError):
+            data = os.urandom(random.choice([0, 0, 1, 3, 8]))
+            if data:
+                sock.send(data)
+        sock.close()
+        stats["short done"] += 1
+
+    # slow connections: (next trickle due, socket), in due order (all trickle every 3 s)
+    trickling: collections.deque[tuple[float, socket.socket]] = collections.deque()
+
+    async def slow_conn() -> None:
+        sock = await connect(3)
+        if sock is None:
             stats["slow connect failed"] += 1
+            return
+        try:
+            sock.send(SLOW_HEAD % os.urandom(32).hex().encode())
+        except OSError:
+            stats["slow closed by the node"] += 1
+            sock.close()
             return
         stats["slow opened"] += 1
         live[0] += 1
         live[1] = max(live[1], live[0])
+        trickling.append((time.monotonic() + 3, sock))
+
+    def ended(sock: socket.socket) -> bool:
         try:
-            writer.write(SLOW_HEAD % os.urandom(32).hex().encode())
-            await asyncio.wait_for(writer.drain(), 3)
-            while time.monotonic() + 3 < stop_at:
-                await asyncio.sleep(3)
-                if reader.at_eof():
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def trickle(now: float) -> None:
+        while trickling and trickling[0][0] <= now:
+            _due, sock = trickling.popleft()
+            try:
+                if ended(sock):
                     raise ConnectionResetError
-                writer.write(b"ab")
-                await asyncio.wait_for(writer.drain(), 3)
-            stats["slow held to the end"] += 1
-        except (OSError, TimeoutError):
-            stats["slow closed by the node"] += 1
-        finally:
-            live[0] -= 1
-            writer.transport.abort()
+                sock.send(b"ab")
+            except OSError:
+                stats["slow closed by the node"] += 1
+                live[0] -= 1
+                sock.close()
+                continue
+            trickling.append((now + 3, sock))
 
     async def attack() -> tuple[float, float]:
         quiet_loop(asyncio.get_running_loop())
@@ -956,22 +998,25 @@ def scenario_slow(args: argparse.Namespace, tmp: Path) -> Result:
             due_slow = int((now - t0) * slow_rate)
             due_short = int((now - t0) * short_rate)
             for _ in range(due_slow - launched_slow):
-                task = asyncio.ensure_future(slow_conn(stop_at))
+                task = asyncio.ensure_future(slow_conn())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             for _ in range(due_short - launched_short):
-                data = os.urandom(random.choice([0, 0, 1, 3, 8]))
-                task = asyncio.ensure_future(send_one(node.port, data, stats, limit=2))
+                task = asyncio.ensure_future(short_conn())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             launched_slow, launched_short = due_slow, due_short
+            trickle(now)
             await asyncio.sleep(0.01)
         stats["slow launched"], stats["short launched"] = launched_slow, launched_short
         end = time.monotonic()
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            await asyncio.wait(tasks, timeout=5)
         for task in tasks:
             task.cancel()
+        stats["slow held to the end"] = sum(1 for _, sock in trickling if not ended(sock))
+        for _, sock in trickling:
+            sock.close()
         return t0, end
 
     getter_thread = threading.Thread(target=getter, daemon=True)
@@ -1016,12 +1061,16 @@ def scenario_slow(args: argparse.Namespace, tmp: Path) -> Result:
         f"{'' if alive else ', NODE DIED'}  {verdict(ok)}"
     )
     lat = sorted(x for x in during if x is not None)
+    failed_sends = sum(1 for p in probers for t in p.send_failed if t0 <= t <= end)
+    before = [x for p in probers for x in p.between(0, t0)]
     details = [
         "connections: "
         + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
         + f"; slow ones open at once: at most {live[1]}",
         f"GOSSIP latencies: median {fmt_s(lat[len(lat) // 2] if lat else None)}, "
-        f"worst {fmt_s(lat[-1] if lat else None)}, unanswered {len(during) - len(lat)}",
+        f"worst {fmt_s(lat[-1] if lat else None)}, unanswered {len(during) - len(lat)} "
+        f"(of which the GOSSIP could not be sent: {failed_sends}); before the attack "
+        f"{sum(1 for x in before if x is not None)}/{len(before)} answered",
     ]
     return Result("slow", line, ok, details)
 
