@@ -924,6 +924,63 @@ async def test_disk_filling_up_mid_download_stops_it_and_it_resumes_once_there_i
         await on_small_disk.close()
 
 
+async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes(
+    start_node: Starter, small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills while the first chunk (the one whose answer tells the size) arrives: the
+    download is recorded all the same (it was recorded before its first byte, size not known
+    yet), and the node resumes it by itself once there is room, from the bytes it kept."""
+    caplog.set_level(logging.INFO)
+    size, chunk = 6 * MiB, 4 * MiB
+    config = {"chunk_size": chunk, "sync_every": SYNC, "download_limit": 0}
+    holder: Node = await start_node("H", **config)
+    file_id, data = await push_random(holder, tmp_path, size, "first-chunk.bin")
+    holder.set_rate_limits(None, 1 * MiB)
+    on_small_disk = Lifetimes(small_disk)
+    filler = small_disk / "filler"
+    range_file = small_disk / "R" / "partial" / f"{file_id}.range"
+
+    def arrived() -> int:
+        try:
+            return range_file.stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    try:
+        receiver = await on_small_disk.start("R", bootstrap=(address(holder),), **config)
+        await wait_for(lambda: knows(receiver, file_id, {"H"}))
+        task = asyncio.ensure_future(receiver.get(file_id))
+        await wait_for(lambda: arrived() >= 1 * MiB, timeout=10)
+        assert not receiver.active_transfers  # still in the first chunk: size not known yet
+        fill(filler)  # something else takes the rest of the disk
+
+        with pytest.raises(StorageError, match="No space left on device"):
+            await asyncio.wait_for(task, 15)
+        assert range_file.exists()
+        with receiver.store.unit_of_work() as uow:
+            saved = uow.downloads.get(file_id)
+        assert saved is not None  # resumable like any other
+        assert saved.size == 0  # the first chunk never said the size
+        assert not receiver.store.blobs.has(file_id)
+        assert holder_failures(caplog) == []
+        assert not receiver.distrusted("H")
+
+        caplog.clear()
+        filler.unlink()  # room again: the node resumes it by itself (its cleanup sweep)
+        await wait_for(lambda: receiver.store.blobs.has(file_id), timeout=30)
+        assert blob(receiver, file_id) == data
+        assert not range_file.exists()
+        with receiver.store.unit_of_work() as uow:
+            assert uow.downloads.get(file_id) is None
+        got_size, over_network = got_line(caplog, file_id)
+        assert got_size == size
+        kept = saved.partial.get(0, 0)
+        assert over_network == size - kept  # what was kept of the first chunk is not fetched
+    finally:
+        filler.unlink(missing_ok=True)
+        await on_small_disk.close()
+
+
 # -- a slow holder ---------------------------------------------------------------------------------
 class HoldersInOrder:
     """A test plugin: ask the holders in this order."""
