@@ -3,7 +3,8 @@
 Safety: it listens on 127.0.0.1 unless told otherwise; a request whose ``Host`` is not this
 server's (DNS rebinding) or whose ``Origin`` is foreign is refused; every request that changes
 state needs the node's API token (header ``Authorization: Bearer …``, or the cookie the dashboard
-gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …, "status": …}``.
+gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …, "status": …}``
+(507 when this node's disk is full, 500 with the details in the log for anything unexpected).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from sqlalchemy.exc import OperationalError
 
 from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, StorageError
 from treedrive.core.events import Event, TransferFinished
@@ -214,7 +216,19 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except StorageError as exc:
         return _json_error(507, str(exc))
     except NodeError as exc:
+        if isinstance(exc.__cause__, OSError):  # this node's disk refused a write
+            return _json_error(507, str(exc))
         return _json_error(400, str(exc))
+    except OperationalError as exc:
+        if "full" in str(exc.orig):  # SQLite: "database or disk is full"
+            return _json_error(507, f"the node's disk is full: {exc.orig}")
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_error(500, "internal error (see the node's log)")
+    except ConnectionError:
+        raise  # the client left: nothing to answer, nothing to log
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_error(500, "internal error (see the node's log)")
 
 
 def _node(request: web.Request) -> Node:
@@ -323,10 +337,16 @@ async def upload(request: web.Request) -> web.Response:
         chunks = request.content.iter_chunked(1 << 20)
     if not name:
         raise error(400, "the file needs a name (?name=…)")
-    sink = node.open_sink()
+    try:
+        sink = node.open_sink()
+    except OSError as exc:
+        raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
     try:
         async for chunk in chunks:
-            sink.write(chunk)
+            try:
+                sink.write(chunk)
+            except OSError as exc:  # the disk is full (or read-only): this node's error
+                raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
             if sink.size > cap:
                 raise error(413, f"upload is over the cap ({cap} bytes)")
         meta = await node.push_blob(sink, safe_name(name))
