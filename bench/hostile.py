@@ -238,7 +238,7 @@ TYPE_RE = re.compile(rb'"type"\s*:\s*"([A-Za-z_]+)"')
 
 def message_type(head: bytes) -> str:
     m = TYPE_RE.search(head)
-    return m.group(1).decode() if m else "?"
+    return m.group(1).decode() if m else "(no type)"
 
 
 class Inbox:
