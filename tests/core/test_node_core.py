@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,9 @@ class RecordingNetwork:
     async def send(self, host: str, port: int, message: Message) -> bool:
         self.sent.append((host, port, message))
         return True
+
+    def post(self, host: str, port: int, message: Message) -> None:
+        self.sent.append((host, port, message))
 
     async def push_file(
         self,
@@ -272,7 +276,7 @@ async def test_gossip_is_answered_once_per_id(h: Harness) -> None:
     await h.node.handle_message(gossip("alice", 7001, "g-1"), "127.0.0.1:50001")
     await h.settle()
     assert len(h.net.messages(GossipReply)) == 1
-    await h.node.handle_message(gossip("alice", 7001, "g-2"), "127.0.0.1:50002")
+    await h.node.handle_message(gossip("alice", 7002, "g-2"), "127.0.0.1:50002")
     await h.settle()
     assert len(h.net.messages(GossipReply)) == 2
 
@@ -386,7 +390,9 @@ async def test_gossip_reply_known_file_again_changes_nothing(h: Harness) -> None
     assert len(h.recorder.of(FileAdvertised)) == 1
 
 
-async def test_gossip_reply_newer_timestamp_replaces_older_does_not(h: Harness) -> None:
+async def test_gossip_reply_keeps_the_first_timestamp_seen(h: Harness) -> None:
+    """A newer timestamp would make the true bytes fail verification here: claims never
+    override the record that can verify (the store's rules, tests/store)."""
     base = file_of(b"one", name="first.txt")
     newer = FileMeta(base.file_id, "renamed.txt", base.file_size, "alice", TS + 10)
     older = FileMeta(base.file_id, "stale.txt", base.file_size, "alice", TS - 10)
@@ -394,7 +400,7 @@ async def test_gossip_reply_newer_timestamp_replaces_older_does_not(h: Harness) 
     await h.node.handle_message(reply("carol", 7003, newer), "src")
     await h.node.handle_message(reply("dave", 7004, older), "src")
     [entry] = h.node.files()
-    assert entry.meta == newer
+    assert entry.meta == base
     assert entry.holders == ("bob", "carol", "dave")
 
 
@@ -879,3 +885,130 @@ async def test_push_of_an_unreadable_path_fails_cleanly(h: Harness) -> None:
         await h.node.push(h.tmp / "does-not-exist.txt")
     assert h.partials() == []
     assert h.node.files() == []
+
+
+# -- bounded work per stranger (issue 8) ----------------------------------------------------------
+async def test_gossips_naming_one_address_are_answered_once_per_interval(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(gossip_interval=0.3)
+    for i in range(20):  # twenty peer ids, one address
+        await h.node.handle_message(gossip(f"fake-{i}", 7001, f"g-{i}"), "127.0.0.1:5000")
+    assert len(h.net.messages(GossipReply)) == 1
+    await asyncio.sleep(0.4)  # the one pending reply goes when the interval is over
+    assert len(h.net.messages(GossipReply)) == 2
+    await asyncio.sleep(0.4)
+    assert len(h.net.messages(GossipReply)) == 2
+
+
+async def test_the_reply_object_is_reused_until_local_files_change(h: Harness) -> None:
+    await h.node.handle_message(gossip("alice", 7001, "g-1"), "127.0.0.1:5000")
+    await h.node.handle_message(gossip("bob", 7002, "g-2"), "127.0.0.1:5000")
+    first, second = (m for _, _, m in h.net.messages(GossipReply))
+    assert first is second  # the transport encodes it once
+    src = h.tmp / "new.txt"
+    src.write_bytes(b"new file")
+    mine = await h.node.push(src)
+    await h.node.handle_message(gossip("carol", 7003, "g-3"), "127.0.0.1:5000")
+    third = h.net.messages(GossipReply)[-1][2]
+    assert third is not first
+    assert third.files == (mine,)
+
+
+async def test_a_stranger_does_not_earn_large_replies_but_a_proven_peer_is_answered(
+    h: Harness,
+) -> None:
+    for i in range(300):  # 300 x ~2.5 kB: more than the burst allowance
+        h.advertise(file_of(b"x%d" % i), "bob")
+        data = b"held %d" % i
+        await h.receive(file_of(data, name=f"{'n' * 2000}{i}"), data)
+    h.net.sent.clear()
+    answered = 0
+    for i in range(50):
+        await h.node.handle_message(gossip(f"eve-{i}", 9000 + i, f"e-{i}"), "127.0.0.1:5000")
+        answered = len(h.net.messages(GossipReply))
+    assert answered <= 1
+    assert h.node.replies.refused >= 49
+    # a peer that answered our GOSSIPs shares the stranger's IP and is still answered
+    await h.node.handle_message(reply("alice", 7001), "127.0.0.1:6000")
+    await h.node.handle_message(gossip("alice", 7001, "a-1"), "127.0.0.1:6001")
+    assert h.net.messages(GossipReply)[-1][:2] == ("127.0.0.1", 7001)
+
+
+async def test_gossip_now_sends_once_per_address(h: Harness) -> None:
+    for i in range(200):
+        h.add_peer(f"forged-{i}", 22)
+    h.add_peer("real", 7001)
+    with h.node.store.unit_of_work() as uow:  # and one that names this node's own address
+        uow.peers.upsert("mirror", MY_HOST, MY_PORT, 1e12, None)
+        uow.commit()
+    await h.node.gossip_now()
+    targets = sorted((host, port) for host, port, _ in h.net.messages(Gossip))
+    assert targets == [("127.0.0.1", 22), ("127.0.0.1", 7001)]
+
+
+async def test_forwarding_skips_the_originators_address_and_is_rate_limited(h: Harness) -> None:
+    for i in range(20):
+        h.add_peer(f"forged-{i}", 22)  # every peer id names the originator's address
+    await h.node.handle_message(gossip("forged-0", 22, "f-0"), "src")
+    assert h.net.messages(Gossip) == []
+    h.add_peer("p1", 7101)
+    h.add_peer("p2", 7102)
+    started = time.monotonic()
+    for i in range(200):
+        await h.node.handle_message(gossip(f"n-{i}", 9000 + i, f"n-{i}"), "src")
+    took = time.monotonic() - started
+    forwarded = h.net.messages(Gossip)
+    assert all((host, port) != (m.host, m.port) for host, port, m in forwarded)
+    # 30 a second and a burst of 30 at most, each to fan-out 3 addresses
+    assert len({m.id for _, _, m in forwarded}) <= 30 + 30 * took + 1
+    assert len(forwarded) <= 3 * (30 + 30 * took + 1)
+    assert took < 5  # or the bound says little
+
+
+async def test_peers_beyond_max_peers_evict_the_longest_silent(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(max_peers=5)
+    for i in range(12):
+        await h.node.handle_message(gossip(f"p{i}", 7100 + i, f"g-{i}"), "src")
+    assert {p.peer_id for p in h.node.peers()} == {f"p{i}" for i in range(7, 12)}
+    assert {e.peer_id for e in h.recorder.of(PeerExpired)} == {f"p{i}" for i in range(7)}
+
+
+# -- claims never override facts (issue 8) ---------------------------------------------------------
+async def test_a_delete_in_this_nodes_own_name_is_refused(h: Harness) -> None:
+    src = h.tmp / "mine.txt"
+    src.write_bytes(b"mine")
+    mine = await h.node.push(src)
+    await h.node.handle_message(Delete(from_peer=ME, file_id=mine.file_id), "127.0.0.1:5000")
+    entry = h.node.file(mine.file_id)
+    assert entry is not None
+    assert entry.has_copy
+    assert h.node.store.blobs.has(mine.file_id)
+
+
+async def test_a_deleted_file_is_never_relayed_to_its_owner(h: Harness) -> None:
+    meta = await _deleted_by_owner(h)  # alice deleted it (or someone said so in her name)
+    h.net.sent.clear()
+    await h.node.handle_message(reply("alice", 7001, meta), "src")  # alice still holds it
+    await h.node.handle_message(Announce(from_peer="alice", meta=meta), "src")
+    assert h.net.messages(Delete) == []
+
+
+async def test_a_pushed_file_claiming_this_node_as_owner_is_refused(h: Harness) -> None:
+    data = b"not yours"
+    meta = file_of(data, owner=ME)
+    await h.receive(meta, data)
+    assert h.node.file(meta.file_id) is None
+    assert not h.node.store.blobs.has(meta.file_id)
+    assert h.partials() == []
+    # a file this node does own (its record survived, its blob did not) may come back
+    own = file_of(b"lost", owner=ME)
+    with h.node.store.unit_of_work() as uow:
+        uow.files.merge(own, 1.0)
+        uow.commit()
+    await h.receive(own, b"lost")
+    entry = h.node.file(own.file_id)
+    assert entry is not None
+    assert entry.has_copy

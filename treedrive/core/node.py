@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import secrets
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from treedrive.core.config import NodeConfig
 from treedrive.core.download import RAW_RANGE, RangedDownload
@@ -58,6 +61,19 @@ from treedrive.core.model import (
 )
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import FileSink, Network
+from treedrive.core.replies import (
+    FORWARDS_PER_SECOND,
+    Address,
+    ReplyPolicy,
+    Reused,
+    Throttle,
+    TokenBucket,
+    Verdict,
+    distinct_addresses,
+    gossip_size,
+    reply_size,
+    source_ip,
+)
 from treedrive.store import BlobWriter, Store, VerificationError
 from treedrive.store.uow import UnitOfWork
 
@@ -118,6 +134,13 @@ class Node:
         self.features = self.EXTENSION_FEATURES if config.extension else frozenset()
         self.joined = asyncio.Event()
         """Set once the join-time downloads are done (or skipped)."""
+        self.replies = ReplyPolicy(config.gossip_interval)
+        self._reply: Reused[tuple[GossipReply, int]] = Reused(config.gossip_interval)
+        self._local_version = 0
+        """Bumped whenever the files this node holds change (the reply is rebuilt)."""
+        self._pending_replies: dict[Address, tuple[str, asyncio.TimerHandle]] = {}
+        self._forwards = TokenBucket(FORWARDS_PER_SECOND, FORWARDS_PER_SECOND)
+        self._throttles: dict[str, Throttle] = {}
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,6 +191,9 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping.set()
+        for _, timer in self._pending_replies.values():
+            timer.cancel()
+        self._pending_replies.clear()
         await self.plugins.notify("treedrive_shutdown", within=5, node=self)
         for task in list(self._tasks):
             task.cancel()
@@ -198,6 +224,8 @@ class Node:
 
     def publish(self, events: Sequence[Event]) -> None:
         for event in events:
+            if isinstance(event, FileStored | FileDeleted):
+                self._local_version += 1
             self.plugins.notify_soon("treedrive_on_event", node=self, event=event)
 
     def peers(self) -> list[PeerInfo]:
@@ -226,13 +254,31 @@ class Node:
         return extra
 
     def _send(self, host: str, port: int, message: Message) -> None:
-        self._spawn(self.network.send(host, port, message), f"send {type(message).__name__}")
+        """Hand ``message`` to the transport's bounded outbox (it never waits, and drops the
+        oldest work when full): peer input never makes the node spawn unbounded tasks."""
+        self.network.post(host, port, message)
+
+    def _addresses(self, exclude: Sequence[str] = ()) -> list[Address]:
+        """The tracked peers' addresses, each once and never our own: a hundred peer ids that
+        name one address (forged or stale) cost one message, not a hundred."""
+        return distinct_addresses(
+            [(p.host, p.port) for p in self.peers() if p.peer_id not in exclude],
+            exclude=frozenset({(self.host, self.port)}),
+        )
 
     def _send_to_all(self, message: Message, exclude: Sequence[str] = ()) -> int:
-        peers = [p for p in self.peers() if p.peer_id not in exclude]
-        for p in peers:
-            self._send(p.host, p.port, message)
-        return len(peers)
+        addresses = self._addresses(exclude)
+        for host, port in addresses:
+            self._send(host, port, message)
+        return len(addresses)
+
+    def _log_limited(self, key: str, level: int, text: str, *args: Any) -> None:
+        """One log line per ``key`` per second at most; the next says how many were left out."""
+        throttle = self._throttles.setdefault(key, Throttle(1.0))
+        if throttle.ready(time.monotonic()):
+            more = throttle.take_suppressed()
+            suffix = f" (and {more} more like it)" if more else ""
+            log.log(level, text + suffix, *args)
 
     def new_gossip(self) -> Gossip:
         gossip = Gossip(
@@ -255,13 +301,17 @@ class Node:
         return True
 
     async def gossip_now(self) -> None:
-        """Gossip to every tracked peer, and to the well-known hosts while we know nobody."""
+        """Gossip to every tracked address (once each), and to the well-known hosts while we
+        know nobody."""
         gossip = self.new_gossip()
-        sent = self._send_to_all(gossip)
-        if sent == 0 or not self.joined.is_set():
-            for addr in self.config.bootstrap:
-                if (addr.host, addr.port) != (self.host, self.port):
-                    self._send(addr.host, addr.port, gossip)
+        addresses = self._addresses()
+        if not addresses or not self.joined.is_set():
+            addresses = distinct_addresses(
+                addresses + [(a.host, a.port) for a in self.config.bootstrap],
+                exclude=frozenset({(self.host, self.port)}),
+            )
+        for host, port in addresses:
+            self._send(host, port, gossip)
 
     async def _gossip_loop(self) -> None:
         while not self._stopping.is_set():
@@ -322,28 +372,71 @@ class Node:
         return entry.meta, self.store.blobs.path(file_id)
 
     async def handle_message(self, message: Message, source: str) -> None:
-        if isinstance(message, Gossip):
-            self._on_gossip(message)
-        elif isinstance(message, GossipReply):
-            self._on_gossip_reply(message)
-        elif isinstance(message, Announce):
-            self._on_announce(message)
-        elif isinstance(message, Delete):
-            self._on_delete(message)
-        else:
-            log.warning("unexpected %s from %s dropped", type(message).__name__, source)
+        try:
+            if isinstance(message, Gossip):
+                self._on_gossip(message, source)
+            elif isinstance(message, GossipReply):
+                self._on_gossip_reply(message)
+            elif isinstance(message, Announce):
+                self._on_announce(message)
+            elif isinstance(message, Delete):
+                self._on_delete(message)
+            else:
+                log.warning("unexpected %s from %s dropped", type(message).__name__, source)
+        except Exception as exc:
+            if not storage_failure(exc):
+                raise
+            self._log_limited(
+                "storage", logging.ERROR, "%s from %s not recorded: %s",
+                type(message).__name__, source, exc,
+            )  # fmt: skip
 
-    def _on_gossip(self, g: Gossip) -> None:
+    def _track(self, uow: UnitOfWork, peer_id: str, host: str, port: int, extra: Any) -> None:
+        """Track or refresh a peer, within ``max_peers`` (the longest silent make room)."""
+        peers = uow.peers
+        peer, new = peers.upsert(
+            peer_id, host, port, time.time(), features_of(extra), max_peers=self.config.max_peers
+        )
+        for gone in peers.evicted:
+            uow.emit(PeerExpired(gone))
+        if peers.evicted:
+            self._log_limited(
+                "evicted", logging.INFO, "%d peers tracked at most: %d longest silent forgotten",
+                self.config.max_peers, len(peers.evicted),
+            )  # fmt: skip
+        uow.emit(PeerSeen(peer, new))
+
+    def _on_gossip(self, g: Gossip, source: str) -> None:
         if not self._remember(g.id) or g.peer_id == self.peer_id:
             return
-        with self.transaction() as uow:
-            peer, new = uow.peers.upsert(
-                g.peer_id, g.host, g.port, time.time(), features_of(g.extra)
+        ip = source_ip(source)
+        self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
+        try:
+            with self.transaction() as uow:
+                self._track(uow, g.peer_id, g.host, g.port, g.extra)
+                uow.commit()
+        except Exception as exc:
+            # A full disk must not silence the node: peers that hear nothing drop it. The reply
+            # needs no write.
+            if not storage_failure(exc):
+                raise
+            self._log_limited(
+                "storage", logging.ERROR, "GOSSIP from %s not recorded: %s", g.peer_id, exc
             )
-            uow.emit(PeerSeen(peer, new))
-            files = uow.files.local_metas()
-            uow.commit()
         self._extension_keys("GOSSIP", g.peer_id, g.extra)
+        self._answer((g.host, g.port), ip)
+        self._forward(g)
+
+    def gossip_reply(self) -> tuple[GossipReply, int]:
+        """The GOSSIP_REPLY this node sends and its size on the wire: one object, reused until
+        the files held here change (or an interval passes), so the transport encodes it once."""
+        now = time.monotonic()
+        cached = self._reply.get(self._local_version, now)
+        if cached is not None:
+            return cached
+        version = self._local_version
+        with self.store.unit_of_work() as uow:  # a read: works on a full disk too
+            files = uow.files.local_metas()
         reply = GossipReply(
             host=self.host,
             port=self.port,
@@ -351,10 +444,47 @@ class Node:
             files=tuple(files),
             extra=self._gossip_extra("GOSSIP_REPLY"),
         )
-        self._send(g.host, g.port, reply)
-        others = [p for p in self.peers() if p.peer_id != g.peer_id]
-        for p in random.sample(others, min(self.config.fanout, len(others))):
-            self._send(p.host, p.port, g)
+        return self._reply.put((reply, reply_size(reply)), version, now)
+
+    def _answer(self, address: Address, ip: str) -> None:
+        """Reply to ``address`` as the reply policy says: now, once its interval is over, or
+        (a stranger that has not earned the bytes) not at all."""
+        reply, size = self.gossip_reply()
+        decision = self.replies.decide(address, ip, size, time.monotonic())
+        if decision.verdict is Verdict.SEND:
+            self._send(*address, reply)
+        elif decision.verdict is Verdict.LATER:
+            pending = self._pending_replies.get(address)
+            if pending is not None:
+                self._pending_replies[address] = (ip, pending[1])
+            elif len(self._pending_replies) < self.replies._addresses.size:
+                delay = max(0.0, decision.at - time.monotonic())
+                timer = asyncio.get_running_loop().call_later(delay, self._answer_later, address)
+                self._pending_replies[address] = (ip, timer)
+        else:
+            self._log_limited(
+                "budget", logging.INFO,
+                "GOSSIP_REPLY to %s:%d not sent: its source %s has not sent enough to earn "
+                "%d bytes (%d refused so far)",
+                address[0], address[1], ip, size, self.replies.refused,
+            )  # fmt: skip
+
+    def _answer_later(self, address: Address) -> None:
+        pending = self._pending_replies.pop(address, None)
+        if pending is None or self._stopping.is_set():
+            return
+        try:
+            self._answer(address, pending[0])
+        except Exception:
+            log.exception("a deferred GOSSIP_REPLY to %s:%d failed", *address)
+
+    def _forward(self, g: Gossip) -> None:
+        """Pass a new GOSSIP on to up to ``fanout`` other addresses, within the overall rate."""
+        if self.config.fanout <= 0 or not self._forwards.take(time.monotonic()):
+            return
+        others = [a for a in self._addresses(exclude=(g.peer_id,)) if a != (g.host, g.port)]
+        for host, port in random.sample(others, min(self.config.fanout, len(others))):
+            self._send(host, port, g)
 
     def _extension_keys(self, message_type: str, peer_id: str, extra: Any) -> None:
         unknown = {k: v for k, v in extra.items() if k != "treedrive"}
@@ -371,9 +501,11 @@ class Node:
         if r.peer_id == self.peer_id:
             return
         now = time.time()
+        self.replies.answered_us((r.host, r.port), time.monotonic())
         with self.transaction() as uow:
-            peer, new = uow.peers.upsert(r.peer_id, r.host, r.port, now, features_of(r.extra))
-            uow.emit(PeerSeen(peer, new))
+            self._track(uow, r.peer_id, r.host, r.port, r.extra)
+            peer = uow.peers.get(r.peer_id)
+            assert peer is not None
             deleted = uow.tombstones.owners([m.file_id for m in r.files])
             stale = [(m.file_id, deleted[m.file_id]) for m in r.files if m.file_id in deleted]
             live = [m for m in r.files if m.file_id not in deleted]
@@ -389,6 +521,9 @@ class Node:
     def _relay_delete(self, peer: PeerInfo, file_id: str, owner: str, now: float) -> None:
         """A peer still advertises a file its owner deleted (it missed the DELETE): pass the
         owner's DELETE on to it, at most once per ``RELAY_DELETE_EVERY``."""
+        ours = (peer.host, peer.port) == (self.host, self.port)
+        if peer.peer_id in (owner, self.peer_id) or ours:
+            return  # the owner knows what it deleted; a DELETE in its own name is a forgery
         key = (peer.peer_id, file_id)
         if now - self._relayed.get(key, 0.0) < RELAY_DELETE_EVERY:
             return
@@ -411,18 +546,28 @@ class Node:
             self._relay_delete(peer, a.meta.file_id, owner, now)
 
     def _on_delete(self, d: Delete) -> None:
+        if d.from_peer == self.peer_id:
+            # This node never sends itself a DELETE: one in its name is a forgery.
+            self._log_limited(
+                "forged", logging.WARNING,
+                "DELETE of %s in this node's own name refused: it did not send it",
+                d.file_id[:12],
+            )  # fmt: skip
+            return
         with self.transaction() as uow:
             entry = uow.files.get(d.file_id)
             if entry is None:
-                log.info("DELETE of unknown file %s from %r ignored", d.file_id[:12], d.from_peer)
+                self._log_limited(
+                    "delete-unknown", logging.INFO, "DELETE of unknown file %s from %r ignored",
+                    d.file_id[:12], d.from_peer,
+                )  # fmt: skip
                 return
             if entry.meta.file_owner != d.from_peer:
-                log.warning(
+                self._log_limited(
+                    "delete-not-owner", logging.WARNING,
                     "DELETE of %s from %r ignored: the owner is %r",
-                    d.file_id[:12],
-                    d.from_peer,
-                    entry.meta.file_owner,
-                )
+                    d.file_id[:12], d.from_peer, entry.meta.file_owner,
+                )  # fmt: skip
                 return
             self._forget(uow, entry)
             uow.commit()
@@ -454,6 +599,12 @@ class Node:
             reason = "its owner deleted it"
         elif entry is not None and entry.has_copy:
             reason = "already held"
+        elif meta.file_owner == self.peer_id and (
+            entry is None or entry.meta.file_owner != self.peer_id
+        ):
+            # Only this node makes files owned by this node: a push of one it does not know as
+            # its own is a forgery (and would hand this node's right to DELETE to a stranger).
+            reason = "it claims to be this node's own file"
         elif (
             self.plugins.first("treedrive_accept_file", node=self, meta=meta, peer_id=None) is False
         ):
@@ -861,3 +1012,10 @@ class RangeProgress:
 
     def finish(self, ok: bool, error: str | None = None) -> None:
         self.upload.end(self.rid, ok, error)
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk or the database refusing a write (a full disk, say)."""
+    if isinstance(exc, StorageError | OperationalError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)

@@ -1,0 +1,260 @@
+"""Forged claims and a stranger's say-so, against real nodes (in-process nodes on loopback, real
+sockets, real SQLite files) fed by raw sockets: a node never acts on a forgery of itself, never
+becomes the owner of a file pushed to it, dials an address a stranger names at a bounded rate, and
+answers GOSSIP on a full disk (issue 8; THREATS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import address, fast_config, wait_for
+from tests.e2e.helpers import Listener, file_data, file_id_of, send_message
+from treedrive.app import running_node
+from treedrive.core.node import Node
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+Starter = Callable[..., Any]
+INTERVAL = 0.5  # the gossip interval of tests/conftest.py's FAST timers
+
+
+class CountingListener:
+    """A port that counts the connections made to it (and reads and drops what they send)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port = int(self._server.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._server.close()
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingListener]:
+    lst = CountingListener()
+    yield lst
+    lst.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def forged_gossips(node_port: int, target_port: int, count: int) -> None:
+    """``count`` GOSSIPs, each from a new peer id and with a new id, all naming
+    127.0.0.1:``target_port``."""
+    for i in range(count):
+        send_message(
+            node_port,
+            {
+                "type": "GOSSIP",
+                "host": "127.0.0.1",
+                "port": target_port,
+                "id": str(uuid.uuid4()),
+                "peerId": f"forged-{i}-{uuid.uuid4().hex[:6]}",
+            },
+        )
+
+
+async def push_bytes(node: Node, tmp_path: Path, data: bytes, name: str) -> str:
+    src = tmp_path / "src" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(data)
+    meta = await node.push(src)
+    return meta.file_id
+
+
+def holds(node: Node, file_id: str) -> bool:
+    entry = node.file(file_id)
+    return entry is not None and entry.has_copy and node.store.blobs.has(file_id)
+
+
+# -- a DELETE in the owner's name ------------------------------------------------------------------
+async def test_a_forged_delete_in_the_owners_name_never_reaches_the_owner(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    """A stranger tells B that A deleted A's file. B cannot check that (it forgets its record),
+    but it must not pass the DELETE on to A, and A must not believe a DELETE in its own name."""
+    a: Node = await start_node("A")
+    b: Node = await start_node("B", bootstrap=(address(a),), download_limit=0)
+    file_id = await push_bytes(a, tmp_path, os.urandom(5000), "precious.bin")
+    await wait_for(lambda: (e := b.file(file_id)) is not None and "A" in e.holders)
+
+    await asyncio.to_thread(
+        send_message, b.port, {"type": "DELETE", "from": "A", "file_id": file_id}
+    )
+    await wait_for(lambda: b.file(file_id) is None)  # B took the claim: it cannot check it
+
+    await asyncio.sleep(8 * INTERVAL)  # A answers B's GOSSIPs with its file list meanwhile
+    assert holds(a, file_id)
+    assert a.file(file_id) is not None
+
+
+async def test_a_delete_in_a_nodes_own_name_sent_to_it_is_refused(
+    start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    a: Node = await start_node("A")
+    file_id = await push_bytes(a, tmp_path, os.urandom(5000), "mine.bin")
+    await asyncio.to_thread(
+        send_message, a.port, {"type": "DELETE", "from": "A", "file_id": file_id}
+    )
+
+    def answered() -> bool:
+        said = " ".join(r.getMessage() for r in caplog.records)
+        return "own name refused" in said or not holds(a, file_id)
+
+    await wait_for(answered, timeout=5)
+    assert holds(a, file_id)
+
+
+# -- a push that names the receiver as the owner ---------------------------------------------------
+async def test_an_unsolicited_file_data_never_makes_the_receiver_its_owner(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    r: Node = await start_node("R")
+    data = os.urandom(20_000)
+    ts = int(time.time())
+    fid = file_id_of(data, ts)
+    raw = file_data(data, "yours.bin", ts, owner="R")
+
+    def push() -> None:
+        with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+            s.sendall(raw)
+
+    await asyncio.to_thread(push)
+
+    def settled() -> bool:
+        said = " ".join(r.getMessage() for r in caplog.records)
+        return fid[:12] in said or r.file(fid) is not None
+
+    await wait_for(settled, timeout=5)
+    await asyncio.sleep(0.2)
+    entry = r.file(fid)
+    assert entry is None or entry.meta.file_owner != r.peer_id
+    assert not r.store.blobs.has(fid)
+    assert all(e.meta.file_owner != r.peer_id for e in r.files())
+
+
+# -- dialing on a stranger's say-so ----------------------------------------------------------------
+async def test_forged_gossips_naming_one_address_make_few_dials_to_it(
+    start_node: Starter, counting: CountingListener
+) -> None:
+    """200 GOSSIPs, each from a new peer id, all naming one address: the node dials it a few
+    times per gossip interval (replies, its own gossip), not hundreds."""
+    r: Node = await start_node("R", peer_timeout=30.0)
+    started = time.monotonic()
+    await asyncio.to_thread(forged_gossips, r.port, counting.port, 200)
+    await wait_for(lambda: len(r.peers()) >= 50, timeout=10)
+    await asyncio.sleep(6 * INTERVAL)
+    elapsed = time.monotonic() - started
+    allowed = 3 * elapsed / INTERVAL + 5
+    assert counting.accepted <= allowed, (counting.accepted, elapsed)
+    assert counting.accepted >= 1  # it is answered, once in a while
+
+
+async def test_forged_peers_stay_within_max_peers(
+    start_node: Starter, counting: CountingListener
+) -> None:
+    r: Node = await start_node("R", peer_timeout=30.0, max_peers=50)
+    await asyncio.to_thread(forged_gossips, r.port, counting.port, 200)
+    await asyncio.sleep(4 * INTERVAL)
+    assert 0 < len(r.peers()) <= 50
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 12 MiB file system (tmpfs) for a node's data dir (needs root; skips elsewhere)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk is full."""
+    block = b"\0" * 65536
+    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
+        while True:
+            f.write(block)
+    with contextlib.suppress(OSError), (path.parent / "crumbs").open("wb", buffering=0) as f:
+        while True:  # the last few bytes too
+            f.write(b"\0" * 512)
+
+
+@contextlib.asynccontextmanager
+async def node_on(root: Path, peer_id: str) -> AsyncIterator[Node]:
+    async with running_node(fast_config(root / peer_id, peer_id)) as node:
+        yield node
+
+
+async def test_gossip_is_answered_when_the_disk_is_full(
+    small_disk: Path, tmp_path: Path, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    filler = small_disk / "filler"
+    try:
+        async with node_on(small_disk, "R") as r:
+            file_id = await push_bytes(r, tmp_path, os.urandom(4000), "kept.bin")
+            first = await asyncio.to_thread(listener.gossip_to, r.port, "before", 5)
+            assert file_id in {f["file_id"] for f in first["files"]}
+            await asyncio.to_thread(fill, filler)
+
+            for i in range(3):  # each a new peer: each needs a write that fails
+                started = time.monotonic()
+                answer = await asyncio.to_thread(listener.gossip_to, r.port, f"while-full-{i}", 5)
+                assert time.monotonic() - started < 2
+                assert answer["type"] == "GOSSIP_REPLY"
+                assert answer["peerId"] == "R"
+                assert file_id in {f["file_id"] for f in answer["files"]}
+                await asyncio.sleep(INTERVAL)  # the next interval: a reply to the same address
+            said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any("not recorded" in m for m in said), said
+    finally:
+        filler.unlink(missing_ok=True)
+        (small_disk / "crumbs").unlink(missing_ok=True)
