@@ -41,6 +41,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "max_upload_rate": ("256.5", 256.5),
     "chunk_size": ("64", 64),
     "max_inflight": ("2", 2),
+    "max_peers": ("50", 50),
     "extension": ("false", False),
     "shell": ("false", False),
     "log_level": ("DEBUG", "DEBUG"),
@@ -54,6 +55,7 @@ ENV_INVALID: dict[str, str] = {
     "max_download_rate": "-1",
     "chunk_size": "1",
     "max_inflight": "100",
+    "max_peers": "0",
     "gossip_interval": "soon",
     "peer_timeout": "-1",
     "cleanup_interval": "0",
@@ -283,3 +285,27 @@ def test_db_help() -> None:
     assert result.exit_code == 0, result.output
     for command in ("upgrade", "current", "history"):
         assert command in result.output
+
+
+def test_run_passes_its_settings_to_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import treedrive.cli as cli_module
+    from treedrive.core.config import NodeConfig
+
+    seen: list[NodeConfig] = []
+
+    async def fake_run(config: NodeConfig, with_shell: bool) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(cli_module, "_run", fake_run)
+    monkeypatch.setattr(cli_module, "setup_logging", lambda *args: None)
+    data = tmp_path / "node"
+    result = invoke("run", "--data-dir", str(data), "--no-shell", "--max-peers", "7")
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.max_peers == 7
+    assert config.data_dir == data
+    result = invoke("run", "--data-dir", str(data), "--no-shell")
+    assert result.exit_code == 0, result.output
+    assert seen[1].max_peers == 1000

@@ -253,6 +253,15 @@ def cli() -> None:
     help="Ranged requests in flight at once for one download.",
 )
 @click.option(
+    "--max-peers",
+    envvar=env("MAX_PEERS"),
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Peers tracked at most; the longest silent are forgotten first.",
+)
+@click.option(
     "--extension/--no-extension",
     envvar=env("EXTENSION"),
     show_envvar=True,
@@ -295,6 +304,7 @@ def run(
     max_upload_rate: float,
     chunk_size: int,
     max_inflight: int,
+    max_peers: int,
     extension: bool,
     shell: bool | None,
     log_level: str,
@@ -340,6 +350,7 @@ def run(
         max_upload_rate=max_upload_rate * 1024 or None,
         chunk_size=chunk_size * 1024 or None,
         max_inflight=max_inflight,
+        max_peers=max_peers,
         extension=extension,
     )
     if shell is None:
