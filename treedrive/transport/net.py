@@ -168,22 +168,12 @@ async def _drain_upload(writer: asyncio.StreamWriter, stall: float) -> None:
                 raise TimeoutError("the peer stopped reading") from None
 
 
-def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The extension's ``treedrive`` object when it asks for (or announces) raw bytes."""
-    ext = extra.get("treedrive")
-    return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
-
-
 def _file_data_answer(fields: Mapping[str, Any]) -> FileData:
     """The answer to a GET_FILE, which must be a FILE_DATA (raises WireError, TransferError)."""
     answer = wire.decode(fields)
     if not isinstance(answer, FileData):
         raise TransferError(f"answered GET_FILE with {fields.get('type')!r}")
     return answer
-
-
-def _nonneg(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 async def _write_file_data(
@@ -545,17 +535,34 @@ class TcpNetwork:
                     await _drain(writer, self.limits)
                 return
             if isinstance(message, GetFile):
-                ext = _raw_ext(message.extra)
-                if ext is not None and "raw-range" in handler.features:
-                    await self._answer_raw(writer, message, ext, source)
-                else:
+                if "raw-range" not in handler.features:
                     await self._answer_get(writer, message, source)
+                    return
+                try:
+                    wanted = wire.range_request(message.extra)
+                except wire.WireError as exc:
+                    self._problem(
+                        "invalid", logging.WARNING, "%s: bad range dropped: %s", source, exc
+                    )
+                    writer.write(codec.encode_message(NOT_HERE))
+                    await _drain(writer, self.limits)
+                    return
+                if wanted is None:
+                    await self._answer_get(writer, message, source)
+                else:
+                    await self._answer_raw(writer, message, wanted, source)
             elif isinstance(message, FileData):
-                ext = _raw_ext(message.extra)
-                if sink is None and ext is not None and message.meta is not None:
+                try:
+                    raw = wire.range_header(message.extra)
+                except wire.WireError as exc:
+                    self._problem(
+                        "invalid", logging.WARNING, "%s: bad raw push dropped: %s", source, exc
+                    )
+                    return
+                if sink is None and raw is not None and message.meta is not None:
                     sink = handler.open_sink()  # a raw push: the bytes follow the header
                     state.protected = False
-                    await self._read_raw(stream, sink, _nonneg(ext.get("length")) or 0)
+                    await self._read_raw(stream, sink, raw.length)
                     state.protected = True
                 elif sink is None and event.fields.get("data") is True:
                     sink = handler.open_sink()  # an empty file
@@ -590,32 +597,27 @@ class TcpNetwork:
         log.info("served %s (%d bytes) to %s", meta.file_id[:12], size, source)
 
     async def _answer_raw(
-        self, writer: asyncio.StreamWriter, request: GetFile, ext: Mapping[str, Any], source: str
+        self,
+        writer: asyncio.StreamWriter,
+        request: GetFile,
+        wanted: wire.RangeRequest,
+        source: str,
     ) -> None:
         """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile)."""
         assert self._handler is not None
         found = self._handler.file_to_serve(request.file_id)
-        offset, length = _nonneg(ext.get("offset", 0)), ext.get("length")
-        if found is None or offset is None or (length is not None and _nonneg(length) is None):
-            if found is not None:
-                log.warning("%s: bad range %r dropped", source, dict(ext))
+        if found is None:
             writer.write(codec.encode_message(NOT_HERE))
             await _drain(writer, self.limits)
             return
         meta, path = found
         size = path.stat().st_size
-        offset = min(offset, size)
-        length = size - offset if length is None else min(int(length), size - offset)
+        offset = min(wanted.offset, size)
+        length = size - offset if wanted.length is None else min(wanted.length, size - offset)
         ext_out = {"raw": True, "offset": offset, "length": length, "size": size}
         header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext_out}
         writer.write(codec.encode_message(header))
-        asker, download = ext.get("from"), ext.get("download")
-        progress = self._handler.track_range(
-            meta,
-            asker if isinstance(asker, str) and asker else source,
-            download if isinstance(download, str) and download else None,
-            size,
-        )
+        progress = self._handler.track_range(meta, wanted.asker or source, wanted.download, size)
         try:
             await self._send_raw(writer, path, offset, length, progress.update)
         except BaseException as exc:
@@ -1010,12 +1012,14 @@ class TcpNetwork:
             answer = _file_data_answer(event.fields)
             if answer.meta is None:
                 return RangeAnswer(None, 0, offset, 0)
-            got_ext = _raw_ext(answer.extra)
-            if got_ext is None:
+            # Checked before anything is allocated or written: ints in range, offset + length
+            # within size (a WireError otherwise); nothing here grows with the claimed size.
+            got = wire.range_header(answer.extra)
+            if got is None:
                 raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
-            size, start, count = (_nonneg(got_ext.get(k)) for k in ("size", "offset", "length"))
-            if size is None or start != offset or count is None or start + count > size:
-                raise TransferError(f"answered a range it was not asked for: {dict(got_ext)}")
+            size, start, count = got.size, got.offset, got.length
+            if start != offset:
+                raise TransferError(f"answered a range it was not asked for: {got}")
             if length is not None and count > length:
                 raise TransferError(f"sent {count} bytes for a range of {length}")
             self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
