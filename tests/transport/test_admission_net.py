@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import os
+import resource
 import socket
 import time
 import uuid
@@ -31,6 +33,7 @@ from tests.transport.test_raw import (
 )
 from treedrive.core.messages import Gossip
 from treedrive.core.node import Node
+from treedrive.transport import net
 from treedrive.transport.net import NetLimits, TcpNetwork
 
 pytestmark = pytest.mark.timeout(90)
@@ -282,3 +285,31 @@ async def test_a_refused_address_is_dialed_a_few_times_at_most(recorder: Any) ->
         assert await network.send("127.0.0.1", listener.port, Gossip("h", 1, "ok", "me"))
     finally:
         await network.close()
+
+
+# -- file descriptors ----------------------------------------------------------------------------
+async def test_open_files_limit_is_raised_and_accept_failures_are_throttled(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    node: Node = await start_node("fds")
+    network = tune(node)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == min(hard, 1 << 20) or hard == resource.RLIM_INFINITY
+    assert network.open_files_limit == soft
+    loop = asyncio.get_running_loop()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    before = net._accept_errors.totals["accepts failed (out of open files)"]
+    for _ in range(1000):  # what asyncio reports for each accept() that fails with EMFILE
+        loop.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": OSError(errno.EMFILE, "Too many open files"),
+            }
+        )
+    assert net._accept_errors.totals["accepts failed (out of open files)"] == before + 1000
+    assert len(caplog.records) <= 2
+    assert not any(r.exc_info for r in caplog.records)
+    # Other reports still reach the usual handler.
+    loop.call_exception_handler({"message": "something else"})
+    assert any("something else" in r.getMessage() for r in caplog.records)
