@@ -128,9 +128,8 @@ class DialBackoff:
         count as one."""
         entry = self._failed.get(address)
         self._reachable.pop(address, None)
-        if entry is not None and not entry.probing:
-            if entry.count > 0:
-                return  # already backing off: a dial made before the first failure
+        if entry is not None and not entry.probing and entry.count > 0:
+            return  # already backing off: a dial made before the first failure
         count = 1 if entry is None else entry.count + 1
         delay = self.delays[min(count, len(self.delays)) - 1]
         self._failed.pop(address, None)
