@@ -156,11 +156,13 @@ class LyingHolder:
     """A TreeDrive-extension peer on a real socket: it gossips with ``raw-range``, announces
     ``records``, answers GOSSIPs with a GOSSIP_REPLY listing them (so it stays tracked) and
     answers a ranged GET_FILE with a header that says the file has ``size`` bytes, followed by
-    the bytes of the range it was asked for (zeros). A classic GET_FILE gets "not here"."""
+    the bytes of the range it was asked for (zeros). A classic GET_FILE gets "not here", and so
+    does every GET_FILE when ``serves`` is False (a forger that only makes claims)."""
 
-    def __init__(self, peer_id: str, size: int) -> None:
+    def __init__(self, peer_id: str, size: int, serves: bool = True) -> None:
         self.peer_id = peer_id
         self.size = size
+        self.serves = serves
         self.records: dict[str, dict[str, Any]] = {}
         self.ranged: list[dict[str, Any]] = []
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -206,7 +208,7 @@ class LyingHolder:
     def _answer(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         record = self.records.get(str(msg.get("file_id")))
         ext = msg.get("treedrive")
-        if record is None or not isinstance(ext, dict) or not ext.get("raw"):
+        if record is None or not self.serves or not isinstance(ext, dict) or not ext.get("raw"):
             null = dict.fromkeys(("file_name", "file_size", "file_id", "file_owner"))
             conn.sendall(json.dumps({"type": "FILE_DATA", **null, "data": None}).encode())
             return
@@ -241,11 +243,11 @@ class LyingHolder:
 
 
 @pytest.fixture
-def liars() -> Iterator[Callable[[str, int], LyingHolder]]:
+def liars() -> Iterator[Callable[..., LyingHolder]]:
     made: list[LyingHolder] = []
 
-    def make(peer_id: str, size: int) -> LyingHolder:
-        made.append(LyingHolder(peer_id, size))
+    def make(peer_id: str, size: int, serves: bool = True) -> LyingHolder:
+        made.append(LyingHolder(peer_id, size, serves))
         return made[-1]
 
     yield make
@@ -293,14 +295,14 @@ async def test_forged_announce_changes_neither_the_holder_nor_a_peer(
 
 
 async def test_a_node_that_first_hears_a_forgery_takes_the_verified_timestamp(
-    start_node: Starter, tmp_path: Path, liars: Callable[[str, int], LyingHolder]
+    start_node: Starter, tmp_path: Path, liars: Callable[..., LyingHolder]
 ) -> None:
     """C learns of the file from a forger first (the record it keeps is the forgery), then from
     A: the bytes verify under the timestamp A's answers carry, and C's record takes it."""
     a: Node = await start_node("A", **QUIET)
     meta, data = await push_random(a, tmp_path, 300 * 1024, "true.bin")
     c: Node = await start_node("C", **QUIET)
-    forger = liars("mallory", 0)  # tracked by C, so that its claim is kept
+    forger = liars("mallory", 0, serves=False)  # tracked by C, so that its claim is kept
     forged = {**meta.wire(), "file_timestamp": int(meta.file_timestamp) + 10_000}
     forger.add(forged)
     await forger.join(c)
@@ -324,7 +326,7 @@ async def test_a_node_that_first_hears_a_forgery_takes_the_verified_timestamp(
 async def test_lying_size_is_refused_and_the_honest_holder_serves(
     start_node: Starter,
     tmp_path: Path,
-    liars: Callable[[str, int], LyingHolder],
+    liars: Callable[..., LyingHolder],
     lie: int,
 ) -> None:
     h: Node = await start_node("H", **QUIET)
@@ -360,7 +362,7 @@ async def test_lying_size_is_refused_and_the_honest_holder_serves(
 @pytest.mark.parametrize("lie", [2**47, 2**43], ids=["2^47", "2^43"])
 async def test_lying_size_from_the_only_holder_blames_it_not_the_disk(
     start_node: Starter,
-    liars: Callable[[str, int], LyingHolder],
+    liars: Callable[..., LyingHolder],
     lie: int,
 ) -> None:
     r: Node = await start_node("R", **QUIET)
