@@ -35,6 +35,17 @@ HEAD_TIMEOUT = 10.0
 LOG_EVERY = 1.0
 
 
+def fd_budget() -> int:
+    """HTTP connections at most under this process's open files limit: a quarter of it (the
+    P2P side, the database and the files being moved need the rest), and never below 8."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(8, soft // 4)
+
+
 def _busy(handler: asyncio.BaseProtocol) -> bool:
     """Whether aiohttp's handler is answering a request (head received, response not finished).
     Its flags are private; read defensively (an unknown version looks idle, never busy)."""

@@ -75,6 +75,12 @@ async def treedrive_startup(node: Node) -> None:
     app = make_app(node, token, hosts)
     extra = node.config.extra
     cap = _setting(extra, MAX_CONNECTIONS, admission.MAX_CONNECTIONS, int)
+    budget = admission.fd_budget()
+    if cap > budget:
+        log.warning(
+            "HTTP connections capped at %d, not %d: a quarter of the open files limit", budget, cap
+        )
+        cap = budget
     head = _setting(extra, HEAD_TIMEOUT, admission.HEAD_TIMEOUT, float)
     # keepalive_timeout: aiohttp's own idle timer, the same deadline (the admission enforces it
     # for heads that never complete, whatever the aiohttp version).
