@@ -79,7 +79,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer import MIB, TIMERS, ApiError, Node, make_payload, status_kib
+from transfer import MIB, TIMERS, ApiError, Node, cpu_seconds, make_payload, status_kib
 
 HOST = "127.0.0.1"
 GOSSIP_INTERVAL = 2.0
@@ -592,8 +592,7 @@ class Fuzzer:
                 )
             elif key == "files":
                 recs = message.get("files")
-                if isinstance(recs, list) and recs:
-                    rec = r.choice(recs)
+                if isinstance(recs, list) and recs and isinstance(rec := r.choice(recs), dict):
                     rec[r.choice(list(rec))] = self.hostile()
             elif op < 0.35:
                 token = f"@@RAW{len(raw)}@@"
@@ -719,6 +718,7 @@ def scenario_fuzz(args: argparse.Namespace, tmp: Path) -> Result:
     stats: collections.Counter[str] = collections.Counter()
     time.sleep(1)
     rss0 = rss_mib(node)
+    cpu0 = cpu_seconds(node.pid) or 0.0
     sampler = RssPeak(node)
     sampler.start()
 
@@ -754,6 +754,7 @@ def scenario_fuzz(args: argparse.Namespace, tmp: Path) -> Result:
 
     try:
         elapsed, fuzzer, _sinks = asyncio.run(attack())
+        node_cpu = (cpu_seconds(node.pid) or 0.0) - cpu0
     finally:
         for s in socks:
             s.close()
@@ -783,7 +784,7 @@ def scenario_fuzz(args: argparse.Namespace, tmp: Path) -> Result:
         "messages: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzzer.kinds.items())),
         "connections: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())),
         f"held rows without a blob {missing}, files left in partial/ {partial}, "
-        f"node.log {log_size(node) / MIB:.1f} MiB",
+        f"node.log {log_size(node) / MIB:.1f} MiB, node CPU during the fuzz {node_cpu:.1f} s",
     ]
     if kinds:
         details.append("exception types: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common(8)))
@@ -869,6 +870,7 @@ def scenario_amplification(args: argparse.Namespace, tmp: Path) -> Result:
     other = sum(by_kind.values()) - reply_bytes
     ratio = reply_bytes / max(1, sent_bytes)
     during = legit.between(t0, end)
+    before = [lat for lat in legit.between(0, t0) if lat is not None and lat < TARGET_REPLY_S]
     answered = [lat for lat in during if lat is not None and lat < TARGET_REPLY_S]
     worst = max((lat for lat in during if lat is not None), default=None)
     ok = (
@@ -888,7 +890,9 @@ def scenario_amplification(args: argparse.Namespace, tmp: Path) -> Result:
     )
     details = [
         f"pushing {n_files} files took {t_push:.1f} s; the window ran {end - t0:.1f} s "
-        f"(until 3 s without a GOSSIP_REPLY)",
+        f"(until 3 s without a GOSSIP_REPLY); the legitimate peer before the flood: "
+        f"{len(before)}/{len(legit.between(0, t0))} answered < 2 s, during: latencies "
+        + " ".join(fmt_s(lat) for lat in during),
         "delivered to the listeners: "
         + ", ".join(f"{k} {msgs[k]} msgs {by_kind[k] / 1e6:.2f} MB" for k in sorted(msgs)),
         "flood connections: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())),
@@ -1316,7 +1320,7 @@ def main(argv: list[str] | None = None) -> int:
         "16 MiB, 10 s of idle HTTP); the default is the full run of issue 8",
     )
     parser.add_argument("--fuzz-count", type=int, default=100_000, help="fuzz messages (full run)")
-    parser.add_argument("--conns", type=int, default=64, help="fuzz connections at once")
+    parser.add_argument("--conns", type=int, default=128, help="fuzz connections at once")
     parser.add_argument(
         "--flood-seconds", type=float, default=4.0, help="the GOSSIP flood's length"
     )
