@@ -8,6 +8,7 @@ from treedrive.core.messages import Gossip, GossipReply
 from treedrive.core.model import FileMeta
 from treedrive.core.replies import (
     BURST,
+    FLOOD,
     REPLY_RATIO,
     SPACING,
     Bounded,
@@ -170,3 +171,21 @@ def test_sizes_and_addresses() -> None:
     assert source_ip("::1:5555") == "::1"
     assert source_ip("[::1]:5555") == "::1"
     assert distinct_addresses([A, B, A, ("me", 1)], exclude=frozenset({("me", 1)})) == [A, B]
+
+
+def test_an_address_named_by_a_flood_loses_its_exemption_for_a_while() -> None:
+    p = ReplyPolicy(INTERVAL, burst=0)
+    p.answered_us(A, 0.0)
+    p.gossip_received(B, IP, GOSSIP, 0.0)
+    now = INTERVAL
+    assert p.proven(A, now)
+    assert p.proven(B, now)
+    for _ in range(FLOOD + 1):  # more GOSSIPs naming it in one interval than a peer sends
+        p.gossip_received(A, IP, GOSSIP, now)
+        p.gossip_received(B, IP, GOSSIP, now)
+    assert not p.proven(A, now)
+    assert not p.proven(B, now)
+    assert p.decide(B, IP, 200_000, now).verdict is Verdict.OVER_BUDGET
+    assert p.proven(A, now + 2 * INTERVAL)  # it calmed down
+    p.gossip_received(A, IP, GOSSIP, now + 2 * INTERVAL)  # one per interval: a peer
+    assert p.proven(A, now + 3 * INTERVAL)

@@ -86,6 +86,9 @@ SEEN_IDS = 10_000
 PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
 RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one peer about one deleted file
 UPLOAD_LINGER = 1.0
+FORWARD_TARGETS_FOR = 1.0
+"""Seconds the tracked addresses that GOSSIPs are forwarded to are reused before they are read
+again (a flood must not make the node read its whole peer table per GOSSIP)."""
 """Seconds an upload of ranges stays open after its last range, for the next one: the ranges one
 download asks for become one upload (one transfers row, one line on the dashboard)."""
 
@@ -140,6 +143,7 @@ class Node:
         """Bumped whenever the files this node holds change (the reply is rebuilt)."""
         self._pending_replies: dict[Address, tuple[str, asyncio.TimerHandle]] = {}
         self._forwards = TokenBucket(FORWARDS_PER_SECOND, FORWARDS_PER_SECOND)
+        self._forward_targets: Reused[list[tuple[str, Address]]] = Reused(FORWARD_TARGETS_FOR)
         self._throttles: dict[str, Throttle] = {}
 
     # -- life cycle --------------------------------------------------------------------------
@@ -482,7 +486,16 @@ class Node:
         """Pass a new GOSSIP on to up to ``fanout`` other addresses, within the overall rate."""
         if self.config.fanout <= 0 or not self._forwards.take(time.monotonic()):
             return
-        others = [a for a in self._addresses(exclude=(g.peer_id,)) if a != (g.host, g.port)]
+        now = time.monotonic()
+        targets = self._forward_targets.get(0, now)
+        if targets is None:
+            tracked = [(p.peer_id, (p.host, p.port)) for p in self.peers()]
+            targets = self._forward_targets.put(tracked, 0, now)
+        origin = (g.host, g.port)
+        others = distinct_addresses(
+            [a for peer_id, a in targets if peer_id != g.peer_id and a != origin],
+            exclude=frozenset({(self.host, self.port)}),
+        )
         for host, port in random.sample(others, min(self.config.fanout, len(others))):
             self._send(host, port, g)
 

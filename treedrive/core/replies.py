@@ -12,7 +12,8 @@ attacker more than the node"):
 - an address that has proven itself (it answered us with a GOSSIP_REPLY, or it has been heard
   from for longer than an interval) is exempt from that budget, not from the interval: attackers
   and honest peers share source addresses (127.0.0.1, a NAT), and an honest peer's 120-byte GOSSIP
-  would never pay for a 200 kB reply;
+  would never pay for a 200 kB reply. An address named by more than :data:`FLOOD` GOSSIPs in an
+  interval is not a peer gossiping: it loses that exemption for the next interval;
 - the reply is built once and reused (so the transport encodes it once) until the files this
   node holds change, or it is an interval old;
 - GOSSIPs are forwarded at most :data:`FORWARDS_PER_SECOND` times a second in all.
@@ -39,6 +40,9 @@ SPACING = 0.9
 once per interval, and network jitter must not push its reply to the next interval."""
 MAX_ADDRESSES = 8192
 """Addresses (and, separately, source IPs) remembered; the least recently heard go first."""
+FLOOD = 3
+"""GOSSIPs naming one address in one interval beyond which the address is flooding: an honest
+peer originates one per interval (forwarded copies carry the same id and are dropped before)."""
 FORWARDS_PER_SECOND = 30.0
 """Forwards of new GOSSIPs, in all (fan-out 3: ten new GOSSIPs a second fully forwarded)."""
 
@@ -142,6 +146,10 @@ class _Heard:
     first_seen: float
     last_reply: float | None = None
     answered_us: bool = False
+    window: float = 0.0
+    """When the current interval of counting GOSSIPs naming this address began."""
+    count: int = 0
+    flooding_until: float = 0.0
 
 
 class ReplyPolicy:
@@ -178,7 +186,12 @@ class ReplyPolicy:
 
     def gossip_received(self, address: Address, ip: str, size: int, now: float) -> None:
         """A new GOSSIP naming ``address`` came from source ``ip`` in ``size`` bytes."""
-        self._heard(address, now)
+        heard = self._heard(address, now)
+        if now - heard.window >= self.interval:
+            heard.window, heard.count = now, 0
+        heard.count += 1
+        if heard.count > FLOOD:
+            heard.flooding_until = now + 2 * self.interval
         credit = self._credit.get(ip)
         self._credit.put(ip, (self.burst if credit is None else credit) + self.ratio * size)
 
@@ -188,7 +201,7 @@ class ReplyPolicy:
 
     def proven(self, address: Address, now: float) -> bool:
         heard = self._addresses.get(address)
-        if heard is None:
+        if heard is None or now < heard.flooding_until:
             return False
         return heard.answered_us or now - heard.first_seen >= self.interval
 
