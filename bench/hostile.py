@@ -362,8 +362,12 @@ class Prober(threading.Thread):
         return [lat for t, lat in self.results if start <= t <= end]
 
 
+GET_FAILURES: collections.Counter[str] = collections.Counter()
+
+
 def get_file_time(port: int, file_id: str, timeout: float = 10.0) -> float | None:
-    """A classic GET_FILE: seconds until the whole FILE_DATA arrived with data (None: failed)."""
+    """A classic GET_FILE: seconds until the whole FILE_DATA arrived with data (None: failed,
+    the reason counted in GET_FAILURES)."""
     t0 = time.monotonic()
     buf = bytearray()
     try:
@@ -377,13 +381,16 @@ def get_file_time(port: int, file_id: str, timeout: float = 10.0) -> float | Non
                 buf += chunk
                 if buf.rstrip().endswith(b"}") and Inbox._complete(buf):
                     break
-    except OSError:
+    except OSError as exc:
+        GET_FAILURES[type(exc).__name__] += 1
         return None
     try:
         answer = json.loads(buf)
     except ValueError:
+        GET_FAILURES["no answer" if not buf else f"cut after {len(buf)} bytes"] += 1
         return None
     if answer.get("file_id") != file_id or not answer.get("data"):
+        GET_FAILURES["not here"] += 1
         return None
     return time.monotonic() - t0
 
@@ -1075,6 +1082,8 @@ def scenario_slow(args: argparse.Namespace, tmp: Path) -> Result:
         f"worst {fmt_s(lat[-1] if lat else None)}, unanswered {len(during) - len(lat)} "
         f"(of which the GOSSIP could not be sent: {failed_sends}); before the attack "
         f"{sum(1 for x in before if x is not None)}/{len(before)} answered",
+        "failed GET_FILEs: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(GET_FAILURES.items())) or "none"),
     ]
     return Result("slow", line, ok, details)
 
