@@ -26,10 +26,40 @@ def test_least_progress_gives_way() -> None:
     assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "trickle"
 
 
-def test_young_connections_never_give_way() -> None:
+def test_young_connections_give_way_only_when_no_older_one_may() -> None:
     conns = [("new", ConnState(started=9.8)), ("old", ConnState(started=0.0, received=10_000))]
     assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "old"
-    assert choose_victim(conns[:1], now=10.0, grace=0.5, good_rate=GOOD) is None
+    # Only young ones: the oldest of them gives way (not the new one being refused).
+    young = [
+        ("newest", ConnState(started=9.9)),
+        ("oldest", ConnState(started=9.6, received=200)),
+        ("middle", ConnState(started=9.7)),
+    ]
+    assert choose_victim(young, now=10.0, grace=0.5, good_rate=GOOD) == "oldest"
+    assert choose_victim(young[:1], now=10.0, grace=0.5, good_rate=GOOD) == "newest"
+
+
+def test_a_flood_of_young_connections_never_evicts_a_whole_message() -> None:
+    # 1,500 new connections a second: every open one is younger than the grace. The honest
+    # GOSSIP, whole and being handled, is protected; a trickler gives way instead.
+    conns = [
+        ("gossip", ConnState(started=9.55, received=120, protected=True)),
+        ("trickle", ConnState(started=9.7, received=200)),
+        ("short", ConnState(started=9.9)),
+    ]
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "trickle"
+
+
+def test_the_new_one_is_refused_only_when_none_may_give_way() -> None:
+    fast = ConnState(started=9.9, received=300, body_started=9.9, body_received=GOOD)
+    conns = [
+        ("upload", ConnState(started=0.0, received=100, protected=True)),
+        ("handled", ConnState(started=9.9, received=100, protected=True)),
+        ("fast", fast),
+    ]
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) is None
+    conns.append(("idle", ConnState(started=9.95)))
+    assert choose_victim(conns, now=10.0, grace=0.5, good_rate=GOOD) == "idle"
 
 
 def test_protected_connections_never_give_way() -> None:

@@ -116,18 +116,54 @@ async def test_at_the_cap_a_trickling_connection_gives_way_to_a_gossip(
         s.close()
 
 
+async def test_at_the_cap_the_oldest_young_connection_gives_way_to_a_gossip(
+    start_node: Starter, recorder: Any
+) -> None:
+    # A flood of new connections: every open one is younger than the grace. The new one is
+    # still admitted, and the oldest of those that have not sent a whole message gives way.
+    node: Node = await start_node("flooded", max_connections=4)
+    network = tune(node, admission_grace=30.0)
+    rec = record(os.urandom(1000), 1_700_000_000)
+    trickles = []
+    for _ in range(4):
+        s = connect(node.port)
+        s.sendall(file_data_head(rec))
+        trickles.append(s)
+        await wait_for(lambda: network.stats()["connections"] == len(trickles))
+    listener: Recorder = recorder()
+    await asyncio.to_thread(send, node.port, gossip_bytes(listener.port, "newcomer"))
+    await wait_for(lambda: listener.of_type("GOSSIP_REPLY"))
+    assert network.stats().get("connections refused at the cap", 0) == 0
+    assert network.stats()["slow connections closed for new ones"] >= 1
+    assert closed_by_peer(trickles[0], 2.0)  # the oldest
+    assert not closed_by_peer(trickles[-1], 0.2)
+    for s in trickles:
+        s.close()
+
+
 async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_each(
-    start_node: Starter, caplog: pytest.LogCaptureFixture
+    start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="treedrive.transport")
     node: Node = await start_node("full", max_connections=3)
-    network = tune(node, admission_grace=30.0)  # nobody is old enough to give way
-    held = [connect(node.port) for _ in range(3)]
+    # Every open connection is an upload we serve to a reader that stalls: none may give way.
+    network = tune(node, upload_stall_timeout=60.0)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 * 1024 * 1024))
+    meta = await node.push(src)
+    request = json.dumps({"type": "GET_FILE", "file_id": meta.file_id}).encode()
+    held = []
+    for _ in range(3):
+        s = connect(node.port, rcvbuf=4096)
+        s.sendall(request)
+        held.append(s)
     await wait_for(lambda: network.stats()["connections"] == 3)
+    await wait_for(lambda: all(state.protected for state in network._live.values()))
     caplog.clear()
     refused = [connect(node.port) for _ in range(100)]
     await wait_for(lambda: network.stats().get("connections refused at the cap", 0) >= 100)
     assert all(closed_by_peer(s, 2.0) for s in refused[:5])
+    assert network.stats().get("slow connections closed for new ones", 0) == 0
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) <= 2, [r.getMessage() for r in lines]
     await wait_for(lambda: any("100 connections refused" in r.getMessage() for r in caplog.records))

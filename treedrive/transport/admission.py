@@ -3,8 +3,9 @@ about it. Pure policy: no sockets, no clock of its own (every call takes ``now``
 tested on its own.
 
 - :func:`choose_victim`: at the connection cap, the open connection that has made the least
-  progress (bytes received per second of age) gives way to a new one; young connections and
-  protected ones (transfers we serve, fast bodies, messages already whole) never do.
+  progress (bytes received per second of age) gives way to a new one; protected ones (transfers
+  we serve, fast bodies, messages already whole) never do, and young ones only when no older
+  one may (then the oldest of them). A new connection is refused only when none may give way.
 - :class:`DialBackoff`: an address that refuses is dialed at most a few times a minute.
 - :class:`Tally`: refusals, evictions, drops and per-connection failures are counted; a few detail
   lines a second at most, and the rest summed up in one line (never one line per connection).
@@ -50,21 +51,30 @@ def choose_victim(
 ) -> K | None:
     """The connection that gives way to a new one, or None (the new one is refused).
 
-    Candidates are connections older than ``grace`` that are not protected and are not streaming
-    a body at ``good_rate`` bytes/s or more; among them, the least bytes per second of age (the
-    oldest first on a tie)."""
+    Candidates are the connections that are not protected and are not streaming a body at
+    ``good_rate`` bytes/s or more. Among those older than ``grace``, the least bytes per second
+    of age gives way (the oldest first on a tie). If every candidate is younger than that, the
+    oldest of them gives way all the same: it has had the longest to send a whole message and
+    has not (an honest one sends its small message at once, and is protected as soon as it is
+    whole). The new connection is refused only when every open one is protected or fast."""
     best: K | None = None
     best_key: tuple[float, float] | None = None
+    oldest_young: K | None = None
+    young_started = float("inf")
     for key, state in conns:
-        if state.protected or now - state.started < grace:
+        if state.protected:
             continue
         rate = state.body_rate(now)
         if rate is not None and rate >= good_rate:
             continue
+        if now - state.started < grace:
+            if state.started < young_started:
+                oldest_young, young_started = key, state.started
+            continue
         rank = (state.progress(now), state.started)
         if best_key is None or rank < best_key:
             best, best_key = key, rank
-    return best
+    return best if best is not None else oldest_young
 
 
 @dataclass(slots=True)
