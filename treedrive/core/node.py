@@ -17,13 +17,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
 from treedrive.core.config import NodeConfig
-from treedrive.core.download import RAW_RANGE, RangedDownload
+from treedrive.core.download import RAW_RANGE, RangedDownload, size_hint
 from treedrive.core.errors import (
     FetchFailed,
     NodeError,
@@ -643,11 +644,24 @@ class Node:
         return True
 
     def _stored(self, meta: FileMeta, size: int, how: str) -> None:
-        with self.transaction() as uow:
-            uow.files.mark_local(meta, size, time.time())
-            uow.emit(FileStored(meta, size, how))
-            uow.commit()
+        """Record a blob just committed as held here, and announce it. If the record cannot be
+        written (a full disk), the blob goes too: no blob is ever left without its row."""
+        try:
+            with self.transaction() as uow:
+                uow.files.mark_local(meta, size, time.time())
+                uow.emit(FileStored(meta, size, how))
+                uow.commit()
+        except Exception:
+            self._drop_unrecorded_blob(meta.file_id)
+            raise
         self._send_to_all(Announce(from_peer=self.peer_id, meta=meta))
+
+    def _drop_unrecorded_blob(self, file_id: str) -> None:
+        with contextlib.suppress(Exception):
+            entry = self.file(file_id)
+            if entry is not None and entry.has_copy:
+                return  # recorded earlier (a ranged download records its own commit)
+        self.store.blobs.delete(file_id)
 
     # -- commands ----------------------------------------------------------------------------
     async def push(self, path: Path, name: str | None = None) -> FileMeta:
@@ -676,10 +690,14 @@ class Node:
             await asyncio.to_thread(writer.commit, file_id, ts)
         except OSError as exc:
             raise NodeError(f"cannot store {name}: {exc.strerror or exc}") from exc
-        with self.transaction() as uow:
-            uow.files.mark_local(meta, writer.size, time.time())
-            uow.emit(FileStored(meta, writer.size, "push"))
-            uow.commit()
+        try:
+            with self.transaction() as uow:
+                uow.files.mark_local(meta, writer.size, time.time())
+                uow.emit(FileStored(meta, writer.size, "push"))
+                uow.commit()
+        except Exception:
+            self._drop_unrecorded_blob(file_id)
+            raise
         peers = self.peers()
         if peers:
             target = random.choice(peers)
@@ -748,12 +766,13 @@ class Node:
             extension = []
         if extension:
             try:
-                await RangedDownload(self, entry, extension).run()
+                download = RangedDownload(self, entry, extension)
+                await download.run()
             except FetchFailed as exc:
                 errors.append(str(exc))
                 extension = []  # they may still answer a classic GET_FILE
             else:
-                self._stored(entry.meta, self.store.blobs.size(file_id), "get")
+                self._stored(download.verified_meta, self.store.blobs.size(file_id), "get")
                 stored = self.file(file_id)
                 assert stored is not None
                 return stored
@@ -771,7 +790,7 @@ class Node:
     async def _fetch_from(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
         meta = entry.meta
         # Classic peers do not say the size before the bytes: estimate it from the record.
-        total = entry.size_bytes or (round(meta.file_size * MEGABYTE) or None)
+        total = size_hint(entry) or None
         transfer = self.begin_transfer(meta, "in", peer.peer_id, total)
         writer = self.store.blobs.writer()
         why = ""
@@ -802,7 +821,7 @@ class Node:
                     ts = meta.file_timestamp
                 if await self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
                     transfer.finish(True)
-                    self._stored(meta, writer.size, "get")
+                    self._stored(replace(meta, file_timestamp=ts), writer.size, "get")
                     log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
                     return True, ""
                 why = "sent bytes that do not match the file id"
