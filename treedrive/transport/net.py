@@ -7,11 +7,12 @@ average). File bytes go straight from the socket into the sink and from disk int
 hex-encoded in chunks: memory stays flat whatever the file size.
 
 Admission (see :mod:`treedrive.transport.admission`): at ``max_connections``, the open connection
-that has made the least progress gives way to a new one; uploads whose reader stalls for
-``upload_stall_timeout`` are closed, and hold no thread while they wait. Outbound messages go
-through a bounded outbox (:meth:`TcpNetwork.post`), and an address that refuses is dialed at most
-a few times a minute. Refusals, evictions, drops and failed connections are counted; the log gets
-a few detail lines and one summary line a second at most.
+that has made the least progress gives way to a new one (the new one is refused only when every
+open one is protected: a whole message being handled, an upload, a fast body); uploads whose
+reader stalls for ``upload_stall_timeout`` are closed, and hold no thread while they wait.
+Outbound messages go through a bounded outbox (:meth:`TcpNetwork.post`), and an address that
+refuses is dialed at most a few times a minute. Refusals, evictions, drops and failed
+connections are counted; the log gets a few detail lines and one summary line a second at most.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ class NetLimits:
     """The bytes of a file must keep coming at most this far apart (and a FILE_DATA answer)."""
     max_connections: int = 256
     """Inbound connections served at once; at the cap, the one with the least progress gives way
-    to a new one (or, if none may, the new one is closed)."""
+    to a new one (or, if every open one is protected, the new one is closed)."""
     admission_grace: float = 0.5
-    """A connection younger than this never gives way."""
+    """A connection younger than this gives way only when no older one may (then the oldest of
+    them: under a flood of new connections, a new one is never refused for want of old ones)."""
     min_push_rate: float = 64 * 1024
     """Bytes/s on average that the body of a file pushed to us unasked must keep (and the rate
     at which a body counts as a transfer that never gives way)."""
