@@ -430,6 +430,7 @@ def parse_pieces(pieces: list[bytes], eof: bool) -> codec.Event:
     NEED_DATA, and everything before it DataChunks."""
     parser = codec.MessageParser()
     last: codec.Event = codec.NEED_DATA
+    pieces = [p for p in pieces if p]  # an empty piece would mean EOF
     for piece in [*pieces, b""] if eof else pieces:
         if isinstance(last, codec.Message | codec.ProtocolError):
             parser.receive_data(piece)  # after the end: kept as trailing, never an error
