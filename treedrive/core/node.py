@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import random
+import re
 import secrets
 import time
 import uuid
@@ -98,6 +99,10 @@ def new_peer_id() -> str:
     return f"td-{secrets.token_hex(4)}"
 
 
+MAX_FEATURES = 32
+FEATURE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+
+
 def features_of(extra: Any) -> frozenset[str] | None:
     """The TreeDrive features a GOSSIP/GOSSIP_REPLY advertises; None for a classic peer."""
     ext = extra.get("treedrive") if hasattr(extra, "get") else None
@@ -106,7 +111,10 @@ def features_of(extra: Any) -> frozenset[str] | None:
     feats = ext.get("features")
     if not isinstance(feats, list):
         return frozenset()
-    return frozenset(f for f in feats if isinstance(f, str))
+    # A claim with a limit: a few short names, kept with the peer's row.
+    return frozenset(
+        f for f in feats[:MAX_FEATURES] if isinstance(f, str) and FEATURE_NAME.fullmatch(f)
+    )
 
 
 class Node:
