@@ -9,6 +9,7 @@ from treedrive.core.model import FileMeta
 from treedrive.core.replies import (
     BURST,
     FLOOD,
+    MAX_CREDIT,
     REPLY_RATIO,
     SPACING,
     Bounded,
@@ -53,7 +54,8 @@ def test_a_stranger_gets_replies_worth_at_most_the_ratio_of_what_it_sent() -> No
         sent_in += GOSSIP
         if p.decide(address, IP, big, i * 0.001).verdict is Verdict.SEND:
             sent_out += big
-    assert sent_out <= REPLY_RATIO * sent_in + BURST
+    welcome = big  # the flood lasts 2 s: one welcome of the source in one interval
+    assert sent_out <= REPLY_RATIO * sent_in + BURST + welcome
     assert sent_out / sent_in <= 10
     assert sent_out > 0  # it does earn a reply now and then
     assert p.refused > 1900
@@ -79,6 +81,8 @@ def test_small_replies_fit_the_burst_and_what_each_gossip_earns() -> None:
 
 def test_a_proven_address_is_exempt_from_the_budget_not_from_the_interval() -> None:
     p = ReplyPolicy(INTERVAL, burst=0)
+    p.gossip_received(B, IP, GOSSIP, 0.0)
+    assert p.decide(B, IP, 200_000, 0.0).verdict is Verdict.SEND  # this interval's welcome
     p.gossip_received(A, IP, GOSSIP, 0.0)
     assert p.decide(A, IP, 200_000, 0.0).verdict is Verdict.OVER_BUDGET
     assert not p.proven(A, 0.0)
@@ -86,7 +90,7 @@ def test_a_proven_address_is_exempt_from_the_budget_not_from_the_interval() -> N
     assert p.proven(A, 0.5)
     assert p.decide(A, IP, 200_000, 1.0).verdict is Verdict.SEND
     assert p.decide(A, IP, 200_000, 2.0).verdict is Verdict.LATER
-    assert p.credit(IP) == REPLY_RATIO * GOSSIP  # the source did not pay for it
+    assert p.credit(IP) == 2 * REPLY_RATIO * GOSSIP  # the source paid for neither
 
 
 def test_an_address_heard_for_an_interval_is_proven() -> None:
@@ -185,7 +189,31 @@ def test_an_address_named_by_a_flood_loses_its_exemption_for_a_while() -> None:
         p.gossip_received(B, IP, GOSSIP, now)
     assert not p.proven(A, now)
     assert not p.proven(B, now)
-    assert p.decide(B, IP, 200_000, now).verdict is Verdict.OVER_BUDGET
+    assert p.decide(B, IP, 200_000, now).verdict is Verdict.SEND  # this interval's welcome
+    assert p.decide(A, IP, 200_000, now).verdict is Verdict.OVER_BUDGET
     assert p.proven(A, now + 2 * INTERVAL)  # it calmed down
     p.gossip_received(A, IP, GOSSIP, now + 2 * INTERVAL)  # one per interval: a peer
     assert p.proven(A, now + 3 * INTERVAL)
+
+
+def test_a_newcomer_gets_the_whole_catalogue_once_per_source_per_interval() -> None:
+    """A node joining through this one sends one small GOSSIP and must get the whole list at
+    once (its join-time downloads pick from it): one reply per source IP per interval is free,
+    whatever its size; the next stranger from that IP in the same interval pays."""
+    p = ReplyPolicy(INTERVAL, burst=0)
+    p.gossip_received(A, IP, GOSSIP, 0.0)
+    assert p.decide(A, IP, 2_000_000, 0.0).verdict is Verdict.SEND
+    p.gossip_received(B, IP, GOSSIP, 1.0)
+    assert p.decide(B, IP, 2_000_000, 1.0).verdict is Verdict.OVER_BUDGET
+    other = ("10.0.0.9", 8270)
+    p.gossip_received(other, "10.0.0.9", GOSSIP, 1.0)
+    assert p.decide(other, "10.0.0.9", 2_000_000, 1.0).verdict is Verdict.SEND  # its own IP
+    p.gossip_received(B, IP, GOSSIP, INTERVAL)
+    assert p.decide(B, IP, 2_000_000, INTERVAL).verdict is Verdict.SEND  # the next interval
+
+
+def test_saved_credit_is_capped() -> None:
+    p = ReplyPolicy(INTERVAL, burst=0)
+    for i in range(1_000_000 // GOSSIP):  # a quiet source banking credit for hours
+        p.gossip_received(("10.0.0.1", 1), "10.0.0.1", GOSSIP, float(i))
+    assert p.credit("10.0.0.1") == MAX_CREDIT

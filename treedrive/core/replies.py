@@ -9,6 +9,10 @@ attacker more than the node"):
   that comes sooner gets its reply when the interval is over (one pending reply per address);
 - the bytes of replies that a TCP source address (its IP: a port is free to change) can cause are
   bounded by :data:`REPLY_RATIO` times the bytes of the GOSSIPs it sent, plus :data:`BURST`;
+- one reply per source address per interval is a *welcome*, whatever its size: a node that
+  joins through this one (its first GOSSIP, 120 bytes) gets the whole catalogue at once, as the
+  classic protocol promises, instead of after an interval or two. It costs an attacker one reply
+  per source address per interval, not per GOSSIP;
 - an address that has proven itself (it answered us with a GOSSIP_REPLY, or it has been heard
   from for longer than an interval) is exempt from that budget, not from the interval: attackers
   and honest peers share source addresses (127.0.0.1, a NAT), and an honest peer's 120-byte GOSSIP
@@ -38,6 +42,8 @@ BURST = 16 * 1024
 SPACING = 0.9
 """Fraction of the gossip interval between two replies to one address: an honest peer gossips
 once per interval, and network jitter must not push its reply to the next interval."""
+MAX_CREDIT = 4 * 1024 * 1024
+"""Reply bytes a source address can save up (a quiet address does not bank a flood's worth)."""
 MAX_ADDRESSES = 8192
 """Addresses (and, separately, source IPs) remembered; the least recently heard go first."""
 FLOOD = 3
@@ -169,6 +175,7 @@ class ReplyPolicy:
         self.burst = burst
         self._addresses: Bounded[Address, _Heard] = Bounded(size)
         self._credit: Bounded[str, float] = Bounded(size)
+        self._welcomed: Bounded[str, float] = Bounded(size)
         self.refused = 0
         """Replies not sent because their source had not earned them."""
         self.sent_bytes = 0
@@ -193,7 +200,8 @@ class ReplyPolicy:
         if heard.count > FLOOD:
             heard.flooding_until = now + 2 * self.interval
         credit = self._credit.get(ip)
-        self._credit.put(ip, (self.burst if credit is None else credit) + self.ratio * size)
+        earned = (self.burst if credit is None else credit) + self.ratio * size
+        self._credit.put(ip, min(earned, max(MAX_CREDIT, self.burst)))
 
     def answered_us(self, address: Address, now: float) -> None:
         """A GOSSIP_REPLY from ``address``: it answers our GOSSIPs, as a peer does."""
@@ -204,6 +212,13 @@ class ReplyPolicy:
         if heard is None or now < heard.flooding_until:
             return False
         return heard.answered_us or now - heard.first_seen >= self.interval
+
+    def _welcome(self, ip: str, now: float) -> bool:
+        last = self._welcomed.get(ip)
+        if last is not None and now - last < self.interval:
+            return False
+        self._welcomed.put(ip, now)
+        return True
 
     def credit(self, ip: str) -> float:
         credit = self._credit.get(ip)
@@ -217,10 +232,13 @@ class ReplyPolicy:
             return Decision(Verdict.LATER, heard.last_reply + self.spacing)
         if not self.proven(address, now):
             credit = self.credit(ip)
-            if size > credit:
+            if size <= credit:
+                self._credit.put(ip, credit - size)
+            elif self._welcome(ip, now):
+                pass  # this interval's welcome of that source: its credit stays as it is
+            else:
                 self.refused += 1
                 return Decision(Verdict.OVER_BUDGET)
-            self._credit.put(ip, credit - size)
         heard.last_reply = now
         self.sent_bytes += size
         return Decision(Verdict.SEND)
