@@ -33,7 +33,7 @@ from tests.transport.test_raw import (
 )
 from treedrive.core.messages import Gossip
 from treedrive.core.node import Node
-from treedrive.transport import net
+from treedrive.transport import process
 from treedrive.transport.net import NetLimits, TcpNetwork
 
 pytestmark = pytest.mark.timeout(90)
@@ -296,7 +296,7 @@ async def test_post_drops_the_oldest_when_full_and_encodes_once(recorder: Any) -
         for r in [listener, *others]:
             network.post("127.0.0.1", r.port, one)
         await wait_for(lambda: all(r.of_type("GOSSIP", id="shared") for r in [listener, *others]))
-        assert network._encodings.encoded == 4 + 1
+        assert network.dialer.encodings.encoded == 4 + 1
         assert network.stats()["sent"] == 7
         assert network.bytes_sent > 0
     finally:
@@ -335,7 +335,7 @@ async def test_open_files_limit_is_raised_and_accept_failures_are_throttled(
     loop = asyncio.get_running_loop()
     caplog.set_level(logging.DEBUG)
     caplog.clear()
-    before = net._accept_errors.totals["accepts failed (out of open files)"]
+    before = process.accept_errors.totals["accepts failed (out of open files)"]
     for _ in range(1000):  # what asyncio reports for each accept() that fails with EMFILE
         loop.call_exception_handler(
             {
@@ -343,7 +343,7 @@ async def test_open_files_limit_is_raised_and_accept_failures_are_throttled(
                 "exception": OSError(errno.EMFILE, "Too many open files"),
             }
         )
-    assert net._accept_errors.totals["accepts failed (out of open files)"] == before + 1000
+    assert process.accept_errors.totals["accepts failed (out of open files)"] == before + 1000
     assert len(caplog.records) <= 2
     assert not any(r.exc_info for r in caplog.records)
     # Other reports still reach the usual handler.

@@ -1,0 +1,256 @@
+"""The outbound side of a TCP node: messages sent now or posted to a bounded outbox, files
+pushed, files fetched whole (hex-encoded).
+
+Every outbound connection takes a slot of ``max_dials`` first. Posted messages wait in an
+:class:`~treedrive.transport.outbox.Outbox` (when full, the oldest is dropped) for one of
+``max_dials`` senders; each is encoded only when sent, and once for the same object posted to
+several addresses. An address that refuses is dialed at most a few times a minute
+(:class:`~treedrive.transport.admission.DialBackoff`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from treedrive.core.errors import TransferError
+from treedrive.core.messages import FileData, GetFile, Message
+from treedrive.core.model import FileMeta
+from treedrive.core.ports import FileSink
+from treedrive.transport import codec, wire
+from treedrive.transport.admission import PROBE, DialBackoff
+from treedrive.transport.counters import Counters
+from treedrive.transport.limits import NetLimits
+from treedrive.transport.outbox import EncodeCache, Outbox
+from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.streams import (
+    READ_SIZE,
+    Reader,
+    close_writer,
+    drain,
+    file_data_answer,
+    store,
+)
+from treedrive.transport.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING = 4  # dials waiting for the outcome of a probe to their address; more are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    host: str
+    port: int
+    message: Message
+
+
+def encode(message: Message) -> bytes:
+    return codec.encode_message(wire.encode(message))
+
+
+class Dialer:
+    """Outbound connections: ``dials`` (shared with the ranged client) bounds how many are open
+    at once. Counts ``posted``, ``sent`` and drops in ``counters``, and the bytes of messages
+    sent in ``bytes_sent``."""
+
+    def __init__(
+        self,
+        limits: NetLimits,
+        counters: Counters,
+        uploader: Uploader,
+        download: RateLimiter,
+    ) -> None:
+        self.limits = limits
+        self.counters = counters
+        self.uploader = uploader
+        self.download = download
+        self.dials = asyncio.Semaphore(limits.max_dials)
+        self.outbox: Outbox[Post] = Outbox(limits.outbox_size)
+        self.encodings: EncodeCache[Message] = EncodeCache(encode, size=8)
+        self._senders_tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._backoff = DialBackoff()
+        self._probes: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self._waiting: Counter[tuple[str, int]] = Counter()
+        self.bytes_sent = 0
+        """Bytes of messages sent by send() and post() (not file uploads)."""
+
+    def close(self) -> None:
+        """Post nothing more, and stop the senders (what is still in the outbox is dropped)."""
+        self._closing = True
+        for task in self._senders_tasks:
+            task.cancel()
+
+    async def connect(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=READ_SIZE), self.limits.connect_timeout
+        )
+
+    async def send(self, host: str, port: int, message: Message) -> bool:
+        """Deliver one message now (waiting for a dial slot); False if it was not delivered,
+        also when ``host:port`` refused lately and is backing off."""
+        async with self.dials:
+            return await self._deliver(host, port, message)
+
+    def post(self, host: str, port: int, message: Message) -> None:
+        """Queue one message for delivery, without waiting (see ``Network.post``)."""
+        if self._closing:
+            return
+        if not self._senders_tasks:
+            self._senders_tasks = [
+                asyncio.ensure_future(self._sender()) for _ in range(self.limits.max_dials)
+            ]
+        self.counters.events.totals["posted"] += 1
+        if self.outbox.put(Post(host, port, message)) is not None:
+            self.counters.event("messages dropped (outbox full)")
+
+    async def _sender(self) -> None:
+        while True:
+            post = await self.outbox.get()
+            if not self._backoff.allowed((post.host, post.port), time.monotonic()) and not (
+                self._backoff.probing((post.host, post.port))
+            ):
+                self.counters.event("messages dropped (address refused lately)")
+                continue
+            async with self.dials:
+                await self._deliver(post.host, post.port, post.message)
+
+    async def _may_dial(self, address: tuple[str, int]) -> str | None:
+        """Whether to dial ``address`` (see :class:`DialBackoff`): a probe, a free dial, or
+        None. While a probe to it is out, a few dials wait for its outcome; the rest are not
+        made."""
+        while True:
+            decision = self._backoff.take(address, time.monotonic())
+            if decision is not None:
+                if decision == PROBE:
+                    self._probes[address] = asyncio.get_running_loop().create_future()
+                return decision
+            probe = self._probes.get(address)
+            if probe is None or self._waiting[address] >= MAX_WAITING:
+                return None
+            self._waiting[address] += 1
+            try:
+                if not await asyncio.shield(probe):
+                    return None
+            finally:
+                self._waiting[address] -= 1
+                if not self._waiting[address]:
+                    del self._waiting[address]
+
+    def _probed(self, address: tuple[str, int], ok: bool) -> None:
+        now = time.monotonic()
+        if ok:
+            self._backoff.succeeded(address)
+        else:
+            self._backoff.failed(address, now)
+        probe = self._probes.pop(address, None)
+        if probe is not None and not probe.done():
+            probe.set_result(ok)
+
+    async def _deliver(self, host: str, port: int, message: Message) -> bool:
+        """Dial, write, close; under a dial slot. The message is encoded only now (and once for
+        the same object posted to several addresses)."""
+        address = (host, port)
+        decision = await self._may_dial(address)
+        if decision is None:
+            self.counters.event("messages dropped (address refused lately)")
+            return False
+        try:
+            try:
+                data = self.encodings.get(message)
+            except (wire.WireError, ValueError, TypeError) as exc:
+                log.error("cannot encode a %s for %s: %s", type(message).__name__, host, exc)
+                return False
+            try:
+                _, writer = await self.connect(host, port)
+            except (OSError, TimeoutError) as exc:
+                self._probed(address, False)
+                self.counters.event("dials failed")
+                log.debug("cannot reach %s:%d: %s", host, port, exc)
+                return False
+            self._probed(address, True)
+        finally:
+            if address in self._probes and self._backoff.probing(address):
+                self._probed(address, False)  # cancelled, or could not encode: let others try
+        try:
+            writer.write(data)
+            await drain(writer, self.limits)
+            self.bytes_sent += len(data)
+            self.counters.events.totals["sent"] += 1
+            return True
+        except (OSError, TimeoutError) as exc:
+            log.debug("sending to %s:%d failed: %s", host, port, exc)
+            return False
+        finally:
+            await close_writer(writer)
+
+    async def push_file(
+        self,
+        host: str,
+        port: int,
+        meta: FileMeta,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+        raw: bool = False,
+    ) -> bool:
+        async with self.dials:
+            try:
+                _, writer = await self.connect(host, port)
+            except (OSError, TimeoutError) as exc:
+                log.warning("cannot push to %s:%d: %s", host, port, exc)
+                return False
+            try:
+                await self.uploader.push(writer, meta, path, progress, raw)
+                return True
+            except (OSError, TimeoutError) as exc:
+                log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
+                return False
+            finally:
+                await close_writer(writer)
+
+    async def fetch_file(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        sink: FileSink,
+        progress: Callable[[int], None] | None = None,
+    ) -> FileData:
+        async with self.dials:
+            try:
+                reader, writer = await self.connect(host, port)
+            except (OSError, TimeoutError) as exc:
+                raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
+            try:
+                writer.write(codec.encode_message(wire.encode(GetFile(file_id))))
+                await drain(writer, self.limits)
+                stream = Reader(reader, self.limits)
+                stream.deadline = time.monotonic() + self.limits.idle_timeout
+                while True:
+                    event = await stream.next()
+                    if isinstance(event, codec.DataChunk):
+                        await self.download.acquire(len(event.data))
+                        store(sink.write, event.data)
+                        if progress is not None:
+                            progress(sink.size)
+                    elif isinstance(event, codec.ProtocolError):
+                        raise TransferError(f"malformed answer: {event.reason}")
+                    else:
+                        # Stop at the end of the object: never wait for the peer to close.
+                        break
+                return file_data_answer(event.fields)
+            except wire.WireError as exc:
+                raise TransferError(f"invalid answer: {exc}") from exc
+            except TimeoutError as exc:
+                raise TransferError("timed out waiting for the file's bytes") from exc
+            except OSError as exc:
+                raise TransferError(f"connection failed: {exc}") from exc
+            finally:
+                await close_writer(writer)

@@ -1,0 +1,206 @@
+"""Stream helpers around the sans-IO codec: reads under deadlines and a minimum rate, writes
+that wait for the reader, streamed FILE_DATA, and writes of received bytes to disk.
+
+Reads are bounded in size (the codec's limits) and in time: a whole control message must arrive
+within ``control_timeout``; a file's bytes must keep coming, at most ``idle_timeout`` apart, and
+a file pushed to us unasked must also keep ``min_push_rate`` on average. File bytes go straight
+from the socket into the sink and from disk into the socket, hex-encoded in chunks: memory stays
+flat whatever the file size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from treedrive.core.errors import StorageError, TransferError
+from treedrive.core.messages import FileData
+from treedrive.core.model import FileMeta
+from treedrive.core.ports import FileSink
+from treedrive.transport import codec, wire
+from treedrive.transport.admission import ConnState
+from treedrive.transport.limits import NetLimits
+from treedrive.transport.ratelimit import RateLimiter
+
+READ_SIZE = 1024 * 1024
+FILE_CHUNK = 512 * 1024  # raw bytes per write: 1 MiB of hex
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+
+NOT_HERE = {"type": "FILE_DATA", **dict.fromkeys(wire.RECORD_KEYS), "data": None}
+"""The answer to a GET_FILE for a file this node does not serve."""
+
+
+def rate_due(started: float, got: int, rate: float, grace: float) -> float:
+    """When a body that began at ``started`` and has ``got`` bytes falls under ``rate`` bytes/s
+    on average (not before ``grace`` seconds) if nothing more comes."""
+    return started + max(grace, got / rate)
+
+
+class Reader:
+    """Feeds a socket into a parser under the time limits, yielding codec events.
+
+    Until the file bytes of a FILE_DATA begin, the whole message must arrive by ``deadline``;
+    then each read must come within ``idle_timeout`` and, with ``min_rate``, the body must keep
+    that average rate (after ``grace``). ``state``, if given, is kept up to date for admission."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        limits: NetLimits,
+        state: ConnState | None = None,
+        min_rate: float | None = None,
+    ) -> None:
+        self.reader = reader
+        self.limits = limits
+        self.parser = codec.MessageParser(limits.codec)
+        self.deadline = time.monotonic() + limits.control_timeout
+        self.streaming = False
+        self.state = state if state is not None else ConnState(time.monotonic())
+        self.min_rate = min_rate
+
+    async def next(self) -> codec.DataChunk | codec.Message | codec.ProtocolError:
+        state = self.state
+        while True:
+            event = self.parser.next_event()
+            if not isinstance(event, codec.NeedData):
+                if isinstance(event, codec.DataChunk) and not self.streaming:
+                    self.streaming = True
+                    state.body_started, state.body_received = time.monotonic(), 0
+                return event
+            timeout = self.limits.idle_timeout
+            now = time.monotonic()
+            if not self.streaming:
+                timeout = min(timeout, self.deadline - now)
+                if timeout <= 0:
+                    raise TimeoutError("the message did not arrive in time")
+            elif self.min_rate and state.body_started is not None:
+                due = rate_due(
+                    state.body_started,
+                    state.body_received,
+                    self.min_rate,
+                    self.limits.push_rate_grace,
+                )
+                timeout = min(timeout, due - now)
+                if timeout <= 0:
+                    raise TimeoutError("the file's bytes came too slowly")
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            state.received += len(data)
+            if self.streaming:
+                state.body_received += len(data)
+            self.parser.receive_data(data)
+
+
+async def read_raw(
+    stream: Reader,
+    sink: FileSink,
+    length: int,
+    min_rate: float | None,
+    download: RateLimiter,
+) -> None:
+    """The raw bytes of a raw push: exactly ``length``, the first ones already read. They
+    must keep coming (``idle_timeout``) and, with ``min_rate``, at that rate on average."""
+    state = stream.state
+    state.body_started, state.body_received = time.monotonic(), 0
+    first = stream.parser.trailing[:length]
+    if first:
+        store(sink.write, first)
+    while sink.size < length:
+        timeout = stream.limits.idle_timeout
+        if min_rate:
+            due = rate_due(
+                state.body_started, state.body_received, min_rate, stream.limits.push_rate_grace
+            )
+            timeout = min(timeout, due - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("the file's bytes came too slowly")
+        data = await asyncio.wait_for(
+            stream.reader.read(min(READ_SIZE, length - sink.size)), timeout
+        )
+        if not data:
+            raise OSError(f"closed after {sink.size} of {length} raw bytes")
+        state.received += len(data)
+        state.body_received += len(data)
+        await download.acquire(len(data))
+        store(sink.write, data)
+
+
+async def drain(writer: asyncio.StreamWriter, limits: NetLimits) -> None:
+    await asyncio.wait_for(writer.drain(), limits.send_timeout)
+
+
+async def drain_upload(writer: asyncio.StreamWriter, stall: float) -> None:
+    """Wait until the write buffer is low again; fail only if the reader takes nothing at all
+    for ``stall`` seconds (a slow reader is not a stalled one)."""
+    while True:
+        before = writer.transport.get_write_buffer_size()
+        try:
+            await asyncio.wait_for(writer.drain(), stall)
+            return
+        except TimeoutError:
+            if writer.transport.get_write_buffer_size() >= before:
+                raise TimeoutError("the peer stopped reading") from None
+
+
+def file_data_answer(fields: Mapping[str, Any]) -> FileData:
+    """The answer to a GET_FILE, which must be a FILE_DATA (raises WireError, TransferError)."""
+    answer = wire.decode(fields)
+    if not isinstance(answer, FileData):
+        raise TransferError(f"answered GET_FILE with {fields.get('type')!r}")
+    return answer
+
+
+async def write_file_data(
+    writer: asyncio.StreamWriter,
+    meta: FileMeta,
+    path: Path,
+    limits: NetLimits,
+    progress: Callable[[int], None] | None = None,
+    limiter: RateLimiter | None = None,
+) -> int:
+    """Write a FILE_DATA for ``meta`` with the bytes at ``path`` hex-encoded; returns the size."""
+    writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    writer.write(codec.encode_file_data_head({"type": "FILE_DATA", **meta.wire()}))
+    sent = 0
+    with path.open("rb") as f:
+        while block := f.read(FILE_CHUNK):
+            if limiter is not None:
+                await limiter.acquire(len(block))
+            writer.write(codec.encode_data_chunk(block))
+            sent += len(block)
+            await drain_upload(writer, limits.upload_stall_timeout)
+            if progress is not None:
+                progress(sent)
+    writer.write(codec.FILE_DATA_TAIL)
+    await drain_upload(writer, limits.upload_stall_timeout)
+    return sent
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+def store(write: Callable[..., None], *args: Any) -> None:
+    """A write of received bytes to this node's disk: its failure is ours, not the peer's."""
+    try:
+        write(*args)
+    except OSError as exc:
+        raise StorageError(f"cannot write the file to disk: {exc.strerror or exc}") from exc
+
+
+def timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n

@@ -1,0 +1,232 @@
+"""The upload side of a TCP node: answers to GET_FILE (hex-encoded, or a raw range) and the
+bytes of a file it pushes.
+
+Raw bytes go out with ``sendfile`` in worker threads, on a duplicate of the socket, so that the
+event loop takes no part in moving them. A worker returns as soon as the reader's buffer is
+full, and the loop (not a thread) waits for room, at most ``upload_stall_timeout``: a reader
+that stops reading holds no thread, and its upload ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from treedrive.core.messages import GetFile
+from treedrive.core.model import FileMeta
+from treedrive.core.ports import InboundHandler
+from treedrive.transport import codec, wire
+from treedrive.transport.limits import NetLimits
+from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.streams import NOT_HERE, drain, drain_upload, write_file_data
+
+log = logging.getLogger(__name__)
+
+SEND_PIECE = 4 * 1024 * 1024  # raw bytes per sendfile call (progress and rate-limit steps)
+LIMITED_PIECE = 256 * 1024  # at most this when a rate limit is set
+MIN_PIECE = 16 * 1024
+SEND_WORKERS = 32  # raw uploads moving bytes at once (a stalled one waits on the loop)
+
+
+@dataclass(slots=True)
+class Upload:
+    """A raw upload under way: where it stands, and rate-limit budget taken but not yet sent."""
+
+    offset: int
+    length: int
+    sent: int = 0
+    credit: int = 0
+
+
+class Uploader:
+    """Sends files: owns the pool of sendfile workers and the sockets they write to (which
+    :meth:`close` shuts down), and counts the bytes of files sent in ``bytes_uploaded``."""
+
+    def __init__(self, limits: NetLimits, upload: RateLimiter) -> None:
+        self.limits = limits
+        self.upload = upload
+        self.bytes_uploaded = 0
+        """Bytes of files sent (answers to GET_FILE, ranges and pushes)."""
+        self._pool: ThreadPoolExecutor | None = None
+        self._socks: set[socket.socket] = set()
+
+    def _senders(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="range-out")
+        return self._pool
+
+    def close(self) -> None:
+        """Cut off the raw uploads under way (their workers return at once)."""
+        for sock in list(self._socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def answer_get(
+        self,
+        writer: asyncio.StreamWriter,
+        handler: InboundHandler,
+        request: GetFile,
+        source: str,
+    ) -> None:
+        """A classic GET_FILE: a FILE_DATA with the file's bytes hex-encoded, or "not here"."""
+        found = handler.file_to_serve(request.file_id)
+        if found is None:
+            writer.write(codec.encode_message(NOT_HERE))
+            await drain(writer, self.limits)
+            return
+        meta, path = found
+        progress = handler.track_upload(meta, source, path.stat().st_size)
+        try:
+            size = await write_file_data(
+                writer, meta, path, self.limits, progress.update, self.upload
+            )
+        except BaseException as exc:
+            progress.finish(False, str(exc) or type(exc).__name__)
+            raise
+        self.bytes_uploaded += size
+        progress.finish(True)
+        log.info("served %s (%d bytes) to %s", meta.file_id[:12], size, source)
+
+    async def answer_raw(
+        self,
+        writer: asyncio.StreamWriter,
+        handler: InboundHandler,
+        request: GetFile,
+        wanted: wire.RangeRequest,
+        source: str,
+    ) -> None:
+        """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile)."""
+        found = handler.file_to_serve(request.file_id)
+        if found is None:
+            writer.write(codec.encode_message(NOT_HERE))
+            await drain(writer, self.limits)
+            return
+        meta, path = found
+        size = path.stat().st_size
+        offset = min(wanted.offset, size)
+        length = size - offset if wanted.length is None else min(wanted.length, size - offset)
+        ext_out = {"raw": True, "offset": offset, "length": length, "size": size}
+        header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext_out}
+        writer.write(codec.encode_message(header))
+        progress = handler.track_range(meta, wanted.asker or source, wanted.download, size)
+        try:
+            await self.send_raw(writer, path, offset, length, progress.update)
+        except BaseException as exc:
+            progress.finish(False, str(exc) or type(exc).__name__)
+            raise
+        progress.finish(True)
+
+    async def push(
+        self,
+        writer: asyncio.StreamWriter,
+        meta: FileMeta,
+        path: Path,
+        progress: Callable[[int], None] | None,
+        raw: bool,
+    ) -> None:
+        """Push a file unasked on a connection just made: a raw header and the raw bytes, or a
+        classic hex-encoded FILE_DATA."""
+        if raw:
+            size = os.stat(path).st_size
+            ext = {"raw": True, "offset": 0, "length": size, "size": size}
+            header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext}
+            writer.write(codec.encode_message(header))
+            await self.send_raw(writer, path, 0, size, progress)
+        else:
+            self.bytes_uploaded += await write_file_data(
+                writer, meta, path, self.limits, progress, self.upload
+            )
+
+    async def send_raw(
+        self,
+        writer: asyncio.StreamWriter,
+        path: Path,
+        offset: int,
+        length: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """``length`` bytes of ``path`` from ``offset`` on, after what ``writer`` already holds:
+        ``sendfile`` in a worker thread, on a duplicate of the socket, so that the event loop
+        takes no part in moving the bytes (and ``close()`` can cut it off by shutting the
+        socket down). When the reader's buffer is full the worker returns, and the loop (not a
+        thread) waits for room, at most ``upload_stall_timeout``: a reader that stops reading
+        holds no thread, and its upload ends."""
+        loop = asyncio.get_running_loop()
+        await drain_upload(writer, self.limits.upload_stall_timeout)
+        raw = writer.get_extra_info("socket")
+        if raw is None:
+            raise OSError("the connection has no socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        self._socks.add(sock)
+
+        def report(done: int) -> None:
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, done)
+
+        upload = Upload(offset, length)
+        try:
+            with path.open("rb") as f:
+                while True:
+                    before = upload.sent
+                    await loop.run_in_executor(
+                        self._senders(), self._sendfile_some, sock, f.fileno(), upload, report
+                    )
+                    self.bytes_uploaded += upload.sent - before
+                    if upload.sent >= length:
+                        return
+                    await self._writable(sock, path)
+        finally:
+            self._socks.discard(sock)
+            sock.close()  # the duplicate; the transport closes the original
+
+    async def _writable(self, sock: socket.socket, path: Path) -> None:
+        """Wait until ``sock`` takes bytes again, at most ``upload_stall_timeout``."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd = sock.fileno()
+        loop.add_writer(fd, wake)
+        try:
+            await asyncio.wait_for(ready, self.limits.upload_stall_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the peer stopped reading {path.name}") from None
+        finally:
+            loop.remove_writer(fd)
+
+    def _sendfile_some(
+        self, sock: socket.socket, fd: int, upload: Upload, report: Callable[[int], None]
+    ) -> None:
+        """Send what the socket takes now (in a worker thread); return when it is full (EAGAIN)
+        or the upload is done. The rate limit is taken a piece at a time, and kept in
+        ``upload.credit`` across returns."""
+        rate = self.upload.rate
+        # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
+        piece = max(MIN_PIECE, min(LIMITED_PIECE, int(rate / 10))) if rate else SEND_PIECE
+        while upload.sent < upload.length:
+            if upload.credit == 0:
+                n = min(piece, upload.length - upload.sent)
+                self.upload.acquire_blocking(n)
+                upload.credit = n
+            try:
+                k = os.sendfile(sock.fileno(), fd, upload.offset + upload.sent, upload.credit)
+            except BlockingIOError:
+                return
+            if k == 0:
+                left = upload.length - upload.sent
+                raise OSError(f"the file ended before its last {left} bytes")
+            upload.sent += k
+            upload.credit -= k
+            if upload.credit == 0:
+                report(upload.sent)
