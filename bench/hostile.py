@@ -1096,14 +1096,14 @@ def scenario_stalled(args: argparse.Namespace, tmp: Path) -> Result:
     holder = start_node(tmp, "holder")
     file_id = holder.push(payload, timeout=120)
     payload.unlink()
-    base = start_node(tmp, "recv-base", "--bootstrap", holder.address)
-    late = start_node(tmp, "recv-stall", "--bootstrap", holder.address)
-    for receiver in (base, late):
+
+    def joined(receiver: Node) -> Node:
         deadline = time.monotonic() + 30
         while not receiver.knows(file_id, {holder.name}, extension=True):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{receiver.name} did not learn the file within 30 s")
             time.sleep(0.2)
+        return receiver
 
     def timed_fetch(receiver: Node) -> tuple[float | None, str]:
         t0 = time.monotonic()
@@ -1113,7 +1113,12 @@ def scenario_stalled(args: argparse.Namespace, tmp: Path) -> Result:
             return None, str(exc)[:120]
         return time.monotonic() - t0, ""
 
+    base = joined(start_node(tmp, "recv-base", "--bootstrap", holder.address))
     baseline, err0 = timed_fetch(base)
+    # base now holds the file too: stopped before the second receiver starts, so that the holder
+    # with the stalled readers is the only one that second receiver can fetch from.
+    base.stop()
+    late = joined(start_node(tmp, "recv-stall", "--bootstrap", holder.address))
     stalled: list[socket.socket] = []
     request = {
         "type": "GET_FILE",
