@@ -20,6 +20,9 @@ import pytest
 
 from treedrive.app import running_node
 from treedrive.core.config import Address, NodeConfig
+from treedrive.core.events import Event, TransferFinished
+from treedrive.core.hookspecs import hookimpl
+from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.node import Node
 
 FAST = {
@@ -77,7 +80,106 @@ def address(node: Node) -> Address:
     return Address(node.host, node.port)
 
 
+# -- test plugins ----------------------------------------------------------------------------------
+class Events:
+    """A test plugin: every event one node publishes, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    @hookimpl
+    def treedrive_on_event(self, node: Node, event: Event) -> None:
+        self.seen.append(event)
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+    def finished(self, direction: str, file_id: str, ok: bool | None = True) -> list[Any]:
+        return [
+            e
+            for e in self.seen
+            if isinstance(e, TransferFinished)
+            and e.transfer.direction == direction
+            and e.transfer.file_id == file_id
+            and (ok is None or e.ok is ok)
+        ]
+
+
+def watch(node: Node) -> Events:
+    """An :class:`Events` plugin registered on ``node``."""
+    events = Events()
+    node.plugins.pm.register(events)
+    return events
+
+
+class HoldersInOrder:
+    """A test plugin: ask the holders in this order (any other holder after them)."""
+
+    def __init__(self, *order: str) -> None:
+        self.order = order
+
+    @hookimpl
+    def treedrive_order_holders(
+        self, node: Node, entry: CatalogEntry, holders: list[PeerInfo]
+    ) -> list[PeerInfo]:
+        rank = {name: i for i, name in enumerate(self.order)}
+        return sorted(holders, key=lambda p: rank.get(p.peer_id, len(rank)))
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 12 MiB file system (tmpfs) for a node's data dir. Mounting needs root, which CI
+    has; elsewhere the test skips."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path, block: int = 64 * 1024) -> None:
+    """Write ``path``, ``block`` bytes a write, until the disk is full."""
+    data = b"\0" * block
+    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
+        while True:
+            f.write(data)
+
+
 # -- real node processes -------------------------------------------------------------------------
+# NodeProcess.start leaves the parent's handle on <peer>.out open; with filterwarnings=error its
+# ResourceWarning would fail the test at GC. These marks ignore only that.
+NODE_PROCESS_WARNINGS = [
+    pytest.mark.filterwarnings(r"ignore:unclosed file <_io.TextIOWrapper name='[^']*\.out'"),
+    pytest.mark.filterwarnings(
+        r"ignore:Exception ignored in. <_io.FileIO name='[^']*\.out'"
+        ":pytest.PytestUnraisableExceptionWarning"
+    ),
+]
+
+
+def marked(marks: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that puts every one of ``marks`` on a test, in order."""
+
+    def apply(test: Callable[..., Any]) -> Callable[..., Any]:
+        for mark in reversed(marks):
+            test = mark(test)
+        return test
+
+    return apply
+
+
 @dataclass
 class NodeProcess:
     """A ``treedrive run`` process started by a test; ended by its PID only."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NodeProcess
+from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess, marked
 from treedrive.cli import PrintableFormatter
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
 from treedrive.core.text import printable, printable_lines
@@ -37,20 +37,11 @@ RAW = ("\x1b", "\x07", "\x9b", "\x7f", "\r", "\u202e")
 E2E = [
     pytest.mark.e2e,
     pytest.mark.timeout(90),
-    # conftest's NodeProcess.start leaves the parent's handle on <peer>.out open; with
-    # filterwarnings=error its ResourceWarning would fail the test at GC. Ignore only that.
-    pytest.mark.filterwarnings(r"ignore:unclosed file <_io.TextIOWrapper name='[^']*\.out'"),
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <_io.FileIO name='[^']*\.out'"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *NODE_PROCESS_WARNINGS,
 ]
 
 
-def e2e(test: Callable[..., Any]) -> Callable[..., Any]:
-    for mark in reversed(E2E):
-        test = mark(test)
-    return test
+e2e = marked(E2E)
 
 
 def modes(root: Path) -> dict[str, int]:

@@ -10,10 +10,9 @@ import logging
 import os
 import re
 import sqlite3
-import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.classic_peer import ClassicPeer
-from tests.conftest import address, fast_config, wait_for
+from tests.conftest import HoldersInOrder, address, fast_config, fill, wait_for, watch
 from treedrive.app import running_node
 from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for
 from treedrive.core.errors import StorageError
@@ -41,36 +40,6 @@ RANGED = {"chunk_size": CHUNK, "sync_every": SYNC, "download_limit": 0}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-class Events:
-    """A test plugin: every event one node publishes, in order."""
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def treedrive_on_event(self, node: Node, event: Event) -> None:
-        self.seen.append(event)
-
-    def clear(self) -> None:
-        self.seen.clear()
-
-    def finished(self, direction: str, file_id: str, ok: bool | None = True) -> list[Any]:
-        return [
-            e
-            for e in self.seen
-            if isinstance(e, TransferFinished)
-            and e.transfer.direction == direction
-            and e.transfer.file_id == file_id
-            and (ok is None or e.ok is ok)
-        ]
-
-
-def watch(node: Node) -> Events:
-    events = Events()
-    node.plugins.pm.register(events)
-    return events
-
-
 async def push_random(node: Node, tmp_path: Path, size: int, name: str) -> tuple[str, bytes]:
     data = os.urandom(size)
     src = tmp_path / "src" / name
@@ -826,35 +795,7 @@ def test_frontier_lets_the_hasher_read_only_contiguous_bytes() -> None:
 
 
 # -- a full disk ---------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 12 MiB file system (tmpfs) for a node's data dir. Mounting needs root, which CI
-    has; elsewhere these tests skip."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until the disk is full."""
-    block = b"\0" * (64 * KiB)
-    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
-        while True:
-            f.write(block)
-
-
+# small_disk (a real 12 MiB tmpfs; needs root) and fill come from tests/conftest.py.
 def holder_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "failed (" in r.getMessage()]
 
@@ -982,17 +923,6 @@ async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes
 
 
 # -- a slow holder ---------------------------------------------------------------------------------
-class HoldersInOrder:
-    """A test plugin: ask the holders in this order."""
-
-    def __init__(self, *order: str) -> None:
-        self.order = order
-
-    @hookimpl
-    def treedrive_order_holders(self, node: Node, entry: Any, holders: Any) -> list[Any]:
-        return sorted(holders, key=lambda p: self.order.index(p.peer_id))
-
-
 async def test_slow_holders_range_is_taken_over_by_an_idle_faster_one(
     start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

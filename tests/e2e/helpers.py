@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import NodeProcess, free_port
+from tests.conftest import NodeProcess
 
 Predicate = Callable[[], Any]
 
@@ -271,14 +271,15 @@ def file_data(data: bytes, name: str, ts: int, owner: str, file_id: str | None =
     return json.dumps(record).encode()
 
 
-class Listener:
-    """A classic peer's listening side: every message sent to ``port`` lands in a queue."""
+class Server:
+    """A real listening socket on 127.0.0.1 (a free port): a thread accepts every connection and
+    hands it to :meth:`handle`, which owns it. A subclass sets up what ``handle`` uses before it
+    calls ``super().__init__()``, which starts the thread. :meth:`close` ends it."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.2)
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.port = int(self._server.getsockname()[1])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -289,15 +290,29 @@ class Listener:
                 conn, _ = self._server.accept()
             except (TimeoutError, OSError):
                 continue
-            with conn, contextlib.suppress(OSError, AssertionError, ValueError):
-                obj = read_object(conn, timeout=5)
-                if obj is not None:
-                    self.messages.put(obj)
+            self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._server.close()
+
+
+class Listener(Server):
+    """A classic peer's listening side: every message sent to ``port`` lands in a queue."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, AssertionError, ValueError):
+            obj = read_object(conn, timeout=5)
+            if obj is not None:
+                self.messages.put(obj)
 
     def wait(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0

@@ -10,8 +10,6 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import address, fast_config, wait_for
-from tests.e2e.helpers import Listener, file_data, file_id_of, send_message
+from tests.conftest import address, fast_config, fill, wait_for
+from tests.e2e.helpers import Listener, Server, file_data, file_id_of, send_message
 from treedrive.app import running_node
 from treedrive.core.node import Node
 
@@ -31,43 +29,21 @@ Starter = Callable[..., Any]
 INTERVAL = 0.5  # the gossip interval of tests/conftest.py's FAST timers
 
 
-class CountingListener:
-    """A port that counts the connections made to it (and reads and drops what they send)."""
+class CountingListener(Server):
+    """A port that counts the connections made to it (and closes them unread)."""
 
     def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.1)
-        self.port = int(self._server.getsockname()[1])
         self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._server.close()
+    def handle(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        conn.close()
 
 
 @pytest.fixture
 def counting() -> Iterator[CountingListener]:
     lst = CountingListener()
-    yield lst
-    lst.close()
-
-
-@pytest.fixture
-def listener() -> Iterator[Listener]:
-    lst = Listener()
     yield lst
     lst.close()
 
@@ -196,35 +172,12 @@ async def test_forged_peers_stay_within_max_peers(
 
 
 # -- a full disk -----------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 12 MiB file system (tmpfs) for a node's data dir (needs root; skips elsewhere)."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until the disk is full."""
-    block = b"\0" * 65536
-    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
-        while True:
-            f.write(block)
-    with contextlib.suppress(OSError), (path.parent / "crumbs").open("wb", buffering=0) as f:
-        while True:  # the last few bytes too
-            f.write(b"\0" * 512)
+# small_disk (a real 12 MiB tmpfs; needs root) comes from tests/conftest.py.
+def fill_to_the_last_byte(path: Path) -> None:
+    """Write ``path`` until the disk is full, then a file next to it in small writes: the last
+    few bytes too."""
+    fill(path)
+    fill(path.parent / "crumbs", block=512)
 
 
 @contextlib.asynccontextmanager
@@ -243,7 +196,7 @@ async def test_gossip_is_answered_when_the_disk_is_full(
             file_id = await push_bytes(r, tmp_path, os.urandom(4000), "kept.bin")
             first = await asyncio.to_thread(listener.gossip_to, r.port, "before", 5)
             assert file_id in {f["file_id"] for f in first["files"]}
-            await asyncio.to_thread(fill, filler)
+            await asyncio.to_thread(fill_to_the_last_byte, filler)
 
             for i in range(3):  # each a new peer: each needs a write that fails
                 started = time.monotonic()

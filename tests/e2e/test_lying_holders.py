@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import address, wait_for
-from tests.e2e.helpers import read_object, send_message
+from tests.conftest import HoldersInOrder, address, wait_for, watch
+from tests.e2e.helpers import Server, read_object, send_message
 from treedrive.core.download import RAW_RANGE
 from treedrive.core.errors import FetchFailed, StorageError
-from treedrive.core.events import Event, FileRefused
+from treedrive.core.events import FileRefused
 from treedrive.core.fileid import compute_file_id
-from treedrive.core.hookspecs import hookimpl
-from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo
+from treedrive.core.model import MEGABYTE, FileMeta
 from treedrive.core.node import Node
 
 pytestmark = pytest.mark.timeout(90)
@@ -41,31 +40,6 @@ FEATURES = {"treedrive": {"version": 1, "features": [RAW_RANGE]}}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-class Events:
-    """A test plugin: every event one node publishes."""
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def treedrive_on_event(self, node: Node, event: Event) -> None:
-        self.seen.append(event)
-
-
-class HoldersInOrder:
-    """A test plugin: ask the holders in this order (the liar first)."""
-
-    def __init__(self, *order: str) -> None:
-        self.order = order
-
-    @hookimpl
-    def treedrive_order_holders(
-        self, node: Node, entry: CatalogEntry, holders: list[PeerInfo]
-    ) -> list[PeerInfo]:
-        rank = {name: i for i, name in enumerate(self.order)}
-        return sorted(holders, key=lambda p: rank.get(p.peer_id, len(rank)))
-
-
 def knows(node: Node, file_id: str, holders: set[str]) -> bool:
     entry = node.file(file_id)
     if entry is None or not holders <= set(entry.holders):
@@ -152,7 +126,7 @@ class LoopLag:
             await self._task
 
 
-class LyingHolder:
+class LyingHolder(Server):
     """A TreeDrive-extension peer on a real socket: it gossips with ``raw-range``, announces
     ``records``, answers GOSSIPs with a GOSSIP_REPLY listing them (so it stays tracked) and
     answers a ranged GET_FILE with a header that says the file has ``size`` bytes, followed by
@@ -165,23 +139,13 @@ class LyingHolder:
         self.serves = serves
         self.records: dict[str, dict[str, Any]] = {}
         self.ranged: list[dict[str, Any]] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        self.port = int(self._server.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["file_id"]] = record
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError, AssertionError, ValueError):
@@ -235,11 +199,6 @@ class LyingHolder:
         await wait_for(lambda: any(p.peer_id == self.peer_id for p in node.peers()))
         for record in self.records.values():
             await send(node, {"type": "ANNOUNCE", "from": self.peer_id, **record})
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._server.close()
 
 
 @pytest.fixture
@@ -332,8 +291,7 @@ async def test_lying_size_is_refused_and_the_honest_holder_serves(
     h: Node = await start_node("H", **QUIET)
     meta, data = await push_random(h, tmp_path, 1 * MiB + 321, "honest.bin")
     r: Node = await start_node("R", bootstrap=(address(h),), **QUIET)
-    got = Events()
-    r.plugins.pm.register(got)
+    got = watch(r)
     r.plugins.pm.register(HoldersInOrder("liar", "H"))  # the liar is asked first
     liar = liars("liar", lie)
     liar.add(meta.wire())  # the true record: only its answers lie

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,13 +15,6 @@ from tests.conftest import FAST, NodeProcess
 from tests.e2e.helpers import Shell, Shells, send_message, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def shells(node_process: Callable[..., NodeProcess]) -> Iterator[Shells]:
-    made = Shells(node_process)
-    yield made
-    made.close()
 
 
 def source_file(tmp_path: Path, name: str, size: int) -> Path:

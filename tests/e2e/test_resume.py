@@ -9,7 +9,7 @@ import json
 import os
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 KiB = 1024
 MiB = 1024 * 1024
 CHUNK_KIB = 64
-
-
-@pytest.fixture
-def shells(node_process: Callable[..., NodeProcess]) -> Iterator[Shells]:
-    made = Shells(node_process)
-    yield made
-    made.close()
 
 
 def source_file(tmp_path: Path, size: int) -> tuple[Path, bytes]:

@@ -11,14 +11,12 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import NodeProcess
 from tests.e2e.helpers import (
     Listener,
     Shell,
@@ -36,20 +34,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 MB = 1024 * 1024
 ID_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-@pytest.fixture
-def shells(node_process: Callable[..., NodeProcess]) -> Iterator[Shells]:
-    made = Shells(node_process)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def listener() -> Iterator[Listener]:
-    lst = Listener()
-    yield lst
-    lst.close()
 
 
 @dataclass

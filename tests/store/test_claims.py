@@ -4,8 +4,6 @@ cap on tracked peers. A real SQLite file in tmp_path, never a mock."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,14 +24,6 @@ def record(ts: Timestamp = TS, *, name: str = "true.txt", owner: str = "alice") 
 def forged(ts: Timestamp = TS + 1000) -> FileMeta:
     """The same id, a larger timestamp, another name, size and owner."""
     return FileMeta(FID, "forged.txt", 99_999.0, "mallory", ts)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "data")
-    s.upgrade()
-    yield s
-    s.close()
 
 
 def entry(store: Store) -> CatalogEntry:

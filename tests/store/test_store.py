@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,14 +41,6 @@ def meta(
         file_owner=owner,
         file_timestamp=ts,
     )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "data")
-    s.upgrade()
-    yield s
-    s.close()
 
 
 # -- schema and pragmas ---------------------------------------------------------------------------

@@ -67,6 +67,19 @@ async def status_ok(http: aiohttp.ClientSession, node: Node) -> None:
         assert (await resp.json())["peer_id"] == node.peer_id
 
 
+async def open_streams(
+    stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, node: Node, n: int
+) -> list[AsyncIterator[dict[str, Any]]]:
+    """``n`` event streams of ``node``, each past its Hello; open until ``stack`` closes."""
+    streams = []
+    for _ in range(n):
+        resp = await stack.enter_async_context(http.get(url(node, "/api/events")))
+        events = read_events(resp)
+        assert (await next_event(events, lambda e: True))["type"] == "Hello"
+        streams.append(events)
+    return streams
+
+
 # -- the cap ---------------------------------------------------------------------------------------
 async def test_idle_connections_over_the_cap_give_way_oldest_first(
     start_node: Starter, http: aiohttp.ClientSession
@@ -92,12 +105,7 @@ async def test_busy_connections_are_kept_and_a_new_one_is_refused_only_when_all_
 ) -> None:
     node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
     async with contextlib.AsyncExitStack() as stack:
-        streams = []
-        for _ in range(3):
-            resp = await stack.enter_async_context(http.get(url(node, "/api/events")))
-            events = read_events(resp)
-            assert (await next_event(events, lambda e: True))["type"] == "Hello"
-            streams.append(events)
+        streams = await open_streams(stack, http, node, 3)
         # every connection is in a request: the new one is refused, none of the streams goes
         (extra,) = await open_idle(node, 1)
         await wait_for(lambda: closed(extra), timeout=5)
@@ -120,12 +128,7 @@ async def test_a_request_is_admitted_when_a_slot_is_idle(
 ) -> None:
     node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
     async with contextlib.AsyncExitStack() as stack:
-        streams = []
-        for _ in range(2):
-            resp = await stack.enter_async_context(http.get(url(node, "/api/events")))
-            events = read_events(resp)
-            assert (await next_event(events, lambda e: True))["type"] == "Hello"
-            streams.append(events)
+        streams = await open_streams(stack, http, node, 2)
         idle = await open_idle(node, 1)
         await asyncio.sleep(0.2)
         assert not closed(idle[0])

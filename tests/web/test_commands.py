@@ -15,18 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NodeProcess
+from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(90),
-    # conftest's NodeProcess.start leaves the parent's handle on <peer>.out open; with
-    # filterwarnings=error its ResourceWarning would fail the test at GC. Ignore only that.
-    pytest.mark.filterwarnings(r"ignore:unclosed file <_io.TextIOWrapper name='[^']*\.out'"),
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <_io.FileIO name='[^']*\.out'"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *NODE_PROCESS_WARNINGS,
 ]
 
 Factory = Callable[..., NodeProcess]

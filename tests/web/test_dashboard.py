@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NodeProcess, address, wait_for
+from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess, address, marked, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,23 +47,8 @@ DASHBOARD_E2E = [
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) is not installed"
     ),
-    # conftest's NodeProcess.start leaves the parent's handle on <peer>.out open; with
-    # filterwarnings=error its ResourceWarning would fail the test at GC. Ignore only that.
-    pytest.mark.filterwarnings(r"ignore:unclosed file <_io.TextIOWrapper name='[^']*\.out'"),
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <_io.FileIO name='[^']*\.out'"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *NODE_PROCESS_WARNINGS,
 ]
-
-
-def marked(marks: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def apply(test: Callable[..., Any]) -> Callable[..., Any]:
-        for mark in reversed(marks):
-            test = mark(test)
-        return test
-
-    return apply
 
 
 # -- the node's HTTP API, from the test ----------------------------------------------------------

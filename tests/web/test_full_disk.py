@@ -4,18 +4,16 @@ no partial file or blob behind, and the node takes uploads again once there is r
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import fast_config
+from tests.conftest import fast_config, fill
 from tests.web.test_api import assert_error, auth, multipart_form, url
 from treedrive.app import running_node
 from treedrive.core.node import Node
@@ -24,34 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until the disk is full."""
-    block = b"\0" * (64 * KiB)
-    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
-        while True:
-            f.write(block)
 
 
 @pytest.fixture
