@@ -8,7 +8,6 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from treedrive.core.errors import ClassicAnswer, TransferError
@@ -17,7 +16,7 @@ from treedrive.core.ports import RangeAnswer
 from treedrive.transport import codec, wire
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
-from treedrive.transport.streams import file_data_answer, pwrite_all, store, timeval
+from treedrive.transport.streams import Workers, file_data_answer, pwrite_all, store, timeval
 
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
@@ -35,21 +34,11 @@ class RangeClient:
         self.limits = limits
         self.download = download
         self.dials = dials
-        self._pool: ThreadPoolExecutor | None = None
-        self._socks: set[socket.socket] = set()
-
-    def _receivers(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(RANGE_WORKERS, thread_name_prefix="range-in")
-        return self._pool
+        self._workers = Workers(RANGE_WORKERS, "range-in")
 
     def close(self) -> None:
         """Cut off the fetches under way (their workers' reads return at once)."""
-        for sock in list(self._socks):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._workers.close()
 
     async def fetch_range(
         self,
@@ -78,7 +67,7 @@ class RangeClient:
         holder: dict[str, socket.socket] = {}
         async with self.dials:
             future = loop.run_in_executor(
-                self._receivers(),
+                self._workers.pool(),
                 self._fetch_range_blocking,
                 host,
                 port,
@@ -121,7 +110,7 @@ class RangeClient:
         except OSError as exc:
             raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
         holder["sock"] = sock
-        self._socks.add(sock)
+        self._workers.socks.add(sock)
         try:
             # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
             # a fast body is read a whole buffer at a time (MSG_WAITALL).
@@ -168,7 +157,7 @@ class RangeClient:
         except OSError as exc:
             raise TransferError(f"connection to {host}:{port} failed: {exc}") from exc
         finally:
-            self._socks.discard(sock)
+            self._workers.socks.discard(sock)
             sock.close()
 
     def _receive_raw(

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,26 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n
+
+
+class Workers:
+    """A thread pool started on first use, and the sockets its workers block on: ``close()``
+    shuts those sockets down (a blocked ``recv``/``sendfile`` returns at once) and the pool."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self.socks: set[socket.socket] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
+        return self._pool
+
+    def close(self) -> None:
+        for sock in list(self.socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,12 +9,10 @@ that stops reading holds no thread, and its upload ends."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from treedrive.core.ports import InboundHandler
 from treedrive.transport import codec, wire
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
-from treedrive.transport.streams import NOT_HERE, drain, drain_upload, write_file_data
+from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +51,11 @@ class Uploader:
         self.upload = upload
         self.bytes_uploaded = 0
         """Bytes of files sent (answers to GET_FILE, ranges and pushes)."""
-        self._pool: ThreadPoolExecutor | None = None
-        self._socks: set[socket.socket] = set()
-
-    def _senders(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="range-out")
-        return self._pool
+        self._workers = Workers(SEND_WORKERS, "range-out")
 
     def close(self) -> None:
         """Cut off the raw uploads under way (their workers return at once)."""
-        for sock in list(self._socks):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._workers.close()
 
     async def answer_get(
         self,
@@ -165,7 +153,7 @@ class Uploader:
         if raw is None:
             raise OSError("the connection has no socket")
         sock = socket.socket(fileno=os.dup(raw.fileno()))
-        self._socks.add(sock)
+        self._workers.socks.add(sock)
 
         def report(done: int) -> None:
             if progress is not None:
@@ -177,14 +165,14 @@ class Uploader:
                 while True:
                     before = upload.sent
                     await loop.run_in_executor(
-                        self._senders(), self._sendfile_some, sock, f.fileno(), upload, report
+                        self._workers.pool(), self._sendfile_some, sock, f.fileno(), upload, report
                     )
                     self.bytes_uploaded += upload.sent - before
                     if upload.sent >= length:
                         return
                     await self._writable(sock, path)
         finally:
-            self._socks.discard(sock)
+            self._workers.socks.discard(sock)
             sock.close()  # the duplicate; the transport closes the original
 
     async def _writable(self, sock: socket.socket, path: Path) -> None:
