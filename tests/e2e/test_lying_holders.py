@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -357,7 +358,8 @@ async def test_lying_size_from_the_only_holder_blames_it_not_the_disk(
     assert not isinstance(failed.value, StorageError)  # a 502 naming the holder, not a 507
     assert "liar" in str(failed.value)
     assert str(lie) in str(failed.value)
-    assert r.distrusted("liar")
+    # The record's 1.0 is only a claim (the forgery may be the record): not distrusted for it.
+    assert not r.distrusted("liar")
     assert lag.worst < 0.5, f"the event loop stalled {lag.worst:.2f} s"
     assert memory.growth_mib < 64, f"RSS grew {memory.growth_mib:.0f} MiB"
     # never more than the range asked for on disk, and nothing left
@@ -394,3 +396,147 @@ async def test_record_with_a_huge_file_size_is_fetched(start_node: Starter, tmp_
     assert r.store.blobs.path(meta.file_id).read_bytes() == data
     assert got.size_bytes == len(data)
     assert got.meta.file_size == len(data) / MEGABYTE  # the verified size replaced the nonsense
+
+
+# -- (d) a forged size seen first, or a record of 0.0 --------------------------------------------
+async def test_a_forged_size_seen_first_does_not_get_honest_holders_blamed(
+    start_node: Starter, tmp_path: Path, liars: Callable[..., LyingHolder]
+) -> None:
+    """C first hears of a 6 MiB file from a forger whose record says 999.0 MB (the record C
+    keeps), then from A and B, which hold it. Both say 6 MiB: the record is only a claim, so
+    neither is distrusted nor refused; the size two of them agree on is taken and the ranged
+    download succeeds (its bytes verify against the id)."""
+    a: Node = await start_node("A", **QUIET)
+    meta, data = await push_random(a, tmp_path, 6 * MiB, "six.bin")
+    b: Node = await start_node("B", bootstrap=(address(a),), **QUIET)
+    await wait_for(lambda: knows(b, meta.file_id, {"A"}))
+    await asyncio.wait_for(b.get(meta.file_id), 30)
+    c: Node = await start_node("C", **QUIET)
+    got = watch(c)
+    forger = liars("mallory", 0, serves=False)
+    forger.add({**meta.wire(), "file_size": 999.0})
+    await forger.join(c)
+    await wait_for(lambda: knows(c, meta.file_id, {"mallory"}))
+    for holder in (a, b):  # their own GOSSIPs, as if forwarded: C asks them for their files
+        await send(c, gossip(holder.peer_id, holder.port, **FEATURES))
+    await wait_for(lambda: knows(c, meta.file_id, {"A", "B"}))
+    recorded = c.file(meta.file_id)
+    assert recorded is not None
+    assert recorded.meta.file_size == 999.0  # first seen: the forgery
+
+    entry = await asyncio.wait_for(c.get(meta.file_id), 30)
+
+    assert c.store.blobs.path(meta.file_id).read_bytes() == data
+    assert entry.size_bytes == len(data)
+    assert entry.meta.file_size == len(data) / MEGABYTE  # the verified size replaced the claim
+    assert not c.distrusted("A")
+    assert not c.distrusted("B")
+    assert [e for e in got.seen if isinstance(e, FileRefused)] == []
+    assert downloads_rows(c) == []
+
+
+async def test_a_zero_size_record_and_a_holder_saying_50_gb(
+    start_node: Starter, liars: Callable[..., LyingHolder], tmp_path: Path
+) -> None:
+    """The record says 0.0 (what peers send for a tiny file); the only holder says the file has
+    50 GB (or half this disk's free space, if less). Not believed: no partial file of more than
+    the one range asked for, no resumable row, and the holder is not distrusted (its word
+    against a claim)."""
+    r: Node = await start_node("R", **QUIET)
+    lie = min(50 * 2**30, shutil.disk_usage(tmp_path).free // 2)
+    liar = liars("liar", lie)
+    fake = os.urandom(64)
+    ts = int(time.time())
+    record: dict[str, Any] = {
+        "file_name": "tiny.bin",
+        "file_size": 0.0,
+        "file_id": compute_file_id(fake, ts),
+        "file_owner": "liar",
+        "file_timestamp": ts,
+    }
+    liar.add(record)
+    await liar.join(r)
+    file_id = str(record["file_id"])
+    await wait_for(lambda: knows(r, file_id, {"liar"}))
+
+    largest = 0
+    fetching = asyncio.ensure_future(r.get(file_id))
+    while not fetching.done():  # watch the partial file (and stop it if it grows: the bug)
+        largest = max(largest, *partial_on_disk(r, file_id))
+        if largest > 8 * MiB:
+            fetching.cancel()
+        await asyncio.sleep(0.01)
+    with pytest.raises((FetchFailed, asyncio.CancelledError)):
+        await fetching
+
+    assert largest <= 8 * MiB, f"a partial file of {largest} bytes"
+    assert fetching.exception() is not None
+    assert str(lie) in str(fetching.exception())
+    assert partial_on_disk(r, file_id) == (0, 0)
+    assert downloads_rows(r) == []
+    assert not r.distrusted("liar")
+
+
+async def test_a_zero_size_record_of_a_tiny_file_is_fetched_ranged(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    """A record of 0.0 for a 3 KiB file (MB rounded): the holder's size agrees with it."""
+    h: Node = await start_node("H", **QUIET)
+    meta, data = await push_random(h, tmp_path, 3 * 1024, "tiny.bin")
+    r: Node = await start_node("R", **QUIET)
+    with r.store.unit_of_work() as uow:
+        uow.peers.upsert("H", h.host, h.port, time.time(), frozenset({RAW_RANGE}))
+        zero = FileMeta(meta.file_id, meta.file_name, 0.0, meta.file_owner, meta.file_timestamp)
+        uow.files.advertise("H", [zero], time.time())
+        uow.commit()
+
+    entry = await asyncio.wait_for(r.get(meta.file_id), 30)
+
+    assert entry.has_copy
+    assert r.store.blobs.path(meta.file_id).read_bytes() == data
+    assert not r.distrusted("H")
+
+
+class ManyTimestamps(LyingHolder):
+    """A holder whose every ranged answer carries another timestamp (and zeros)."""
+
+    lock = threading.Lock()
+
+    def _answer(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+        with self.lock:
+            for record in self.records.values():
+                record["file_timestamp"] += 1
+        super()._answer(conn, msg)
+
+
+async def test_a_liars_many_timestamps_do_not_crowd_out_the_honest_holders(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    """R first hears of the file from a liar (its record: a forged timestamp); the liar answers
+    many ranges fast, each with yet another timestamp, while A (the true holder, held to
+    256 KiB/s) answers its first one. The bytes verify under A's timestamp all the same: one
+    timestamp is kept per holder, however many the liar sends."""
+    a: Node = await start_node("A", max_upload_rate=256 * 1024, **QUIET)
+    meta, data = await push_random(a, tmp_path, 1 * MiB, "true.bin")
+    r: Node = await start_node("R", chunk_size=32 * 1024, max_inflight=8, **QUIET)
+    got = watch(r)
+    r.plugins.pm.register(HoldersInOrder("liar", "A"))
+    liar = ManyTimestamps("liar", len(data))
+    try:
+        forged = {**meta.wire(), "file_timestamp": int(meta.file_timestamp) + 10_000}
+        liar.add(forged)
+        await liar.join(r)
+        await wait_for(lambda: knows(r, meta.file_id, {"liar"}))
+        await send(r, gossip("A", a.port, **FEATURES))
+        await wait_for(lambda: knows(r, meta.file_id, {"A"}))
+
+        entry = await asyncio.wait_for(r.get(meta.file_id), 60)
+    finally:
+        liar.close()
+
+    assert len(liar.ranged) > 8, "the liar answered fewer ranges than the old cap"
+    assert r.store.blobs.path(meta.file_id).read_bytes() == data
+    assert entry.meta.file_timestamp == meta.file_timestamp
+    assert r.distrusted("liar")
+    assert not r.distrusted("A")
+    assert [e.peer_id for e in got.seen if isinstance(e, FileRefused)] == ["liar"]

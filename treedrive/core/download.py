@@ -9,6 +9,16 @@ those prefixes are recorded in the store, so a crash costs at most what arrived 
 sync. A thread hashes the file in order, following the bytes as they land. Nothing becomes a blob
 until the whole file verifies against its id; when it does not, the chunks of each holder in turn
 are fetched again from the others until it does, which names the holder that sent bad bytes.
+
+The file's size is what the first holder to answer says, checked against what this node knows:
+a size it verified (``size_bytes``) is a fact, and a holder that contradicts it lies (it is
+distrusted for a while). A record's ``file_size`` is only a claim (the first record seen may be
+a forgery): a holder that contradicts it is left out of this download and nothing more, until
+the bytes verify (then those that said another size lied, and are distrusted). When
+every holder that answers contradicts the claim, a size that a majority of them (at least two)
+report, or one no larger than the claim, is taken after all (never more than the free disk);
+the bytes verify against the id in the end anyway, but no resumable state is kept for a size
+that only the holders said.
 """
 
 from __future__ import annotations
@@ -34,7 +44,13 @@ from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, Tran
 from treedrive.core.events import FileRefused
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
 from treedrive.core.ports import RangeAnswer
-from treedrive.store.uow import MAX_CLAIMED_SIZE, DownloadState, claimed_size, size_agrees
+from treedrive.store.uow import (
+    MAX_CLAIMED_SIZE,
+    SIZE_TOLERANCE_MB,
+    DownloadState,
+    claimed_size,
+    size_agrees,
+)
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node, TransferHandle
@@ -67,9 +83,21 @@ one range at a time 0.94-1.03 GB/s with 10-50 ms of hashing left at the end, two
 with 0.1-0.3 s left, four 0.82-0.93 GB/s."""
 
 
-MAX_TIMESTAMPS = 8
-"""Timestamps a download tries its bytes under: the record's, then those its holders' answers
-carry (a first-seen record may be a forgery; the id commits to the true one)."""
+SMALL = int(SIZE_TOLERANCE_MB * MEGABYTE)
+"""The largest size a record's ``file_size`` of 0 agrees with: peers round the MB figure, so a
+tiny file is often ``0.0`` (a record that truly says nothing about the size is rare; its file is
+still fetched the classic way)."""
+
+
+def record_agrees(file_size: float, size: int) -> bool | None:
+    """Whether ``size`` bytes is what a record's ``file_size`` claims (see
+    :func:`treedrive.store.uow.size_agrees`; 0 reads as "at most ``SMALL``"); None when the
+    record says nothing (``1e308``, ``inf``, NaN)."""
+    if not isinstance(file_size, bool) and isinstance(file_size, int | float) and file_size == 0:
+        return 0 <= size <= SMALL
+    if claimed_size(file_size) is None:
+        return None
+    return size_agrees(file_size, size)
 
 
 def size_hint(entry: CatalogEntry) -> int:
@@ -94,8 +122,17 @@ class HolderGone(Exception):
 
 
 class LyingHolder(TransferError):
-    """The holder's answer contradicts what this node knows of the file (its size): it is not
-    used for this download, and distrusted for a while."""
+    """The holder's answer contradicts what this node knows of the file (its verified size): it
+    is not used for this download, and distrusted for a while."""
+
+
+class Disagrees(TransferError):
+    """The holder's size contradicts the record's claimed ``file_size`` (only a claim: the
+    record may be the forgery): the holder is not used for this download, and that is all."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class _Stopped(Exception):
@@ -201,12 +238,27 @@ class RangedDownload:
         self._running: dict[int, tuple[float, int]] = {}  # chunk -> (started, bytes so far)
         self._speed: dict[str, float] = {}  # holder -> bytes/s of its last whole range
         self._not_from: dict[int, str] = {}  # chunk -> the slow holder it was taken from
-        self.timestamps: list[Timestamp] = [entry.meta.file_timestamp]
-        """What the bytes are verified under (see ``MAX_TIMESTAMPS``)."""
+        self.told_timestamps: dict[str, Timestamp] = {}
+        """The timestamp each holder's first answer carried: one per holder, so that a liar's
+        answers never crowd out an honest holder's (see ``timestamps``)."""
+        self.told_sizes: dict[str, int] = {}
+        """Sizes holders said that contradict the record's claimed ``file_size`` (see
+        ``_adopt``); once the bytes verify, those that said another size are distrusted."""
+        self.resumable = True
+        """False once the size is one only holders said, against the record: then no
+        resumable state is kept (a crash or a failure starts over)."""
         self.verified: Timestamp | None = None
         """The timestamp the bytes verified under, once they did."""
         self._first_bytes = 0  # bytes of chunk 0 on disk while the size is not known yet
-        self._lied = False  # a holder's answer was refused as a lie in this run
+        self._refused = False  # a holder's size was refused in this run (its bytes are not kept)
+
+    @property
+    def timestamps(self) -> list[Timestamp]:
+        """What the bytes are verified under: the record's timestamp, then those the holders'
+        answers carry (a first-seen record may be a forgery; the id commits to the true one)."""
+        record = self.entry.meta.file_timestamp
+        told = dict.fromkeys(ts for ts in self.told_timestamps.values() if ts != record)
+        return [record, *told]
 
     @property
     def verified_meta(self) -> FileMeta:
@@ -269,8 +321,9 @@ class RangedDownload:
             ) from exc
         except BaseException as exc:
             self._finish_failed(exc)
-            if self.frontier is None and (fresh or self._lied):
-                # It never started: nothing to resume (and a liar's bytes are not kept).
+            if (self.frontier is None and (fresh or self._refused)) or not self.resumable:
+                # It never started, or its size is only the holders' word: nothing to resume
+                # (and the bytes of a holder whose size was refused are not kept).
                 with contextlib.suppress(Exception):
                     self._forget_download()
             raise
@@ -300,6 +353,11 @@ class RangedDownload:
         """After a StorageError: record what is on disk for good, so that the download goes on
         once there is room. Best effort (the full disk may refuse this record too)."""
         try:
+            if not self.resumable:  # start over once there is room: free the disk meanwhile
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.ftruncate, self.fd, 0)
+                self._record(DownloadState(self.file_id, 0, self.chunk_size, frozenset()))
+                return
             if self.frontier is not None:
                 self._save()
                 return
@@ -351,9 +409,11 @@ class RangedDownload:
 
     async def _first_chunk(self, start: int = 0) -> None:
         """Ask holders for chunk 0 (from ``start``, what is already on disk of it) until one
-        answers with a size this node can believe: that answer says the file's size."""
+        answers with a size this node can believe: that answer says the file's size. When every
+        one that answers contradicts the record's claimed size, see ``_adopt``."""
         last = "no holder speaks the extension"
         self._first_bytes = start
+        latest: tuple[str, RangeAnswer, int] | None = None  # whose bytes of chunk 0 are on disk
         for peer in self._usable():
             got = 0
 
@@ -363,47 +423,92 @@ class RangedDownload:
                 self._first_bytes = max(self._first_bytes, start + n)
 
             asked = time.monotonic()
+            latest = None  # what a failed request wrote may be on disk now
             try:
                 answer = await self._request(peer, start, self.chunk_size - start, None, written)
+                if (elapsed := time.monotonic() - asked) > 0:
+                    self._speed[peer.peer_id] = answer.length / elapsed
+                latest = (peer.peer_id, answer, got)
                 self._believe(answer.size)
             except (TransferError, HolderGone) as exc:
                 last = f"{peer.peer_id}: {exc}"
                 self._failed(peer.peer_id, exc)
                 continue
-            self.size = answer.size
-            if (elapsed := time.monotonic() - asked) > 0:
-                self._speed[peer.peer_id] = answer.length / elapsed
-            # Sized by a believed size, and built off the loop all the same.
-            self.frontier = await asyncio.to_thread(
-                Frontier, answer.size, self.chunk_size, {0: start + answer.length}
+            if not self.entry.size_bytes and record_agrees(self.entry.meta.file_size, 0) is None:
+                self.resumable = False  # the record says nothing: the size is this holder's word
+            await self._sized(answer.size, start, peer.peer_id, answer, got)
+            return
+        size = self._adopt()
+        if size is not None:
+            log.warning(
+                "%s: its record says %r (a claim); %d of its holders say %d bytes: taken, "
+                "without resumable state",
+                self.file_id[:12],
+                self.entry.meta.file_size,
+                sum(1 for s in self.told_sizes.values() if s == size),
+                size,
             )
-            self.frontier.received = got
-            self.synced = [0] * self.frontier.count
-            self.sources[0] = {peer.peer_id}
+            self.resumable = False
+            for peer_id, told in self.told_sizes.items():
+                if told == size:  # they said the size taken: usable after all
+                    self.excluded.discard(peer_id)
+            if latest is not None and latest[1].size == size:
+                await self._sized(size, start, *latest)
+            else:  # the bytes on disk are another size's: chunk 0 is fetched again
+                await self._sized(size, 0, None, None, 0)
             return
         raise FetchFailed(f"could not start {self.file_id[:12]}… ({last})")
 
+    async def _sized(
+        self, size: int, start: int, peer_id: str | None, answer: RangeAnswer | None, got: int
+    ) -> None:
+        """The file has ``size`` bytes; ``peer_id`` sent ``answer``, chunk 0 from ``start``."""
+        self.size = size
+        have = {0: start + answer.length} if answer is not None else {}
+        # Sized by a believed size, and built off the loop all the same.
+        self.frontier = await asyncio.to_thread(Frontier, size, self.chunk_size, have)
+        self.frontier.received = got
+        self.synced = [0] * self.frontier.count
+        if peer_id is not None:
+            self.sources[0] = {peer_id}
+
     def _believe(self, size: int) -> None:
-        """Raise LyingHolder unless ``size`` (a holder's word for the file's size) agrees with
-        the catalogue: the exact size when this node knows it, else the record's ``file_size``
-        (MB or bytes, see :func:`treedrive.store.uow.size_agrees`). When the record does not
-        say, a size larger than this disk's free space is not believed either: such a holder is
-        not usable (a file the record says is too large is a StorageError, from _check_room)."""
+        """Raise LyingHolder unless ``size`` (a holder's word for the file's size) is the size
+        this node verified, when it did. Else raise Disagrees unless it agrees with the record's
+        claimed ``file_size`` (see :func:`record_agrees`). When the record does not say, a size
+        larger than this disk's free space is not believed either: such a holder is not usable
+        (a file the record says is too large is a StorageError, from _check_room)."""
         known = self.entry.size_bytes
         claim = self.entry.meta.file_size
         if known:
             if size != known:
                 raise LyingHolder(f"says the file has {size} bytes; it has {known}")
-        elif claimed_size(claim) is not None:
-            if not size_agrees(claim, size):
-                raise LyingHolder(
-                    f"says the file has {size} bytes; its record says {claim!r} (MB or bytes)"
-                )
-        elif size > (free := self._free()):
+            return
+        agrees = record_agrees(claim, size)
+        if agrees is False:
+            raise Disagrees(
+                f"says the file has {size} bytes; its record claims {claim!r} (MB or bytes)", size
+            )
+        if agrees is None and size > (free := self._free()):
             raise LyingHolder(
                 f"says the file has {size} bytes, more than this disk's {free} free, and its "
                 "record does not say its size: not usable"
             )
+
+    def _adopt(self) -> int | None:
+        """The size to take when every holder that answered contradicts the record's claimed
+        size (``told_sizes``): the one a majority of them say, if at least two do; else one no
+        larger than what the record claims (the record already bounds what this node would
+        allocate; a record of 0 claims at most ``SMALL``). Never more than the free disk."""
+        if not self.told_sizes:
+            return None
+        free = self._free()
+        counts = Counter(s for s in self.told_sizes.values() if s <= free)
+        bound = max(size_hint(self.entry), SMALL)
+        for size, n in counts.most_common():
+            if (n >= 2 and 2 * n > len(self.told_sizes)) or size <= bound:
+                return size
+        return None
 
     async def _request(
         self,
@@ -428,9 +533,8 @@ class RangedDownload:
             raise HolderGone("does not have it")
         if answer.meta.file_id != self.file_id:
             raise TransferError("sent another file")
-        ts = answer.meta.file_timestamp
-        if ts not in self.timestamps and len(self.timestamps) < MAX_TIMESTAMPS:
-            self.timestamps.append(ts)
+        # One per holder: bounded by the holders, and a liar's never crowd out the others'.
+        self.told_timestamps.setdefault(peer.peer_id, answer.meta.file_timestamp)
         if self.size is not None and answer.size != self.size:
             raise TransferError(f"says the file has {answer.size} bytes, not {self.size}")
         return answer
@@ -488,9 +592,19 @@ class RangedDownload:
         ]
 
     def _failed(self, peer_id: str, exc: BaseException) -> None:
+        if isinstance(exc, Disagrees):
+            # The record's size is only a claim: which of the two is wrong is not known yet.
+            # Not used for this download (unless ``_adopt`` takes its size), nothing more.
+            self._refused = True
+            self.excluded.add(peer_id)
+            self.told_sizes[peer_id] = exc.size
+            log.info(
+                "holder %s of %s %s; not used for this download", peer_id, self.file_id[:12], exc
+            )
+            return
         if isinstance(exc, LyingHolder):
             # Not this node's disk, not a passing failure: the holder is not used again here.
-            self._lied = True
+            self._refused = True
             self.excluded.add(peer_id)
             log.warning("holder %s of %s %s; avoiding it", peer_id, self.file_id[:12], exc)
             self.node.distrust(peer_id)
@@ -668,6 +782,8 @@ class RangedDownload:
             await self._sync(snapshot)
 
     def _save(self) -> None:
+        if not self.resumable:  # the size is only the holders' word: it is not recorded
+            return
         frontier = self._frontier()
         synced = self.synced or [0] * frontier.count
         done = frozenset(c for c, n in enumerate(synced) if n >= frontier.span(c)[1])
@@ -795,6 +911,9 @@ class RangedDownload:
             uow.commit()
         self.handle.update(size)
         self.handle.finish(True)
+        for peer_id, told in self.told_sizes.items():
+            if told != size:  # the size is a verified fact now: that holder lied
+                self._failed(peer_id, LyingHolder(f"said the file has {told} bytes; it has {size}"))
         log.info(
             "got %s (%d bytes; %d over the network in this run) from %s",
             self.file_id[:12],

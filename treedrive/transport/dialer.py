@@ -1,7 +1,9 @@
 """The outbound side of a TCP node: messages sent now or posted to a bounded outbox, files
 pushed, files fetched whole (hex-encoded).
 
-Every outbound connection takes a slot of ``max_dials`` first. Posted messages wait in an
+Every outbound connection takes a slot of ``max_dials`` while it connects (a message: until it is
+delivered; a transfer gives its slot back once connected, so that slow transfers never hold up
+gossip). Posted messages wait in an
 :class:`~treedrive.transport.outbox.Outbox` (when full, the oldest is dropped) for one of
 ``max_dials`` senders; each is encoded only when sent, and once for the same object posted to
 several addresses. An address that refuses is dialed at most a few times a minute
@@ -54,9 +56,9 @@ def encode(message: Message) -> bytes:
 
 
 class Dialer:
-    """Outbound connections: ``dials`` (shared with the ranged client) bounds how many are open
-    at once. Counts ``posted``, ``sent`` and drops in ``counters``, and the bytes of messages
-    sent in ``bytes_sent``."""
+    """Outbound connections: ``dials`` (shared with the ranged client) bounds how many are
+    being made at once (transfers hold a slot only while they connect). Counts ``posted``,
+    ``sent`` and drops in ``counters``, and the bytes of messages sent in ``bytes_sent``."""
 
     def __init__(
         self,
@@ -200,20 +202,20 @@ class Dialer:
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
     ) -> bool:
-        async with self.dials:
-            try:
+        try:
+            async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
-            except (OSError, TimeoutError) as exc:
-                log.warning("cannot push to %s:%d: %s", host, port, exc)
-                return False
-            try:
-                await self.uploader.push(writer, meta, path, progress, raw)
-                return True
-            except (OSError, TimeoutError) as exc:
-                log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
-                return False
-            finally:
-                await close_writer(writer)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot push to %s:%d: %s", host, port, exc)
+            return False
+        try:
+            await self.uploader.push(writer, meta, path, progress, raw)
+            return True
+        except (OSError, TimeoutError) as exc:
+            log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
+            return False
+        finally:
+            await close_writer(writer)
 
     async def fetch_file(
         self,
@@ -222,35 +224,54 @@ class Dialer:
         file_id: str,
         sink: FileSink,
         progress: Callable[[int], None] | None = None,
+        max_bytes: int | None = None,
     ) -> FileData:
-        async with self.dials:
-            try:
+        """GET_FILE, the answer's bytes written to ``sink``. The answer's header must arrive
+        within ``idle_timeout``; its bytes must keep coming (``idle_timeout`` apart) and, after
+        ``fetch_rate_grace``, keep ``min_fetch_rate`` on average; with ``max_bytes``, more file
+        bytes than that end it before they are written. Each a TransferError."""
+        try:
+            async with self.dials:  # only while connecting: the transfer may take long
                 reader, writer = await self.connect(host, port)
-            except (OSError, TimeoutError) as exc:
-                raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
-            try:
-                writer.write(codec.encode_message(wire.encode(GetFile(file_id))))
-                await drain(writer, self.limits)
-                stream = Reader(reader, self.limits)
-                stream.deadline = time.monotonic() + self.limits.idle_timeout
-                while True:
-                    event = await stream.next()
-                    if isinstance(event, codec.DataChunk):
-                        await self.download.acquire(len(event.data))
-                        store(sink.write, event.data)
-                        if progress is not None:
-                            progress(sink.size)
-                    elif isinstance(event, codec.ProtocolError):
-                        raise TransferError(f"malformed answer: {event.reason}")
-                    else:
-                        # Stop at the end of the object: never wait for the peer to close.
-                        break
-                return file_data_answer(event.fields)
-            except wire.WireError as exc:
-                raise TransferError(f"invalid answer: {exc}") from exc
-            except TimeoutError as exc:
-                raise TransferError("timed out waiting for the file's bytes") from exc
-            except OSError as exc:
-                raise TransferError(f"connection failed: {exc}") from exc
-            finally:
-                await close_writer(writer)
+        except (OSError, TimeoutError) as exc:
+            raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
+        try:
+            writer.write(codec.encode_message(wire.encode(GetFile(file_id))))
+            await drain(writer, self.limits)
+            stream = Reader(
+                reader,
+                self.limits,
+                None,
+                self.limits.min_fetch_rate or None,
+                self.limits.fetch_rate_grace,
+            )
+            stream.deadline = time.monotonic() + self.limits.idle_timeout
+            got = 0
+            while True:
+                event = await stream.next()
+                if isinstance(event, codec.DataChunk):
+                    got += len(event.data)
+                    if max_bytes is not None and got > max_bytes:
+                        raise TransferError(
+                            f"sent more than {max_bytes} bytes, more than the file can have"
+                        )
+                    waited = time.monotonic()
+                    await self.download.acquire(len(event.data))
+                    stream.paused(time.monotonic() - waited)
+                    store(sink.write, event.data)
+                    if progress is not None:
+                        progress(sink.size)
+                elif isinstance(event, codec.ProtocolError):
+                    raise TransferError(f"malformed answer: {event.reason}")
+                else:
+                    # Stop at the end of the object: never wait for the peer to close.
+                    break
+            return file_data_answer(event.fields)
+        except wire.WireError as exc:
+            raise TransferError(f"invalid answer: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransferError(f"{host}:{port} timed out sending the file: {exc}") from exc
+        except OSError as exc:
+            raise TransferError(f"connection failed: {exc}") from exc
+        finally:
+            await close_writer(writer)

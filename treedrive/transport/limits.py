@@ -28,10 +28,20 @@ class NetLimits:
     at which a body counts as a transfer that never gives way)."""
     push_rate_grace: float = 5.0
     """Seconds from the start of a pushed body before ``min_push_rate`` applies."""
+    min_fetch_rate: float = 1024.0
+    """Bytes/s on average (on the wire, so hex counts twice) that a file fetched from a peer
+    (a classic GET_FILE answer, or a raw range) must keep once ``fetch_rate_grace`` has passed;
+    time spent waiting on this node's own download limit does not count. Generous for an honest
+    slow link (1 KiB/s); a holder trickling a few bytes every ``idle_timeout`` is dropped. 0:
+    no minimum."""
+    fetch_rate_grace: float = 30.0
+    """Seconds from the start of a fetched body before ``min_fetch_rate`` applies."""
     upload_stall_timeout: float = 10.0
     """An upload whose reader takes nothing for this long is closed."""
     max_dials: int = 64
-    """Outbound connections open at once; more wait. Also the number of outbox senders."""
+    """Outbound connections being made at once (and messages being delivered); more wait. A
+    transfer (a fetch, a range, a push) holds its slot only while it connects. Also the number
+    of outbox senders."""
     outbox_size: int = 1024
     """Messages posted and not yet sent; when full, the oldest is dropped."""
     codec: codec.Limits = field(default_factory=codec.Limits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +26,37 @@ WAITALL = getattr(socket, "MSG_WAITALL", 0)
 WAITALL_RATE = 8 * RANGE_BUFFER  # bytes/s: a buffer in 1/8 s
 
 
+class Holder:
+    """The socket of a fetch in a worker thread, and whether the fetch was cancelled: either
+    the canceller finds the socket (and shuts it down: the worker's recv returns at once) or
+    the worker finds the fetch cancelled once connected (and stops), whichever comes second."""
+
+    def __init__(self, on_connect: Callable[[], None]) -> None:
+        self.connected = on_connect
+        """Called by the worker once its connection is made or has failed."""
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._cancelled = False
+
+    def attach(self, sock: socket.socket) -> bool:
+        """The worker connected ``sock``; False: the fetch was cancelled meanwhile."""
+        with self._lock:
+            self._sock = sock
+            return not self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class RangeClient:
     """Fetches raw ranges: owns the pool of receiving workers and their sockets (which
-    :meth:`close` shuts down). A fetch waits for a slot of ``dials``, shared with every other
-    outbound connection."""
+    :meth:`close` shuts down). A fetch connects under a slot of ``dials``, shared with every
+    other outbound connection, and gives it back once connected."""
 
     def __init__(self, limits: NetLimits, download: RateLimiter, dials: asyncio.Semaphore) -> None:
         self.limits = limits
@@ -57,39 +85,53 @@ class RangeClient:
         buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead.
         ``written`` is called in that thread after every write with the bytes of the range on
         disk so far; ``progress`` on the loop, every few MiB. ``asker``: our peer id, sent along
-        so that the holder can name who it serves."""
+        so that the holder can name who it serves.
+
+        The answer's header must arrive within ``control_timeout``; the bytes must keep coming
+        (``idle_timeout`` apart) and, after ``fetch_rate_grace``, at ``min_fetch_rate`` on
+        average. The slot of ``dials`` is held only until the worker has connected."""
         loop = asyncio.get_running_loop()
+        connected = asyncio.Event()
 
         def report(done: int) -> None:
             if progress is not None:
                 loop.call_soon_threadsafe(progress, done)
 
-        holder: dict[str, socket.socket] = {}
-        async with self.dials:
-            future = loop.run_in_executor(
-                self._workers.pool(),
-                self._fetch_range_blocking,
-                host,
-                port,
-                file_id,
-                offset,
-                length,
-                fd,
-                report,
-                holder,
-                written,
-                download,
-                asker,
-            )
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                if (sock := holder.get("sock")) is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)  # the worker's recv returns at once
+        def on_connect() -> None:
+            loop.call_soon_threadsafe(connected.set)
+
+        holder = Holder(on_connect)
+        future: asyncio.Future[RangeAnswer] | None = None
+        try:
+            async with self.dials:
+                future = loop.run_in_executor(
+                    self._workers.pool(),
+                    self._fetch_range_blocking,
+                    host,
+                    port,
+                    file_id,
+                    offset,
+                    length,
+                    fd,
+                    report,
+                    holder,
+                    written,
+                    download,
+                    asker,
+                )
+                waiter = asyncio.ensure_future(connected.wait())
+                try:
+                    either: list[asyncio.Future[Any]] = [future, waiter]
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future is not None:
+                holder.cancel()  # the worker's recv returns at once, or it stops once connected
                 with contextlib.suppress(Exception):
                     await future
-                raise
+            raise
 
     def _fetch_range_blocking(
         self,
@@ -100,7 +142,7 @@ class RangeClient:
         length: int | None,
         fd: int,
         report: Callable[[int], None],
-        holder: dict[str, socket.socket],
+        holder: Holder,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
         asker: str | None = None,
@@ -109,9 +151,12 @@ class RangeClient:
             sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
         except OSError as exc:
             raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
-        holder["sock"] = sock
+        finally:
+            holder.connected()
         self._workers.socks.add(sock)
         try:
+            if not holder.attach(sock):
+                raise TransferError("cancelled")
             # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
             # a fast body is read a whole buffer at a time (MSG_WAITALL).
             sock.settimeout(None)
@@ -125,9 +170,15 @@ class RangeClient:
                 ext["download"] = download
             sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
             parser = codec.MessageParser(self.limits.codec)
+            # The whole header within control_timeout, however its bytes trickle in.
+            deadline = time.monotonic() + self.limits.control_timeout
             while True:
                 event = parser.next_event()
                 if isinstance(event, codec.NeedData):
+                    left = min(deadline - time.monotonic(), self.limits.idle_timeout)
+                    if left <= 0:
+                        raise TimeoutError("the answer's header did not arrive in time")
+                    sock.settimeout(left)
                     parser.receive_data(sock.recv(65536))
                 elif isinstance(event, codec.DataChunk):
                     raise ClassicAnswer(f"{host}:{port} answered with classic hex")
@@ -144,6 +195,7 @@ class RangeClient:
             if got is None:
                 raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
             size, start, count = got.size, got.offset, got.length
+            sock.settimeout(None)  # the body: blocking, SO_RCVTIMEO as set above
             if start != offset:
                 raise TransferError(f"answered a range it was not asked for: {got}")
             if length is not None and count > length:
@@ -181,12 +233,22 @@ class RangeClient:
         view = memoryview(buf)
         reported = 0
         started = reported_at = time.monotonic()
+        paused = 0.0  # seconds spent on this node's own download limit: not the holder's doing
+        min_rate, grace = self.limits.min_fetch_rate, self.limits.fetch_rate_grace
         flags = 0
         while got < count:
             n = sock.recv_into(view, min(len(buf), count - got), flags)
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
+            if min_rate:
+                spent = time.monotonic() - started - paused
+                if spent > grace and got + n < min_rate * spent:
+                    raise TransferError(
+                        f"sent {got + n} bytes in {spent:.0f} s, under {min_rate:.0f} bytes/s"
+                    )
+            waited = time.monotonic()
             self.download.acquire_blocking(n)
+            paused += time.monotonic() - waited
             store(pwrite_all, fd, view[:n], offset + got)
             got += n
             if written is not None:

@@ -49,7 +49,8 @@ class Reader:
 
     Until the file bytes of a FILE_DATA begin, the whole message must arrive by ``deadline``;
     then each read must come within ``idle_timeout`` and, with ``min_rate``, the body must keep
-    that average rate (after ``grace``). ``state``, if given, is kept up to date for admission."""
+    that average rate (after ``grace``, by default ``push_rate_grace``; see :meth:`paused` for
+    time that does not count). ``state``, if given, is kept up to date for admission."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class Reader:
         limits: NetLimits,
         state: ConnState | None = None,
         min_rate: float | None = None,
+        grace: float | None = None,
     ) -> None:
         self.reader = reader
         self.limits = limits
@@ -65,6 +67,13 @@ class Reader:
         self.streaming = False
         self.state = state if state is not None else ConnState(time.monotonic())
         self.min_rate = min_rate
+        self.grace = limits.push_rate_grace if grace is None else grace
+
+    def paused(self, seconds: float) -> None:
+        """``seconds`` of the body's time were this node's doing (its own rate limit): they do
+        not count against the peer's rate."""
+        if self.state.body_started is not None and seconds > 0:
+            self.state.body_started += seconds
 
     async def next(self) -> codec.DataChunk | codec.Message | codec.ProtocolError:
         state = self.state
@@ -76,22 +85,21 @@ class Reader:
                     state.body_started, state.body_received = time.monotonic(), 0
                 return event
             timeout = self.limits.idle_timeout
+            why = f"nothing came for {timeout:.0f} s"
             now = time.monotonic()
             if not self.streaming:
-                timeout = min(timeout, self.deadline - now)
-                if timeout <= 0:
-                    raise TimeoutError("the message did not arrive in time")
+                if self.deadline - now < timeout:
+                    timeout, why = self.deadline - now, "the message did not arrive in time"
             elif self.min_rate and state.body_started is not None:
-                due = rate_due(
-                    state.body_started,
-                    state.body_received,
-                    self.min_rate,
-                    self.limits.push_rate_grace,
-                )
-                timeout = min(timeout, due - now)
-                if timeout <= 0:
-                    raise TimeoutError("the file's bytes came too slowly")
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                due = rate_due(state.body_started, state.body_received, self.min_rate, self.grace)
+                if due - now < timeout:
+                    timeout, why = due - now, "the file's bytes came too slowly"
+            if timeout <= 0:
+                raise TimeoutError(why)
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            except TimeoutError:
+                raise TimeoutError(why) from None
             state.received += len(data)
             if self.streaming:
                 state.body_received += len(data)
