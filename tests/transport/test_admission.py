@@ -67,6 +67,46 @@ def test_protected_connections_never_give_way() -> None:
     assert choose_victim([("upload", upload)], now=10.0, grace=0.5, good_rate=GOOD) is None
 
 
+def upload(started: float, sent: int = 0) -> ConnState:
+    return ConnState(
+        started=started, received=100, protected=True, upload_started=started, sent=sent
+    )
+
+
+def test_uploads_beyond_half_the_cap_give_way_slowest_first() -> None:
+    # Four uploads at a cap of 4 (half: 2): the reader that took the fewest bytes per second of
+    # the upload gives way, a stalled one before a slow one, a slow one before a fast one.
+    conns = [
+        ("fast", upload(0.0, sent=50_000_000)),
+        ("slow", upload(0.0, sent=120_000)),  # 12 KiB/s: never stalled, still the slowest
+        ("stalled", upload(5.0, sent=4096)),
+        ("slowish", upload(2.0, sent=800_000)),
+    ]
+    assert choose_victim(conns, 10.0, 0.5, GOOD, max_uploads=2, upload_grace=2.0) == "stalled"
+    assert choose_victim(conns[:2], 10.0, 0.5, GOOD, max_uploads=1, upload_grace=2.0) == "slow"
+    # Within their share, uploads are protected, as before.
+    assert choose_victim(conns, 10.0, 0.5, GOOD, max_uploads=4, upload_grace=2.0) is None
+    assert choose_victim(conns, 10.0, 0.5, GOOD) is None
+
+
+def test_an_upload_just_begun_does_not_give_way() -> None:
+    conns = [("new", upload(9.5)), ("newer", upload(9.9))]
+    assert choose_victim(conns, 10.0, 0.5, GOOD, max_uploads=0, upload_grace=2.0) is None
+    conns.append(("older", upload(7.0, sent=10_000_000)))
+    assert choose_victim(conns, 10.0, 0.5, GOOD, max_uploads=0, upload_grace=2.0) == "older"
+
+
+def test_a_slow_message_gives_way_before_an_upload_and_an_upload_before_a_young_message() -> None:
+    uploads = [("up1", upload(0.0)), ("up2", upload(1.0))]
+    trickle = ("trickle", ConnState(started=5.0, received=10))
+    young = ("young", ConnState(started=9.9))
+    handled = ("handled", ConnState(started=9.9, received=100, protected=True))
+    args = (10.0, 0.5, GOOD, 1, 2.0)
+    assert choose_victim([*uploads, trickle, young, handled], *args) == "trickle"
+    assert choose_victim([*uploads, young, handled], *args) == "up1"
+    assert choose_victim([uploads[0], young, handled], *args) == "young"
+
+
 def test_a_fast_body_never_gives_way_a_slow_one_does() -> None:
     fast = ConnState(started=0.0, received=300, body_started=9.0, body_received=GOOD * 2)
     slow = ConnState(started=0.0, received=GOOD * 3, body_started=0.0, body_received=GOOD * 3)

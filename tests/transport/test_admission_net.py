@@ -146,8 +146,9 @@ async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_eac
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="treedrive.transport")
     node: Node = await start_node("full", max_connections=3)
-    # Every open connection is an upload we serve to a reader that stalls: none may give way.
-    network = tune(node, upload_stall_timeout=60.0)
+    # Every open connection is an upload we serve to a reader that stalls, all of them within
+    # their grace: none may give way.
+    network = tune(node, upload_stall_timeout=60.0, upload_grace=60.0)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(8 * 1024 * 1024))
     meta = await node.push(src)
@@ -169,6 +170,40 @@ async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_eac
     await wait_for(lambda: any("100 connections refused" in r.getMessage() for r in caplog.records))
     for s in held + refused:
         s.close()
+
+
+async def test_stalled_ranged_readers_at_the_cap_give_way_to_a_gossip(
+    start_node: Starter, recorder: Any, tmp_path: Path
+) -> None:
+    # Uploads are protected up to half the cap: 8 readers that never read, at a cap of 8, do
+    # not keep a GOSSIP out for their whole stall timeout; the slowest upload gives way.
+    node: Node = await start_node("uploading", max_connections=8)
+    network = tune(node, upload_stall_timeout=60.0, upload_grace=0.5)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 * 1024 * 1024))
+    meta = await node.push(src)
+    request = json.dumps(raw_get(meta.file_id, offset=0, length=None)).encode()
+    stalled = []
+    try:
+        for _ in range(8):
+            s = connect(node.port, rcvbuf=4096)
+            s.sendall(request)
+            stalled.append(s)
+        await wait_for(lambda: network.stats()["connections"] == 8)
+        await wait_for(lambda: all(st.upload_started for st in network._live.values()))
+        await asyncio.sleep(0.7)  # past the grace
+        listener: Recorder = recorder()
+        started = time.monotonic()
+        await asyncio.to_thread(send, node.port, gossip_bytes(listener.port, "newcomer"))
+        await wait_for(lambda: listener.of_type("GOSSIP_REPLY"), timeout=5)
+        assert time.monotonic() - started < 3.0  # not after a stall timeout (60 s here)
+        assert network.stats().get("connections refused at the cap", 0) == 0
+        assert network.stats()["slow connections closed for new ones"] == 1
+        # The other seven go on (until their stall timeout).
+        assert sum(st.upload_started is not None for st in network._live.values()) == 7
+    finally:
+        for s in stalled:
+            s.close()
 
 
 # -- minimum rate of pushed bodies ---------------------------------------------------------------

@@ -3,9 +3,12 @@ about it. Pure policy: no sockets, no clock of its own (every call takes ``now``
 tested on its own.
 
 - :func:`choose_victim`: at the connection cap, the open connection that has made the least
-  progress (bytes received per second of age) gives way to a new one; protected ones (transfers
-  we serve, fast bodies, messages already whole) never do, and young ones only when no older
-  one may (then the oldest of them). A new connection is refused only when none may give way.
+  progress (bytes received per second of age) gives way to a new one; protected ones (fast
+  bodies, messages already whole) never do, and young ones only when no older one may (then the
+  oldest of them). Uploads we serve are protected up to a share of the cap (``max_uploads``):
+  beyond it, the slowest of them (bytes sent per second, after a grace) gives way, so that a
+  flood of readers that never read leaves room for control messages. A new connection is
+  refused only when none may give way.
 - :class:`DialBackoff`: an address that refuses is dialed at most a few times a minute.
 - :class:`Tally`: refusals, evictions, drops and per-connection failures are counted; a few detail
   lines a second at most, and the rest summed up in one line (never one line per connection).
@@ -35,6 +38,10 @@ class ConnState:
     """When a streamed file body began (None: no body yet)."""
     body_received: int = 0
     """Bytes received since then."""
+    upload_started: float | None = None
+    """When we began to answer it with a file (None: not an upload)."""
+    sent: int = 0
+    """Bytes of that answer the reader has taken so far (as far as the transport knows)."""
 
     def progress(self, now: float) -> float:
         """Bytes received per second of age."""
@@ -45,23 +52,55 @@ class ConnState:
             return None
         return self.body_received / max(now - self.body_started, 1e-6)
 
+    def upload_rate(self, now: float) -> float | None:
+        """Bytes sent per second since the upload began (None: not an upload)."""
+        if self.upload_started is None:
+            return None
+        return self.sent / max(now - self.upload_started, 1e-6)
+
 
 def choose_victim(
-    conns: Iterable[tuple[K, ConnState]], now: float, grace: float, good_rate: float
+    conns: Iterable[tuple[K, ConnState]],
+    now: float,
+    grace: float,
+    good_rate: float,
+    max_uploads: int | None = None,
+    upload_grace: float = 0.0,
 ) -> K | None:
     """The connection that gives way to a new one, or None (the new one is refused).
 
     Candidates are the connections that are not protected and are not streaming a body at
     ``good_rate`` bytes/s or more. Among those older than ``grace``, the least bytes per second
-    of age gives way (the oldest first on a tie). If every candidate is younger than that, the
-    oldest of them gives way all the same: it has had the longest to send a whole message and
-    has not (an honest one sends its small message at once, and is protected as soon as it is
-    whole). The new connection is refused only when every open one is protected or fast."""
+    of age gives way (the oldest first on a tie).
+
+    Otherwise, if more than ``max_uploads`` uploads are open (None: no such share), the upload
+    that has sent the least bytes per second gives way (the oldest first on a tie), among those
+    older than ``upload_grace`` (an upload just begun has not shown its rate yet). Uploads are
+    protected, but only up to that share: readers that take nothing, or next to nothing, cannot
+    hold every slot, and a control message always finds room.
+
+    Otherwise, if every candidate is younger than ``grace``, the oldest of them gives way all
+    the same: it has had the longest to send a whole message and has not (an honest one sends
+    its small message at once, and is protected as soon as it is whole). The new connection is
+    refused only when every open one is protected (an upload within its share or its grace) or
+    fast."""
     best: K | None = None
     best_key: tuple[float, float] | None = None
     oldest_young: K | None = None
     young_started = float("inf")
+    uploads = 0
+    slowest: K | None = None
+    slowest_key: tuple[float, float] | None = None
     for key, state in conns:
+        upload_rate = state.upload_rate(now)
+        if upload_rate is not None:
+            uploads += 1
+            assert state.upload_started is not None
+            if now - state.upload_started >= upload_grace:
+                rank = (upload_rate, state.upload_started)
+                if slowest_key is None or rank < slowest_key:
+                    slowest, slowest_key = key, rank
+            continue
         if state.protected:
             continue
         rate = state.body_rate(now)
@@ -74,7 +113,11 @@ def choose_victim(
         rank = (state.progress(now), state.started)
         if best_key is None or rank < best_key:
             best, best_key = key, rank
-    return best if best is not None else oldest_young
+    if best is not None:
+        return best
+    if max_uploads is not None and uploads > max_uploads and slowest is not None:
+        return slowest
+    return oldest_young
 
 
 @dataclass(slots=True)

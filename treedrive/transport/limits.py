@@ -19,7 +19,8 @@ class NetLimits:
     """The bytes of a file must keep coming at most this far apart (and a FILE_DATA answer)."""
     max_connections: int = 256
     """Inbound connections served at once; at the cap, the one with the least progress gives way
-    to a new one (or, if every open one is protected, the new one is closed)."""
+    to a new one (or, if every open one is protected, the new one is closed). Uploads we serve
+    are protected up to half of it: beyond that, the slowest upload gives way."""
     admission_grace: float = 0.5
     """A connection younger than this gives way only when no older one may (then the oldest of
     them: under a flood of new connections, a new one is never refused for want of old ones)."""
@@ -28,6 +29,9 @@ class NetLimits:
     at which a body counts as a transfer that never gives way)."""
     push_rate_grace: float = 5.0
     """Seconds from the start of a pushed body before ``min_push_rate`` applies."""
+    upload_grace: float = 2.0
+    """Seconds from the start of an upload before it may give way at the cap for being slow
+    (when uploads hold more than half of ``max_connections``)."""
     min_fetch_rate: float = 1024.0
     """Bytes/s on average (on the wire, so hex counts twice) that a file fetched from a peer
     (a classic GET_FILE answer, or a raw range) must keep once ``fetch_rate_grace`` has passed;

@@ -16,8 +16,10 @@ One message per connection. Reads are bounded in size (the codec's limits) and i
 
 Admission (see :mod:`treedrive.transport.admission`): at ``max_connections``, the open connection
 that has made the least progress gives way to a new one (the new one is refused only when every
-open one is protected: a whole message being handled, an upload, a fast body); uploads whose
-reader stalls for ``upload_stall_timeout`` are closed, and hold no thread while they wait.
+open one is protected: a whole message being handled, an upload, a fast body). Uploads are
+protected up to half the cap: beyond it, the upload whose reader has taken the fewest bytes per
+second gives way, so that readers that never read cannot keep control messages out. Uploads
+whose reader stalls for ``upload_stall_timeout`` are closed, and hold no thread while they wait.
 Outbound messages go through a bounded outbox (:meth:`TcpNetwork.post`), and an address that
 refuses is dialed at most a few times a minute. Refusals, evictions, drops and failed
 connections are counted; the log gets a few detail lines and one summary line a second at most.
@@ -28,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +39,7 @@ from pathlib import Path
 from treedrive.core.errors import StorageError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
+from treedrive.core.ports import FileSink, InboundHandler, Progress, RangeAnswer
 from treedrive.transport import codec, wire
 from treedrive.transport.admission import ConnState, Tally, choose_victim
 from treedrive.transport.counters import Counters
@@ -58,6 +62,74 @@ from treedrive.transport.uploader import Uploader
 __all__ = ["NetLimits", "TcpNetwork", "raise_open_files_limit"]
 
 log = logging.getLogger(__name__)
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_AT = 120
+"""Offset of ``tcpi_bytes_acked`` in Linux's ``struct tcp_info`` (since Linux 4.1)."""
+
+
+def bytes_acked(writer: asyncio.StreamWriter) -> int | None:
+    """Bytes the peer has acknowledged on this connection (what its reader took, near enough),
+    from the kernel; None where that is not known (not Linux, an old kernel)."""
+    if _TCP_INFO is None:
+        return None
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(info) < _BYTES_ACKED_AT + _BYTES_ACKED.size:
+        return None
+    return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
+
+
+class _Reported:
+    """An upload's progress that also counts its bytes in the connection's state."""
+
+    def __init__(self, inner: Progress, state: ConnState) -> None:
+        self.inner = inner
+        self.state = state
+
+    def update(self, done: int) -> None:
+        self.state.sent = max(self.state.sent, done)
+        self.inner.update(done)
+
+    def finish(self, ok: bool, error: str | None = None) -> None:
+        self.inner.finish(ok, error)
+
+
+class _UploadReports:
+    """The node's handler, as the uploader sees it: the progress it reports of an upload also
+    goes to the connection's state (for admission), where the kernel cannot tell."""
+
+    def __init__(self, inner: InboundHandler, state: ConnState) -> None:
+        self.inner = inner
+        self.state = state
+        self.peer_id = inner.peer_id
+        self.features = inner.features
+
+    def open_sink(self) -> FileSink:
+        return self.inner.open_sink()
+
+    async def handle_message(self, message: Message, source: str) -> None:
+        await self.inner.handle_message(message, source)
+
+    async def handle_pushed_file(
+        self, header: FileData, sink: FileSink | None, source: str
+    ) -> None:
+        await self.inner.handle_pushed_file(header, sink, source)
+
+    def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
+        return self.inner.file_to_serve(file_id)
+
+    def track_upload(self, meta: FileMeta, peer: str, size: int) -> Progress:
+        return _Reported(self.inner.track_upload(meta, peer, size), self.state)
+
+    def track_range(self, meta: FileMeta, peer: str, download: str | None, size: int) -> Progress:
+        return _Reported(self.inner.track_range(meta, peer, download, size), self.state)
 
 
 class TcpNetwork:
@@ -186,11 +258,14 @@ class TcpNetwork:
             return
         now = time.monotonic()
         if len(self._live) >= self.limits.max_connections:
+            self._count_sent()
             victim = choose_victim(
                 self._live.items(),
                 now,
                 self.limits.admission_grace,
                 self.limits.min_push_rate,
+                max_uploads=self.limits.max_connections // 2,
+                upload_grace=self.limits.upload_grace,
             )
             if victim is None:
                 writer.transport.abort()  # no FIN handshake to wait for, no socket kept
@@ -203,6 +278,16 @@ class TcpNetwork:
         self._conns[task] = writer
         self._live[task] = state
         task.add_done_callback(self._ended)
+
+    def _count_sent(self) -> None:
+        """Bring the bytes sent by each upload up to date (from the kernel, where it tells)."""
+        for task, state in self._live.items():
+            if state.upload_started is None:
+                continue
+            writer = self._conns.get(task)
+            acked = None if writer is None else bytes_acked(writer)
+            if acked is not None:
+                state.sent = max(state.sent, acked)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._conns.pop(task, None)
@@ -298,6 +383,9 @@ class TcpNetwork:
                     await drain(writer, self.limits)
                 return
             if isinstance(message, GetFile):
+                # An upload: protected only up to a share of the cap (then the slowest gives way).
+                state.upload_started = time.monotonic()
+                handler = _UploadReports(handler, state)
                 if "raw-range" not in handler.features:
                     await self.uploader.answer_get(writer, handler, message, source)
                     return
