@@ -100,17 +100,35 @@ async def test_idle_connections_over_the_cap_give_way_oldest_first(
         close_all(conns)
 
 
+async def partial_upload(node: Node) -> Conn:
+    """A connection in the middle of an authenticated upload (its body still to come)."""
+    host, port = http_address(node)
+    conn = await asyncio.open_connection(host, port)
+    head = (
+        f"POST /api/files?name=slow.bin HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: {auth(node)['Authorization']}\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    conn[1].write(head.encode() + b"x" * 1000)
+    return conn
+
+
 async def test_busy_connections_are_kept_and_a_new_one_is_refused_only_when_all_are_busy(
     start_node: Starter, http: aiohttp.ClientSession
 ) -> None:
-    node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
+    node = await web_node(
+        start_node, "alice", extra={"http_max_connections": "4", "http_head_timeout": "60"}
+    )
     async with contextlib.AsyncExitStack() as stack:
-        streams = await open_streams(stack, http, node, 3)
-        # every connection is in a request: the new one is refused, none of the streams goes
+        # two event streams (half the cap: their share) and two uploads under way
+        streams = await open_streams(stack, http, node, 2)
+        uploads = [await partial_upload(node) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        # every connection is in a request: the new one is refused, none of the others goes
         (extra,) = await open_idle(node, 1)
         await wait_for(lambda: closed(extra), timeout=5)
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await http.get(url(node, "/api/status"))
+        assert not any(map(closed, uploads))
         # the streams are all still there and streaming
         src = node.config.data_dir.parent / "src.txt"
         src.write_bytes(b"pushed while the cap is full")
@@ -118,31 +136,120 @@ async def test_busy_connections_are_kept_and_a_new_one_is_refused_only_when_all_
         for events in streams:
             stored = await next_event(events, lambda e: e["type"] == "FileStored")
             assert stored["file_id"] == meta.file_id
-        close_all([extra])
-    # once a stream ends, there is room again
+        close_all([extra, *uploads])
+    # once they end, there is room again
     await status_ok(http, node)
 
 
-async def test_a_request_is_admitted_when_a_slot_is_idle(
+async def test_event_streams_beyond_half_the_cap_give_way_oldest_first(
     start_node: Starter, http: aiohttp.ClientSession
 ) -> None:
-    node = await web_node(start_node, "alice", extra={"http_max_connections": "3"})
+    # GET /api/events needs no token: streams alone must not lock the API out.
+    node = await web_node(start_node, "alice", extra={"http_max_connections": "4"})
     async with contextlib.AsyncExitStack() as stack:
-        streams = await open_streams(stack, http, node, 2)
-        idle = await open_idle(node, 1)
-        await asyncio.sleep(0.2)
-        assert not closed(idle[0])
-        # the cap is reached: the idle one gives way, the streams stay and see the upload
-        async with http.post(
-            url(node, "/api/files?name=x.txt"), data=b"x", headers=auth(node)
-        ) as resp:
-            assert resp.status == 201
-            file_id = (await resp.json())["file_id"]
-        assert closed(idle[0])
-        for events in streams:
+        streams = await open_streams(stack, http, node, 4)
+        await status_ok(http, node)  # the oldest stream gives way to it
+        src = node.config.data_dir.parent / "src.txt"
+        src.write_bytes(b"pushed after a stream gave way")
+        meta = await node.push(src)
+        with pytest.raises((AssertionError, aiohttp.ClientPayloadError)):  # ended or cut
+            await next_event(streams[0], lambda e: e["type"] == "FileStored")
+        for events in streams[1:]:  # the others stream on
             stored = await next_event(events, lambda e: e["type"] == "FileStored")
-            assert stored["file_id"] == file_id
-        close_all(idle)
+            assert stored["file_id"] == meta.file_id
+        # the connection left idle by the request gives way before a stream
+        (extra,) = await open_idle(node, 1)
+        await status_ok(http, node)  # on a new connection: the idle one gives way
+        await wait_for(lambda: closed(extra), timeout=5)
+        src.write_bytes(b"pushed again")
+        meta = await node.push(src)
+        for events in streams[1:]:
+            stored = await next_event(events, lambda e: e["type"] == "FileStored")
+            assert stored["file_id"] == meta.file_id
+        close_all([extra])
+
+
+# -- bad requests ---------------------------------------------------------------------------------
+async def test_a_bad_request_is_logged_in_one_short_line_at_most_once_a_second(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    node = await web_node(start_node, "alice")
+    host, port = http_address(node)
+
+    async def junk() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"G\x1b[2J" * 60_000 + b" / HTTP/1.1\r\nHost: x\r\n\r\n")  # 300 KB
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+
+    def from_aiohttp() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name.startswith("aiohttp")]
+
+    def logged() -> str:
+        return "\n".join(caplog.handler.format(r) for r in from_aiohttp())
+
+    caplog.clear()
+    await junk()
+    deadline = time.monotonic() + 3
+    while not from_aiohttp() and time.monotonic() < deadline:
+        await asyncio.sleep(1.1)  # the once-a-second budget may be spent by a test before
+        await junk()
+    (line,) = from_aiohttp()
+    assert line.exc_info is None
+    assert "Traceback" not in caplog.text + logged()
+    assert "BadHttpMethod" in line.getMessage()
+    assert "\x1b" not in line.getMessage()  # control characters escaped
+    assert len(line.getMessage()) <= 200
+    assert len(logged()) < 1024, logged()
+    # many more within a second: none logged; the next line a second later counts them
+    for _ in range(20):
+        await junk()
+    assert len(from_aiohttp()) == 1
+    await asyncio.sleep(1.1)
+    await junk()
+    await wait_for(lambda: len(from_aiohttp()) == 2, timeout=5)
+    assert "(and 20 more left out)" in from_aiohttp()[1].getMessage()
+    assert len(logged()) < 2048, logged()
+
+
+async def test_an_unread_body_is_not_read_on_after_a_401(start_node: Starter) -> None:
+    node = await web_node(start_node, "alice")
+    host, port = http_address(node)
+    head = f"POST /api/files?name=x HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 4000000000"
+
+    # A client that sent a little and waits: it gets its 401 (within about a second), then EOF.
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head.encode() + b"\r\n\r\n" + b"x" * 1000)
+    started = time.monotonic()
+    answer = await asyncio.wait_for(reader.read(), 5)  # to EOF: the node closes
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+    assert b"needs the node's API token" in answer
+    assert time.monotonic() - started < 2.5  # not after 10 s of reading the body on
+    writer.close()
+
+    # A stranger sending at line speed: the node stops reading after a little, not 10 s later.
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head.encode() + b"\r\n\r\n")
+    started = time.monotonic()
+    sent = await send_until_cut(writer, within=8)
+    assert time.monotonic() - started < 5
+    assert sent < 200 * (1 << 20), sent
+    writer.close()
+
+
+async def send_until_cut(writer: asyncio.StreamWriter, within: float) -> int:
+    """Write as fast as the peer reads until it closes the connection; the bytes written."""
+    started, sent, chunk = time.monotonic(), 0, b"x" * (1 << 20)
+    try:
+        while time.monotonic() - started < within:
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 3)
+            sent += len(chunk)
+    except ConnectionError:
+        return sent
+    raise AssertionError(f"still open after {within} s and {sent} bytes")
 
 
 # -- the head deadline -----------------------------------------------------------------------------

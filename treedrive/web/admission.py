@@ -9,20 +9,25 @@ side. Here every connection goes through a small protocol wrapper that:
   a byte at a time does not reset the deadline;
 - keeps at most ``max_connections`` open. At the cap, a new connection is admitted and the
   connection that has been idle the longest (no request in progress: never sent a complete head,
-  or an idle keep-alive) is closed for it; the new one is refused only when every open
-  connection is in the middle of a request (an event stream, a download, an upload). Attackers
-  and honest clients share addresses (127.0.0.1, a NAT), so nothing rests on the address: the
-  connection that made the least progress gives way.
+  or an idle keep-alive) is closed for it. Long-lived streams (server-sent events, which need no
+  token) hold at most half the cap: beyond that, with none idle, the oldest stream is closed for
+  the new connection (its client reconnects). The new one is refused only when every open
+  connection is in the middle of a request (a download, an upload, a stream within its share).
+  Attackers and honest clients share addresses (127.0.0.1, a NAT), so nothing rests on the
+  address: the connection that made the least progress gives way.
 
-Closes and refusals are counted and logged at most once a second.
+Closes and refusals are counted and logged at most once a second. So is aiohttp's own log of a
+bad request (:class:`BadRequestLog`): one short line, never a traceback nor the request's bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -72,7 +77,8 @@ class Admission:
         self.evicted = 0
         self.refused = 0
         self.timed_out = 0
-        self._pending = {"evicted": 0, "refused": 0, "timed_out": 0}
+        self.streams_closed = 0
+        self._pending = {"evicted": 0, "refused": 0, "timed_out": 0, "streams_closed": 0}
         self._logged_at = -float("inf")
 
     def __call__(self) -> asyncio.Protocol:
@@ -82,13 +88,24 @@ class Admission:
     def admit(self, conn: _Guarded) -> bool:
         if len(self.open) >= self.max_connections:
             victim = self._longest_idle()
-            if victim is None:
-                self._count("refused")
-                return False
-            self._count("evicted")
+            if victim is not None:
+                self._count("evicted")
+            else:
+                victim = self._oldest_stream_beyond_share()
+                if victim is None:
+                    self._count("refused")
+                    return False
+                self._count("streams_closed")
             victim.close()
         self.open.add(conn)
         return True
+
+    def _oldest_stream_beyond_share(self) -> _Guarded | None:
+        """The oldest long-lived stream, if streams hold more than half the cap."""
+        streams = [c for c in self.open if c.stream_since is not None]
+        if len(streams) <= self.max_connections // 2:
+            return None
+        return min(streams, key=lambda c: c.stream_since or 0.0)
 
     def _longest_idle(self) -> _Guarded | None:
         oldest: _Guarded | None = None
@@ -112,10 +129,12 @@ class Admission:
         p = self._pending
         log.warning(
             "HTTP connections (cap %d, head deadline %.3g s): %d idle closed for newer ones, "
-            "%d refused (all busy), %d closed without a request head in time",
+            "%d event streams closed for newer ones (over half the cap), %d refused (all busy), "
+            "%d closed without a request head in time",
             self.max_connections,
             self.head_timeout,
             p["evicted"],
+            p["streams_closed"],
             p["refused"],
             p["timed_out"],
         )
@@ -131,6 +150,8 @@ class _Guarded(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.admitted = False
         self.idle_since = time.monotonic()
+        self.stream_since: float | None = None
+        """When it began to answer with a long-lived stream (None: it has not)."""
         self._timer: asyncio.TimerHandle | None = None
 
     def busy(self) -> bool:
@@ -185,6 +206,7 @@ class _Guarded(asyncio.Protocol):
         return self.inner.eof_received() if self.admitted else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stream_since = None
         self.admission.forget(self)
         if self._timer is not None:
             self._timer.cancel()
@@ -200,6 +222,115 @@ class _Guarded(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.admitted:
             self.inner.resume_writing()
+
+
+STREAM_TYPES = frozenset({"text/event-stream"})
+"""Content types of the long-lived responses that hold at most half the cap."""
+
+
+async def _mark_stream(request: web.Request, response: web.StreamResponse) -> None:
+    if response.content_type not in STREAM_TYPES or request.transport is None:
+        return
+    conn = request.transport.get_protocol()
+    if isinstance(conn, _Guarded):
+        conn.stream_since = time.monotonic()
+
+
+def mark_streams(app: web.Application) -> None:
+    """Let the admission of ``app``'s connections know its long-lived streams (call before the
+    app is frozen, i.e. before its runner is set up)."""
+    app.on_response_prepare.append(_mark_stream)
+
+
+REFUSED_BODY_READ = 1024 * 1024
+"""Bytes at most of a request body read on after it was refused (401, 403) unread: enough that
+an honest client that sends its whole body before it reads the answer (the CLI with a wrong
+token) still gets the answer, not a reset."""
+REFUSED_BODY_TIME = 1.0
+"""Seconds at most spent reading on such a body."""
+
+
+@web.middleware
+async def close_after_refusal(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A request refused (401, 403) with its body not read: read on a little of it (at most
+    :data:`REFUSED_BODY_READ` bytes, :data:`REFUSED_BODY_TIME` seconds), answer, and close the
+    connection. aiohttp would otherwise read on a body it did not read for up to 10 s at line
+    speed ("lingering"), for a stranger as for anyone. Install it outermost."""
+    response = await handler(request)
+    if response.status not in (401, 403) or not request.body_exists or request.content.at_eof():
+        return response
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSED_BODY_TIME):
+            read = 0
+            while read < REFUSED_BODY_READ and not request.content.at_eof():
+                read += len(await request.content.readany())
+    if not request.content.at_eof():
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # the answer is out: no lingering on the rest
+    return response
+
+
+LOG_LINE = 200
+"""Characters at most of a line that :class:`BadRequestLog` lets through."""
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class BadRequestLog(logging.Filter):
+    """For aiohttp's server logger: what it logs (a malformed request, a client that left...)
+    becomes one line of at most :data:`LOG_LINE` characters, control characters escaped, with
+    no traceback, and at most one line ``every`` seconds; the lines left out are counted in the
+    next one. aiohttp's message and its exception's text carry the request's bytes (a junk
+    request line of 300 KB gave a traceback and some 130 KB of them): a stranger must not be
+    able to write into the node's log at will. Our own handlers' errors are logged by the API's
+    middleware, not here."""
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        super().__init__()
+        self.every = every
+        self.left_out = 0
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every:
+                self.left_out += 1
+                return False
+            self._last, left_out, self.left_out = now, self.left_out, 0
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f": {type(exc).__name__}: {str(exc)[: 2 * LOG_LINE]}"
+        more = f" (and {left_out} more left out)" if left_out else ""
+        text = _printable(text[: 2 * LOG_LINE])
+        if len(text) + len(more) > LOG_LINE:
+            text = text[: LOG_LINE - len(more) - 1] + "…"
+        record.msg, record.args = text + more, None
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def quiet_server_log(logger: logging.Logger | None = None) -> BadRequestLog:
+    """Install :class:`BadRequestLog` on aiohttp's server logger (once: later calls return the
+    one installed)."""
+    logger = logger or logging.getLogger("aiohttp.server")
+    for existing in logger.filters:
+        if isinstance(existing, BadRequestLog):
+            return existing
+    installed = BadRequestLog()
+    logger.addFilter(installed)
+    return installed
 
 
 class AdmittingSite(web.BaseSite):

@@ -82,6 +82,9 @@ async def treedrive_startup(node: Node) -> None:
         )
         cap = budget
     head = _setting(extra, HEAD_TIMEOUT, admission.HEAD_TIMEOUT, float)
+    admission.mark_streams(app)  # event streams hold at most half the cap
+    admission.quiet_server_log()  # a bad request: one short line a second at most
+    app.middlewares.insert(0, admission.close_after_refusal)  # outermost: sees the guard's 401
     # keepalive_timeout: aiohttp's own idle timer, the same deadline (the admission enforces it
     # for heads that never complete, whatever the aiohttp version).
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=head)
