@@ -22,12 +22,14 @@ import pytest
 from tests.classic_peer import ClassicPeer
 from tests.conftest import HoldersInOrder, address, fast_config, fill, wait_for, watch
 from treedrive.app import running_node
-from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for
+from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for, classic_cap
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
 from treedrive.core.hookspecs import hookimpl
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
 from treedrive.core.node import Node
 from treedrive.store import Store
+from treedrive.store.uow import size_agrees
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -951,3 +953,27 @@ async def test_slow_holders_range_is_taken_over_by_an_idle_faster_one(
     assert 0 < int(left.group(1)) < CHUNK  # what the slow one had sent stays
     got_size, over_network = got_line(caplog, file_id)
     assert (got_size, over_network) == (size, size)  # and no byte came twice
+
+
+@pytest.mark.parametrize(
+    ("file_size", "size_bytes", "cap"),
+    [
+        (1.0, None, int(1.02 * MEGABYTE)),  # 1 MB claimed: what agrees with it, at most
+        (0.001, None, int(0.01101 * MEGABYTE)),
+        (2.0, 5000, 5000),  # a verified size is the cap, whatever the record claims
+        (0.0, None, None),  # 0 (a tiny file, or nothing said): no cap
+        (1e308, None, None),
+    ],
+)
+def test_classic_cap_is_the_largest_size_that_agrees_with_the_record(
+    file_size: float, size_bytes: int | None, cap: int | None
+) -> None:
+    meta = FileMeta("ab" * 32, "f", file_size, "o", 1)
+    got = classic_cap(CatalogEntry(meta, False, size_bytes))
+    if cap is None or size_bytes:
+        assert got == cap
+        return
+    assert got is not None
+    assert abs(got - cap) <= 2
+    assert size_agrees(file_size, got - 1)
+    assert not size_agrees(file_size, got + 2)

@@ -46,6 +46,7 @@ from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Tim
 from treedrive.core.ports import RangeAnswer
 from treedrive.store.uow import (
     MAX_CLAIMED_SIZE,
+    SIZE_TOLERANCE,
     SIZE_TOLERANCE_MB,
     DownloadState,
     claimed_size,
@@ -109,6 +110,20 @@ def size_hint(entry: CatalogEntry) -> int:
     if claim is None:
         return 0
     return int(min(claim * MEGABYTE, MAX_CLAIMED_SIZE))
+
+
+def classic_cap(entry: CatalogEntry) -> int | None:
+    """The most file bytes a classic GET_FILE answer for ``entry`` may carry: the verified size,
+    else the most a size agreeing with the record's claimed ``file_size`` can be (MB read, plus
+    the tolerance of :func:`treedrive.store.uow.size_agrees`); None when the record claims 0 or
+    says nothing (no cap: the classic way is how such a file is still fetched)."""
+    if entry.size_bytes:
+        return entry.size_bytes
+    claim = claimed_size(entry.meta.file_size)
+    if claim is None:
+        return None
+    most = (claim * (1 + SIZE_TOLERANCE) + SIZE_TOLERANCE_MB) * MEGABYTE
+    return int(min(most, MAX_CLAIMED_SIZE))
 
 
 def chunk_size_for(size: int) -> int:
