@@ -146,7 +146,10 @@ class Network(Protocol):
         file_id: str,
         sink: FileSink,
         progress: Callable[[int], None] | None = None,
+        max_bytes: int | None = None,
     ) -> FileData:
         """GET_FILE: the answer's header, its bytes written to ``sink``. ``meta`` None means the
-        peer does not have it. Raises TransferError when the exchange fails."""
+        peer does not have it. Raises TransferError when the exchange fails: also when more than
+        ``max_bytes`` file bytes come (none past the cap is written), or when they come too
+        slowly."""
         ...

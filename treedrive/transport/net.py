@@ -449,8 +449,9 @@ class TcpNetwork:
         file_id: str,
         sink: FileSink,
         progress: Callable[[int], None] | None = None,
+        max_bytes: int | None = None,
     ) -> FileData:
-        return await self.dialer.fetch_file(host, port, file_id, sink, progress)
+        return await self.dialer.fetch_file(host, port, file_id, sink, progress, max_bytes)
 
     async def fetch_range(
         self,
