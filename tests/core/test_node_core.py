@@ -29,7 +29,7 @@ from treedrive.core.fileid import compute_file_id
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo
-from treedrive.core.node import Node
+from treedrive.core.node import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Node
 from treedrive.core.plugins import Plugins, make_plugin_manager
 from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
 from treedrive.store import Store
@@ -930,6 +930,8 @@ async def test_a_stranger_does_not_earn_large_replies_but_a_proven_peer_is_answe
     assert answered <= 1
     assert h.node.replies.refused >= 49
     # a peer that answered our GOSSIPs shares the stranger's IP and is still answered
+    h.add_peer("alice", 7001)
+    await h.node.gossip_now()
     await h.node.handle_message(reply("alice", 7001), "127.0.0.1:6000")
     await h.node.handle_message(gossip("alice", 7001, "a-1"), "127.0.0.1:6001")
     assert h.net.messages(GossipReply)[-1][:2] == ("127.0.0.1", 7001)
@@ -1003,7 +1005,7 @@ async def test_a_pushed_file_claiming_this_node_as_owner_is_refused(h: Harness) 
     assert h.node.file(meta.file_id) is None
     assert not h.node.store.blobs.has(meta.file_id)
     assert h.partials() == []
-    # a file this node does own (its record survived, its blob did not) may come back
+    # whatever the record says: a stranger's claim may have written it
     own = file_of(b"lost", owner=ME)
     with h.node.store.unit_of_work() as uow:
         uow.files.merge(own, 1.0)
@@ -1011,4 +1013,101 @@ async def test_a_pushed_file_claiming_this_node_as_owner_is_refused(h: Harness) 
     await h.receive(own, b"lost")
     entry = h.node.file(own.file_id)
     assert entry is not None
-    assert entry.has_copy
+    assert not entry.has_copy
+    assert not h.node.store.blobs.has(own.file_id)
+    assert h.node.forged_claims == 2
+
+
+async def test_a_record_saying_this_node_owns_a_file_it_never_pushed_is_skipped(
+    h: Harness,
+) -> None:
+    """mallory's GOSSIP_REPLY (or ANNOUNCE) names this node as the owner: the record is not
+    taken, so the push that follows finds no record that says "ours" (and is refused anyway)."""
+    src = h.tmp / "mine.txt"
+    src.write_bytes(b"really mine")
+    mine = await h.node.push(src)
+    data = b"never pushed here"
+    forged = file_of(data, owner=ME)
+    other = file_of(b"mallory's own", owner="mallory")
+    await h.node.handle_message(reply("mallory", 7666, forged, other, mine), "127.0.0.1:5000")
+    assert h.node.file(forged.file_id) is None
+    entry = h.node.file(mine.file_id)  # a file this node did push: mallory may hold it
+    assert entry is not None
+    assert entry.holders == ("mallory",)
+    assert h.node.file(other.file_id) is not None
+    await h.node.handle_message(Announce("mallory", forged), "127.0.0.1:5000")
+    assert h.node.file(forged.file_id) is None
+    await h.receive(forged, data)
+    assert h.node.file(forged.file_id) is None
+    assert not h.node.store.blobs.has(forged.file_id)
+    assert all(e.meta.file_owner != ME for e in h.node.files() if e.meta != mine)
+    assert h.node.forged_claims == 3
+
+
+async def test_delete_relays_are_few_per_message_and_per_address(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One GOSSIP_REPLY listing 300 deleted files made 300 DELETE connections to the address it
+    claims (and 300 log lines); a fresh peer id at the same address made 300 more."""
+    caplog.set_level(logging.INFO, logger="treedrive.core.node")
+    doomed = [file_of(b"doomed %d" % i, owner="alice") for i in range(300)]
+    with h.node.store.unit_of_work() as uow:
+        for meta in doomed:
+            uow.tombstones.add(meta.file_id, "alice", 1.0)
+        uow.commit()
+    await h.node.handle_message(reply("bob", 7002, *doomed), "127.0.0.1:5000")
+    assert len(h.net.messages(Delete)) == RELAYS_PER_MESSAGE
+    for i in range(20):  # fresh peer ids, one address
+        await h.node.handle_message(reply(f"bob-{i}", 7002, *doomed), "127.0.0.1:5000")
+        await h.node.handle_message(Announce(f"bob-{i}", doomed[-1 - i]), "127.0.0.1:5000")
+    assert len(h.net.messages(Delete)) <= RELAYS_PER_ADDRESS
+    await h.node.handle_message(reply("carol", 7003, *doomed), "127.0.0.1:5000")
+    to_carol = [m for host, port, m in h.net.messages(Delete) if port == 7003]
+    assert len(to_carol) == RELAYS_PER_MESSAGE
+    relay_lines = [r for r in caplog.records if "deleted by" in r.getMessage()]
+    assert len(relay_lines) <= 2
+    assert all(h.node.file(m.file_id) is None for m in doomed)
+
+
+async def test_log_lines_caused_by_peer_input_are_rate_limited(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="treedrive.core.node")
+    for i in range(50):
+        await h.receive(file_of(b"claimed %d" % i), b"actual")  # bad bytes
+        await h.receive(file_of(b"mine %d" % i, owner=ME), b"mine %d" % i)  # refused push
+        await h.node.handle_pushed_file(FileData(None), h.node.open_sink(), "src")
+        broken = GossipReply("127.0.0.1", 7001, f"p{i}", (), skipped=3)
+        await h.node.handle_message(broken, "src")  # malformed records
+        await h.node.handle_message(reply("mallory", 7666, file_of(b"f%d" % i, owner=ME)), "src")
+        await h.node.handle_message(Delete("alice", "1" * 64), "src")
+        await h.node.handle_message(Delete(ME, "2" * 64), "src")
+    lines = [r.getMessage() for r in caplog.records]
+    kinds = ["refused:", "not stored", "without a file", "malformed", "never pushed",
+             "unknown file", "own name"]  # fmt: skip
+    for kind in kinds:  # each said, once a second at most (the test may cross a second)
+        assert 1 <= sum(kind in line for line in lines) <= 2, (kind, lines)
+    assert len(lines) <= 2 * len(kinds), lines
+
+
+async def test_peers_that_answer_our_gossip_survive_a_flood_of_new_peer_ids(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(max_peers=5)
+    await h.node.handle_message(gossip("alice", 7001, "a-1"), "127.0.0.1:5000")
+    await h.node.gossip_now()  # reaches alice, who answers from her address
+    await h.node.handle_message(reply("alice", 7001), "127.0.0.1:6000")
+    for i in range(200):  # new peer ids, each heard from after alice
+        await h.node.handle_message(gossip(f"fake-{i}", 9000 + i, f"f-{i}"), "127.0.0.1:5001")
+    tracked = {p.peer_id for p in h.node.peers()}
+    assert "alice" in tracked
+    assert len(tracked) == 5
+    # a GOSSIP_REPLY that answers nothing we sent (or from another IP) proves nothing
+    await h.node.handle_message(reply("bob", 7002), "127.0.0.1:6001")
+    await h.node.gossip_now()
+    await h.node.handle_message(reply("carol", 9199), "10.6.6.6:6002")
+    for i in range(200, 400):
+        await h.node.handle_message(gossip(f"fake-{i}", 9000 + i, f"f-{i}"), "127.0.0.1:5001")
+    tracked = {p.peer_id for p in h.node.peers()}
+    assert "alice" in tracked
+    assert not tracked & {"bob", "carol"}

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
+from collections.abc import Callable, Iterable
+
+import pytest
 
 from treedrive.core.messages import Gossip, GossipReply
 from treedrive.core.model import FileMeta
 from treedrive.core.replies import (
+    ANSWER_WITHIN,
     BURST,
     FLOOD,
+    FRESH,
     MAX_CREDIT,
+    PROVEN_FOR,
     REPLY_RATIO,
     SPACING,
+    WELCOMES,
+    Address,
     Bounded,
     ReplyPolicy,
     Reused,
@@ -20,7 +30,9 @@ from treedrive.core.replies import (
     Verdict,
     distinct_addresses,
     gossip_size,
+    network_of,
     reply_size,
+    same_host,
     source_ip,
 )
 
@@ -29,6 +41,66 @@ A = ("127.0.0.1", 9001)
 B = ("127.0.0.1", 9002)
 IP = "127.0.0.1"
 GOSSIP = 120  # bytes of one GOSSIP
+BIG = 200_000  # the reply of a node holding 1,000 files
+
+
+def prove(p: ReplyPolicy, address: Address, now: float, peer_id: str = "") -> None:
+    """This node gossips to ``address`` and the peer there answers, from its own IP."""
+    p.gossiped(address, now)
+    assert p.answered_us(address, address[0], now, peer_id)
+
+
+def amplification(
+    p: ReplyPolicy, gossips: Iterable[tuple[float, Address, str]], size: int = BIG
+) -> float:
+    """Feed GOSSIPs ``(time, named address, source ip)`` to ``p`` as the node does (a LATER
+    reply goes at its time, one pending per address); reply bytes sent / GOSSIP bytes in."""
+    pending: dict[Address, tuple[float, str]] = {}
+    due: list[tuple[float, Address]] = []
+    sent_in = sent_out = 0
+
+    def replies_due(until: float) -> None:
+        nonlocal sent_out
+        while due and due[0][0] <= until:
+            at, address = heapq.heappop(due)
+            _, ip = pending.pop(address)
+            if p.decide(address, ip, size, at).verdict is Verdict.SEND:
+                sent_out += size
+
+    for t, address, ip in gossips:
+        replies_due(t)
+        p.gossip_received(address, ip, GOSSIP, t)
+        sent_in += GOSSIP
+        d = p.decide(address, ip, size, t)
+        if d.verdict is Verdict.SEND:
+            sent_out += size
+        elif d.verdict is Verdict.LATER:
+            if address not in pending:
+                heapq.heappush(due, (d.at, address))
+            pending[address] = (d.at, ip)
+    replies_due(math.inf)
+    return sent_out / sent_in
+
+
+BENCH = 2.0
+"""The gossip interval of bench/hostile.py, where the reviewer measured the bypasses."""
+ATTACKS = [(BENCH, 4.0), (BENCH, 60.0), (INTERVAL, 4.0), (INTERVAL, 60.0)]
+"""(gossip interval, seconds the 2,000 GOSSIPs take)."""
+TARGETS = [("127.0.0.1", 20_000 + i) for i in range(32)]
+
+
+def flood(
+    seconds: float,
+    source: Callable[[int], str],
+    targets: list[Address] = TARGETS,
+    start: float = 0.0,
+) -> list[tuple[float, Address, str]]:
+    """bench/hostile.py's flood: 2,000 GOSSIPs naming ``targets`` in turn, over ``seconds``."""
+    return [(start + i * seconds / 2000, targets[i % len(targets)], source(i)) for i in range(2000)]
+
+
+def one_ip(i: int) -> str:
+    return IP
 
 
 def test_one_reply_per_address_per_interval_whatever_peer_id_asks() -> None:
@@ -86,27 +158,39 @@ def test_a_proven_address_is_exempt_from_the_budget_not_from_the_interval() -> N
     p.gossip_received(A, IP, GOSSIP, 0.0)
     assert p.decide(A, IP, 200_000, 0.0).verdict is Verdict.OVER_BUDGET
     assert not p.proven(A, 0.0)
-    p.answered_us(A, 0.5)  # it sent us a GOSSIP_REPLY
+    prove(p, A, 0.5)  # it answered our GOSSIP
     assert p.proven(A, 0.5)
     assert p.decide(A, IP, 200_000, 1.0).verdict is Verdict.SEND
     assert p.decide(A, IP, 200_000, 2.0).verdict is Verdict.LATER
     assert p.credit(IP) == 2 * REPLY_RATIO * GOSSIP  # the source paid for neither
 
 
-def test_an_address_heard_for_an_interval_is_proven() -> None:
+def test_time_is_no_proof() -> None:
+    """Naming an address once, waiting an interval and naming it again proved it (x263): now
+    only answering this node's GOSSIPs does."""
     p = ReplyPolicy(INTERVAL, burst=0)
     p.gossip_received(B, IP, GOSSIP, 0.0)
-    assert not p.proven(B, INTERVAL - 1)
-    p.gossip_received(B, IP, GOSSIP, INTERVAL)
-    assert p.proven(B, INTERVAL)
-    assert p.decide(B, IP, 200_000, INTERVAL).verdict is Verdict.SEND
+    p.gossip_received(B, IP, GOSSIP, 10 * INTERVAL)
+    assert not p.proven(B, 10 * INTERVAL)
+    p.decide(A, IP, BIG, 10 * INTERVAL)  # this interval's welcome goes elsewhere
+    assert p.decide(B, IP, BIG, 10 * INTERVAL).verdict is Verdict.OVER_BUDGET
+
+
+def test_time_is_no_proof_against_a_flood() -> None:
+    """The x263 attack: name each address once, wait an interval, then flood naming them."""
+    for interval, seconds in ATTACKS:
+        p = ReplyPolicy(interval)
+        for address in TARGETS:
+            p.gossip_received(address, IP, GOSSIP, 0.0)
+        ratio = amplification(p, flood(seconds, one_ip, start=interval + 0.1))
+        assert ratio <= 10, (interval, seconds, ratio)
 
 
 def test_a_legitimate_peer_is_answered_during_a_flood_from_its_own_ip() -> None:
     p = ReplyPolicy(INTERVAL)
     legit = ("127.0.0.1", 8270)
     p.gossip_received(legit, IP, GOSSIP, 0.0)
-    p.answered_us(legit, 0.0)
+    prove(p, legit, 0.0)
     now = INTERVAL
     for i in range(2000):  # the flood drains what 127.0.0.1 earns
         address = ("127.0.0.1", 20_000 + i)
@@ -179,7 +263,8 @@ def test_sizes_and_addresses() -> None:
 
 def test_an_address_named_by_a_flood_loses_its_exemption_for_a_while() -> None:
     p = ReplyPolicy(INTERVAL, burst=0)
-    p.answered_us(A, 0.0)
+    prove(p, A, 0.0)
+    prove(p, B, 0.0)
     p.gossip_received(B, IP, GOSSIP, 0.0)
     now = INTERVAL
     assert p.proven(A, now)
@@ -191,6 +276,7 @@ def test_an_address_named_by_a_flood_loses_its_exemption_for_a_while() -> None:
     assert not p.proven(B, now)
     assert p.decide(B, IP, 200_000, now).verdict is Verdict.SEND  # this interval's welcome
     assert p.decide(A, IP, 200_000, now).verdict is Verdict.OVER_BUDGET
+    prove(p, A, now + INTERVAL)  # it goes on answering our rounds
     assert p.proven(A, now + 2 * INTERVAL)  # it calmed down
     p.gossip_received(A, IP, GOSSIP, now + 2 * INTERVAL)  # one per interval: a peer
     assert p.proven(A, now + 3 * INTERVAL)
@@ -198,13 +284,16 @@ def test_an_address_named_by_a_flood_loses_its_exemption_for_a_while() -> None:
 
 def test_a_newcomer_gets_the_whole_catalogue_once_per_source_per_interval() -> None:
     """A node joining through this one sends one small GOSSIP and must get the whole list at
-    once (its join-time downloads pick from it): one reply per source IP per interval is free,
-    whatever its size; the next stranger from that IP in the same interval pays."""
+    once (its join-time downloads pick from it): one reply per source network per interval is
+    free, whatever its size; the next stranger from that network in the same interval pays."""
     p = ReplyPolicy(INTERVAL, burst=0)
     p.gossip_received(A, IP, GOSSIP, 0.0)
     assert p.decide(A, IP, 2_000_000, 0.0).verdict is Verdict.SEND
     p.gossip_received(B, IP, GOSSIP, 1.0)
     assert p.decide(B, IP, 2_000_000, 1.0).verdict is Verdict.OVER_BUDGET
+    neighbour = ("127.0.0.2", 8270)  # another IP of the same /24
+    p.gossip_received(neighbour, "127.0.0.2", GOSSIP, 1.0)
+    assert p.decide(neighbour, "127.0.0.2", 2_000_000, 1.0).verdict is Verdict.OVER_BUDGET
     other = ("10.0.0.9", 8270)
     p.gossip_received(other, "10.0.0.9", GOSSIP, 1.0)
     assert p.decide(other, "10.0.0.9", 2_000_000, 1.0).verdict is Verdict.SEND  # its own IP
@@ -217,3 +306,110 @@ def test_saved_credit_is_capped() -> None:
     for i in range(1_000_000 // GOSSIP):  # a quiet source banking credit for hours
         p.gossip_received(("10.0.0.1", 1), "10.0.0.1", GOSSIP, float(i))
     assert p.credit("10.0.0.1") == MAX_CREDIT
+
+
+# -- proof is an answer to this node's GOSSIP, from the address it went to -----------------------
+def test_a_gossip_reply_proves_an_address_only_if_it_answers_our_gossip_from_there() -> None:
+    p = ReplyPolicy(INTERVAL)
+    victim = ("10.0.0.5", 9000)
+    assert not p.answered_us(victim, "10.0.0.5", 0.0)  # we never gossiped to it
+    p.gossiped(victim, 1.0)
+    assert not p.answered_us(victim, "10.6.6.6", 2.0)  # not from the victim's IP
+    assert not p.answered_us(("10.0.0.5", 9001), "10.0.0.5", 2.0)  # another port
+    assert not p.answered_us(victim, "10.0.0.5", 1.0 + ANSWER_WITHIN * INTERVAL + 1)  # too late
+    assert not p.proven(victim, 2.0)
+    assert p.unproven == 4
+    p.gossiped(victim, 100.0)
+    assert p.answered_us(victim, "10.0.0.5", 101.0, "bob")
+    assert p.proven(victim, 101.0)
+    assert p.proven_peers(101.0) == {"bob"}
+    assert not p.proven(victim, 101.0 + PROVEN_FOR * INTERVAL + 1)  # it stopped answering
+    assert p.proven_peers(101.0 + PROVEN_FOR * INTERVAL + 1) == frozenset()
+
+
+def test_a_forged_gossip_reply_buys_no_exemption() -> None:
+    """The x269 attack: one empty GOSSIP_REPLY claiming each victim's address, then a flood
+    naming them; also when this node did gossip to the victims (the attacker made them tracked
+    peers): the forged replies do not come from the victims' IP."""
+    victims = [("10.0.0.5", 9000 + i) for i in range(32)]
+    for interval, seconds in ATTACKS:
+        for we_gossiped in (False, True):
+            p = ReplyPolicy(interval)
+            for v in victims:
+                if we_gossiped:
+                    p.gossiped(v, 0.0)
+                assert not p.answered_us(v, IP, 0.5)  # forged, from the attacker's IP
+            gossips = flood(seconds, one_ip, victims, start=1.0)
+            ratio = amplification(p, gossips)
+            assert ratio <= 10, (interval, seconds, we_gossiped, ratio)
+            assert not any(p.proven(v, 1.0) for v in victims)
+
+
+def test_same_host_and_networks() -> None:
+    assert same_host("127.0.0.1", "127.0.0.1")
+    assert same_host("127.0.0.1", "::ffff:127.0.0.1")
+    assert same_host("::1", "[::1]")
+    assert not same_host("127.0.0.1", "127.0.0.2")
+    assert not same_host("localhost", "127.0.0.1")  # a name proves nothing
+    assert not same_host("", "src")
+    assert network_of("127.0.3.4") == network_of("127.0.3.200") == "127.0.3.0/24"
+    assert network_of("::ffff:10.1.2.3") == "10.1.2.0/24"
+    assert network_of("2001:db8::1") == network_of("2001:db8::ffff:1") == "2001:db8::/64"
+    assert network_of("2001:db8:0:1::1") != network_of("2001:db8::1")
+    assert network_of("src") == "src"
+
+
+# -- welcomes and bursts: per network, and few in all --------------------------------------------
+SOURCES: dict[str, Callable[[int], str]] = {
+    "20 IPs in one /24": lambda i: f"127.0.0.{1 + i % 20}",
+    "20 /24s": lambda i: f"127.0.{i % 20}.{1 + i % 250}",  # x459 when welcomes were per IP
+    "2,000 /24s": lambda i: f"10.{i // 250}.{i % 250}.1",
+    "2,000 IPv6 /64s": lambda i: f"2001:db8:{i:x}::1",
+    "2,000 IPv6 in one /64": lambda i: f"2001:db8::{i:x}",
+}
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_many_source_ips_and_networks_buy_no_amplification(name: str) -> None:
+    """The flood from many source addresses, naming 32 or 2,000 addresses, against replies of
+    every size (within the ratio, around the burst, welcome-sized)."""
+    many = [("127.0.0.1", 30_000 + i) for i in range(2000)]
+    for interval, seconds in ATTACKS:
+        for targets in (TARGETS, many):
+            for size in (500, BURST + 900, 50_000, BIG):
+                gossips = flood(seconds, SOURCES[name], targets)
+                ratio = amplification(ReplyPolicy(interval), gossips, size)
+                assert ratio <= 10, (interval, seconds, len(targets), size, ratio)
+
+
+def test_one_ip_buys_no_amplification_with_many_addresses() -> None:
+    many = [("127.0.0.1", 30_000 + i) for i in range(2000)]
+    for interval, seconds in ATTACKS:
+        for targets in (TARGETS, many):
+            for size in (500, BURST + 900, 50_000, BIG):
+                ratio = amplification(ReplyPolicy(interval), flood(seconds, one_ip, targets), size)
+                assert ratio <= 10, (interval, seconds, len(targets), size, ratio)
+
+
+def test_welcomes_are_few_in_all_whatever_the_number_of_networks() -> None:
+    p = ReplyPolicy(INTERVAL, burst=0)
+    sent = 0
+    for i in range(100):  # a hundred networks, one GOSSIP each
+        ip = f"10.{i}.0.1"
+        p.gossip_received((ip, 8270), ip, GOSSIP, 0.0)
+        sent += p.decide((ip, 8270), ip, BIG, 0.0).verdict is Verdict.SEND
+    assert sent == WELCOMES
+    ip = "10.200.0.1"  # the next interval: new welcomes
+    p.gossip_received((ip, 8270), ip, GOSSIP, INTERVAL)
+    assert p.decide((ip, 8270), ip, BIG, INTERVAL).verdict is Verdict.SEND
+
+
+def test_only_a_few_new_sources_an_interval_start_with_the_burst() -> None:
+    p = ReplyPolicy(INTERVAL)
+    for i in range(50):
+        p.gossip_received(("h", i), f"10.0.{i}.1", GOSSIP, 0.0)
+    with_burst = [i for i in range(50) if p.credit(f"10.0.{i}.1") >= BURST]
+    assert with_burst == list(range(FRESH))
+    assert p.credit("10.0.49.1") == REPLY_RATIO * GOSSIP
+    p.gossip_received(("h", 99), "10.9.9.9", GOSSIP, INTERVAL)
+    assert p.credit("10.9.9.9") == BURST + REPLY_RATIO * GOSSIP

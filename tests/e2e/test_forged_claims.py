@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import address, fast_config, fill, wait_for
+from tests.conftest import address, fast_config, fill, wait_for, watch
 from tests.e2e.helpers import Listener, Server, file_data, file_id_of, send_message
 from treedrive.app import running_node
+from treedrive.core.events import PeerExpired
 from treedrive.core.node import Node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -143,6 +144,57 @@ async def test_an_unsolicited_file_data_never_makes_the_receiver_its_owner(
     assert entry is None or entry.meta.file_owner != r.peer_id
     assert not r.store.blobs.has(fid)
     assert all(e.meta.file_owner != r.peer_id for e in r.files())
+
+
+async def test_a_stranger_cannot_make_this_node_the_owner_of_a_file_it_never_pushed(
+    start_node: Starter, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mallory's record naming R as the owner arrives FIRST (a GOSSIP_REPLY, then an
+    ANNOUNCE), then the push of the file with valid bytes: R never records the file as its
+    own, never stores it."""
+    caplog.set_level(logging.INFO)
+    r: Node = await start_node("R")
+    data = os.urandom(20_000)
+    ts = int(time.time())
+    fid = file_id_of(data, ts)
+    record = {"file_name": "yours.bin", "file_size": len(data) / 1048576, "file_id": fid,
+              "file_owner": "R", "file_timestamp": ts}  # fmt: skip
+    theirs = dict(record, file_id="ab" * 32, file_owner="mallory")
+    reply = {"type": "GOSSIP_REPLY", "host": "127.0.0.1", "port": listener.port,
+             "peerId": "mallory", "files": [record, theirs]}  # fmt: skip
+    await asyncio.to_thread(send_message, r.port, reply)
+    await wait_for(lambda: r.file("ab" * 32) is not None)  # the reply was handled
+    assert r.file(fid) is None
+    await asyncio.to_thread(send_message, r.port, {"type": "ANNOUNCE", "from": "mallory", **record})
+
+    def push() -> None:
+        with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+            s.sendall(file_data(data, "yours.bin", ts, owner="R"))
+
+    await asyncio.to_thread(push)
+    await wait_for(lambda: any("not stored" in m.getMessage() for m in caplog.records))
+    await asyncio.sleep(0.2)
+    assert r.file(fid) is None
+    assert not r.store.blobs.has(fid)
+    assert all(e.meta.file_owner != r.peer_id for e in r.files())
+    assert r.forged_claims >= 3
+
+
+async def test_an_honest_peer_stays_tracked_through_a_flood_of_new_peer_ids(
+    start_node: Starter, counting: CountingListener
+) -> None:
+    """At max_peers, a flood of new peer ids (each newer than the honest peer's last GOSSIP)
+    evicted the honest peer as the longest silent; a peer that answers R's GOSSIPs is kept."""
+    r: Node = await start_node("R", peer_timeout=30.0, max_peers=5)
+    h: Node = await start_node("H", bootstrap=(address(r),), peer_timeout=30.0)
+    h_address = (h.host, h.port)
+    await wait_for(lambda: r.replies.proven(h_address, time.monotonic()))
+    events = watch(r)
+    await asyncio.to_thread(forged_gossips, r.port, counting.port, 300)
+    await asyncio.sleep(2 * INTERVAL)
+    assert "H" in {p.peer_id for p in r.peers()}
+    assert not [e for e in events.seen if isinstance(e, PeerExpired) and e.peer_id == "H"]
+    assert len(r.peers()) <= 5
 
 
 # -- dialing on a stranger's say-so ----------------------------------------------------------------

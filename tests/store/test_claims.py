@@ -217,3 +217,28 @@ def test_peer_cap_holds_against_thousands_of_new_peers(store: Store) -> None:
 
 def test_fid_is_the_true_id() -> None:
     assert hashlib.sha256(DATA + str(TS).encode()).hexdigest() == FID
+
+
+def test_peer_cap_keeps_the_peers_it_is_told_to_keep(store: Store) -> None:
+    """Honest peers answer this node's GOSSIPs; a flood of new peer ids, each newer than their
+    last word, evicts the others first."""
+    with store.unit_of_work() as uow:
+        uow.peers.upsert("honest", "127.0.0.1", 8270, 1.0, None, max_peers=5)
+        uow.peers.upsert("quiet", "127.0.0.1", 8271, 2.0, None, max_peers=5)
+        for n in range(2000):
+            uow.peers.upsert(
+                f"fake-{n}", "127.0.0.1", 22, 10.0 + n, None, max_peers=5, keep={"honest"}
+            )
+            assert "honest" not in uow.peers.evicted
+        uow.commit()
+    with store.unit_of_work() as uow:
+        kept = {p.peer_id for p in uow.peers.all()}
+        assert kept == {"honest"} | {f"fake-{n}" for n in range(1996, 2000)}
+        # when only kept peers are left to evict, the longest silent of them goes
+        assert uow.peers.evict_over(0, keep={"honest", "fake-1999"}) == [
+            "fake-1996", "fake-1997", "fake-1998", "honest", "fake-1999",
+        ]  # fmt: skip
+        uow.peers.upsert("a", "127.0.0.1", 1, 1.0, None)
+        uow.peers.upsert("b", "127.0.0.1", 2, 2.0, None)
+        uow.peers.upsert("c", "127.0.0.1", 3, 3.0, None)
+        assert uow.peers.evict_over(1, keep={"a", "b"}) == ["c", "a"]

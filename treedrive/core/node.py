@@ -65,7 +65,9 @@ from treedrive.core.plugins import Plugins
 from treedrive.core.ports import FileSink, Network
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
+    MAX_ADDRESSES,
     Address,
+    Bounded,
     ReplyPolicy,
     Reused,
     Throttle,
@@ -86,7 +88,13 @@ RAW_PUSH = "raw-push"
 DISTRUST_FOR = 600.0  # seconds a holder that sent bad bytes is avoided
 SEEN_IDS = 10_000
 PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
-RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one peer about one deleted file
+RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one address about one deleted file
+RELAYS_PER_MESSAGE = 8
+"""DELETEs relayed for one message that advertises deleted files (a GOSSIP_REPLY may list 300)."""
+RELAYS_PER_ADDRESS = 8
+"""DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
+KEEP_FOR = 1.0
+"""Seconds the set of proven peers (kept when the peer table is full) is reused."""
 UPLOAD_LINGER = 1.0
 FORWARD_TARGETS_FOR = 1.0
 """Seconds the tracked addresses that GOSSIPs are forwarded to are reused before they are read
@@ -137,7 +145,10 @@ class Node:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetching: dict[str, asyncio.Future[CatalogEntry]] = {}
-        self._relayed: dict[tuple[str, str], float] = {}
+        self._relayed: Bounded[tuple[Address, str], float] = Bounded(SEEN_IDS)
+        """(address, file id) -> when that address was last told the file was deleted."""
+        self._relay_windows: Bounded[Address, tuple[float, int]] = Bounded(MAX_ADDRESSES)
+        """address -> (start of its current interval, DELETEs relayed to it in it)."""
         self._stopping = asyncio.Event()
         self.active_transfers: dict[int, TransferState] = {}
         self._uploads: dict[tuple[str, str, str], RangedUpload] = {}
@@ -154,6 +165,12 @@ class Node:
         self._forwards = TokenBucket(FORWARDS_PER_SECOND, FORWARDS_PER_SECOND)
         self._forward_targets: Reused[list[tuple[str, Address]]] = Reused(FORWARD_TARGETS_FOR)
         self._throttles: dict[str, Throttle] = {}
+        self._own: Reused[frozenset[str]] = Reused(config.gossip_interval)
+        self._keep: Reused[frozenset[str]] = Reused(KEEP_FOR)
+        self._proofs = 0
+        """Bumped when a peer proves itself (the set of kept peers is read again)."""
+        self.forged_claims = 0
+        """Remote claims (records, pushes) that this node owns a file it never pushed."""
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -323,7 +340,9 @@ class Node:
                 addresses + [(a.host, a.port) for a in self.config.bootstrap],
                 exclude=frozenset({(self.host, self.port)}),
             )
+        now = time.monotonic()
         for host, port in addresses:
+            self.replies.gossiped((host, port), now)  # a GOSSIP_REPLY from there answers it
             self._send(host, port, gossip)
 
     async def _gossip_loop(self) -> None:
@@ -369,9 +388,13 @@ class Node:
             uow.files.drop_untracked_holders()
             forgotten = uow.files.remove_orphans()
             uow.commit()
-        self._relayed = {k: t for k, t in self._relayed.items() if now - t < RELAY_DELETE_EVERY}
         if gone:
-            log.info("peers expired: %s (%d files nobody holds forgotten)", gone, len(forgotten))
+            # Peer ids are claims: a thousand forged ones make one short line.
+            self._log_limited(
+                "expired", logging.INFO, "%d peers expired (%s%s); %d files nobody holds forgotten",
+                len(gone), ", ".join(repr(g[:40]) for g in gone[:5]),
+                ", …" if len(gone) > 5 else "", len(forgotten),
+            )  # fmt: skip
         return gone
 
     # -- inbound (InboundHandler) --------------------------------------------------------------
@@ -389,13 +412,16 @@ class Node:
             if isinstance(message, Gossip):
                 self._on_gossip(message, source)
             elif isinstance(message, GossipReply):
-                self._on_gossip_reply(message)
+                self._on_gossip_reply(message, source)
             elif isinstance(message, Announce):
                 self._on_announce(message)
             elif isinstance(message, Delete):
                 self._on_delete(message)
             else:
-                log.warning("unexpected %s from %s dropped", type(message).__name__, source)
+                self._log_limited(
+                    "unexpected", logging.WARNING, "unexpected %s from %s dropped",
+                    type(message).__name__, source,
+                )  # fmt: skip
         except Exception as exc:
             if not storage_failure(exc):
                 raise
@@ -405,11 +431,14 @@ class Node:
             )  # fmt: skip
 
     def _track(self, uow: UnitOfWork, peer_id: str, host: str, port: int, extra: Any) -> None:
-        """Track or refresh a peer, within ``max_peers`` (the longest silent make room)."""
+        """Track or refresh a peer, within ``max_peers``: the longest silent make room, but the
+        peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
+        them out)."""
         peers = uow.peers
         peer, new = peers.upsert(
-            peer_id, host, port, time.time(), features_of(extra), max_peers=self.config.max_peers
-        )
+            peer_id, host, port, time.time(), features_of(extra),
+            max_peers=self.config.max_peers, keep=self._proven_peers(),
+        )  # fmt: skip
         for gone in peers.evicted:
             uow.emit(PeerExpired(gone))
         if peers.evicted:
@@ -418,6 +447,45 @@ class Node:
                 self.config.max_peers, len(peers.evicted),
             )  # fmt: skip
         uow.emit(PeerSeen(peer, new))
+
+    def _proven_peers(self) -> frozenset[str]:
+        now = time.monotonic()
+        kept = self._keep.get(self._proofs, now)
+        if kept is None:
+            kept = self._keep.put(self.replies.proven_peers(now), self._proofs, now)
+        return kept
+
+    def own_files(self) -> frozenset[str]:
+        """The ids of the files this node owns and holds: those it pushed (only
+        :meth:`push_blob` makes a file owned by this node). Reused until they change."""
+        now = time.monotonic()
+        own = self._own.get(self._local_version, now)
+        if own is None:
+            version = self._local_version
+            with self.store.unit_of_work() as uow:
+                metas = uow.files.local_metas()
+            own = frozenset(m.file_id for m in metas if m.file_owner == self.peer_id)
+            self._own.put(own, version, now)
+        return own
+
+    def _not_forged(self, metas: Sequence[FileMeta], peer_id: str) -> list[FileMeta]:
+        """``metas`` without the records that claim this node owns a file it never pushed (a
+        stranger's record would make this node the owner of a file it did not push, and give
+        it the right to DELETE it); those are counted and logged."""
+        if not any(m.file_owner == self.peer_id for m in metas):
+            return list(metas)
+        own = self.own_files()
+        kept = [m for m in metas if m.file_owner != self.peer_id or m.file_id in own]
+        skipped = len(metas) - len(kept)
+        if skipped:
+            self.forged_claims += skipped
+            self._log_limited(
+                "forged-owner", logging.WARNING,
+                "%d records from %r skipped: they say this node owns files it never pushed "
+                "(%d such claims so far)",
+                skipped, peer_id[:64], self.forged_claims,
+            )  # fmt: skip
+        return kept
 
     def _on_gossip(self, g: Gossip, source: str) -> None:
         if not self._remember(g.id) or g.peer_id == self.peer_id:
@@ -506,6 +574,7 @@ class Node:
             exclude=frozenset({(self.host, self.port)}),
         )
         for host, port in random.sample(others, min(self.config.fanout, len(others))):
+            self.replies.gossiped((host, port), now)
             self._send(host, port, g)
 
     def _extension_keys(self, message_type: str, peer_id: str, extra: Any) -> None:
@@ -519,42 +588,74 @@ class Node:
                 extra=unknown,
             )
 
-    def _on_gossip_reply(self, r: GossipReply) -> None:
+    def _on_gossip_reply(self, r: GossipReply, source: str = "") -> None:
         if r.peer_id == self.peer_id:
             return
         now = time.time()
-        self.replies.answered_us((r.host, r.port), time.monotonic())
+        if self.replies.answered_us(
+            (r.host, r.port), source_ip(source), time.monotonic(), r.peer_id
+        ):
+            self._proofs += 1
+        files = self._not_forged(r.files, r.peer_id)
         with self.transaction() as uow:
             self._track(uow, r.peer_id, r.host, r.port, r.extra)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
-            deleted = uow.tombstones.owners([m.file_id for m in r.files])
-            stale = [(m.file_id, deleted[m.file_id]) for m in r.files if m.file_id in deleted]
-            live = [m for m in r.files if m.file_id not in deleted]
+            deleted = uow.tombstones.owners([m.file_id for m in files])
+            stale = [(m.file_id, deleted[m.file_id]) for m in files if m.file_id in deleted]
+            live = [m for m in files if m.file_id not in deleted]
             for meta, is_new in uow.files.advertise(r.peer_id, live, now, complete=True):
                 uow.emit(FileAdvertised(meta, r.peer_id, is_new))
             uow.commit()
         if r.skipped:
-            log.warning("%d malformed file records from %s skipped", r.skipped, r.peer_id)
+            self._log_limited(
+                "malformed-records", logging.WARNING, "%d malformed file records from %r skipped",
+                r.skipped, r.peer_id[:64],
+            )  # fmt: skip
         self._extension_keys("GOSSIP_REPLY", r.peer_id, r.extra)
-        for file_id, owner in stale:
-            self._relay_delete(peer, file_id, owner, now)
+        if stale:
+            self._relay_deletes(peer, stale)
 
-    def _relay_delete(self, peer: PeerInfo, file_id: str, owner: str, now: float) -> None:
-        """A peer still advertises a file its owner deleted (it missed the DELETE): pass the
-        owner's DELETE on to it, at most once per ``RELAY_DELETE_EVERY``."""
-        ours = (peer.host, peer.port) == (self.host, self.port)
-        if peer.peer_id in (owner, self.peer_id) or ours:
-            return  # the owner knows what it deleted; a DELETE in its own name is a forgery
-        key = (peer.peer_id, file_id)
-        if now - self._relayed.get(key, 0.0) < RELAY_DELETE_EVERY:
-            return
-        self._relayed[key] = now
-        log.info("telling %s that %s was deleted by its owner", peer.peer_id, file_id[:12])
-        self._send(peer.host, peer.port, Delete(from_peer=owner, file_id=file_id))
+    def _relay_deletes(self, peer: PeerInfo, stale: Sequence[tuple[str, str]]) -> None:
+        """A peer still advertises files their owners deleted (it missed the DELETEs): pass the
+        owners' DELETEs on to its address. Bounded: each (address, file) at most once per
+        ``RELAY_DELETE_EVERY``, at most ``RELAYS_PER_MESSAGE`` for one message and
+        ``RELAYS_PER_ADDRESS`` per interval to one address (a stranger names any address, with
+        a fresh peer id each time); one log line (rate-limited) says how many."""
+        address = (peer.host, peer.port)
+        if peer.peer_id == self.peer_id or address == (self.host, self.port):
+            return  # a DELETE in this node's own name is a forgery
+        now = time.monotonic()
+        window = self._relay_windows.get(address)
+        if window is None or now - window[0] >= self.config.gossip_interval:
+            window = (now, 0)
+        start, count = window
+        sent = held_back = 0
+        for file_id, owner in stale:
+            if owner == peer.peer_id:
+                continue  # the owner knows what it deleted
+            last = self._relayed.get((address, file_id))
+            if last is not None and now - last < RELAY_DELETE_EVERY:
+                continue
+            if sent >= RELAYS_PER_MESSAGE or count >= RELAYS_PER_ADDRESS:
+                held_back += 1
+                continue
+            self._relayed.put((address, file_id), now)
+            sent += 1
+            count += 1
+            self._send(*address, Delete(from_peer=owner, file_id=file_id))
+        self._relay_windows.put(address, (start, count))
+        if sent or held_back:
+            self._log_limited(
+                "relay-delete", logging.INFO,
+                "told %s:%d (%r) that %d files were deleted by their owners (%d more not now)",
+                address[0][:64], address[1], peer.peer_id[:64], sent, held_back,
+            )  # fmt: skip
 
     def _on_announce(self, a: Announce) -> None:
         if a.from_peer == self.peer_id:
+            return
+        if not self._not_forged([a.meta], a.from_peer):
             return
         now = time.time()
         with self.transaction() as uow:
@@ -565,7 +666,7 @@ class Node:
                     uow.emit(FileAdvertised(meta, a.from_peer, is_new))
                 uow.commit()
         if owner is not None and peer is not None:
-            self._relay_delete(peer, a.meta.file_id, owner, now)
+            self._relay_deletes(peer, [(a.meta.file_id, owner)])
 
     def _on_delete(self, d: Delete) -> None:
         if d.from_peer == self.peer_id:
@@ -595,7 +696,10 @@ class Node:
             uow.commit()
         self.store.blobs.delete(d.file_id)
         self.store.blobs.range_path(d.file_id).unlink(missing_ok=True)
-        log.info("file %s deleted by its owner %r", d.file_id[:12], d.from_peer)
+        self._log_limited(
+            "deleted", logging.INFO, "file %s deleted by its owner %r",
+            d.file_id[:12], d.from_peer[:64],
+        )  # fmt: skip
 
     def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
         uow.files.remove(entry.meta.file_id)
@@ -610,7 +714,9 @@ class Node:
         if meta is None or sink is None:
             if sink is not None:
                 sink.abort()
-            log.warning("FILE_DATA without a file from %s dropped", source)
+            self._log_limited(
+                "push-empty", logging.WARNING, "FILE_DATA without a file from %s dropped", source
+            )
             return
         assert isinstance(sink, BlobWriter)
         with self.store.unit_of_work() as uow:
@@ -621,11 +727,11 @@ class Node:
             reason = "its owner deleted it"
         elif entry is not None and entry.has_copy:
             reason = "already held"
-        elif meta.file_owner == self.peer_id and (
-            entry is None or entry.meta.file_owner != self.peer_id
-        ):
-            # Only this node makes files owned by this node: a push of one it does not know as
-            # its own is a forgery (and would hand this node's right to DELETE to a stranger).
+        elif meta.file_owner == self.peer_id:
+            # Only push_blob makes files owned by this node, and this node never needs its own
+            # file pushed to it: whatever the record says (a stranger's claim may have made
+            # it), a push in this node's name is a forgery.
+            self.forged_claims += 1
             reason = "it claims to be this node's own file"
         elif (
             self.plugins.first("treedrive_accept_file", node=self, meta=meta, peer_id=None) is False
@@ -633,7 +739,10 @@ class Node:
             reason = "refused by policy"
         if reason is not None:
             sink.abort()
-            log.info("pushed file %s from %s not stored: %s", meta.file_id[:12], source, reason)
+            self._log_limited(
+                "push-refused", logging.INFO, "pushed file %s from %s not stored: %s",
+                meta.file_id[:12], source, reason,
+            )  # fmt: skip
             return
         if await self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
             self._stored(meta, sink.size, "received")
@@ -646,7 +755,10 @@ class Node:
             # fsync of a large file takes a while: off the event loop.
             await asyncio.to_thread(sink.commit, file_id, ts)
         except VerificationError as exc:
-            log.warning("file %s from %s refused: %s", file_id[:12], source, exc)
+            self._log_limited(
+                "bad-bytes", logging.WARNING, "file %s from %s refused: %s",
+                file_id[:12], source, exc,
+            )  # fmt: skip
             self.publish([FileRefused(file_id, source, str(exc))])
             return False
         return True

@@ -9,15 +9,22 @@ attacker more than the node"):
   that comes sooner gets its reply when the interval is over (one pending reply per address);
 - the bytes of replies that a TCP source address (its IP: a port is free to change) can cause are
   bounded by :data:`REPLY_RATIO` times the bytes of the GOSSIPs it sent, plus :data:`BURST`;
-- one reply per source address per interval is a *welcome*, whatever its size: a node that
-  joins through this one (its first GOSSIP, 120 bytes) gets the whole catalogue at once, as the
-  classic protocol promises, instead of after an interval or two. It costs an attacker one reply
-  per source address per interval, not per GOSSIP;
-- an address that has proven itself (it answered us with a GOSSIP_REPLY, or it has been heard
-  from for longer than an interval) is exempt from that budget, not from the interval: attackers
+- one reply per source *network* (a /24 for IPv4, a /64 for IPv6: an attacker has many addresses
+  in one) per interval is a *welcome*, whatever its size: a node that joins through this one (its
+  first GOSSIP, 120 bytes) gets the whole catalogue at once, as the classic protocol promises,
+  instead of after an interval or two. At most :data:`WELCOMES` replies per interval are welcomes
+  in all, whatever the number of networks asking; likewise only :data:`FRESH` new sources an
+  interval start with the :data:`BURST`, the others with nothing (so neither many source
+  addresses nor many networks buy more than a bounded number of unpaid replies an interval);
+- an address that has proven itself is exempt from that budget, not from the interval: attackers
   and honest peers share source addresses (127.0.0.1, a NAT), and an honest peer's 120-byte GOSSIP
-  would never pay for a 200 kB reply. An address named by more than :data:`FLOOD` GOSSIPs in an
-  interval is not a peer gossiping: it loses that exemption for the next interval;
+  would never pay for a 200 kB reply. Proof is a GOSSIP_REPLY that answers this node's GOSSIP:
+  this node sent a GOSSIP to that exact address within :data:`ANSWER_WITHIN` intervals, and the
+  reply came from that address's IP (its TCP source). It lasts :data:`PROVEN_FOR` intervals (a
+  peer answers every round: this node gossips to every tracked peer each interval). Neither the
+  address a GOSSIP_REPLY claims nor the time an address has been named is proof. An address named
+  by more than :data:`FLOOD` GOSSIPs in an interval is not a peer gossiping: it loses that
+  exemption for the next interval;
 - the reply is built once and reused (so the transport encodes it once) until the files this
   node holds change, or it is an interval old;
 - GOSSIPs are forwarded at most :data:`FORWARDS_PER_SECOND` times a second in all.
@@ -25,8 +32,9 @@ attacker more than the node"):
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import Enum
@@ -34,9 +42,10 @@ from typing import Generic, TypeVar
 
 from treedrive.core.messages import Gossip, GossipReply
 
-REPLY_RATIO = 8.0
-"""Reply bytes a source address earns per byte of GOSSIP it sends. Below 10 so that the burst
-allowance and rounding keep the whole ratio under the 10x that THREATS.md allows."""
+REPLY_RATIO = 7.0
+"""Reply bytes a source address earns per byte of GOSSIP it sends. Well below 10 so that the
+burst allowance, the welcomes and rounding keep the whole ratio of a flood under the 10x that
+THREATS.md allows."""
 BURST = 16 * 1024
 """Reply bytes a source address may cause before it has earned any (an empty node's reply fits)."""
 SPACING = 0.9
@@ -49,6 +58,19 @@ MAX_ADDRESSES = 8192
 FLOOD = 3
 """GOSSIPs naming one address in one interval beyond which the address is flooding: an honest
 peer originates one per interval (forwarded copies carry the same id and are dropped before)."""
+UNPAID_PERIOD = 30.0
+"""Seconds (or the gossip interval, if longer) over which :data:`WELCOMES` and :data:`FRESH`
+count: replies nobody paid for are limited in real time, so a node with a short interval does not
+give away more of them."""
+WELCOMES = 2
+"""Welcomes (replies that the source has not paid for) per :data:`UNPAID_PERIOD`, in all."""
+FRESH = 8
+"""New sources per :data:`UNPAID_PERIOD`, in all, that start with the :data:`BURST`."""
+ANSWER_WITHIN = 2.0
+"""Intervals after this node's GOSSIP to an address within which a GOSSIP_REPLY from that address
+answers it (and proves the address)."""
+PROVEN_FOR = 4.0
+"""Intervals a proof lasts: a peer renews it each round by answering."""
 FORWARDS_PER_SECOND = 30.0
 """Forwards of new GOSSIPs, in all (fan-out 3: ten new GOSSIPs a second fully forwarded)."""
 
@@ -75,6 +97,33 @@ def source_ip(source: str) -> str:
     """The IP of a TCP source ``"ip:port"`` (IPv6 too: the port is after the last colon)."""
     ip, sep, _ = source.rpartition(":")
     return ip.strip("[]") if sep else source
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def network_of(ip: str) -> str:
+    """The network a source IP belongs to for welcomes: its /24 (IPv4) or /64 (IPv6); anything
+    else is its own network."""
+    parsed = _ip(ip)
+    if parsed is None:
+        return ip
+    prefix = 24 if parsed.version == 4 else 64
+    return str(ipaddress.ip_network(f"{parsed}/{prefix}", strict=False))
+
+
+def same_host(host: str, ip: str) -> bool:
+    """Whether the claimed ``host`` is the source ``ip`` (IP literals only: a host name cannot be
+    checked without resolving it, and proves nothing)."""
+    a, b = _ip(host), _ip(ip)
+    return a is not None and a == b
 
 
 def gossip_size(g: Gossip) -> int:
@@ -146,16 +195,40 @@ class Bounded(Generic[K, T]):
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
+    def values(self) -> list[T]:
+        return list(self._items.values())
+
+
+class Window:
+    """At most ``n`` events in any ``period`` seconds."""
+
+    def __init__(self, n: int, period: float) -> None:
+        self.n = n
+        self.period = period
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        while self._times and now - self._times[0] >= self.period:
+            self._times.popleft()
+        if len(self._times) >= self.n:
+            return False
+        self._times.append(now)
+        return True
+
 
 @dataclass(slots=True)
 class _Heard:
-    first_seen: float
     last_reply: float | None = None
-    answered_us: bool = False
     window: float = 0.0
     """When the current interval of counting GOSSIPs naming this address began."""
     count: int = 0
     flooding_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Proof:
+    at: float
+    peer_id: str
 
 
 class ReplyPolicy:
@@ -176,58 +249,95 @@ class ReplyPolicy:
         self._addresses: Bounded[Address, _Heard] = Bounded(size)
         self._credit: Bounded[str, float] = Bounded(size)
         self._welcomed: Bounded[str, float] = Bounded(size)
+        unpaid = max(interval, UNPAID_PERIOD)
+        self._welcomes = Window(WELCOMES, unpaid)
+        self._fresh = Window(FRESH, unpaid)
+        self._gossiped: Bounded[Address, float] = Bounded(size)
+        self._proofs: Bounded[Address, _Proof] = Bounded(size)
         self.refused = 0
         """Replies not sent because their source had not earned them."""
+        self.unproven = 0
+        """GOSSIP_REPLYs that did not answer a GOSSIP of this node (or not from its address)."""
         self.sent_bytes = 0
 
     @property
     def spacing(self) -> float:
         return self.interval * SPACING
 
-    def _heard(self, address: Address, now: float) -> _Heard:
+    def _heard(self, address: Address) -> _Heard:
         heard = self._addresses.get(address)
         if heard is None:
-            heard = _Heard(first_seen=now)
+            heard = _Heard()
             self._addresses.put(address, heard)
         return heard
 
     def gossip_received(self, address: Address, ip: str, size: int, now: float) -> None:
         """A new GOSSIP naming ``address`` came from source ``ip`` in ``size`` bytes."""
-        heard = self._heard(address, now)
+        heard = self._heard(address)
         if now - heard.window >= self.interval:
             heard.window, heard.count = now, 0
         heard.count += 1
         if heard.count > FLOOD:
             heard.flooding_until = now + 2 * self.interval
         credit = self._credit.get(ip)
-        earned = (self.burst if credit is None else credit) + self.ratio * size
+        if credit is None:  # a new source: the burst, while few new sources come
+            credit = float(self.burst) if self._fresh.take(now) else 0.0
+        earned = credit + self.ratio * size
         self._credit.put(ip, min(earned, max(MAX_CREDIT, self.burst)))
 
-    def answered_us(self, address: Address, now: float) -> None:
-        """A GOSSIP_REPLY from ``address``: it answers our GOSSIPs, as a peer does."""
-        self._heard(address, now).answered_us = True
+    def gossiped(self, address: Address, now: float) -> None:
+        """This node sent a GOSSIP to ``address`` (its own round, or a forward)."""
+        self._gossiped.put(address, now)
+
+    def answered_us(self, address: Address, ip: str, now: float, peer_id: str = "") -> bool:
+        """A GOSSIP_REPLY claiming ``address`` (and ``peer_id``) came from source ``ip``. It
+        proves the address only if it answers a GOSSIP that this node sent to that exact address
+        within :data:`ANSWER_WITHIN` intervals, and came from that address's IP: a stranger
+        cannot prove an address by naming it. Returns whether it proved it."""
+        sent = self._gossiped.get(address)
+        if (
+            sent is None
+            or not 0.0 <= now - sent <= ANSWER_WITHIN * self.interval
+            or not same_host(address[0], ip)
+        ):
+            self.unproven += 1
+            return False
+        self._proofs.put(address, _Proof(now, peer_id))
+        return True
+
+    def _valid(self, proof: _Proof | None, now: float) -> bool:
+        return proof is not None and now - proof.at <= PROVEN_FOR * self.interval
 
     def proven(self, address: Address, now: float) -> bool:
-        heard = self._addresses.get(address)
-        if heard is None or now < heard.flooding_until:
+        if not self._valid(self._proofs.get(address), now):
             return False
-        return heard.answered_us or now - heard.first_seen >= self.interval
+        heard = self._addresses.get(address)
+        return heard is None or now >= heard.flooding_until
+
+    def proven_peers(self, now: float) -> frozenset[str]:
+        """The peer ids that answered this node's GOSSIPs lately (one per proven address)."""
+        return frozenset(
+            p.peer_id for p in self._proofs.values() if p.peer_id and self._valid(p, now)
+        )
 
     def _welcome(self, ip: str, now: float) -> bool:
-        last = self._welcomed.get(ip)
+        network = network_of(ip)
+        last = self._welcomed.get(network)
         if last is not None and now - last < self.interval:
             return False
-        self._welcomed.put(ip, now)
+        if not self._welcomes.take(now):
+            return False
+        self._welcomed.put(network, now)
         return True
 
     def credit(self, ip: str) -> float:
         credit = self._credit.get(ip)
-        return self.burst if credit is None else credit
+        return 0.0 if credit is None else credit
 
     def decide(self, address: Address, ip: str, size: int, now: float) -> Decision:
         """May a reply of ``size`` bytes go to ``address`` now, for a GOSSIP from ``ip``? A SEND
         is counted as sent (the interval starts, the source pays unless the address is proven)."""
-        heard = self._heard(address, now)
+        heard = self._heard(address)
         if heard.last_reply is not None and now - heard.last_reply < self.spacing:
             return Decision(Verdict.LATER, heard.last_reply + self.spacing)
         if not self.proven(address, now):
@@ -235,7 +345,7 @@ class ReplyPolicy:
             if size <= credit:
                 self._credit.put(ip, credit - size)
             elif self._welcome(ip, now):
-                pass  # this interval's welcome of that source: its credit stays as it is
+                pass  # this interval's welcome of that network: its credit stays as it is
             else:
                 self.refused += 1
                 return Decision(Verdict.OVER_BUDGET)

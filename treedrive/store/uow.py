@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, insert, select
@@ -198,20 +198,22 @@ class PeerRepo:
         *,
         keep_features: bool = False,
         max_peers: int | None = None,
+        keep: Collection[str] = frozenset(),
     ) -> tuple[PeerInfo, bool]:
         """Track or refresh a peer; returns it and whether it is new.
 
         ``keep_features`` leaves known features alone (a message that does not say them).
         ``max_peers``: a new peer that would make more than this many tracked peers first
-        evicts the longest silent ones (and their holder rows); their ids are in
-        :attr:`evicted` afterwards (empty when none was). Values below 1 count as 1.
+        evicts the longest silent ones (and their holder rows), those in ``keep`` last (see
+        :meth:`evict_over`); their ids are in :attr:`evicted` afterwards (empty when none
+        was). Values below 1 count as 1.
         """
         self.evicted = []
         row = self.s.get(Peer, peer_id)
         new = row is None
         if row is None:
             if max_peers is not None:
-                self.evicted = self.evict_over(max(1, max_peers) - 1)
+                self.evicted = self.evict_over(max(1, max_peers) - 1, keep=keep)
             row = Peer(peer_id=peer_id, host=host, port=port, last_seen=now, first_seen=now)
             row.features = _features_text(features)
             self.s.add(row)
@@ -221,14 +223,28 @@ class PeerRepo:
                 row.features = _features_text(features)
         return peer_info(row), new
 
-    def evict_over(self, max_peers: int) -> list[str]:
+    def evict_over(self, max_peers: int, keep: Collection[str] = frozenset()) -> list[str]:
         """Forget the longest silent peers (and their holder rows) until at most ``max_peers``
-        are tracked; returns their ids, longest silent first."""
+        are tracked; returns their ids. The peers not in ``keep`` go first, longest silent
+        first; then, if that is not enough, the longest silent of those in ``keep`` (peers that
+        answer this node: a flood of new peer ids must not push them out)."""
         over = self.count() - max(0, max_peers)
         if over <= 0:
             return []
-        q = select(Peer.peer_id).order_by(Peer.last_seen, Peer.peer_id).limit(over)
-        gone = list(self.s.scalars(q))
+        keep = frozenset(keep)
+        q = select(Peer.peer_id).order_by(Peer.last_seen, Peer.peer_id)
+        if not keep:
+            q = q.limit(over)
+        gone: list[str] = []
+        spared: list[str] = []
+        # Rows come longest silent first: at most len(keep) are passed over.
+        rows = self.s.scalars(q)
+        for peer_id in rows:
+            (spared if peer_id in keep else gone).append(peer_id)
+            if len(gone) == over:
+                break
+        rows.close()
+        gone += spared[: over - len(gone)]
         for part in _chunks(gone):
             self.remove(part)
         return gone
