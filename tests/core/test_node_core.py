@@ -108,6 +108,7 @@ class RecordingNetwork:
         file_id: str,
         sink: FileSink,
         progress: Callable[[int], None] | None = None,
+        max_bytes: int | None = None,
     ) -> FileData:
         self.fetches.append((host, port, file_id))
         serve = self.holders.get((host, port))

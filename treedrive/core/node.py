@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from treedrive.core.config import NodeConfig
-from treedrive.core.download import RAW_RANGE, RangedDownload, size_hint
+from treedrive.core.download import RAW_RANGE, RangedDownload, classic_cap, size_hint
 from treedrive.core.errors import (
     FetchFailed,
     NodeError,
@@ -916,7 +916,12 @@ class Node:
         why = ""
         try:
             header = await self.network.fetch_file(
-                peer.host, peer.port, meta.file_id, writer, transfer.update
+                peer.host,
+                peer.port,
+                meta.file_id,
+                writer,
+                transfer.update,
+                max_bytes=classic_cap(entry),
             )
         except TransferError as exc:
             why = str(exc)
@@ -945,6 +950,7 @@ class Node:
                     log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
                     return True, ""
                 why = "sent bytes that do not match the file id"
+                self.distrust(peer.peer_id)  # verified under neither its timestamp nor ours
         finally:
             writer.abort()  # a no-op once committed
         log.warning("fetching %s from %s failed: %s", meta.file_id[:12], peer.peer_id, why)
