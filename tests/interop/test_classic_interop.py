@@ -656,6 +656,24 @@ async def test_corrupted_file_is_refused(start_node, classic) -> None:
     assert partials(alice) == []
     assert outside_files(alice) == []
     assert bad.messages("ANNOUNCE") == []
+    assert alice.distrusted("bad")  # its bytes verified under neither timestamp
+
+
+async def test_classic_fetch_stops_at_the_records_size(start_node, classic) -> None:
+    """A classic holder that sends more than the record says is cut off before the extra bytes
+    are written: a record of 0.001 MB never costs 256 KiB of disk."""
+    data = bytes(range(256)) * 1024
+    bob = classic("bob")
+    record = {**bob.make_record("big.bin", data, NAMES_TS), "file_size": 0.001}
+    bob.add_record(record, data)
+    alice = await start_node("alice", bootstrap=boot(bob), **QUIET)
+    await wait_for(lambda: alice.file(record["file_id"]))
+
+    with pytest.raises(FetchFailed, match="more than"):
+        await alice.get(record["file_id"])
+    assert bob.messages("GET_FILE")
+    assert not alice.store.blobs.has(record["file_id"])
+    assert partials(alice) == []
 
 
 async def test_corrupted_file_then_next_holder(start_node, classic) -> None:
