@@ -862,6 +862,7 @@ async def test_concurrent_gets_of_one_file_fetch_it_once(h: Harness) -> None:
         file_id: str,
         sink: FileSink,
         progress: Callable[[int], None] | None = None,
+        max_bytes: int | None = None,
     ) -> FileData:
         h.net.fetches.append((host, port, file_id))
         await release.wait()
