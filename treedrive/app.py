@@ -5,24 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import fcntl
 import json
 import logging
 import os
-import resource
 import signal
 import stat
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 from treedrive.core.config import NodeConfig
 from treedrive.core.node import Node
 from treedrive.core.plugins import Plugins, make_plugin_manager
 from treedrive.store import Store
 from treedrive.transport.net import NetLimits, TcpNetwork
+from treedrive.transport.process import filter_accept_errors, raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +27,6 @@ RUN_FILE = "node.json"
 LOCK_FILE = "lock"
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
-OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class AlreadyRunning(RuntimeError):
@@ -92,65 +88,6 @@ def make_private(data_dir: Path) -> list[Path]:
     return changed
 
 
-def raise_open_files_limit() -> int:
-    """Raise the soft limit of open files to the hard limit (many connections, one process);
-    returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard or soft == resource.RLIM_INFINITY:
-        return soft
-    # An unlimited hard limit is still capped by the kernel (fs.nr_open): try a large number.
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.info("the open files limit stays at %d: %s", soft, exc)
-        return soft
-    log.debug("open files limit raised from %d to %d", soft, target)
-    return target
-
-
-ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
-
-
-class AcceptErrorFilter:
-    """An event-loop exception handler: an ``accept()`` that fails for want of file descriptors
-    (EMFILE, ENFILE, ...) is logged as one line, at most once per ``every`` seconds, with how
-    many were seen; asyncio itself retries the accept a second later. Everything else goes to
-    the handler that was there before (or asyncio's default)."""
-
-    def __init__(self, previous: ExceptionHandler | None, every: float = 1.0) -> None:
-        self.previous = previous
-        self.every = every
-        self.seen = 0
-        self._unlogged = 0
-        self._logged_at = -float("inf")
-
-    @staticmethod
-    def is_out_of_fds(context: dict[str, Any]) -> bool:
-        exc = context.get("exception")
-        return isinstance(exc, OSError) and exc.errno in OUT_OF_FDS
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if self.is_out_of_fds(context):
-            self.seen += 1
-            self._unlogged += 1
-            now = time.monotonic()
-            if now - self._logged_at >= self.every:
-                exc = context["exception"]
-                log.warning(
-                    "out of file descriptors: %d connection(s) not accepted (%s); retrying",
-                    self._unlogged,
-                    exc.strerror or exc,
-                )
-                self._logged_at = now
-                self._unlogged = 0
-            return
-        if self.previous is not None:
-            self.previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-
 def build_node(config: NodeConfig, plugins: Plugins | None = None) -> Node:
     """A node with its store (schema upgraded), plugins and TCP transport, not yet started."""
     store = Store(config.data_dir)
@@ -204,17 +141,9 @@ async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
     logged at most once a second instead of a traceback each."""
     make_private(config.data_dir)
     raise_open_files_limit()
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-    installed = not isinstance(previous, AcceptErrorFilter)  # one per loop (nodes in tests)
-    if installed:
-        loop.set_exception_handler(AcceptErrorFilter(previous))
-    try:
-        async with _locked_node(config) as node:
-            yield node
-    finally:
-        if installed:
-            loop.set_exception_handler(previous)
+    filter_accept_errors(asyncio.get_running_loop())  # once per loop (nodes in tests)
+    async with _locked_node(config) as node:
+        yield node
 
 
 @contextlib.asynccontextmanager
