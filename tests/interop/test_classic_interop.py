@@ -560,6 +560,10 @@ async def test_announce_from_a_classic_peer_adds_the_holder(start_node, classic)
     bob.add_file("names.txt", NAMES, NAMES_TS, owner="PROF")
     alice = await start_node("alice", bootstrap=boot(bob), **QUIET)
     await wait_for(lambda: alice.file(NAMES_ID))
+    # carol is tracked: the cleanup sweep (every 0.25 s here) forgets holders that are not, and
+    # with them the records nobody else holds, which made this test race with it.
+    await call(carol.send_gossip, at(alice))
+    await wait_for(lambda: tracks(alice, "carol"))
 
     # A known file gains a holder; an unknown one is recorded with its announcer as holder.
     await call(carol.announce, at(alice), record=bob.entry(NAMES_ID).record)
