@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
+from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.messages import Gossip, GossipReply
 from treedrive.core.model import FileMeta
 from treedrive.core.replies import (
@@ -22,11 +23,7 @@ from treedrive.core.replies import (
     SPACING,
     WELCOMES,
     Address,
-    Bounded,
     ReplyPolicy,
-    Reused,
-    Throttle,
-    TokenBucket,
     Verdict,
     distinct_addresses,
     gossip_size,

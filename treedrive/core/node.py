@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
 from treedrive.core.download import RAW_RANGE, RangedDownload, classic_cap, size_hint
 from treedrive.core.errors import (
@@ -67,11 +68,7 @@ from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
     MAX_ADDRESSES,
     Address,
-    Bounded,
     ReplyPolicy,
-    Reused,
-    Throttle,
-    TokenBucket,
     Verdict,
     distinct_addresses,
     gossip_size,
