@@ -22,14 +22,15 @@ import pytest
 from tests.classic_peer import ClassicPeer
 from tests.conftest import HoldersInOrder, address, fast_config, fill, wait_for, watch
 from treedrive.app import running_node
-from treedrive.core.download import RAW_RANGE, Frontier, chunk_size_for, classic_cap
+from treedrive.core.download import RAW_RANGE, chunk_size_for
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
+from treedrive.core.frontier import Frontier
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
 from treedrive.core.node import Node
+from treedrive.core.sizes import classic_cap, size_agrees
 from treedrive.store import Store
-from treedrive.store.uow import size_agrees
 
 pytestmark = pytest.mark.timeout(60)
 

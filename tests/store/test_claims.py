@@ -9,8 +9,8 @@ import pytest
 
 from treedrive.core.fileid import compute_file_id
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, Timestamp
+from treedrive.core.sizes import claimed_size, size_agrees
 from treedrive.store import Store
-from treedrive.store.uow import claimed_size, size_agrees
 
 DATA = b"the true bytes of a file this node holds"
 TS = 1_750_000_000

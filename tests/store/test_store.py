@@ -16,8 +16,8 @@ from treedrive.core.fileid import compute_file_id
 from treedrive.core.model import FileMeta, PeerInfo, Timestamp
 from treedrive.store import BlobStore, Store, VerificationError
 from treedrive.store.db import DB_NAME, alembic_config
+from treedrive.store.downloads import DownloadState
 from treedrive.store.models import Base
-from treedrive.store.uow import DownloadState
 
 TABLES = {"identity", "peers", "files", "holders", "tombstones", "transfers"}
 

@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import shutil
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -42,16 +41,11 @@ from sqlalchemy.exc import OperationalError
 from treedrive.core import fileid
 from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
-from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.frontier import Frontier
+from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Timestamp
 from treedrive.core.ports import RangeAnswer
-from treedrive.store.uow import (
-    MAX_CLAIMED_SIZE,
-    SIZE_TOLERANCE,
-    SIZE_TOLERANCE_MB,
-    DownloadState,
-    claimed_size,
-    size_agrees,
-)
+from treedrive.core.sizes import SMALL, record_agrees, size_hint
+from treedrive.store.downloads import DownloadState
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node, TransferHandle
@@ -84,48 +78,6 @@ one range at a time 0.94-1.03 GB/s with 10-50 ms of hashing left at the end, two
 with 0.1-0.3 s left, four 0.82-0.93 GB/s."""
 
 
-SMALL = int(SIZE_TOLERANCE_MB * MEGABYTE)
-"""The largest size a record's ``file_size`` of 0 agrees with: peers round the MB figure, so a
-tiny file is often ``0.0`` (a record that truly says nothing about the size is rare; its file is
-still fetched the classic way)."""
-
-
-def record_agrees(file_size: float, size: int) -> bool | None:
-    """Whether ``size`` bytes is what a record's ``file_size`` claims (see
-    :func:`treedrive.store.uow.size_agrees`; 0 reads as "at most ``SMALL``"); None when the
-    record says nothing (``1e308``, ``inf``, NaN)."""
-    if not isinstance(file_size, bool) and isinstance(file_size, int | float) and file_size == 0:
-        return 0 <= size <= SMALL
-    if claimed_size(file_size) is None:
-        return None
-    return size_agrees(file_size, size)
-
-
-def size_hint(entry: CatalogEntry) -> int:
-    """The file's size in bytes as far as the catalogue says (0: it does not say). Total: a
-    record's ``file_size`` of ``1e308``, ``inf`` or NaN says nothing, it never raises."""
-    if entry.size_bytes:
-        return entry.size_bytes
-    claim = claimed_size(entry.meta.file_size)
-    if claim is None:
-        return 0
-    return int(min(claim * MEGABYTE, MAX_CLAIMED_SIZE))
-
-
-def classic_cap(entry: CatalogEntry) -> int | None:
-    """The most file bytes a classic GET_FILE answer for ``entry`` may carry: the verified size,
-    else the most a size agreeing with the record's claimed ``file_size`` can be (MB read, plus
-    the tolerance of :func:`treedrive.store.uow.size_agrees`); None when the record claims 0 or
-    says nothing (no cap: the classic way is how such a file is still fetched)."""
-    if entry.size_bytes:
-        return entry.size_bytes
-    claim = claimed_size(entry.meta.file_size)
-    if claim is None:
-        return None
-    most = (claim * (1 + SIZE_TOLERANCE) + SIZE_TOLERANCE_MB) * MEGABYTE
-    return int(min(most, MAX_CLAIMED_SIZE))
-
-
 def chunk_size_for(size: int) -> int:
     """The chunk size for a file of ``size`` bytes: a whole number of MiB, 4 to 32 MiB."""
     chunk = size // CHUNKS_PER_FILE // MIB * MIB
@@ -148,81 +100,6 @@ class Disagrees(TransferError):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
-
-
-class _Stopped(Exception):
-    """The download ended while the hasher was waiting for bytes."""
-
-
-class Frontier:
-    """How many of each chunk's first bytes are on disk. The threads that receive ranges move it
-    forward (``advance``); the hasher thread waits on it; checkpoints copy it."""
-
-    def __init__(self, size: int, chunk_size: int, have: dict[int, int]) -> None:
-        self.size = size
-        self.chunk_size = chunk_size
-        self.count = max(1, -(-size // chunk_size))
-        self.have = [min(have.get(c, 0), self.span(c)[1]) for c in range(self.count)]
-        self.cond = threading.Condition()
-        self.closed = False
-        self.received = 0
-        """Bytes written by ranges of this run (including ranges that later failed)."""
-
-    def span(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_size
-        return start, max(0, min(self.chunk_size, self.size - start))
-
-    def complete(self, chunk: int) -> bool:
-        return self.have[chunk] >= self.span(chunk)[1]
-
-    def missing(self) -> list[int]:
-        return [c for c in range(self.count) if not self.complete(c)]
-
-    def on_disk(self) -> int:
-        return sum(self.have)
-
-    def snapshot(self) -> list[int]:
-        with self.cond:
-            return list(self.have)
-
-    def writer(self, chunk: int, start: int) -> Callable[[int], None]:
-        """The ``written`` callback of a range of ``chunk`` that begins ``start`` bytes in."""
-        last = 0
-
-        def advance(got: int) -> None:
-            nonlocal last
-            with self.cond:
-                self.received += got - last
-                last = got
-                if start + got > self.have[chunk]:
-                    self.have[chunk] = start + got
-                    self.cond.notify_all()
-
-        return advance
-
-    def reset(self, chunks: list[int]) -> None:
-        """Forget what is on disk of ``chunks`` (to fetch them again whole)."""
-        with self.cond:
-            for c in chunks:
-                self.have[c] = 0
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def wait_contiguous(self, pos: int) -> int:
-        """Block until bytes from ``pos`` on are on disk; returns how many follow it."""
-        chunk = pos // self.chunk_size
-        start = chunk * self.chunk_size
-        with self.cond:
-            while True:
-                if self.closed:
-                    raise _Stopped
-                ready = start + self.have[chunk] - pos
-                if ready > 0:
-                    return ready
-                self.cond.wait(1.0)
 
 
 class RangedDownload:

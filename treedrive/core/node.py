@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
-from treedrive.core.download import RAW_RANGE, RangedDownload, classic_cap, size_hint
+from treedrive.core.download import RAW_RANGE, RangedDownload
 from treedrive.core.errors import (
     FetchFailed,
     NodeError,
@@ -75,6 +75,7 @@ from treedrive.core.replies import (
     reply_size,
     source_ip,
 )
+from treedrive.core.sizes import classic_cap, size_hint
 from treedrive.store import BlobWriter, Store, VerificationError
 from treedrive.store.uow import UnitOfWork
 

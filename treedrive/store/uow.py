@@ -8,9 +8,7 @@ publishes them, so a plugin never hears of a change that did not happen.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Sequence
 
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
@@ -18,8 +16,9 @@ from sqlalchemy.orm import Session, selectinload
 from treedrive.core.events import Event
 from treedrive.core.fileid import timestamp_suffixes, timestamp_value
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.sizes import size_agrees
+from treedrive.store.downloads import DownloadRepo
 from treedrive.store.models import (
-    Download,
     FileRecord,
     Holder,
     Identity,
@@ -65,44 +64,6 @@ def _file_row(meta: FileMeta, now: float) -> dict[str, object]:
         "has_copy": False,
         "added_at": now,
     }
-
-
-MAX_CLAIMED_SIZE = 2**50
-"""The largest ``file_size`` a record can claim and still be taken as saying something (1 PiB in
-bytes; in MB, far more). Above it, or when not a positive finite number, the record does not say
-the file's size."""
-SIZE_TOLERANCE_MB = 0.01
-SIZE_TOLERANCE = 0.01
-"""How far a real size may be from a record's ``file_size`` and still agree with it: 0.01 MB
-(10 KiB: peers round the MB figure, and a tiny file is often ``0.0``) plus 1 %."""
-
-
-def claimed_size(file_size: float) -> float | None:
-    """The record's ``file_size`` if it says something about the size, else None (0, negative,
-    not finite, absurdly large: see ``MAX_CLAIMED_SIZE``)."""
-    if isinstance(file_size, bool) or not isinstance(file_size, int | float):
-        return None
-    try:
-        value = float(file_size)
-    except (OverflowError, ValueError):  # an int too large for a float
-        return None
-    if not math.isfinite(value) or value <= 0 or value > MAX_CLAIMED_SIZE:
-        return None
-    return value
-
-
-def size_agrees(file_size: float, size: int) -> bool:
-    """Whether a file of ``size`` bytes is what a record's ``file_size`` says: in MB (the
-    reference data's reading, ``bytes / 1048576``) or in bytes (what some peers send), within
-    ``SIZE_TOLERANCE_MB`` + ``SIZE_TOLERANCE``. False when the record does not say (see
-    :func:`claimed_size`)."""
-    claim = claimed_size(file_size)
-    if claim is None or size < 0:
-        return False
-    in_mb = size / MEGABYTE
-    if abs(in_mb - claim) <= SIZE_TOLERANCE_MB + SIZE_TOLERANCE * claim:
-        return True
-    return abs(size - claim) <= SIZE_TOLERANCE * claim
 
 
 def _same_hash(old: Timestamp, new: Timestamp) -> bool:
@@ -508,80 +469,6 @@ class TransferRepo:
         for row in rows:
             row.state, row.error, row.updated_at = "failed", "interrupted by a restart", now
         return len(rows)
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadState:
-    file_id: str
-    size: int
-    chunk_size: int
-    done: frozenset[int]
-    """Chunks wholly on disk."""
-    partial: Mapping[int, int] = field(default_factory=dict)
-    """Chunks partly on disk: index -> how many of its first bytes."""
-
-    def bytes_on_disk(self) -> int:
-        whole = sum(min(self.chunk_size, self.size - c * self.chunk_size) for c in self.done)
-        return whole + sum(self.partial.values())
-
-
-def _bitmap(chunks: frozenset[int] | set[int], count: int) -> bytes:
-    out = bytearray((count + 7) // 8)
-    for i in chunks:
-        out[i // 8] |= 1 << (i % 8)
-    return bytes(out)
-
-
-def _unbitmap(data: bytes) -> frozenset[int]:
-    return frozenset(i for i in range(len(data) * 8) if data[i // 8] >> (i % 8) & 1)
-
-
-def _partial_load(text: str | None) -> dict[int, int]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(value, dict):
-        return {}
-    return {
-        int(k): v
-        for k, v in value.items()
-        if str(k).isdigit() and isinstance(v, int) and not isinstance(v, bool) and v > 0
-    }
-
-
-def _download_state(row: Download) -> DownloadState:
-    return DownloadState(
-        row.file_id, row.size, row.chunk_size, _unbitmap(row.done), _partial_load(row.partial)
-    )
-
-
-class DownloadRepo:
-    def __init__(self, session: Session) -> None:
-        self.s = session
-
-    def get(self, file_id: str) -> DownloadState | None:
-        row = self.s.get(Download, file_id)
-        if row is None:
-            return None
-        return _download_state(row)
-
-    def all(self) -> list[DownloadState]:
-        return [_download_state(r) for r in self.s.scalars(select(Download))]
-
-    def save(self, state: DownloadState, now: float) -> None:
-        count = -(-state.size // state.chunk_size) if state.size else 0
-        row = self.s.get(Download, state.file_id)
-        if row is None:
-            row = Download(file_id=state.file_id, started_at=now)
-            self.s.add(row)
-        row.size, row.chunk_size = state.size, state.chunk_size
-        row.done = _bitmap(state.done, count)
-        row.partial = json.dumps({str(c): n for c, n in sorted(state.partial.items()) if n > 0})
-        row.updated_at = now
-
-    def remove(self, file_id: str) -> None:
-        self.s.execute(delete(Download).where(Download.file_id == file_id))
 
 
 class UnitOfWork:
