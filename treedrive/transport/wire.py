@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from treedrive.core.fileid import is_file_id
 from treedrive.core.messages import (
     Announce,
     Delete,
@@ -49,8 +47,25 @@ from treedrive.core.messages import (
     GossipReply,
     Message,
 )
-from treedrive.core.model import FileMeta, Timestamp
-from treedrive.transport import codec
+from treedrive.core.model import FileMeta
+from treedrive.transport import codec, fields
+from treedrive.transport.fields import (
+    MAX_DOWNLOAD_ID,
+    MAX_FILE_BYTES,
+    MAX_FILE_NAME,
+    MAX_FILE_SIZE,
+    MAX_GOSSIP_BYTES,
+    MAX_GOSSIP_EXTRA_KEYS,
+    MAX_GOSSIP_ID,
+    MAX_HOST,
+    MAX_ID_DIGITS,
+    MAX_PEER_ID,
+    MAX_RECORDS,
+    MAX_TIMESTAMP,
+    MAX_TIMESTAMP_TEXT,
+    WireError,
+    showable,
+)
 
 __all__ = [
     "MAX_DOWNLOAD_ID",
@@ -79,188 +94,11 @@ __all__ = [
     "showable",
 ]
 
-MAX_PEER_ID: Final = 256
-"""Characters of a ``peerId``, ``from`` or ``file_owner``."""
-MAX_HOST: Final = 255
-"""Characters of a ``host`` (the longest DNS name)."""
-MAX_GOSSIP_ID: Final = 128
-"""Characters of a gossip ``id`` (a UUID4 is 36)."""
-MAX_DOWNLOAD_ID: Final = 64
-"""Characters of a ranged request's ``download`` (a run id)."""
-MAX_FILE_NAME: Final = 4096
-"""Characters kept of a ``file_name``."""
-MAX_ID_DIGITS: Final = 32
-"""Digits of an int accepted as an identifier (read as its text)."""
-MAX_FILE_BYTES: Final = 2**50
-"""Largest offset, length or size of a file, in bytes (1 PiB)."""
-MAX_FILE_SIZE: Final = float(2**50)
-"""Largest ``file_size`` (MB or bytes: peers differ; either way ``round(x * 2**20)`` is safe)."""
-MAX_TIMESTAMP: Final = 2**40
-"""Largest ``file_timestamp`` (Unix seconds: year 36812)."""
-MAX_TIMESTAMP_TEXT: Final = 32
-"""Characters of a ``file_timestamp`` sent as a string (``"Sun Jun 15 21:36:41 2025"`` is 24)."""
-MAX_NUMBER_TEXT: Final = 32
-"""Characters of a ``file_size`` sent as a string."""
-MAX_RECORDS: Final = 10_000
-"""Records of a GOSSIP_REPLY that are decoded; the rest count as skipped."""
-MAX_GOSSIP_EXTRA_KEYS: Final = 32
-"""Unknown keys of a GOSSIP (it is forwarded unchanged to 3 peers: an amplifier)."""
-MAX_GOSSIP_BYTES: Final = 16 * 1024
-"""A whole GOSSIP, as :func:`codec.encode_message` writes it when forwarding."""
-
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
 TYPES = ("GOSSIP", "GOSSIP_REPLY", "GET_FILE", "FILE_DATA", "ANNOUNCE", "DELETE")
 
-_UNSHOWABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-"""Control characters (C0, DEL, C1) and lone surrogates: never printed, never stored."""
-_HOST: Final = re.compile(r"[A-Za-z0-9._:%-]+")
-"""Host names (letters, digits, ``-``, ``_``, ``.``), IPv4 and IPv6 literals (``:``, ``%zone``)."""
-_PORT_TEXT: Final = re.compile("[0-9]{1,5}")
-"""A port as a string: ASCII digits only (`str.isdigit` takes "²", which int() refuses)."""
 _MAX_JSON_INT_DIGITS: Final = 4000
 """Below Python's limit on int/str conversion (4300 digits): such an int can be encoded."""
-
-
-class WireError(ValueError):
-    """A message that is valid JSON but not a valid protocol message."""
-
-
-def _preview(value: Any) -> str:
-    """A short description of a bad value for an error message (never raises, never long)."""
-    if isinstance(value, str):
-        return repr(value[:40]) + ("…" if len(value) > 40 else "")
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, int):
-        if value.bit_length() > 64:
-            return f"an int of {value.bit_length()} bits"
-        return repr(value)
-    if isinstance(value, float):
-        return repr(value)
-    return f"a {type(value).__name__}"
-
-
-def showable(text: str) -> bool:
-    """True if ``text`` has no control character (C0, DEL, C1) and no lone surrogate."""
-    return _UNSHOWABLE.search(text) is None
-
-
-def _ident(obj: Mapping[str, Any], key: str, limit: int, *, numbers: bool = False) -> str:
-    """An identifier: a non-empty showable string of at most ``limit`` chars (or a number)."""
-    value = obj.get(key)
-    if numbers and not isinstance(value, bool):
-        if isinstance(value, int):
-            if value.bit_length() > 4 * MAX_ID_DIGITS or len(str(abs(value))) > MAX_ID_DIGITS:
-                raise WireError(f"{key!r} is a number with too many digits")
-            value = str(value)
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise WireError(f"{key!r} is not a finite number")
-            value = repr(value)
-    if not isinstance(value, str) or not value:
-        raise WireError(f"{key!r} must be a non-empty string, got {_preview(value)}")
-    if len(value) > limit:
-        raise WireError(f"{key!r} is too long ({len(value)} chars, at most {limit})")
-    if not showable(value):
-        raise WireError(f"{key!r} holds a control character or a lone surrogate")
-    return value
-
-
-def _host(obj: Mapping[str, Any]) -> str:
-    value = obj.get("host")
-    if not isinstance(value, str) or not value:
-        raise WireError(f"'host' must be a non-empty string, got {_preview(value)}")
-    if len(value) > MAX_HOST:
-        raise WireError(f"'host' is too long ({len(value)} chars, at most {MAX_HOST})")
-    if _HOST.fullmatch(value) is None:
-        raise WireError(f"'host' must be a host name or an IP address, got {_preview(value)}")
-    return value
-
-
-def _port(obj: Mapping[str, Any]) -> int:
-    value: Any = obj.get("port")
-    if isinstance(value, str) and _PORT_TEXT.fullmatch(value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise WireError(f"'port' must be a port number, got {_preview(value)}")
-    return int(value)
-
-
-def _file_id(obj: Mapping[str, Any], key: str = "file_id") -> str:
-    value = obj.get(key)
-    if isinstance(value, str) and len(value) == 64:
-        value = value.lower()
-    if not is_file_id(value):
-        raise WireError(f"{key!r} must be 64 hex characters, got {_preview(value)}")
-    assert isinstance(value, str)
-    return str(value)
-
-
-def _file_name(value: Any) -> str:
-    """The name as a label: unshowable characters replaced, cut to MAX_FILE_NAME chars."""
-    if not isinstance(value, str):
-        raise WireError(f"'file_name' must be a string, got {_preview(value)}")
-    return _UNSHOWABLE.sub("\ufffd", value[:MAX_FILE_NAME])
-
-
-def _in_range(number: float, top: float) -> bool:
-    return math.isfinite(number) and 0 <= number <= top
-
-
-def _size(value: Any) -> float:
-    """``file_size`` as a float in 0..MAX_FILE_SIZE (missing: 0.0). WireError otherwise."""
-    if value is None:
-        return 0.0
-    number: float
-    if isinstance(value, bool):
-        raise WireError("'file_size' must be a number, got a bool")
-    if isinstance(value, int):
-        if not 0 <= value <= MAX_FILE_BYTES:
-            raise WireError(f"'file_size' is out of range, got {_preview(value)}")
-        number = float(value)
-    elif isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
-        if not 0 < len(value) <= MAX_NUMBER_TEXT or not value.isascii():
-            raise WireError(f"'file_size' must be a number, got {_preview(value)}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise WireError(f"'file_size' must be a number, got {_preview(value)}") from None
-    else:
-        raise WireError(f"'file_size' must be a number, got {_preview(value)}")
-    if not _in_range(number, MAX_FILE_SIZE):
-        raise WireError(f"'file_size' is out of range, got {_preview(value)}")
-    return float(number) + 0.0  # -0.0 reads as 0.0
-
-
-def _timestamp(value: Any) -> Timestamp:
-    """``file_timestamp``: an int, a finite float or a short string, in 0..MAX_TIMESTAMP."""
-    if value is None:
-        raise WireError("'file_timestamp' is missing")
-    if isinstance(value, bool):
-        raise WireError("'file_timestamp' must be a number or a short string, got a bool")
-    if isinstance(value, int):
-        if 0 <= value <= MAX_TIMESTAMP:
-            return int(value)
-        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
-    if isinstance(value, float):
-        if _in_range(value, MAX_TIMESTAMP):
-            return float(value) + 0.0
-        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_TIMESTAMP_TEXT:
-        raise WireError(
-            f"'file_timestamp' must be a number or a short string, got {_preview(value)}"
-        )
-    if not showable(value):
-        raise WireError("'file_timestamp' holds a control character or a lone surrogate")
-    try:
-        number = float(value)
-    except ValueError:
-        return str(value)  # a date as text: kept as written (it is hashed as written)
-    if not _in_range(number, MAX_TIMESTAMP):
-        raise WireError(f"'file_timestamp' is out of range, got {_preview(value)}")
-    return str(value)
 
 
 def _extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
@@ -330,11 +168,11 @@ def file_meta(obj: Any) -> FileMeta:
     if not isinstance(obj, Mapping):
         raise WireError("a file record must be an object")
     return FileMeta(
-        file_id=_file_id(obj),
-        file_name=_file_name(obj.get("file_name")),
-        file_size=_size(obj.get("file_size")),
-        file_owner=_ident(obj, "file_owner", MAX_PEER_ID, numbers=True),
-        file_timestamp=_timestamp(obj.get("file_timestamp")),
+        file_id=fields.file_id(obj),
+        file_name=fields.file_name(obj.get("file_name")),
+        file_size=fields.size(obj.get("file_size")),
+        file_owner=fields.ident(obj, "file_owner", MAX_PEER_ID, numbers=True),
+        file_timestamp=fields.timestamp(obj.get("file_timestamp")),
     )
 
 
@@ -346,23 +184,23 @@ def decode(obj: Mapping[str, Any]) -> Message:
     if kind == "GOSSIP":
         keys = ("host", "port", "id", "peerId")
         gossip = Gossip(
-            host=_host(obj),
-            port=_port(obj),
-            id=_ident(obj, "id", MAX_GOSSIP_ID, numbers=True),
-            peer_id=_ident(obj, "peerId", MAX_PEER_ID, numbers=True),
+            host=fields.host(obj),
+            port=fields.port(obj),
+            id=fields.ident(obj, "id", MAX_GOSSIP_ID, numbers=True),
+            peer_id=fields.ident(obj, "peerId", MAX_PEER_ID, numbers=True),
             extra=_extra(obj, keys),
             original=dict(obj),
         )
         _check_gossip_size(obj, gossip.extra)
         return gossip
     if kind == "GOSSIP_REPLY":
-        host, port = _host(obj), _port(obj)
-        peer_id = _ident(obj, "peerId", MAX_PEER_ID, numbers=True)
+        host, port = fields.host(obj), fields.port(obj)
+        peer_id = fields.ident(obj, "peerId", MAX_PEER_ID, numbers=True)
         raw_files = obj.get("files", [])
         if raw_files is None:
             raw_files = []
         if not isinstance(raw_files, list):
-            raise WireError(f"'files' must be a list, got {_preview(raw_files)}")
+            raise WireError(f"'files' must be a list, got {fields.preview(raw_files)}")
         files: list[FileMeta] = []
         skipped = max(0, len(raw_files) - MAX_RECORDS)
         for item in raw_files[:MAX_RECORDS]:
@@ -379,7 +217,7 @@ def decode(obj: Mapping[str, Any]) -> Message:
             skipped=skipped,
         )
     if kind == "GET_FILE":
-        return GetFile(file_id=_file_id(obj), extra=_extra(obj, ("file_id",)))
+        return GetFile(file_id=fields.file_id(obj), extra=_extra(obj, ("file_id",)))
     if kind == "FILE_DATA":
         extra = _extra(obj, (*RECORD_KEYS, "data"))
         raw = _raw_ext(extra) is not None  # bytes follow the object
@@ -388,18 +226,18 @@ def decode(obj: Mapping[str, Any]) -> Message:
         return FileData(meta=file_meta(obj), extra=extra)
     if kind == "ANNOUNCE":
         return Announce(
-            from_peer=_ident(obj, "from", MAX_PEER_ID, numbers=True),
+            from_peer=fields.ident(obj, "from", MAX_PEER_ID, numbers=True),
             meta=file_meta(obj),
             extra=_extra(obj, (*RECORD_KEYS, "from")),
         )
     if kind == "DELETE":
         return Delete(
-            from_peer=_ident(obj, "from", MAX_PEER_ID, numbers=True),
-            file_id=_file_id(obj),
+            from_peer=fields.ident(obj, "from", MAX_PEER_ID, numbers=True),
+            file_id=fields.file_id(obj),
             extra=_extra(obj, ("from", "file_id")),
         )
     if isinstance(kind, str):
-        raise WireError(f"unknown message type {_preview(kind)}")
+        raise WireError(f"unknown message type {fields.preview(kind)}")
     raise WireError("the message has no 'type'")
 
 
@@ -473,7 +311,9 @@ def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _byte_count(ext: Mapping[str, Any], key: str) -> int:
     value = ext.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
-        raise WireError(f"'treedrive.{key}' must be an int in 0..2**50, got {_preview(value)}")
+        raise WireError(
+            f"'treedrive.{key}' must be an int in 0..2**50, got {fields.preview(value)}"
+        )
     return int(value)
 
 
@@ -488,8 +328,12 @@ def range_request(extra: Mapping[str, Any]) -> RangeRequest | None:
         return None
     offset = _byte_count(ext, "offset") if "offset" in ext else 0
     length = None if ext.get("length") is None else _byte_count(ext, "length")
-    asker = None if ext.get("from") is None else _ident(ext, "from", MAX_PEER_ID, numbers=True)
-    download = None if ext.get("download") is None else _ident(ext, "download", MAX_DOWNLOAD_ID)
+    asker = (
+        None if ext.get("from") is None else fields.ident(ext, "from", MAX_PEER_ID, numbers=True)
+    )
+    download = (
+        None if ext.get("download") is None else fields.ident(ext, "download", MAX_DOWNLOAD_ID)
+    )
     return RangeRequest(offset=offset, length=length, asker=asker, download=download)
 
 
