@@ -36,8 +36,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
-
 from treedrive.core import fileid
 from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
@@ -684,12 +682,9 @@ class RangedDownload:
 
     def _record(self, state: DownloadState) -> None:
         """Save ``state`` (``size`` 0: the first chunk has not told the size yet)."""
-        try:
-            with self.node.store.unit_of_work() as uow:
-                uow.downloads.save(state, time.time())
-                uow.commit()
-        except OperationalError as exc:  # "database or disk is full"
-            raise StorageError(f"cannot record the download: {exc.orig}") from exc
+        with self.node.store.unit_of_work() as uow:  # a full disk: StorageError
+            uow.downloads.save(state, time.time())
+            uow.commit()
 
     def _forget_download(self) -> None:
         self.path.unlink(missing_ok=True)

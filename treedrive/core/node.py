@@ -22,8 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
-
 from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
 from treedrive.core.download import RAW_RANGE, RangedDownload
@@ -1172,6 +1170,6 @@ class RangeProgress:
 
 def storage_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is the disk or the database refusing a write (a full disk, say)."""
-    if isinstance(exc, StorageError | OperationalError):
+    if isinstance(exc, StorageError):  # the store says so of SQLite's "disk is full" too
         return True
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)

@@ -15,8 +15,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from treedrive.core.errors import StorageError
 from treedrive.store.blobs import BlobStore
 from treedrive.store.uow import UnitOfWork
 
@@ -122,8 +124,23 @@ class Store:
         uow = UnitOfWork(self.engine)
         try:
             yield uow
+        except OperationalError as exc:
+            if disk_refused(exc):
+                raise StorageError(f"the database cannot write: {exc.orig}") from exc
+            raise
         finally:
             uow.close()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+
+
+def disk_refused(exc: OperationalError) -> bool:
+    """Whether SQLite refused a write for want of disk ("database or disk is full", an I/O
+    error): this node's storage, which the core knows as a :class:`StorageError`."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code in (SQLITE_FULL, SQLITE_IOERR) or "full" in str(exc.orig)

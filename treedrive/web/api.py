@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
-from sqlalchemy.exc import OperationalError
 
 from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, StorageError
 from treedrive.core.events import Event, TransferFinished
@@ -219,11 +218,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if isinstance(exc.__cause__, OSError):  # this node's disk refused a write
             return _json_error(507, str(exc))
         return _json_error(400, str(exc))
-    except OperationalError as exc:
-        if "full" in str(exc.orig):  # SQLite: "database or disk is full"
-            return _json_error(507, f"the node's disk is full: {exc.orig}")
-        log.exception("%s %s failed", request.method, request.path)
-        return _json_error(500, "internal error (see the node's log)")
     except ConnectionError:
         raise  # the client left: nothing to answer, nothing to log
     except Exception:
