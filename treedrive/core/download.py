@@ -192,13 +192,18 @@ class RangedDownload:
                 self._check_room()
                 await self._size_partial()
                 self._save()
+                resumed = False  # what the first chunk brought came in this run
             else:
                 assert saved is not None
                 self._resume(saved)
                 self._check_room()
                 await self._size_partial()
+                resumed = True  # what is on disk was there before this run
             frontier = self._frontier()
-            self.handle = self.node.begin_transfer(self.entry.meta, "in", None, frontier.size)
+            already = min(frontier.on_disk(), frontier.size) if resumed else 0
+            self.handle = self.node.begin_transfer(
+                self.entry.meta, "in", None, frontier.size, already
+            )
             self._report()
             await self._fetch_and_verify()
         except StorageError as exc:

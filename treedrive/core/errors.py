@@ -9,6 +9,10 @@ class NotFound(NodeError):
     pass
 
 
+class AmbiguousId(NodeError):
+    """A short file id that more than one file's id starts with."""
+
+
 class NotOwner(NodeError):
     pass
 

@@ -58,6 +58,15 @@ class CatalogEntry:
     """Peer ids known to hold a copy (never this node itself; see ``has_copy``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """What a push did: ``existing`` means this node already held the same bytes, so nothing
+    new was pushed and ``meta`` is the record it has."""
+
+    meta: FileMeta
+    existing: bool = False
+
+
 @dataclass(slots=True)
 class TransferState:
     """A transfer in progress (mutable; events carry frozen snapshots)."""
@@ -72,12 +81,16 @@ class TransferState:
     bytes_done: int = 0
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
+    bytes_at_start: int = 0
+    """Bytes already there when this run of the transfer began (a resumed download's
+    partial file): they count in ``bytes_done`` but not in the rate."""
 
     @property
     def rate(self) -> float:
-        """Bytes per second since the start."""
+        """Bytes per second moved in this run (what a resume found on disk is not counted)."""
         elapsed = time.monotonic() - self.started_mono
-        return self.bytes_done / elapsed if elapsed > 0 else 0.0
+        moved = max(0, self.bytes_done - self.bytes_at_start)
+        return moved / elapsed if elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:

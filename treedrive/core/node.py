@@ -22,6 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from treedrive.core import ids
+from treedrive.core.activity import Activity, file_label, peer_label
+from treedrive.core.backoff import Backoff
 from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
 from treedrive.core.download import RAW_RANGE, RangedDownload
@@ -57,11 +60,12 @@ from treedrive.core.model import (
     CatalogEntry,
     FileMeta,
     PeerInfo,
+    Pushed,
     Timestamp,
     TransferState,
 )
 from treedrive.core.plugins import Plugins
-from treedrive.core.ports import FileSink, Network
+from treedrive.core.ports import FileSink, Network, Progress
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
     MAX_ADDRESSES,
@@ -92,11 +96,16 @@ RELAYS_PER_ADDRESS = 8
 KEEP_FOR = 1.0
 """Seconds the set of proven peers (kept when the peer table is full) is reused."""
 UPLOAD_LINGER = 1.0
+"""Seconds an upload of ranges stays open after its last range, for the next one: the ranges one
+download asks for become one upload (one transfers row, one line on the dashboard)."""
 FORWARD_TARGETS_FOR = 1.0
 """Seconds the tracked addresses that GOSSIPs are forwarded to are reused before they are read
 again (a flood must not make the node read its whole peer table per GOSSIP)."""
-"""Seconds an upload of ranges stays open after its last range, for the next one: the ranges one
-download asks for become one upload (one transfers row, one line on the dashboard)."""
+BOOTSTRAP_FIRST_WAIT = 2.0
+"""Seconds after the start before a node that still knows no peer says its bootstrap hosts have
+not answered (and tries them again, with back-off)."""
+BOOTSTRAP_MAX_WAIT = 60.0
+"""The longest pause between tries of bootstrap hosts while no peer is known."""
 
 
 def new_peer_id() -> str:
@@ -167,6 +176,10 @@ class Node:
         """Bumped when a peer proves itself (the set of kept peers is read again)."""
         self.forged_claims = 0
         """Remote claims (records, pushes) that this node owns a file it never pushed."""
+        self.activity = Activity()
+        self.bootstrap_problem: str | None = None
+        """Why the node has not joined through its bootstrap hosts yet (None: it has, or it
+        has none); shown on the terminal, in the log and on the dashboard."""
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,6 +191,8 @@ class Node:
         self._spawn(self._gossip_loop(), "gossip")
         self._spawn(self._cleanup_loop(), "cleanup")
         self._spawn(self._join(), "join")
+        if self.config.bootstrap:
+            self._spawn(self._bootstrap_loop(), "bootstrap")
 
     def _recover(self) -> None:
         """Make the store consistent after whatever stopped the node last time."""
@@ -216,6 +231,8 @@ class Node:
             )
 
     async def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("node %s stopping", self.peer_id)
         self._stopping.set()
         for _, timer in self._pending_replies.values():
             timer.cancel()
@@ -267,6 +284,16 @@ class Node:
     def file(self, file_id: str) -> CatalogEntry | None:
         with self.store.unit_of_work() as uow:
             return uow.files.get(file_id)
+
+    def resolve_id(self, text: str) -> str:
+        """The full id of the one file that ``text`` names: its 64 hex characters, or a unique
+        prefix of at least 8. NotFound or AmbiguousId (each saying what to type) otherwise."""
+
+        def candidates(prefix: str, limit: int) -> list[str]:
+            with self.store.unit_of_work() as uow:
+                return uow.files.ids_with_prefix(prefix, limit)
+
+        return ids.resolve(text, candidates)
 
     # -- sending -----------------------------------------------------------------------------
     def _gossip_extra(self, message_type: str) -> dict[str, Any]:
@@ -341,6 +368,44 @@ class Node:
             self.replies.gossiped((host, port), now)  # a GOSSIP_REPLY from there answers it
             self._send(host, port, gossip)
 
+    async def _bootstrap_loop(self) -> None:
+        """While the node knows no peer, try its bootstrap hosts again with back-off, and say
+        why it has not joined (``bootstrap_problem``: terminal, log, dashboard) until a peer
+        answers. If every peer goes, it starts over."""
+        hosts = distinct_addresses(
+            [(a.host, a.port) for a in self.config.bootstrap],
+            exclude=frozenset({(self.host, self.port)}),
+        )
+        if not hosts:
+            return
+        backoff = Backoff(first=1.0, cap=min(BOOTSTRAP_MAX_WAIT, self.config.gossip_interval))
+        await asyncio.sleep(BOOTSTRAP_FIRST_WAIT)
+        while not self._stopping.is_set():
+            peers = self.peers()
+            if peers:
+                if self.bootstrap_problem is not None:
+                    log.info("joined the network: %d peers known", len(peers))
+                self.bootstrap_problem = None
+                backoff.succeeded()
+                await asyncio.sleep(self.config.cleanup_interval)
+                continue
+            gossip = self.new_gossip()
+            now = time.monotonic()
+            for address in hosts:
+                self.replies.gossiped(address, now)
+            sent = await asyncio.gather(*(self.network.send(h, p, gossip) for h, p in hosts))
+            delay = backoff.failed()
+            names = ", ".join(f"{h}:{p}" for h, p in hosts[:4])
+            if any(sent):
+                why = f"the bootstrap host {names} took our GOSSIP but no peer has answered"
+            else:
+                plural = "s" if len(hosts) > 1 else ""
+                why = f"cannot reach the bootstrap host{plural} {names} (no connection)"
+            self.bootstrap_problem = f"{why}; retrying in {delay:.0f} s"
+            if backoff.failures & (backoff.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th… try
+                log.warning("%s (try %d)", self.bootstrap_problem, backoff.failures)
+            await asyncio.sleep(delay)
+
     async def _gossip_loop(self) -> None:
         while not self._stopping.is_set():
             with _logged("gossip"):
@@ -385,12 +450,8 @@ class Node:
             forgotten = uow.files.remove_orphans()
             uow.commit()
         if gone:
-            # Peer ids are claims: a thousand forged ones make one short line.
-            self._log_limited(
-                "expired", logging.INFO, "%d peers expired (%s%s); %d files nobody holds forgotten",
-                len(gone), ", ".join(repr(g[:40]) for g in gone[:5]),
-                ", …" if len(gone) > 5 else "", len(forgotten),
-            )  # fmt: skip
+            # Peer ids are claims: a thousand forged ones make a few short lines.
+            self.activity.left(gone, len(forgotten))
         return gone
 
     # -- inbound (InboundHandler) --------------------------------------------------------------
@@ -443,6 +504,8 @@ class Node:
                 self.config.max_peers, len(peers.evicted),
             )  # fmt: skip
         uow.emit(PeerSeen(peer, new))
+        if new:
+            self.activity.joined(peer)
 
     def _proven_peers(self) -> frozenset[str]:
         now = time.monotonic()
@@ -692,10 +755,7 @@ class Node:
             uow.commit()
         self.store.blobs.delete(d.file_id)
         self.store.blobs.range_path(d.file_id).unlink(missing_ok=True)
-        self._log_limited(
-            "deleted", logging.INFO, "file %s deleted by its owner %r",
-            d.file_id[:12], d.from_peer[:64],
-        )  # fmt: skip
+        self.activity.deleted(entry.meta, by=d.from_peer)
 
     def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
         uow.files.remove(entry.meta.file_id)
@@ -703,9 +763,31 @@ class Node:
         uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time())
         uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
 
+    def track_push(
+        self, meta: FileMeta, source: str, sender: str | None, size: int | None
+    ) -> Progress:
+        """A file pushed to this node is arriving: one incoming transfer, named after the
+        sender if it said who it is (a claim, for display), else its address."""
+        return self.begin_transfer(meta, "in", (sender or source)[:256], size)
+
     async def handle_pushed_file(
-        self, header: FileData, sink: FileSink | None, source: str
+        self,
+        header: FileData,
+        sink: FileSink | None,
+        source: str,
+        progress: Progress | None = None,
     ) -> None:
+        stored = False
+        why = "not stored"
+        try:
+            stored, why = await self._take_pushed(header, sink, source, progress)
+        finally:
+            if progress is not None:
+                progress.finish(stored, None if stored else why)
+
+    async def _take_pushed(
+        self, header: FileData, sink: FileSink | None, source: str, progress: Progress | None
+    ) -> tuple[bool, str]:
         meta = header.meta
         if meta is None or sink is None:
             if sink is not None:
@@ -713,8 +795,13 @@ class Node:
             self._log_limited(
                 "push-empty", logging.WARNING, "FILE_DATA without a file from %s dropped", source
             )
-            return
+            return False, "no file in it"
         assert isinstance(sink, BlobWriter)
+        if progress is not None:
+            progress.update(sink.size)
+        sender = source
+        if isinstance(progress, TransferHandle) and progress.state.peer_id not in (None, source):
+            sender = peer_label(progress.state.peer_id, source)
         with self.store.unit_of_work() as uow:
             tombstoned = uow.tombstones.owner(meta.file_id) is not None
             entry = uow.files.get(meta.file_id)
@@ -737,11 +824,14 @@ class Node:
             sink.abort()
             self._log_limited(
                 "push-refused", logging.INFO, "pushed file %s from %s not stored: %s",
-                meta.file_id[:12], source, reason,
+                file_label(meta), sender, reason,
             )  # fmt: skip
-            return
-        if await self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
-            self._stored(meta, sink.size, "received")
+            return False, reason
+        if not await self._commit_blob(sink, meta.file_id, meta.file_timestamp, source):
+            return False, "its bytes do not match its id"
+        self._stored(meta, sink.size, "received")
+        self.activity.received(meta, sink.size, sender)
+        return True, ""
 
     async def _commit_blob(
         self, sink: BlobWriter, file_id: str, ts: Timestamp, source: str | None
@@ -780,19 +870,53 @@ class Node:
         self.store.blobs.delete(file_id)
 
     # -- commands ----------------------------------------------------------------------------
-    async def push(self, path: Path, name: str | None = None) -> FileMeta:
-        """Add a file to the network: store it, FILE_DATA to one random peer, ANNOUNCE to all."""
+    async def push(self, path: Path, name: str | None = None, force: bool = False) -> FileMeta:
+        """Add a file to the network (see :meth:`push_path`); its record."""
+        return (await self.push_path(path, name, force=force)).meta
+
+    async def push_path(
+        self, path: Path, name: str | None = None, *, force: bool = False
+    ) -> Pushed:
+        """Add the file at ``path`` to the network: store it, FILE_DATA to one random peer,
+        ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes."""
         writer = self.store.blobs.writer()
         try:
             await asyncio.to_thread(self._copy_in, path, writer)
         except OSError as exc:
             writer.abort()
             raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        return await self.push_blob(writer, name or path.name)
+        return await self.share(writer, name or path.name, force=force)
 
-    async def push_blob(self, writer: FileSink, name: str) -> FileMeta:
-        """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``."""
+    async def push_blob(self, writer: FileSink, name: str, force: bool = False) -> FileMeta:
+        """Push the bytes already written to ``writer`` (see :meth:`share`); their record."""
+        return (await self.share(writer, name, force=force)).meta
+
+    def held_copy(self, writer: FileSink) -> FileMeta | None:
+        """The record of a file held here with exactly the bytes written to ``writer``: a file
+        of the same size whose id those bytes give under its own timestamp."""
         assert isinstance(writer, BlobWriter)
+        with self.store.unit_of_work() as uow:
+            same_size = uow.files.held_of_size(writer.size)
+        for meta in same_size:
+            if isinstance(meta.file_timestamp, int) and (
+                writer.content_id(meta.file_timestamp) == meta.file_id
+            ):
+                return meta
+            if writer.matches(meta.file_id, meta.file_timestamp):
+                return meta
+        return None
+
+    async def share(self, writer: FileSink, name: str, *, force: bool = False) -> Pushed:
+        """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``.
+        Bytes this node already holds are not pushed again (unless ``force``): the answer is
+        the record it has, marked ``existing``."""
+        assert isinstance(writer, BlobWriter)
+        if not force:
+            existing = self.held_copy(writer)
+            if existing is not None:
+                writer.abort()
+                self.activity.already_shared(existing)
+                return Pushed(existing, existing=True)
         ts = int(time.time())
         file_id = writer.content_id(ts)
         meta = FileMeta(
@@ -802,6 +926,10 @@ class Node:
             file_owner=self.peer_id,
             file_timestamp=ts,
         )
+        held = self.file(file_id)
+        if held is not None and held.has_copy:
+            writer.abort()  # the same bytes forced again within the same second: the same id
+            return Pushed(held.meta, existing=True)
         try:
             await asyncio.to_thread(writer.commit, file_id, ts)
         except OSError as exc:
@@ -815,12 +943,12 @@ class Node:
             self._drop_unrecorded_blob(file_id)
             raise
         peers = self.peers()
-        if peers:
-            target = random.choice(peers)
+        target = random.choice(peers) if peers else None
+        if target is not None:
             self._spawn(self._push_to(target, meta, writer.size), "push")
         self._send_to_all(Announce(from_peer=self.peer_id, meta=meta))
-        log.info("pushed %s as %s (%d bytes)", meta.file_name, file_id[:12], writer.size)
-        return meta
+        self.activity.pushed(meta, writer.size, peer_label(target.peer_id) if target else None)
+        return Pushed(meta)
 
     async def _push_to(self, peer: PeerInfo, meta: FileMeta, size: int) -> bool:
         """Send a FILE_DATA with our copy of ``meta`` to ``peer``: raw bytes to a TreeDrive
@@ -844,7 +972,9 @@ class Node:
                 writer.write(block)
 
     async def get(self, file_id: str) -> CatalogEntry:
-        """Fetch a file from a holder (the next on failure), verify it, store it, announce it."""
+        """Fetch a file from a holder (the next on failure), verify it, store it, announce it.
+        ``file_id`` may be a unique prefix (:meth:`resolve_id`)."""
+        file_id = self.resolve_id(file_id)
         running = self._fetching.get(file_id)
         if running is not None:
             return await asyncio.shield(running)
@@ -871,6 +1001,9 @@ class Node:
         if entry.has_copy:
             return entry
         holders = [tracked[h] for h in entry.holders if h in tracked]
+        started = time.monotonic()
+        if holders:
+            self.activity.fetching(entry.meta, entry.size_bytes, [h.peer_id for h in holders])
         trusted = [p for p in holders if not self.distrusted(p.peer_id)] or holders
         ordered = list(
             self.plugins.first("treedrive_order_holders", node=self, entry=entry, holders=trusted)
@@ -888,7 +1021,12 @@ class Node:
                 errors.append(str(exc))
                 extension = []  # they may still answer a classic GET_FILE
             else:
-                self._stored(download.verified_meta, self.store.blobs.size(file_id), "get")
+                size = self.store.blobs.size(file_id)
+                self._stored(download.verified_meta, size, "get")
+                sources = ", ".join(peer_label(p.peer_id) for p in extension[:4])
+                self.activity.fetched(
+                    download.verified_meta, size, sources, time.monotonic() - started
+                )
                 stored = self.file(file_id)
                 assert stored is not None
                 return stored
@@ -943,7 +1081,10 @@ class Node:
                 if await self._commit_blob(writer, meta.file_id, ts, peer.peer_id):
                     transfer.finish(True)
                     self._stored(replace(meta, file_timestamp=ts), writer.size, "get")
-                    log.info("got %s from %s", meta.file_id[:12], peer.peer_id)
+                    self.activity.fetched(
+                        meta, writer.size, peer_label(peer.peer_id),
+                        time.monotonic() - transfer.state.started_mono,
+                    )  # fmt: skip
                     return True, ""
                 why = "sent bytes that do not match the file id"
                 self.distrust(peer.peer_id)  # verified under neither its timestamp nor ours
@@ -954,13 +1095,22 @@ class Node:
         return False, why
 
     def begin_transfer(
-        self, meta: FileMeta, direction: str, peer_id: str | None, total: int | None
+        self,
+        meta: FileMeta,
+        direction: str,
+        peer_id: str | None,
+        total: int | None,
+        done: int = 0,
     ) -> TransferHandle:
-        """Record a transfer (``direction`` "in" or "out") and track its progress."""
+        """Record a transfer (``direction`` "in" or "out") and track its progress; ``done``:
+        the bytes already there (a resumed download), not counted in its rate."""
         with self.transaction() as uow:
             tid = uow.transfers.start(meta.file_id, direction, peer_id, total, time.time())
             uow.commit()
-        state = TransferState(tid, meta.file_id, meta.file_name, direction, peer_id, total)
+        state = TransferState(
+            tid, meta.file_id, meta.file_name, direction, peer_id, total,
+            bytes_done=done, bytes_at_start=done,
+        )  # fmt: skip
         self.active_transfers[tid] = state
         return TransferHandle(self, state)
 
@@ -997,7 +1147,9 @@ class Node:
             upload.close()
 
     async def delete(self, file_id: str) -> None:
-        """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere."""
+        """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere.
+        ``file_id`` may be a unique prefix (:meth:`resolve_id`)."""
+        file_id = self.resolve_id(file_id)
         with self.transaction() as uow:
             entry = uow.files.get(file_id)
             if entry is None:
@@ -1012,6 +1164,7 @@ class Node:
         self.store.blobs.delete(file_id)
         self.store.blobs.range_path(file_id).unlink(missing_ok=True)
         self._send_to_all(Delete(from_peer=self.peer_id, file_id=file_id))
+        self.activity.deleted(entry.meta)
 
     async def _join(self) -> None:
         """After the first replies settle, finish interrupted downloads, then fetch what the

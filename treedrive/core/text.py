@@ -31,3 +31,15 @@ def printable(value: object) -> str:
 def printable_lines(text: str) -> str:
     """Like :func:`printable`, but keeps the line breaks (``\\n``) of a multi-line text."""
     return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def human_size(n: int | float | None) -> str:
+    """Bytes as a person reads them: ``512 B``, ``12.0 KiB``, ``600.0 MiB``, ``1.0 GiB``."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterator, Sequence
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from treedrive.core.events import Event
@@ -243,6 +243,29 @@ class FileRepo:
         q = q.offset(offset).limit(limit)
         return [catalog_entry(r) for r in self.s.scalars(q)]
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """The ids (at most ``limit``, in order) that start with the lowercase hex ``prefix``:
+        a range scan of the primary key, so it costs the same in a catalogue of any size."""
+        upper = prefix + "g"  # every hex id that starts with the prefix sorts below this
+        q = (
+            select(FileRecord.file_id)
+            .where(FileRecord.file_id >= prefix, FileRecord.file_id < upper)
+            .order_by(FileRecord.file_id)
+            .limit(limit)
+        )
+        return list(self.s.scalars(q))
+
+    def held_of_size(self, size: int, limit: int = 100) -> list[FileMeta]:
+        """Records of files held here whose verified size is ``size`` bytes (at most
+        ``limit``): the only ones that can hold the same bytes as a new file of that size."""
+        q = (
+            select(FileRecord)
+            .where(FileRecord.has_copy.is_(True), FileRecord.size_bytes == size)
+            .order_by(FileRecord.timestamp_value)
+            .limit(limit)
+        )
+        return [file_meta(r) for r in self.s.scalars(q)]
+
     def count(self, scope: str = "both") -> int:
         q = select(func.count()).select_from(FileRecord)
         if scope == "local":
@@ -275,13 +298,22 @@ class FileRepo:
         return False
 
     def advertise(
-        self, holder: str, metas: Sequence[FileMeta], now: float, *, complete: bool = False
+        self,
+        holder: str,
+        metas: Sequence[FileMeta],
+        now: float,
+        *,
+        complete: bool = False,
+        announced: bool = False,
     ) -> list[tuple[FileMeta, bool]]:
         """``holder`` says it holds ``metas``: record new ids, add the holder (a known record
         changes only as :meth:`merge` says). ``complete``: that is all it holds (a
-        GOSSIP_REPLY), so it stops holding the rest. Returns the (meta, is_new) that changed
-        something. Batched: a reply with thousands of records costs a few statements, not
-        thousands."""
+        GOSSIP_REPLY), so it stops holding the rest, except what it announced. ``announced``:
+        it says so in its own ANNOUNCE, so the holding stays while the peer is tracked,
+        whatever its replies list (some classic peers list their files under other ids than
+        they announced), until it answers "not here" (:meth:`remove_holder`), the file is
+        deleted or the peer expires. Returns the (meta, is_new) that changed something.
+        Batched: a reply with thousands of records costs a few statements, not thousands."""
         latest: dict[str, FileMeta] = {}
         for meta in metas:
             seen = latest.get(meta.file_id)
@@ -308,28 +340,51 @@ class FileRepo:
                 found.file_timestamp = _ts_text(meta.file_timestamp)
                 found.timestamp_value = timestamp_value(meta.file_timestamp)
             if file_id not in held:
-                new_holders.append({"file_id": file_id, "peer_id": holder, "since": now})
+                new_holders.append(
+                    {"file_id": file_id, "peer_id": holder, "since": now, "announced": announced}
+                )
             if found is None or file_id not in held:
                 changed.append((meta, found is None))
         if new_rows:
             self.s.execute(insert(FileRecord), new_rows)
         if new_holders:
             self.s.execute(insert(Holder), new_holders)
+        if announced:
+            known = [file_id for file_id in ids if file_id in held]
+            for part in _chunks(known):
+                self.s.execute(
+                    update(Holder)
+                    .where(Holder.peer_id == holder, Holder.file_id.in_(part))
+                    .values(announced=True)
+                )
         if complete:
             gone = held - set(ids)
             for part in _chunks(list(gone)):
                 self.s.execute(
-                    delete(Holder).where(Holder.peer_id == holder, Holder.file_id.in_(part))
+                    delete(Holder).where(
+                        Holder.peer_id == holder,
+                        Holder.file_id.in_(part),
+                        Holder.announced.is_(False),
+                    )
                 )
         return changed
 
-    def add_holder(self, file_id: str, peer_id: str, now: float) -> bool:
-        if self.s.get(Holder, (file_id, peer_id)) is not None:
+    def add_holder(
+        self, file_id: str, peer_id: str, now: float, *, announced: bool = False
+    ) -> bool:
+        """``peer_id`` holds ``file_id``; returns whether that is new. ``announced``: it stays
+        while the peer is tracked, as if announced (see :meth:`advertise`): for a holder whose
+        bytes verified here."""
+        row = self.s.get(Holder, (file_id, peer_id))
+        if row is not None:
+            if announced:
+                row.announced = True
             return False
-        self.s.add(Holder(file_id=file_id, peer_id=peer_id, since=now))
+        self.s.add(Holder(file_id=file_id, peer_id=peer_id, since=now, announced=announced))
         return True
 
     def remove_holder(self, file_id: str, peer_id: str) -> None:
+        """``peer_id`` does not hold ``file_id`` (it said "not here"), announced or not."""
         self.s.execute(delete(Holder).where(Holder.file_id == file_id, Holder.peer_id == peer_id))
 
     def drop_untracked_holders(self) -> int:
