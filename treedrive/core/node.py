@@ -104,6 +104,8 @@ again (a flood must not make the node read its whole peer table per GOSSIP)."""
 BOOTSTRAP_FIRST_WAIT = 2.0
 """Seconds after the start before a node that still knows no peer says its bootstrap hosts have
 not answered (and tries them again, with back-off)."""
+BOOTSTRAP_FIRST_RETRY = 1.0
+"""Seconds before the first retry of unanswered bootstrap hosts (doubling after each)."""
 BOOTSTRAP_MAX_WAIT = 60.0
 """The longest pause between tries of bootstrap hosts while no peer is known."""
 
@@ -378,7 +380,8 @@ class Node:
         )
         if not hosts:
             return
-        backoff = Backoff(first=1.0, cap=min(BOOTSTRAP_MAX_WAIT, self.config.gossip_interval))
+        first = BOOTSTRAP_FIRST_RETRY
+        backoff = Backoff(first, max(first, min(BOOTSTRAP_MAX_WAIT, self.config.gossip_interval)))
         await asyncio.sleep(BOOTSTRAP_FIRST_WAIT)
         while not self._stopping.is_set():
             peers = self.peers()
@@ -401,7 +404,7 @@ class Node:
             else:
                 plural = "s" if len(hosts) > 1 else ""
                 why = f"cannot reach the bootstrap host{plural} {names} (no connection)"
-            self.bootstrap_problem = f"{why}; retrying in {delay:.0f} s"
+            self.bootstrap_problem = f"{why}; retrying in {delay:.{0 if delay >= 1 else 1}f} s"
             if backoff.failures & (backoff.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th… try
                 log.warning("%s (try %d)", self.bootstrap_problem, backoff.failures)
             await asyncio.sleep(delay)
