@@ -25,7 +25,14 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 
-from treedrive.core.errors import FetchFailed, NodeError, NotFound, NotOwner, StorageError
+from treedrive.core.errors import (
+    AmbiguousId,
+    FetchFailed,
+    NodeError,
+    NotFound,
+    NotOwner,
+    StorageError,
+)
 from treedrive.core.events import Event, TransferFinished
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
@@ -125,7 +132,8 @@ class EventHub:
         if isinstance(event, TransferFinished):
             # Bytes moved since the last sample still count in the next one.
             t = event.transfer
-            self._finished[t.direction] += max(0, t.bytes_done - self._last.pop(t.transfer_id, 0))
+            start = self._last.pop(t.transfer_id, t.bytes_at_start)
+            self._finished[t.direction] += max(0, t.bytes_done - start)
         if self.clients:
             self.publish(views.event_json(self.node, event))
 
@@ -136,7 +144,9 @@ class EventHub:
         self._finished = {"in": 0, "out": 0}
         seen = {}
         for tid, t in self.node.active_transfers.items():
-            moved[t.direction] += max(0, t.bytes_done - self._last.get(tid, 0))
+            # A transfer not seen before counts from where this run began: the bytes a resumed
+            # download found on disk did not move now (they made a false spike on the chart).
+            moved[t.direction] += max(0, t.bytes_done - self._last.get(tid, t.bytes_at_start))
             seen[tid] = t.bytes_done
         self._last = seen
         elapsed = max(1e-3, now - self._sampled)
@@ -208,6 +218,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json_error(exc.status, exc.reason)
     except NotFound as exc:
         return _json_error(404, str(exc))
+    except AmbiguousId as exc:
+        return _json_error(409, str(exc))
     except NotOwner as exc:
         return _json_error(403, str(exc))
     except FetchFailed as exc:
@@ -242,11 +254,40 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     return value
 
 
+def _file_id(request: web.Request) -> str:
+    """The full id named by the route's ``{file_id}``: all 64 hex characters or a unique prefix
+    of 8 or more (NotFound: 404, AmbiguousId: 409, each saying what to type)."""
+    return _node(request).resolve_id(request.match_info["file_id"])
+
+
 def _entry(node: Node, file_id: str) -> Any:
     entry = node.file(file_id)
     if entry is None:
-        raise error(404, f"no file {file_id!r} in the catalogue")
+        raise error(404, f"no file {file_id[:12]}… in the catalogue")
     return entry
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise error(400, f"{name} must be 1 or 0")
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with both forms of the name (RFC 6266): ``filename="…"``, an ASCII-only
+    fallback for clients that read only it (``curl -OJ``), and ``filename*=UTF-8''…`` with the
+    real name. The name comes from a stranger: no path, no control characters, no quotes."""
+    name = safe_name(name)
+    fallback = (
+        "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\/%;' else "_" for ch in name).strip()
+        or "file"
+    )
+    if fallback.startswith("."):
+        fallback = "_" + fallback[1:]
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -306,12 +347,15 @@ async def files(request: web.Request) -> web.Response:
 
 async def one_file(request: web.Request) -> web.Response:
     node = _node(request)
-    return web.json_response(views.file_json(_entry(node, request.match_info["file_id"]), node))
+    return web.json_response(views.file_json(_entry(node, _file_id(request)), node))
 
 
 async def upload(request: web.Request) -> web.Response:
-    """Push: the body (raw, with ``?name=``) or a multipart form's ``file`` field."""
+    """Push: the body (raw, with ``?name=``) or a multipart form's ``file`` field. Bytes this
+    node already holds are not pushed again (unless ``?force=1``): the answer is then 200 with
+    the record it has and ``"existing": true`` (201 and ``false`` for a new push)."""
     node = _node(request)
+    force = _flag(request, "force")
     cap = node.config.max_upload
     multipart = request.content_type.startswith("multipart/")
     if not multipart and request.content_length is not None and request.content_length > cap:
@@ -343,12 +387,14 @@ async def upload(request: web.Request) -> web.Response:
                 raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
             if sink.size > cap:
                 raise error(413, f"upload is over the cap ({cap} bytes)")
-        meta = await node.push_blob(sink, safe_name(name))
+        pushed = await node.share(sink, safe_name(name), force=force)
     finally:
         sink.abort()  # a no-op once pushed
-    entry = node.file(meta.file_id)
-    assert entry is not None
-    return web.json_response(views.file_json(entry, node), status=201)
+    entry = node.file(pushed.meta.file_id)
+    if entry is None:  # deleted in the meantime
+        raise error(404, f"{pushed.meta.file_id[:12]}… was deleted meanwhile")
+    body = {**views.file_json(entry, node), "existing": pushed.existing}
+    return web.json_response(body, status=200 if pushed.existing else 201)
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -358,25 +404,24 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 async def fetch(request: web.Request) -> web.Response:
     node = _node(request)
-    entry = await node.get(request.match_info["file_id"])
+    entry = await node.get(_file_id(request))
     return web.json_response(views.file_json(entry, node))
 
 
 async def content(request: web.Request) -> web.StreamResponse:
     node = _node(request)
-    entry = _entry(node, request.match_info["file_id"])
+    entry = _entry(node, _file_id(request))
     if not entry.has_copy or not node.store.blobs.has(entry.meta.file_id):
         raise error(404, "this node holds no copy of that file; fetch it first")
-    name = safe_name(entry.meta.file_name)
     resp = web.FileResponse(node.store.blobs.path(entry.meta.file_id))
     resp.headers["Content-Type"] = "application/octet-stream"
-    resp.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
+    resp.headers["Content-Disposition"] = content_disposition(entry.meta.file_name)
     return resp
 
 
 async def remove(request: web.Request) -> web.Response:
     node = _node(request)
-    file_id = request.match_info["file_id"]
+    file_id = _file_id(request)
     await node.delete(file_id)
     return web.json_response({"deleted": file_id})
 

@@ -2,9 +2,10 @@
 
 ``treedrive push FILE``, ``get FILE_ID [-o PATH]``, ``delete FILE_ID``, ``list [SCOPE]``,
 ``peers``, ``status``. The node is found from its data dir (``node.json`` and ``api-token``) or
-given with ``--node URL`` (and ``--token``). Human tables by default, ``--json`` for scripts.
-Peer ids, hosts, names and owners come from strangers: what is printed for humans has its control
-characters escaped (``--json`` escapes them anyway).
+given with ``--node URL`` (and ``--token``); see :mod:`treedrive.web.client`. A file id may be a
+unique prefix of 8 or more hex characters; tables show 12. Human tables by default, ``--json``
+(full ids) for scripts. Peer ids, hosts, names and owners come from strangers: what is printed
+for humans has its control characters escaped (``--json`` escapes them anyway).
 """
 
 from __future__ import annotations
@@ -13,86 +14,25 @@ import json
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import click
 
-from treedrive.core.config import default_data_root
 from treedrive.core.text import printable
-from treedrive.shell import human_size, table
+from treedrive.shell import table
+from treedrive.web.client import Client, find_node
+from treedrive.web.progress import LiveLine, Meter, eta_of, human_size
 
 CHUNK = 1 << 20
+POLL = 0.3
+SHORT = 12
 
 
-@dataclass
-class Client:
-    url: str
-    token: str | None
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Any:
-        req = urllib.request.Request(  # noqa: S310 (the node's own http:// URL)
-            self.url.rstrip("/") + path, data=body, method=method, headers=headers or {}
-        )
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read())["error"]
-            except (ValueError, KeyError, TypeError):
-                message = f"{exc.code} {exc.reason}"
-            raise click.ClickException(printable(message)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                f"cannot reach the node at {self.url} ({reason}); is it running?"
-            ) from None
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        with self.request(method, path, **kwargs) as resp:
-            return json.loads(resp.read())
-
-
-def find_node(
-    data_dir: Path | None, peer_id: str | None, node: str | None, token: str | None
-) -> Client:
-    if node is not None:
-        if token is None and data_dir is not None:
-            token = _read_token(data_dir)
-        return Client(node, token)
-    base = data_dir or default_data_root() / (peer_id or "default")
-    run_file = base / "node.json"
-    try:
-        info = json.loads(run_file.read_text())
-    except FileNotFoundError:
-        raise click.ClickException(
-            f"no node is running on {base} (start one with 'treedrive run', "
-            "or give --data-dir, --peer-id or --node)"
-        ) from None
-    if not info.get("http"):
-        raise click.ClickException(f"the node on {base} runs without its web API (--http-port)")
-    return Client(str(info["http"]), token or _read_token(base))
-
-
-def _read_token(data_dir: Path) -> str | None:
-    try:
-        return (data_dir / "api-token").read_text().strip() or None
-    except OSError:
-        return None
+def short(file_id: str) -> str:
+    return file_id[:SHORT]
 
 
 def common(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -109,7 +49,7 @@ def common(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="TREEDRIVE_NODE",
         show_envvar=True,
         metavar="URL",
-        help="The node's HTTP address, e.g. http://127.0.0.1:8280/",
+        help="The node's HTTP address, e.g. http://127.0.0.1:8280/ (or 127.0.0.1:8280)",
     )(f)
     f = click.option(
         "--peer-id",
@@ -136,14 +76,16 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _size(f: dict[str, Any]) -> int:
+    return int(f["size_bytes"] if f["size_bytes"] is not None else f["file_size"] * 1024 * 1024)
+
+
 def _files_table(files: list[dict[str, Any]]) -> str:
     rows = [
         [
-            f["file_id"],
+            short(f["file_id"]),
             f["display_name"],
-            human_size(
-                f["size_bytes"] if f["size_bytes"] is not None else f["file_size"] * 1024 * 1024
-            ),
+            human_size(_size(f)),
             f["file_owner"],
             "yes" if f["has_copy"] else "no",
             ",".join(f["holders"]) or "-",
@@ -173,11 +115,15 @@ def status_lines(data: dict[str, Any]) -> str:
     """The human form of ``/api/status`` (escaped: the peer id and host may be anyone's)."""
     c = data["counts"]
     peer, host, http = (printable(data[k]) for k in ("peer_id", "host", "http"))
-    return (
+    lines = (
         f"peer {peer}  p2p {host}:{data['port']}  http {http}\n"
         f"up {data['uptime']:.0f} s  peers {c['peers']}  files {c['files']} "
         f"({c['local']} local, {c['remote']} remote)  transfers {data['transfers']}"
     )
+    problem = data.get("bootstrap_problem")
+    if problem:
+        lines += f"\nwarning: {printable(problem)}"
+    return lines
 
 
 @click.command()
@@ -234,31 +180,28 @@ def list_files(
     click.echo(_files_table(files) if files else "no files")
 
 
-def _chunks(path: Path, bar: Any) -> Iterator[bytes]:
+def _line(label: str, hidden: bool) -> LiveLine:
+    return LiveLine(sys.stderr, label, hidden=hidden or not sys.stderr.isatty())
+
+
+def _chunks(path: Path, line: LiveLine, total: int) -> Iterator[bytes]:
+    meter = Meter()
     with path.open("rb") as f:
         while block := f.read(CHUNK):
-            bar.update(len(block))
+            meter.add(len(block))
+            line.show(meter.done, total, meter.rate, eta_of(meter.done, total, meter.rate))
             yield block
-
-
-def _bar(total: int | None, label: str, hidden: bool) -> Any:
-    return click.progressbar(
-        length=total or 0,
-        label=printable(label),
-        file=sys.stderr,
-        show_eta=True,
-        show_percent=True,
-        hidden=hidden,
-    )
 
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Name to share it under (default: the file's name).")
+@click.option("--force", is_flag=True, help="Push it even if the node already shares it.")
 @common
 def push(
     file: Path,
     name: str | None,
+    force: bool,
     data_dir: Path | None,
     peer_id: str | None,
     node_url: str | None,
@@ -268,18 +211,47 @@ def push(
     """Push FILE into the network through the running node."""
     client = _client(data_dir, peer_id, node_url, token)
     size = file.stat().st_size
-    query = urlencode({"name": name or file.name})
-    with _bar(size, f"push {file.name}", as_json or not sys.stderr.isatty()) as bar:
+    shared_as = name or file.name
+    query = urlencode({"name": shared_as, **({"force": "1"} if force else {})})
+    line = _line(f"push {file.name}", as_json)
+    try:
         data = client.json(
             "POST",
             f"/api/files?{query}",
-            body=_chunks(file, bar),
+            body=_chunks(file, line, size),
             timeout=None,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
+    finally:
+        line.clear()
     if as_json:
         return _emit(data)
-    click.echo(printable(f"pushed {data['display_name']} as {data['file_id']}"))
+    if data.get("existing"):
+        named = "" if data["display_name"] == shared_as else f" (named {data['display_name']})"
+        click.echo(
+            printable(
+                f"{shared_as} is already shared as {short(data['file_id'])}{named} "
+                "(use --force to push it anew)"
+            )
+        )
+    else:
+        click.echo(printable(f"pushed {data['display_name']} as {short(data['file_id'])}"))
+
+
+def _target(output: Path | None) -> Path | None:
+    """Check ``-o`` before anything moves: a folder to save into, or a file in a folder that
+    exists (one line saying what to do otherwise)."""
+    if output is None or output.is_dir():
+        return output
+    folder = output.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise click.ClickException(
+            printable(
+                f"cannot save to {output}: the folder {folder} {what}; create it or choose another"
+            )
+        )
+    return output
 
 
 @click.command()
@@ -300,55 +272,85 @@ def get(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Fetch FILE_ID from the network into the node (and save it with -o)."""
+    """Fetch FILE_ID (or a unique prefix of it) into the node (and save it with -o)."""
+    output = _target(output)
     client = _client(data_dir, peer_id, node_url, token)
-    hidden = as_json or not sys.stderr.isatty()
+    # The record first: it resolves a prefix, and a file already here needs no fetch (no line).
+    record = client.json("GET", f"/api/files/{quote(file_id.strip(), safe='')}")
+    full = record["file_id"]
+    already = bool(record["has_copy"])
+    result = record if already else _fetch(client, full, record, as_json)
+    if output is not None:
+        target = output / result["display_name"] if output.is_dir() else output
+        _download(client, full, target, as_json)
+        result["saved_to"] = str(target)
+    if as_json:
+        return _emit({**result, "already_here": already})
+    size = human_size(_size(result))
+    saved = f", saved to {result['saved_to']}" if "saved_to" in result else ""
+    name = result["display_name"]
+    text = f"{name} is already here ({size}){saved}" if already else f"got {name} ({size}){saved}"
+    click.echo(printable(text))
+
+
+def _fetch(client: Client, file_id: str, record: dict[str, Any], hidden: bool) -> Any:
+    """POST the fetch in a thread; meanwhile draw the node's progress of it (from
+    ``/api/transfers``: rate and ETA of this run, a resume's bytes on disk not counted)."""
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
 
     def fetch() -> None:
         try:
-            result.update(client.json("POST", f"/api/files/{quote(file_id)}/fetch", timeout=None))
+            result.update(client.json("POST", f"/api/files/{file_id}/fetch", timeout=None))
         except BaseException as exc:
             failure.append(exc)
 
     worker = threading.Thread(target=fetch, daemon=True)
     worker.start()
-    with _bar(None, f"get {file_id[:12]}", hidden) as bar:
+    line = _line(f"get {record['display_name']}", hidden)
+    try:
         while worker.is_alive():
-            worker.join(0.3)
-            for t in client.json("GET", "/api/transfers")["active"]:
-                if t["file_id"] == file_id:
-                    bar.length = t["bytes_total"] or bar.length
-                    bar.update(t["bytes_done"] - bar.pos)
+            worker.join(POLL)
+            if not worker.is_alive() or line.hidden:
+                continue
+            mine = [
+                t
+                for t in client.json("GET", "/api/transfers")["active"]
+                if t["file_id"] == file_id and t["direction"] == "in"
+            ]
+            done = sum(t["bytes_done"] for t in mine)
+            if done <= 0:
+                continue  # nothing has arrived yet: no line (an error may come first)
+            total = max((t["bytes_total"] or 0 for t in mine), default=0) or None
+            rate = sum(t["rate"] or 0 for t in mine)
+            line.show(done, total, rate, eta_of(done, total, rate))
+    finally:
+        line.clear()
     if failure:
         raise failure[0]
-    if output is not None:
-        target = output / result["display_name"] if output.is_dir() else output
-        _download(client, file_id, target, hidden)
-        result["saved_to"] = str(target)
-    if as_json:
-        return _emit(result)
-    click.echo(
-        printable(
-            f"got {result['display_name']} ({human_size(result['size_bytes'])})"
-            + (f", saved to {result['saved_to']}" if "saved_to" in result else "")
-        )
-    )
+    return result
 
 
 def _download(client: Client, file_id: str, target: Path, hidden: bool) -> None:
     """Stream the bytes to a temp file beside ``target`` and rename it: never a partial file."""
     tmp = target.with_name(f".{target.name}.part")
-    with client.request("GET", f"/api/files/{quote(file_id)}/content", timeout=None) as resp:
-        total = int(resp.headers.get("Content-Length") or 0)
+    line = _line(f"save {target.name}", hidden)
+    with client.request("GET", f"/api/files/{file_id}/content", timeout=None) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        meter = Meter()
         try:
-            with tmp.open("wb") as f, _bar(total, f"save {target.name}", hidden) as bar:
+            with tmp.open("wb") as f:
                 while block := resp.read(CHUNK):
                     f.write(block)
-                    bar.update(len(block))
+                    meter.add(len(block))
+                    line.show(meter.done, total, meter.rate, eta_of(meter.done, total, meter.rate))
             tmp.replace(target)
+        except OSError as exc:
+            raise click.ClickException(
+                printable(f"cannot save to {target}: {exc.strerror or exc}")
+            ) from None
         finally:
+            line.clear()
             tmp.unlink(missing_ok=True)
 
 
@@ -363,13 +365,13 @@ def delete(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Delete FILE_ID (one the node owns) everywhere."""
+    """Delete FILE_ID (or a unique prefix of it; one the node owns) everywhere."""
     data = _client(data_dir, peer_id, node_url, token).json(
-        "DELETE", f"/api/files/{quote(file_id)}"
+        "DELETE", f"/api/files/{quote(file_id.strip(), safe='')}"
     )
     if as_json:
         return _emit(data)
-    click.echo(printable(f"deleted {file_id}"))
+    click.echo(printable(f"deleted {short(data['deleted'])}"))
 
 
 COMMANDS: list[click.Command] = [status, peers, list_files, push, get, delete]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from treedrive.core.events import (
     TransferFinished,
     TransferProgress,
 )
-from treedrive.core.model import CatalogEntry, PeerInfo, TransferState
+from treedrive.core.model import CatalogEntry, PeerInfo, Timestamp, TransferState
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
 
@@ -62,10 +63,31 @@ def transfer_json(t: TransferState, committed: bool = False) -> dict[str, Any]:
         "percent": 100.0
         if committed
         else (None if not total else min(99.9, 100.0 * t.bytes_done / total)),
-        "rate": t.rate,
+        "bytes_at_start": t.bytes_at_start,
+        "rate": t.rate,  # bytes per second in this run: a resume's bytes on disk do not count
         "eta": t.eta,
         "started_at": t.started_at,
     }
+
+
+def number(value: Timestamp) -> Timestamp:
+    """A size or timestamp as a JSON number, as the seed serves them. Peers send timestamps as
+    numbers, now and then as a numeric string (``"1700000000"``): that becomes the number. A
+    string that is no number is kept as it came (nothing honest to turn it into)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        parsed = float(text)
+    except ValueError:
+        return value
+    return parsed if math.isfinite(parsed) else value
 
 
 def stats_json(node: Node) -> dict[str, Any]:
@@ -76,17 +98,22 @@ def stats_json(node: Node) -> dict[str, Any]:
     return {
         "peerId": node.peer_id,
         "peers": [
-            {"peerId": p.peer_id, "host": p.host, "port": p.port, "last_seen": p.last_seen}
+            {
+                "peerId": p.peer_id,
+                "host": p.host,
+                "port": p.port,
+                "last_seen": number(p.last_seen),
+            }
             for p in peers
         ],
         "files": [
             {
                 "file_name": e.meta.file_name,
-                "file_size": e.meta.file_size,
+                "file_size": number(e.meta.file_size),
                 "file_id": e.meta.file_id,
                 "file_owner": e.meta.file_owner,
-                "file_timestamp": e.meta.file_timestamp,
-                "has_copy": "yes" if e.has_copy else "no",
+                "file_timestamp": number(e.meta.file_timestamp),
+                "has_copy": e.has_copy,  # a JSON boolean, as the seed serves it
                 "peers_with_file": ([node.peer_id] if e.has_copy else []) + list(e.holders),
             }
             for e in files
@@ -112,6 +139,7 @@ def status_json(node: Node) -> dict[str, Any]:
         "features": sorted(node.features),
         "counts": counts,
         "transfers": len(node.active_transfers),
+        "bootstrap_problem": node.bootstrap_problem,
     }
 
 

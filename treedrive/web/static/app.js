@@ -74,6 +74,10 @@ function renderStatus() {
     "Read-only view: open the dashboard address that `treedrive run` printed (it carries the node's token) to push, fetch or delete files.";
   $("#push-label").classList.toggle("disabled", !state.authorized);
   $("#push-input").disabled = !state.authorized;
+  // Why the node has not joined (an unreachable bootstrap host, say): shown while it lasts.
+  const problem = $("#problem");
+  problem.hidden = !s.bootstrap_problem;
+  problem.textContent = s.bootstrap_problem ? `⚠ Not joined: ${s.bootstrap_problem}` : "";
 }
 
 function renderPeers() {
@@ -91,20 +95,39 @@ function renderPeers() {
   $("#n-peers").textContent = peers.length;
 }
 
+function arriving(fileId) {
+  for (const t of state.transfers.values()) if (t.file_id === fileId && t.direction === "in") return true;
+  return false;
+}
+
+function copyId(f) {
+  const done = () => toast(`copied ${f.file_id}`);
+  if (navigator.clipboard) navigator.clipboard.writeText(f.file_id).then(done, () => toast(f.file_id));
+  else toast(f.file_id);
+}
+
 function fileRow(f) {
   const actions = el("td", {});
-  if (!f.has_copy) actions.append(el("button", { class: "act", "data-act": "fetch", disabled: !state.authorized || !f.holders.length, onclick: () => fetchFile(f) }, "Fetch"));
+  // A file whose bytes are arriving (a fetch, or a push from a peer) is not offered for a fetch.
+  if (!f.has_copy && arriving(f.file_id)) actions.append(el("span", { class: "muted arriving", "data-act": "arriving" }, "arriving…"));
+  else if (!f.has_copy) actions.append(el("button", { class: "act", "data-act": "fetch", disabled: !state.authorized || !f.holders.length, onclick: () => fetchFile(f) }, "Fetch"));
   if (f.has_copy) actions.append(el("a", { class: "button", "data-act": "download", href: `/api/files/${f.file_id}/content`, download: f.display_name }, "Download"));
   if (f.mine) actions.append(" ", el("button", { class: "act danger", "data-act": "delete", disabled: !state.authorized, onclick: () => deleteFile(f) }, "Delete"));
   return el("tr", { "data-file": f.file_id },
     el("td", { class: "name", title: f.file_name }, f.display_name),
-    el("td", { class: "id", title: f.file_id }, f.file_id.slice(0, 12) + "…"),
+    el("td", { class: "id", title: `${f.file_id} (click to copy)`, onclick: () => copyId(f) }, f.file_id.slice(0, 12)),
     el("td", {}, f.file_owner),
     el("td", {}, fileSize(f)),
     el("td", {}, when(f.file_timestamp)),
     el("td", {}, f.has_copy ? "yes" : "no"),
     el("td", { title: f.holders.join(", ") }, f.holders.length ? f.holders.join(", ") : "–"),
     actions);
+}
+
+function refreshRow(fileId) {
+  const f = state.files.find((x) => x.file_id === fileId);
+  const row = f && document.querySelector(`tr[data-file="${fileId}"]`);
+  if (row) row.replaceWith(fileRow(f));
 }
 
 function renderFiles() {
@@ -184,6 +207,7 @@ async function loadTransfers() {
   const uploads = [...state.transfers.values()].filter((t) => t.transfer_id < 0);
   state.transfers = new Map([...data.active, ...uploads].map((t) => [t.transfer_id, t]));
   renderTransfers();
+  if (state.files.length) renderFiles(); // "arriving…" follows the transfers
 }
 async function loadThroughput() {
   state.samples = (await api("GET", "/api/throughput")).samples;
@@ -233,9 +257,11 @@ function onEvent(ev) {
       loadAll().catch((e) => toast(`reload failed: ${e.message}`, true));
       break;
     case "PeerSeen":
-      state.peers.set(ev.peer.peer_id, ev.peer); renderPeers(); break;
+      state.peers.set(ev.peer.peer_id, ev.peer); renderPeers();
+      if (ev.new) soon("status"); // a first peer ends a bootstrap problem
+      break;
     case "PeerExpired":
-      state.peers.delete(ev.peer_id); renderPeers(); break;
+      state.peers.delete(ev.peer_id); renderPeers(); soon("status"); break;
     case "FileAdvertised":
       // A new record or holder: the page's rows (and totals) change; coalesced.
       soon("files"); soon("status");
@@ -253,10 +279,15 @@ function onEvent(ev) {
       soon("status");
       break;
     }
-    case "TransferProgress":
-      state.transfers.set(ev.transfer.transfer_id, ev.transfer); renderTransfers(); break;
+    case "TransferProgress": {
+      const known = state.transfers.has(ev.transfer.transfer_id);
+      state.transfers.set(ev.transfer.transfer_id, ev.transfer); renderTransfers();
+      if (!known) refreshRow(ev.transfer.file_id); // its Fetch button gives way to "arriving…"
+      break;
+    }
     case "TransferFinished":
       state.transfers.delete(ev.transfer.transfer_id); renderTransfers();
+      refreshRow(ev.transfer.file_id);
       if (!ev.ok) toast(`transfer of ${ev.transfer.file_name} from ${ev.transfer.peer_id} failed: ${ev.error}`, true);
       break;
     case "FileRefused":
@@ -310,7 +341,9 @@ function pushFiles(list) {
     };
     xhr.onloadend = () => {
       state.transfers.delete(id); renderTransfers();
+      let body = null; try { body = JSON.parse(xhr.responseText); } catch {}
       if (xhr.status === 201) toast(`pushed ${file.name}`);
+      else if (xhr.status === 200 && body && body.existing) toast(`${file.name} is already shared as ${body.file_id.slice(0, 12)} (not pushed again)`);
       else { let m = xhr.statusText; try { m = JSON.parse(xhr.responseText).error; } catch {} toast(`push of ${file.name} failed: ${m || "connection lost"}`, true); }
     };
     xhr.open("POST", `/api/files?name=${encodeURIComponent(file.name)}`);
@@ -328,6 +361,8 @@ function wire() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => { state.scope = b.dataset.scope; state.offset = 0; loadFiles(); });
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadFiles(); });
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadFiles(); });
+  // The status (counts, a bootstrap problem) is read again every few seconds besides the events.
+  setInterval(() => { if (state.connected) loadStatus().catch((e) => console.warn(e)); }, 5000);
   setInterval(() => {
     for (const td of document.querySelectorAll("td.seen")) td.textContent = ago(Number(td.dataset.t));
     if (state.status && state.connected) $("#uptime").textContent = `up ${duration(Date.now() / 1000 - state.status.started_at)}`;
