@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from treedrive.core import fileid
+from treedrive.core.activity import file_label
 from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
 from treedrive.core.frontier import Frontier
@@ -105,6 +106,8 @@ class RangedDownload:
         self.node = node
         self.entry = entry
         self.file_id = entry.meta.file_id
+        self.label = file_label(entry.meta)
+        """The file as log lines and errors name it (its name and short id)."""
         self.holders = {p.peer_id: p for p in holders}
         cfg = node.config
         self.chunk_size = cfg.chunk_size or chunk_size_for(size_hint(entry))
@@ -207,7 +210,7 @@ class RangedDownload:
             self._report()
             await self._fetch_and_verify()
         except StorageError as exc:
-            log.error("download of %s stopped: %s", self.file_id[:12], exc)
+            log.error("download of %s stopped: %s", self.label, exc)
             self._finish_failed(exc)
             await self._keep_resumable()
             raise StorageError(
@@ -264,14 +267,14 @@ class RangedDownload:
             partial = {0: kept} if kept else {}
             self._record(DownloadState(self.file_id, 0, self.chunk_size, frozenset(), partial))
         except Exception as exc:
-            log.warning("could not record the download of %s: %s", self.file_id[:12], exc)
+            log.warning("could not record the download of %s: %s", self.label, exc)
 
     def _finish_failed(self, exc: BaseException) -> None:
         if self.handle is not None:
             try:
                 self.handle.finish(False, str(exc) or type(exc).__name__)
             except Exception:  # a full disk may refuse this record too: keep the first error
-                log.exception("recording the failed download of %s failed", self.file_id[:12])
+                log.exception("recording the failed download of %s failed", self.label)
 
     def _free(self) -> int:
         return shutil.disk_usage(self.path.parent).free
@@ -297,7 +300,7 @@ class RangedDownload:
         if self.frontier.on_disk():
             log.info(
                 "resuming %s: %d of %d bytes already here",
-                self.file_id[:12],
+                self.label,
                 self.frontier.on_disk(),
                 self.size,
             )
@@ -338,7 +341,7 @@ class RangedDownload:
             log.warning(
                 "%s: its record says %r (a claim); %d of its holders say %d bytes: taken, "
                 "without resumable state",
-                self.file_id[:12],
+                self.label,
                 self.entry.meta.file_size,
                 sum(1 for s in self.told_sizes.values() if s == size),
                 size,
@@ -352,7 +355,7 @@ class RangedDownload:
             else:  # the bytes on disk are another size's: chunk 0 is fetched again
                 await self._sized(size, 0, None, None, 0)
             return
-        raise FetchFailed(f"could not start {self.file_id[:12]}… ({last})")
+        raise FetchFailed(f"could not start {self.label} ({last})")
 
     async def _sized(
         self, size: int, start: int, peer_id: str | None, answer: RangeAnswer | None, got: int
@@ -493,15 +496,13 @@ class RangedDownload:
             self._refused = True
             self.excluded.add(peer_id)
             self.told_sizes[peer_id] = exc.size
-            log.info(
-                "holder %s of %s %s; not used for this download", peer_id, self.file_id[:12], exc
-            )
+            log.info("holder %s of %s %s; not used for this download", peer_id, self.label, exc)
             return
         if isinstance(exc, LyingHolder):
             # Not this node's disk, not a passing failure: the holder is not used again here.
             self._refused = True
             self.excluded.add(peer_id)
-            log.warning("holder %s of %s %s; avoiding it", peer_id, self.file_id[:12], exc)
+            log.warning("holder %s of %s %s; avoiding it", peer_id, self.label, exc)
             self.node.distrust(peer_id)
             self.node.publish([FileRefused(self.file_id, peer_id, str(exc))])
             return
@@ -519,7 +520,7 @@ class RangedDownload:
         """Holders come and go while we wait: take the catalogue's current view."""
         entry = self.node.file(self.file_id)
         if entry is None:
-            raise FetchFailed(f"{self.file_id[:12]}… was deleted meanwhile")
+            raise FetchFailed(f"{self.label} was deleted meanwhile")
         for peer in self.node.peers():
             if (
                 peer.peer_id in entry.holders
@@ -565,7 +566,7 @@ class RangedDownload:
                     stalled_since = stalled_since or now
                     if now - stalled_since > self.node.config.stall_timeout:
                         raise FetchFailed(
-                            f"no holder of {self.file_id[:12]}… answered for "
+                            f"no holder of {self.label} answered for "
                             f"{self.node.config.stall_timeout:.0f} s; it can resume later"
                         )
                     await asyncio.sleep(0.2)
@@ -638,7 +639,7 @@ class RangedDownload:
             log.info(
                 "chunk %d of %s: %s sends %.0f KB/s; %s takes over the last %d bytes",
                 chunk,
-                self.file_id[:12],
+                self.label,
                 peer_id,
                 rate / 1000,
                 helper.peer_id,
@@ -709,7 +710,7 @@ class RangedDownload:
         digest = await self._hashing
         log.debug(
             "%s: the bytes took %.3f s; syncing and hashing the rest %.3f s more",
-            self.file_id[:12],
+            self.label,
             arrived - started,
             time.monotonic() - arrived,
         )
@@ -768,7 +769,7 @@ class RangedDownload:
                 continue
             log.warning(
                 "%s did not verify; fetching %d chunks that %s sent from other holders",
-                self.file_id[:12],
+                self.label,
                 len(chunks),
                 suspect,
             )
@@ -781,11 +782,11 @@ class RangedDownload:
                 self._blame(suspect, len(chunks))
                 return digest
         await self._discard()
-        raise FetchFailed(f"{self.file_id[:12]}… did not verify from any set of its holders")
+        raise FetchFailed(f"{self.label} did not verify from any set of its holders")
 
     def _blame(self, peer_id: str, chunks: int) -> None:
         reason = f"sent {chunks} chunks that do not match the file id"
-        log.warning("holder %s of %s %s; avoiding it", peer_id, self.file_id[:12], reason)
+        log.warning("holder %s of %s %s; avoiding it", peer_id, self.label, reason)
         self.node.distrust(peer_id)
         self.node.publish([FileRefused(self.file_id, peer_id, reason)])
 
@@ -808,7 +809,7 @@ class RangedDownload:
                 self._failed(peer_id, LyingHolder(f"said the file has {told} bytes; it has {size}"))
         log.info(
             "got %s (%d bytes; %d over the network in this run) from %s",
-            self.file_id[:12],
+            self.label,
             size,
             self.fetched_bytes,
             ", ".join(sorted(self._peers())) or "this node's partial file",

@@ -1041,8 +1041,8 @@ class Node:
                 return stored
             errors.append(f"{peer.peer_id}: {why}")
         if not holders:
-            raise FetchFailed(f"no tracked peer holds {file_id[:12]}…")
-        raise FetchFailed(f"could not fetch {file_id[:12]}… ({'; '.join(errors)})")
+            raise FetchFailed(f"no tracked peer holds {file_label(entry.meta)}")
+        raise FetchFailed(f"could not fetch {file_label(entry.meta)}: {'; '.join(errors)}")
 
     async def _fetch_from(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
         meta = entry.meta
@@ -1063,7 +1063,7 @@ class Node:
         except TransferError as exc:
             why = str(exc)
         except StorageError as exc:
-            log.error("fetching %s stopped: %s", meta.file_id[:12], exc)
+            log.error("fetching %s stopped: %s", file_label(meta), exc)
             with contextlib.suppress(Exception):  # the disk may refuse this record too
                 transfer.finish(False, str(exc))
             raise
@@ -1093,7 +1093,9 @@ class Node:
                 self.distrust(peer.peer_id)  # verified under neither its timestamp nor ours
         finally:
             writer.abort()  # a no-op once committed
-        log.warning("fetching %s from %s failed: %s", meta.file_id[:12], peer.peer_id, why)
+        log.warning(
+            "fetching %s from %s failed: %s", file_label(meta), peer_label(peer.peer_id), why
+        )
         transfer.finish(False, why)
         return False, why
 
@@ -1159,7 +1161,7 @@ class Node:
                 raise NotFound(f"no file {file_id!r} in the catalogue")
             if entry.meta.file_owner != self.peer_id:
                 raise NotOwner(
-                    f"{file_id[:12]}… belongs to {entry.meta.file_owner!r}; "
+                    f"{file_label(entry.meta)} belongs to {entry.meta.file_owner!r}; "
                     "only its owner can delete it"
                 )
             self._forget(uow, entry)
