@@ -183,11 +183,11 @@ def log_time(line: str) -> float | None:
 
 def got_line(node: Node, file_id: str) -> tuple[int | None, str]:
     """(bytes over the network in the last run, sources) from the node's last 'got' line."""
-    lines = log_lines(node.log_path, f"got {file_id[:12]}")
+    lines = log_lines(node.log_path, "fetched ", f"{file_id[:12]})")
     if not lines:
         return None, "?"
-    m = re.search(r"; (\d+) over the network in this run\) from (.*)$", lines[-1])
-    return (int(m.group(1)), m.group(2)) if m else (None, lines[-1][-60:])
+    m = re.search(r" from (.*) in [\d.]+ s \(\d+ bytes; (\d+) over the network", lines[-1])
+    return (int(m.group(2)), m.group(1)) if m else (None, lines[-1][-60:])
 
 
 class Fetcher(threading.Thread):
@@ -322,7 +322,7 @@ class Bench:
         m = re.search(r": (\d+) of (\d+) bytes already here", resumed[-1]) if resumed else None
         kept = int(m.group(1)) if m else None
         t_resuming = log_time(resumed[-1]) if resumed else None
-        got = log_lines(r.log_path, f"got {file_id[:12]}")
+        got = log_lines(r.log_path, "fetched ", f"{file_id[:12]})")
         t_got = log_time(got[-1]) if got else None
         net_after, sources = got_line(r, file_id)
         settled(h1, file_id)  # every upload recorded whole

@@ -815,14 +815,14 @@ class Bench:
         self.profilers.stop()
         verified = sha256_of(receiver.blob(file_id)) == want
         # What moved the bytes, from the receiver's log.
-        got = log_lines(receiver.log_path, f"got {file_id[:12]}")
+        got = log_lines(receiver.log_path, "fetched ", f"{file_id[:12]})")
         used = "?"
         if got:
-            m = re.search(r"over the network in this run\) from (.*)$", got[-1])
+            m = re.search(r" from (.*) in [\d.]+ s \(\d+ bytes; \d+ over the network", got[-1])
             if m:
                 used = "raw from " + m.group(1)
             else:
-                m = re.search(r"got \w+ from (\S+)", got[-1])
+                m = re.search(r"fetched .* from (\S+) in ", got[-1])
                 used = "hex from " + m.group(1) if m else got[-1][-40:]
         ceilings, synced = [], []
         if self.args.warm:

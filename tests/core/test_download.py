@@ -517,8 +517,8 @@ async def test_progress_counts_only_bytes_that_arrived(start_node: Starter, tmp_
 
 
 # -- resuming ------------------------------------------------------------------------------------
-GOT = re.compile(r"got (\w+) \((\d+) bytes; (\d+) over the network in this run\)")
-RESUMING = re.compile(r"resuming (\w+): (\d+) of (\d+) bytes already here")
+GOT = re.compile(r"fetched .*\((\w+)\) from .*\((\d+) bytes; (\d+) over the network in this run\)")
+RESUMING = re.compile(r"resuming .*\((\w+)\): (\d+) of (\d+) bytes already here")
 
 
 def downloads_rows(db: Path) -> list[tuple[str, int, int, bytes]]:

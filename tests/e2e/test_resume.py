@@ -106,9 +106,13 @@ def log_of(data_dir: Path) -> str:
 
 
 def got_lines(data_dir: Path, file_id: str) -> list[str]:
-    """The receiver's 'got …' lines for ``file_id``: logged once the file is committed (blob
-    in place, store updated)."""
-    return [line for line in log_of(data_dir).splitlines() if f"got {file_id[:12]}" in line]
+    """The receiver's 'fetched …' lines for ``file_id``: logged once the file is committed
+    (blob in place, store updated)."""
+    return [
+        line
+        for line in log_of(data_dir).splitlines()
+        if "fetched " in line and f"{file_id[:12]})" in line
+    ]
 
 
 def test_receiver_killed_halfway_resumes(

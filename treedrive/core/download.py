@@ -808,9 +808,10 @@ class RangedDownload:
             if told != size:  # the size is a verified fact now: that holder lied
                 self._failed(peer_id, LyingHolder(f"said the file has {told} bytes; it has {size}"))
         log.info(
-            "got %s (%d bytes; %d over the network in this run) from %s",
+            "fetched %s from %s in %.1f s (%d bytes; %d over the network in this run)",
             self.label,
+            ", ".join(sorted(self._peers())) or "this node's partial file",
+            time.monotonic() - self.handle.state.started_mono,
             size,
             self.fetched_bytes,
-            ", ".join(sorted(self._peers())) or "this node's partial file",
         )

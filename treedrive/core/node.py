@@ -1004,7 +1004,6 @@ class Node:
         if entry.has_copy:
             return entry
         holders = [tracked[h] for h in entry.holders if h in tracked]
-        started = time.monotonic()
         if holders:
             self.activity.fetching(entry.meta, entry.size_bytes, [h.peer_id for h in holders])
         trusted = [p for p in holders if not self.distrusted(p.peer_id)] or holders
@@ -1024,12 +1023,7 @@ class Node:
                 errors.append(str(exc))
                 extension = []  # they may still answer a classic GET_FILE
             else:
-                size = self.store.blobs.size(file_id)
-                self._stored(download.verified_meta, size, "get")
-                sources = ", ".join(peer_label(p.peer_id) for p in extension[:4])
-                self.activity.fetched(
-                    download.verified_meta, size, sources, time.monotonic() - started
-                )
+                self._stored(download.verified_meta, self.store.blobs.size(file_id), "get")
                 stored = self.file(file_id)
                 assert stored is not None
                 return stored
