@@ -309,3 +309,36 @@ def test_run_passes_its_settings_to_the_node(
     result = invoke("run", "--data-dir", str(data), "--no-shell")
     assert result.exit_code == 0, result.output
     assert seen[1].max_peers == 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fallback"),
+    [
+        ([], {}, True),  # the default port: another may be taken instead
+        (["--http-port", "8280"], {}, False),  # chosen, even if it is the default's number
+        ([], {"TREEDRIVE_HTTP_PORT": "9000"}, False),
+        (["zed", "127.0.0.1", "8270"], {}, True),  # the seed's form without an HTTP port
+        (["zed", "127.0.0.1", "8270", "9000"], {}, False),
+    ],
+)
+def test_only_a_default_http_port_may_fall_back(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    fallback: bool,
+) -> None:
+    import treedrive.cli as cli_module
+    from treedrive.core.config import NodeConfig
+
+    seen: list[NodeConfig] = []
+
+    async def fake_run(config: NodeConfig, with_shell: bool) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(cli_module, "_run", fake_run)
+    monkeypatch.setattr(cli_module, "setup_logging", lambda *args: None)
+    result = invoke("run", *args, "--data-dir", str(tmp_path), "--no-shell", env=env)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.http_port_fallback is fallback

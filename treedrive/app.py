@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from treedrive.core.config import NodeConfig
@@ -132,45 +134,130 @@ def write_run_file(node: Node) -> Path:
     return path
 
 
+class StartFailed(RuntimeError):
+    """A part of the node could not listen: ``what`` ("P2P" or "dashboard") on ``host:port``,
+    and why (``errno``). One line for the user, never a traceback."""
+
+    def __init__(self, what: str, host: str, port: int, exc: OSError) -> None:
+        self.what, self.host, self.port, self.errno = what, host, port, exc.errno
+        super().__init__(f"the {what} port {host}:{port} {_why(exc)}")
+
+    @property
+    def in_use(self) -> bool:
+        return self.errno == errno.EADDRINUSE
+
+
+LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
+"""What only a listening socket fails with (a disk never does)."""
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "is in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "cannot be used: no such address on this machine"
+    if exc.errno == errno.EACCES:
+        return "needs privileges (ports below 1024)"
+    return f"cannot be used: {exc.strerror or exc}"
+
+
 @contextlib.asynccontextmanager
-async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
+async def running_node(
+    config: NodeConfig, *, on_locked: Callable[[], object] | None = None
+) -> AsyncIterator[Node]:
     """Start a node for the length of the block; stop it cleanly after.
 
-    Before anything listens: the data dir is made private to its owner, the open files soft
-    limit is raised to the hard limit, and accept errors for want of file descriptors are
-    logged at most once a second instead of a traceback each."""
-    make_private(config.data_dir)
-    raise_open_files_limit()
-    filter_accept_errors(asyncio.get_running_loop())  # once per loop (nodes in tests)
-    async with _locked_node(config) as node:
-        yield node
+    The data dir is locked first (a second node on it is refused before it writes anything
+    there); ``on_locked`` then runs (the CLI starts its log file there). Before anything
+    listens: the data dir is made private to its owner, the open files soft limit is raised to
+    the hard limit, and accept errors for want of file descriptors are logged at most once a
+    second instead of a traceback each. A port that cannot be listened on raises
+    :class:`StartFailed`."""
+    config.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = lock_data_dir(config.data_dir)
+    try:
+        if on_locked is not None:
+            on_locked()
+        make_private(config.data_dir)
+        raise_open_files_limit()
+        filter_accept_errors(asyncio.get_running_loop())  # once per loop (nodes in tests)
+        async with _started_node(config) as node:
+            yield node
+    finally:
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager
-async def _locked_node(config: NodeConfig) -> AsyncIterator[Node]:
-    fd = lock_data_dir(config.data_dir)
+async def _started_node(config: NodeConfig) -> AsyncIterator[Node]:
+    plugins = Plugins(make_plugin_manager())
+    _probe_ports(config, plugins)
+    node = build_node(config, plugins)
     try:
-        node = build_node(config)
         await node.start()
-        if (
-            config.http_port is not None
-            and node.http_url is None
-            and node.plugins.pm.has_plugin("web")
-        ):
-            await node.stop()
-            node.store.close()
-            raise OSError(
-                f"the dashboard could not listen on port {config.http_port} (see the log)"
-            )
-        run_file = write_run_file(node)
-        try:
-            yield node
-        finally:
-            run_file.unlink(missing_ok=True)
-            await node.stop()
-            node.store.close()
+        _check_dashboard(node)
+    except OSError as exc:
+        if exc.errno not in LISTEN_ERRORS:
+            await _abandon(node, started=True)
+            raise
+        await _abandon(node, started=False)  # the transport did not listen: nothing started
+        raise StartFailed("P2P", config.host, config.port, exc) from None
+    except BaseException:
+        await _abandon(node, started=True)
+        raise
+    run_file = write_run_file(node)
+    try:
+        yield node
     finally:
-        os.close(fd)
+        run_file.unlink(missing_ok=True)
+        await node.stop()
+        node.store.close()
+        log.info("node %s stopped", node.peer_id)
+
+
+async def _abandon(node: Node, started: bool) -> None:
+    """Undo a start that failed half-way."""
+    with contextlib.suppress(Exception):
+        await (node.stop() if started else node.network.close())
+    node.store.close()
+
+
+def _probe_ports(config: NodeConfig, plugins: Plugins) -> None:
+    """A port that is taken fails the start before anything is opened or written (a node would
+    find out only once its store is ready, or for the dashboard, once the P2P listener is up):
+    the P2P port, and the dashboard's if the user chose it (a default one falls back)."""
+    _probe("P2P", config.host, config.port)
+    if config.http_port and not config.http_port_fallback and plugins.pm.has_plugin("web"):
+        _probe("dashboard", config.http_host, config.http_port)
+
+
+def _probe(what: str, host: str, port: int) -> None:
+    if not port:
+        return  # any free port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # the listener says what is wrong with the host
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno in LISTEN_ERRORS:
+                    raise StartFailed(what, host, port, exc) from None
+
+
+def _check_dashboard(node: Node) -> None:
+    """The web plugin did not listen where it had to: why, as :class:`StartFailed`."""
+    config = node.config
+    if config.http_port is None or node.http_url is not None:
+        return
+    if not node.plugins.pm.has_plugin("web"):
+        return  # disabled (TREEDRIVE_DISABLE_PLUGINS): no dashboard was asked of anyone
+    from treedrive.web.plugin import startup_error
+
+    exc = startup_error(node) or OSError(f"the dashboard did not start on {config.http_port}")
+    raise StartFailed("dashboard", config.http_host, config.http_port, exc)
 
 
 async def serve_until_stopped(node: Node, stop: asyncio.Event) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from treedrive.core.config import (
     DEFAULT_HTTP_PORT,
@@ -22,8 +24,7 @@ from treedrive.core.config import (
     default_data_root,
 )
 from treedrive.core.plugins import Plugins, make_plugin_manager
-from treedrive.core.text import printable, printable_lines
-from treedrive.shell import ExitShell, Shell
+from treedrive.core.text import printable_lines
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node
@@ -51,20 +52,39 @@ class PrintableFormatter(logging.Formatter):
         return printable_lines(super().format(record))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class NotOnTerminal(logging.Filter):
+    """Keeps off the terminal the log records marked ``extra={"terminal": False}``: what the
+    CLI says there in its own words (the dashboard's address, with its token; a failed start)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "terminal", True) is not False
+
+
 def setup_logging(level: str, data_dir: Path | None = None) -> None:
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    """Log lines to stderr; and to ``<data_dir>/node.log`` if given (:func:`log_to_file`)."""
     root = logging.getLogger()
     root.setLevel(level)
     stderr = logging.StreamHandler()
-    stderr.setFormatter(PrintableFormatter(fmt, "%H:%M:%S"))
+    stderr.setFormatter(PrintableFormatter(LOG_FORMAT, "%H:%M:%S"))
+    stderr.addFilter(NotOnTerminal())
     root.addHandler(stderr)
     if data_dir is not None:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log_file = data_dir / "node.log"
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner only
-        to_file = logging.FileHandler(log_file)
-        to_file.setFormatter(PrintableFormatter(fmt))
-        root.addHandler(to_file)
+        log_to_file(data_dir)
+
+
+def log_to_file(data_dir: Path) -> logging.Handler:
+    """Log lines to ``<data_dir>/node.log`` (created 0600) from now on. A node does this once
+    it holds the data dir's lock: a node refused there writes nothing into another's log."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_file = data_dir / "node.log"
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner only
+    to_file = logging.FileHandler(log_file)
+    to_file.setFormatter(PrintableFormatter(LOG_FORMAT))
+    logging.getLogger().addHandler(to_file)
+    return to_file
 
 
 def _chunk_kib(value: int) -> int:
@@ -327,6 +347,10 @@ def run(
     host = values[1] if len(values) > 1 else host
     port = values[2] if len(values) > 2 else port
     http_port = values[3] if len(values) > 3 else http_port
+    # A default HTTP port that is taken (a second node on this machine) falls back to a free
+    # one; a port the user chose (option, environment, positional) must be that one.
+    source = click.get_current_context().get_parameter_source("http_port")
+    chosen = len(values) > 3 or source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     try:
         boot = tuple(Address.parse(b) for b in bootstrap)
     except ValueError as exc:
@@ -338,6 +362,7 @@ def run(
         host=host,
         port=port,
         http_port=http_port,
+        http_port_fallback=not chosen,
         http_host=http_host,
         max_upload=max_upload * 1024 * 1024,
         bootstrap=boot,
@@ -355,80 +380,77 @@ def run(
     )
     if shell is None:
         shell = sys.stdin.isatty()
-    setup_logging(log_level, data)
-    from treedrive.app import AlreadyRunning, tune_malloc
+    setup_logging(log_level)  # node.log once the data dir is ours (_run)
+    from treedrive.app import tune_malloc
 
     tune_malloc()
     try:
         asyncio.run(_run(config, shell))
-    except AlreadyRunning as exc:
+    except StartRefused as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot start the node: {exc}") from None
+
+
+class StartRefused(Exception):
+    """The node did not start; the message (one line) says why and what to do."""
+
+
+def start_failure(exc: BaseException) -> str | None:
+    """What to tell the user when the node could not start (None: not a start problem)."""
+    from treedrive.app import AlreadyRunning, StartFailed
+
+    if isinstance(exc, AlreadyRunning):
+        return f"{exc}: stop it first, or give this node another --data-dir or --peer-id"
+    if isinstance(exc, StartFailed):
+        option = "--port" if exc.what == "P2P" else "--http-port"
+        if exc.in_use:
+            return f"{exc}: choose another with {option} PORT, or {option} 0 for any free one"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"{exc}: check {'--host' if exc.what == 'P2P' else '--http-host'}"
+        return f"{exc}: choose another with {option}"
+    if isinstance(exc, OSError):
+        return f"cannot start the node: {exc}"
+    return None
 
 
 async def _run(config: NodeConfig, with_shell: bool) -> None:
-    from treedrive.app import running_node, serve_until_stopped
+    from treedrive.app import AlreadyRunning, running_node, serve_until_stopped
 
     stop = asyncio.Event()
-    async with running_node(config) as node:
-        click.echo(
-            printable(f"TreeDrive node {node.peer_id} on {node.host}:{node.port}")
-            + f" (data: {config.data_dir})",
-            err=True,
-        )
-        if node.http_url:
-            token = (config.data_dir / "api-token").read_text().strip()
-            click.echo(f"dashboard: {node.http_url}?token={token}", err=True)
-        if with_shell:
-            _start_shell(node, stop)
-        await serve_until_stopped(node, stop)
-    click.echo("stopped", err=True)
-
-
-def _read_lines(fd: int) -> Iterator[str]:
-    """Lines from ``fd`` with plain ``os.read``: unlike ``input()``, a thread blocked here
-    holds no interpreter lock, so the process exits cleanly while it waits."""
-    pending = b""
-    while chunk := os.read(fd, 4096):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            yield line.decode(errors="replace").rstrip("\r")
-    if pending:
-        yield pending.decode(errors="replace")
-
-
-def _start_shell(node: Node, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    sh = Shell(node)
-    interactive = sys.stdin.isatty()
-    prompt = f"{printable(node.peer_id)}> " if interactive else ""
-
-    def say(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def repl() -> None:
-        say(prompt)
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            for line in _read_lines(sys.stdin.fileno()):
-                if stop.is_set():
-                    break
-                future = asyncio.run_coroutine_threadsafe(sh.execute(line), loop)
-                try:
-                    out = future.result()
-                except ExitShell:
-                    break
-                except Exception as exc:  # the shell never dies of one command
-                    out = printable_lines(f"error: {exc}")
-                say(f"{out}\n{prompt}" if out else prompt)
-        except (OSError, RuntimeError):
-            pass  # stdin closed, or the loop is gone: the node is stopping anyway
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(stop.set)
+            node = await stack.enter_async_context(
+                running_node(config, on_locked=lambda: log_to_file(config.data_dir))
+            )
+        except (AlreadyRunning, OSError, RuntimeError) as exc:
+            said = start_failure(exc)
+            if said is None:
+                raise
+            if not isinstance(exc, AlreadyRunning):  # the log is this node's: say it there too
+                log.error("the node did not start: %s", said, extra={"terminal": False})
+            raise StartRefused(said) from None
+        _banner(node)
+        if with_shell:
+            from treedrive.terminal import Console
 
-    threading.Thread(target=repl, name="shell", daemon=True).start()
+            console = Console(node, stop, history=config.data_dir / "shell-history")
+            console.start()
+            stack.push_async_callback(console.close)  # before the node stops
+        await serve_until_stopped(node, stop)
+
+
+def _banner(node: Node) -> None:
+    """The dashboard's address with the node's token, and where its data is (the node's log
+    said where it listens)."""
+    config = node.config
+    where = f"data: {config.data_dir}"
+    if not node.http_url:
+        click.echo(where, err=True)
+        return
+    token = (config.data_dir / "api-token").read_text().strip()
+    bound = urllib.parse.urlsplit(node.http_url).port
+    if config.http_port and bound != config.http_port:
+        where = f"port {config.http_port} is taken; {where}"
+    click.echo(f"dashboard: {node.http_url}?token={token} ({where})", err=True)
 
 
 # -- db -------------------------------------------------------------------------------------------

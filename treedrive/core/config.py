@@ -40,6 +40,9 @@ class NodeConfig:
     port: int = DEFAULT_P2P_PORT
     http_port: int | None = DEFAULT_HTTP_PORT
     """None: no web server."""
+    http_port_fallback: bool = False
+    """When ``http_port`` is taken: True (the port was a default, not the user's choice) takes
+    one of the next few ports, else any free one; False fails the start."""
     http_host: str = "127.0.0.1"
     """Where the dashboard and API listen (loopback unless told otherwise)."""
     max_upload: int = 4 * 1024**3

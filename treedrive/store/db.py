@@ -10,10 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -21,6 +17,17 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from treedrive.core.errors import StorageError
 from treedrive.store.blobs import BlobStore
 from treedrive.store.uow import UnitOfWork
+
+# alembic logs a dozen INFO lines whenever it is imported or looks at a database (its plugins, its
+# "context impl", each migration step): a node says in one line of its own when the schema
+# changes (Store.upgrade), so only alembic's warnings and errors get through. Set before alembic
+# is imported: its plugins log at import.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +109,27 @@ class Store:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
-    def upgrade(self) -> None:
-        """Bring the schema to the newest revision, backing the database up first if it has one."""
+    def upgrade(self) -> str | None:
+        """Bring the schema to the newest revision, backing the database up first if it has one.
+        Says so in one log line when it changed anything (nothing when the schema is current);
+        returns that line (None: nothing to do)."""
         current = self.current_revision()
         head = self.head_revision()
         if current == head:
-            return
+            return None
+        backup = None
         if current is not None and self.db_path.exists():
             backup = self.db_path.with_name(f"{DB_NAME}.{current}.bak")
             create_private(backup)
             with sqlite3.connect(self.db_path) as src, sqlite3.connect(backup) as dst:
                 src.backup(dst)
-            log.info("database backed up to %s before upgrading from %s", backup, current)
         command.upgrade(alembic_config(self.engine), "head")
-        log.info("database schema at %s", head)
+        if current is None:
+            said = f"database created at {self.db_path} (schema {head})"
+        else:
+            said = f"database upgraded from {current} to {head} (backup at {backup})"
+        log.info("%s", said)
+        return said
 
     # -- work -------------------------------------------------------------------------------
     @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class _Server:
 
 
 _servers: dict[int, _Server] = {}
+_failures: dict[int, OSError] = {}
 
 
 @hookimpl
@@ -89,20 +91,49 @@ async def treedrive_startup(node: Node) -> None:
     # for heads that never complete, whatever the aiohttp version).
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=head)
     await runner.setup()
-    try:
-        site = admission.AdmittingSite(runner, node.config.http_host, port, cap, head)
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
     host = node.config.http_host
+    failure: OSError | None = None
+    for candidate in candidate_ports(port, node.config.http_port_fallback):
+        site = admission.AdmittingSite(runner, host, candidate, cap, head)
+        try:
+            await site.start()
+        except OSError as exc:
+            await site.stop()  # unregisters it from the runner
+            failure = exc
+            if exc.errno != errno.EADDRINUSE:
+                break
+            continue
+        failure = None
+        break
+    if failure is not None:
+        _failures[id(node)] = failure  # the node's start says why, in one line
+        await runner.cleanup()
+        return
+    bound = runner.addresses[0][1]
     hosts.bind(host, bound)  # the port is known only once bound
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     node.http_url = f"http://{shown}:{bound}/"
     hub = app[HUB]
     _servers[id(node)] = _Server(runner, hub, asyncio.ensure_future(hub.run_sampler()))
-    log.info("dashboard on %s", node.http_url)
+    taken = f" (port {port} is taken)" if port and bound != port else ""
+    # The CLI prints the address on the terminal (with the token): this line is for the log.
+    log.info("dashboard on %s%s", node.http_url, taken, extra={"terminal": False})
+
+
+FALLBACK_PORTS = 9
+"""A default port that is taken: the next ports tried before any free one."""
+
+
+def candidate_ports(port: int, fallback: bool) -> list[int]:
+    """``port``; with ``fallback``, then the next few ports, then 0 (any free port)."""
+    if not fallback or port == 0:
+        return [port]
+    return [port, *range(port + 1, min(port + 1 + FALLBACK_PORTS, 65536)), 0]
+
+
+def startup_error(node: Node) -> OSError | None:
+    """Why the dashboard of ``node`` could not listen (its start then fails), once."""
+    return _failures.pop(id(node), None)
 
 
 @hookimpl
