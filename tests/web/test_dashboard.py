@@ -28,7 +28,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess, address, marked, wait_for
+from tests.conftest import (
+    NODE_PROCESS_WARNINGS,
+    NodeProcess,
+    address,
+    free_port,
+    marked,
+    wait_for,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,6 +48,21 @@ CHROMIUM_ARGS = [
 ]
 BIG_MIB = 150
 MS = 1000  # playwright timeouts are in milliseconds
+SEED_HAS_COPY = """id => fetch('/stats.json').then((r) => r.json())
+  .then((stats) => stats.files.find((f) => f.file_id === id))
+  .then((file) => file.has_copy ? 'Yes' : 'No')"""
+"""What the seed's own page shows in its "has copy" column, on the JSON this node serves."""
+ARRIVING = """id => {
+  const transfer = document.querySelector('#transfers .transfer');
+  const row = document.querySelector(`tr[data-file="${id}"]`);
+  if (!transfer || !row) return null;
+  return {
+    text: transfer.textContent,
+    fetch: !!row.querySelector('[data-act="fetch"]'),
+    arriving: !!row.querySelector('[data-act="arriving"]'),
+  };
+}"""
+"""The first frame that shows a transfer: what it says, and what the file's row offers then."""
 
 DASHBOARD_E2E = [
     pytest.mark.e2e,
@@ -162,6 +184,9 @@ def test_dashboard_live_against_real_nodes(
 
     a = node_process("A", "--download-limit", "0").start()
     api_a = Api(a)
+    # C joins through a host where nothing listens: its page must say so (checked at the end).
+    nobody = f"127.0.0.1:{free_port()}"
+    c = node_process("C", "--bootstrap", nobody).start()
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -190,6 +215,7 @@ def test_dashboard_live_against_real_nodes(
     expect(big_row).to_be_visible(timeout=15 * MS)
     expect(big_row.locator("td").nth(5)).to_have_text("no")
     expect(big_row.locator('button[data-act="fetch"]')).to_be_enabled()
+    assert page.evaluate(SEED_HAS_COPY, big_id) == "No"  # a JSON boolean: false shows "No"
 
     # A file pushed through the page's file input reaches B's catalogue.
     small = tmp_path / "hello from the page.txt"
@@ -206,6 +232,12 @@ def test_dashboard_live_against_real_nodes(
         15,
         "the page's upload in B's catalogue",
     )
+    # The same bytes pushed again: not a second file; the page says it is already shared.
+    page.set_input_files("#push-input", str(small))
+    expect(page.locator(".toast", has_text="already shared")).to_contain_text(
+        f"{small.name} is already shared as {small_id[:12]}", timeout=15 * MS
+    )
+    assert [f["file_id"] for f in api_a.files() if f["display_name"] == small.name] == [small_id]
     record = api_a.file(small_id)
     assert record is not None
     assert record["mine"]
@@ -214,6 +246,14 @@ def test_dashboard_live_against_real_nodes(
 
     # Fetch the big file from B: a progress bar shows while it moves, then goes.
     big_row.locator('button[data-act="fetch"]').click()
+    # While its bytes arrive, the file offers no Fetch: it says "arriving…"; the transfer shows
+    # bytes of the total, the rate and the ETA.
+    seen = page.wait_for_function(ARRIVING, arg=big_id, timeout=15 * MS).json_value()
+    assert (seen["fetch"], seen["arriving"]) == (False, True), seen
+    assert big.name in seen["text"]
+    assert f"/ {BIG_MIB}.0 MiB" in seen["text"]
+    assert "/s" in seen["text"]
+    assert "ETA" in seen["text"]
     transfer = page.locator("#transfers .transfer", has_text=big.name)
     expect(transfer).to_be_visible(timeout=15 * MS)
     expect(transfer.locator(".bar > div")).to_be_attached()
@@ -226,6 +266,7 @@ def test_dashboard_live_against_real_nodes(
     assert fetched is not None
     assert fetched["has_copy"]
     assert fetched["size_bytes"] == BIG_MIB << 20
+    assert page.evaluate(SEED_HAS_COPY, big_id) == "Yes"
 
     # Delete the file A owns from the page (the confirm dialog is accepted): gone here and on B.
     small_row.locator('button[data-act="delete"]').click()
@@ -250,6 +291,12 @@ def test_dashboard_live_against_real_nodes(
     )
     assert refused == 401
     ro.screenshot(path=str(artifacts / "readonly.png"), full_page=True)
+
+    # C has no peer: its page shows why, as a warning, until it joins.
+    ro.goto(Api(c).base + "/")
+    expect(ro.locator("#problem")).to_be_visible(timeout=15 * MS)
+    expect(ro.locator("#problem")).to_contain_text(nobody)
+    ro.screenshot(path=str(artifacts / "bootstrap.png"), full_page=True)
     reader.close()
 
     # A stops: the open page shows that it lost the node, without a reload.

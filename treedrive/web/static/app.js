@@ -361,8 +361,14 @@ function wire() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => { state.scope = b.dataset.scope; state.offset = 0; loadFiles(); });
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadFiles(); });
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadFiles(); });
-  // The status (counts, a bootstrap problem) is read again every few seconds besides the events.
-  setInterval(() => { if (state.connected) loadStatus().catch((e) => console.warn(e)); }, 5000);
+  // The status (counts, a bootstrap problem) is read again besides the events: every 2 s while
+  // the node has no peer or a problem to show, else every 10 s.
+  let tick = 0;
+  setInterval(() => {
+    tick++;
+    const lonely = state.peers.size === 0 || (state.status && state.status.bootstrap_problem);
+    if (state.connected && (lonely || tick % 5 === 0)) loadStatus().catch((e) => console.warn(e));
+  }, 2000);
   setInterval(() => {
     for (const td of document.querySelectorAll("td.seen")) td.textContent = ago(Number(td.dataset.t));
     if (state.status && state.connected) $("#uptime").textContent = `up ${duration(Date.now() / 1000 - state.status.started_at)}`;
