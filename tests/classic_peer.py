@@ -16,6 +16,13 @@ Hazard switches reproduce the misbehaviours of real classic peers (PROTOCOL.md 1
 - ``corrupt_data``: serves bytes that do not match the file id.
 - ``die_mid_transfer``: a FILE_DATA it sends (served or pushed) stops after half of the hex.
 - ``data_first``: a FILE_DATA it sends has ``"data"`` as its first key, before the record.
+- ``eof_style``: how its server treats the client's EOF (``shutdown(SHUT_WR)``).
+  ``"read_to_eof"``: it reads a request until the client half-closes (or ``eof_timeout``, 15 s,
+  passes) before it answers. ``"close_on_eof"``: it answers a GET_FILE after ``answer_delay``
+  seconds, but closes without answering if it sees EOF first. Counted in ``eof_stats``.
+- ``reply_ids_from_mtime``: its GOSSIP_REPLY lists each file it holds under the id computed
+  from its local copy's modification time (``file_timestamp`` = that time), not under the
+  id it announced; it serves GET_FILE under either id.
 
 Blocking calls (``send_gossip``, ``get_file``, ...) must not run on the test's event loop: call
 them through ``asyncio.to_thread`` when a node runs on that loop.
@@ -40,6 +47,8 @@ MEGABYTE = 1024 * 1024
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 5.0
 FILE_TIMEOUT = 30.0
+EOF_TIMEOUT = 15.0
+EOF_STYLES = (None, "read_to_eof", "close_on_eof")
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
 NULL_FILE_DATA: dict[str, Any] = {"type": "FILE_DATA", **dict.fromkeys(RECORD_KEYS), "data": None}
 
@@ -100,6 +109,51 @@ def read_message(
             raise IncompleteMessage(f"connection closed after {len(buf)} bytes")
 
 
+def read_to_eof(
+    sock: socket.socket, timeout: float = EOF_TIMEOUT, stop: threading.Event | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Read until the client half-closes or ``timeout`` passes, then decode one JSON object;
+    returns it and whether EOF came (False: the timeout ended the read)."""
+    sock.settimeout(0.1)
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    eof = False
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if stop is not None and stop.is_set():
+                raise IncompleteMessage("peer stopping") from None
+            continue
+        if not chunk:
+            eof = True
+            break
+        buf += chunk
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(buf.decode("utf-8").strip())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IncompleteMessage(f"not one JSON object in {len(buf)} bytes: {exc}") from None
+    if not isinstance(obj, dict):
+        raise IncompleteMessage(f"not an object: {obj!r:.80}")
+    return obj, eof
+
+
+def eof_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the client half-closes within ``seconds`` (checked at least once)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        sock.settimeout(max(0.001, min(0.05, deadline - time.monotonic())))
+        try:
+            if not sock.recv(4096):
+                return True
+        except TimeoutError:
+            pass
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
 @dataclass
 class Entry:
     """One catalogue entry: the record as received, who holds it, whether we do."""
@@ -130,9 +184,15 @@ class ClassicPeer:
         corrupt_data: bool = False,
         die_mid_transfer: bool = False,
         data_first: bool = False,
+        eof_style: str | None = None,
+        eof_timeout: float = EOF_TIMEOUT,
+        answer_delay: float = 0.0,
+        reply_ids_from_mtime: bool = False,
     ) -> None:
         if timestamp_style not in ("int", "float", "string"):
             raise ValueError(f"unknown timestamp_style {timestamp_style!r}")
+        if eof_style not in EOF_STYLES:
+            raise ValueError(f"unknown eof_style {eof_style!r}")
         self.peer_id = peer_id
         self.host = host
         self.port = port
@@ -148,6 +208,17 @@ class ClassicPeer:
         self.corrupt_data = corrupt_data
         self.die_mid_transfer = die_mid_transfer
         self.data_first = data_first
+        self.eof_style = eof_style
+        self.eof_timeout = eof_timeout
+        self.answer_delay = answer_delay
+        self.reply_ids_from_mtime = reply_ids_from_mtime
+        self.eof_stats: dict[str, int] = {"eof": 0, "timed_out": 0, "closed_on_eof": 0}
+        """read_to_eof: requests ended by the client's EOF, or by ``eof_timeout``;
+        close_on_eof: GET_FILEs closed unanswered on EOF."""
+        self.mtimes: dict[str, int] = {}
+        """The modification time of each local copy (reply_ids_from_mtime)."""
+        self.aliases: dict[str, str] = {}
+        """The id a reply lists for a file -> the id it holds it under."""
 
         self._lock = threading.RLock()
         self.peers: dict[str, dict[str, Any]] = {}
@@ -286,6 +357,28 @@ class ClassicPeer:
     def local_records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e.record) for e in self.catalog.values() if e.local]
+
+    def reply_records(self) -> list[dict[str, Any]]:
+        """What its GOSSIP_REPLY lists: the local records, or with ``reply_ids_from_mtime``,
+        each held file under the id of its local copy's modification time."""
+        records = self.local_records()
+        if not self.reply_ids_from_mtime:
+            return records
+        out = []
+        with self._lock:
+            for record in records:
+                data = self.blobs.get(record["file_id"])
+                if data is None:
+                    out.append(record)
+                    continue
+                mtime = self.mtimes.setdefault(record["file_id"], int(time.time()))
+                if str(mtime) == str(int(_ts_number(record["file_timestamp"]))):
+                    mtime += 1  # a copy written later than the record says
+                    self.mtimes[record["file_id"]] = mtime
+                alias = file_id_of(data, mtime)
+                self.aliases[alias] = record["file_id"]
+                out.append({**record, "file_id": alias, "file_timestamp": mtime})
+        return out
 
     def _merge(self, record: Mapping[str, Any], holder: str) -> None:
         file_id = record.get("file_id")
@@ -450,7 +543,12 @@ class ClassicPeer:
         try:
             with conn:
                 try:
-                    message = read_message(conn, stop=self._stopping)
+                    if self.eof_style == "read_to_eof":
+                        message, eof = read_to_eof(conn, self.eof_timeout, self._stopping)
+                        with self._lock:
+                            self.eof_stats["eof" if eof else "timed_out"] += 1
+                    else:
+                        message = read_message(conn, stop=self._stopping)
                 except (OSError, IncompleteMessage) as exc:
                     self._error(f"reading from {addr}: {exc}")
                     return
@@ -501,7 +599,7 @@ class ClassicPeer:
                 "host": self.host,
                 "port": self.port,
                 "peerId": self.peer_id,
-                "files": self.local_records(),
+                "files": self.reply_records(),
             }
             self._send_quietly((m["host"], m["port"]), reply)
         with self._lock:
@@ -510,11 +608,20 @@ class ClassicPeer:
             self._send_quietly((host, port), m)
 
     def _on_get(self, conn: socket.socket, m: dict[str, Any]) -> None:
-        file_id = m.get("file_id")
+        if self.eof_style == "close_on_eof" and eof_within(conn, self.answer_delay):
+            with self._lock:
+                self.eof_stats["closed_on_eof"] += 1
+            return  # the client "went away": closed before answering
+        asked = file_id = m.get("file_id")
         with self._lock:
+            if isinstance(file_id, str) and file_id not in self.catalog:
+                file_id = self.aliases.get(file_id, file_id)
             e = self.catalog.get(file_id) if isinstance(file_id, str) else None
             data = self.blobs.get(file_id) if isinstance(file_id, str) else None
             record = None if e is None else {k: e.record.get(k) for k in RECORD_KEYS}
+            if record is not None and asked != file_id and isinstance(file_id, str):
+                # Asked under the id its replies list: answered with that record.
+                record.update(file_id=asked, file_timestamp=self.mtimes[file_id])
         if record is None or data is None:
             reply = dict(NULL_FILE_DATA)
         else:

@@ -511,6 +511,7 @@ async def test_raw_push_only_to_peers_that_take_it(
                 "offset": 0,
                 "length": len(data),
                 "size": len(data),
+                "from": "td",  # the pusher's peer id, for the receiver's display
             }
             assert rest == data
         else:

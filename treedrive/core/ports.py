@@ -60,10 +60,30 @@ class InboundHandler(Protocol):
         """A GOSSIP, GOSSIP_REPLY, ANNOUNCE or DELETE arrived from TCP address ``source``."""
         ...
 
+    def track_push(
+        self, meta: FileMeta, source: str, sender: str | None, size: int | None
+    ) -> Progress:
+        """The bytes of a file pushed to us unasked begin to arrive from TCP address ``source``:
+        the receiving side of the push, as a transfer. ``meta`` is the record the push claims
+        so far (for a classic hex push, the keys before ``data``: later keys may still change
+        it, so it is for display only; the whole header comes to :meth:`handle_pushed_file`).
+        ``sender`` is the pusher's peer id when it says it (a raw push's claim), ``size`` the
+        bytes expected when known (a raw push's length; None for hex). The transport calls
+        ``update`` as bytes land (every MiB or so), and ``finish(False, reason)`` itself if the
+        body fails (cut short, too slow, malformed, a full disk); once the body is whole, the
+        progress goes to :meth:`handle_pushed_file`, which finishes it."""
+        ...
+
     async def handle_pushed_file(
-        self, header: FileData, sink: FileSink | None, source: str
+        self,
+        header: FileData,
+        sink: FileSink | None,
+        source: str,
+        progress: Progress | None = None,
     ) -> None:
-        """An unsolicited FILE_DATA is complete; its bytes are in ``sink`` (None: no data)."""
+        """An unsolicited FILE_DATA is complete; its bytes are in ``sink`` (None: no data).
+        ``progress`` (from :meth:`track_push`, None when the push was not tracked) is this
+        handler's to finish, ok once the file is stored, failed when it is refused."""
         ...
 
     def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -97,6 +98,10 @@ class Holder(Base):
     )
     peer_id: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
     since: Mapped[float] = mapped_column(Float)
+    # Learnt from the peer's own ANNOUNCE (or a fetch from it that verified): it stays while the
+    # peer is tracked, whatever its GOSSIP_REPLYs list (some classic peers list their files
+    # under other ids than they announced). Only "not here", a DELETE or expiry remove it.
+    announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     file: Mapped[FileRecord] = relationship(back_populates="holders")
 

@@ -40,6 +40,7 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 __all__ = [
@@ -237,6 +238,14 @@ class MessageParser:
     def complete(self) -> bool:
         """True once the :class:`Message` event has been returned."""
         return self._message_returned
+
+    @property
+    def fields_so_far(self) -> Mapping[str, Any]:
+        """The keys of the object parsed so far, before it is complete (read-only; empty once
+        the :class:`Message` is out or after an error). While ``"data"`` streams these are
+        the keys that came before it: claims that later keys may still override, for display
+        only."""
+        return MappingProxyType(self._fields)
 
     @property
     def trailing(self) -> bytes:

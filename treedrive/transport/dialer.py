@@ -12,6 +12,7 @@ several addresses. An address that refuses is dialed at most a few times a minut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import (
     READ_SIZE,
     Reader,
+    Unanswered,
     close_writer,
     drain,
     file_data_answer,
@@ -201,7 +203,9 @@ class Dialer:
         path: Path,
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
+        sender: str | None = None,
     ) -> bool:
+        """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header)."""
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
@@ -209,7 +213,7 @@ class Dialer:
             log.warning("cannot push to %s:%d: %s", host, port, exc)
             return False
         try:
-            await self.uploader.push(writer, meta, path, progress, raw)
+            await self.uploader.push(writer, meta, path, progress, raw, sender)
             return True
         except (OSError, TimeoutError) as exc:
             log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
@@ -229,12 +233,43 @@ class Dialer:
         """GET_FILE, the answer's bytes written to ``sink``. The answer's header must arrive
         within ``idle_timeout``; its bytes must keep coming (``idle_timeout`` apart) and, after
         ``fetch_rate_grace``, keep ``min_fetch_rate`` on average; with ``max_bytes``, more file
-        bytes than that end it before they are written. Each a TransferError."""
+        bytes than that end it before they are written. Each a TransferError.
+
+        Classic servers differ about EOF: a server that has sent nothing ``half_close_after``
+        the request has our sending side half-closed (some read a request until EOF before
+        they answer); one that then closes without sending a byte (others close as soon as they
+        see EOF, before answering) is asked once more on a new connection, without it."""
+        try:
+            return await self._fetch(host, port, file_id, sink, progress, max_bytes, True)
+        except Unanswered:
+            log.debug("%s:%d closed on our half-close; asking again without it", host, port)
+            return await self._fetch(host, port, file_id, sink, progress, max_bytes, False)
+
+    async def _fetch(
+        self,
+        host: str,
+        port: int,
+        file_id: str,
+        sink: FileSink,
+        progress: Callable[[int], None] | None,
+        max_bytes: int | None,
+        half_close: bool,
+    ) -> FileData:
         try:
             async with self.dials:  # only while connecting: the transfer may take long
                 reader, writer = await self.connect(host, port)
         except (OSError, TimeoutError) as exc:
             raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
+        half_closed = False
+        stream: Reader | None = None
+
+        def close_sending_side() -> None:
+            nonlocal half_closed
+            with contextlib.suppress(OSError, RuntimeError):
+                if writer.can_write_eof():
+                    writer.write_eof()
+                    half_closed = True
+
         try:
             writer.write(codec.encode_message(wire.encode(GetFile(file_id))))
             await drain(writer, self.limits)
@@ -246,6 +281,9 @@ class Dialer:
                 self.limits.fetch_rate_grace,
             )
             stream.deadline = time.monotonic() + self.limits.idle_timeout
+            wait = self.limits.half_close_after
+            if half_close and wait is not None:
+                stream.nudge = (time.monotonic() + wait, close_sending_side)
             got = 0
             while True:
                 event = await stream.next()
@@ -262,6 +300,8 @@ class Dialer:
                     if progress is not None:
                         progress(sink.size)
                 elif isinstance(event, codec.ProtocolError):
+                    if half_closed and stream.parser.bytes_received == 0:
+                        raise Unanswered(f"{host}:{port} closed on EOF without answering")
                     raise TransferError(f"malformed answer: {event.reason}")
                 else:
                     # Stop at the end of the object: never wait for the peer to close.
@@ -272,6 +312,8 @@ class Dialer:
         except TimeoutError as exc:
             raise TransferError(f"{host}:{port} timed out sending the file: {exc}") from exc
         except OSError as exc:
+            if half_closed and stream is not None and stream.parser.bytes_received == 0:
+                raise Unanswered(f"{host}:{port} closed on EOF without answering") from exc
             raise TransferError(f"connection failed: {exc}") from exc
         finally:
             await close_writer(writer)

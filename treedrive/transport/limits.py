@@ -42,6 +42,10 @@ class NetLimits:
     """Seconds from the start of a fetched body before ``min_fetch_rate`` applies."""
     upload_stall_timeout: float = 10.0
     """An upload whose reader takes nothing for this long is closed."""
+    half_close_after: float | None = 0.4
+    """A GET_FILE answered with nothing at all for this long has our sending side half-closed
+    (some classic servers read a request until EOF before they answer); 0: at once, None:
+    never."""
     max_dials: int = 64
     """Outbound connections being made at once (and messages being delivered); more wait. A
     transfer (a fetch, a range, a push) holds its slot only while it connects. Also the number

@@ -11,6 +11,8 @@ One message per connection. Reads are bounded in size (the codec's limits) and i
 - :mod:`~treedrive.transport.dialer`: the outbound side (send, the outbox, dial backoff, push,
   fetch a whole file);
 - :mod:`~treedrive.transport.ranges`: the ranged client (a raw range in a worker thread);
+- :mod:`~treedrive.transport.progress`: what the node is told of uploads and of pushes arriving
+  (a push is tracked from its first bytes);
 - :mod:`~treedrive.transport.counters` and :mod:`~treedrive.transport.process`: what is counted
   and logged, the open files limit, failed accepts.
 
@@ -46,12 +48,14 @@ from treedrive.transport.counters import Counters
 from treedrive.transport.dialer import Dialer
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.process import filter_accept_errors, raise_open_files_limit
+from treedrive.transport.progress import UploadReports, push_failure, track_hex_push
 from treedrive.transport.ranges import RangeClient
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import (
     NOT_HERE,
     READ_SIZE,
     Reader,
+    Reporter,
     close_writer,
     drain,
     read_raw,
@@ -84,52 +88,6 @@ def bytes_acked(writer: asyncio.StreamWriter) -> int | None:
     if len(info) < _BYTES_ACKED_AT + _BYTES_ACKED.size:
         return None
     return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
-
-
-class _Reported:
-    """An upload's progress that also counts its bytes in the connection's state."""
-
-    def __init__(self, inner: Progress, state: ConnState) -> None:
-        self.inner = inner
-        self.state = state
-
-    def update(self, done: int) -> None:
-        self.state.sent = max(self.state.sent, done)
-        self.inner.update(done)
-
-    def finish(self, ok: bool, error: str | None = None) -> None:
-        self.inner.finish(ok, error)
-
-
-class _UploadReports:
-    """The node's handler, as the uploader sees it: the progress it reports of an upload also
-    goes to the connection's state (for admission), where the kernel cannot tell."""
-
-    def __init__(self, inner: InboundHandler, state: ConnState) -> None:
-        self.inner = inner
-        self.state = state
-        self.peer_id = inner.peer_id
-        self.features = inner.features
-
-    def open_sink(self) -> FileSink:
-        return self.inner.open_sink()
-
-    async def handle_message(self, message: Message, source: str) -> None:
-        await self.inner.handle_message(message, source)
-
-    async def handle_pushed_file(
-        self, header: FileData, sink: FileSink | None, source: str
-    ) -> None:
-        await self.inner.handle_pushed_file(header, sink, source)
-
-    def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
-        return self.inner.file_to_serve(file_id)
-
-    def track_upload(self, meta: FileMeta, peer: str, size: int) -> Progress:
-        return _Reported(self.inner.track_upload(meta, peer, size), self.state)
-
-    def track_range(self, meta: FileMeta, peer: str, download: str | None, size: int) -> Progress:
-        return _Reported(self.inner.track_range(meta, peer, download, size), self.state)
 
 
 class TcpNetwork:
@@ -349,15 +307,25 @@ class TcpNetwork:
         stream = Reader(reader, self.limits, state, self._push_min_rate())
         state = stream.state
         sink: FileSink | None = None
+        # A push's progress (see InboundHandler.track_push): failed here if the body is not
+        # whole, else handed to the handler with the file, which finishes it.
+        progress: Progress | None = None
+        report: Reporter | None = None
+        why = "dropped"
         try:
             while True:
                 event = await stream.next()
                 if isinstance(event, codec.DataChunk):
                     if sink is None:
                         sink = handler.open_sink()
+                        progress = track_hex_push(handler, stream.parser, source)
+                        report = None if progress is None else Reporter(progress.update)
                     store(sink.write, event.data)
+                    if report is not None:
+                        report(sink.size)
                     continue
                 if isinstance(event, codec.ProtocolError):
+                    why = f"malformed: {event.reason}"
                     if stream.parser.bytes_received == 0:
                         log.debug("%s: closed without sending anything", source)
                     else:
@@ -376,6 +344,7 @@ class TcpNetwork:
             try:
                 message = wire.decode(event.fields)
             except wire.WireError as exc:
+                why = f"invalid: {exc}"
                 problem("invalid", logging.WARNING, "%s: invalid message dropped: %s", source, exc)
                 if event.fields.get("type") == "GET_FILE":
                     # Never leave a GET_FILE silent: the asker moves on to another holder.
@@ -385,7 +354,7 @@ class TcpNetwork:
             if isinstance(message, GetFile):
                 # An upload: protected only up to a share of the cap (then the slowest gives way).
                 state.upload_started = time.monotonic()
-                handler = _UploadReports(handler, state)
+                handler = UploadReports(handler, state)
                 if "raw-range" not in handler.features:
                     await self.uploader.answer_get(writer, handler, message, source)
                     return
@@ -403,23 +372,44 @@ class TcpNetwork:
             elif isinstance(message, FileData):
                 try:
                     raw = wire.range_header(message.extra)
+                    sender = wire.pusher(message.extra)
                 except wire.WireError as exc:
+                    why = f"invalid: {exc}"
                     problem("invalid", logging.WARNING, "%s: bad raw push dropped: %s", source, exc)
                     return
                 if sink is None and raw is not None and message.meta is not None:
                     sink = handler.open_sink()  # a raw push: the bytes follow the header
+                    progress = handler.track_push(message.meta, source, sender, raw.length)
+                    report = Reporter(progress.update)
                     state.protected = False
-                    await read_raw(stream, sink, raw.length, self._push_min_rate(), self.download)
+                    await read_raw(
+                        stream, sink, raw.length, self._push_min_rate(), self.download, report
+                    )
                     state.protected = True
                 elif sink is None and event.fields.get("data") is True:
                     sink = handler.open_sink()  # an empty file
+                if sink is not None and message.meta is not None:
+                    if progress is None:
+                        # Not tracked while it arrived (its record did not come before its
+                        # bytes, or it had none): tracked now, whole, so that it is seen.
+                        progress = handler.track_push(message.meta, source, None, sink.size)
+                    progress.update(sink.size)
                 pushed, sink = sink, None
-                await handler.handle_pushed_file(message, pushed, source)
+                handed, progress = progress, None
+                await handler.handle_pushed_file(message, pushed, source, handed)
             else:
                 await handler.handle_message(message, source)
+        except BaseException as exc:
+            why = push_failure(exc)
+            raise
         finally:
             if sink is not None:
                 sink.abort()
+            if progress is not None:
+                try:
+                    progress.finish(False, why)
+                except Exception as exc:  # a full disk, say: never hide why the push ended
+                    log.warning("%s: the end of a push was not recorded: %s", source, exc)
 
     # -- dialing (see Dialer and RangeClient) ------------------------------------------------
     async def send(self, host: str, port: int, message: Message) -> bool:
@@ -440,7 +430,8 @@ class TcpNetwork:
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
     ) -> bool:
-        return await self.dialer.push_file(host, port, meta, path, progress, raw)
+        sender = self._handler.peer_id if self._handler is not None else None
+        return await self.dialer.push_file(host, port, meta, path, progress, raw, sender)
 
     async def fetch_file(
         self,

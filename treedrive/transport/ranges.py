@@ -17,7 +17,14 @@ from treedrive.core.ports import RangeAnswer
 from treedrive.transport import codec, wire
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
-from treedrive.transport.streams import Workers, file_data_answer, pwrite_all, store, timeval
+from treedrive.transport.streams import (
+    Unanswered,
+    Workers,
+    file_data_answer,
+    pwrite_all,
+    store,
+    timeval,
+)
 
 RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
@@ -147,70 +154,135 @@ class RangeClient:
         download: str | None = None,
         asker: str | None = None,
     ) -> RangeAnswer:
-        try:
-            sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
-        except OSError as exc:
-            raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
-        finally:
-            holder.connected()
-        self._workers.socks.add(sock)
-        try:
-            if not holder.attach(sock):
-                raise TransferError("cancelled")
-            # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
-            # a fast body is read a whole buffer at a time (MSG_WAITALL).
-            sock.settimeout(None)
-            idle = timeval(self.limits.idle_timeout)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
-            ext: dict[str, Any] = {"raw": True, "offset": offset, "length": length}
-            if asker is not None:
-                ext["from"] = asker
-            if download is not None:
-                ext["download"] = download
-            sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
-            parser = codec.MessageParser(self.limits.codec)
-            # The whole header within control_timeout, however its bytes trickle in.
-            deadline = time.monotonic() + self.limits.control_timeout
-            while True:
-                event = parser.next_event()
-                if isinstance(event, codec.NeedData):
-                    left = min(deadline - time.monotonic(), self.limits.idle_timeout)
-                    if left <= 0:
-                        raise TimeoutError("the answer's header did not arrive in time")
-                    sock.settimeout(left)
-                    parser.receive_data(sock.recv(65536))
-                elif isinstance(event, codec.DataChunk):
-                    raise ClassicAnswer(f"{host}:{port} answered with classic hex")
-                elif isinstance(event, codec.ProtocolError):
-                    raise TransferError(f"malformed answer: {event.reason}")
-                else:
-                    break
-            answer = file_data_answer(event.fields)
-            if answer.meta is None:
-                return RangeAnswer(None, 0, offset, 0)
-            # Checked before anything is allocated or written: ints in range, offset + length
-            # within size (a WireError otherwise); nothing here grows with the claimed size.
-            got = wire.range_header(answer.extra)
-            if got is None:
-                raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
-            size, start, count = got.size, got.offset, got.length
-            sock.settimeout(None)  # the body: blocking, SO_RCVTIMEO as set above
-            if start != offset:
-                raise TransferError(f"answered a range it was not asked for: {got}")
-            if length is not None and count > length:
-                raise TransferError(f"sent {count} bytes for a range of {length}")
-            self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
-            return RangeAnswer(answer.meta, size, offset, count)
-        except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO: EAGAIN
-            raise TransferError(f"{host}:{port} timed out") from exc
-        except wire.WireError as exc:
-            raise TransferError(f"invalid answer: {exc}") from exc
-        except OSError as exc:
-            raise TransferError(f"connection to {host}:{port} failed: {exc}") from exc
-        finally:
-            self._workers.socks.discard(sock)
-            sock.close()
+        # A server that closes on our half-close without a byte is asked once more, without it.
+        for half_close in (True, False):
+            try:
+                sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
+            except OSError as exc:
+                raise TransferError(f"cannot connect to {host}:{port}: {exc}") from exc
+            finally:
+                holder.connected()
+            self._workers.socks.add(sock)
+            try:
+                if not holder.attach(sock):
+                    raise TransferError("cancelled")
+                return self._exchange(
+                    sock,
+                    host,
+                    port,
+                    file_id,
+                    offset,
+                    length,
+                    fd,
+                    report,
+                    written,
+                    download,
+                    asker,
+                    half_close,
+                )
+            except Unanswered:
+                if not half_close:
+                    raise
+            except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO: EAGAIN
+                raise TransferError(f"{host}:{port} timed out") from exc
+            except wire.WireError as exc:
+                raise TransferError(f"invalid answer: {exc}") from exc
+            except OSError as exc:
+                raise TransferError(f"connection to {host}:{port} failed: {exc}") from exc
+            finally:
+                self._workers.socks.discard(sock)
+                sock.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _exchange(
+        self,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        file_id: str,
+        offset: int,
+        length: int | None,
+        fd: int,
+        report: Callable[[int], None],
+        written: Callable[[int], None] | None,
+        download: str | None,
+        asker: str | None,
+        half_close: bool,
+    ) -> RangeAnswer:
+        # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
+        # a fast body is read a whole buffer at a time (MSG_WAITALL).
+        sock.settimeout(None)
+        idle = timeval(self.limits.idle_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
+        ext: dict[str, Any] = {"raw": True, "offset": offset, "length": length}
+        if asker is not None:
+            ext["from"] = asker
+        if download is not None:
+            ext["download"] = download
+        sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
+        parser = codec.MessageParser(self.limits.codec)
+        event = self._read_header(sock, parser, half_close)
+        if isinstance(event, codec.DataChunk):
+            raise ClassicAnswer(f"{host}:{port} answered with classic hex")
+        answer = file_data_answer(event.fields)
+        if answer.meta is None:
+            return RangeAnswer(None, 0, offset, 0)
+        # Checked before anything is allocated or written: ints in range, offset + length
+        # within size (a WireError otherwise); nothing here grows with the claimed size.
+        got = wire.range_header(answer.extra)
+        if got is None:
+            raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
+        size, start, count = got.size, got.offset, got.length
+        sock.settimeout(None)  # the body: blocking, SO_RCVTIMEO as set above
+        if start != offset:
+            raise TransferError(f"answered a range it was not asked for: {got}")
+        if length is not None and count > length:
+            raise TransferError(f"sent {count} bytes for a range of {length}")
+        self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
+        return RangeAnswer(answer.meta, size, offset, count)
+
+    def _read_header(
+        self, sock: socket.socket, parser: codec.MessageParser, half_close: bool
+    ) -> codec.Message | codec.DataChunk:
+        """The answer's header (or its first classic hex), whole within ``control_timeout``
+        however its bytes trickle in. With ``half_close``, a server that sends nothing for
+        ``half_close_after`` has our sending side shut down (some classic servers answer only
+        after EOF); if it then closes without a byte, Unanswered."""
+        deadline = time.monotonic() + self.limits.control_timeout
+        wait = self.limits.half_close_after
+        nudge_at = time.monotonic() + wait if half_close and wait is not None else None
+        half_closed = False
+        while True:
+            event = parser.next_event()
+            if isinstance(event, codec.Message | codec.DataChunk):
+                return event
+            if isinstance(event, codec.ProtocolError):
+                if half_closed and parser.bytes_received == 0:
+                    raise Unanswered("closed on EOF without answering")
+                raise TransferError(f"malformed answer: {event.reason}")
+            now = time.monotonic()
+            left = min(deadline - now, self.limits.idle_timeout)
+            if left <= 0:
+                raise TimeoutError("the answer's header did not arrive in time")
+            nudging = nudge_at is not None and parser.bytes_received == 0 and nudge_at - now < left
+            if nudging and nudge_at is not None:
+                left = max(nudge_at - now, 0.001)
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                if not nudging:
+                    raise
+                nudge_at = None
+                sock.shutdown(socket.SHUT_WR)
+                half_closed = True
+                continue
+            except OSError:
+                if half_closed and parser.bytes_received == 0:
+                    raise Unanswered("closed on EOF without answering") from None
+                raise
+            parser.receive_data(data)
 
     def _receive_raw(
         self,

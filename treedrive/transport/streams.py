@@ -33,9 +33,16 @@ from treedrive.transport.ratelimit import RateLimiter
 READ_SIZE = 1024 * 1024
 FILE_CHUNK = 512 * 1024  # raw bytes per write: 1 MiB of hex
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+REPORT_BYTES = 1024 * 1024  # progress of bytes arriving: every MiB...
+REPORT_EVERY = 0.25  # ... or every quarter of a second, whichever comes first
 
 NOT_HERE = {"type": "FILE_DATA", **dict.fromkeys(wire.RECORD_KEYS), "data": None}
 """The answer to a GET_FILE for a file this node does not serve."""
+
+
+class Unanswered(TransferError):
+    """A server closed without sending a byte once it saw our half-close (see
+    ``NetLimits.half_close_after``): it is asked again, without the half-close."""
 
 
 def rate_due(started: float, got: int, rate: float, grace: float) -> float:
@@ -50,7 +57,11 @@ class Reader:
     Until the file bytes of a FILE_DATA begin, the whole message must arrive by ``deadline``;
     then each read must come within ``idle_timeout`` and, with ``min_rate``, the body must keep
     that average rate (after ``grace``, by default ``push_rate_grace``; see :meth:`paused` for
-    time that does not count). ``state``, if given, is kept up to date for admission."""
+    time that does not count). ``state``, if given, is kept up to date for admission.
+
+    ``nudge``, if set to ``(when, action)``: if no byte at all has come by ``when`` (monotonic),
+    ``action`` runs once and the wait goes on under the same deadline (the dialer half-closes
+    its side then: some classic servers answer only once they see EOF)."""
 
     def __init__(
         self,
@@ -68,6 +79,7 @@ class Reader:
         self.state = state if state is not None else ConnState(time.monotonic())
         self.min_rate = min_rate
         self.grace = limits.push_rate_grace if grace is None else grace
+        self.nudge: tuple[float, Callable[[], None]] | None = None
 
     def paused(self, seconds: float) -> None:
         """``seconds`` of the body's time were this node's doing (its own rate limit): they do
@@ -94,16 +106,47 @@ class Reader:
                 due = rate_due(state.body_started, state.body_received, self.min_rate, self.grace)
                 if due - now < timeout:
                     timeout, why = due - now, "the file's bytes came too slowly"
-            if timeout <= 0:
+            nudging = False
+            if self.nudge is not None:
+                if state.received:
+                    self.nudge = None
+                elif self.nudge[0] - now < timeout:
+                    timeout, nudging = max(0.0, self.nudge[0] - now), True
+            if timeout <= 0 and not nudging:
                 raise TimeoutError(why)
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             except TimeoutError:
+                if nudging and self.nudge is not None:
+                    action, self.nudge = self.nudge[1], None
+                    action()
+                    continue
                 raise TimeoutError(why) from None
             state.received += len(data)
             if self.streaming:
                 state.body_received += len(data)
             self.parser.receive_data(data)
+
+
+class Reporter:
+    """Progress of bytes arriving, passed on to ``update`` at most every ``REPORT_BYTES`` or
+    ``REPORT_EVERY`` seconds (a call per chunk would cost the node an event each time);
+    :meth:`flush` passes on the last count whatever it is."""
+
+    def __init__(self, update: Callable[[int], None]) -> None:
+        self.update = update
+        self._reported = 0
+        self._at = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if done - self._reported >= REPORT_BYTES or now - self._at >= REPORT_EVERY:
+            self._reported, self._at = done, now
+            self.update(done)
+
+    def flush(self, done: int) -> None:
+        self._reported, self._at = done, time.monotonic()
+        self.update(done)
 
 
 async def read_raw(
@@ -112,32 +155,43 @@ async def read_raw(
     length: int,
     min_rate: float | None,
     download: RateLimiter,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """The raw bytes of a raw push: exactly ``length``, the first ones already read. They
-    must keep coming (``idle_timeout``) and, with ``min_rate``, at that rate on average."""
+    must keep coming (``idle_timeout``) and, with ``min_rate``, at that rate on average.
+    ``progress`` is called with the bytes in ``sink`` after each write."""
     state = stream.state
     state.body_started, state.body_received = time.monotonic(), 0
     first = stream.parser.trailing[:length]
     if first:
         store(sink.write, first)
+        if progress is not None:
+            progress(sink.size)
     while sink.size < length:
         timeout = stream.limits.idle_timeout
+        why = f"nothing came for {timeout:.0f} s"
         if min_rate:
             due = rate_due(
                 state.body_started, state.body_received, min_rate, stream.limits.push_rate_grace
             )
-            timeout = min(timeout, due - time.monotonic())
+            if due - time.monotonic() < timeout:
+                timeout, why = due - time.monotonic(), "the file's bytes came too slowly"
             if timeout <= 0:
-                raise TimeoutError("the file's bytes came too slowly")
-        data = await asyncio.wait_for(
-            stream.reader.read(min(READ_SIZE, length - sink.size)), timeout
-        )
+                raise TimeoutError(why)
+        try:
+            data = await asyncio.wait_for(
+                stream.reader.read(min(READ_SIZE, length - sink.size)), timeout
+            )
+        except TimeoutError:
+            raise TimeoutError(why) from None
         if not data:
             raise OSError(f"closed after {sink.size} of {length} raw bytes")
         state.received += len(data)
         state.body_received += len(data)
         await download.acquire(len(data))
         store(sink.write, data)
+        if progress is not None:
+            progress(sink.size)
 
 
 async def drain(writer: asyncio.StreamWriter, limits: NetLimits) -> None:

@@ -119,12 +119,16 @@ class Uploader:
         path: Path,
         progress: Callable[[int], None] | None,
         raw: bool,
+        sender: str | None = None,
     ) -> None:
-        """Push a file unasked on a connection just made: a raw header and the raw bytes, or a
-        classic hex-encoded FILE_DATA."""
+        """Push a file unasked on a connection just made: a raw header (naming ``sender``, our
+        peer id, for the receiver's display) and the raw bytes, or a classic hex-encoded
+        FILE_DATA."""
         if raw:
             size = os.stat(path).st_size
-            ext = {"raw": True, "offset": 0, "length": size, "size": size}
+            ext: dict[str, object] = {"raw": True, "offset": 0, "length": size, "size": size}
+            if sender is not None:
+                ext["from"] = sender
             header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext}
             writer.write(codec.encode_message(header))
             await self.send_raw(writer, path, 0, size, progress)

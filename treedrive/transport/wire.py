@@ -24,7 +24,8 @@ The limits (module constants below):
 - ``GOSSIP`` is forwarded unchanged, so it is bounded as a whole: at most
   :data:`MAX_GOSSIP_EXTRA_KEYS` unknown keys and :data:`MAX_GOSSIP_BYTES` once encoded.
 - The TreeDrive extension's ranged request and raw header (:func:`range_request`,
-  :func:`range_header`): offsets, lengths and sizes are ints in 0..:data:`MAX_FILE_BYTES`.
+  :func:`range_header`): offsets, lengths and sizes are ints in 0..:data:`MAX_FILE_BYTES`; a
+  raw push's ``from`` (:func:`pusher`) is a peer id.
 
 A bad message raises :class:`WireError` (the transport drops it with one log line). Unknown keys
 are kept in ``extra``.
@@ -89,6 +90,8 @@ __all__ = [
     "decode",
     "encode",
     "file_meta",
+    "partial_record",
+    "pusher",
     "range_header",
     "range_request",
     "showable",
@@ -335,6 +338,28 @@ def range_request(extra: Mapping[str, Any]) -> RangeRequest | None:
         None if ext.get("download") is None else fields.ident(ext, "download", MAX_DOWNLOAD_ID)
     )
     return RangeRequest(offset=offset, length=length, asker=asker, download=download)
+
+
+def pusher(extra: Mapping[str, Any]) -> str | None:
+    """The pusher's peer id that a raw push's header claims (``treedrive.from``), or None if it
+    says none or the push is not raw. A claim, for display only. Raises WireError if it is not a
+    valid peer id."""
+    ext = _raw_ext(extra)
+    if ext is None or ext.get("from") is None:
+        return None
+    return fields.ident(ext, "from", MAX_PEER_ID, numbers=True)
+
+
+def partial_record(fields_so_far: Mapping[str, Any]) -> FileMeta | None:
+    """The record of a FILE_DATA whose ``data`` is still arriving, from the keys that came
+    before it (:attr:`codec.MessageParser.fields_so_far`); None unless they make a valid record
+    under the same checks as a whole one. Later keys may still change it: for display only."""
+    if fields_so_far.get("type") != "FILE_DATA" or fields_so_far.get("file_id") is None:
+        return None
+    try:
+        return file_meta(fields_so_far)
+    except WireError:
+        return None
 
 
 def range_header(extra: Mapping[str, Any]) -> RangeHeader | None:
