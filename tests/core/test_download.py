@@ -895,7 +895,9 @@ async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes
         await wait_for(lambda: knows(receiver, file_id, {"H"}))
         task = asyncio.ensure_future(receiver.get(file_id))
         await wait_for(lambda: arrived() >= 1 * MiB, timeout=10)
-        assert not receiver.active_transfers  # still in the first chunk: size not known yet
+        # still in the first chunk (size not known yet), and already shown as a transfer
+        [first] = receiver.active_transfers.values()
+        assert (first.file_id, first.direction, first.bytes_total) == (file_id, "in", size)
         fill(filler)  # something else takes the rest of the disk
 
         with pytest.raises(StorageError, match="No space left on device"):

@@ -191,22 +191,28 @@ class RangedDownload:
                     self.chunk_size = saved.chunk_size
                     start = saved.partial.get(0, 0)
                     start = start if 0 < start < self.chunk_size else 0
+                # Visible from its first byte (its size is the record's claim until an answer
+                # says it).
+                self.handle = self.node.begin_transfer(
+                    self.entry.meta, "in", None, size_hint(self.entry) or None, start
+                )
                 await self._first_chunk(start)
                 self._check_room()
                 await self._size_partial()
                 self._save()
-                resumed = False  # what the first chunk brought came in this run
             else:
                 assert saved is not None
                 self._resume(saved)
                 self._check_room()
                 await self._size_partial()
-                resumed = True  # what is on disk was there before this run
             frontier = self._frontier()
-            already = min(frontier.on_disk(), frontier.size) if resumed else 0
-            self.handle = self.node.begin_transfer(
-                self.entry.meta, "in", None, frontier.size, already
-            )
+            if self.handle is None:
+                already = min(frontier.on_disk(), frontier.size)  # resumed: there before
+                self.handle = self.node.begin_transfer(
+                    self.entry.meta, "in", None, frontier.size, already
+                )
+            else:
+                self.handle.state.bytes_total = frontier.size
             self._report()
             await self._fetch_and_verify()
         except StorageError as exc:
@@ -323,7 +329,9 @@ class RangedDownload:
             asked = time.monotonic()
             latest = None  # what a failed request wrote may be on disk now
             try:
-                answer = await self._request(peer, start, self.chunk_size - start, None, written)
+                answer = await self._request(
+                    peer, start, self.chunk_size - start, self._first_progress, written
+                )
                 if (elapsed := time.monotonic() - asked) > 0:
                     self._speed[peer.peer_id] = answer.length / elapsed
                 latest = (peer.peer_id, answer, got)
@@ -471,6 +479,11 @@ class RangedDownload:
     def _progress(self, _done: int) -> None:
         self._report()
         self._maybe_checkpoint()
+
+    def _first_progress(self, _done: int) -> None:
+        """Progress of chunk 0, before the frontier exists (on the loop)."""
+        if self.handle is not None:
+            self.handle.update(self._first_bytes)
 
     def _report(self) -> None:
         if self.handle is not None and self.frontier is not None:

@@ -724,7 +724,7 @@ class Node:
             owner = uow.tombstones.owner(a.meta.file_id)
             peer = uow.peers.get(a.from_peer)
             if owner is None:
-                for meta, is_new in uow.files.advertise(a.from_peer, [a.meta], now):
+                for meta, is_new in uow.files.advertise(a.from_peer, [a.meta], now, announced=True):
                     uow.emit(FileAdvertised(meta, a.from_peer, is_new))
                 uow.commit()
         if owner is not None and peer is not None:
