@@ -966,6 +966,12 @@ class Node:
             raw=RAW_PUSH in (peer.features or ()) and RAW_PUSH in self.features,
         )
         transfer.finish(ok, None if ok else "push failed")
+        if not ok:
+            log.warning(
+                "sending %s to %s failed (the connection failed or was cut; --log-level DEBUG "
+                "says how); it stays here for peers to fetch",
+                file_label(meta), peer_label(peer.peer_id, f"{peer.host}:{peer.port}"),
+            )  # fmt: skip
         return ok
 
     @staticmethod

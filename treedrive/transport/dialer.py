@@ -210,13 +210,13 @@ class Dialer:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
         except (OSError, TimeoutError) as exc:
-            log.warning("cannot push to %s:%d: %s", host, port, exc)
+            log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
             await self.uploader.push(writer, meta, path, progress, raw, sender)
             return True
         except (OSError, TimeoutError) as exc:
-            log.warning("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
+            log.debug("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
             return False
         finally:
             await close_writer(writer)
