@@ -191,3 +191,35 @@ def test_a_start_logs_at_most_three_lines(node_process: Factory) -> None:
     assert len(new) <= 3, new
     assert not [x for x in terminal + new if "database" in x or "alembic" in x]
     assert node.stop() == 0
+
+
+# -- the schema at start --------------------------------------------------------------------------
+def test_a_schema_upgrade_is_one_line_and_a_current_schema_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from treedrive.store import Store
+    from treedrive.store.db import alembic_config
+
+    caplog.set_level(logging.DEBUG)
+    store = Store(tmp_path / "node")
+    try:
+        revisions = [
+            r.revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+        ]
+        head, older = revisions[0], revisions[1]
+        command.upgrade(alembic_config(store.engine), older)  # a database of an older version
+        caplog.clear()
+        said = store.upgrade()
+        assert [r.getMessage() for r in caplog.records] == [said]
+        assert said == (
+            f"database upgraded from {older} to {head} "
+            f"(backup at {store.db_path.with_name(f'treedrive.db.{older}.bak')})"
+        )
+        caplog.clear()
+        assert store.upgrade() is None
+        assert caplog.records == []
+    finally:
+        store.close()

@@ -175,7 +175,11 @@ async def test_get_in_the_background_reports_progress_and_the_end(
     await wait_for(lambda: any(s.startswith("got big.bin") for s in said), timeout=20)
     progress = [s for s in said if s.startswith("get big.bin")]
     assert progress, said  # progress lines came while it ran
-    assert re.search(r"\d+\.\d (KiB|MiB) / 2\.0 MiB", progress[0]), progress
+    shape = re.compile(r"get big\.bin  \d+(\.\d)? (B|KiB|MiB) / 2\.0 MiB  [\d.]+ \S+/s( |$)")
+    assert all(shape.match(line) for line in progress), progress
+    assert any(re.search(r"\d+\.\d (KiB|MiB) / ", line) for line in progress), (
+        progress
+    )  # bytes came
     assert re.fullmatch(r"got big\.bin \(2\.0 MiB\) in \d+ s", said[-1]), said
     assert bob.store.blobs.path(file_id).read_bytes() == src.read_bytes()
     assert await sh.execute("transfers") == "no transfers"

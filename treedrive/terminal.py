@@ -15,6 +15,7 @@ while a line is being read (the reading thread holds no interpreter lock while i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -276,7 +277,7 @@ class Console:
         future = asyncio.run_coroutine_threadsafe(self.shell.execute(line), self.loop)
         try:
             out = future.result()
-        except ExitShell:
+        except (ExitShell, concurrent.futures.CancelledError):  # exit, or the node is stopping
             return False
         except Exception as exc:  # the shell never dies of one command
             out = printable_lines(f"error: {exc}")
