@@ -45,6 +45,18 @@ def file_id_of(data: bytes, ts: int) -> str:
 
 
 # -- the shell over pipes ------------------------------------------------------------------------
+
+
+class ByShortId(dict[str, dict[str, str]]):
+    """Rows keyed by the 12-character ids that tables show; a full id finds its row too."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key[:12])
+
+    def __getitem__(self, key: str) -> dict[str, str]:
+        return super().__getitem__(key[:12])
+
+
 class Shell:
     """A node process started with ``--shell``; :meth:`run` sends one command and returns its
     output. After each command a unique unknown command is sent as a sentinel: the shell answers
@@ -169,9 +181,10 @@ class Shell:
     def peers(self) -> set[str]:
         return {row[0] for row in self._rows(self.run("peers"))}
 
-    def files(self, scope: str = "both") -> dict[str, dict[str, str]]:
-        """file_id -> {name, owner, local, peers} as the shell's ``list`` shows them."""
-        out = {}
+    def files(self, scope: str = "both") -> ByShortId:
+        """file_id -> {name, owner, local, peers} as the shell's ``list`` shows them (by the
+        short ids its table shows; a full id finds its row too)."""
+        out = ByShortId()
         for row in self._rows(self.run(f"list {scope}")):
             # file_id name size(2 words) owner local peers
             file_id, name, owner, local, holders = row[0], row[1], row[-3], row[-2], row[-1]
