@@ -96,12 +96,13 @@ def build_node(config: NodeConfig, plugins: Plugins | None = None) -> Node:
     store.upgrade()
     if plugins is None:
         plugins = Plugins(make_plugin_manager())
+    bootstrap = frozenset((a.host, a.port) for a in config.bootstrap)
     limits = NetLimits(
         connect_timeout=config.connect_timeout,
         idle_timeout=config.reply_timeout,
         max_connections=config.max_connections,
     )
-    return Node(config, store, plugins, TcpNetwork(config.host, config.port, limits))
+    return Node(config, store, plugins, TcpNetwork(config.host, config.port, limits, bootstrap))
 
 
 def lock_data_dir(data_dir: Path) -> int:

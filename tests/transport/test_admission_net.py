@@ -358,6 +358,39 @@ async def test_a_refused_address_is_dialed_a_few_times_at_most(recorder: Any) ->
         await network.close()
 
 
+async def test_a_chosen_address_is_dialed_each_time_the_node_asks(recorder: Any) -> None:
+    chosen, other = free_port(), free_port()  # nobody listens on either
+    # The bootstrap hosts are the owner's choice, not a stranger's: dialed whenever the node
+    # asks (the node backs off on its own schedule and reports them).
+    network = TcpNetwork("127.0.0.1", 0, chosen=frozenset({("127.0.0.1", chosen)}))
+    dials: list[int] = []
+    connect = network.dialer.connect
+
+    async def counting(host: str, port: int) -> Any:
+        dials.append(port)
+        return await connect(host, port)
+
+    network.dialer.connect = counting  # type: ignore[method-assign]
+    try:
+        t0 = time.monotonic()
+        for i in range(6):
+            gossip = Gossip("127.0.0.1", 1, f"g{i}", "me")
+            assert await network.send("127.0.0.1", chosen, gossip) is False
+            assert await network.send("127.0.0.1", other, gossip) is False
+        assert time.monotonic() - t0 < 5  # refused at once: no waiting either
+        assert dials.count(chosen) == 6
+        assert dials.count(other) <= 2  # a stranger's address backs off
+        # The node reports its bootstrap hosts itself: no transport line counts them.
+        assert network.stats()["dials failed"] == dials.count(other)
+        # Once it listens, the next ask gets through.
+        listener = recorder()
+        network.dialer.chosen = frozenset({("127.0.0.1", listener.port)})
+        assert await network.send("127.0.0.1", listener.port, Gossip("h", 1, "ok", "me"))
+        await wait_for(lambda: listener.of_type("GOSSIP", id="ok"))
+    finally:
+        await network.close()
+
+
 # -- file descriptors ----------------------------------------------------------------------------
 async def test_open_files_limit_is_raised_and_accept_failures_are_throttled(
     start_node: Starter, caplog: pytest.LogCaptureFixture

@@ -106,6 +106,8 @@ BOOTSTRAP_FIRST_WAIT = 2.0
 not answered (and tries them again, with back-off)."""
 BOOTSTRAP_FIRST_RETRY = 1.0
 """Seconds before the first retry of unanswered bootstrap hosts (doubling after each)."""
+BOOTSTRAP_ANSWER_WAIT = 2.0
+"""Seconds a bootstrap host that took our GOSSIP has to answer before it counts as silent."""
 BOOTSTRAP_MAX_WAIT = 60.0
 """The longest pause between tries of bootstrap hosts while no peer is known."""
 
@@ -397,6 +399,8 @@ class Node:
             for address in hosts:
                 self.replies.gossiped(address, now)
             sent = await asyncio.gather(*(self.network.send(h, p, gossip) for h, p in hosts))
+            if any(sent) and await self._peer_within(BOOTSTRAP_ANSWER_WAIT):
+                continue  # answered: joined
             delay = backoff.failed()
             names = ", ".join(f"{h}:{p}" for h, p in hosts[:4])
             if any(sent):
@@ -407,7 +411,19 @@ class Node:
             self.bootstrap_problem = f"{why}; retrying in {delay:.{0 if delay >= 1 else 1}f} s"
             if backoff.failures & (backoff.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th… try
                 log.warning("%s (try %d)", self.bootstrap_problem, backoff.failures)
-            await asyncio.sleep(delay)
+            await self._peer_within(delay)
+
+    async def _peer_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for some peer to be known (a GOSSIP or reply came in)."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            if self.peers():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(0.25, left))
+        return False
 
     async def _gossip_loop(self) -> None:
         while not self._stopping.is_set():

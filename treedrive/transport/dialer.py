@@ -25,7 +25,7 @@ from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink
 from treedrive.transport import codec, wire
-from treedrive.transport.admission import PROBE, DialBackoff
+from treedrive.transport.admission import FREE, PROBE, DialBackoff
 from treedrive.transport.counters import Counters
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.outbox import EncodeCache, Outbox
@@ -68,8 +68,13 @@ class Dialer:
         counters: Counters,
         uploader: Uploader,
         download: RateLimiter,
+        chosen: frozenset[tuple[str, int]] = frozenset(),
     ) -> None:
         self.limits = limits
+        self.chosen = chosen
+        """Addresses the node's owner configured (the bootstrap hosts): dialed whenever the
+        node asks, without the back-off that keeps strangers from aiming the node's dials at an
+        address (the node retries them on its own schedule and reports their failures)."""
         self.counters = counters
         self.uploader = uploader
         self.download = download
@@ -118,8 +123,11 @@ class Dialer:
     async def _sender(self) -> None:
         while True:
             post = await self.outbox.get()
-            if not self._backoff.allowed((post.host, post.port), time.monotonic()) and not (
-                self._backoff.probing((post.host, post.port))
+            address = (post.host, post.port)
+            if (
+                address not in self.chosen
+                and not self._backoff.allowed(address, time.monotonic())
+                and not self._backoff.probing(address)
             ):
                 self.counters.event("messages dropped (address refused lately)")
                 continue
@@ -130,6 +138,8 @@ class Dialer:
         """Whether to dial ``address`` (see :class:`DialBackoff`): a probe, a free dial, or
         None. While a probe to it is out, a few dials wait for its outcome; the rest are not
         made."""
+        if address in self.chosen:
+            return FREE
         while True:
             decision = self._backoff.take(address, time.monotonic())
             if decision is not None:
@@ -176,7 +186,8 @@ class Dialer:
                 _, writer = await self.connect(host, port)
             except (OSError, TimeoutError) as exc:
                 self._probed(address, False)
-                self.counters.event("dials failed")
+                if address not in self.chosen:  # the node reports its bootstrap hosts itself
+                    self.counters.event("dials failed")
                 log.debug("cannot reach %s:%d: %s", host, port, exc)
                 return False
             self._probed(address, True)

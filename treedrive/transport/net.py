@@ -95,7 +95,15 @@ class TcpNetwork:
 
     Counters for benchmarks and the node: :meth:`stats` (and ``events.totals``, per kind)."""
 
-    def __init__(self, host: str, port: int, limits: NetLimits | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        limits: NetLimits | None = None,
+        chosen: frozenset[tuple[str, int]] = frozenset(),
+    ) -> None:
+        """``chosen``: addresses the owner configured (the bootstrap hosts), dialed without
+        the back-off that strangers' addresses get (see ``Dialer.chosen``)."""
         self.host = host
         self.port = port
         limits = limits or NetLimits()
@@ -110,7 +118,7 @@ class TcpNetwork:
         self.upload = RateLimiter()
         self.counters = Counters()
         self.uploader = Uploader(limits, self.upload)
-        self.dialer = Dialer(limits, self.counters, self.uploader, self.download)
+        self.dialer = Dialer(limits, self.counters, self.uploader, self.download, chosen)
         self.ranges = RangeClient(limits, self.download, self.dialer.dials)
         self.limits = limits
         self._housekeeping: asyncio.Task[None] | None = None
