@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,9 @@ PATIENT = {**QUIET, "reply_timeout": 60.0}
 
 
 @pytest.fixture
-def classic() -> Iterator[Callable[..., ClassicPeer]]:
-    """``classic("bob", **switches)``: a started classic peer, stopped at the end of the test."""
-    peers: list[ClassicPeer] = []
-
-    def make(peer_id: str = "bob", **switches: Any) -> ClassicPeer:
-        peer = ClassicPeer(peer_id, **switches).start()
-        peers.append(peer)
-        return peer
-
-    yield make
-    for peer in peers:
-        peer.stop()
+def classic(classic_peer: Callable[..., ClassicPeer]) -> Callable[..., ClassicPeer]:
+    """``classic("bob", **switches)``: conftest's ``classic_peer`` under this file's name."""
+    return classic_peer
 
 
 def at(node: Node) -> tuple[str, int]:
