@@ -26,8 +26,8 @@ from treedrive.core.errors import NodeError
 from treedrive.core.ids import short_id
 from treedrive.core.model import CatalogEntry
 from treedrive.core.names import safe_name
-from treedrive.core.text import printable, printable_lines
-from treedrive.web.progress import human_duration, human_size, progress_line
+from treedrive.core.text import human_size, printable, printable_lines
+from treedrive.web.progress import human_duration, progress_line
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node

@@ -916,14 +916,7 @@ class Node:
         assert isinstance(writer, BlobWriter)
         with self.store.unit_of_work() as uow:
             same_size = uow.files.held_of_size(writer.size)
-        for meta in same_size:
-            if isinstance(meta.file_timestamp, int) and (
-                writer.content_id(meta.file_timestamp) == meta.file_id
-            ):
-                return meta
-            if writer.matches(meta.file_id, meta.file_timestamp):
-                return meta
-        return None
+        return next((m for m in same_size if writer.matches(m.file_id, m.file_timestamp)), None)
 
     async def share(self, writer: FileSink, name: str, *, force: bool = False) -> Pushed:
         """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``.

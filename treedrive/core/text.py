@@ -33,13 +33,16 @@ def printable_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-def human_size(n: int | float | None) -> str:
-    """Bytes as a person reads them: ``512 B``, ``12.0 KiB``, ``600.0 MiB``, ``1.0 GiB``."""
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_size(n: float | None) -> str:
+    """Bytes as a person reads them: ``512 B``, ``1.5 KiB``, ``600.0 MiB``; ``None`` → ``?``."""
     if n is None:
         return "?"
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in UNITS[:-1]:
+        if abs(value) < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} TiB"
+    return f"{value:.1f} {UNITS[-1]}"

@@ -21,10 +21,10 @@ from urllib.parse import quote, urlencode
 
 import click
 
-from treedrive.core.text import printable
+from treedrive.core.text import human_size, printable
 from treedrive.shell import table
 from treedrive.web.client import Client, find_node
-from treedrive.web.progress import LiveLine, Meter, eta_of, human_size
+from treedrive.web.progress import LiveLine, Meter, eta_of
 
 CHUNK = 1 << 20
 POLL = 0.3

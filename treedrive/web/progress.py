@@ -14,21 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from treedrive.core.text import printable
-
-UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def human_size(n: float | None) -> str:
-    """``1536`` → ``"1.5 KiB"``; ``None`` → ``"?"``."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in UNITS:
-        if abs(value) < 1024 or unit == UNITS[-1]:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+from treedrive.core.text import human_size, printable
 
 
 def human_duration(seconds: float) -> str:
