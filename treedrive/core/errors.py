@@ -32,3 +32,7 @@ class TransferError(Exception):
 
 class ClassicAnswer(TransferError):
     """A peer answered a ranged request the classic way (it does not speak the extension)."""
+
+
+class VerificationError(Exception):
+    """The bytes received do not hash to the id they were sent under."""

@@ -923,6 +923,7 @@ class Node:
         Bytes this node already holds are not pushed again (unless ``force``): the answer is
         the record it has, marked ``existing``."""
         assert isinstance(writer, BlobWriter)
+        await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
         if not force:
             existing = self.held_copy(writer)
             if existing is not None:
@@ -1088,6 +1089,7 @@ class Node:
             else:
                 # Verify under the timestamp the holder sent, else under the one we recorded.
                 ts = header.meta.file_timestamp
+                await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
                 if not writer.matches(meta.file_id, ts):
                     ts = meta.file_timestamp
                 if await self._commit_blob(writer, meta.file_id, ts, peer.peer_id):

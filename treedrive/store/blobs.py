@@ -1,13 +1,13 @@
 """File contents, one blob per file id, written atomically.
 
-Bytes arrive into a temp file under ``partial/``; only when the whole verifies against its id is it
-fsynced and renamed to ``blobs/<file_id>``. A half-received file is never visible as a blob, and a
-crash leaves only temp files, which the next start removes.
+Bytes arrive into a :class:`~treedrive.store.partial.PartialFile` under ``partial/``; only when
+the whole verifies against its id is it fsynced and renamed to ``blobs/<file_id>``. A
+half-received file is never visible as a blob, and a crash leaves only temp files, which the next
+start removes (but for the partial files of resumable downloads).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -16,79 +16,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from treedrive.core import fileid
-from treedrive.core.model import Timestamp
+from treedrive.core.errors import VerificationError
+from treedrive.store.partial import PartialFile
 
 log = logging.getLogger(__name__)
 
+__all__ = ["BlobStore", "BlobWriter", "PartialFile", "VerificationError"]
+
+BlobWriter = PartialFile
+"""The old name of a partial file filled in order."""
+
 CHUNK = 1024 * 1024
-
-
-class VerificationError(Exception):
-    """The bytes received do not hash to the id they were sent under."""
-
-
-class BlobWriter:
-    """A temp file being filled; ``commit`` verifies and publishes it, ``abort`` removes it."""
-
-    def __init__(self, store: BlobStore) -> None:
-        self._store = store
-        fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=store.partial_dir)
-        self.path = Path(name)
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.committed: Path | None = None
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._file is None:
-            raise ValueError("blob writer is closed")
-        self._file.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-
-    def matches(self, file_id: str, ts: Timestamp) -> bool:
-        return fileid.matches(self._hash, ts, file_id)
-
-    def content_id(self, ts: int) -> str:
-        """The id the bytes written so far have under timestamp ``ts`` (for a push)."""
-        h = self._hash.copy()
-        h.update(str(ts).encode())
-        return h.hexdigest()
-
-    def commit(self, file_id: str, ts: Timestamp) -> Path:
-        """Verify against ``file_id`` and move into place. Raises VerificationError (and aborts)."""
-        if self._file is None:
-            raise ValueError("blob writer is closed")
-        if not fileid.is_file_id(file_id) or not self.matches(file_id, ts):
-            self.abort()
-            raise VerificationError(f"bytes do not match file id {file_id[:16]}…")
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            target = self._store.path(file_id)
-            os.replace(self.path, target)
-            self._store.fsync_dir()
-        except BaseException:
-            self.abort()
-            raise
-        self.committed = target
-        return target
-
-    def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self.committed is None:
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> BlobWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.committed is None:
-            self.abort()
 
 
 class BlobStore:
@@ -110,8 +48,17 @@ class BlobStore:
     def size(self, file_id: str) -> int:
         return self.path(file_id).stat().st_size
 
-    def writer(self) -> BlobWriter:
-        return BlobWriter(self)
+    def writer(self) -> PartialFile:
+        """A new temp file under ``partial/``, filled in order (a push, an upload, a classic
+        answer)."""
+        fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=self.partial_dir)
+        os.close(fd)
+        return PartialFile(Path(name), self.publish)
+
+    def partial(self, file_id: str, *, keep: bool) -> PartialFile:
+        """The partial file of a ranged (resumable) download of ``file_id``; ``keep``: with
+        the bytes an earlier run left in it."""
+        return PartialFile(self.range_path(file_id), self.publish, keep=keep)
 
     def open(self, file_id: str) -> BinaryIO:
         return self.path(file_id).open("rb")
@@ -149,12 +96,16 @@ class BlobStore:
         return self.partial_dir / f"{file_id}.range"
 
     def adopt(self, path: Path, file_id: str) -> Path:
-        """Publish a complete, verified partial file as the blob of ``file_id``."""
+        """Sync and publish a complete, verified partial file as the blob of ``file_id``."""
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return self.publish(path, file_id)
+
+    def publish(self, path: Path, file_id: str) -> Path:
+        """Move a complete, verified and synced partial file into place as ``file_id``'s blob."""
         target = self.path(file_id)
         os.replace(path, target)
         self.fsync_dir()
