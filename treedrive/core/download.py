@@ -47,7 +47,8 @@ from treedrive.core.sizes import SMALL, record_agrees, size_hint
 from treedrive.store.downloads import DownloadState
 
 if TYPE_CHECKING:
-    from treedrive.core.node import Node, TransferHandle
+    from treedrive.core.node import Node
+    from treedrive.core.transfers import TransferHandle
 
 log = logging.getLogger(__name__)
 

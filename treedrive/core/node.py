@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +44,6 @@ from treedrive.core.events import (
     FileStored,
     PeerExpired,
     PeerSeen,
-    TransferFinished,
-    TransferProgress,
 )
 from treedrive.core.messages import (
     Announce,
@@ -78,6 +76,7 @@ from treedrive.core.replies import (
     source_ip,
 )
 from treedrive.core.sizes import classic_cap, size_hint
+from treedrive.core.transfers import RangeProgress, TransferHandle, Transfers
 from treedrive.store import BlobWriter, Store, VerificationError
 from treedrive.store.uow import UnitOfWork
 
@@ -87,7 +86,6 @@ PROTOCOL_VERSION = 1
 RAW_PUSH = "raw-push"
 DISTRUST_FOR = 600.0  # seconds a holder that sent bad bytes is avoided
 SEEN_IDS = 10_000
-PROGRESS_EVERY = 0.25  # seconds between progress events of one transfer
 RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one address about one deleted file
 RELAYS_PER_MESSAGE = 8
 """DELETEs relayed for one message that advertises deleted files (a GOSSIP_REPLY may list 300)."""
@@ -95,9 +93,6 @@ RELAYS_PER_ADDRESS = 8
 """DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
 KEEP_FOR = 1.0
 """Seconds the set of proven peers (kept when the peer table is full) is reused."""
-UPLOAD_LINGER = 1.0
-"""Seconds an upload of ranges stays open after its last range, for the next one: the ranges one
-download asks for become one upload (one transfers row, one line on the dashboard)."""
 FORWARD_TARGETS_FOR = 1.0
 """Seconds the tracked addresses that GOSSIPs are forwarded to are reused before they are read
 again (a flood must not make the node read its whole peer table per GOSSIP)."""
@@ -159,8 +154,7 @@ class Node:
         self._relay_windows: Bounded[Address, tuple[float, int]] = Bounded(MAX_ADDRESSES)
         """address -> (start of its current interval, DELETEs relayed to it in it)."""
         self._stopping = asyncio.Event()
-        self.active_transfers: dict[int, TransferState] = {}
-        self._uploads: dict[tuple[str, str, str], RangedUpload] = {}
+        self.transfers = Transfers(self.transaction, self.publish)
         self._distrusted: dict[str, float] = {}
         self.rate_limits = (config.max_download_rate, config.max_upload_rate)
         self.features = self.EXTENSION_FEATURES if config.extension else frozenset()
@@ -247,7 +241,7 @@ class Node:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.network.close()
-        self._close_uploads()
+        self.transfers.close_uploads()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -785,9 +779,7 @@ class Node:
     def track_push(
         self, meta: FileMeta, source: str, sender: str | None, size: int | None
     ) -> Progress:
-        """A file pushed to this node is arriving: one incoming transfer, named after the
-        sender if it said who it is (a claim, for display), else its address."""
-        return self.begin_transfer(meta, "in", (sender or source)[:256], size)
+        return self.transfers.pushed(meta, source, sender, size)
 
     async def handle_pushed_file(
         self,
@@ -1118,49 +1110,22 @@ class Node:
         total: int | None,
         done: int = 0,
     ) -> TransferHandle:
-        """Record a transfer (``direction`` "in" or "out") and track its progress; ``done``:
-        the bytes already there (a resumed download), not counted in its rate."""
-        with self.transaction() as uow:
-            tid = uow.transfers.start(meta.file_id, direction, peer_id, total, time.time())
-            uow.commit()
-        state = TransferState(
-            tid, meta.file_id, meta.file_name, direction, peer_id, total,
-            bytes_done=done, bytes_at_start=done,
-        )  # fmt: skip
-        self.active_transfers[tid] = state
-        return TransferHandle(self, state)
+        """Record a transfer and track its progress (see :meth:`Transfers.begin`)."""
+        return self.transfers.begin(meta, direction, peer_id, total, done)
 
-    def _finish_transfer(self, transfer: TransferState, ok: bool, error: str | None = None) -> None:
-        if self.active_transfers.pop(transfer.transfer_id, None) is None:
-            return  # finished already
-        if ok:
-            transfer.bytes_total = transfer.bytes_done
-        with self.transaction() as uow:
-            uow.transfers.finish(
-                transfer.transfer_id, ok, transfer.bytes_done, time.time(), error, transfer.peer_id
-            )
-            uow.emit(TransferFinished(transfer.snapshot(), ok, error))
-            uow.commit()
+    @property
+    def active_transfers(self) -> dict[int, TransferState]:
+        """The transfers under way, by transfer id."""
+        return self.transfers.active
 
     # -- uploads (InboundHandler) ---------------------------------------------------------------
     def track_upload(self, meta: FileMeta, peer: str, size: int) -> TransferHandle:
-        return self.begin_transfer(meta, "out", peer, size)
+        return self.transfers.upload(meta, peer, size)
 
     def track_range(
         self, meta: FileMeta, peer: str, download: str | None, size: int
     ) -> RangeProgress:
-        """One range of an upload: the ranges of one download (same asker, same ``download``
-        id) add up to one transfer, finished ``UPLOAD_LINGER`` s after its last range."""
-        key = (meta.file_id, peer, download[:64] if download else secrets.token_hex(8))
-        upload = self._uploads.get(key)
-        if upload is None:
-            handle = self.begin_transfer(meta, "out", peer[:256], size)
-            upload = self._uploads[key] = RangedUpload(handle, lambda: self._uploads.pop(key, None))
-        return upload.range()
-
-    def _close_uploads(self) -> None:
-        for upload in list(self._uploads.values()):
-            upload.close()
+        return self.transfers.range(meta, peer, download, size)
 
     async def delete(self, file_id: str) -> None:
         """Delete a file this node owns, here and (by DELETE to every tracked peer) everywhere.
@@ -1248,93 +1213,6 @@ def _logged(what: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("%s failed; trying again at the next round", what)
-
-
-class TransferHandle:
-    """Progress of one transfer: ``update(bytes_done)`` as bytes move (events at most every
-    ``PROGRESS_EVERY``), then ``finish(ok, error)`` once."""
-
-    def __init__(self, node: Node, state: TransferState) -> None:
-        self.node = node
-        self.state = state
-        self._last = 0.0
-
-    def update(self, done: int) -> None:
-        self.state.bytes_done = done
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY:
-            self._last = now
-            self.node.publish([TransferProgress(self.state.snapshot())])
-
-    def record(self) -> None:
-        """Write the bytes done so far to the store (the transfer goes on)."""
-        with self.node.store.unit_of_work() as uow:
-            uow.transfers.progress(self.state.transfer_id, self.state.bytes_done, time.time())
-            uow.commit()
-
-    def finish(self, ok: bool, error: str | None = None) -> None:
-        self.node._finish_transfer(self.state, ok, error)
-
-
-class RangedUpload:
-    """The ranges one download asks of this node, as one upload: bytes add up over the ranges;
-    it finishes ``UPLOAD_LINGER`` s after its last range ended (ok if that range was whole)."""
-
-    def __init__(self, handle: TransferHandle, forget: Callable[[], object]) -> None:
-        self.handle = handle
-        self.forget = forget
-        self.done = 0  # bytes of the ranges that ended
-        self.running: dict[int, int] = {}  # range -> its bytes so far
-        self.error: str | None = None
-        self._next = 0
-        self._closing: asyncio.TimerHandle | None = None
-
-    def range(self) -> RangeProgress:
-        if self._closing is not None:
-            self._closing.cancel()
-            self._closing = None
-        self._next += 1
-        self.running[self._next] = 0
-        return RangeProgress(self, self._next)
-
-    def update(self, rid: int, done: int) -> None:
-        self.running[rid] = done
-        self.handle.update(self.done + sum(self.running.values()))
-
-    def end(self, rid: int, ok: bool, error: str | None) -> None:
-        self.done += self.running.pop(rid, 0)
-        self.error = None if ok else error or "failed"
-        self.handle.update(self.done + sum(self.running.values()))
-        try:
-            self.handle.record()  # what was sent so far survives a crash of this node
-        except Exception as exc:  # a full disk, say: the upload goes on, counted in memory
-            log.warning("could not record the upload of %s: %s", self.handle.state.file_id, exc)
-        if not self.running:
-            loop = asyncio.get_running_loop()
-            self._closing = loop.call_later(UPLOAD_LINGER, self.close)
-
-    def close(self) -> None:
-        if self._closing is not None:
-            self._closing.cancel()
-            self._closing = None
-        if self.running:  # closed with ranges still going: the node is stopping
-            self.error = self.error or "interrupted"
-        self.forget()
-        self.handle.finish(self.error is None, self.error)
-
-
-class RangeProgress:
-    """The :class:`Progress` of one range of a :class:`RangedUpload`."""
-
-    def __init__(self, upload: RangedUpload, rid: int) -> None:
-        self.upload = upload
-        self.rid = rid
-
-    def update(self, done: int) -> None:
-        self.upload.update(self.rid, done)
-
-    def finish(self, ok: bool, error: str | None = None) -> None:
-        self.upload.end(self.rid, ok, error)
 
 
 def storage_failure(exc: BaseException) -> bool:

@@ -42,7 +42,7 @@ from treedrive.core.errors import StorageError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink, InboundHandler, Progress, RangeAnswer
-from treedrive.transport import codec, wire
+from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState, Tally, choose_victim
 from treedrive.transport.counters import Counters
 from treedrive.transport.dialer import Dialer
@@ -58,7 +58,6 @@ from treedrive.transport.streams import (
     Reporter,
     close_writer,
     drain,
-    read_raw,
     store,
 )
 from treedrive.transport.uploader import Uploader
@@ -390,9 +389,10 @@ class TcpNetwork:
                     progress = handler.track_push(message.meta, source, sender, raw.length)
                     report = Reporter(progress.update)
                     state.protected = False
-                    await read_raw(
-                        stream, sink, raw.length, self._push_min_rate(), self.download, report
-                    )
+                    await inbound.read_raw(
+                        stream, writer, sink, raw.length, self._push_min_rate(), self.download,
+                        report,
+                    )  # fmt: skip
                     state.protected = True
                 elif sink is None and event.fields.get("data") is True:
                     sink = handler.open_sink()  # an empty file
