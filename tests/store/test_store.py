@@ -13,10 +13,9 @@ from sqlalchemy import inspect, text
 
 from treedrive.core.events import FileDeleted
 from treedrive.core.fileid import compute_file_id
-from treedrive.core.model import FileMeta, PeerInfo, Timestamp
+from treedrive.core.model import DownloadState, FileMeta, PeerInfo, Timestamp
 from treedrive.store import BlobStore, Store, VerificationError
 from treedrive.store.db import DB_NAME, alembic_config
-from treedrive.store.downloads import DownloadState
 from treedrive.store.models import Base
 
 TABLES = {"identity", "peers", "files", "holders", "tombstones", "transfers"}

@@ -41,10 +41,9 @@ from treedrive.core.activity import file_label
 from treedrive.core.errors import ClassicAnswer, FetchFailed, StorageError, TransferError
 from treedrive.core.events import FileRefused
 from treedrive.core.frontier import Frontier
-from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Timestamp
+from treedrive.core.model import CatalogEntry, DownloadState, FileMeta, PeerInfo, Timestamp
 from treedrive.core.ports import RangeAnswer
 from treedrive.core.sizes import SMALL, record_agrees, size_hint
-from treedrive.store.downloads import DownloadState
 
 if TYPE_CHECKING:
     from treedrive.core.node import Node

@@ -2,15 +2,36 @@
 
 The transport turns wire objects into these (and back). Unknown keys a peer sent travel along in
 ``extra`` so that a forwarded GOSSIP leaves unchanged and plugins can read extension keys.
+
+The TreeDrive extension (PROTOCOL.md part 2) is not among them: what a GOSSIP or GOSSIP_REPLY
+says of it arrives typed, as an :class:`Extension`, and its feature names are defined here, once.
+How it is written on the wire is the transport's business (``treedrive.transport.wire``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from treedrive.core.model import FileMeta
+
+EXTENSION_VERSION: Final = 1
+"""The version of the TreeDrive extension this node speaks."""
+RAW_RANGE: Final = "raw-range"
+"""Feature: ranged GET_FILE answered with raw bytes (PROTOCOL.md 2.2)."""
+RAW_PUSH: Final = "raw-push"
+"""Feature: a pushed FILE_DATA with raw bytes (PROTOCOL.md 2.3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """What a GOSSIP or GOSSIP_REPLY says of the TreeDrive extension: a message without one
+    comes from a classic peer. A claim: ``features`` are at most a few short names, ``version``
+    None when the peer gave no usable one."""
+
+    features: frozenset[str] = frozenset()
+    version: int | None = EXTENSION_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +43,8 @@ class Gossip:
     extra: Mapping[str, Any] = field(default_factory=dict)
     original: Mapping[str, Any] | None = None
     """The message exactly as received, so that forwarding leaves it unchanged."""
+    extension: Extension | None = None
+    """The originator's TreeDrive extension; None: a classic peer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +56,8 @@ class GossipReply:
     extra: Mapping[str, Any] = field(default_factory=dict)
     skipped: int = 0
     """How many entries of ``files`` were malformed and left out."""
+    extension: Extension | None = None
+    """The replier's TreeDrive extension; None: a classic peer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 Timestamp = int | float | str
@@ -102,3 +103,18 @@ class TransferState:
 
     def snapshot(self) -> TransferState:
         return replace(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadState:
+    file_id: str
+    size: int
+    chunk_size: int
+    done: frozenset[int]
+    """Chunks wholly on disk."""
+    partial: Mapping[int, int] = field(default_factory=dict)
+    """Chunks partly on disk: index -> how many of its first bytes."""
+
+    def bytes_on_disk(self) -> int:
+        whole = sum(min(self.chunk_size, self.size - c * self.chunk_size) for c in self.done)
+        return whole + sum(self.partial.values())

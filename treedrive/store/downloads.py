@@ -4,28 +4,12 @@ where the bytes stop (repositories never commit: the unit of work does)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from treedrive.core.model import DownloadState
 from treedrive.store.models import Download
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadState:
-    file_id: str
-    size: int
-    chunk_size: int
-    done: frozenset[int]
-    """Chunks wholly on disk."""
-    partial: Mapping[int, int] = field(default_factory=dict)
-    """Chunks partly on disk: index -> how many of its first bytes."""
-
-    def bytes_on_disk(self) -> int:
-        whole = sum(min(self.chunk_size, self.size - c * self.chunk_size) for c in self.done)
-        return whole + sum(self.partial.values())
 
 
 def _bitmap(chunks: frozenset[int] | set[int], count: int) -> bytes:
