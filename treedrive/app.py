@@ -261,9 +261,14 @@ def _check_dashboard(node: Node) -> None:
     raise StartFailed("dashboard", config.http_host, config.http_port, exc)
 
 
-async def serve_until_stopped(node: Node, stop: asyncio.Event) -> None:
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` (the node then stops cleanly)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_until_stopped(node: Node, stop: asyncio.Event) -> None:
+    stop_on_signals(stop)
     await stop.wait()

@@ -413,7 +413,7 @@ def start_failure(exc: BaseException) -> str | None:
 
 
 async def _run(config: NodeConfig, with_shell: bool) -> None:
-    from treedrive.app import AlreadyRunning, running_node, serve_until_stopped
+    from treedrive.app import AlreadyRunning, running_node, serve_until_stopped, stop_on_signals
 
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
@@ -429,6 +429,7 @@ async def _run(config: NodeConfig, with_shell: bool) -> None:
                 log.error("the node did not start: %s", said, extra={"terminal": False})
             raise StartRefused(said) from None
         _banner(node)
+        stop_on_signals(stop)  # before the shell's prompt: a signal then stops the node cleanly
         if with_shell:
             from treedrive.terminal import Console
 

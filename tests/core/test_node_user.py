@@ -14,6 +14,7 @@ import pytest
 
 from tests.core.harness import TS, Harness, file_of, gossip, serving
 from treedrive.core import ids
+from treedrive.core import bootstrap as bootstrap_module
 from treedrive.core import node as node_module
 from treedrive.core.backoff import Backoff
 from treedrive.core.config import Address
@@ -146,8 +147,8 @@ async def test_an_unreachable_bootstrap_host_is_reported_and_retried_until_a_pee
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(node_module, "BOOTSTRAP_FIRST_WAIT", 0.01)
-    monkeypatch.setattr(node_module, "BOOTSTRAP_FIRST_RETRY", 0.03)
+    monkeypatch.setattr(bootstrap_module, "BOOTSTRAP_FIRST_WAIT", 0.01)
+    monkeypatch.setattr(bootstrap_module, "BOOTSTRAP_FIRST_RETRY", 0.03)
     h = make_harness(bootstrap=(Address("127.0.0.1", 7900),), gossip_interval=1.0)
     tries: list[float] = []
 

@@ -47,10 +47,15 @@ class Progress(Protocol):
 
 
 class InboundHandler(Protocol):
-    peer_id: str
-    """This node's id (ranged requests carry it, so that the holder knows who asks)."""
-    features: frozenset[str]
-    """The extension features the node speaks (empty: classic only)."""
+    @property
+    def peer_id(self) -> str:
+        """This node's id (ranged requests carry it, so that the holder knows who asks)."""
+        ...
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The extension features the node speaks (empty: classic only)."""
+        ...
 
     def open_sink(self) -> FileSink:
         """A fresh sink for the bytes of an incoming FILE_DATA."""

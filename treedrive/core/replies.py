@@ -215,6 +215,11 @@ class ReplyPolicy:
     def spacing(self) -> float:
         return self.interval * SPACING
 
+    @property
+    def addresses_kept(self) -> int:
+        """How many addresses the policy remembers (and replies it may defer)."""
+        return self._addresses.size
+
     def _heard(self, address: Address) -> _Heard:
         heard = self._addresses.get(address)
         if heard is None:

@@ -1,0 +1,247 @@
+"""The catalogue: which peer holds which file, the owners' deletes (tombstones) and the claims
+that would make this node the owner of a file it never pushed.
+
+A GOSSIP_REPLY lists what its sender holds (PROTOCOL.md 1.4), an ANNOUNCE adds one holding, a
+DELETE from a file's owner removes the file everywhere (1.6); a peer that still advertises a file
+its owner deleted is told so again (bounded). The user's ``delete`` is here too: the owner's
+DELETE goes to every tracked peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from treedrive.core.activity import file_label
+from treedrive.core.bounded import Bounded, Reused
+from treedrive.core.context import NodeContext
+from treedrive.core.errors import NotFound, NotOwner
+from treedrive.core.events import FileAdvertised, FileDeleted, FileStored
+from treedrive.core.features import plugin_keys
+from treedrive.core.membership import Membership
+from treedrive.core.messages import Announce, Delete, GossipReply
+from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
+from treedrive.core.replies import MAX_ADDRESSES, Address
+from treedrive.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one address about one deleted file
+RELAYS_PER_MESSAGE = 8
+"""DELETEs relayed for one message that advertises deleted files (a GOSSIP_REPLY may list 300)."""
+RELAYS_PER_ADDRESS = 8
+"""DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
+RELAYED_KEPT = 10_000
+"""(address, file) pairs remembered as told."""
+
+
+class Catalogue:
+    """The catalogue side of one node (see the module's docstring)."""
+
+    def __init__(self, ctx: NodeContext, membership: Membership) -> None:
+        self.ctx = ctx
+        self.membership = membership
+        self._own: Reused[frozenset[str]] = Reused(ctx.config.gossip_interval)
+        self._relayed: Bounded[tuple[Address, str], float] = Bounded(RELAYED_KEPT)
+        """(address, file id) -> when that address was last told the file was deleted."""
+        self._relay_windows: Bounded[Address, tuple[float, int]] = Bounded(MAX_ADDRESSES)
+        """address -> (start of its current interval, DELETEs relayed to it in it)."""
+
+    # -- what this node owns ------------------------------------------------------------------
+    def own_files(self) -> frozenset[str]:
+        """The ids of the files this node owns and holds: those it pushed (only a push makes a
+        file owned by this node). Reused until they change."""
+        ctx = self.ctx
+        now = time.monotonic()
+        own = self._own.get(ctx.local_version, now)
+        if own is None:
+            version = ctx.local_version
+            with ctx.store.unit_of_work() as uow:
+                metas = uow.files.local_metas()
+            own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
+            self._own.put(own, version, now)
+        return own
+
+    def not_forged(self, metas: Sequence[FileMeta], peer_id: str) -> list[FileMeta]:
+        """``metas`` without the records that claim this node owns a file it never pushed (a
+        stranger's record would make this node the owner of a file it did not push, and give
+        it the right to DELETE it); those are counted and logged."""
+        ctx = self.ctx
+        if not any(m.file_owner == ctx.peer_id for m in metas):
+            return list(metas)
+        own = self.own_files()
+        kept = [m for m in metas if m.file_owner != ctx.peer_id or m.file_id in own]
+        skipped = len(metas) - len(kept)
+        if skipped:
+            ctx.forged_claims += skipped
+            ctx.log_limited(
+                "forged-owner", logging.WARNING,
+                "%d records from %r skipped: they say this node owns files it never pushed "
+                "(%d such claims so far)",
+                skipped, peer_id[:64], ctx.forged_claims,
+            )  # fmt: skip
+        return kept
+
+    # -- messages -----------------------------------------------------------------------------
+    def on_gossip_reply(self, r: GossipReply, source: str = "") -> None:
+        ctx = self.ctx
+        if r.peer_id == ctx.peer_id:
+            return
+        now = time.time()
+        self.membership.answered(r, source)
+        files = self.not_forged(r.files, r.peer_id)
+        with ctx.transaction() as uow:
+            self.membership.track(uow, r.peer_id, r.host, r.port, r.extra)
+            peer = uow.peers.get(r.peer_id)
+            assert peer is not None
+            deleted = uow.tombstones.owners([m.file_id for m in files])
+            stale = [(m.file_id, deleted[m.file_id]) for m in files if m.file_id in deleted]
+            live = [m for m in files if m.file_id not in deleted]
+            for meta, is_new in uow.files.advertise(r.peer_id, live, now, complete=True):
+                uow.emit(FileAdvertised(meta, r.peer_id, is_new))
+            uow.commit()
+        if r.skipped:
+            ctx.log_limited(
+                "malformed-records", logging.WARNING, "%d malformed file records from %r skipped",
+                r.skipped, r.peer_id[:64],
+            )  # fmt: skip
+        plugin_keys(ctx, "GOSSIP_REPLY", r.peer_id, r.extra)
+        if stale:
+            self._relay_deletes(peer, stale)
+
+    def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
+        window = self._relay_windows.get(address)
+        if window is None or now - window[0] >= self.ctx.config.gossip_interval:
+            window = (now, 0)
+        return window
+
+    def _relay_deletes(self, peer: PeerInfo, stale: Sequence[tuple[str, str]]) -> None:
+        """A peer still advertises files their owners deleted (it missed the DELETEs): pass the
+        owners' DELETEs on to its address. Bounded: each (address, file) at most once per
+        ``RELAY_DELETE_EVERY``, at most ``RELAYS_PER_MESSAGE`` for one message and
+        ``RELAYS_PER_ADDRESS`` per interval to one address (a stranger names any address, with
+        a fresh peer id each time); one log line (rate-limited) says how many."""
+        ctx = self.ctx
+        address = (peer.host, peer.port)
+        if peer.peer_id == ctx.peer_id or address == (ctx.host, ctx.port):
+            return  # a DELETE in this node's own name is a forgery
+        now = time.monotonic()
+        start, count = self._relay_window(address, now)
+        sent = held_back = 0
+        for file_id, owner in stale:
+            last = self._relayed.get((address, file_id))
+            if owner == peer.peer_id or (last is not None and now - last < RELAY_DELETE_EVERY):
+                continue  # the owner knows what it deleted; or told lately
+            if sent >= RELAYS_PER_MESSAGE or count >= RELAYS_PER_ADDRESS:
+                held_back += 1
+                continue
+            self._relayed.put((address, file_id), now)
+            sent += 1
+            count += 1
+            ctx.send(*address, Delete(from_peer=owner, file_id=file_id))
+        self._relay_windows.put(address, (start, count))
+        if sent or held_back:
+            ctx.log_limited(
+                "relay-delete", logging.INFO,
+                "told %s:%d (%r) that %d files were deleted by their owners (%d more not now)",
+                address[0][:64], address[1], peer.peer_id[:64], sent, held_back,
+            )  # fmt: skip
+
+    def on_announce(self, a: Announce) -> None:
+        ctx = self.ctx
+        if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
+            return
+        now = time.time()
+        with ctx.transaction() as uow:
+            owner = uow.tombstones.owner(a.meta.file_id)
+            peer = uow.peers.get(a.from_peer)
+            if owner is None:
+                for meta, is_new in uow.files.advertise(a.from_peer, [a.meta], now, announced=True):
+                    uow.emit(FileAdvertised(meta, a.from_peer, is_new))
+                uow.commit()
+        if owner is not None and peer is not None:
+            self._relay_deletes(peer, [(a.meta.file_id, owner)])
+
+    def on_delete(self, d: Delete) -> None:
+        ctx = self.ctx
+        if d.from_peer == ctx.peer_id:
+            # This node never sends itself a DELETE: one in its name is a forgery.
+            ctx.log_limited(
+                "forged", logging.WARNING,
+                "DELETE of %s in this node's own name refused: it did not send it",
+                d.file_id[:12],
+            )  # fmt: skip
+            return
+        with ctx.transaction() as uow:
+            entry = uow.files.get(d.file_id)
+            if entry is None:
+                ctx.log_limited(
+                    "delete-unknown", logging.INFO, "DELETE of unknown file %s from %r ignored",
+                    d.file_id[:12], d.from_peer,
+                )  # fmt: skip
+                return
+            if entry.meta.file_owner != d.from_peer:
+                ctx.log_limited(
+                    "delete-not-owner", logging.WARNING,
+                    "DELETE of %s from %r ignored: the owner is %r",
+                    d.file_id[:12], d.from_peer, entry.meta.file_owner,
+                )  # fmt: skip
+                return
+            self._forget(uow, entry)
+            uow.commit()
+        self._drop_bytes(d.file_id)
+        ctx.activity.deleted(entry.meta, by=d.from_peer)
+
+    # -- changes ------------------------------------------------------------------------------
+    def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
+        uow.files.remove(entry.meta.file_id)
+        uow.downloads.remove(entry.meta.file_id)
+        uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time())
+        uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
+
+    def _drop_bytes(self, file_id: str) -> None:
+        blobs = self.ctx.store.blobs
+        blobs.delete(file_id)
+        blobs.range_path(file_id).unlink(missing_ok=True)
+
+    def delete(self, file_id: str) -> None:
+        """Delete a file this node owns (a full id), here and (by DELETE to every tracked peer)
+        everywhere."""
+        ctx = self.ctx
+        with ctx.transaction() as uow:
+            entry = uow.files.get(file_id)
+            if entry is None:
+                raise NotFound(f"no file {file_id!r} in the catalogue")
+            if entry.meta.file_owner != ctx.peer_id:
+                raise NotOwner(
+                    f"{file_label(entry.meta)} belongs to {entry.meta.file_owner!r}; "
+                    "only its owner can delete it"
+                )
+            self._forget(uow, entry)
+            uow.commit()
+        self._drop_bytes(file_id)
+        ctx.send_to_all(Delete(from_peer=ctx.peer_id, file_id=file_id))
+        ctx.activity.deleted(entry.meta)
+
+    def stored(self, meta: FileMeta, size: int, how: str) -> None:
+        """Record a blob just committed as held here, and announce it. If the record cannot be
+        written (a full disk), the blob goes too: no blob is ever left without its row."""
+        ctx = self.ctx
+        try:
+            with ctx.transaction() as uow:
+                uow.files.mark_local(meta, size, time.time())
+                uow.emit(FileStored(meta, size, how))
+                uow.commit()
+        except Exception:
+            self.drop_unrecorded_blob(meta.file_id)
+            raise
+        ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=meta))
+
+    def drop_unrecorded_blob(self, file_id: str) -> None:
+        with contextlib.suppress(Exception):
+            entry = self.ctx.file(file_id)
+            if entry is not None and entry.has_copy:
+                return  # recorded earlier (a ranged download records its own commit)
+        self.ctx.store.blobs.delete(file_id)

@@ -1,0 +1,247 @@
+"""Membership: who the node knows, by the classic protocol's GOSSIP (PROTOCOL.md 1.3).
+
+The node gossips to every tracked address each interval (and to its bootstrap hosts while it
+knows nobody), tracks whoever gossips or answers within ``max_peers``, answers a GOSSIP with its
+GOSSIP_REPLY as the reply policy (:mod:`treedrive.core.replies`) allows, forwards new GOSSIPs to a
+few others, and drops peers that fall silent. One unit of work per incoming GOSSIP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from treedrive.core.bounded import Reused, TokenBucket
+from treedrive.core.context import NodeContext, storage_failure
+from treedrive.core.events import PeerExpired, PeerSeen
+from treedrive.core.features import features_of, gossip_extra, plugin_keys
+from treedrive.core.messages import Gossip, GossipReply
+from treedrive.core.replies import (
+    FORWARDS_PER_SECOND,
+    Address,
+    ReplyPolicy,
+    Verdict,
+    distinct_addresses,
+    gossip_size,
+    reply_size,
+    source_ip,
+)
+from treedrive.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+SEEN_IDS = 10_000
+"""GOSSIP ids remembered (a GOSSIP seen before is neither answered nor forwarded again)."""
+KEEP_FOR = 1.0
+"""Seconds the set of proven peers (kept when the peer table is full) is reused."""
+FORWARD_TARGETS_FOR = 1.0
+"""Seconds the tracked addresses that GOSSIPs are forwarded to are reused before they are read
+again (a flood must not make the node read its whole peer table per GOSSIP)."""
+
+
+class Membership:
+    """The GOSSIP side of one node (see the module's docstring)."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.replies = ReplyPolicy(ctx.config.gossip_interval)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._reply: Reused[tuple[GossipReply, int]] = Reused(ctx.config.gossip_interval)
+        self._pending_replies: dict[Address, tuple[str, asyncio.TimerHandle]] = {}
+        self._forwards = TokenBucket(FORWARDS_PER_SECOND, FORWARDS_PER_SECOND)
+        self._forward_targets: Reused[list[tuple[str, Address]]] = Reused(FORWARD_TARGETS_FOR)
+        self._keep: Reused[frozenset[str]] = Reused(KEEP_FOR)
+        self._proofs = 0
+        """Bumped when a peer proves itself (the set of kept peers is read again)."""
+
+    def close(self) -> None:
+        for _, timer in self._pending_replies.values():
+            timer.cancel()
+        self._pending_replies.clear()
+
+    # -- gossip out ---------------------------------------------------------------------------
+    def new_gossip(self) -> Gossip:
+        ctx = self.ctx
+        gossip = Gossip(
+            host=ctx.host,
+            port=ctx.port,
+            id=str(uuid.uuid4()),
+            peer_id=ctx.peer_id,
+            extra=gossip_extra(ctx, "GOSSIP"),
+        )
+        self.remember(gossip.id)
+        return gossip
+
+    def remember(self, gossip_id: str) -> bool:
+        """Record a gossip id; False if it was already seen."""
+        if gossip_id in self._seen:
+            return False
+        self._seen[gossip_id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        return True
+
+    def gossip_to(self, addresses: list[Address]) -> None:
+        """A new GOSSIP to each of ``addresses`` (a GOSSIP_REPLY from there answers it)."""
+        gossip = self.new_gossip()
+        now = time.monotonic()
+        for host, port in addresses:
+            self.replies.gossiped((host, port), now)
+            self.ctx.send(host, port, gossip)
+
+    # -- tracking -----------------------------------------------------------------------------
+    def track(self, uow: UnitOfWork, peer_id: str, host: str, port: int, extra: Any) -> None:
+        """Track or refresh a peer, within ``max_peers``: the longest silent make room, but the
+        peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
+        them out)."""
+        ctx = self.ctx
+        peers = uow.peers
+        peer, new = peers.upsert(
+            peer_id, host, port, time.time(), features_of(extra),
+            max_peers=ctx.config.max_peers, keep=self._proven_peers(),
+        )  # fmt: skip
+        for gone in peers.evicted:
+            uow.emit(PeerExpired(gone))
+        if peers.evicted:
+            ctx.log_limited(
+                "evicted", logging.INFO, "%d peers tracked at most: %d longest silent forgotten",
+                ctx.config.max_peers, len(peers.evicted),
+            )  # fmt: skip
+        uow.emit(PeerSeen(peer, new))
+        if new:
+            ctx.activity.joined(peer)
+
+    def _proven_peers(self) -> frozenset[str]:
+        now = time.monotonic()
+        kept = self._keep.get(self._proofs, now)
+        if kept is None:
+            kept = self._keep.put(self.replies.proven_peers(now), self._proofs, now)
+        return kept
+
+    def answered(self, r: GossipReply, source: str) -> None:
+        """A GOSSIP_REPLY came: it may prove its sender (it answers our GOSSIP)."""
+        if self.replies.answered_us(
+            (r.host, r.port), source_ip(source), time.monotonic(), r.peer_id
+        ):
+            self._proofs += 1
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Forget the peers silent for longer than the peer timeout (and the holdings and
+        records that only they kept)."""
+        ctx = self.ctx
+        now = time.time() if now is None else now
+        with ctx.transaction() as uow:
+            gone = uow.peers.expired(now - ctx.config.peer_timeout)
+            uow.peers.remove(gone)
+            for peer_id in gone:
+                uow.emit(PeerExpired(peer_id))
+            uow.files.drop_untracked_holders()
+            forgotten = uow.files.remove_orphans()
+            uow.commit()
+        if gone:
+            # Peer ids are claims: a thousand forged ones make a few short lines.
+            ctx.activity.left(gone, len(forgotten))
+        return gone
+
+    # -- gossip in ----------------------------------------------------------------------------
+    def on_gossip(self, g: Gossip, source: str) -> None:
+        ctx = self.ctx
+        if not self.remember(g.id) or g.peer_id == ctx.peer_id:
+            return
+        ip = source_ip(source)
+        self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
+        try:
+            with ctx.transaction() as uow:
+                self.track(uow, g.peer_id, g.host, g.port, g.extra)
+                uow.commit()
+        except Exception as exc:
+            # A full disk must not silence the node: peers that hear nothing drop it. The reply
+            # needs no write.
+            if not storage_failure(exc):
+                raise
+            ctx.log_limited(
+                "storage", logging.ERROR, "GOSSIP from %s not recorded: %s", g.peer_id, exc
+            )
+        plugin_keys(ctx, "GOSSIP", g.peer_id, g.extra)
+        self._answer((g.host, g.port), ip)
+        self._forward(g)
+
+    def gossip_reply(self) -> tuple[GossipReply, int]:
+        """The GOSSIP_REPLY this node sends and its size on the wire: one object, reused until
+        the files held here change (or an interval passes), so the transport encodes it once."""
+        ctx = self.ctx
+        now = time.monotonic()
+        cached = self._reply.get(ctx.local_version, now)
+        if cached is not None:
+            return cached
+        version = ctx.local_version
+        with ctx.store.unit_of_work() as uow:  # a read: works on a full disk too
+            files = uow.files.local_metas()
+        reply = GossipReply(
+            host=ctx.host,
+            port=ctx.port,
+            peer_id=ctx.peer_id,
+            files=tuple(files),
+            extra=gossip_extra(ctx, "GOSSIP_REPLY"),
+        )
+        return self._reply.put((reply, reply_size(reply)), version, now)
+
+    def _answer(self, address: Address, ip: str) -> None:
+        """Reply to ``address`` as the reply policy says: now, once its interval is over, or
+        (a stranger that has not earned the bytes) not at all."""
+        reply, size = self.gossip_reply()
+        decision = self.replies.decide(address, ip, size, time.monotonic())
+        if decision.verdict is Verdict.SEND:
+            self.ctx.send(*address, reply)
+        elif decision.verdict is Verdict.LATER:
+            self._defer(address, ip, decision.at)
+        else:
+            self.ctx.log_limited(
+                "budget", logging.INFO,
+                "GOSSIP_REPLY to %s:%d not sent: its source %s has not sent enough to earn "
+                "%d bytes (%d refused so far)",
+                address[0], address[1], ip, size, self.replies.refused,
+            )  # fmt: skip
+
+    def _defer(self, address: Address, ip: str, at: float) -> None:
+        """One pending reply per address (at most as many as the policy remembers)."""
+        pending = self._pending_replies.get(address)
+        if pending is not None:
+            self._pending_replies[address] = (ip, pending[1])
+        elif len(self._pending_replies) < self.replies.addresses_kept:
+            delay = max(0.0, at - time.monotonic())
+            timer = asyncio.get_running_loop().call_later(delay, self._answer_later, address)
+            self._pending_replies[address] = (ip, timer)
+
+    def _answer_later(self, address: Address) -> None:
+        pending = self._pending_replies.pop(address, None)
+        if pending is None or self.ctx.stopping.is_set():
+            return
+        try:
+            self._answer(address, pending[0])
+        except Exception:
+            log.exception("a deferred GOSSIP_REPLY to %s:%d failed", *address)
+
+    def _forward(self, g: Gossip) -> None:
+        """Pass a new GOSSIP on to up to ``fanout`` other addresses, within the overall rate."""
+        ctx = self.ctx
+        if ctx.config.fanout <= 0 or not self._forwards.take(time.monotonic()):
+            return
+        now = time.monotonic()
+        targets = self._forward_targets.get(0, now)
+        if targets is None:
+            tracked = [(p.peer_id, (p.host, p.port)) for p in ctx.peers()]
+            targets = self._forward_targets.put(tracked, 0, now)
+        origin = (g.host, g.port)
+        others = distinct_addresses(
+            [a for peer_id, a in targets if peer_id != g.peer_id and a != origin],
+            exclude=ctx.own_address(),
+        )
+        for host, port in random.sample(others, min(ctx.config.fanout, len(others))):
+            self.replies.gossiped((host, port), now)
+            ctx.send(host, port, g)

@@ -1,0 +1,205 @@
+"""Files coming into the network: the user's push (store, FILE_DATA to one random peer, ANNOUNCE
+to all), and the pushes other peers send this node (PROTOCOL.md 1.5), verified before they are
+kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+
+from treedrive.core.activity import file_label, peer_label
+from treedrive.core.catalogue import Catalogue
+from treedrive.core.context import NodeContext
+from treedrive.core.errors import NodeError, VerificationError
+from treedrive.core.events import FileRefused, FileStored
+from treedrive.core.messages import RAW_PUSH, Announce, FileData
+from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
+from treedrive.core.ports import FileSink, Progress
+from treedrive.core.transfers import TransferHandle, Transfers
+from treedrive.store import BlobWriter
+
+log = logging.getLogger(__name__)
+
+COPY_BLOCK = 1024 * 1024
+"""Bytes read at a time from a file the user pushes."""
+
+
+class Sharing:
+    """Pushes, both ways (see the module's docstring)."""
+
+    def __init__(self, ctx: NodeContext, catalogue: Catalogue, transfers: Transfers) -> None:
+        self.ctx = ctx
+        self.catalogue = catalogue
+        self.transfers = transfers
+
+    # -- the user's push ----------------------------------------------------------------------
+    async def push_path(
+        self, path: Path, name: str | None = None, *, force: bool = False
+    ) -> Pushed:
+        """Add the file at ``path`` to the network: store it, FILE_DATA to one random peer,
+        ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes."""
+        writer = self.ctx.store.blobs.writer()
+        try:
+            await asyncio.to_thread(_copy_in, path, writer)
+        except OSError as exc:
+            writer.abort()
+            raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return await self.share(writer, name or path.name, force=force)
+
+    def held_copy(self, writer: FileSink) -> FileMeta | None:
+        """The record of a file held here with exactly the bytes written to ``writer``: a file
+        of the same size whose id those bytes give under its own timestamp."""
+        assert isinstance(writer, BlobWriter)
+        with self.ctx.store.unit_of_work() as uow:
+            same_size = uow.files.held_of_size(writer.size)
+        return next((m for m in same_size if writer.matches(m.file_id, m.file_timestamp)), None)
+
+    async def share(self, writer: FileSink, name: str, *, force: bool = False) -> Pushed:
+        """Push the bytes already written to ``writer`` (from ``open_sink``) as ``name``.
+        Bytes this node already holds are not pushed again (unless ``force``): the answer is
+        the record it has, marked ``existing``."""
+        ctx = self.ctx
+        assert isinstance(writer, BlobWriter)
+        await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
+        if not force:
+            existing = self.held_copy(writer)
+            if existing is not None:
+                writer.abort()
+                ctx.activity.already_shared(existing)
+                return Pushed(existing, existing=True)
+        ts = int(time.time())
+        file_id = writer.content_id(ts)
+        meta = FileMeta(
+            file_id=file_id,
+            file_name=name,
+            file_size=writer.size / MEGABYTE,
+            file_owner=ctx.peer_id,
+            file_timestamp=ts,
+        )
+        held = ctx.file(file_id)
+        if held is not None and held.has_copy:
+            writer.abort()  # the same bytes forced again within the same second: the same id
+            return Pushed(held.meta, existing=True)
+        try:
+            await asyncio.to_thread(writer.commit, file_id, ts)
+        except OSError as exc:
+            raise NodeError(f"cannot store {name}: {exc.strerror or exc}") from exc
+        try:
+            with ctx.transaction() as uow:
+                uow.files.mark_local(meta, writer.size, time.time())
+                uow.emit(FileStored(meta, writer.size, "push"))
+                uow.commit()
+        except Exception:
+            self.catalogue.drop_unrecorded_blob(file_id)
+            raise
+        peers = ctx.peers()
+        target = random.choice(peers) if peers else None
+        if target is not None:
+            ctx.spawn(self._push_to(target, meta, writer.size), "push")
+        ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=meta))
+        ctx.activity.pushed(meta, writer.size, peer_label(target.peer_id) if target else None)
+        return Pushed(meta)
+
+    async def _push_to(self, peer: PeerInfo, meta: FileMeta, size: int) -> bool:
+        """Send a FILE_DATA with our copy of ``meta`` to ``peer``: raw bytes to a TreeDrive
+        peer that takes them, hex (the classic push) to anyone else."""
+        ctx = self.ctx
+        transfer = self.transfers.begin(meta, "out", peer.peer_id, size)
+        ok = await ctx.network.push_file(
+            peer.host,
+            peer.port,
+            meta,
+            ctx.store.blobs.path(meta.file_id),
+            transfer.update,
+            raw=RAW_PUSH in (peer.features or ()) and RAW_PUSH in ctx.features,
+        )
+        transfer.finish(ok, None if ok else "push failed")
+        if not ok:
+            log.warning(
+                "sending %s to %s failed (the connection failed or was cut; --log-level DEBUG "
+                "says how); it stays here for peers to fetch",
+                file_label(meta), peer_label(peer.peer_id, f"{peer.host}:{peer.port}"),
+            )  # fmt: skip
+        return ok
+
+    # -- pushes that come in ------------------------------------------------------------------
+    async def take_pushed(
+        self, header: FileData, sink: FileSink | None, source: str, progress: Progress | None
+    ) -> tuple[bool, str]:
+        """An unsolicited FILE_DATA, whole: keep it if it is welcome and its bytes verify.
+        (Stored or not, and why not.)"""
+        ctx = self.ctx
+        meta = header.meta
+        if meta is None or sink is None:
+            if sink is not None:
+                sink.abort()
+            ctx.log_limited(
+                "push-empty", logging.WARNING, "FILE_DATA without a file from %s dropped", source
+            )
+            return False, "no file in it"
+        assert isinstance(sink, BlobWriter)
+        if progress is not None:
+            progress.update(sink.size)
+        sender = source
+        if isinstance(progress, TransferHandle) and progress.state.peer_id not in (None, source):
+            sender = peer_label(progress.state.peer_id, source)
+        reason = self._unwelcome(meta)
+        if reason is not None:
+            sink.abort()
+            ctx.log_limited(
+                "push-refused", logging.INFO, "pushed file %s from %s not stored: %s",
+                file_label(meta), sender, reason,
+            )  # fmt: skip
+            return False, reason
+        if not await self.commit_blob(sink, meta.file_id, meta.file_timestamp, source):
+            return False, "its bytes do not match its id"
+        self.catalogue.stored(meta, sink.size, "received")
+        ctx.activity.received(meta, sink.size, sender)
+        return True, ""
+
+    def _unwelcome(self, meta: FileMeta) -> str | None:
+        """Why a pushed file is not kept (None: it is welcome)."""
+        ctx = self.ctx
+        with ctx.store.unit_of_work() as uow:
+            tombstoned = uow.tombstones.owner(meta.file_id) is not None
+            entry = uow.files.get(meta.file_id)
+        if tombstoned:
+            return "its owner deleted it"
+        if entry is not None and entry.has_copy:
+            return "already held"
+        if meta.file_owner == ctx.peer_id:
+            # Only a push makes files owned by this node, and this node never needs its own
+            # file pushed to it: whatever the record says (a stranger's claim may have made
+            # it), a push in this node's name is a forgery.
+            ctx.forged_claims += 1
+            return "it claims to be this node's own file"
+        accepted = ctx.plugins.first(
+            "treedrive_accept_file", node=ctx.hook_node, meta=meta, peer_id=None
+        )
+        return "refused by policy" if accepted is False else None
+
+    async def commit_blob(
+        self, sink: BlobWriter, file_id: str, ts: Timestamp, source: str | None
+    ) -> bool:
+        """Verify the bytes against the id and publish the blob; on a mismatch, refuse them."""
+        try:
+            # fsync of a large file takes a while: off the event loop.
+            await asyncio.to_thread(sink.commit, file_id, ts)
+        except VerificationError as exc:
+            self.ctx.log_limited(
+                "bad-bytes", logging.WARNING, "file %s from %s refused: %s",
+                file_id[:12], source, exc,
+            )  # fmt: skip
+            self.ctx.publish([FileRefused(file_id, source, str(exc))])
+            return False
+        return True
+
+
+def _copy_in(path: Path, writer: BlobWriter) -> None:
+    with path.open("rb") as f:
+        while block := f.read(COPY_BLOCK):
+            writer.write(block)
