@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.core.harness import TS, Harness, file_of, gossip, serving
-from treedrive.core import ids
 from treedrive.core import bootstrap as bootstrap_module
+from treedrive.core import ids
 from treedrive.core import node as node_module
 from treedrive.core.backoff import Backoff
 from treedrive.core.config import Address
