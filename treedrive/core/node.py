@@ -42,6 +42,7 @@ from treedrive.core.events import (
     FileDeleted,
     FileRefused,
     FileStored,
+    Notice,
     PeerExpired,
     PeerSeen,
 )
@@ -184,7 +185,7 @@ class Node:
         self._recover()
         self.network.set_rate_limits(self.config.max_download_rate, self.config.max_upload_rate)
         self.host, self.port = await self.network.start(self)
-        await self.plugins.notify("treedrive_startup", within=30, node=self)
+        await self.plugins.startup(self)
         log.info("node %s listening on %s:%d", self.peer_id, self.host, self.port)
         self._spawn(self._gossip_loop(), "gossip")
         self._spawn(self._cleanup_loop(), "cleanup")
@@ -235,7 +236,7 @@ class Node:
         for _, timer in self._pending_replies.values():
             timer.cancel()
         self._pending_replies.clear()
-        await self.plugins.notify("treedrive_shutdown", within=5, node=self)
+        await self.plugins.shutdown(self)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -267,7 +268,11 @@ class Node:
         for event in events:
             if isinstance(event, FileStored | FileDeleted):
                 self._local_version += 1
-            self.plugins.notify_soon("treedrive_on_event", node=self, event=event)
+            self.plugins.on_event(self, event)
+
+    def notify(self, notice: Notice) -> None:
+        """Tell plugins of something transient (no commit behind it), at once."""
+        self.plugins.on_notice(self, notice)
 
     def peers(self) -> list[PeerInfo]:
         with self.store.unit_of_work() as uow:
@@ -295,12 +300,7 @@ class Node:
 
     # -- sending -----------------------------------------------------------------------------
     def _gossip_extra(self, message_type: str) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        for result in self.plugins.collect(
-            "treedrive_gossip_extra", node=self, message_type=message_type
-        ):
-            if isinstance(result, dict):
-                extra.update(result)
+        extra = self.plugins.gossip_extra(self, message_type)
         extra["treedrive"] = {"version": PROTOCOL_VERSION, "features": sorted(self.features)}
         return extra
 
@@ -652,13 +652,7 @@ class Node:
     def _extension_keys(self, message_type: str, peer_id: str, extra: Any) -> None:
         unknown = {k: v for k, v in extra.items() if k != "treedrive"}
         if unknown:
-            self.plugins.collect(
-                "treedrive_gossip_received",
-                node=self,
-                message_type=message_type,
-                peer_id=peer_id,
-                extra=unknown,
-            )
+            self.plugins.gossip_received(self, message_type, peer_id, unknown)
 
     def _on_gossip_reply(self, r: GossipReply, source: str = "") -> None:
         if r.peer_id == self.peer_id:
@@ -827,9 +821,7 @@ class Node:
             # it), a push in this node's name is a forgery.
             self.forged_claims += 1
             reason = "it claims to be this node's own file"
-        elif (
-            self.plugins.first("treedrive_accept_file", node=self, meta=meta, peer_id=None) is False
-        ):
+        elif self.plugins.accept_file(self, meta, None) is False:
             reason = "refused by policy"
         if reason is not None:
             sink.abort()
@@ -856,7 +848,7 @@ class Node:
                 "bad-bytes", logging.WARNING, "file %s from %s refused: %s",
                 file_id[:12], source, exc,
             )  # fmt: skip
-            self.publish([FileRefused(file_id, source, str(exc))])
+            self.notify(FileRefused(file_id, source, str(exc)))
             return False
         return True
 
@@ -1015,10 +1007,7 @@ class Node:
         if holders:
             self.activity.fetching(entry.meta, entry.size_bytes, [h.peer_id for h in holders])
         trusted = [p for p in holders if not self.distrusted(p.peer_id)] or holders
-        ordered = list(
-            self.plugins.first("treedrive_order_holders", node=self, entry=entry, holders=trusted)
-            or []
-        )
+        ordered = self.plugins.order_holders(self, entry, trusted) or []
         errors = []
         extension = [p for p in ordered if RAW_RANGE in (p.features or ())]
         if RAW_RANGE not in self.features:
@@ -1189,14 +1178,9 @@ class Node:
         candidates = [e for e in remote if any(h in tracked for h in e.holders)]
         if not candidates:
             return []
-        chosen = self.plugins.first(
-            "treedrive_select_downloads",
-            node=self,
-            candidates=candidates,
-            limit=self.config.download_limit,
-        )
+        chosen = self.plugins.select_downloads(self, candidates, self.config.download_limit)
         got = []
-        for file_id in list(chosen or [])[: self.config.download_limit]:
+        for file_id in (chosen or [])[: self.config.download_limit]:
             try:
                 await self.get(file_id)
                 got.append(file_id)
