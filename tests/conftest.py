@@ -20,7 +20,7 @@ import pytest
 
 from treedrive.app import running_node
 from treedrive.core.config import Address, NodeConfig
-from treedrive.core.events import Event, TransferFinished
+from treedrive.core.events import Event, Notice, TransferFinished
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.node import Node
@@ -82,14 +82,18 @@ def address(node: Node) -> Address:
 
 # -- test plugins ----------------------------------------------------------------------------------
 class Events:
-    """A test plugin: every event one node publishes, in order."""
+    """A test plugin: every event and notice one node publishes, in order."""
 
     def __init__(self) -> None:
-        self.seen: list[Event] = []
+        self.seen: list[Event | Notice] = []
 
     @hookimpl
     def treedrive_on_event(self, node: Node, event: Event) -> None:
         self.seen.append(event)
+
+    @hookimpl
+    def treedrive_on_notice(self, node: Node, notice: Notice) -> None:
+        self.seen.append(notice)
 
     def clear(self) -> None:
         self.seen.clear()

@@ -106,10 +106,9 @@ class TreeDriveGroup(click.Group):
         if self._plugin_commands is None:
             plugins = Plugins(make_plugin_manager())
             found: dict[str, click.Command] = {}
-            for commands in plugins.collect("treedrive_cli_commands"):
-                for command in commands:
-                    if isinstance(command, click.Command) and command.name:
-                        found.setdefault(command.name, command)
+            for command in plugins.cli_commands():
+                if isinstance(command, click.Command) and command.name:
+                    found.setdefault(command.name, command)
             self._plugin_commands = found
         return self._plugin_commands
 

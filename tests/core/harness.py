@@ -15,6 +15,7 @@ from treedrive.core.events import (
     FileAdvertised,
     FileDeleted,
     FileStored,
+    Notice,
 )
 from treedrive.core.fileid import compute_file_id
 from treedrive.core.hookspecs import hookimpl
@@ -127,11 +128,13 @@ def failing(why: str) -> Serve:
 
 # -- test plugins ---------------------------------------------------------------------------------
 class Recorder:
-    """Records the events it is told about, and what the store says at that moment."""
+    """Records the events it is told about, and what the store says at that moment; and the
+    notices, apart."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.visible: list[bool] = []
+        self.notices: list[Notice] = []
 
     @hookimpl
     def treedrive_on_event(self, node: Node, event: Event) -> None:
@@ -142,8 +145,13 @@ class Recorder:
         elif isinstance(event, FileDeleted):
             self.visible.append(node.file(event.file_id) is None)
 
+    @hookimpl
+    def treedrive_on_notice(self, node: Node, notice: Notice) -> None:
+        self.notices.append(notice)
+
     def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
+        """The events, or the notices, of one kind."""
+        return [e for e in [*self.events, *self.notices] if isinstance(e, kind)]
 
 
 class Broken:

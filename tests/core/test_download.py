@@ -24,7 +24,7 @@ from tests.conftest import HoldersInOrder, address, fast_config, fill, wait_for,
 from treedrive.app import running_node
 from treedrive.core.download import RAW_RANGE, chunk_size_for
 from treedrive.core.errors import StorageError
-from treedrive.core.events import Event, FileRefused, TransferFinished, TransferProgress
+from treedrive.core.events import FileRefused, Notice, TransferFinished, TransferProgress
 from treedrive.core.frontier import Frontier
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
@@ -474,8 +474,8 @@ async def test_progress_never_counts_more_than_the_file(
 
 
 class ArrivedAtProgress:
-    """A test plugin: at each progress event of a download, how many bytes the event counts and
-    how many bytes of whole chunks are really in the partial file at that moment."""
+    """A test plugin: at each progress notice of a download, how many bytes the notice counts
+    and how many bytes of whole chunks are really in the partial file at that moment."""
 
     def __init__(self, data: bytes, file_id: str) -> None:
         self.data = data
@@ -483,8 +483,8 @@ class ArrivedAtProgress:
         self.seen: list[tuple[int, int]] = []
 
     @hookimpl
-    def treedrive_on_event(self, node: Node, event: Event) -> None:
-        if not isinstance(event, TransferProgress) or event.transfer.direction != "in":
+    def treedrive_on_notice(self, node: Node, notice: Notice) -> None:
+        if not isinstance(notice, TransferProgress) or notice.transfer.direction != "in":
             return
         path = node.store.blobs.range_path(self.file_id)
         try:
@@ -496,7 +496,7 @@ class ArrivedAtProgress:
             want = self.data[start : start + CHUNK]
             if partial[start : start + len(want)] == want:
                 present += len(want)
-        self.seen.append((event.transfer.bytes_done, present))
+        self.seen.append((notice.transfer.bytes_done, present))
 
 
 async def test_progress_counts_only_bytes_that_arrived(start_node: Starter, tmp_path: Path) -> None:

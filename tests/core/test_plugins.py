@@ -15,8 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import address
+from tests.core.harness import Harness
 from treedrive.cli import cli
 from treedrive.core import defaults
+from treedrive.core.events import Event, PeerExpired
 from treedrive.core.fileid import compute_file_id
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
@@ -46,9 +48,9 @@ def test_factory_registers_the_defaults_and_checks_hooks(monkeypatch: pytest.Mon
     # The default policies answer.
     plugins = Plugins(pm)
     cands = [entry(i, 100 + i, 1) for i in range(5)]
-    chosen = plugins.first("treedrive_select_downloads", node=None, candidates=cands, limit=3)
+    chosen = plugins.select_downloads(None, cands, 3)
     assert chosen == [c.meta.file_id for c in cands[:3]]
-    assert plugins.first("treedrive_accept_file", node=None, meta=cands[0].meta, peer_id=None)
+    assert plugins.accept_file(None, cands[0].meta, None) is True
 
 
 def test_a_misspelt_hook_fails_loudly() -> None:
@@ -99,7 +101,7 @@ def test_policy_hook_returning_an_awaitable_is_skipped(caplog: pytest.LogCapture
     pm.register(AsyncPolicy(), name="async-policy")
     cands = [entry(1, 100, 1)]
     caplog.set_level(logging.ERROR)
-    chosen = Plugins(pm).first("treedrive_select_downloads", node=None, candidates=cands, limit=3)
+    chosen = Plugins(pm).select_downloads(None, cands, 3)
     assert chosen == [cands[0].meta.file_id]
     assert "awaitable" in caplog.text
 
@@ -119,9 +121,128 @@ def test_collect_skips_a_raising_plugin(caplog: pytest.LogCaptureFixture) -> Non
     pm.register(Good(), name="good")
     pm.register(Bad(), name="bad")
     caplog.set_level(logging.ERROR)
-    got = Plugins(pm).collect("treedrive_gossip_extra", node=None, message_type="GOSSIP")
-    assert got == [{"good": 1}]
+    got = Plugins(pm).gossip_extra(None, "GOSSIP")
+    assert got == {"good": 1}
     assert "'bad' failed in treedrive_gossip_extra" in caplog.text
+
+
+def test_an_implementation_may_declare_fewer_arguments(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """pluggy lets an implementation take a subset of the spec's arguments: the facade gives it
+    exactly those, for a policy hook and for a notification hook alike."""
+    heard: list[str] = []
+
+    class Few:
+        @hookimpl
+        def treedrive_select_downloads(self, limit: int) -> list[str]:
+            return ["chosen"][:limit]
+
+        @hookimpl
+        def treedrive_accept_file(self) -> bool:
+            return False
+
+        @hookimpl
+        def treedrive_on_event(self, event: Event) -> None:
+            heard.append(event.name)
+
+        @hookimpl
+        def treedrive_gossip_extra(self) -> dict[str, int]:
+            return {"x_few": 1}
+
+    h = make_harness(Few())
+    plugins = h.node.plugins
+    assert plugins.select_downloads(h.node, [entry(1, 100, 1)], 3) == ["chosen"]
+    assert plugins.accept_file(h.node, entry(1, 100, 1).meta, None) is False
+    assert plugins.gossip_extra(h.node, "GOSSIP") == {"x_few": 1}
+    plugins.on_event(h.node, PeerExpired("gone"))
+    assert heard == ["PeerExpired"]
+
+
+def test_an_argument_with_a_default_is_passed_when_the_spec_has_it() -> None:
+    got: list[tuple[int, str]] = []
+
+    class Defaults:
+        @hookimpl
+        def treedrive_gossip_extra(self, node: Any, message_type: str = "?") -> None:
+            got.append((1, message_type))
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Defaults())
+    Plugins(pm).gossip_extra(None, "GOSSIP_REPLY")
+    # pluggy's own call gives the same argument.
+    pm.hook.treedrive_gossip_extra(node=None, message_type="GOSSIP_REPLY")
+    assert got == [(1, "GOSSIP_REPLY"), (1, "GOSSIP_REPLY")]
+
+
+def test_an_implementation_with_more_arguments_than_the_spec_is_refused() -> None:
+    class TooMany:
+        @hookimpl
+        def treedrive_on_event(self, node: Any, event: Any, extra: Any) -> None: ...
+
+    pm = make_plugin_manager(load_entry_points=False)
+    with pytest.raises(pluggy.PluginValidationError, match="extra"):
+        pm.register(TooMany(), name="too-many")
+    assert pm.get_plugin("too-many") is None
+
+
+def test_a_policy_answer_of_the_wrong_type_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    class Wrong:
+        @hookimpl
+        def treedrive_select_downloads(self) -> str:
+            return "not-a-list"  # a str is a sequence of str, but not of file ids
+
+        @hookimpl
+        def treedrive_order_holders(self) -> list[str]:
+            return ["not", "peers"]
+
+        @hookimpl
+        def treedrive_accept_file(self) -> str:
+            return "no"
+
+        @hookimpl
+        def treedrive_gossip_extra(self) -> list[int]:
+            return [1]
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Wrong(), name="wrong")
+    plugins = Plugins(pm)
+    cands = [entry(1, 100, 1)]
+    caplog.set_level(logging.ERROR)
+    # The defaults answer instead.
+    assert plugins.select_downloads(None, cands, 3) == [cands[0].meta.file_id]
+    assert plugins.order_holders(None, cands[0], []) == []
+    assert plugins.accept_file(None, cands[0].meta, None) is True
+    assert plugins.gossip_extra(None, "GOSSIP") == {}
+    for hook, what in [
+        ("treedrive_select_downloads", "str"),
+        ("treedrive_order_holders", "list"),
+        ("treedrive_accept_file", "str"),
+        ("treedrive_gossip_extra", "list"),
+    ]:
+        assert f"plugin 'wrong' returned {what} from {hook}" in caplog.text, hook
+
+
+async def test_a_notification_awaitable_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    finished: list[str] = []
+
+    class Slow:
+        @hookimpl
+        async def treedrive_startup(self) -> None:
+            await asyncio.sleep(60)
+
+    class Quick:
+        @hookimpl
+        async def treedrive_startup(self) -> None:
+            finished.append("quick")
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Quick(), name="quick")
+    pm.register(Slow(), name="slow")  # registered last: called (and awaited) first
+    caplog.set_level(logging.ERROR)
+    await asyncio.wait_for(Plugins(pm).startup(None, within=0.05), 5)
+    assert finished == ["quick"]
+    assert "plugin 'slow' failed in treedrive_startup" in caplog.text
 
 
 # -- the rarest selector, through the hook --------------------------------------------------------
@@ -162,12 +283,11 @@ def test_rarest_overrides_the_default_selector() -> None:
     pm = make_plugin_manager(load_entry_points=False)
     pm.register(treedrive_rarest, name="rarest")
     with_rarest = Plugins(pm)
-    kwargs: dict[str, Any] = {"node": None, "candidates": cands, "limit": 2}
-    assert without.first("treedrive_select_downloads", **kwargs) == [
+    assert without.select_downloads(None, cands, 2) == [
         cands[0].meta.file_id,
         cands[1].meta.file_id,
     ]
-    assert with_rarest.first("treedrive_select_downloads", **kwargs) == [
+    assert with_rarest.select_downloads(None, cands, 2) == [
         cands[2].meta.file_id,
         cands[3].meta.file_id,
     ]

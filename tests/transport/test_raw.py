@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from treedrive.core.events import Event, FileRefused
+from treedrive.core.events import Event, FileRefused, Notice
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import MEGABYTE
 from treedrive.core.node import Node
@@ -34,14 +34,18 @@ FEATURES = {"raw-range", "raw-push"}
 
 # -- helpers -------------------------------------------------------------------------------------
 class Events:
-    """A test plugin: every event the node publishes."""
+    """A test plugin: every event and notice the node publishes."""
 
     def __init__(self) -> None:
-        self.seen: list[Event] = []
+        self.seen: list[Event | Notice] = []
 
     @hookimpl
     def treedrive_on_event(self, node: Node, event: Event) -> None:
         self.seen.append(event)
+
+    @hookimpl
+    def treedrive_on_notice(self, node: Node, notice: Notice) -> None:
+        self.seen.append(notice)
 
 
 def split_answer(buf: bytes) -> tuple[dict[str, Any], bytes]:

@@ -22,7 +22,7 @@ from treedrive.core.activity import Activity
 from treedrive.core.bounded import Throttle
 from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
-from treedrive.core.events import Event, FileDeleted, FileStored
+from treedrive.core.events import Event, FileDeleted, FileStored, Notice
 from treedrive.core.messages import RAW_PUSH, RAW_RANGE, Message
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
@@ -76,7 +76,11 @@ class NodeContext:
         for event in events:
             if isinstance(event, FileStored | FileDeleted):
                 self.local_version += 1
-            self.plugins.notify_soon("treedrive_on_event", node=self.hook_node, event=event)
+            self.plugins.on_event(self.hook_node, event)
+
+    def notify(self, notice: Notice) -> None:
+        """Tell plugins of something transient (no commit behind it), at once."""
+        self.plugins.on_notice(self.hook_node, notice)
 
     def peers(self) -> list[PeerInfo]:
         with self.store.unit_of_work() as uow:

@@ -517,7 +517,7 @@ class RangedDownload:
             self.excluded.add(peer_id)
             log.warning("holder %s of %s %s; avoiding it", peer_id, self.label, exc)
             self.node.distrust(peer_id)
-            self.node.publish([FileRefused(self.file_id, peer_id, str(exc))])
+            self.node.notify(FileRefused(self.file_id, peer_id, str(exc)))
             return
         if isinstance(exc, HolderGone | ClassicAnswer):
             # It does not have the file, or speaks only hex: not a holder for this download
@@ -801,7 +801,7 @@ class RangedDownload:
         reason = f"sent {chunks} chunks that do not match the file id"
         log.warning("holder %s of %s %s; avoiding it", peer_id, self.label, reason)
         self.node.distrust(peer_id)
-        self.node.publish([FileRefused(self.file_id, peer_id, reason)])
+        self.node.notify(FileRefused(self.file_id, peer_id, reason))
 
     async def _discard(self) -> None:
         self._forget_download()

@@ -1,4 +1,10 @@
-"""Domain events: what changed, delivered to plugins only after the change is committed."""
+"""Domain events and notices.
+
+An :class:`Event` is a change committed to the store; plugins hear of it (``treedrive_on_event``)
+only after the commit, never for a change that rolled back. A :class:`Notice` is transient:
+something happened that no commit stands behind (bytes moving, bytes refused); plugins hear of it
+at once (``treedrive_on_notice``), and the store may never know of it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,20 @@ from treedrive.core.model import FileMeta, PeerInfo, TransferState
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Named:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Named):
+    """A change committed to the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Named):
+    """Something that happened with no commit behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +67,9 @@ class FileDeleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class TransferProgress(Event):
+class TransferProgress(Notice):
+    """Bytes of a running transfer moved (at most every ``PROGRESS_EVERY`` s per transfer)."""
+
     transfer: TransferState
 
 
@@ -63,8 +81,9 @@ class TransferFinished(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class FileRefused(Event):
-    """Bytes that did not verify against their id (or were refused by policy)."""
+class FileRefused(Notice):
+    """Bytes a peer sent that this node threw away: they did not match the file's id, or their
+    holder lied about the file. Nothing of them was kept."""
 
     file_id: str
     peer_id: str | None

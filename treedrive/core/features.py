@@ -29,12 +29,7 @@ def features_of(extra: Any) -> frozenset[str] | None:
 
 def gossip_extra(ctx: NodeContext, message_type: str) -> dict[str, Any]:
     """The extra keys of an outgoing GOSSIP or GOSSIP_REPLY: the plugins' and the extension's."""
-    extra: dict[str, Any] = {}
-    for result in ctx.plugins.collect(
-        "treedrive_gossip_extra", node=ctx.hook_node, message_type=message_type
-    ):
-        if isinstance(result, dict):
-            extra.update(result)
+    extra = ctx.plugins.gossip_extra(ctx.hook_node, message_type)
     extra["treedrive"] = {"version": PROTOCOL_VERSION, "features": sorted(ctx.features)}
     return extra
 
@@ -43,10 +38,4 @@ def plugin_keys(ctx: NodeContext, message_type: str, peer_id: str, extra: Any) -
     """Hand the keys of a GOSSIP or GOSSIP_REPLY that the protocol does not define to plugins."""
     unknown = {k: v for k, v in extra.items() if k != "treedrive"}
     if unknown:
-        ctx.plugins.collect(
-            "treedrive_gossip_received",
-            node=ctx.hook_node,
-            message_type=message_type,
-            peer_id=peer_id,
-            extra=unknown,
-        )
+        ctx.plugins.gossip_received(ctx.hook_node, message_type, peer_id, unknown)

@@ -57,10 +57,7 @@ class Fetching:
         if holders:
             ctx.activity.fetching(entry.meta, entry.size_bytes, [h.peer_id for h in holders])
         trusted = [p for p in holders if not self.distrusted(p.peer_id)] or holders
-        ordered = ctx.plugins.first(
-            "treedrive_order_holders", node=ctx.hook_node, entry=entry, holders=trusted
-        )
-        return list(ordered or [])
+        return ctx.plugins.order_holders(ctx.hook_node, entry, trusted) or []
 
     # -- get ----------------------------------------------------------------------------------
     async def get(self, file_id: str) -> CatalogEntry:
@@ -213,10 +210,8 @@ class Fetching:
         if not candidates:
             return []
         limit = ctx.config.download_limit
-        chosen = ctx.plugins.first(
-            "treedrive_select_downloads", node=ctx.hook_node, candidates=candidates, limit=limit
-        )
-        return await self._get_each(list(chosen or [])[:limit], "join download of %s failed: %s")
+        chosen = ctx.plugins.select_downloads(ctx.hook_node, candidates, limit)
+        return await self._get_each((chosen or [])[:limit], "join download of %s failed: %s")
 
     async def _get_each(self, file_ids: list[str], failed: str) -> list[str]:
         got = []

@@ -1,10 +1,12 @@
 """Every hook a TreeDrive plugin can implement, in one place.
 
 Plugins mark implementations with :data:`hookimpl` and register through the entry-point group
-``treedrive``. Hooks are always called with keyword arguments. Policy hooks are synchronous and
-pure and the first non-None result wins; return None to let other plugins decide (the built-in
-defaults are registered last-to-run with ``trylast=True``). A plugin that raises is logged and
-skipped: it never takes the node down.
+``treedrive``. Hooks are always called with keyword arguments; an implementation may declare only
+the arguments it uses (a subset of the spec's), and is given exactly those. Policy hooks are
+synchronous and pure and the first non-None result wins; return None to let other plugins decide
+(the built-in defaults are registered last-to-run with ``trylast=True``). A plugin that raises, or
+answers with a value of the wrong type, is logged and skipped: it never takes the node down.
+``docs/plugins.md`` is the reference of every hook.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from treedrive.core.events import Event
+    from treedrive.core.events import Event, Notice
     from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
     from treedrive.core.node import Node
 
@@ -41,6 +43,14 @@ def treedrive_shutdown(node: Node) -> Any:
 def treedrive_on_event(node: Node, event: Event) -> Any:
     """A change was committed to the store (never called before the commit, never for a change
     that rolled back). May return an awaitable; it is scheduled and must not block the node."""
+
+
+@hookspec
+def treedrive_on_notice(node: Node, notice: Notice) -> Any:
+    """Something happened that no commit stands behind (transient: progress of a transfer,
+    bytes refused). Called at once, possibly often (progress: a few times a second per
+    transfer); the store may never know of it. May return an awaitable; it is scheduled and
+    must not block the node."""
 
 
 # -- policy (first result wins) ----------------------------------------------------------------
@@ -80,17 +90,20 @@ def treedrive_accept_file(node: Node, meta: FileMeta, peer_id: str | None) -> bo
 @hookspec
 def treedrive_gossip_extra(node: Node, message_type: str) -> Mapping[str, Any] | None:
     """Extra top-level keys to put on a GOSSIP or GOSSIP_REPLY this node originates
-    (``message_type`` says which). Classic peers ignore unknown keys. Return None for none."""
+    (``message_type`` says which). Classic peers ignore unknown keys. Return None for none. The
+    key ``treedrive`` is the node's own: a plugin cannot set it."""
 
 
 @hookspec
 def treedrive_gossip_received(
     node: Node, message_type: str, peer_id: str, extra: Mapping[str, Any]
-) -> None:
-    """A GOSSIP or GOSSIP_REPLY from ``peer_id`` carried the unknown top-level keys ``extra``."""
+) -> Any:
+    """A GOSSIP or GOSSIP_REPLY from ``peer_id`` carried the unknown top-level keys ``extra``
+    (claims of a stranger: check them). May return an awaitable; it is scheduled."""
 
 
 # -- registration -----------------------------------------------------------------------------
 @hookspec
 def treedrive_cli_commands() -> Sequence[Any] | None:
-    """Extra ``click`` commands to add to the ``treedrive`` command group."""
+    """Extra ``click`` commands to add to the ``treedrive`` command group (a command whose name
+    is taken already, built in or by an earlier plugin, is left out)."""

@@ -28,7 +28,7 @@ from treedrive.core.bootstrap import Joining
 from treedrive.core.catalogue import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Catalogue
 from treedrive.core.config import NodeConfig
 from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged, storage_failure
-from treedrive.core.events import Event
+from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
@@ -63,7 +63,7 @@ class Node:
         self.http_url: str | None = None
         self.ctx = ctx = NodeContext(config, store, plugins, network)
         ctx.hook_node = self
-        self.transfers = Transfers(ctx.transaction, ctx.publish)
+        self.transfers = Transfers(ctx.transaction, ctx.notify)
         self.membership = Membership(ctx)
         self.joining = Joining(ctx, self.membership)
         self.catalogue = Catalogue(ctx, self.membership)
@@ -123,7 +123,7 @@ class Node:
         self._recover()
         self.network.set_rate_limits(self.config.max_download_rate, self.config.max_upload_rate)
         ctx.host, ctx.port = await self.network.start(self)
-        await self.plugins.notify("treedrive_startup", within=30, node=self)
+        await self.plugins.startup(self)
         log.info("node %s listening on %s:%d", self.peer_id, self.host, self.port)
         ctx.spawn(self.joining.gossip_loop(), "gossip")
         ctx.spawn(self._cleanup_loop(), "cleanup")
@@ -143,7 +143,7 @@ class Node:
             log.info("node %s stopping", self.peer_id)
         ctx.stopping.set()
         self.membership.close()
-        await self.plugins.notify("treedrive_shutdown", within=5, node=self)
+        await self.plugins.shutdown(self)
         for task in list(ctx.tasks):
             task.cancel()
         if ctx.tasks:
@@ -167,7 +167,12 @@ class Node:
             yield uow
 
     def publish(self, events: Sequence[Event]) -> None:
+        """Tell plugins of committed changes (:meth:`transaction` does, after its commit)."""
         self.ctx.publish(events)
+
+    def notify(self, notice: Notice) -> None:
+        """Tell plugins of something transient (no commit behind it), at once."""
+        self.ctx.notify(notice)
 
     def peers(self) -> list[PeerInfo]:
         return self.ctx.peers()

@@ -177,9 +177,7 @@ class Sharing:
             # it), a push in this node's name is a forgery.
             ctx.forged_claims += 1
             return "it claims to be this node's own file"
-        accepted = ctx.plugins.first(
-            "treedrive_accept_file", node=ctx.hook_node, meta=meta, peer_id=None
-        )
+        accepted = ctx.plugins.accept_file(ctx.hook_node, meta, None)
         return "refused by policy" if accepted is False else None
 
     async def commit_blob(
@@ -194,7 +192,7 @@ class Sharing:
                 "bad-bytes", logging.WARNING, "file %s from %s refused: %s",
                 file_id[:12], source, exc,
             )  # fmt: skip
-            self.ctx.publish([FileRefused(file_id, source, str(exc))])
+            self.ctx.notify(FileRefused(file_id, source, str(exc)))
             return False
         return True
 

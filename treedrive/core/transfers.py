@@ -9,11 +9,11 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from treedrive.core.events import Event, TransferFinished, TransferProgress
+from treedrive.core.events import Notice, TransferFinished, TransferProgress
 from treedrive.core.model import FileMeta, TransferState
 
 log = logging.getLogger(__name__)
@@ -26,15 +26,15 @@ the same download usually follows at once)."""
 
 Transaction = Callable[[], AbstractContextManager[Any]]
 """Opens a unit of work (the store's, through the core's port)."""
-Publish = Callable[[Sequence[Event]], None]
+Notify = Callable[[Notice], None]
 
 
 class Transfers:
     """The transfers under way (``active``, by transfer id) and the uploads made of ranges."""
 
-    def __init__(self, transaction: Transaction, publish: Publish) -> None:
+    def __init__(self, transaction: Transaction, notify: Notify) -> None:
         self._transaction = transaction
-        self._publish = publish
+        self._notify = notify
         self.active: dict[int, TransferState] = {}
         self._uploads: dict[tuple[str, str, str], RangedUpload] = {}
 
@@ -72,7 +72,7 @@ class Transfers:
 
     def progressed(self, state: TransferState) -> None:
         """A transient notification of progress (no commit behind it)."""
-        self._publish([TransferProgress(state.snapshot())])
+        self._notify(TransferProgress(state.snapshot()))
 
     def record(self, state: TransferState) -> None:
         """Write the bytes done so far to the store (the transfer goes on)."""

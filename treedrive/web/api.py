@@ -33,7 +33,7 @@ from treedrive.core.errors import (
     NotOwner,
     StorageError,
 )
-from treedrive.core.events import Event, TransferFinished
+from treedrive.core.events import Event, Notice, TransferFinished
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
 from treedrive.web import views
@@ -103,7 +103,8 @@ class HostPolicy:
 
 
 class EventHub:
-    """Fans committed events out to the event-stream clients; keeps a throughput history."""
+    """Fans committed events and transient notices (progress, refusals) out to the event-stream
+    clients; keeps a throughput history."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -136,6 +137,10 @@ class EventHub:
             self._finished[t.direction] += max(0, t.bytes_done - start)
         if self.clients:
             self.publish(views.event_json(self.node, event))
+
+    def on_notice(self, notice: Notice) -> None:
+        if self.clients:
+            self.publish(views.event_json(self.node, notice))
 
     def sample(self) -> dict[str, float]:
         """Bytes per second moved since the last sample, per direction."""

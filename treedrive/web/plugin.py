@@ -1,6 +1,6 @@
 """The web plugin: runs the dashboard/API server on the node's own event loop and feeds the
-event stream from the node's committed events. Registered through the ``treedrive`` entry-point
-group, like any third-party plugin."""
+event stream from the node's committed events and its transient notices. Registered through the
+``treedrive`` entry-point group, like any third-party plugin."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from treedrive.core.hookspecs import hookimpl
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from treedrive.core.events import Event
+    from treedrive.core.events import Event, Notice
     from treedrive.core.node import Node
     from treedrive.web.api import EventHub
 
@@ -153,6 +153,13 @@ def treedrive_on_event(node: Node, event: Event) -> None:
     server = _servers.get(id(node))
     if server is not None:
         server.hub.on_event(event)
+
+
+@hookimpl
+def treedrive_on_notice(node: Node, notice: Notice) -> None:
+    server = _servers.get(id(node))
+    if server is not None:
+        server.hub.on_notice(notice)
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from treedrive.core.events import (
     FileDeleted,
     FileRefused,
     FileStored,
+    Notice,
     PeerExpired,
     PeerSeen,
     TransferFinished,
@@ -143,8 +144,8 @@ def status_json(node: Node) -> dict[str, Any]:
     }
 
 
-def event_json(node: Node, event: Event) -> dict[str, Any]:
-    """An event for the live stream, with what the page needs to update in place."""
+def event_json(node: Node, event: Event | Notice) -> dict[str, Any]:
+    """An event or a notice for the live stream, with what the page needs to update in place."""
     data: dict[str, Any] = {}
     if isinstance(event, PeerSeen):
         data = {"peer": peer_json(event.peer), "new": event.new}
