@@ -259,3 +259,25 @@ class UnitOfWork:
     def close(self) -> None:
         self._events.clear()
         self.session.close()
+
+
+class ReadOnlyError(RuntimeError):
+    """A read-only unit of work was asked to commit or to publish an event: a programming
+    error (it holds no write lock, so what it staged could not be written safely)."""
+
+
+class ReadOnlyUnitOfWork(UnitOfWork):
+    """A unit of work that only reads (see ``Store.reading``): its transaction begins deferred,
+    so it takes no write lock and sees one snapshot; it ends with a rollback."""
+
+    def emit(self, event: Event) -> None:
+        raise ReadOnlyError(f"a read-only unit of work cannot publish {type(event).__name__}")
+
+    def commit(self) -> list[Event]:
+        raise ReadOnlyError("a read-only unit of work cannot commit")
+
+    def close(self) -> None:
+        try:
+            self.session.rollback()
+        finally:
+            super().close()
