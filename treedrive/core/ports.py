@@ -207,10 +207,9 @@ class PartialFile(Protocol):
     @property
     def path(self) -> Path: ...
 
-    @property
-    def size(self) -> int:
-        """Bytes written in order (:meth:`write`)."""
-        ...
+    size: int
+    """Bytes written in order (:meth:`write`); an attribute, as in :class:`FileSink`, which a
+    partial file is."""
 
     @property
     def committed(self) -> Path | None:
