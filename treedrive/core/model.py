@@ -118,3 +118,23 @@ class DownloadState:
     def bytes_on_disk(self) -> int:
         whole = sum(min(self.chunk_size, self.size - c * self.chunk_size) for c in self.done)
         return whole + sum(self.partial.values())
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """A transfer as the store remembers it (one row of its history: running, done or failed,
+    and how far it got), read back detached from the database."""
+
+    id: int
+    """The transfer's id (``TransferState.transfer_id`` while it runs)."""
+    file_id: str
+    direction: str
+    """"in" (we fetch) or "out" (we send)."""
+    peer_id: str | None
+    state: str
+    """"running", "done" or "failed"."""
+    bytes_done: int
+    bytes_total: int | None
+    started_at: float
+    updated_at: float
+    error: str | None

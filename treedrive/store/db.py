@@ -1,4 +1,5 @@
-"""The node's SQLite database: engine, pragmas, migrations at start, unit of work."""
+"""The node's SQLite database: engine, pragmas, migrations at start, units of work (writes take
+the write lock up front; reads take none)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from treedrive.core.errors import StorageError
 from treedrive.store.blobs import BlobStore
-from treedrive.store.uow import UnitOfWork
+from treedrive.store.uow import ReadOnlyUnitOfWork, UnitOfWork
 
 # alembic logs a dozen INFO lines whenever it is imported or looks at a database (its plugins, its
 # "context impl", each migration step): a node says in one line of its own when the schema
@@ -32,6 +33,10 @@ from alembic.script import ScriptDirectory  # noqa: E402
 log = logging.getLogger(__name__)
 
 DB_NAME = "treedrive.db"
+
+READ_ONLY = "treedrive_read_only"
+"""The execution option of the engine that read-only units of work use: their transactions begin
+deferred (see ``make_engine``)."""
 
 
 def create_private(path: Path) -> None:
@@ -73,9 +78,14 @@ def make_engine(db_path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        # Take the write lock up front: a transaction that reads and then writes can never fail
-        # half-way with SQLITE_BUSY on lock upgrade. One writer path.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY):
+            # A read takes no lock: deferred, its first SELECT fixes one consistent snapshot (WAL),
+            # and neither writers nor other readers wait for it, nor it for them.
+            conn.exec_driver_sql("BEGIN")
+        else:
+            # Take the write lock up front: a transaction that reads and then writes can never
+            # fail half-way with SQLITE_BUSY on lock upgrade. One writer path.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -99,6 +109,8 @@ class Store:
         self.db_path = data_dir / DB_NAME
         create_private(self.db_path)
         self.engine = make_engine(self.db_path)
+        self._reader = self.engine.execution_options(**{READ_ONLY: True})
+        """The same engine (pool, pragmas, listeners) whose transactions begin deferred."""
         self.blobs = BlobStore(data_dir)
 
     # -- schema -----------------------------------------------------------------------------
@@ -134,19 +146,32 @@ class Store:
     # -- work -------------------------------------------------------------------------------
     @contextmanager
     def unit_of_work(self) -> Iterator[UnitOfWork]:
-        """A transaction: ``uow.commit()`` makes it durable; leaving without commit rolls back."""
-        uow = UnitOfWork(self.engine)
-        try:
+        """A transaction: ``uow.commit()`` makes it durable; leaving without commit rolls back.
+        It holds the write lock from its first statement until it ends."""
+        with _storage_errors(), closing(UnitOfWork(self.engine)) as uow:
             yield uow
-        except OperationalError as exc:
-            if disk_refused(exc):
-                raise StorageError(f"the database cannot write: {exc.orig}") from exc
-            raise
-        finally:
-            uow.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[ReadOnlyUnitOfWork]:
+        """A read-only transaction: no write lock, one consistent snapshot from its first read
+        on; it never commits (``commit()`` raises) and publishes no events, and ends with a
+        rollback. Never waits for a writer or another reader, nor makes them wait."""
+        with _storage_errors(), closing(ReadOnlyUnitOfWork(self._reader)) as uow:
+            yield uow
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """SQLite refusing for want of disk is the core's :class:`StorageError`."""
+    try:
+        yield
+    except OperationalError as exc:
+        if disk_refused(exc):
+            raise StorageError(f"the database cannot write: {exc.orig}") from exc
+        raise
 
 
 SQLITE_FULL = 13

@@ -66,6 +66,31 @@ def _claim_replaces(row: FileRecord, meta: FileMeta) -> bool:
     return _same_hash(ts_load(row.file_timestamp), meta.file_timestamp)
 
 
+def _take_claim(row: FileRecord, meta: FileMeta) -> None:
+    """Give ``row`` the name and timestamp of ``meta`` when the claim may replace them (see
+    :func:`_claim_replaces`). The owner and the size stay as first recorded: only the owner may
+    delete, and a record that merely claims a newer timestamp must not hand that right to
+    someone else, nor make honest holders' sizes look like lies."""
+    if _claim_replaces(row, meta):
+        row.file_name = meta.file_name
+        row.file_timestamp = ts_text(meta.file_timestamp)
+        row.timestamp_value = timestamp_value(meta.file_timestamp)
+
+
+def _latest_claims(metas: Sequence[FileMeta]) -> dict[str, FileMeta]:
+    """One claim per id, in the order first listed: the first, unless a later one is newer and
+    hashes the same way (the one a record could take)."""
+    latest: dict[str, FileMeta] = {}
+    for meta in metas:
+        seen = latest.get(meta.file_id)
+        if seen is None or (
+            timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
+            and _same_hash(seen.file_timestamp, meta.file_timestamp)
+        ):
+            latest[meta.file_id] = meta
+    return latest
+
+
 def file_meta(row: FileRecord) -> FileMeta:
     return FileMeta(
         file_id=row.file_id,
@@ -154,13 +179,7 @@ class FileRepo:
             self.s.add(FileRecord(**_file_row(meta, now)))
             self.s.flush()
             return True
-        if _claim_replaces(row, meta):
-            # The owner and the size stay as first recorded: only the owner may delete, and a
-            # record that merely claims a newer timestamp must not hand that right to someone
-            # else, nor make honest holders' sizes look like lies.
-            row.file_name = meta.file_name
-            row.file_timestamp = ts_text(meta.file_timestamp)
-            row.timestamp_value = timestamp_value(meta.file_timestamp)
+        _take_claim(row, meta)
         return False
 
     def advertise(
@@ -180,20 +199,9 @@ class FileRepo:
         they announced), until it answers "not here" (:meth:`remove_holder`), the file is
         deleted or the peer expires. Returns the (meta, is_new) that changed something.
         Batched: a reply with thousands of records costs a few statements, not thousands."""
-        latest: dict[str, FileMeta] = {}
-        for meta in metas:
-            seen = latest.get(meta.file_id)
-            if seen is None or (
-                timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
-                and _same_hash(seen.file_timestamp, meta.file_timestamp)
-            ):
-                latest[meta.file_id] = meta
-        ids = list(latest)
-        rows: dict[str, FileRecord] = {}
-        for part in chunks(ids):
-            for row in self.s.scalars(select(FileRecord).where(FileRecord.file_id.in_(part))):
-                rows[row.file_id] = row
-        held = set(self.s.scalars(select(Holder.file_id).where(Holder.peer_id == holder)))
+        latest = _latest_claims(metas)
+        rows = self._records(list(latest))
+        held = self._held_by(holder)
         new_rows: list[dict[str, object]] = []
         new_holders: list[dict[str, object]] = []
         changed: list[tuple[FileMeta, bool]] = []
@@ -201,10 +209,8 @@ class FileRepo:
             found = rows.get(file_id)
             if found is None:
                 new_rows.append(_file_row(meta, now))
-            elif _claim_replaces(found, meta):
-                found.file_name = meta.file_name
-                found.file_timestamp = ts_text(meta.file_timestamp)
-                found.timestamp_value = timestamp_value(meta.file_timestamp)
+            else:
+                _take_claim(found, meta)
             if file_id not in held:
                 new_holders.append(
                     {"file_id": file_id, "peer_id": holder, "since": now, "announced": announced}
@@ -216,24 +222,40 @@ class FileRepo:
         if new_holders:
             self.s.execute(insert(Holder), new_holders)
         if announced:
-            known = [file_id for file_id in ids if file_id in held]
-            for part in chunks(known):
-                self.s.execute(
-                    update(Holder)
-                    .where(Holder.peer_id == holder, Holder.file_id.in_(part))
-                    .values(announced=True)
-                )
+            self._mark_announced(holder, [file_id for file_id in latest if file_id in held])
         if complete:
-            gone = held - set(ids)
-            for part in chunks(list(gone)):
-                self.s.execute(
-                    delete(Holder).where(
-                        Holder.peer_id == holder,
-                        Holder.file_id.in_(part),
-                        Holder.announced.is_(False),
-                    )
-                )
+            self._drop_unlisted(holder, held - set(latest))
         return changed
+
+    def _records(self, ids: list[str]) -> dict[str, FileRecord]:
+        rows: dict[str, FileRecord] = {}
+        for part in chunks(ids):
+            for row in self.s.scalars(select(FileRecord).where(FileRecord.file_id.in_(part))):
+                rows[row.file_id] = row
+        return rows
+
+    def _held_by(self, holder: str) -> set[str]:
+        return set(self.s.scalars(select(Holder.file_id).where(Holder.peer_id == holder)))
+
+    def _mark_announced(self, holder: str, file_ids: list[str]) -> None:
+        """``holder`` announced the ``file_ids`` it was already known to hold."""
+        for part in chunks(file_ids):
+            self.s.execute(
+                update(Holder)
+                .where(Holder.peer_id == holder, Holder.file_id.in_(part))
+                .values(announced=True)
+            )
+
+    def _drop_unlisted(self, holder: str, file_ids: set[str]) -> None:
+        """``holder`` no longer lists ``file_ids``: it stops holding those it did not announce."""
+        for part in chunks(list(file_ids)):
+            self.s.execute(
+                delete(Holder).where(
+                    Holder.peer_id == holder,
+                    Holder.file_id.in_(part),
+                    Holder.announced.is_(False),
+                )
+            )
 
     def add_holder(
         self, file_id: str, peer_id: str, now: float, *, announced: bool = False

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from treedrive.core.events import Event
-from treedrive.core.model import PeerInfo
+from treedrive.core.model import PeerInfo, TransferRecord
 from treedrive.store.downloads import DownloadRepo
 from treedrive.store.files import FileRepo, chunks
 from treedrive.store.models import (
@@ -40,6 +40,21 @@ def peer_info(row: Peer) -> PeerInfo:
         port=row.port,
         last_seen=row.last_seen,
         features=_features_load(row.features),
+    )
+
+
+def transfer_record(row: Transfer) -> TransferRecord:
+    return TransferRecord(
+        id=row.id,
+        file_id=row.file_id,
+        direction=row.direction,
+        peer_id=row.peer_id,
+        state=row.state,
+        bytes_done=row.bytes_done,
+        bytes_total=row.bytes_total,
+        started_at=row.started_at,
+        updated_at=row.updated_at,
+        error=row.error,
     )
 
 
@@ -218,9 +233,10 @@ class TransferRepo:
             row.bytes_done = bytes_done
             row.updated_at = now
 
-    def recent(self, limit: int = 20) -> list[Transfer]:
+    def recent(self, limit: int = 20) -> list[TransferRecord]:
+        """The ``limit`` latest transfers, newest first."""
         q = select(Transfer).order_by(Transfer.id.desc()).limit(limit)
-        return list(self.s.scalars(q))
+        return [transfer_record(r) for r in self.s.scalars(q)]
 
     def abandon_running(self, now: float) -> int:
         """Mark transfers a crash interrupted as failed; returns how many."""
@@ -259,3 +275,25 @@ class UnitOfWork:
     def close(self) -> None:
         self._events.clear()
         self.session.close()
+
+
+class ReadOnlyError(RuntimeError):
+    """A read-only unit of work was asked to commit or to publish an event: a programming
+    error (it holds no write lock, so what it staged could not be written safely)."""
+
+
+class ReadOnlyUnitOfWork(UnitOfWork):
+    """A unit of work that only reads (see ``Store.reading``): its transaction begins deferred,
+    so it takes no write lock and sees one snapshot; it ends with a rollback."""
+
+    def emit(self, event: Event) -> None:
+        raise ReadOnlyError(f"a read-only unit of work cannot publish {type(event).__name__}")
+
+    def commit(self) -> list[Event]:
+        raise ReadOnlyError("a read-only unit of work cannot commit")
+
+    def close(self) -> None:
+        try:
+            self.session.rollback()
+        finally:
+            super().close()
