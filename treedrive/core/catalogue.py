@@ -23,8 +23,8 @@ from treedrive.core.features import plugin_keys
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, GossipReply
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
+from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import MAX_ADDRESSES, Address
-from treedrive.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Catalogue:
         own = self._own.get(ctx.local_version, now)
         if own is None:
             version = ctx.local_version
-            with ctx.store.unit_of_work() as uow:
+            with ctx.store.reading() as uow:
                 metas = uow.files.local_metas()
             own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
             self._own.put(own, version, now)

@@ -26,10 +26,8 @@ from treedrive.core.events import Event, FileDeleted, FileStored, Notice
 from treedrive.core.messages import RAW_PUSH, RAW_RANGE, Message
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
-from treedrive.core.ports import Network
+from treedrive.core.ports import Network, Store, UnitOfWork
 from treedrive.core.replies import Address, distinct_addresses
-from treedrive.store import Store
-from treedrive.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 node_log = logging.getLogger("treedrive.core.node")
@@ -83,11 +81,11 @@ class NodeContext:
         self.plugins.on_notice(self.hook_node, notice)
 
     def peers(self) -> list[PeerInfo]:
-        with self.store.unit_of_work() as uow:
+        with self.store.reading() as uow:
             return uow.peers.all()
 
     def file(self, file_id: str) -> CatalogEntry | None:
-        with self.store.unit_of_work() as uow:
+        with self.store.reading() as uow:
             return uow.files.get(file_id)
 
     def resolve_id(self, text: str) -> str:
@@ -95,7 +93,7 @@ class NodeContext:
         prefix of at least 8. NotFound or AmbiguousId (each saying what to type) otherwise."""
 
         def candidates(prefix: str, limit: int) -> list[str]:
-            with self.store.unit_of_work() as uow:
+            with self.store.reading() as uow:
                 return uow.files.ids_with_prefix(prefix, limit)
 
         return ids.resolve(text, candidates)

@@ -84,7 +84,7 @@ class Fetching:
 
     async def _get(self, file_id: str) -> CatalogEntry:
         ctx = self.ctx
-        with ctx.store.unit_of_work() as uow:
+        with ctx.store.reading() as uow:
             entry = uow.files.get(file_id)
             tracked = {p.peer_id: p for p in uow.peers.all()}
         if entry is None:
@@ -196,14 +196,14 @@ class Fetching:
 
     async def resume_downloads(self) -> list[str]:
         """Continue the ranged downloads a stop or crash interrupted."""
-        with self.ctx.store.unit_of_work() as uow:
+        with self.ctx.store.reading() as uow:
             pending = [d.file_id for d in uow.downloads.all()]
         return await self._get_each(pending, "resuming the download of %s failed: %s")
 
     async def fetch_selected(self) -> list[str]:
         """Fetch what the download selector picks among the files tracked peers hold."""
         ctx = self.ctx
-        with ctx.store.unit_of_work() as uow:
+        with ctx.store.reading() as uow:
             tracked = {p.peer_id for p in uow.peers.all()}
             remote = uow.files.entries("remote")
         candidates = [e for e in remote if any(h in tracked for h in e.holders)]
@@ -226,7 +226,7 @@ class Fetching:
     def retry_downloads(self) -> None:
         """Interrupted downloads whose holders are (back) in reach continue by themselves."""
         ctx = self.ctx
-        with ctx.store.unit_of_work() as uow:
+        with ctx.store.reading() as uow:
             pending = [d.file_id for d in uow.downloads.all() if d.file_id not in self.running]
             tracked = {p.peer_id for p in uow.peers.all()}
             ready = [

@@ -21,6 +21,7 @@ from treedrive.core.context import NodeContext, storage_failure
 from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import features_of, gossip_extra, plugin_keys
 from treedrive.core.messages import Gossip, GossipReply
+from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
     Address,
@@ -31,7 +32,6 @@ from treedrive.core.replies import (
     reply_size,
     source_ip,
 )
-from treedrive.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Membership:
         if cached is not None:
             return cached
         version = ctx.local_version
-        with ctx.store.unit_of_work() as uow:  # a read: works on a full disk too
+        with ctx.store.reading() as uow:  # a read: works on a full disk too
             files = uow.files.local_metas()
         reply = GossipReply(
             host=ctx.host,

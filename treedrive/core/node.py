@@ -34,13 +34,11 @@ from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Pushed, TransferState
 from treedrive.core.plugins import Plugins
-from treedrive.core.ports import FileSink, Network, Progress
+from treedrive.core.ports import FileSink, Network, PartialFile, Progress, Store, UnitOfWork
 from treedrive.core.recovery import new_peer_id, recover
 from treedrive.core.replies import ReplyPolicy
 from treedrive.core.sharing import Sharing
 from treedrive.core.transfers import RangeProgress, TransferHandle, Transfers
-from treedrive.store import Store
-from treedrive.store.uow import UnitOfWork
 
 __all__ = ["RELAYS_PER_ADDRESS", "RELAYS_PER_MESSAGE", "Node", "new_peer_id"]
 
@@ -180,7 +178,7 @@ class Node:
     def files(
         self, scope: str = "both", offset: int = 0, limit: int | None = None
     ) -> list[CatalogEntry]:
-        with self.store.unit_of_work() as uow:
+        with self.store.reading() as uow:
             return uow.files.entries(scope, offset=offset, limit=limit)
 
     def file(self, file_id: str) -> CatalogEntry | None:
@@ -212,7 +210,7 @@ class Node:
         return self.membership.expire(now)
 
     # -- inbound (InboundHandler) -------------------------------------------------------------
-    def open_sink(self) -> FileSink:
+    def open_sink(self) -> PartialFile:
         return self.store.blobs.writer()
 
     def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
@@ -283,15 +281,15 @@ class Node:
         ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes."""
         return await self.sharing.push_path(path, name, force=force)
 
-    async def push_blob(self, writer: FileSink, name: str, force: bool = False) -> FileMeta:
+    async def push_blob(self, writer: PartialFile, name: str, force: bool = False) -> FileMeta:
         """Push the bytes already written to ``writer`` (see :meth:`share`); their record."""
         return (await self.share(writer, name, force=force)).meta
 
-    def held_copy(self, writer: FileSink) -> FileMeta | None:
+    def held_copy(self, writer: PartialFile) -> FileMeta | None:
         """The record of a file held here with exactly the bytes written to ``writer``."""
         return self.sharing.held_copy(writer)
 
-    async def share(self, writer: FileSink, name: str, *, force: bool = False) -> Pushed:
+    async def share(self, writer: PartialFile, name: str, *, force: bool = False) -> Pushed:
         """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``;
         bytes this node already holds are not pushed again (unless ``force``)."""
         return await self.sharing.share(writer, name, force=force)

@@ -182,7 +182,7 @@ class Network(Protocol):
 
 # -- the store -------------------------------------------------------------------------------
 # What the core (and the web, through the node) needs from the store: the units of work and their
-# repositories, the blob store and the partial files that fill it. ``treedrive.store`` implements
+# repositories, the blob store and the partial files that fill it. The store package implements
 # them (``tests/store/test_ports.py`` holds it to them under mypy --strict); the core imports
 # nothing from it. Repositories read and stage changes, never commit; values they hand back are
 # the core's own (``core/model.py``), detached from the database.

@@ -23,7 +23,7 @@ def recover(ctx: NodeContext) -> None:
     (or the configured one, or a new one)."""
     now = time.time()
     blobs = ctx.store.blobs
-    with ctx.store.unit_of_work() as uow:
+    with ctx.store.reading() as uow:
         resumable = {d.file_id for d in uow.downloads.all()}
     removed = blobs.clean_partials(keep=frozenset(resumable))
     with ctx.transaction() as uow:

@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import cast
 
 from treedrive.core.activity import file_label, peer_label
 from treedrive.core.catalogue import Catalogue
@@ -18,9 +19,8 @@ from treedrive.core.errors import NodeError, VerificationError
 from treedrive.core.events import FileRefused, FileStored
 from treedrive.core.messages import RAW_PUSH, Announce, FileData
 from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
-from treedrive.core.ports import FileSink, Progress
+from treedrive.core.ports import FileSink, PartialFile, Progress
 from treedrive.core.transfers import TransferHandle, Transfers
-from treedrive.store import BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,18 @@ class Sharing:
             raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return await self.share(writer, name or path.name, force=force)
 
-    def held_copy(self, writer: FileSink) -> FileMeta | None:
+    def held_copy(self, writer: PartialFile) -> FileMeta | None:
         """The record of a file held here with exactly the bytes written to ``writer``: a file
         of the same size whose id those bytes give under its own timestamp."""
-        assert isinstance(writer, BlobWriter)
-        with self.ctx.store.unit_of_work() as uow:
+        with self.ctx.store.reading() as uow:
             same_size = uow.files.held_of_size(writer.size)
         return next((m for m in same_size if writer.matches(m.file_id, m.file_timestamp)), None)
 
-    async def share(self, writer: FileSink, name: str, *, force: bool = False) -> Pushed:
+    async def share(self, writer: PartialFile, name: str, *, force: bool = False) -> Pushed:
         """Push the bytes already written to ``writer`` (from ``open_sink``) as ``name``.
         Bytes this node already holds are not pushed again (unless ``force``): the answer is
         the record it has, marked ``existing``."""
         ctx = self.ctx
-        assert isinstance(writer, BlobWriter)
         await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
         if not force:
             existing = self.held_copy(writer)
@@ -141,7 +139,7 @@ class Sharing:
                 "push-empty", logging.WARNING, "FILE_DATA without a file from %s dropped", source
             )
             return False, "no file in it"
-        assert isinstance(sink, BlobWriter)
+        sink = cast(PartialFile, sink)  # the node's own (``open_sink``), handed back
         if progress is not None:
             progress.update(sink.size)
         sender = source
@@ -164,7 +162,7 @@ class Sharing:
     def _unwelcome(self, meta: FileMeta) -> str | None:
         """Why a pushed file is not kept (None: it is welcome)."""
         ctx = self.ctx
-        with ctx.store.unit_of_work() as uow:
+        with ctx.store.reading() as uow:
             tombstoned = uow.tombstones.owner(meta.file_id) is not None
             entry = uow.files.get(meta.file_id)
         if tombstoned:
@@ -181,7 +179,7 @@ class Sharing:
         return "refused by policy" if accepted is False else None
 
     async def commit_blob(
-        self, sink: BlobWriter, file_id: str, ts: Timestamp, source: str | None
+        self, sink: PartialFile, file_id: str, ts: Timestamp, source: str | None
     ) -> bool:
         """Verify the bytes against the id and publish the blob; on a mismatch, refuse them."""
         try:
@@ -197,7 +195,7 @@ class Sharing:
         return True
 
 
-def _copy_in(path: Path, writer: BlobWriter) -> None:
+def _copy_in(path: Path, writer: PartialFile) -> None:
     with path.open("rb") as f:
         while block := f.read(COPY_BLOCK):
             writer.write(block)
