@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import secrets
+import shutil
 import time
 import uuid
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from treedrive.core.activity import Activity, file_label, peer_label
 from treedrive.core.backoff import Backoff
 from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
-from treedrive.core.download import RAW_RANGE, RangedDownload
+from treedrive.core.download import RAW_RANGE, DownloadEnv, RangedDownload, raw_holders
 from treedrive.core.errors import (
     FetchFailed,
     NodeError,
@@ -56,6 +57,7 @@ from treedrive.core.messages import (
 from treedrive.core.model import (
     MEGABYTE,
     CatalogEntry,
+    DownloadState,
     FileMeta,
     PeerInfo,
     Pushed,
@@ -63,7 +65,7 @@ from treedrive.core.model import (
     TransferState,
 )
 from treedrive.core.plugins import Plugins
-from treedrive.core.ports import FileSink, Network, Progress
+from treedrive.core.ports import FileSink, Network, Progress, RangeFile
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
     MAX_ADDRESSES,
@@ -1025,7 +1027,7 @@ class Node:
             extension = []
         if extension:
             try:
-                download = RangedDownload(self, entry, extension)
+                download = RangedDownload(self._download_env(), entry, extension)
                 await download.run()
             except FetchFailed as exc:
                 errors.append(str(exc))
@@ -1045,6 +1047,53 @@ class Node:
         if not holders:
             raise FetchFailed(f"no tracked peer holds {file_label(entry.meta)}")
         raise FetchFailed(f"could not fetch {file_label(entry.meta)}: {'; '.join(errors)}")
+
+    def _download_env(self) -> DownloadEnv:
+        """What a ranged download works with: this node's network, store and settings."""
+        blobs = self.store.blobs
+
+        def open_partial(file_id: str) -> tuple[RangeFile, bool]:
+            existed = blobs.range_path(file_id).exists()
+            return blobs.partial(file_id, keep=True), existed
+
+        def load_state(file_id: str) -> DownloadState | None:
+            with self.store.unit_of_work() as uow:
+                return uow.downloads.get(file_id)
+
+        def save_state(state: DownloadState) -> None:
+            with self.store.unit_of_work() as uow:
+                uow.downloads.save(state, time.time())
+                uow.commit()
+
+        def drop_state(file_id: str) -> None:
+            with self.store.unit_of_work() as uow:
+                uow.downloads.remove(file_id)
+                uow.commit()
+
+        def stored(meta: FileMeta, size: int) -> None:
+            with self.store.unit_of_work() as uow:
+                uow.downloads.remove(meta.file_id)
+                uow.files.mark_local(meta, size, time.time())
+                uow.commit()
+
+        cfg = self.config
+        return DownloadEnv(
+            network=self.network,
+            open_partial=open_partial,
+            load_state=load_state,
+            save_state=save_state,
+            drop_state=drop_state,
+            begin_transfer=self.begin_transfer,
+            holders=lambda file_id: raw_holders(self.file(file_id), self.peers(), self.distrusted),
+            distrust=self.distrust,
+            refused=lambda f, p, why: self.publish([FileRefused(f, p, why)]),
+            stored=stored,
+            free_space=lambda: shutil.disk_usage(blobs.partial_dir).free,
+            chunk_size=cfg.chunk_size,
+            max_inflight=cfg.max_inflight,
+            stall_timeout=cfg.stall_timeout,
+            sync_every=cfg.sync_every,
+        )
 
     async def _fetch_from(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
         meta = entry.meta

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from treedrive.core.messages import FileData, Message
 from treedrive.core.model import FileMeta
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,38 @@ class FileSink(Protocol):
     size: int
 
     def write(self, data: bytes | memoryview) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class RangeFile(Protocol):
+    """The partial file of a ranged download (the store's ``PartialFile``, opened to resume):
+    the one owner of its bytes on disk. Ranges are written at their offsets from whatever thread
+    received them; the download sizes, syncs and hashes it, and adopts it into the blob store
+    once it verifies (or closes it, keeping its bytes to resume, or aborts it, removing them)."""
+
+    path: Path
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Write all of ``data`` at ``offset`` (any thread; StorageError on a disk error)."""
+        ...
+
+    def resize(self, size: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def follow(self, ready: Callable[[int], int], end: int) -> _Hash:
+        """sha256 of bytes ``0..end`` in order as they land (``ready(pos)`` blocks until bytes
+        from ``pos`` on are on disk and says how many). Blocking: for a thread."""
+        ...
+
+    def hash_span(self, h: _Hash, offset: int, length: int) -> None: ...
+
+    def adopt(self, file_id: str) -> Path:
+        """Publish the whole, verified file as the blob of ``file_id`` (blocking)."""
+        ...
+
+    def close(self) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -139,20 +174,20 @@ class Network(Protocol):
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
-        written front to back at the same offsets of ``fd``. ``length`` None asks for the rest
-        (and, with ``offset`` 0, the size). ``progress`` is called on the loop every few MiB;
-        ``written``, if given, right after every write, from whatever thread wrote (so it must
-        be thread-safe and quick), with the bytes of the range on disk so far. ``download``
-        names the download this range belongs to (the holder counts its ranges as one upload).
-        Raises
-        TransferError when the exchange fails, or ClassicAnswer when the peer answered the
-        classic way."""
+        written front to back at the same offsets of ``partial`` (``partial.write_at`` from the
+        thread that receives them, straight from its buffer: no copy; a disk error is the
+        StorageError it raises). ``length`` None asks for the rest (and, with ``offset`` 0, the
+        size). ``progress`` is called on the loop every few MiB; ``written``, if given, right
+        after every write, from whatever thread wrote (so it must be thread-safe and quick),
+        with the bytes of the range on disk so far. ``download`` names the download this range
+        belongs to (the holder counts its ranges as one upload). Raises TransferError when the
+        exchange fails, or ClassicAnswer when the peer answered the classic way."""
         ...
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:

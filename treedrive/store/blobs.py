@@ -95,15 +95,6 @@ class BlobStore:
             raise ValueError(f"not a file id: {file_id!r}")
         return self.partial_dir / f"{file_id}.range"
 
-    def adopt(self, path: Path, file_id: str) -> Path:
-        """Sync and publish a complete, verified partial file as the blob of ``file_id``."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return self.publish(path, file_id)
-
     def publish(self, path: Path, file_id: str) -> Path:
         """Move a complete, verified and synced partial file into place as ``file_id``'s blob."""
         target = self.path(file_id)
