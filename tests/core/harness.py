@@ -22,7 +22,7 @@ from treedrive.core.hookspecs import hookimpl
 from treedrive.core.messages import FileData, Gossip, GossipReply, Message
 from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, PeerInfo
 from treedrive.core.node import Node
-from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer
+from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer, RangeFile
 
 ME = "me"
 MY_HOST, MY_PORT = "127.0.0.1", 7000
@@ -84,7 +84,7 @@ class RecordingNetwork:
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.classic_peer import ClassicPeer
 from tests.conftest import wait_for
 from treedrive.core.config import Address
 from treedrive.core.errors import ClassicAnswer
+from treedrive.store.blobs import BlobStore, PartialFile
 from treedrive.transport.net import NetLimits, TcpNetwork
 
 pytestmark = pytest.mark.timeout(30)
@@ -148,15 +148,15 @@ async def test_a_ranged_get_to_a_server_that_reads_to_eof_learns_it_is_classic(
     with hex (the node then falls back to the classic GET_FILE): promptly, too."""
     bob = classic_peer("bob", eof_style="read_to_eof")
     record = bob.add_file("eof.txt", DATA, TS)
-    fd = os.open(tmp_path / "range", os.O_RDWR | os.O_CREAT, 0o600)
+    partial = PartialFile(tmp_path / "range", BlobStore(tmp_path).publish, keep=True)
     try:
         async with network(idle_timeout=60.0, control_timeout=60.0) as net:
             with pytest.raises(ClassicAnswer):
                 await asyncio.wait_for(
-                    net.fetch_range(*bob.address, record["file_id"], 0, None, fd), PROMPT
+                    net.fetch_range(*bob.address, record["file_id"], 0, None, partial), PROMPT
                 )
     finally:
-        os.close(fd)
+        partial.close()
     assert bob.eof_stats["eof"] == 1
 
 
@@ -165,14 +165,14 @@ async def test_a_ranged_get_to_a_server_that_closes_on_eof_is_asked_again(
 ) -> None:
     bob = classic_peer("bob", eof_style="close_on_eof", answer_delay=1.0)
     record = bob.add_file("eof.txt", DATA, TS)
-    fd = os.open(tmp_path / "range", os.O_RDWR | os.O_CREAT, 0o600)
+    partial = PartialFile(tmp_path / "range", BlobStore(tmp_path).publish, keep=True)
     try:
         async with network(idle_timeout=60.0, half_close_after=0.3) as net:
             with pytest.raises(ClassicAnswer):
                 await asyncio.wait_for(
-                    net.fetch_range(*bob.address, record["file_id"], 0, None, fd), PROMPT
+                    net.fetch_range(*bob.address, record["file_id"], 0, None, partial), PROMPT
                 )
     finally:
-        os.close(fd)
+        partial.close()
     assert bob.eof_stats["closed_on_eof"] == 1
     assert len(bob.messages("GET_FILE", file_id=record["file_id"])) == 2

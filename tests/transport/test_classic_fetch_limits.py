@@ -27,6 +27,7 @@ from tests.e2e.helpers import Listener, Server, read_object
 from treedrive.core.errors import TransferError
 from treedrive.core.messages import Gossip
 from treedrive.core.model import MEGABYTE
+from treedrive.store.blobs import BlobStore, PartialFile
 from treedrive.transport.net import NetLimits, TcpNetwork
 
 pytestmark = pytest.mark.timeout(60)
@@ -269,17 +270,17 @@ async def test_a_ranged_answer_header_must_arrive_within_control_timeout(
 ) -> None:
     """One byte of header every 50 ms: each recv is quick, the whole header never comes."""
     holder = holders(header_trickle)
-    fd = os.open(tmp_path / "range", os.O_RDWR | os.O_CREAT, 0o600)
+    partial = PartialFile(tmp_path / "range", BlobStore(tmp_path).publish, keep=True)
     try:
         async with network(control_timeout=1.0, idle_timeout=10.0) as net:
             started = time.monotonic()
             with pytest.raises(TransferError, match="timed out"):
                 await asyncio.wait_for(
-                    net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, fd), 8
+                    net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, partial), 8
                 )
             took = time.monotonic() - started
     finally:
-        os.close(fd)
+        partial.close()
     assert took < 3.0, took
 
 
@@ -287,17 +288,17 @@ async def test_a_trickling_ranged_holder_is_dropped_after_the_grace(
     holders: Callable[..., Holder], tmp_path: Path
 ) -> None:
     holder = holders(trickle(0.2))
-    fd = os.open(tmp_path / "range", os.O_RDWR | os.O_CREAT, 0o600)
+    partial = PartialFile(tmp_path / "range", BlobStore(tmp_path).publish, keep=True)
     try:
         async with network(idle_timeout=10.0, min_fetch_rate=1024.0, fetch_rate_grace=1.0) as net:
             started = time.monotonic()
             with pytest.raises(TransferError, match="bytes/s"):
                 await asyncio.wait_for(
-                    net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, fd), 15
+                    net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, partial), 15
                 )
             took = time.monotonic() - started
     finally:
-        os.close(fd)
+        partial.close()
     assert took < 4.0, took
 
 
@@ -306,11 +307,11 @@ async def test_a_ranged_fetch_gives_its_dial_slot_back_once_connected(
 ) -> None:
     holder = holders(silent)
     listener = Listener()
-    fd = os.open(tmp_path / "range", os.O_RDWR | os.O_CREAT, 0o600)
+    partial = PartialFile(tmp_path / "range", BlobStore(tmp_path).publish, keep=True)
     try:
         async with network(max_dials=1, control_timeout=10.0, idle_timeout=10.0) as net:
             fetch = asyncio.ensure_future(
-                net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, fd)
+                net.fetch_range("127.0.0.1", holder.port, FILE_ID, 0, None, partial)
             )
             await wait_for(lambda: holder.requests)
             sent = await asyncio.wait_for(
@@ -325,4 +326,4 @@ async def test_a_ranged_fetch_gives_its_dial_slot_back_once_connected(
             assert time.monotonic() - started < 2.0
     finally:
         listener.close()
-        os.close(fd)
+        partial.close()

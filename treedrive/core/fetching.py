@@ -15,9 +15,11 @@ from dataclasses import replace
 from treedrive.core.activity import file_label, peer_label
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
-from treedrive.core.download import RAW_RANGE, RangedDownload
+from treedrive.core.download import RAW_RANGE, DownloadEnv, RangedDownload, raw_holders
 from treedrive.core.errors import FetchFailed, NodeError, NotFound, StorageError, TransferError
-from treedrive.core.model import CatalogEntry, PeerInfo
+from treedrive.core.events import FileRefused
+from treedrive.core.model import CatalogEntry, DownloadState, FileMeta, PeerInfo
+from treedrive.core.ports import RangeFile
 from treedrive.core.sharing import Sharing
 from treedrive.core.sizes import classic_cap, size_hint
 from treedrive.core.transfers import Transfers
@@ -121,7 +123,7 @@ class Fetching:
     ) -> bool:
         """A ranged, multi-source download from ``holders`` (errors go to ``errors``)."""
         try:
-            download = RangedDownload(self.ctx.hook_node, entry, holders)
+            download = RangedDownload(self._download_env(), entry, holders)
             await download.run()
         except FetchFailed as exc:
             errors.append(str(exc))
@@ -129,6 +131,54 @@ class Fetching:
         file_id = entry.meta.file_id
         self.catalogue.stored(download.verified_meta, self.ctx.store.blobs.size(file_id), "get")
         return True
+
+    def _download_env(self) -> DownloadEnv:
+        """What a ranged download works with: this node's network, store and settings."""
+        ctx = self.ctx
+        store, blobs = ctx.store, ctx.store.blobs
+
+        def open_partial(file_id: str) -> tuple[RangeFile, bool]:
+            existed = blobs.range_path(file_id).exists()
+            return blobs.partial(file_id, keep=True), existed
+
+        def load_state(file_id: str) -> DownloadState | None:
+            with store.reading() as uow:
+                return uow.downloads.get(file_id)
+
+        def save_state(state: DownloadState) -> None:
+            with store.unit_of_work() as uow:
+                uow.downloads.save(state, time.time())
+                uow.commit()
+
+        def drop_state(file_id: str) -> None:
+            with store.unit_of_work() as uow:
+                uow.downloads.remove(file_id)
+                uow.commit()
+
+        def stored(meta: FileMeta, size: int) -> None:
+            with store.unit_of_work() as uow:
+                uow.downloads.remove(meta.file_id)
+                uow.files.mark_local(meta, size, time.time())
+                uow.commit()
+
+        cfg = ctx.config
+        return DownloadEnv(
+            network=ctx.network,
+            open_partial=open_partial,
+            load_state=load_state,
+            save_state=save_state,
+            drop_state=drop_state,
+            begin_transfer=self.transfers.begin,
+            holders=lambda file_id: raw_holders(ctx.file(file_id), ctx.peers(), self.distrusted),
+            distrust=self.distrust,
+            refused=lambda f, p, why: ctx.notify(FileRefused(f, p, why)),
+            stored=stored,
+            free_space=blobs.free,
+            chunk_size=cfg.chunk_size,
+            max_inflight=cfg.max_inflight,
+            stall_timeout=cfg.stall_timeout,
+            sync_every=cfg.sync_every,
+        )
 
     async def _classic(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:
         """One classic GET_FILE to ``peer``: the whole file, verified and stored, or why not."""

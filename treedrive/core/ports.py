@@ -1,206 +1,61 @@
-"""What the core needs from the transport, and what the transport needs from the core.
+"""The ports of the core: Protocols that other layers implement, so that the core imports none
+of them.
 
-The transport implements :class:`Network`; the node implements :class:`InboundHandler`. Neither
-side imports the other's package.
+The store's port is here: the units of work and their repositories, the blob store and the
+partial files that fill it. The store package implements them (``tests/store/test_ports.py``
+holds it to them under mypy --strict). Repositories read and stage changes, never commit; values
+they hand back are the core's own (``core/model.py``), detached from the database. A
+:class:`ReadOnlyUnitOfWork` (``Store.reading()``) takes no write lock.
+
+The network port (the transport's :class:`Network`, the node's :class:`InboundHandler`, …) is in
+:mod:`treedrive.core.netport` and re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
-from treedrive.core.messages import FileData, Message
-from treedrive.core.model import FileMeta
-
-
-@dataclass(frozen=True, slots=True)
-class RangeAnswer:
-    """What a holder said to a ranged GET_FILE (the TreeDrive extension's ``raw-range``)."""
-
-    meta: FileMeta | None
-    """None: the holder does not have the file."""
-    size: int
-    """The whole file's size in bytes."""
-    offset: int
-    length: int
-    """How many bytes of the range were written to the file."""
-
-
-class FileSink(Protocol):
-    """Where the bytes of an arriving file go (a temp file in the blob store)."""
-
-    size: int
-
-    def write(self, data: bytes | memoryview) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class Progress(Protocol):
-    """Progress of one transfer, reported by whoever moves the bytes."""
-
-    def update(self, done: int) -> None: ...
-
-    def finish(self, ok: bool, error: str | None = None) -> None: ...
-
-
-class InboundHandler(Protocol):
-    @property
-    def peer_id(self) -> str:
-        """This node's id (ranged requests carry it, so that the holder knows who asks)."""
-        ...
-
-    @property
-    def features(self) -> frozenset[str]:
-        """The extension features the node speaks (empty: classic only)."""
-        ...
-
-    def open_sink(self) -> FileSink:
-        """A fresh sink for the bytes of an incoming FILE_DATA."""
-        ...
-
-    async def handle_message(self, message: Message, source: str) -> None:
-        """A GOSSIP, GOSSIP_REPLY, ANNOUNCE or DELETE arrived from TCP address ``source``."""
-        ...
-
-    def track_push(
-        self, meta: FileMeta, source: str, sender: str | None, size: int | None
-    ) -> Progress:
-        """The bytes of a file pushed to us unasked begin to arrive from TCP address ``source``:
-        the receiving side of the push, as a transfer. ``meta`` is the record the push claims
-        so far (for a classic hex push, the keys before ``data``: later keys may still change
-        it, so it is for display only; the whole header comes to :meth:`handle_pushed_file`).
-        ``sender`` is the pusher's peer id when it says it (a raw push's claim), ``size`` the
-        bytes expected when known (a raw push's length; None for hex). The transport calls
-        ``update`` as bytes land (every MiB or so), and ``finish(False, reason)`` itself if the
-        body fails (cut short, too slow, malformed, a full disk); once the body is whole, the
-        progress goes to :meth:`handle_pushed_file`, which finishes it."""
-        ...
-
-    async def handle_pushed_file(
-        self,
-        header: FileData,
-        sink: FileSink | None,
-        source: str,
-        progress: Progress | None = None,
-    ) -> None:
-        """An unsolicited FILE_DATA is complete; its bytes are in ``sink`` (None: no data).
-        ``progress`` (from :meth:`track_push`, None when the push was not tracked) is this
-        handler's to finish, ok once the file is stored, failed when it is refused."""
-        ...
-
-    def file_to_serve(self, file_id: str) -> tuple[FileMeta, Path] | None:
-        """The record and blob path of a file we hold, for a GET_FILE; None if we don't."""
-        ...
-
-    def track_upload(self, meta: FileMeta, peer: str, size: int) -> Progress:
-        """We are about to send ``size`` bytes of ``meta`` to ``peer`` (a GET_FILE answer)."""
-        ...
-
-    def track_range(self, meta: FileMeta, peer: str, download: str | None, size: int) -> Progress:
-        """We are about to send one range of ``meta`` (a file of ``size`` bytes) to ``peer``.
-        Ranges of the same ``download`` (the asker's id for one run of its download) add up to
-        one upload; ``update`` counts this range's bytes."""
-        ...
-
-
-class Network(Protocol):
-    async def start(self, handler: InboundHandler) -> tuple[str, int]:
-        """Listen; returns the bound host and port."""
-        ...
-
-    async def close(self) -> None: ...
-
-    async def send(self, host: str, port: int, message: Message) -> bool:
-        """Deliver one message on a new connection; False if it could not be delivered."""
-        ...
-
-    def post(self, host: str, port: int, message: Message) -> None:
-        """Queue one message for delivery on a new connection, without waiting. The outbound
-        queue is bounded (its oldest entries are dropped when full), a message is encoded only
-        when a sender takes it (one object posted to many addresses is encoded once), and an
-        address that refuses is dialed at most a few times a minute (posts to it meanwhile are
-        dropped). Nothing reports whether it arrived."""
-        ...
-
-    async def push_file(
-        self,
-        host: str,
-        port: int,
-        meta: FileMeta,
-        path: Path,
-        progress: Callable[[int], None] | None = None,
-        raw: bool = False,
-    ) -> bool:
-        """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
-        ...
-
-    async def fetch_range(
-        self,
-        host: str,
-        port: int,
-        file_id: str,
-        offset: int,
-        length: int | None,
-        fd: int,
-        progress: Callable[[int], None] | None = None,
-        written: Callable[[int], None] | None = None,
-        download: str | None = None,
-    ) -> RangeAnswer:
-        """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
-        written front to back at the same offsets of ``fd``. ``length`` None asks for the rest
-        (and, with ``offset`` 0, the size). ``progress`` is called on the loop every few MiB;
-        ``written``, if given, right after every write, from whatever thread wrote (so it must
-        be thread-safe and quick), with the bytes of the range on disk so far. ``download``
-        names the download this range belongs to (the holder counts its ranges as one upload).
-        Raises
-        TransferError when the exchange fails, or ClassicAnswer when the peer answered the
-        classic way."""
-        ...
-
-    def set_rate_limits(self, download: float | None, upload: float | None) -> None:
-        """Bytes per second for all transfers in each direction (None: no limit)."""
-        ...
-
-    async def fetch_file(
-        self,
-        host: str,
-        port: int,
-        file_id: str,
-        sink: FileSink,
-        progress: Callable[[int], None] | None = None,
-        max_bytes: int | None = None,
-    ) -> FileData:
-        """GET_FILE: the answer's header, its bytes written to ``sink``. ``meta`` None means the
-        peer does not have it. Raises TransferError when the exchange fails: also when more than
-        ``max_bytes`` file bytes come (none past the cap is written), or when they come too
-        slowly."""
-        ...
-
-
-# -- the store -------------------------------------------------------------------------------
-# What the core (and the web, through the node) needs from the store: the units of work and their
-# repositories, the blob store and the partial files that fill it. The store package implements
-# them (``tests/store/test_ports.py`` holds it to them under mypy --strict); the core imports
-# nothing from it. Repositories read and stage changes, never commit; values they hand back are
-# the core's own (``core/model.py``), detached from the database.
-# (Imported here, apart from the block at the top, so that the two parts of this module merge
-# without touching each other.)
-
-import hashlib  # noqa: E402
-from collections.abc import Collection, Sequence  # noqa: E402
-from contextlib import AbstractContextManager  # noqa: E402
-
-from treedrive.core.events import Event  # noqa: E402
-from treedrive.core.model import (  # noqa: E402
+from treedrive.core.events import Event
+from treedrive.core.model import (
     CatalogEntry,
     DownloadState,
+    FileMeta,
     PeerInfo,
     Timestamp,
     TransferRecord,
 )
+from treedrive.core.netport import (
+    FileSink,
+    InboundHandler,
+    Network,
+    Progress,
+    RangeAnswer,
+    RangeFile,
+)
+
+__all__ = [
+    "BlobStore",
+    "DownloadRepository",
+    "FileRepository",
+    "FileSink",
+    "IdentityRepository",
+    "InboundHandler",
+    "Network",
+    "PartialFile",
+    "PeerRepository",
+    "Progress",
+    "RangeAnswer",
+    "RangeFile",
+    "ReadOnlyUnitOfWork",
+    "Store",
+    "TombstoneRepository",
+    "TransferRepository",
+    "UnitOfWork",
+]
 
 
 class PartialFile(Protocol):
@@ -294,8 +149,8 @@ class BlobStore(Protocol):
 
     def range_path(self, file_id: str) -> Path: ...
 
-    def adopt(self, path: Path, file_id: str) -> Path:
-        """Sync and publish a complete, verified partial file as the blob of ``file_id``."""
+    def free(self) -> int:
+        """Bytes free on the disk that partial files and blobs are written to."""
         ...
 
     def clean_partials(self, keep: frozenset[str] = frozenset()) -> int:

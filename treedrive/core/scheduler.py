@@ -18,7 +18,6 @@ from typing import Literal, Protocol
 from treedrive.core.errors import TransferError
 from treedrive.core.sizes import record_agrees
 
-RAW_RANGE = "raw-range"
 MIB = 1024 * 1024
 MIN_CHUNK = 4 * MIB
 MAX_CHUNK = 32 * MIB

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,20 +90,15 @@ class BlobStore:
                 n += 1
         return n
 
+    def free(self) -> int:
+        """Bytes free on the disk that partial files and blobs are written to."""
+        return shutil.disk_usage(self.partial_dir).free
+
     def range_path(self, file_id: str) -> Path:
         """The partial file of a ranged (resumable) download of ``file_id``."""
         if not fileid.is_file_id(file_id):
             raise ValueError(f"not a file id: {file_id!r}")
         return self.partial_dir / f"{file_id}.range"
-
-    def adopt(self, path: Path, file_id: str) -> Path:
-        """Sync and publish a complete, verified partial file as the blob of ``file_id``."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return self.publish(path, file_id)
 
     def publish(self, path: Path, file_id: str) -> Path:
         """Move a complete, verified and synced partial file into place as ``file_id``'s blob."""

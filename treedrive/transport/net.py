@@ -41,7 +41,7 @@ from pathlib import Path
 from treedrive.core.errors import StorageError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler, Progress, RangeAnswer
+from treedrive.core.ports import FileSink, InboundHandler, Progress, RangeAnswer, RangeFile
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState, Tally, choose_victim
 from treedrive.transport.counters import Counters
@@ -459,7 +459,7 @@ class TcpNetwork:
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
@@ -467,5 +467,5 @@ class TcpNetwork:
         """Ranged GET_FILE, done in a worker thread (see :meth:`RangeClient.fetch_range`)."""
         asker = self._handler.peer_id if self._handler is not None else None
         return await self.ranges.fetch_range(
-            host, port, file_id, offset, length, fd, progress, written, download, asker
+            host, port, file_id, offset, length, partial, progress, written, download, asker
         )

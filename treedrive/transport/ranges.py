@@ -1,5 +1,6 @@
 """The ranged client of a TCP node: a raw range of a file fetched in a worker thread, with a
-blocking socket, straight from ``recv_into`` to ``pwrite`` at the right offset."""
+blocking socket, straight from ``recv_into`` to the download's partial file at the right offset
+(``RangeFile.write_at``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from treedrive.core.errors import ClassicAnswer, TransferError
 from treedrive.core.messages import GetFile
-from treedrive.core.ports import RangeAnswer
+from treedrive.core.ports import RangeAnswer, RangeFile
 from treedrive.transport import codec, wire
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
@@ -21,7 +22,6 @@ from treedrive.transport.streams import (
     Unanswered,
     Workers,
     file_data_answer,
-    pwrite_all,
     store,
     timeval,
 )
@@ -82,14 +82,14 @@ class RangeClient:
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
         asker: str | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE, done in a worker thread with a blocking socket: ``recv_into`` one
-        buffer and ``pwrite`` at the right offset, with no copies and no event-loop overhead.
+        buffer and ``partial.write_at`` the right offset, with no copies and no event-loop overhead.
         ``written`` is called in that thread after every write with the bytes of the range on
         disk so far; ``progress`` on the loop, every few MiB. ``asker``: our peer id, sent along
         so that the holder can name who it serves.
@@ -119,7 +119,7 @@ class RangeClient:
                     file_id,
                     offset,
                     length,
-                    fd,
+                    partial,
                     report,
                     holder,
                     written,
@@ -147,7 +147,7 @@ class RangeClient:
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         report: Callable[[int], None],
         holder: Holder,
         written: Callable[[int], None] | None = None,
@@ -173,7 +173,7 @@ class RangeClient:
                     file_id,
                     offset,
                     length,
-                    fd,
+                    partial,
                     report,
                     written,
                     download,
@@ -202,7 +202,7 @@ class RangeClient:
         file_id: str,
         offset: int,
         length: int | None,
-        fd: int,
+        partial: RangeFile,
         report: Callable[[int], None],
         written: Callable[[int], None] | None,
         download: str | None,
@@ -239,7 +239,7 @@ class RangeClient:
             raise TransferError(f"answered a range it was not asked for: {got}")
         if length is not None and count > length:
             raise TransferError(f"sent {count} bytes for a range of {length}")
-        self._receive_raw(sock, parser.trailing[:count], fd, offset, count, report, written)
+        self._receive_raw(sock, parser.trailing[:count], partial, offset, count, report, written)
         return RangeAnswer(answer.meta, size, offset, count)
 
     def _read_header(
@@ -288,7 +288,7 @@ class RangeClient:
         self,
         sock: socket.socket,
         first: bytes,
-        fd: int,
+        partial: RangeFile,
         offset: int,
         count: int,
         report: Callable[[int], None],
@@ -297,7 +297,7 @@ class RangeClient:
         got = 0
         if first:
             self.download.acquire_blocking(len(first))
-            store(pwrite_all, fd, memoryview(first), offset)
+            store(partial.write_at, offset, memoryview(first))
             got = len(first)
             if written is not None:
                 written(got)
@@ -321,7 +321,7 @@ class RangeClient:
             waited = time.monotonic()
             self.download.acquire_blocking(n)
             paused += time.monotonic() - waited
-            store(pwrite_all, fd, view[:n], offset + got)
+            store(partial.write_at, offset + got, view[:n])
             got += n
             if written is not None:
                 written(got)
