@@ -11,12 +11,11 @@ import contextlib
 import errno
 import logging
 import random
-import re
 import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from treedrive.core.activity import Activity, file_label, peer_label
 from treedrive.core.backoff import Backoff
 from treedrive.core.bounded import Bounded, Reused, Throttle, TokenBucket
 from treedrive.core.config import NodeConfig
-from treedrive.core.download import RAW_RANGE, RangedDownload
+from treedrive.core.download import RangedDownload
 from treedrive.core.errors import (
     FetchFailed,
     NodeError,
@@ -46,8 +45,11 @@ from treedrive.core.events import (
     PeerSeen,
 )
 from treedrive.core.messages import (
+    RAW_PUSH,
+    RAW_RANGE,
     Announce,
     Delete,
+    Extension,
     FileData,
     Gossip,
     GossipReply,
@@ -82,8 +84,6 @@ from treedrive.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-RAW_PUSH = "raw-push"
 DISTRUST_FOR = 600.0  # seconds a holder that sent bad bytes is avoided
 SEEN_IDS = 10_000
 RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one address about one deleted file
@@ -109,24 +109,6 @@ BOOTSTRAP_MAX_WAIT = 60.0
 
 def new_peer_id() -> str:
     return f"td-{secrets.token_hex(4)}"
-
-
-MAX_FEATURES = 32
-FEATURE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-
-
-def features_of(extra: Any) -> frozenset[str] | None:
-    """The TreeDrive features a GOSSIP/GOSSIP_REPLY advertises; None for a classic peer."""
-    ext = extra.get("treedrive") if hasattr(extra, "get") else None
-    if not isinstance(ext, dict):
-        return None
-    feats = ext.get("features")
-    if not isinstance(feats, list):
-        return frozenset()
-    # A claim with a limit: a few short names, kept with the peer's row.
-    return frozenset(
-        f for f in feats[:MAX_FEATURES] if isinstance(f, str) and FEATURE_NAME.fullmatch(f)
-    )
 
 
 class Node:
@@ -301,8 +283,12 @@ class Node:
         ):
             if isinstance(result, dict):
                 extra.update(result)
-        extra["treedrive"] = {"version": PROTOCOL_VERSION, "features": sorted(self.features)}
         return extra
+
+    def _extension(self) -> Extension | None:
+        """What this node's GOSSIP and GOSSIP_REPLY say of the extension (None: it speaks
+        only the classic protocol)."""
+        return Extension(self.features) if self.config.extension else None
 
     def _send(self, host: str, port: int, message: Message) -> None:
         """Hand ``message`` to the transport's bounded outbox (it never waits, and drops the
@@ -338,6 +324,7 @@ class Node:
             id=str(uuid.uuid4()),
             peer_id=self.peer_id,
             extra=self._gossip_extra("GOSSIP"),
+            extension=self._extension(),
         )
         self._remember(gossip.id)
         return gossip
@@ -500,13 +487,15 @@ class Node:
                 type(message).__name__, source, exc,
             )  # fmt: skip
 
-    def _track(self, uow: UnitOfWork, peer_id: str, host: str, port: int, extra: Any) -> None:
+    def _track(
+        self, uow: UnitOfWork, peer_id: str, host: str, port: int, ext: Extension | None
+    ) -> None:
         """Track or refresh a peer, within ``max_peers``: the longest silent make room, but the
         peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
         them out)."""
         peers = uow.peers
         peer, new = peers.upsert(
-            peer_id, host, port, time.time(), features_of(extra),
+            peer_id, host, port, time.time(), None if ext is None else ext.features,
             max_peers=self.config.max_peers, keep=self._proven_peers(),
         )  # fmt: skip
         for gone in peers.evicted:
@@ -566,7 +555,7 @@ class Node:
         self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
         try:
             with self.transaction() as uow:
-                self._track(uow, g.peer_id, g.host, g.port, g.extra)
+                self._track(uow, g.peer_id, g.host, g.port, g.extension)
                 uow.commit()
         except Exception as exc:
             # A full disk must not silence the node: peers that hear nothing drop it. The reply
@@ -596,6 +585,7 @@ class Node:
             peer_id=self.peer_id,
             files=tuple(files),
             extra=self._gossip_extra("GOSSIP_REPLY"),
+            extension=self._extension(),
         )
         return self._reply.put((reply, reply_size(reply)), version, now)
 
@@ -649,15 +639,14 @@ class Node:
             self.replies.gossiped((host, port), now)
             self._send(host, port, g)
 
-    def _extension_keys(self, message_type: str, peer_id: str, extra: Any) -> None:
-        unknown = {k: v for k, v in extra.items() if k != "treedrive"}
-        if unknown:
+    def _extension_keys(self, message_type: str, peer_id: str, extra: Mapping[str, Any]) -> None:
+        if extra:
             self.plugins.collect(
                 "treedrive_gossip_received",
                 node=self,
                 message_type=message_type,
                 peer_id=peer_id,
-                extra=unknown,
+                extra=dict(extra),
             )
 
     def _on_gossip_reply(self, r: GossipReply, source: str = "") -> None:
@@ -670,7 +659,7 @@ class Node:
             self._proofs += 1
         files = self._not_forged(r.files, r.peer_id)
         with self.transaction() as uow:
-            self._track(uow, r.peer_id, r.host, r.port, r.extra)
+            self._track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
             deleted = uow.tombstones.owners([m.file_id for m in files])
