@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -37,7 +38,16 @@ from treedrive.core.events import (
 )
 from treedrive.core.fileid import compute_file_id
 from treedrive.core.hookspecs import hookimpl
-from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply
+from treedrive.core.messages import (
+    RAW_PUSH,
+    RAW_RANGE,
+    Announce,
+    Delete,
+    Extension,
+    FileData,
+    Gossip,
+    GossipReply,
+)
 from treedrive.core.model import FileMeta
 from treedrive.core.node import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Node
 from treedrive.core.ports import FileSink
@@ -86,7 +96,8 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.peer_id == ME
     assert (answer.host, answer.port) == (MY_HOST, MY_PORT)
     assert answer.files == (mine,)
-    assert answer.extra["treedrive"]["version"] == 1
+    assert answer.extension == Extension(frozenset({RAW_PUSH, RAW_RANGE}), 1)
+    assert answer.extra == {}
     [alice] = h.node.peers()
     assert (alice.peer_id, alice.host, alice.port) == ("alice", "127.0.0.1", 7123)
     assert PeerSeen(alice, True) in h.recorder.events
@@ -520,7 +531,7 @@ async def test_a_broken_plugin_is_logged_and_skipped(
     await h.settle()
     # The node still answered, with the built-in keys, and the other plugin still heard it.
     [(_, _, answer)] = h.net.messages(GossipReply)
-    assert "treedrive" in answer.extra
+    assert answer.extension is not None
     assert h.recorder.of(PeerSeen)
     # Policy hooks fall through to the defaults.
     data = b"still accepted"
@@ -553,7 +564,8 @@ async def test_gossip_extra_adds_keys_to_outgoing_gossip(
     g = h.node.new_gossip()
     assert g.extra["x_color"] == "blue"
     assert g.extra["x_type"] == "GOSSIP"
-    assert "treedrive" in g.extra
+    assert g.extension is not None
+    assert set(g.extra) == {"x_color", "x_type"}
     await h.node.handle_message(gossip("alice", 7001), "src")
     await h.settle()
     [(_, _, answer)] = h.net.messages(GossipReply)
@@ -575,16 +587,19 @@ async def test_gossip_received_sees_unknown_incoming_keys(
             heard.append((message_type, peer_id, dict(extra)))
 
     h = make_harness(Listener())
-    td = {"version": 1, "features": []}
-    await h.node.handle_message(gossip("alice", 7001, x_color="red", treedrive=td), "src")
+    td = Extension(frozenset())
+    alice_says = replace(gossip("alice", 7001, x_color="red"), extension=td)
+    await h.node.handle_message(alice_says, "src")
     await h.node.handle_message(reply("bob", 7002, x_size=3), "src")
-    await h.node.handle_message(gossip("carol", 7003, "g-plain", treedrive=td), "src")
+    await h.node.handle_message(replace(gossip("carol", 7003, "g-plain"), extension=td), "src")
     assert heard == [
         ("GOSSIP", "alice", {"x_color": "red"}),
         ("GOSSIP_REPLY", "bob", {"x_size": 3}),
     ]
     alice = next(p for p in h.node.peers() if p.peer_id == "alice")
     assert alice.is_treedrive
+    bob = next(p for p in h.node.peers() if p.peer_id == "bob")
+    assert not bob.is_treedrive
 
 
 async def test_accept_file_false_refuses_a_push(make_harness: Callable[..., Harness]) -> None:

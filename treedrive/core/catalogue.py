@@ -93,7 +93,7 @@ class Catalogue:
         self.membership.answered(r, source)
         files = self.not_forged(r.files, r.peer_id)
         with ctx.transaction() as uow:
-            self.membership.track(uow, r.peer_id, r.host, r.port, r.extra)
+            self.membership.track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
             deleted = uow.tombstones.owners([m.file_id for m in files])

@@ -1,41 +1,35 @@
-"""The TreeDrive extension as the node advertises and reads it, and the other keys of a GOSSIP
-or GOSSIP_REPLY, which belong to plugins (the gossip-extension hooks)."""
+"""The TreeDrive extension as this node advertises it, and the other keys of a GOSSIP or
+GOSSIP_REPLY, which belong to plugins (the gossip-extension hooks). How either is written on the
+wire is the transport's business (``treedrive.transport.extension``)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
 from treedrive.core.context import NodeContext
-
-PROTOCOL_VERSION = 1
-MAX_FEATURES = 32
-FEATURE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+from treedrive.core.messages import Extension
 
 
-def features_of(extra: Any) -> frozenset[str] | None:
-    """The TreeDrive features a GOSSIP/GOSSIP_REPLY advertises; None for a classic peer."""
-    ext = extra.get("treedrive") if hasattr(extra, "get") else None
-    if not isinstance(ext, dict):
-        return None
-    feats = ext.get("features")
-    if not isinstance(feats, list):
-        return frozenset()
-    # A claim with a limit: a few short names, kept with the peer's row.
-    return frozenset(
-        f for f in feats[:MAX_FEATURES] if isinstance(f, str) and FEATURE_NAME.fullmatch(f)
-    )
+def extension(ctx: NodeContext) -> Extension | None:
+    """What this node's GOSSIP and GOSSIP_REPLY say of the extension (None: it speaks only the
+    classic protocol)."""
+    return Extension(ctx.features) if ctx.config.extension else None
+
+
+def features_of(ext: Extension | None) -> frozenset[str] | None:
+    """The features a peer's message advertises; None for a classic peer."""
+    return None if ext is None else ext.features
 
 
 def gossip_extra(ctx: NodeContext, message_type: str) -> dict[str, Any]:
-    """The extra keys of an outgoing GOSSIP or GOSSIP_REPLY: the plugins' and the extension's."""
-    extra = ctx.plugins.gossip_extra(ctx.hook_node, message_type)
-    extra["treedrive"] = {"version": PROTOCOL_VERSION, "features": sorted(ctx.features)}
-    return extra
+    """The plugins' extra keys of an outgoing GOSSIP or GOSSIP_REPLY."""
+    return ctx.plugins.gossip_extra(ctx.hook_node, message_type)
 
 
-def plugin_keys(ctx: NodeContext, message_type: str, peer_id: str, extra: Any) -> None:
+def plugin_keys(
+    ctx: NodeContext, message_type: str, peer_id: str, extra: Mapping[str, Any]
+) -> None:
     """Hand the keys of a GOSSIP or GOSSIP_REPLY that the protocol does not define to plugins."""
-    unknown = {k: v for k, v in extra.items() if k != "treedrive"}
-    if unknown:
-        ctx.plugins.gossip_received(ctx.hook_node, message_type, peer_id, unknown)
+    if extra:
+        ctx.plugins.gossip_received(ctx.hook_node, message_type, peer_id, dict(extra))

@@ -14,13 +14,12 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
 
 from treedrive.core.bounded import Reused, TokenBucket
 from treedrive.core.context import NodeContext, storage_failure
 from treedrive.core.events import PeerExpired, PeerSeen
-from treedrive.core.features import features_of, gossip_extra, plugin_keys
-from treedrive.core.messages import Gossip, GossipReply
+from treedrive.core.features import extension, features_of, gossip_extra, plugin_keys
+from treedrive.core.messages import Extension, Gossip, GossipReply
 from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
@@ -73,6 +72,7 @@ class Membership:
             id=str(uuid.uuid4()),
             peer_id=ctx.peer_id,
             extra=gossip_extra(ctx, "GOSSIP"),
+            extension=extension(ctx),
         )
         self.remember(gossip.id)
         return gossip
@@ -95,14 +95,16 @@ class Membership:
             self.ctx.send(host, port, gossip)
 
     # -- tracking -----------------------------------------------------------------------------
-    def track(self, uow: UnitOfWork, peer_id: str, host: str, port: int, extra: Any) -> None:
+    def track(
+        self, uow: UnitOfWork, peer_id: str, host: str, port: int, ext: Extension | None
+    ) -> None:
         """Track or refresh a peer, within ``max_peers``: the longest silent make room, but the
         peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
         them out)."""
         ctx = self.ctx
         peers = uow.peers
         peer, new = peers.upsert(
-            peer_id, host, port, time.time(), features_of(extra),
+            peer_id, host, port, time.time(), features_of(ext),
             max_peers=ctx.config.max_peers, keep=self._proven_peers(),
         )  # fmt: skip
         for gone in peers.evicted:
@@ -157,7 +159,7 @@ class Membership:
         self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
         try:
             with ctx.transaction() as uow:
-                self.track(uow, g.peer_id, g.host, g.port, g.extra)
+                self.track(uow, g.peer_id, g.host, g.port, g.extension)
                 uow.commit()
         except Exception as exc:
             # A full disk must not silence the node: peers that hear nothing drop it. The reply
@@ -188,6 +190,7 @@ class Membership:
             peer_id=ctx.peer_id,
             files=tuple(files),
             extra=gossip_extra(ctx, "GOSSIP_REPLY"),
+            extension=extension(ctx),
         )
         return self._reply.put((reply, reply_size(reply)), version, now)
 

@@ -53,6 +53,8 @@ SPACING = 0.9
 once per interval, and network jitter must not push its reply to the next interval."""
 MAX_CREDIT = 4 * 1024 * 1024
 """Reply bytes a source address can save up (a quiet address does not bank a flood's worth)."""
+EXTENSION_BYTES = 43
+"""What the TreeDrive extension's key adds to a reply's JSON besides its list of features."""
 MAX_ADDRESSES = 8192
 """Addresses (and, separately, source IPs) remembered; the least recently heard go first."""
 FLOOD = 3
@@ -162,9 +164,12 @@ def reply_size(r: GossipReply) -> int:
     }
     wire.update(r.extra)
     try:
-        return len(json.dumps(wire))
+        size = len(json.dumps(wire))
     except (TypeError, ValueError):
         return 200 * (len(files) + 1)
+    if r.extension is not None:  # the transport writes it: about this much
+        size += EXTENSION_BYTES + len(json.dumps(sorted(r.extension.features)))
+    return size
 
 
 @dataclass(slots=True)

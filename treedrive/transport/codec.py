@@ -458,72 +458,84 @@ class MessageParser:
             state = self._state
             if state == _ST_VALUE:
                 pos = self._scan_value(cur, pos, end)
-                if self._error is not None:
+            elif state == _ST_KEY:
+                pos = self._scan_key(cur, pos, end)
+            else:
+                # Structural states: skip whitespace, then look at one byte.
+                m = ws(cur, pos, end)
+                assert m is not None  # "*" always matches
+                pos = m.end()
+                if pos >= end:
+                    break
+                if not self._structural(state, cur[pos], pos):
                     return pos
-                continue
-            if state == _ST_KEY:
-                start = pos
-                pos, closed = self._scan_string(cur, pos, end)
-                stop = pos - 1 if closed else pos
-                if len(self._key_buf) + stop - start > self._limits.max_key_bytes:
-                    self._fail(f"key longer than {self._limits.max_key_bytes} bytes")
+                pos += 1
+                if self._state in (_ST_DONE, _ST_DATA):
                     return pos
-                self._key_buf += cur[start:stop]
-                if closed:
-                    self._end_key()
-                    if self._error is not None:
-                        return pos
-                continue
-            # Structural states: skip whitespace, then look at one byte.
-            m = ws(cur, pos, end)
-            assert m is not None  # "*" always matches
-            pos = m.end()
-            if pos >= end:
-                break
-            b = cur[pos]
-            if state == _ST_START:
-                if b == _OPEN_BRACE:
-                    self._state = _ST_KEY_OR_CLOSE
-                elif b == _OPEN_BRACKET:
-                    self._fail("top-level JSON value must be an object, got an array")
-                    return pos
-                else:
-                    self._fail(f"not a JSON object: expected '{{', got {_describe(b)}")
-                    return pos
-            elif state in (_ST_KEY_OR_CLOSE, _ST_KEY_START):
-                if b == _QUOTE:
-                    self._state = _ST_KEY
-                    self._key_buf = bytearray()
-                    self._esc = False
-                elif b == _CLOSE_BRACE and state == _ST_KEY_OR_CLOSE:
-                    self._finish_object(pos + 1)
-                    return pos + 1
-                else:
-                    self._fail(f"invalid JSON: expected a key string, got {_describe(b)}")
-                    return pos
-            elif state == _ST_COLON:
-                if b != _COLON:
-                    self._fail(f"invalid JSON: expected ':' after a key, got {_describe(b)}")
-                    return pos
-                self._state = _ST_VALUE_START
-            elif state == _ST_VALUE_START:
-                if not self._start_value(b):
-                    return pos
-                if self._state == _ST_DATA:
-                    return pos + 1
-            elif state == _ST_AFTER_VALUE:
-                if b == _COMMA:
-                    self._state = _ST_KEY_START
-                elif b == _CLOSE_BRACE:
-                    self._finish_object(pos + 1)
-                    return pos + 1
-                else:
-                    self._fail(f"invalid JSON: expected ',' or '}}', got {_describe(b)}")
-                    return pos
-            else:  # pragma: no cover - _ST_DATA/_ST_DONE never reach here
-                raise AssertionError(f"unexpected parser state {state}")
-            pos += 1
+            if self._error is not None:
+                return pos
         return pos
+
+    def _scan_key(self, cur: bytes, pos: int, end: int) -> int:
+        """Scan the current key from ``pos``, within ``max_key_bytes``; end it when it closes."""
+        start = pos
+        pos, closed = self._scan_string(cur, pos, end)
+        stop = pos - 1 if closed else pos
+        if len(self._key_buf) + stop - start > self._limits.max_key_bytes:
+            self._fail(f"key longer than {self._limits.max_key_bytes} bytes")
+            return pos
+        self._key_buf += cur[start:stop]
+        if closed:
+            self._end_key()
+        return pos
+
+    def _structural(self, state: int, b: int, pos: int) -> bool:
+        """Take the byte ``b`` (at ``pos``) that a structural state expects: False on error
+        (recorded), else the byte is consumed (the object may now be complete)."""
+        if state == _ST_START:
+            if b == _OPEN_BRACE:
+                self._state = _ST_KEY_OR_CLOSE
+                return True
+            if b == _OPEN_BRACKET:
+                self._fail("top-level JSON value must be an object, got an array")
+            else:
+                self._fail(f"not a JSON object: expected '{{', got {_describe(b)}")
+            return False
+        if state in (_ST_KEY_OR_CLOSE, _ST_KEY_START):
+            return self._key_or_close(state, b, pos)
+        if state == _ST_COLON:
+            if b != _COLON:
+                self._fail(f"invalid JSON: expected ':' after a key, got {_describe(b)}")
+                return False
+            self._state = _ST_VALUE_START
+            return True
+        if state == _ST_VALUE_START:
+            return self._start_value(b)
+        if state == _ST_AFTER_VALUE:
+            return self._comma_or_close(b, pos)
+        raise AssertionError(f"unexpected parser state {state}")  # pragma: no cover
+
+    def _key_or_close(self, state: int, b: int, pos: int) -> bool:
+        if b == _QUOTE:
+            self._state = _ST_KEY
+            self._key_buf = bytearray()
+            self._esc = False
+            return True
+        if b == _CLOSE_BRACE and state == _ST_KEY_OR_CLOSE:
+            self._finish_object(pos + 1)
+            return True
+        self._fail(f"invalid JSON: expected a key string, got {_describe(b)}")
+        return False
+
+    def _comma_or_close(self, b: int, pos: int) -> bool:
+        if b == _COMMA:
+            self._state = _ST_KEY_START
+            return True
+        if b == _CLOSE_BRACE:
+            self._finish_object(pos + 1)
+            return True
+        self._fail(f"invalid JSON: expected ',' or '}}', got {_describe(b)}")
+        return False
 
     def _end_key(self) -> None:
         raw = bytes(self._key_buf)

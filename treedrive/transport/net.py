@@ -37,18 +37,20 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from treedrive.core.errors import StorageError
-from treedrive.core.messages import FileData, GetFile, Message
+from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler, Progress, RangeAnswer, RangeFile
+from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer, RangeFile
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState, Tally, choose_victim
 from treedrive.transport.counters import Counters
 from treedrive.transport.dialer import Dialer
+from treedrive.transport.extension import push_header, range_request
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.process import filter_accept_errors, raise_open_files_limit
-from treedrive.transport.progress import UploadReports, push_failure, track_hex_push
+from treedrive.transport.progress import Arriving, UploadReports, push_failure
 from treedrive.transport.ranges import RangeClient
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import (
@@ -58,7 +60,6 @@ from treedrive.transport.streams import (
     Reporter,
     close_writer,
     drain,
-    store,
 )
 from treedrive.transport.uploader import Uploader
 
@@ -310,114 +311,138 @@ class TcpNetwork:
     ) -> None:
         handler = self._handler
         assert handler is not None
-        problem = self.counters.problem
         stream = Reader(reader, self.limits, state, self._push_min_rate())
-        state = stream.state
-        sink: FileSink | None = None
-        # A push's progress (see InboundHandler.track_push): failed here if the body is not
-        # whole, else handed to the handler with the file, which finishes it.
-        progress: Progress | None = None
-        report: Reporter | None = None
-        why = "dropped"
+        # A push's sink and progress (see InboundHandler.track_push): failed here if the body
+        # is not whole, else handed to the handler with the file, which finishes it.
+        push = Arriving()
         try:
-            while True:
-                event = await stream.next()
-                if isinstance(event, codec.DataChunk):
-                    if sink is None:
-                        sink = handler.open_sink()
-                        progress = track_hex_push(handler, stream.parser, source)
-                        report = None if progress is None else Reporter(progress.update)
-                    store(sink.write, event.data)
-                    if report is not None:
-                        report(sink.size)
-                    continue
-                if isinstance(event, codec.ProtocolError):
-                    why = f"malformed: {event.reason}"
-                    if stream.parser.bytes_received == 0:
-                        log.debug("%s: closed without sending anything", source)
-                    else:
-                        problem(
-                            "malformed",
-                            logging.WARNING,
-                            "%s: malformed message dropped: %s",
-                            source,
-                            event.reason,
-                        )
-                    return
-                break
+            event = await self._read_message(stream, handler, push, source)
+            if event is None:
+                return
             # The message is whole: what is left is our work (a handler, an upload), and its
             # connection never gives way to a new one (an upload's stall timeout bounds it).
-            state.protected = True
-            try:
-                message = wire.decode(event.fields)
-            except wire.WireError as exc:
-                why = f"invalid: {exc}"
-                problem("invalid", logging.WARNING, "%s: invalid message dropped: %s", source, exc)
-                if event.fields.get("type") == "GET_FILE":
-                    # Never leave a GET_FILE silent: the asker moves on to another holder.
-                    writer.write(codec.encode_message(NOT_HERE))
-                    await drain(writer, self.limits)
-                return
+            stream.state.protected = True
+            message = await self._decode(event.fields, writer, push, source)
             if isinstance(message, GetFile):
-                # An upload: protected only up to a share of the cap (then the slowest gives way).
-                state.upload_started = time.monotonic()
-                handler = UploadReports(handler, state)
-                if "raw-range" not in handler.features:
-                    await self.uploader.answer_get(writer, handler, message, source)
-                    return
-                try:
-                    wanted = wire.range_request(message.extra)
-                except wire.WireError as exc:
-                    problem("invalid", logging.WARNING, "%s: bad range dropped: %s", source, exc)
-                    writer.write(codec.encode_message(NOT_HERE))
-                    await drain(writer, self.limits)
-                    return
-                if wanted is None:
-                    await self.uploader.answer_get(writer, handler, message, source)
-                else:
-                    await self.uploader.answer_raw(writer, handler, message, wanted, source)
+                await self._answer_get(writer, handler, message, event.fields, stream, source)
             elif isinstance(message, FileData):
-                try:
-                    raw = wire.range_header(message.extra)
-                    sender = wire.pusher(message.extra)
-                except wire.WireError as exc:
-                    why = f"invalid: {exc}"
-                    problem("invalid", logging.WARNING, "%s: bad raw push dropped: %s", source, exc)
-                    return
-                if sink is None and raw is not None and message.meta is not None:
-                    sink = handler.open_sink()  # a raw push: the bytes follow the header
-                    progress = handler.track_push(message.meta, source, sender, raw.length)
-                    report = Reporter(progress.update)
-                    state.protected = False
-                    await inbound.read_raw(
-                        stream, writer, sink, raw.length, self._push_min_rate(), self.download,
-                        report,
-                    )  # fmt: skip
-                    state.protected = True
-                elif sink is None and event.fields.get("data") is True:
-                    sink = handler.open_sink()  # an empty file
-                if sink is not None and message.meta is not None:
-                    if progress is None:
-                        # Not tracked while it arrived (its record did not come before its
-                        # bytes, or it had none): tracked now, whole, so that it is seen.
-                        progress = handler.track_push(message.meta, source, None, sink.size)
-                    progress.update(sink.size)
-                pushed, sink = sink, None
-                handed, progress = progress, None
-                await handler.handle_pushed_file(message, pushed, source, handed)
-            else:
+                await self._take_push(writer, handler, message, event.fields, stream, push, source)
+            elif message is not None:
                 await handler.handle_message(message, source)
         except BaseException as exc:
-            why = push_failure(exc)
+            push.why = push_failure(exc)
             raise
         finally:
-            if sink is not None:
-                sink.abort()
-            if progress is not None:
-                try:
-                    progress.finish(False, why)
-                except Exception as exc:  # a full disk, say: never hide why the push ended
-                    log.warning("%s: the end of a push was not recorded: %s", source, exc)
+            push.end(source)
+
+    async def _read_message(
+        self, stream: Reader, handler: InboundHandler, push: Arriving, source: str
+    ) -> codec.Message | None:
+        """The whole message (a classic push's bytes go to ``push`` as they come); None if it
+        is malformed (logged)."""
+        while True:
+            event = await stream.next()
+            if isinstance(event, codec.DataChunk):
+                push.hex_chunk(handler, stream.parser, source, event.data)
+            elif isinstance(event, codec.ProtocolError):
+                push.why = f"malformed: {event.reason}"
+                if stream.parser.bytes_received == 0:
+                    log.debug("%s: closed without sending anything", source)
+                else:
+                    self.counters.problem(
+                        "malformed",
+                        logging.WARNING,
+                        "%s: malformed message dropped: %s",
+                        source,
+                        event.reason,
+                    )
+                return None
+            else:
+                return event
+
+    async def _decode(
+        self, fields: dict[str, Any], writer: asyncio.StreamWriter, push: Arriving, source: str
+    ) -> Message | None:
+        """The message, or None if it is invalid (logged; a GET_FILE is told "not here")."""
+        try:
+            return wire.decode(fields)
+        except wire.WireError as exc:
+            push.why = f"invalid: {exc}"
+            self.counters.problem(
+                "invalid", logging.WARNING, "%s: invalid message dropped: %s", source, exc
+            )
+            if fields.get("type") == "GET_FILE":
+                # Never leave a GET_FILE silent: the asker moves on to another holder.
+                writer.write(codec.encode_message(NOT_HERE))
+                await drain(writer, self.limits)
+            return None
+
+    async def _answer_get(
+        self,
+        writer: asyncio.StreamWriter,
+        handler: InboundHandler,
+        message: GetFile,
+        fields: dict[str, Any],
+        stream: Reader,
+        source: str,
+    ) -> None:
+        """An upload: protected only up to a share of the cap (then the slowest gives way)."""
+        stream.state.upload_started = time.monotonic()
+        handler = UploadReports(handler, stream.state)
+        try:
+            wanted = range_request(fields) if RAW_RANGE in handler.features else None
+        except wire.WireError as exc:
+            self.counters.problem(
+                "invalid", logging.WARNING, "%s: bad range dropped: %s", source, exc
+            )
+            writer.write(codec.encode_message(NOT_HERE))
+            await drain(writer, self.limits)
+            return
+        if wanted is None:
+            await self.uploader.answer_get(writer, handler, message, source)
+        else:
+            await self.uploader.answer_raw(writer, handler, message, wanted, source)
+
+    async def _take_push(
+        self,
+        writer: asyncio.StreamWriter,
+        handler: InboundHandler,
+        message: FileData,
+        fields: dict[str, Any],
+        stream: Reader,
+        push: Arriving,
+        source: str,
+    ) -> None:
+        """A FILE_DATA unasked: its raw body, if it has one, is read now; then the file (or
+        "not here") is the handler's."""
+        try:
+            raw = push_header(fields)
+        except wire.WireError as exc:
+            push.why = f"invalid: {exc}"
+            self.counters.problem(
+                "invalid", logging.WARNING, "%s: bad raw push dropped: %s", source, exc
+            )
+            return
+        if push.sink is None and raw is not None and message.meta is not None:
+            push.sink = handler.open_sink()  # a raw push: the bytes follow the header
+            push.progress = handler.track_push(message.meta, source, raw.sender, raw.length)
+            push.report = Reporter(push.progress.update)
+            stream.state.protected = False
+            await inbound.read_raw(
+                stream, writer, push.sink, raw.length, self._push_min_rate(), self.download,
+                push.report,
+            )  # fmt: skip
+            stream.state.protected = True
+        elif push.sink is None and fields.get("data") is True:
+            push.sink = handler.open_sink()  # an empty file
+        if push.sink is not None and message.meta is not None:
+            if push.progress is None:
+                # Not tracked while it arrived (its record did not come before its bytes, or
+                # it had none): tracked now, whole, so that it is seen.
+                push.progress = handler.track_push(message.meta, source, None, push.sink.size)
+            push.progress.update(push.sink.size)
+        pushed, progress = push.handed()
+        await handler.handle_pushed_file(message, pushed, source, progress)
 
     # -- dialing (see Dialer and RangeClient) ------------------------------------------------
     async def send(self, host: str, port: int, message: Message) -> bool:

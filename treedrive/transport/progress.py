@@ -5,6 +5,8 @@ first bytes, see ``InboundHandler.track_push``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from treedrive.core.errors import StorageError
@@ -13,6 +15,9 @@ from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink, InboundHandler, Progress
 from treedrive.transport import codec, wire
 from treedrive.transport.admission import ConnState
+from treedrive.transport.streams import Reporter, store
+
+log = logging.getLogger(__name__)
 
 
 def push_failure(exc: BaseException) -> str:
@@ -92,3 +97,43 @@ def track_hex_push(
     if meta is None:
         return None
     return handler.track_push(meta, source, None, None)
+
+
+@dataclass(slots=True)
+class Arriving:
+    """A push arriving on one inbound connection: the sink its bytes go to and its progress,
+    until they are handed to the node (:meth:`handed`); whatever is left when the connection
+    ends is dropped and reported failed, saying ``why`` (:meth:`end`)."""
+
+    sink: FileSink | None = None
+    progress: Progress | None = None
+    report: Reporter | None = None
+    why: str = "dropped"
+
+    def hex_chunk(
+        self, handler: InboundHandler, parser: codec.MessageParser, source: str, data: bytes
+    ) -> None:
+        """Bytes of a classic (hex) push, tracked from the first (see :func:`track_hex_push`)."""
+        if self.sink is None:
+            self.sink = handler.open_sink()
+            self.progress = track_hex_push(handler, parser, source)
+            self.report = None if self.progress is None else Reporter(self.progress.update)
+        store(self.sink.write, data)
+        if self.report is not None:
+            self.report(self.sink.size)
+
+    def handed(self) -> tuple[FileSink | None, Progress | None]:
+        """The sink and the progress, now the node's to finish."""
+        sink, progress = self.sink, self.progress
+        self.sink = self.progress = None
+        return sink, progress
+
+    def end(self, source: str) -> None:
+        """The connection ends: drop what was not handed on, and say why its push failed."""
+        if self.sink is not None:
+            self.sink.abort()
+        if self.progress is not None:
+            try:
+                self.progress.finish(False, self.why)
+            except Exception as exc:  # a full disk, say: never hide why the push ended
+                log.warning("%s: the end of a push was not recorded: %s", source, exc)

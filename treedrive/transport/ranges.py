@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from treedrive.core.errors import ClassicAnswer, TransferError
-from treedrive.core.messages import GetFile
 from treedrive.core.ports import RangeAnswer, RangeFile
 from treedrive.transport import codec, wire
+from treedrive.transport.extension import RangeRequest, range_header, ranged_get
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import (
@@ -215,12 +215,8 @@ class RangeClient:
         idle = timeval(self.limits.idle_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
-        ext: dict[str, Any] = {"raw": True, "offset": offset, "length": length}
-        if asker is not None:
-            ext["from"] = asker
-        if download is not None:
-            ext["download"] = download
-        sock.sendall(codec.encode_message(wire.encode(GetFile(file_id, {"treedrive": ext}))))
+        ask = RangeRequest(offset, length, asker, download)
+        sock.sendall(codec.encode_message(ranged_get(file_id, ask)))
         parser = codec.MessageParser(self.limits.codec)
         event = self._read_header(sock, parser, half_close)
         if isinstance(event, codec.DataChunk):
@@ -230,7 +226,7 @@ class RangeClient:
             return RangeAnswer(None, 0, offset, 0)
         # Checked before anything is allocated or written: ints in range, offset + length
         # within size (a WireError otherwise); nothing here grows with the claimed size.
-        got = wire.range_header(answer.extra)
+        got = range_header(event.fields)
         if got is None:
             raise ClassicAnswer(f"{host}:{port} answered without raw bytes")
         size, start, count = got.size, got.offset, got.length

@@ -19,7 +19,8 @@ from pathlib import Path
 from treedrive.core.messages import GetFile
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import InboundHandler
-from treedrive.transport import codec, wire
+from treedrive.transport import codec
+from treedrive.transport.extension import RangeHeader, RangeRequest, raw_file_data
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
@@ -88,7 +89,7 @@ class Uploader:
         writer: asyncio.StreamWriter,
         handler: InboundHandler,
         request: GetFile,
-        wanted: wire.RangeRequest,
+        wanted: RangeRequest,
         source: str,
     ) -> None:
         """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile)."""
@@ -101,9 +102,8 @@ class Uploader:
         size = path.stat().st_size
         offset = min(wanted.offset, size)
         length = size - offset if wanted.length is None else min(wanted.length, size - offset)
-        ext_out = {"raw": True, "offset": offset, "length": length, "size": size}
-        header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext_out}
-        writer.write(codec.encode_message(header))
+        header = RangeHeader(offset, length, size)
+        writer.write(codec.encode_message(raw_file_data(meta, header)))
         progress = handler.track_range(meta, wanted.asker or source, wanted.download, size)
         try:
             await self.send_raw(writer, path, offset, length, progress.update)
@@ -126,11 +126,8 @@ class Uploader:
         FILE_DATA."""
         if raw:
             size = os.stat(path).st_size
-            ext: dict[str, object] = {"raw": True, "offset": 0, "length": size, "size": size}
-            if sender is not None:
-                ext["from"] = sender
-            header = {"type": "FILE_DATA", **meta.wire(), "data": None, "treedrive": ext}
-            writer.write(codec.encode_message(header))
+            header = RangeHeader(0, size, size, sender)
+            writer.write(codec.encode_message(raw_file_data(meta, header)))
             await self.send_raw(writer, path, 0, size, progress)
         else:
             self.bytes_uploaded += await write_file_data(

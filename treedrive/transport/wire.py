@@ -23,12 +23,12 @@ The limits (module constants below):
   bad record is skipped alone.
 - ``GOSSIP`` is forwarded unchanged, so it is bounded as a whole: at most
   :data:`MAX_GOSSIP_EXTRA_KEYS` unknown keys and :data:`MAX_GOSSIP_BYTES` once encoded.
-- The TreeDrive extension's ranged request and raw header (:func:`range_request`,
-  :func:`range_header`): offsets, lengths and sizes are ints in 0..:data:`MAX_FILE_BYTES`; a
-  raw push's ``from`` (:func:`pusher`) is a peer id.
+- The TreeDrive extension's ``treedrive`` key is read and written by :mod:`extension` (its
+  values typed there, once): a GOSSIP's or GOSSIP_REPLY's capabilities become the message's
+  ``extension`` (None: a classic peer), and are written from it. The key is never in ``extra``.
 
 A bad message raises :class:`WireError` (the transport drops it with one log line). Unknown keys
-are kept in ``extra``.
+are kept in ``extra`` (plugins read them), the extension's key aside.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from treedrive.core.messages import (
@@ -49,7 +48,8 @@ from treedrive.core.messages import (
     Message,
 )
 from treedrive.core.model import FileMeta
-from treedrive.transport import codec, fields
+from treedrive.transport import codec, extension, fields
+from treedrive.transport.extension import RangeHeader, RangeRequest, range_header, range_request
 from treedrive.transport.fields import (
     MAX_DOWNLOAD_ID,
     MAX_FILE_BYTES,
@@ -91,7 +91,6 @@ __all__ = [
     "encode",
     "file_meta",
     "partial_record",
-    "pusher",
     "range_header",
     "range_request",
     "showable",
@@ -100,12 +99,14 @@ __all__ = [
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
 TYPES = ("GOSSIP", "GOSSIP_REPLY", "GET_FILE", "FILE_DATA", "ANNOUNCE", "DELETE")
 
+_NOT_EXTRA: Final = frozenset({"type", extension.KEY})
 _MAX_JSON_INT_DIGITS: Final = 4000
 """Below Python's limit on int/str conversion (4300 digits): such an int can be encoded."""
 
 
 def _extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in known and k != "type"}
+    """The keys the protocol does not define: neither ``known``, ``type`` nor the extension's."""
+    return {k: v for k, v in obj.items() if k not in known and k not in _NOT_EXTRA}
 
 
 def _json_size_over(obj: Any, limit: int) -> bool:
@@ -151,10 +152,13 @@ def _json_size_over(obj: Any, limit: int) -> bool:
     return False
 
 
-def _check_gossip_size(obj: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
-    if len(extra) > MAX_GOSSIP_EXTRA_KEYS:
+def _check_gossip_size(obj: Mapping[str, Any], unknown_keys: int) -> None:
+    """A GOSSIP is forwarded unchanged: at most MAX_GOSSIP_EXTRA_KEYS keys that classic GOSSIP
+    does not define, at most MAX_GOSSIP_BYTES once encoded. WireError otherwise."""
+    if unknown_keys > MAX_GOSSIP_EXTRA_KEYS:
         raise WireError(
-            f"GOSSIP has {len(extra)} unknown keys (at most {MAX_GOSSIP_EXTRA_KEYS}): not forwarded"
+            f"GOSSIP has {unknown_keys} unknown keys (at most {MAX_GOSSIP_EXTRA_KEYS}): "
+            "not forwarded"
         )
     if _json_size_over(obj, MAX_GOSSIP_BYTES):
         raise WireError(f"GOSSIP is larger than {MAX_GOSSIP_BYTES} bytes: not forwarded")
@@ -193,8 +197,10 @@ def decode(obj: Mapping[str, Any]) -> Message:
             peer_id=fields.ident(obj, "peerId", MAX_PEER_ID, numbers=True),
             extra=_extra(obj, keys),
             original=dict(obj),
+            extension=extension.capabilities(obj),
         )
-        _check_gossip_size(obj, gossip.extra)
+        # The extension's key counts as unknown here: it is forwarded too, whatever it holds.
+        _check_gossip_size(obj, len(gossip.extra) + (extension.KEY in obj))
         return gossip
     if kind == "GOSSIP_REPLY":
         host, port = fields.host(obj), fields.port(obj)
@@ -218,12 +224,13 @@ def decode(obj: Mapping[str, Any]) -> Message:
             files=tuple(files),
             extra=_extra(obj, ("host", "port", "peerId", "files")),
             skipped=skipped,
+            extension=extension.capabilities(obj),
         )
     if kind == "GET_FILE":
         return GetFile(file_id=fields.file_id(obj), extra=_extra(obj, ("file_id",)))
     if kind == "FILE_DATA":
         extra = _extra(obj, (*RECORD_KEYS, "data"))
-        raw = _raw_ext(extra) is not None  # bytes follow the object
+        raw = extension.is_raw(obj)  # bytes follow the object
         if obj.get("file_id") is None or not (obj.get("data") or raw):
             return FileData(meta=None, extra=extra)
         return FileData(meta=file_meta(obj), extra=extra)
@@ -276,78 +283,11 @@ def encode(message: Message) -> dict[str, Any]:
     else:
         out = {"type": "DELETE", "from": message.from_peer, "file_id": message.file_id}
     for key, value in message.extra.items():
-        out.setdefault(key, value)
+        if key != extension.KEY:  # written from typed values only
+            out.setdefault(key, value)
+    if isinstance(message, Gossip | GossipReply) and message.extension is not None:
+        out[extension.KEY] = extension.capabilities_wire(message.extension)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# The TreeDrive extension's raw ranged transfer (PROTOCOL.md 2.2)
-
-
-@dataclass(frozen=True, slots=True)
-class RangeRequest:
-    """What a ranged GET_FILE asks for: ``length`` None means to the end of the file."""
-
-    offset: int
-    length: int | None
-    asker: str | None
-    """The asker's peer id, as it claims it (a label for progress, not a fact)."""
-    download: str | None
-    """The asker's name for its download run (its ranges count as one upload)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RangeHeader:
-    """The raw header of a FILE_DATA answer: ``length`` raw bytes at ``offset`` of ``size``."""
-
-    offset: int
-    length: int
-    size: int
-
-
-def _raw_ext(extra: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The extension's ``treedrive`` object when it asks for (or announces) raw bytes."""
-    ext = extra.get("treedrive")
-    return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
-
-
-def _byte_count(ext: Mapping[str, Any], key: str) -> int:
-    value = ext.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
-        raise WireError(
-            f"'treedrive.{key}' must be an int in 0..2**50, got {fields.preview(value)}"
-        )
-    return int(value)
-
-
-def range_request(extra: Mapping[str, Any]) -> RangeRequest | None:
-    """The range a GET_FILE's extension asks for; None if it does not ask for raw bytes.
-
-    Raises WireError if it asks with bad values. A missing ``offset`` is 0; a missing or null
-    ``length`` is "to the end"; ``from`` and ``download`` are optional.
-    """
-    ext = _raw_ext(extra)
-    if ext is None:
-        return None
-    offset = _byte_count(ext, "offset") if "offset" in ext else 0
-    length = None if ext.get("length") is None else _byte_count(ext, "length")
-    asker = (
-        None if ext.get("from") is None else fields.ident(ext, "from", MAX_PEER_ID, numbers=True)
-    )
-    download = (
-        None if ext.get("download") is None else fields.ident(ext, "download", MAX_DOWNLOAD_ID)
-    )
-    return RangeRequest(offset=offset, length=length, asker=asker, download=download)
-
-
-def pusher(extra: Mapping[str, Any]) -> str | None:
-    """The pusher's peer id that a raw push's header claims (``treedrive.from``), or None if it
-    says none or the push is not raw. A claim, for display only. Raises WireError if it is not a
-    valid peer id."""
-    ext = _raw_ext(extra)
-    if ext is None or ext.get("from") is None:
-        return None
-    return fields.ident(ext, "from", MAX_PEER_ID, numbers=True)
 
 
 def partial_record(fields_so_far: Mapping[str, Any]) -> FileMeta | None:
@@ -360,18 +300,3 @@ def partial_record(fields_so_far: Mapping[str, Any]) -> FileMeta | None:
         return file_meta(fields_so_far)
     except WireError:
         return None
-
-
-def range_header(extra: Mapping[str, Any]) -> RangeHeader | None:
-    """The raw header of a FILE_DATA's extension; None if the answer is not raw.
-
-    Raises WireError unless ``offset``, ``length`` and ``size`` are ints in 0..MAX_FILE_BYTES with
-    ``offset + length <= size``.
-    """
-    ext = _raw_ext(extra)
-    if ext is None:
-        return None
-    offset, length, size = (_byte_count(ext, k) for k in ("offset", "length", "size"))
-    if offset + length > size:
-        raise WireError(f"raw header: offset {offset} + length {length} > size {size}")
-    return RangeHeader(offset=offset, length=length, size=size)

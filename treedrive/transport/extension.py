@@ -1,0 +1,183 @@
+"""The TreeDrive extension on the wire (PROTOCOL.md part 2), defined once: typed values and how
+each is written and read under the ``treedrive`` key of a classic message. Pure: no I/O.
+
+- the capabilities of a GOSSIP or GOSSIP_REPLY (:class:`~treedrive.core.messages.Extension`):
+  :func:`capabilities` and :func:`capabilities_wire`; :mod:`wire` puts them in and out of the
+  core's messages, so that the core never sees the key;
+- a ranged GET_FILE (:class:`RangeRequest`): :func:`ranged_get` and :func:`range_request`;
+- the raw header of a FILE_DATA, the answer to a ranged GET_FILE or a raw push
+  (:class:`RangeHeader`): :func:`raw_file_data`, :func:`range_header` and :func:`push_header`.
+
+Each is a claim with a limit (THREATS.md): at most :data:`MAX_FEATURES` features are read, each a
+short name (:data:`FEATURE_NAME`); offsets, lengths and sizes are ints in
+0..:data:`~treedrive.transport.fields.MAX_FILE_BYTES`; ``from`` is a peer id and ``download`` a
+run id, checked like the classic identifiers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from treedrive.core.messages import Extension
+from treedrive.core.model import FileMeta
+from treedrive.transport import fields
+from treedrive.transport.fields import MAX_DOWNLOAD_ID, MAX_FILE_BYTES, MAX_PEER_ID, WireError
+
+KEY: Final = "treedrive"
+"""The top-level key of a classic message that carries the extension."""
+MAX_FEATURES: Final = 32
+"""Entries of a peer's ``features`` list that are read (the rest are ignored)."""
+FEATURE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+"""A feature name worth keeping (others are ignored): a few short names, kept with the peer."""
+MAX_VERSION: Final = 2**31 - 1
+"""Largest ``version`` read as one (any other value reads as "no usable version")."""
+
+
+# --------------------------------------------------------------------------------------------
+# Capabilities (PROTOCOL.md 2.1)
+
+
+def capabilities(obj: Mapping[str, Any]) -> Extension | None:
+    """What a GOSSIP or GOSSIP_REPLY says of the extension; None: a classic peer (no ``treedrive``
+    object). An object whose ``features`` is not a list is a TreeDrive peer with no features; of
+    a list, the first :data:`MAX_FEATURES` entries that are feature names are kept. Never raises."""
+    ext = obj.get(KEY)
+    if not isinstance(ext, Mapping):
+        return None
+    version = ext.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        version = None
+    feats = ext.get("features")
+    if not isinstance(feats, list):
+        return Extension(frozenset(), version)
+    kept = (f for f in feats[:MAX_FEATURES] if isinstance(f, str) and FEATURE_NAME.fullmatch(f))
+    return Extension(frozenset(kept), version)
+
+
+def capabilities_wire(ext: Extension) -> dict[str, Any]:
+    """The value of the ``treedrive`` key for ``ext`` (features sorted)."""
+    out: dict[str, Any] = {} if ext.version is None else {"version": ext.version}
+    out["features"] = sorted(ext.features)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Raw ranged transfer (PROTOCOL.md 2.2) and raw push (2.3)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """What a ranged GET_FILE asks for: ``length`` None means to the end of the file."""
+
+    offset: int
+    length: int | None
+    asker: str | None = None
+    """The asker's peer id, as it claims it (a label for progress, not a fact): ``from``."""
+    download: str | None = None
+    """The asker's name for its download run (its ranges count as one upload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeHeader:
+    """The raw header of a FILE_DATA: ``length`` raw bytes at ``offset`` of ``size`` follow it."""
+
+    offset: int
+    length: int
+    size: int
+    sender: str | None = None
+    """A raw push's pusher (``from``): its peer id as it claims it, for display only."""
+
+
+def ranged_get(file_id: str, request: RangeRequest) -> dict[str, Any]:
+    """A ranged GET_FILE as a wire object."""
+    ext: dict[str, Any] = {"raw": True, "offset": request.offset, "length": request.length}
+    if request.asker is not None:
+        ext["from"] = request.asker
+    if request.download is not None:
+        ext["download"] = request.download
+    return {"type": "GET_FILE", "file_id": file_id, KEY: ext}
+
+
+def raw_file_data(meta: FileMeta, header: RangeHeader) -> dict[str, Any]:
+    """The JSON header of a FILE_DATA whose bytes follow it raw (a ranged answer or a push)."""
+    ext: dict[str, Any] = {
+        "raw": True,
+        "offset": header.offset,
+        "length": header.length,
+        "size": header.size,
+    }
+    if header.sender is not None:
+        ext["from"] = header.sender
+    return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: ext}
+
+
+def is_raw(obj: Mapping[str, Any]) -> bool:
+    """True if the message asks for (or announces) raw bytes."""
+    return _raw_ext(obj) is not None
+
+
+def _raw_ext(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``treedrive`` object when it asks for (or announces) raw bytes."""
+    ext = obj.get(KEY)
+    return ext if isinstance(ext, Mapping) and ext.get("raw") is True else None
+
+
+def _byte_count(ext: Mapping[str, Any], key: str) -> int:
+    value = ext.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
+        raise WireError(f"'{KEY}.{key}' must be an int in 0..2**50, got {fields.preview(value)}")
+    return int(value)
+
+
+def _peer(ext: Mapping[str, Any]) -> str | None:
+    """``from``: a peer id, or None if it says none."""
+    if ext.get("from") is None:
+        return None
+    return fields.ident(ext, "from", MAX_PEER_ID, numbers=True)
+
+
+def range_request(obj: Mapping[str, Any]) -> RangeRequest | None:
+    """The range a GET_FILE asks for; None if it does not ask for raw bytes.
+
+    Raises WireError if it asks with bad values. A missing ``offset`` is 0; a missing or null
+    ``length`` is "to the end"; ``from`` and ``download`` are optional.
+    """
+    ext = _raw_ext(obj)
+    if ext is None:
+        return None
+    offset = _byte_count(ext, "offset") if "offset" in ext else 0
+    length = None if ext.get("length") is None else _byte_count(ext, "length")
+    asker = _peer(ext)
+    download = (
+        None if ext.get("download") is None else fields.ident(ext, "download", MAX_DOWNLOAD_ID)
+    )
+    return RangeRequest(offset=offset, length=length, asker=asker, download=download)
+
+
+def range_header(obj: Mapping[str, Any]) -> RangeHeader | None:
+    """The raw header of a FILE_DATA that answers a ranged GET_FILE; None if it is not raw.
+
+    Raises WireError unless ``offset``, ``length`` and ``size`` are ints in 0..MAX_FILE_BYTES with
+    ``offset + length <= size``. ``from`` is not read (a push's, see :func:`push_header`).
+    """
+    ext = _raw_ext(obj)
+    if ext is None:
+        return None
+    offset, length, size = (_byte_count(ext, k) for k in ("offset", "length", "size"))
+    if offset + length > size:
+        raise WireError(f"raw header: offset {offset} + length {length} > size {size}")
+    return RangeHeader(offset=offset, length=length, size=size)
+
+
+def push_header(obj: Mapping[str, Any]) -> RangeHeader | None:
+    """The raw header of a pushed FILE_DATA, with the pusher it names (``from``, a claim for
+    display only); None if the push is not raw. Raises WireError as :func:`range_header` does,
+    and if ``from`` is not a valid peer id."""
+    header = range_header(obj)
+    ext = _raw_ext(obj)
+    if header is None or ext is None:
+        return None
+    return replace(header, sender=_peer(ext))
