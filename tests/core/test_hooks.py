@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.core.harness import Harness, file_of, gossip, reply, serving
 from treedrive.core import hookspecs
 from treedrive.core.events import Event, FileAdvertised, FileRefused, Notice, PeerSeen
 from treedrive.core.hookspecs import hookimpl
-from treedrive.core.messages import FileData, GossipReply
+from treedrive.core.messages import Extension, FileData, GossipReply
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
 from treedrive.core.node import Node
 from treedrive.core.plugins import make_plugin_manager
@@ -240,17 +241,17 @@ async def test_hook_gossip_extra(make_harness: Callable[..., Harness]) -> None:
     class Extra:
         @hookimpl
         def treedrive_gossip_extra(self, message_type: str) -> dict[str, Any]:
-            return {"x_type": message_type, "treedrive": "not the plugin's"}
+            return {"x_type": message_type}
 
     h = make_harness(Extra())
     g = h.node.new_gossip()
-    assert g.extra["x_type"] == "GOSSIP"
-    assert isinstance(g.extra["treedrive"], dict)  # the node's own key stays the node's
+    assert g.extra == {"x_type": "GOSSIP"}
+    assert g.extension == Extension(h.node.features)  # the extension is the node's own
     await h.node.handle_message(gossip("alice", 7001), "src")
     await h.settle()
     [(_, _, answer)] = h.net.messages(GossipReply)
-    assert answer.extra["x_type"] == "GOSSIP_REPLY"
-    assert isinstance(answer.extra["treedrive"], dict)
+    assert answer.extra == {"x_type": "GOSSIP_REPLY"}
+    assert answer.extension == Extension(h.node.features)
 
 
 async def test_hook_gossip_received(make_harness: Callable[..., Harness]) -> None:
@@ -264,10 +265,11 @@ async def test_hook_gossip_received(make_harness: Callable[..., Harness]) -> Non
             got.append((message_type, peer_id, dict(extra)))
 
     h = make_harness(Received())
-    td = {"version": 1, "features": []}
-    await h.node.handle_message(gossip("alice", 7001, x_color="red", treedrive=td), "src")
+    td = Extension()
+    g = replace(gossip("alice", 7001, x_color="red"), extension=td)
+    await h.node.handle_message(g, "src")
     await h.node.handle_message(reply("bob", 7002, x_size=3), "src")
-    await h.node.handle_message(reply("carol", 7003, treedrive=td), "src")  # nothing unknown
+    await h.node.handle_message(replace(reply("carol", 7003), extension=td), "src")  # none
     await h.settle()  # an awaitable runs as a task of its own
     assert got == [("GOSSIP", "alice", {"x_color": "red"}), ("GOSSIP_REPLY", "bob", {"x_size": 3})]
     assert h.recorder.of(FileAdvertised) == []
