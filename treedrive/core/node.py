@@ -35,6 +35,7 @@ from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipRe
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Pushed, TransferState
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import FileSink, Network, PartialFile, Progress, Store, UnitOfWork
+from treedrive.core.reads import Reads
 from treedrive.core.recovery import new_peer_id, recover
 from treedrive.core.replies import ReplyPolicy
 from treedrive.core.sharing import Sharing
@@ -67,6 +68,8 @@ class Node:
         self.catalogue = Catalogue(ctx, self.membership)
         self.sharing = Sharing(ctx, self.catalogue, self.transfers)
         self.fetching = Fetching(ctx, self.catalogue, self.sharing, self.transfers)
+        self.reads = Reads(store)
+        """Read-only views of the catalogue (for the web layer, the shell and scripts)."""
         self.rate_limits = (config.max_download_rate, config.max_upload_rate)
 
     # -- identity and state (read by the web layer, the shell and tests) ----------------------

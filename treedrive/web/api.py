@@ -336,16 +336,14 @@ async def files(request: web.Request) -> web.Response:
         raise error(400, "scope must be local, remote or both")
     offset = _int(request, "offset", 0, 0, 10**9)
     limit = _int(request, "limit", 50, 1, MAX_PAGE)
-    with node.store.unit_of_work() as uow:
-        total = uow.files.count(scope)
-        page = uow.files.entries(scope, offset=offset, limit=limit)
+    page = node.reads.page(scope, offset, limit)
     return web.json_response(
         {
             "scope": scope,
-            "total": total,
+            "total": page.total,
             "offset": offset,
             "limit": limit,
-            "files": [views.file_json(e, node) for e in page],
+            "files": [views.file_json(e, node) for e in page.entries],
         }
     )
 
@@ -416,9 +414,10 @@ async def fetch(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     entry = _entry(node, _file_id(request))
-    if not entry.has_copy or not node.store.blobs.has(entry.meta.file_id):
+    path = node.reads.blob(entry)
+    if path is None:
         raise error(404, "this node holds no copy of that file; fetch it first")
-    resp = web.FileResponse(node.store.blobs.path(entry.meta.file_id))
+    resp = web.FileResponse(path)
     resp.headers["Content-Type"] = "application/octet-stream"
     resp.headers["Content-Disposition"] = content_disposition(entry.meta.file_name)
     return resp
@@ -433,22 +432,21 @@ async def remove(request: web.Request) -> web.Response:
 
 async def transfers(request: web.Request) -> web.Response:
     node = _node(request)
-    with node.store.unit_of_work() as uow:
-        recent = [
-            {
-                "transfer_id": t.id,
-                "file_id": t.file_id,
-                "direction": t.direction,
-                "peer_id": t.peer_id,
-                "state": t.state,
-                "bytes_done": t.bytes_done,
-                "bytes_total": t.bytes_total,
-                "started_at": t.started_at,
-                "updated_at": t.updated_at,
-                "error": t.error,
-            }
-            for t in uow.transfers.recent()
-        ]
+    recent = [
+        {
+            "transfer_id": t.id,
+            "file_id": t.file_id,
+            "direction": t.direction,
+            "peer_id": t.peer_id,
+            "state": t.state,
+            "bytes_done": t.bytes_done,
+            "bytes_total": t.bytes_total,
+            "started_at": t.started_at,
+            "updated_at": t.updated_at,
+            "error": t.error,
+        }
+        for t in node.reads.recent_transfers()
+    ]
     active = [views.transfer_json(t) for t in node.active_transfers.values()]
     return web.json_response({"active": active, "recent": recent})
 

@@ -93,9 +93,7 @@ def number(value: Timestamp) -> Timestamp:
 
 def stats_json(node: Node) -> dict[str, Any]:
     """The seed-compatible ``/stats.json`` (safe to build in a worker thread)."""
-    with node.store.unit_of_work() as uow:
-        peers = uow.peers.all()
-        files = uow.files.entries("both")
+    peers, files = node.reads.everything()
     return {
         "peerId": node.peer_id,
         "peers": [
@@ -123,13 +121,8 @@ def stats_json(node: Node) -> dict[str, Any]:
 
 
 def status_json(node: Node) -> dict[str, Any]:
-    with node.store.unit_of_work() as uow:
-        counts = {
-            "peers": len(uow.peers.all()),
-            "files": uow.files.count("both"),
-            "local": uow.files.count("local"),
-            "remote": uow.files.count("remote"),
-        }
+    c = node.reads.counts()
+    counts = {"peers": c.peers, "files": c.files, "local": c.local, "remote": c.remote}
     return {
         "peer_id": node.peer_id,
         "host": node.host,

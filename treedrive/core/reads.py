@@ -1,0 +1,65 @@
+"""What the web layer, the shell and scripts read of a node's catalogue, each in one read-only
+unit of work (a snapshot that takes no write lock, so a large page never holds up the node's
+writes, nor they it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from treedrive.core.model import CatalogEntry, PeerInfo, TransferRecord
+from treedrive.core.ports import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of the catalogue, and how many entries the whole scope has."""
+
+    total: int
+    entries: list[CatalogEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    peers: int
+    files: int
+    local: int
+    remote: int
+
+
+class Reads:
+    """Read-only views of one node's store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def page(self, scope: str, offset: int, limit: int) -> Page:
+        """Entries ``offset`` to ``offset + limit`` of ``scope`` ("local", "remote", "both")."""
+        with self._store.reading() as uow:
+            total = uow.files.count(scope)
+            return Page(total, uow.files.entries(scope, offset=offset, limit=limit))
+
+    def everything(self) -> tuple[list[PeerInfo], list[CatalogEntry]]:
+        """Every tracked peer and every catalogue entry, from one snapshot."""
+        with self._store.reading() as uow:
+            return uow.peers.all(), uow.files.entries("both")
+
+    def counts(self) -> Counts:
+        with self._store.reading() as uow:
+            return Counts(
+                peers=len(uow.peers.all()),
+                files=uow.files.count("both"),
+                local=uow.files.count("local"),
+                remote=uow.files.count("remote"),
+            )
+
+    def recent_transfers(self, limit: int = 20) -> list[TransferRecord]:
+        """The latest transfers the store remembers, newest first."""
+        with self._store.reading() as uow:
+            return uow.transfers.recent(limit)
+
+    def blob(self, entry: CatalogEntry) -> Path | None:
+        """Where the bytes of ``entry`` are, if this node holds them."""
+        blobs = self._store.blobs
+        file_id = entry.meta.file_id
+        return blobs.path(file_id) if entry.has_copy and blobs.has(file_id) else None
