@@ -34,6 +34,15 @@ bytes into memory in the same state: on this VM memory that stayed free for a co
 goes back to the host and costs a fault to touch again, and without this the fetch (after the
 setup's pauses) lands in such memory while the later copies reuse what the previous copy freed.
 
+``--modes push`` (issue 10) measures, in each round of a fresh 2-node extension network, one
+after the other: the get (as above), the forward of a push (the payload, made a new file,
+uploaded to ``n1``; from ``n1``'s "pushed" log line to ``n2``'s "received" line, verified and
+committed, both the nodes' own ms timestamps), the whole ``treedrive push FILE`` command (from
+starting it to ``n2``'s "received" line) and the fsync-at-end socket copy (``sendfile`` ->
+``recv_into`` -> ``write``, one ``fsync``); per phase the CPU of each node's event-loop thread and
+its busiest other thread; then the medians and the ratios push forward / get (>= 0.9), whole
+push / get (>= 0.6) and get / fsync copy (>= 0.8). See :class:`PushBench`.
+
 On a shared machine, ``--wait-quiet S`` waits before each fetch for a second in which the rest of
 the machine is idle. ``--node-preamble FILE`` runs a Python file in every node before its CLI, to
 measure a change to the node (a patched method) without editing it. ``--py-spy DIR`` / ``--perf
@@ -46,6 +55,7 @@ dir is removed at the end (``--keep`` keeps it).
     python bench/transfer.py --quick                  # 1, 16, 64 MiB
     python bench/transfer.py --sizes 1024 --modes extension --sources 1
     python bench/transfer.py --sizes 1024 --repeat 3 --wait-quiet 300
+    python bench/transfer.py --sizes 1024 --modes push --repeat 6 --wait-quiet 300
     python bench/transfer.py --sizes 1024 --perf /tmp/perf    # also profile (perturbs the run)
 """
 
