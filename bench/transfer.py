@@ -34,6 +34,15 @@ bytes into memory in the same state: on this VM memory that stayed free for a co
 goes back to the host and costs a fault to touch again, and without this the fetch (after the
 setup's pauses) lands in such memory while the later copies reuse what the previous copy freed.
 
+``--modes push`` (issue 10) measures, in each round of a fresh 2-node extension network, one
+after the other: the get (as above), the forward of a push (the payload, made a new file,
+uploaded to ``n1``; from ``n1``'s "pushed" log line to ``n2``'s "received" line, verified and
+committed, both the nodes' own ms timestamps), the whole ``treedrive push FILE`` command (from
+starting it to ``n2``'s "received" line) and the fsync-at-end socket copy (``sendfile`` ->
+``recv_into`` -> ``write``, one ``fsync``); per phase the CPU of each node's event-loop thread and
+its busiest other thread; then the medians and the ratios push forward / get (>= 0.9), whole
+push / get (>= 0.6) and get / fsync copy (>= 0.8). See :class:`PushBench`.
+
 On a shared machine, ``--wait-quiet S`` waits before each fetch for a second in which the rest of
 the machine is idle. ``--node-preamble FILE`` runs a Python file in every node before its CLI, to
 measure a change to the node (a patched method) without editing it. ``--py-spy DIR`` / ``--perf
@@ -46,6 +55,7 @@ dir is removed at the end (``--keep`` keeps it).
     python bench/transfer.py --quick                  # 1, 16, 64 MiB
     python bench/transfer.py --sizes 1024 --modes extension --sources 1
     python bench/transfer.py --sizes 1024 --repeat 3 --wait-quiet 300
+    python bench/transfer.py --sizes 1024 --modes push --repeat 6 --wait-quiet 300
     python bench/transfer.py --sizes 1024 --perf /tmp/perf    # also profile (perturbs the run)
 """
 
@@ -71,6 +81,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -330,6 +341,61 @@ def log_lines(path: Path, *needles: str) -> list[str]:
     return []
 
 
+def logged_at(path: Path, *needles: str) -> float | None:
+    """The time (``time.time()`` scale, ms resolution) of the first line of a node.log that
+    contains every one of ``needles``, from its timestamp (``2024-05-01 12:34:56,789 ...``)."""
+    for line in log_lines(path, *needles):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime+stime seconds of each live thread of a process (/proc/<pid>/task/*/stat)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"{entry.path}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds of one node over one measured window: its event loop's thread (the main
+    thread, whose id is the PID) and all its other threads (those that ended meanwhile too)."""
+
+    loop: float
+    others: float
+    busiest: float  # the other thread that used the most (of those still alive at the end)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.loop + self.others:.2f} (loop {self.loop:.2f}, max thread {self.busiest:.2f})"
+        )
+
+
+class CpuWatch:
+    """Per-node and per-thread CPU over a window (:meth:`split` at the end)."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.total = {n.name: cpu_seconds(n.pid) or 0.0 for n in nodes}
+        self.threads = {n.name: thread_cpu(n.pid) for n in nodes}
+
+    def split(self) -> dict[str, CpuSplit]:
+        out = {}
+        for n in self.nodes:
+            total = (cpu_seconds(n.pid) or 0.0) - self.total[n.name]
+            before = self.threads[n.name]
+            now = thread_cpu(n.pid)
+            deltas = {tid: cpu - before.get(tid, 0.0) for tid, cpu in now.items()}
+            loop = deltas.pop(n.pid, 0.0)
+            out[n.name] = CpuSplit(loop, total - loop, max(deltas.values(), default=0.0))
+        return out
+
+
 def fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
@@ -512,11 +578,20 @@ class Node:
     def blob(self, file_id: str) -> Path:
         return self.data_dir / "blobs" / file_id
 
+    def delete(self, file_id: str) -> None:
+        """Delete a file everywhere (its owner's DELETE reaches every peer)."""
+        self.request("DELETE", f"/api/files/{file_id}")
+
+    def cli(self, *args: str) -> list[str]:
+        """A control command (``treedrive push …``) aimed at this node, as an argv."""
+        url = f"http://{self.http[0]}:{self.http[1]}/"
+        return [sys.executable, *self.launch(), *args, "--node", url]
+
 
 # -- the ceiling: a plain socket copy ------------------------------------------------------------
 CEILING_RECEIVER = r"""
 import os, socket, sys, time
-dst, sync_every = sys.argv[1], int(sys.argv[2])
+dst, sync_every, fsync_end = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 srv = socket.socket()
 srv.bind(("127.0.0.1", 0))
 srv.listen(1)
@@ -537,22 +612,30 @@ while True:
     if sync_every and got - synced >= sync_every:
         os.fdatasync(fd)
         synced = got
-if sync_every:
+if fsync_end:
     os.fsync(fd)
 os.close(fd)
 print(got, time.monotonic(), flush=True)
 """
 
 CEILING_SENDER = r"""
-import socket, sys, time
-src, port = sys.argv[1], int(sys.argv[2])
+import os, socket, sys, time
+src, port, use_sendfile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 buf = bytearray(1 << 20)
 view = memoryview(buf)
 with open(src, "rb", buffering=0) as f:
     t0 = time.monotonic()
     s = socket.create_connection(("127.0.0.1", port))
-    while n := f.readinto(buf):
-        s.sendall(view[:n])
+    if use_sendfile:
+        size, sent = os.fstat(f.fileno()).st_size, 0
+        while sent < size:
+            k = os.sendfile(s.fileno(), f.fileno(), sent, min(size - sent, 1 << 30))
+            if k == 0:
+                raise SystemExit("the file ended early")
+            sent += k
+    else:
+        while n := f.readinto(buf):
+            s.sendall(view[:n])
     s.close()
 print(t0, flush=True)
 """
@@ -569,16 +652,27 @@ class Ceiling:
         return self.size / 1e6 / self.seconds
 
 
-def socket_copy(src: Path, dst: Path, sync_every: int = 0) -> Ceiling:
+def socket_copy(
+    src: Path,
+    dst: Path,
+    sync_every: int = 0,
+    *,
+    use_sendfile: bool = False,
+    fsync_end: bool | None = None,
+) -> Ceiling:
     """Copy ``src`` to ``dst`` through a loopback TCP socket between two processes: time from
     the sender's connect (file open) to the receiver's last write (file closed). With
     ``sync_every``, the receiver also ``fdatasync``s every that many bytes and ``fsync``s at
-    the end (what a node does for a ranged download). The CPU is
-    both processes' (RUSAGE_CHILDREN difference: no other child is reaped meanwhile)."""
+    the end (what a node does for a ranged download); ``fsync_end`` alone (default: whether
+    ``sync_every``) only ``fsync``s at the end. ``use_sendfile``: the sender ``sendfile``s the
+    file instead of ``readinto`` + ``sendall``. The CPU is both processes' (RUSAGE_CHILDREN
+    difference: no other child is reaped meanwhile)."""
+    if fsync_end is None:
+        fsync_end = bool(sync_every)
     size = src.stat().st_size
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     recv = subprocess.Popen(
-        [sys.executable, "-c", CEILING_RECEIVER, str(dst), str(sync_every)],
+        [sys.executable, "-c", CEILING_RECEIVER, str(dst), str(sync_every), str(int(fsync_end))],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -587,7 +681,7 @@ def socket_copy(src: Path, dst: Path, sync_every: int = 0) -> Ceiling:
         assert recv.stdout is not None
         port = int(recv.stdout.readline())
         send = subprocess.Popen(
-            [sys.executable, "-c", CEILING_SENDER, str(src), str(port)],
+            [sys.executable, "-c", CEILING_SENDER, str(src), str(port), str(int(use_sendfile))],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -855,6 +949,217 @@ class Bench:
         )
 
 
+# -- pushes: get, push forward, whole push and the fsync copy, interleaved ----------------------
+TARGET_FORWARD = 0.9  # push forward / get
+TARGET_WHOLE = 0.6  # whole `treedrive push` / get
+TARGET_GET_COPY = 0.8  # get / the fsync-at-end sendfile copy
+
+
+@dataclass
+class PushRound:
+    """One round of the ``push`` mode (a fresh 2-node extension network), seconds each."""
+
+    size: int
+    get: float
+    forward: float
+    whole: float
+    whole_upload: float  # of ``whole``: from starting the CLI to the sender's "pushed" line
+    copies: list[Ceiling]
+    cpu: dict[str, dict[str, CpuSplit]]  # phase -> node -> CPU
+    cli_cpu: float = 0.0
+    verified: bool = True
+
+    def mb_s(self, seconds: float) -> float:
+        return self.size / 1e6 / seconds
+
+    @property
+    def copy(self) -> float:
+        """The median fsync-at-end sendfile copy, MB/s."""
+        return statistics.median(c.mb_s for c in self.copies)
+
+
+def stamp(path: Path, n: int) -> str:
+    """Make ``path`` a new file (its first 8 bytes say ``n``): a new id, whatever its time;
+    its sha256."""
+    with path.open("r+b") as f:
+        f.write(n.to_bytes(8, "little"))
+    return sha256_of(path)
+
+
+class PushBench:
+    """The ``push`` mode: in each round a fresh network, ``n1`` (the payload pushed to it while
+    alone) and ``n2`` (joins), then, one after the other, each after a warm-up copy: the get
+    (``n2`` fetches from ``n1``), the push forward (the payload, made new, uploaded to ``n1``
+    through the API: from ``n1``'s "pushed" log line to ``n2``'s "received" log line, both
+    stamped by the nodes' clocks in ms), the whole push (``treedrive push FILE`` against
+    ``n1``, made new again: from starting the command to ``n2``'s "received" line) and the
+    fsync-at-end socket copy (sendfile -> recv_into -> write, fsync). Between them the file is
+    deleted everywhere."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.args = bench.args
+        self.version = 0
+
+    def prepare(self, root: Path, nodes: list[Node], payload: Path) -> None:
+        os.sync()  # no dirty pages from the phase before
+        self.bench.wait_quiet(nodes)
+        if self.args.warm:
+            socket_copy(payload, root / "warm.bin")  # deleted: its memory is the next one's
+
+    def fresh(self, payload: Path) -> str:
+        self.version += 1
+        return stamp(payload, 1_000_000 + self.version)
+
+    def round(self, size_mib: int, payload: Path) -> PushRound:
+        root = self.bench.tmp / f"{size_mib}MiB-push-{self.version}"
+        size = size_mib * MIB
+        timeout = max(600.0, size_mib * 2.0)
+        bench = self.bench
+        bench.sampler.pids = {}
+        try:
+            n1 = bench.node(root, "n1", "extension", None)
+            want = self.fresh(payload)
+            file_id = n1.push(payload, timeout)
+            n2 = bench.node(root, "n2", "extension", n1)
+            wait_until(lambda: n2.knows(file_id, {"n1"}, True), 30, "n2 learning the file")
+            nodes = [n1, n2]
+            cpu: dict[str, dict[str, CpuSplit]] = {}
+            verified = True
+
+            self.prepare(root, nodes, payload)
+            watch = CpuWatch(nodes)
+            t0 = time.monotonic()
+            n2.fetch(file_id, timeout)
+            get = time.monotonic() - t0
+            cpu["get"] = watch.split()
+            verified &= self.drop(n1, n2, file_id, want)
+
+            want = self.fresh(payload)
+            self.prepare(root, nodes, payload)
+            watch = CpuWatch(nodes)
+            file_id = n1.push(payload, timeout)
+            received = self.received(n2, file_id, timeout)
+            cpu["forward"] = watch.split()
+            pushed = logged_at(n1.log_path, "pushed ", file_id[:12])
+            if pushed is None:
+                raise RuntimeError(f"no 'pushed' line for {file_id[:12]} in n1's log")
+            forward = received - pushed
+            verified &= self.drop(n1, n2, file_id, want)
+
+            want = self.fresh(payload)
+            self.prepare(root, nodes, payload)
+            watch = CpuWatch(nodes)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.time()
+            done = subprocess.run(
+                n1.cli("push", str(payload), "--json"),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "TREEDRIVE_TOKEN": n1.token},
+                check=False,
+            )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if done.returncode != 0:
+                raise RuntimeError(f"treedrive push failed: {done.stderr[-2000:]}")
+            file_id = json.loads(done.stdout)["file_id"]
+            received = self.received(n2, file_id, timeout)
+            cpu["whole"] = watch.split()
+            pushed = logged_at(n1.log_path, "pushed ", file_id[:12])
+            whole, whole_upload = received - t0, (pushed or received) - t0
+            cli_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            verified &= self.drop(n1, n2, file_id, want)
+
+            copies = []
+            for i in range(self.args.ceiling_runs):
+                if i == 0:
+                    self.prepare(root, nodes, payload)
+                else:
+                    os.sync()
+                dst = root / "copy.bin"
+                copies.append(socket_copy(payload, dst, use_sendfile=True, fsync_end=True))
+        finally:
+            for node in reversed(bench.nodes):
+                node.stop()
+            bench.nodes = []
+            if not self.args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        return PushRound(
+            size, get, forward, whole, whole_upload, copies, cpu, cli_cpu, verified
+        )  # fmt: skip
+
+    @staticmethod
+    def received(node: Node, file_id: str, timeout: float) -> float:
+        """When ``node`` logged that it received (verified, stored) ``file_id``; the
+        ``/api/files`` answer confirms it holds it."""
+        at = wait_until(
+            lambda: logged_at(node.log_path, "received ", file_id[:12]), timeout,
+            f"{node.name} receiving {file_id[:12]}", every=0.02,
+        )  # fmt: skip
+        entry = node.file(file_id)
+        if entry is None or not entry["has_copy"]:
+            raise RuntimeError(f"{node.name} logged {file_id[:12]} received but does not hold it")
+        return float(at)
+
+    @staticmethod
+    def drop(n1: Node, n2: Node, file_id: str, want: str) -> bool:
+        """Check ``n2``'s copy against the payload, then delete the file everywhere (and wait
+        until both blobs are gone: the disk is free again)."""
+        ok = sha256_of(n2.blob(file_id)) == want
+        n1.delete(file_id)
+        wait_until(
+            lambda: not n1.blob(file_id).exists() and not n2.blob(file_id).exists(),
+            60, f"{file_id[:12]} deleted everywhere", every=0.05,
+        )  # fmt: skip
+        return ok
+
+
+def print_push(rounds: list[PushRound]) -> None:
+    """The push mode's rounds, their medians and the three ratios against their targets."""
+    if not rounds:
+        return
+    print(
+        "\n  push mode (2 nodes, extension): MB/s per round; CPU s of n1/n2 (loop, busiest thread)"
+    )
+    for i, r in enumerate(rounds, 1):
+        print(
+            f"  {r.size // MIB} MiB #{i}: get {r.mb_s(r.get):.0f}, push forward "
+            f"{r.mb_s(r.forward):.0f}, whole push {r.mb_s(r.whole):.0f} (CLI start to n1's "
+            f"'pushed' {r.whole_upload:.2f} s), fsync copy {r.copy:.0f}"
+            f"{'' if r.verified else '  DIFFERENT BYTES'}"
+        )
+        for phase, split in r.cpu.items():
+            extra = f"; the CLI {r.cli_cpu:.2f}" if phase == "whole" else ""
+            nodes = ", ".join(f"{name} {c}" for name, c in split.items())
+            print(f"      CPU during {phase}: {nodes}{extra}")
+    for size in sorted({r.size for r in rounds}):
+        these = [r for r in rounds if r.size == size]
+        get = statistics.median(r.mb_s(r.get) for r in these)
+        fwd = statistics.median(r.mb_s(r.forward) for r in these)
+        whole = statistics.median(r.mb_s(r.whole) for r in these)
+        copy = statistics.median(r.copy for r in these)
+        print(
+            f"\n  {size // MIB} MiB, medians of {len(these)} rounds: get {get:.0f} MB/s, push "
+            f"forward {fwd:.0f}, whole push {whole:.0f}, fsync copy {copy:.0f}"
+        )
+        for what, ratio, target in (
+            ("push forward / get", fwd / get, TARGET_FORWARD),
+            ("whole push / get", whole / get, TARGET_WHOLE),
+            ("get / fsync copy", get / copy, TARGET_GET_COPY),
+        ):
+            verdict = "met" if ratio >= target else "MISSED"
+            print(f"  {what}: {ratio:.2f} (target >= {target}) {verdict}")
+    print(
+        "\n  get: n2's POST /api/files/{id}/fetch, request to answer (verified, committed).\n"
+        "  push forward: n1's 'pushed' log line (its upload is stored; the push to n2 starts)\n"
+        "  to n2's 'received' line (verified, committed), both the nodes' own timestamps.\n"
+        "  whole push: starting `treedrive push FILE` against n1 to n2's 'received' line.\n"
+        "  fsync copy: sendfile -> loopback socket -> recv_into 1 MiB -> write, fsync at the\n"
+        "  end, between two plain processes; median of --ceiling-runs. MB = 10^6 B."
+    )
+
+
 # -- output -----------------------------------------------------------------------------------
 def print_table(runs: list[Run]) -> None:
     head = (
@@ -969,14 +1274,26 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     runs: list[Run] = []
+    rounds: list[PushRound] = []
     with scratch_dir(args.tmp_dir, args.keep) as tmp:
         bench = Bench(args, tmp)
+        pushes = PushBench(bench)
         try:
             for size_mib in args.sizes:
                 payload = tmp / f"payload-{size_mib}MiB.bin"
                 want = make_payload(payload, size_mib * MIB)
                 for mode in args.modes:
                     for _ in range(args.repeat):
+                        if mode == "push":
+                            rounds.append(r := pushes.round(size_mib, payload))
+                            print(
+                                f"  {size_mib} MiB push round: get {r.mb_s(r.get):.0f}, push "
+                                f"forward {r.mb_s(r.forward):.0f}, whole push "
+                                f"{r.mb_s(r.whole):.0f}, fsync copy {r.copy:.0f} MB/s",
+                                flush=True,
+                            )
+                            want = sha256_of(payload)
+                            continue
                         new = bench.network(size_mib, mode, payload, want)
                         for r in new:
                             print(
@@ -988,7 +1305,9 @@ def run(args: argparse.Namespace) -> int:
                 payload.unlink()
         finally:
             bench.close()
-    print_table(runs)
+    if runs:
+        print_table(runs)
+    print_push(rounds)
     print(f"\nload average at the end {loadavg()}; {bench.sampler.samples} RSS samples")
     for line in check_targets(runs):
         print(line)
@@ -1001,7 +1320,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 summarize_raw(out, args.top) if kind == "py-spy" else summarize_perf(out, args.top)
             )
-    return 0 if all(r.verified for r in runs) else 2
+    return 0 if all(r.verified for r in [*runs, *rounds]) else 2
 
 
 def _sizes(text: str) -> list[int]:
@@ -1018,8 +1337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--modes",
         type=lambda s: s.split(","),
-        default=["classic", "extension"],
-        help="classic,extension (default both)",
+        default=["classic", "extension", "push"],
+        help="classic,extension,push (default all three); push: get, push forward, whole\n"
+        "push and the fsync copy, interleaved in each round (a fresh 2-node network)",
     )
     p.add_argument(
         "--sources",
@@ -1027,7 +1347,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 3],
         help="1 (2 nodes), 3 (4 nodes), or 1,3 (default)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="networks per size and mode")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="networks per size and mode (push: rounds)"
+    )
     p.add_argument(
         "--node-arg",
         action="append",
@@ -1088,8 +1410,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = [1, 16, 64]
-    if set(args.modes) - {"classic", "extension"} or set(args.sources) - {1, 3}:
-        p.error("--modes: classic,extension; --sources: 1,3")
+    if set(args.modes) - {"classic", "extension", "push"} or set(args.sources) - {1, 3}:
+        p.error("--modes: classic,extension,push; --sources: 1,3")
     return run(args)
 
 

@@ -37,6 +37,7 @@ from treedrive.core.events import Event, Notice, TransferFinished
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
 from treedrive.web import views
+from treedrive.web.body import OverCap, detachable, receive_raw, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -383,14 +384,18 @@ async def upload(request: web.Request) -> web.Response:
     except OSError as exc:
         raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
     try:
-        async for chunk in chunks:
-            try:
-                sink.write(chunk)
-            except OSError as exc:  # the disk is full (or read-only): this node's error
-                raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
-            if sink.size > cap:
-                raise error(413, f"upload is over the cap ({cap} bytes)")
+        # Written off the event loop: straight from the socket if the body is raw, else a few
+        # MiB at a time as aiohttp reads them.
+        sock = None if multipart else detachable(request)
+        if sock is not None:
+            await receive_raw(request, sock, sink)
+        else:
+            await write_chunks(chunks, sink, cap)
+        if sink.size > cap:
+            raise OverCap(sink.size)
         pushed = await node.share(sink, safe_name(name), force=force)
+    except OverCap:
+        raise error(413, f"upload is over the cap ({cap} bytes)") from None
     finally:
         sink.abort()  # a no-op once pushed
     entry = node.file(pushed.meta.file_id)
