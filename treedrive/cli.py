@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -23,7 +22,6 @@ from treedrive.core.config import (
     NodeConfig,
     default_data_root,
 )
-from treedrive.core.plugins import Plugins, make_plugin_manager
 from treedrive.core.text import printable_lines
 
 if TYPE_CHECKING:
@@ -104,6 +102,8 @@ class TreeDriveGroup(click.Group):
 
     def _extra(self) -> dict[str, click.Command]:
         if self._plugin_commands is None:
+            from treedrive.core.plugins import Plugins, make_plugin_manager
+
             plugins = Plugins(make_plugin_manager())
             found: dict[str, click.Command] = {}
             for command in plugins.cli_commands():
@@ -384,6 +384,8 @@ def run(
 
     tune_malloc()
     try:
+        import asyncio
+
         asyncio.run(_run(config, shell))
     except StartRefused as exc:
         raise click.ClickException(str(exc)) from None
@@ -412,6 +414,8 @@ def start_failure(exc: BaseException) -> str | None:
 
 
 async def _run(config: NodeConfig, with_shell: bool) -> None:
+    import asyncio
+
     from treedrive.app import AlreadyRunning, running_node, serve_until_stopped, stop_on_signals
 
     stop = asyncio.Event()
@@ -509,6 +513,8 @@ def db_history() -> None:
 @cli.command("plugins")
 def plugins_cmd() -> None:
     """List the plugins that are loaded."""
+    from treedrive.core.plugins import Plugins, make_plugin_manager
+
     for name, source in Plugins(make_plugin_manager()).names():
         click.echo(f"{name}  ({source})")
 

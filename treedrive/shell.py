@@ -26,7 +26,7 @@ from treedrive.core.errors import NodeError
 from treedrive.core.ids import short_id
 from treedrive.core.model import CatalogEntry
 from treedrive.core.names import safe_name
-from treedrive.core.text import human_size, printable, printable_lines
+from treedrive.core.text import human_size, printable_lines, table
 from treedrive.web.progress import human_duration, progress_line
 
 if TYPE_CHECKING:
@@ -62,19 +62,6 @@ def entry_size(entry: CatalogEntry) -> str:
     if entry.size_bytes is not None:
         return human_size(entry.size_bytes)
     return human_size(entry.meta.file_size * 1024 * 1024)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; every cell shown with its control characters
-    escaped (a peer id with an ESC in it is printed as ``\\x1b``, never sent raw)."""
-    headers = [printable(h) for h in headers]
-    rows = [[printable(c) for c in r] for r in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def words(arg: str) -> list[str]:

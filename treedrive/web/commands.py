@@ -21,8 +21,7 @@ from urllib.parse import quote, urlencode
 
 import click
 
-from treedrive.core.text import human_size, printable
-from treedrive.shell import table
+from treedrive.core.text import human_size, printable, table
 from treedrive.web.client import Client, find_node
 from treedrive.web.progress import LiveLine, Meter, eta_of
 
