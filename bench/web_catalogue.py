@@ -8,6 +8,13 @@ peer (whose address this script listens on, so the node's gossips to it land som
 - ``GET /api/files?limit=50&offset=<random>`` and ``GET /api/files?limit=500`` (``--requests``
   each), ``GET /api/status`` (same count), and ``GET /stats.json`` (the whole catalogue,
   ``--stats-requests`` times);
+- status under load: ``GET /api/status`` ``--status-requests`` times back to back on a connection
+  of its own, first with no other request in flight, then while ``--stats-conns`` other
+  connections (one thread each) fetch ``/stats.json`` back to back (the loaded figures start once
+  each of them has had one whole answer); p50, p95, p99, max of both, how many ``/stats.json``
+  answers were completed in the loaded window, and the load average before and after. The node's
+  ``/api/status`` runs on its event loop, so how long it waits here is how long the whole node
+  waits. ``--only status-under-load`` fills the catalogue and runs only this part (no browser);
 - the dashboard's first render in headless Chromium, ``--loads`` times, each in a fresh browser
   context (cold cache, the token cookie set): navigation start to the first ``tr[data-file]`` row
   in the DOM (a MutationObserver installed before the page's scripts), the same seen from outside
@@ -21,6 +28,8 @@ PID; the temp dir is removed at the end (``--keep`` keeps it).
 
     python bench/web_catalogue.py
     python bench/web_catalogue.py --files 2000 --requests 50 --loads 2   # a quick run
+    python bench/web_catalogue.py --only status-under-load               # about 1 min
+    PYTHONPATH=/path/to/other/worktree python bench/web_catalogue.py ... # another version's node
 """
 
 from __future__ import annotations
@@ -235,6 +244,13 @@ def ingest(
         time.sleep(0.02)
 
 
+def percentile(sorted_samples: list[float], pct: int) -> float:
+    """The ``pct``-th percentile (inclusive method) of already sorted samples."""
+    if len(sorted_samples) < 2:
+        return sorted_samples[0]
+    return statistics.quantiles(sorted_samples, n=100, method="inclusive")[pct - 1]
+
+
 @dataclass
 class Row:
     what: str
@@ -244,13 +260,12 @@ class Row:
 
     def cells(self) -> list[str]:
         s = sorted(self.samples_ms)
-        p50 = statistics.median(s)
-        p95 = statistics.quantiles(s, n=20, method="inclusive")[18] if len(s) > 1 else s[0]
         return [
             self.what,
             str(self.n),
-            f"{p50:.1f}",
-            f"{p95:.1f}",
+            f"{statistics.median(s):.1f}",
+            f"{percentile(s, 95):.1f}",
+            f"{percentile(s, 99):.1f}",
             f"{statistics.fmean(s):.1f}",
             f"{s[-1]:.1f}",
             self.note,
@@ -258,7 +273,7 @@ class Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ["measure", "n", "p50 ms", "p95 ms", "mean ms", "max ms", "note"]
+    head = ["measure", "n", "p50 ms", "p95 ms", "p99 ms", "mean ms", "max ms", "note"]
     body = [r.cells() for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     fmt = "  ".join(
@@ -300,23 +315,93 @@ def measure_api(client: Client, total: int, requests: int, stats_requests: int) 
     return rows
 
 
-def measure_status_under_stats(node: NodeProc, client: Client, requests: int) -> Row:
-    """``/api/status`` while another connection keeps asking for ``/stats.json``."""
-    stop = threading.Event()
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    def hammer() -> None:
-        other = Client(node)
-        while not stop.is_set():
-            other.get("/stats.json")
-        other.close()
 
-    thread = threading.Thread(target=hammer, daemon=True)
-    thread.start()
-    time.sleep(0.3)
-    samples = [client.get("/api/status")[0] * 1000 for _ in range(requests)]
-    stop.set()
-    thread.join()
-    return Row("GET /api/status while /stats.json is served", requests, samples, "2nd conn")
+class StatsLoad:
+    """``conns`` threads, each on its own connection, fetching ``/stats.json`` back to back."""
+
+    def __init__(self, node: NodeProc, conns: int) -> None:
+        self.node = node
+        self.stop = threading.Event()
+        self.samples_ms: list[list[float]] = [[] for _ in range(conns)]
+        self.errors: list[str] = []
+        self.size = 0
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(conns)
+        ]
+
+    def _run(self, i: int) -> None:
+        client = Client(self.node)
+        try:
+            while not self.stop.is_set():
+                took, body = client.get("/stats.json")
+                self.samples_ms[i].append(took * 1000)
+                self.size = len(body)
+        except Exception as exc:  # reported with the figures, not raised in a thread
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
+    def done(self) -> int:
+        return sum(len(s) for s in self.samples_ms)
+
+    def __enter__(self) -> StatsLoad:
+        for t in self.threads:
+            t.start()
+        # Every loader has had one whole answer: from here on the load is steady.
+        deadline = time.monotonic() + 120
+        while not all(self.samples_ms) and not self.errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def status_samples(node: NodeProc, requests: int) -> list[float]:
+    """``requests`` x ``GET /api/status``, back to back on a new keep-alive connection (ms)."""
+    client = Client(node)
+    try:
+        client.get("/api/status")  # the connection is open before the clock runs
+        return [client.get("/api/status")[0] * 1000 for _ in range(requests)]
+    finally:
+        client.close()
+
+
+def measure_status_under_load(node: NodeProc, requests: int, conns: int) -> list[Row]:
+    """``/api/status`` on its own connection with no other request in flight, then the same while
+    ``conns`` other connections fetch the whole catalogue (``/stats.json``) back to back."""
+    print(f"status under load: load average before {loadavg()}")
+    idle = status_samples(node, requests)
+    with StatsLoad(node, conns) as load:
+        before = load.done()
+        start = time.perf_counter()
+        loaded = status_samples(node, requests)
+        window = time.perf_counter() - start
+        during = load.done() - before
+    print(f"status under load: load average after {loadavg()}")
+    if load.errors:
+        print(f"status under load: the /stats.json loaders failed: {load.errors}")
+    stats = [ms for s in load.samples_ms for ms in s]
+    return [
+        Row("GET /api/status, nothing else in flight", requests, idle, "own conn"),
+        Row(
+            f"GET /api/status while {conns} conn(s) fetch /stats.json",
+            requests,
+            loaded,
+            f"own conn; {during} /stats.json done in its {window:.1f} s",
+        ),
+        Row(
+            f"GET /stats.json meanwhile ({conns} conn(s), back to back)",
+            len(stats),
+            stats,
+            f"{load.size} B",
+        ),
+    ]
 
 
 def measure_render(node: NodeProc, loads: int) -> list[Row]:
@@ -397,9 +482,20 @@ def main() -> None:
     ap.add_argument("--stats-requests", type=int, default=30, help="requests of /stats.json")
     ap.add_argument("--loads", type=int, default=5, help="dashboard loads in Chromium")
     ap.add_argument("--no-browser", action="store_true", help="skip the Chromium measures")
+    ap.add_argument(
+        "--status-requests", type=int, default=300, help="/api/status requests, idle and loaded"
+    )
+    ap.add_argument(
+        "--stats-conns", type=int, default=2, help="connections fetching /stats.json meanwhile"
+    )
+    ap.add_argument(
+        "--only",
+        choices=["status-under-load"],
+        help="fill the catalogue, then run only this part",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
-    browser = not args.no_browser and Path(CHROMIUM).exists()
+    browser = not args.no_browser and Path(CHROMIUM).exists() and args.only is None
 
     root = Path(tempfile.mkdtemp(prefix="treedrive-bench-web-"))
     sink = Sink()
@@ -407,7 +503,7 @@ def main() -> None:
         with running_node(root) as node:
             client = Client(node)
             print(f"node: p2p 127.0.0.1:{node.p2p_port}, dashboard {node.base}/  (data {root})")
-            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {loadavg()}")
 
             took, worst = ingest(node, client, sink, "fake-peer-1", args.files, 1, args.files)
             total = client.json("/api/status")["counts"]["files"]
@@ -418,8 +514,10 @@ def main() -> None:
             )
             print()
 
-            rows = measure_api(client, total, args.requests, args.stats_requests)
-            rows.append(measure_status_under_stats(node, client, min(args.requests, 50)))
+            rows = []
+            if args.only is None:
+                rows += measure_api(client, total, args.requests, args.stats_requests)
+            rows += measure_status_under_load(node, args.status_requests, args.stats_conns)
             if browser:
                 rows += measure_render(node, args.loads)
             print_table(rows)
