@@ -3,18 +3,24 @@
 A node is found from its data dir (``node.json`` says where it listens, ``api-token`` is its
 token) or given as ``--node URL``. Every way of not finding it is one line that says where it
 looked and what to do; nothing here prints a traceback for a user's mistake.
+
+A push (:meth:`Client.upload`) over plain http goes from the file to the socket with
+``sendfile``: this process never copies the bytes (on a small machine the node hashing and
+writing them needs the CPU more). Over https, or through a proxy, urllib sends it.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
+from urllib.parse import SplitResult, urlsplit
 
 import click
 
@@ -24,6 +30,13 @@ from treedrive.core.text import printable
 RUN_FILE = "node.json"
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 URL_FORM = "http://127.0.0.1:8280/"
+BLOCK = 1 << 20
+"""Bytes read at a time for an upload urllib sends."""
+STEP = 4 << 20
+"""Bytes handed to ``sendfile`` at a time (the progress is told between steps)."""
+
+Progress = Callable[[int], None]
+"""Told the number of bytes just sent."""
 
 
 @dataclass
@@ -50,20 +63,119 @@ class Client:
         try:
             return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310
         except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read())["error"]
-            except (ValueError, KeyError, TypeError):
-                message = f"{exc.code} {exc.reason}"
-            raise click.ClickException(printable(message)) from None
+            raise refused(exc.code, exc.reason, exc.read()) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                printable(f"cannot reach the node at {self.url} ({reason}); is it running?")
-            ) from None
+            raise self.unreachable(getattr(exc, "reason", exc)) from None
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         with self.request(method, path, **kwargs) as resp:
             return json.loads(resp.read())
+
+    def unreachable(self, reason: object) -> click.ClickException:
+        return click.ClickException(
+            printable(f"cannot reach the node at {self.url} ({reason}); is it running?")
+        )
+
+    def upload(self, path: Path, query: str, progress: Progress) -> Any:
+        """POST the file at ``path`` raw to ``/api/files?{query}``: the node's answer (JSON).
+        ``progress`` is told each step's bytes as they go."""
+        plain = self.plain()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            target = f"/api/files?{query}"
+            if plain is None:
+                body = _blocks(f, progress)
+                return self.json("POST", target, body=body, headers=headers, timeout=None)
+            return self.send_file(plain, target, headers, f, size, progress)
+
+    def plain(self) -> SplitResult | None:
+        """The node's URL if a push can go straight to its socket: plain http, no proxy."""
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 (raises ValueError if it is no port)
+        except ValueError:
+            raise click.ClickException(bad_url(self.url)) from None
+        if parts.scheme != "http" or not parts.hostname:
+            return None
+        if urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(
+            parts.netloc
+        ):
+            return None
+        return parts
+
+    def send_file(
+        self,
+        url: SplitResult,
+        target: str,
+        headers: dict[str, str],
+        f: IO[bytes],
+        size: int,
+        progress: Progress,
+    ) -> Any:
+        """The request with ``sendfile`` for its body, then the answer as :meth:`request`
+        gives it (the node's error on a 4xx/5xx; "cannot reach" when the connection fails)."""
+        conn = http.client.HTTPConnection(url.hostname or "", url.port or 80)
+        try:
+            try:
+                conn.putrequest("POST", url.path.rstrip("/") + target)
+                for name, value in {**headers, "Connection": "close"}.items():
+                    conn.putheader(name, value)
+                if self.token:
+                    conn.putheader("Authorization", f"Bearer {self.token}")
+                conn.endheaders()
+            except OSError as exc:
+                raise self.unreachable(exc) from None
+            # A node that answers before it has the whole body (over its cap) may close the
+            # connection as it does: its answer, if it came, says more than the send's error.
+            failed = _send(conn, f, size, progress)
+            try:
+                with conn.getresponse() as resp:
+                    status, reason, body = resp.status, resp.reason, resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self.unreachable(failed or exc) from None
+        finally:
+            conn.close()
+        if not 200 <= status < 300:
+            raise refused(status, reason, body)
+        return json.loads(body)
+
+
+def _blocks(f: IO[bytes], progress: Progress) -> Iterator[bytes]:
+    while block := f.read(BLOCK):
+        progress(len(block))
+        yield block
+
+
+def _send(
+    conn: http.client.HTTPConnection, f: IO[bytes], size: int, progress: Progress
+) -> OSError | None:
+    """``size`` bytes of ``f`` to the connection's socket, ``STEP`` at a time; the error that
+    stopped it, if one did."""
+    sock = conn.sock
+    done = 0
+    try:
+        while done < size:
+            sent = sock.sendfile(f, done, min(STEP, size - done))
+            if not sent:
+                name = getattr(f, "name", "the file")
+                raise click.ClickException(
+                    printable(f"{name} got shorter while it was pushed; push it again")
+                )
+            done += sent
+            progress(sent)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def refused(code: int, reason: str, body: bytes) -> click.ClickException:
+    """The node's answer to a request it refused: its JSON ``error``, else the status."""
+    try:
+        message = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = f"{code} {reason}"
+    return click.ClickException(printable(message))
 
 
 def bad_url(given: str) -> str:

@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -183,15 +183,6 @@ def _line(label: str, hidden: bool) -> LiveLine:
     return LiveLine(sys.stderr, label, hidden=hidden or not sys.stderr.isatty())
 
 
-def _chunks(path: Path, line: LiveLine, total: int) -> Iterator[bytes]:
-    meter = Meter()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            meter.add(len(block))
-            line.show(meter.done, total, meter.rate, eta_of(meter.done, total, meter.rate))
-            yield block
-
-
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Name to share it under (default: the file's name).")
@@ -213,14 +204,14 @@ def push(
     shared_as = name or file.name
     query = urlencode({"name": shared_as, **({"force": "1"} if force else {})})
     line = _line(f"push {file.name}", as_json)
+    meter = Meter()
+
+    def sent(n: int) -> None:
+        meter.add(n)
+        line.show(meter.done, size, meter.rate, eta_of(meter.done, size, meter.rate))
+
     try:
-        data = client.json(
-            "POST",
-            f"/api/files?{query}",
-            body=_chunks(file, line, size),
-            timeout=None,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        )
+        data = client.upload(file, query, sent)
     finally:
         line.clear()
     if as_json:
