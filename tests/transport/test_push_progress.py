@@ -46,6 +46,11 @@ class Sink:
         self.f.write(data)
         self.size += len(data)
 
+    def append_from(self, sock_fd: int, count: int) -> int:
+        data = os.read(sock_fd, min(count, 1024 * 1024))
+        self.write(data)
+        return len(data)
+
     def abort(self) -> None:
         self.aborted = True
         self.f.close()

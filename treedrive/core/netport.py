@@ -40,6 +40,14 @@ class FileSink(Protocol):
 
     def write(self, data: bytes | memoryview) -> None: ...
 
+    def append_from(self, sock_fd: int, count: int) -> int:
+        """Append up to ``count`` bytes received from the socket ``sock_fd`` (moved in the
+        kernel where it can: no copy through user space), as :meth:`write` would; how many
+        (0: the socket is at its end). Blocks as the socket does: its errors (a timeout under
+        ``SO_RCVTIMEO`` is EAGAIN) are raised as ``recv_into`` raises them, a disk error is a
+        StorageError."""
+        ...
+
     def abort(self) -> None: ...
 
 
@@ -54,6 +62,12 @@ class RangeFile(Protocol):
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         """Write all of ``data`` at ``offset`` (any thread; StorageError on a disk error)."""
+        ...
+
+    def splice_from(self, sock_fd: int, offset: int, count: int) -> int:
+        """Move up to ``count`` bytes received from the socket ``sock_fd`` to ``offset`` (any
+        thread; in the kernel where it can); how many (0: the socket is at its end). Socket
+        errors are raised as ``recv_into`` raises them, a disk error is a StorageError."""
         ...
 
     def resize(self, size: int) -> None: ...
@@ -188,8 +202,8 @@ class Network(Protocol):
         download: str | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
-        written front to back at the same offsets of ``partial`` (``partial.write_at`` from the
-        thread that receives them, straight from its buffer: no copy; a disk error is the
+        written front to back at the same offsets of ``partial`` (``partial.splice_from`` in the
+        thread that receives them: socket to file in the kernel; a disk error is the
         StorageError it raises). ``length`` None asks for the rest (and, with ``offset`` 0, the
         size). ``progress`` is called on the loop every few MiB; ``written``, if given, right
         after every write, from whatever thread wrote (so it must be thread-safe and quick),

@@ -80,8 +80,18 @@ class PartialFile(Protocol):
         """Write all of ``data`` at ``offset`` (any thread)."""
         ...
 
+    def splice_from(self, sock_fd: int, offset: int, count: int) -> int:
+        """Move up to ``count`` bytes from the socket ``sock_fd`` to ``offset`` (any thread;
+        socket to file in the kernel where it can); how many (0: the socket's end)."""
+        ...
+
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data``, hashed in order behind the writer (one writer at a time)."""
+        ...
+
+    def append_from(self, sock_fd: int, count: int) -> int:
+        """Append up to ``count`` bytes from the socket ``sock_fd``, as :meth:`write` does
+        (moved as :meth:`splice_from` moves them); how many (0: the socket's end)."""
         ...
 
     def sync(self) -> None: ...

@@ -2,13 +2,14 @@
 
 Every receive path writes through a :class:`PartialFile`: a classic GET_FILE answer, the ranges of
 a multi-source download, a pushed file (raw or hex), an upload over HTTP. It lives under
-``partial/`` and owns its descriptor: bytes are written at an offset from whatever thread
-received them (``write_at``) or appended in order (``write``); it syncs (``sync``, and in the
-background every so often while it fills in order), it hashes the bytes in order as they land
+``partial/`` and owns its descriptor: bytes are written at an offset from whatever thread received
+them (``write_at``) or appended in order (``write``), or moved there from a socket in the kernel
+(``splice_from``, ``append_from``: :mod:`~treedrive.store.splicing`); it syncs (``sync``, and in
+the background every so often while it fills in order), it hashes the bytes in order as they land
 (a hasher thread follows the filled prefix, so the writer never waits for sha256), and once the
-whole verifies it is adopted as ``blobs/<file_id>`` (fsync, rename, fsync of the directory). An
-OS error on the disk becomes :class:`~treedrive.core.errors.StorageError`; a file that is
-aborted is removed. Nothing partial is ever visible as a blob.
+whole verifies it is adopted as ``blobs/<file_id>`` (fsync, rename, fsync of the directory). An OS
+error on the disk becomes :class:`~treedrive.core.errors.StorageError`; a file that is aborted is
+removed. Nothing partial is ever visible as a blob.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from treedrive.core import fileid
 from treedrive.core.errors import StorageError, VerificationError
 from treedrive.core.model import Timestamp
+from treedrive.store import splicing
+from treedrive.store.splicing import disk_error as _disk_error
 
 HASH_BLOCK = 1024 * 1024
 """Bytes the hasher reads back at a time."""
@@ -32,10 +35,6 @@ final fsync before it is adopted has little left to write."""
 
 Publish = Callable[[Path, str], Path]
 """Moves a complete, synced file into the blob store under a file id; returns the blob's path."""
-
-
-def _disk_error(what: str, exc: OSError) -> StorageError:
-    return StorageError(f"cannot {what} the file on disk: {exc.strerror or exc}")
 
 
 class _Follower:
@@ -140,23 +139,38 @@ class PartialFile:
     # -- writing ------------------------------------------------------------------------------
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         """Write all of ``data`` at ``offset`` (thread-safe: any thread, any offset)."""
-        view = memoryview(data)
-        fd = self.fd
-        try:
-            while view:
-                n = os.pwrite(fd, view, offset)
-                view = view[n:]
-                offset += n
-        except OSError as exc:
-            raise _disk_error("write", exc) from exc
+        splicing.write_at(self.fd, offset, data)
+
+    def splice_from(self, sock_fd: int, offset: int, count: int) -> int:
+        """Move up to ``count`` bytes from the socket ``sock_fd`` to ``offset``, in the kernel
+        (splice: no copy through user space), as :meth:`write_at` does (thread-safe). Blocks
+        as the socket does (its errors, such as EAGAIN under ``SO_RCVTIMEO``, are raised as
+        ``recv_into`` raises them); how many bytes moved (0: the socket is at its end)."""
+        return splicing.move(sock_fd, self.fd, offset, count)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (one writer at a time): hashed in order behind the writer."""
+        self.write_at(self._end(), data)
+        self._filled(len(data))
+
+    def append_from(self, sock_fd: int, count: int) -> int:
+        """Append up to ``count`` bytes from the socket ``sock_fd``, as :meth:`write` does,
+        moved as :meth:`splice_from` moves them; how many (0: the socket is at its end)."""
+        n = splicing.move(sock_fd, self.fd, self._end(), count)
+        self._filled(n)
+        return n
+
+    def _end(self) -> int:
         self.fd  # noqa: B018 - raises if closed
         if self._follower is None:
             raise ValueError("a partial file opened to resume is written at offsets only")
-        self.write_at(self.size, data)
-        self.size += len(data)
+        return self.size
+
+    def _filled(self, n: int) -> None:
+        """``n`` more bytes are on disk in order: the hasher may read them."""
+        if self._follower is None or n <= 0:
+            return
+        self.size += n
         self._follower.filled(self.size)
         if self.size - self._synced_at >= SYNC_EVERY:
             self._sync_behind()

@@ -1,11 +1,12 @@
 """The raw bytes of a raw push, received off the event loop.
 
 Once the header of a raw push is parsed, the connection's socket is taken away from asyncio (its
-reading paused) and a worker thread receives the body straight from ``recv_into`` into the sink
-(the store's partial file: ``pwrite``, hashed by its own thread, synced in the background), as a
-ranged get does. The bytes asyncio had already read come first. The event loop only hears of the
-progress every few MiB; the body keeps the same limits as on the loop (``idle_timeout`` between
-reads, ``min_push_rate`` on average after the grace, this node's download rate limit).
+reading paused) and a worker thread moves the body from the socket into the sink in the kernel (the
+store's partial file: ``append_from``, spliced, hashed by its own thread, synced in the
+background), as a ranged get does. The bytes asyncio had already read come first. The event loop
+only hears of the progress every few MiB; the body keeps the same limits as on the loop
+(``idle_timeout`` between reads, ``min_push_rate`` on average after the grace, this node's download
+rate limit).
 """
 
 from __future__ import annotations
@@ -25,11 +26,8 @@ from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import Reader, Workers, rate_due, store, timeval
 
-BUFFER = 1024 * 1024
 PROGRESS_STEP = 2 * 1024 * 1024
 PROGRESS_EVERY = 0.25
-WAITALL = getattr(socket, "MSG_WAITALL", 0)
-WAITALL_RATE = 8 * BUFFER  # bytes/s: whole buffers once they fill in 1/8 s
 
 _workers = Workers(8, "push-in")
 
@@ -75,11 +73,10 @@ class _Body:
         self.report = report
         self.cancelled = threading.Event()
 
-    def _take(self, data: bytes | memoryview) -> None:
+    def _count(self, n: int) -> None:
         state = self.stream.state
-        state.received += len(data)
-        state.body_received += len(data)
-        store(self.sink.write, data)
+        state.received += n
+        state.body_received += n
 
     def _deadline(self, now: float) -> tuple[float, str]:
         """How long the next read may wait, and what it means if nothing comes by then."""
@@ -98,13 +95,13 @@ class _Body:
 
     def run(self, sock: socket.socket, first: bytes) -> None:
         """Receive until ``length`` bytes are in the sink (blocking; a worker thread)."""
-        started = self.stream.state.body_started or time.monotonic()
         if first:
             self.download.acquire_blocking(len(first))
-            self._take(first)
+            store(self.sink.write, first)
+            self._count(len(first))
         sock.setblocking(True)
-        view = memoryview(bytearray(min(BUFFER, max(self.length, 1))))
-        reported, reported_at, flags, timeout = 0, time.monotonic(), 0, 0.0
+        fd = sock.fileno()
+        reported, reported_at, timeout = 0, time.monotonic(), 0.0
         while self.sink.size < self.length:
             if self.cancelled.is_set():
                 raise OSError("the connection was closed")
@@ -113,7 +110,7 @@ class _Body:
                 timeout = wait
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(max(wait, 0.01)))
             try:
-                n = sock.recv_into(view, min(len(view), self.length - self.sink.size), flags)
+                n = self.sink.append_from(fd, self.length - self.sink.size)
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO: EAGAIN
                 raise TimeoutError(why) from None
             if n == 0:
@@ -121,12 +118,11 @@ class _Body:
             waited = time.monotonic()
             self.download.acquire_blocking(n)
             self.stream.paused(time.monotonic() - waited)
-            self._take(view[:n])
+            self._count(n)
             done, now = self.sink.size, time.monotonic()
             if done - reported >= PROGRESS_STEP or now - reported_at >= PROGRESS_EVERY:
                 reported, reported_at = done, now
                 self.report(done)
-            flags = WAITALL if done >= WAITALL_RATE * (now - started) else 0
 
 
 async def read_raw_off_loop(

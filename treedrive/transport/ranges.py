@@ -1,6 +1,6 @@
 """The ranged client of a TCP node: a raw range of a file fetched in a worker thread, with a
-blocking socket, straight from ``recv_into`` to the download's partial file at the right offset
-(``RangeFile.write_at``)."""
+blocking socket, moved from the socket to the download's partial file at the right offset in the
+kernel (``RangeFile.splice_from``: no copy through user space)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ from treedrive.transport.streams import (
     timeval,
 )
 
-RANGE_BUFFER = 1024 * 1024
 RANGE_WORKERS = 8
 PROGRESS_STEP = 2 * 1024 * 1024
-WAITALL = getattr(socket, "MSG_WAITALL", 0)
-WAITALL_RATE = 8 * RANGE_BUFFER  # bytes/s: a buffer in 1/8 s
 
 
 class Holder:
@@ -88,9 +85,10 @@ class RangeClient:
         download: str | None = None,
         asker: str | None = None,
     ) -> RangeAnswer:
-        """Ranged GET_FILE, done in a worker thread with a blocking socket: ``recv_into`` one
-        buffer and ``partial.write_at`` the right offset, with no copies and no event-loop overhead.
-        ``written`` is called in that thread after every write with the bytes of the range on
+        """Ranged GET_FILE, done in a worker thread with a blocking socket: the bytes go from the
+        socket to the right offset of ``partial`` in the kernel (``partial.splice_from``), with
+        no copy through user space and no event-loop overhead.
+        ``written`` is called in that thread after every move with the bytes of the range on
         disk so far; ``progress`` on the loop, every few MiB. ``asker``: our peer id, sent along
         so that the holder can name who it serves.
 
@@ -209,8 +207,7 @@ class RangeClient:
         asker: str | None,
         half_close: bool,
     ) -> RangeAnswer:
-        # Blocking, with the idle timeout in the kernel (not a poll() before every recv):
-        # a fast body is read a whole buffer at a time (MSG_WAITALL).
+        # Blocking, with the idle timeout in the kernel (not a poll() before every read).
         sock.settimeout(None)
         idle = timeval(self.limits.idle_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
@@ -297,34 +294,28 @@ class RangeClient:
             got = len(first)
             if written is not None:
                 written(got)
-        buf = bytearray(min(RANGE_BUFFER, max(count, 1)))
-        view = memoryview(buf)
         reported = 0
         started = reported_at = time.monotonic()
         paused = 0.0  # seconds spent on this node's own download limit: not the holder's doing
         min_rate, grace = self.limits.min_fetch_rate, self.limits.fetch_rate_grace
-        flags = 0
+        fd = sock.fileno()
         while got < count:
-            n = sock.recv_into(view, min(len(buf), count - got), flags)
+            n = partial.splice_from(fd, offset + got, count - got)
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
+            got += n
             if min_rate:
                 spent = time.monotonic() - started - paused
-                if spent > grace and got + n < min_rate * spent:
+                if spent > grace and got < min_rate * spent:
                     raise TransferError(
-                        f"sent {got + n} bytes in {spent:.0f} s, under {min_rate:.0f} bytes/s"
+                        f"sent {got} bytes in {spent:.0f} s, under {min_rate:.0f} bytes/s"
                     )
-            waited = time.monotonic()
-            self.download.acquire_blocking(n)
-            paused += time.monotonic() - waited
-            store(partial.write_at, offset + got, view[:n])
-            got += n
             if written is not None:
                 written(got)
+            waited = time.monotonic()
+            self.download.acquire_blocking(n)
             now = time.monotonic()
+            paused += now - waited
             if got - reported >= PROGRESS_STEP or got == count or now - reported_at >= 0.25:
                 reported, reported_at = got, now
                 report(got)
-            # Fast enough that a whole buffer takes little time: wait for whole buffers (fewer
-            # wake-ups and writes); slower, take what comes, so progress keeps being reported.
-            flags = WAITALL if got >= WAITALL_RATE * (now - started) else 0

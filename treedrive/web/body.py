@@ -1,11 +1,11 @@
 """The body of an upload (``POST /api/files``), written to the partial file off the event loop.
 
 A raw body with a ``Content-Length`` on plain TCP is taken from the socket itself: aiohttp's
-reading is paused, the bytes it has parsed come first, and a worker thread ``recv_into``s the rest
-straight into the sink (the store's partial file: hashed by its own thread, synced in the
-background), as a pushed file is received. aiohttp's parser never sees those bytes, so that
-connection ends with this answer. When nothing comes for a moment the worker returns and the
-loop waits for the socket (a client that pauses holds no thread).
+reading is paused, the bytes it has parsed come first, and a worker thread moves the rest from the
+socket into the sink in the kernel (the store's partial file: ``append_from``, spliced, hashed by
+its own thread, synced in the background), as a pushed file is received. aiohttp's parser never
+sees those bytes, so that connection ends with this answer. When nothing comes for a moment the
+worker returns and the loop waits for the socket (a client that pauses holds no thread).
 
 Any other body (a multipart form, chunked, compressed, TLS) is read by aiohttp on the loop, and
 its bytes are written a few MiB at a time by a worker thread while the next ones arrive.
@@ -27,13 +27,10 @@ from aiohttp import web
 from treedrive.core.errors import StorageError
 from treedrive.core.ports import FileSink
 
-BUFFER = 1024 * 1024
-"""Bytes received at a time from the socket."""
 BATCH = 4 * 1024 * 1024
 """Bytes of a body read by aiohttp that are handed to a worker thread at once."""
 PAUSE = 0.05
 """Seconds a worker waits for more bytes before it hands the wait back to the loop."""
-WAITALL = getattr(socket, "MSG_WAITALL", 0)
 WORKERS = 4
 
 _pool: ThreadPoolExecutor | None = None
@@ -80,15 +77,14 @@ def _receive_some(sock: socket.socket, sink: FileSink, left: int, first: bytes) 
     sock.setsockopt(
         socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, int((PAUSE - sec) * 1e6))
     )
-    view = memoryview(bytearray(min(BUFFER, left) or 1))
+    fd = sock.fileno()
     while left > 0:
         try:
-            n = sock.recv_into(view, min(len(view), left), WAITALL)
+            n = sink.append_from(fd, left)
         except (BlockingIOError, TimeoutError):  # nothing for PAUSE s (SO_RCVTIMEO)
             return left
         if n == 0:
             raise ConnectionResetError("the client closed the connection before the end")
-        _store(sink, view[:n])
         left -= n
     return 0
 
