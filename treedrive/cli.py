@@ -25,6 +25,8 @@ from treedrive.core.config import (
 from treedrive.core.text import printable_lines
 
 if TYPE_CHECKING:
+    from pluggy import PluginManager
+
     from treedrive.core.node import Node
     from treedrive.store import Store
 
@@ -91,6 +93,14 @@ def _chunk_kib(value: int) -> int:
     return value
 
 
+def make_plugin_manager(**kwargs: Any) -> PluginManager:
+    """The plugin manager (:func:`treedrive.core.plugins.make_plugin_manager`), imported when a
+    command needs it: the control commands start without pluggy's entry-point scan until then."""
+    from treedrive.core.plugins import make_plugin_manager as make
+
+    return make(**kwargs)
+
+
 def env(name: str) -> str:
     return f"TREEDRIVE_{name}"
 
@@ -102,7 +112,7 @@ class TreeDriveGroup(click.Group):
 
     def _extra(self) -> dict[str, click.Command]:
         if self._plugin_commands is None:
-            from treedrive.core.plugins import Plugins, make_plugin_manager
+            from treedrive.core.plugins import Plugins
 
             plugins = Plugins(make_plugin_manager())
             found: dict[str, click.Command] = {}
@@ -513,7 +523,7 @@ def db_history() -> None:
 @cli.command("plugins")
 def plugins_cmd() -> None:
     """List the plugins that are loaded."""
-    from treedrive.core.plugins import Plugins, make_plugin_manager
+    from treedrive.core.plugins import Plugins
 
     for name, source in Plugins(make_plugin_manager()).names():
         click.echo(f"{name}  ({source})")
