@@ -1297,11 +1297,11 @@ def run(args: argparse.Namespace) -> int:
                 for mode in args.modes:
                     for _ in range(args.repeat):
                         if mode == "push":
-                            rounds.append(r := pushes.round(size_mib, payload))
+                            rounds.append(pr := pushes.round(size_mib, payload))
                             print(
-                                f"  {size_mib} MiB push round: get {r.mb_s(r.get):.0f}, push "
-                                f"forward {r.mb_s(r.forward):.0f}, whole push "
-                                f"{r.mb_s(r.whole):.0f}, fsync copy {r.copy:.0f} MB/s",
+                                f"  {size_mib} MiB push round: get {pr.mb_s(pr.get):.0f}, push "
+                                f"forward {pr.mb_s(pr.forward):.0f}, whole push "
+                                f"{pr.mb_s(pr.whole):.0f}, fsync copy {pr.copy:.0f} MB/s",
                                 flush=True,
                             )
                             want = sha256_of(payload)
@@ -1332,7 +1332,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 summarize_raw(out, args.top) if kind == "py-spy" else summarize_perf(out, args.top)
             )
-    return 0 if all(r.verified for r in [*runs, *rounds]) else 2
+    verified = all(r.verified for r in runs) and all(r.verified for r in rounds)
+    return 0 if verified else 2
 
 
 def _sizes(text: str) -> list[int]:
