@@ -54,10 +54,6 @@ class Node:
     def __init__(
         self, config: NodeConfig, store: Store, plugins: Plugins, network: Network
     ) -> None:
-        self.config = config
-        self.store = store
-        self.plugins = plugins
-        self.network = network
         self.started_at = time.time()
         self.http_url: str | None = None
         self.ctx = ctx = NodeContext(config, store, plugins, network)
@@ -73,6 +69,22 @@ class Node:
         self.rate_limits = (config.max_download_rate, config.max_upload_rate)
 
     # -- identity and state (read by the web layer, the shell and tests) ----------------------
+    @property
+    def config(self) -> NodeConfig:
+        return self.ctx.config
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def plugins(self) -> Plugins:
+        return self.ctx.plugins
+
+    @property
+    def network(self) -> Network:
+        return self.ctx.network
+
     @property
     def peer_id(self) -> str:
         return self.ctx.peer_id
