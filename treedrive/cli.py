@@ -1,13 +1,10 @@
-"""The ``treedrive`` command."""
+"""The ``treedrive`` command: the group and ``treedrive run`` (logging set-up in
+:mod:`treedrive.logs`, the start in :mod:`treedrive.launch`, ``db`` and ``plugins`` in
+:mod:`treedrive.admin`)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
-import os
 import sys
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,76 +12,35 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from treedrive.core.config import (
-    DEFAULT_HTTP_PORT,
-    DEFAULT_P2P_PORT,
-    Address,
-    NodeConfig,
-    default_data_root,
-)
-from treedrive.core.text import printable_lines
+from treedrive.admin import db, plugins_cmd
+from treedrive.core.config import DEFAULT_HTTP_PORT, DEFAULT_P2P_PORT, Address, NodeConfig
+from treedrive.launch import StartRefused, env, resolve_data_dir, start_failure
+from treedrive.launch import run_node as _run  # the name tests patch
+from treedrive.logs import LOG_FORMAT, NotOnTerminal, PrintableFormatter, log_to_file, setup_logging
 
 if TYPE_CHECKING:
     from pluggy import PluginManager
 
-    from treedrive.core.node import Node
-    from treedrive.store import Store
-
-log = logging.getLogger("treedrive")
+__all__ = [  # what moved out of this module is still importable from it
+    "LOG_FORMAT",
+    "NotOnTerminal",
+    "PrintableFormatter",
+    "StartRefused",
+    "cli",
+    "db",
+    "env",
+    "log_to_file",
+    "main",
+    "make_plugin_manager",
+    "plugins_cmd",
+    "resolve_data_dir",
+    "run",
+    "setup_logging",
+    "start_failure",
+]
 
 PORT = click.IntRange(0, 65535)
 SECONDS = click.FloatRange(min=0.01)
-
-
-def resolve_data_dir(data_dir: Path | None, peer_id: str | None) -> Path:
-    """The data dir: given, or one per peer id under the user's data folder."""
-    if data_dir is not None:
-        return data_dir
-    return default_data_root() / (peer_id or "default")
-
-
-class PrintableFormatter(logging.Formatter):
-    """Log lines quote what peers said (ids, hosts, names): control characters in them are
-    escaped, so that a log read in a terminal (stderr, ``tail node.log``) shows them and never
-    runs them. Line breaks of tracebacks are kept."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable_lines(super().format(record))
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class NotOnTerminal(logging.Filter):
-    """Keeps off the terminal the log records marked ``extra={"terminal": False}``: what the
-    CLI says there in its own words (the dashboard's address, with its token; a failed start)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "terminal", True) is not False
-
-
-def setup_logging(level: str, data_dir: Path | None = None) -> None:
-    """Log lines to stderr; and to ``<data_dir>/node.log`` if given (:func:`log_to_file`)."""
-    root = logging.getLogger()
-    root.setLevel(level)
-    stderr = logging.StreamHandler()
-    stderr.setFormatter(PrintableFormatter(LOG_FORMAT, "%H:%M:%S"))
-    stderr.addFilter(NotOnTerminal())
-    root.addHandler(stderr)
-    if data_dir is not None:
-        log_to_file(data_dir)
-
-
-def log_to_file(data_dir: Path) -> logging.Handler:
-    """Log lines to ``<data_dir>/node.log`` (created 0600) from now on. A node does this once
-    it holds the data dir's lock: a node refused there writes nothing into another's log."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_file = data_dir / "node.log"
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner only
-    to_file = logging.FileHandler(log_file)
-    to_file.setFormatter(PrintableFormatter(LOG_FORMAT))
-    logging.getLogger().addHandler(to_file)
-    return to_file
 
 
 def _chunk_kib(value: int) -> int:
@@ -99,10 +55,6 @@ def make_plugin_manager(**kwargs: Any) -> PluginManager:
     from treedrive.core.plugins import make_plugin_manager as make
 
     return make(**kwargs)
-
-
-def env(name: str) -> str:
-    return f"TREEDRIVE_{name}"
 
 
 class TreeDriveGroup(click.Group):
@@ -401,132 +353,8 @@ def run(
         raise click.ClickException(str(exc)) from None
 
 
-class StartRefused(Exception):
-    """The node did not start; the message (one line) says why and what to do."""
-
-
-def start_failure(exc: BaseException) -> str | None:
-    """What to tell the user when the node could not start (None: not a start problem)."""
-    from treedrive.app import AlreadyRunning, StartFailed
-
-    if isinstance(exc, AlreadyRunning):
-        return f"{exc}: stop it first, or give this node another --data-dir or --peer-id"
-    if isinstance(exc, StartFailed):
-        option = "--port" if exc.what == "P2P" else "--http-port"
-        if exc.in_use:
-            return f"{exc}: choose another with {option} PORT, or {option} 0 for any free one"
-        if exc.errno == errno.EADDRNOTAVAIL:
-            return f"{exc}: check {'--host' if exc.what == 'P2P' else '--http-host'}"
-        return f"{exc}: choose another with {option}"
-    if isinstance(exc, OSError):
-        return f"cannot start the node: {exc}"
-    return None
-
-
-async def _run(config: NodeConfig, with_shell: bool) -> None:
-    import asyncio
-
-    from treedrive.app import AlreadyRunning, running_node, serve_until_stopped, stop_on_signals
-
-    stop = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            node = await stack.enter_async_context(
-                running_node(config, on_locked=lambda: log_to_file(config.data_dir))
-            )
-        except (AlreadyRunning, OSError, RuntimeError) as exc:
-            said = start_failure(exc)
-            if said is None:
-                raise
-            if not isinstance(exc, AlreadyRunning):  # the log is this node's: say it there too
-                log.error("the node did not start: %s", said, extra={"terminal": False})
-            raise StartRefused(said) from None
-        _banner(node)
-        stop_on_signals(stop)  # before the shell's prompt: a signal then stops the node cleanly
-        if with_shell:
-            from treedrive.terminal import Console
-
-            console = Console(node, stop, history=config.data_dir / "shell-history")
-            console.start()
-            stack.push_async_callback(console.close)  # before the node stops
-        await serve_until_stopped(node, stop)
-
-
-def _banner(node: Node) -> None:
-    """The dashboard's address with the node's token, and where its data is (the node's log
-    said where it listens)."""
-    config = node.config
-    where = f"data: {config.data_dir}"
-    if not node.http_url:
-        click.echo(where, err=True)
-        return
-    token = (config.data_dir / "api-token").read_text().strip()
-    bound = urllib.parse.urlsplit(node.http_url).port
-    if config.http_port and bound != config.http_port:
-        where = f"port {config.http_port} is taken; {where}"
-    click.echo(f"dashboard: {node.http_url}?token={token} ({where})", err=True)
-
-
-# -- db -------------------------------------------------------------------------------------------
-@cli.group()
-def db() -> None:
-    """Manage a node's database schema."""
-
-
-def _data_dir_option(f: Any) -> Any:
-    f = click.option(
-        "--data-dir",
-        envvar=env("DATA_DIR"),
-        show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
-    )(f)
-    return click.option("--peer-id", envvar=env("PEER_ID"), show_envvar=True)(f)
-
-
-def _store(data_dir: Path | None, peer_id: str | None) -> Store:
-    from treedrive.store import Store
-
-    return Store(resolve_data_dir(data_dir, peer_id))
-
-
-@db.command("upgrade")
-@_data_dir_option
-def db_upgrade(data_dir: Path | None, peer_id: str | None) -> None:
-    """Apply every pending migration (a node does this at start)."""
-    store = _store(data_dir, peer_id)
-    before = store.current_revision()
-    store.upgrade()
-    click.echo(f"{store.db_path}: {before or '(empty)'} -> {store.current_revision()}")
-
-
-@db.command("current")
-@_data_dir_option
-def db_current(data_dir: Path | None, peer_id: str | None) -> None:
-    """Show the schema revision of the database."""
-    store = _store(data_dir, peer_id)
-    current, head = store.current_revision(), store.head_revision()
-    state = "up to date" if current == head else f"behind (head is {head})"
-    click.echo(f"{store.db_path}: {current or '(empty)'} — {state}")
-
-
-@db.command("history")
-def db_history() -> None:
-    """List the migrations, newest first."""
-    from alembic.script import ScriptDirectory
-
-    from treedrive.store.db import alembic_config
-
-    for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions():
-        click.echo(f"{rev.revision}  {rev.doc}")
-
-
-@cli.command("plugins")
-def plugins_cmd() -> None:
-    """List the plugins that are loaded."""
-    from treedrive.core.plugins import Plugins
-
-    for name, source in Plugins(make_plugin_manager()).names():
-        click.echo(f"{name}  ({source})")
+cli.add_command(db)
+cli.add_command(plugins_cmd)
 
 
 def main() -> None:

@@ -5,295 +5,78 @@ server's (DNS rebinding) or whose ``Origin`` is foreign is refused; every reques
 state needs the node's API token (header ``Authorization: Bearer …``, or the cookie the dashboard
 gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …, "status": …}``
 (507 when this node's disk is full, 500 with the details in the log for anything unexpected).
+The file routes are in :mod:`treedrive.web.files`, that guard and the request helpers in
+:mod:`treedrive.web.guard`, the event hub in :mod:`treedrive.web.hub`; this module holds the
+other routes and the route table (:func:`make_app`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
-import logging
-import os
-import secrets
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from treedrive.core.errors import (
-    AmbiguousId,
-    FetchFailed,
-    NodeError,
-    NotFound,
-    NotOwner,
-    StorageError,
-)
-from treedrive.core.events import Event, Notice, TransferFinished
-from treedrive.core.names import safe_name
 from treedrive.core.node import Node
 from treedrive.web import views
-from treedrive.web.body import OverCap, detachable, receive_raw, write_chunks
+from treedrive.web.files import (
+    MAX_PAGE,
+    content,
+    content_disposition,
+    fetch,
+    files,
+    one_file,
+    remove,
+    upload,
+)
+from treedrive.web.guard import (
+    COOKIE,
+    HOSTS,
+    HUB,
+    NODE,
+    SAFE_METHODS,
+    TOKEN,
+    TOKEN_FILE,
+    ApiError,
+    HostPolicy,
+    _node,
+    error,
+    guard,
+    load_token,
+)
+from treedrive.web.hub import EventHub
 
-log = logging.getLogger(__name__)
+__all__ = [  # what moved out of this module is still importable from it
+    "COOKIE",
+    "HOSTS",
+    "HUB",
+    "MAX_PAGE",
+    "NODE",
+    "SAFE_METHODS",
+    "TOKEN",
+    "TOKEN_FILE",
+    "ApiError",
+    "EventHub",
+    "HostPolicy",
+    "content",
+    "content_disposition",
+    "error",
+    "fetch",
+    "files",
+    "guard",
+    "load_token",
+    "make_app",
+    "one_file",
+    "remove",
+    "upload",
+]
 
-TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
-COOKIE = "treedrive_token"
 STATIC = Path(__file__).parent / "static"
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-MAX_PAGE = 500
 QUEUE_SIZE = 1000
 HEARTBEAT = 15.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-NODE: web.AppKey[Node] = web.AppKey("node", Node)
-HUB: web.AppKey[EventHub] = web.AppKey("hub")
-TOKEN: web.AppKey[str] = web.AppKey("token", str)
-HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts")
-
-
-def load_token(data_dir: Path) -> str:
-    """The node's API token, made at first start (readable by its owner only)."""
-    path = data_dir / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
-class HostPolicy:
-    """Which ``Host`` (and ``Origin``) names the server answers to: its own address, loopback
-    names, and when it listens on every interface, any IP literal. Names that are not this
-    server's (a DNS-rebinding page, say) are refused."""
-
-    def __init__(self) -> None:
-        self.port: int | None = None
-        self.names: set[str] = set()
-        self.any_ip = False
-
-    def bind(self, host: str, port: int) -> None:
-        self.port = port
-        self.any_ip = host in ("0.0.0.0", "::", "")
-        self.names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
-
-    def allows(self, value: str) -> bool:
-        name, sep, port = value.rpartition(":")
-        if not sep or port != str(self.port):
-            return False
-        if name in self.names:
-            return True
-        if self.any_ip:
-            try:
-                ipaddress.ip_address(name.strip("[]"))
-            except ValueError:
-                return False
-            return True
-        return False
-
-
-class EventHub:
-    """Fans committed events and transient notices (progress, refusals) out to the event-stream
-    clients; keeps a throughput history."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
-        self.throughput: deque[dict[str, float]] = deque(maxlen=300)
-        self._last: dict[int, int] = {}
-        self._finished = {"in": 0, "out": 0}
-        self._sampled = time.monotonic()
-
-    def publish(self, data: dict[str, Any]) -> None:
-        for queue in list(self.clients):
-            try:
-                queue.put_nowait(data)
-            except asyncio.QueueFull:
-                # A client that fell behind (a burst of thousands of records) skips what it
-                # missed and is told to reload its view instead.
-                self._flush(queue, {"type": "Resync", "time": time.time()})
-
-    @staticmethod
-    def _flush(queue: asyncio.Queue[dict[str, Any] | None], last: dict[str, Any] | None) -> None:
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(last)
-
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, TransferFinished):
-            # Bytes moved since the last sample still count in the next one.
-            t = event.transfer
-            start = self._last.pop(t.transfer_id, t.bytes_at_start)
-            self._finished[t.direction] += max(0, t.bytes_done - start)
-        if self.clients:
-            self.publish(views.event_json(self.node, event))
-
-    def on_notice(self, notice: Notice) -> None:
-        if self.clients:
-            self.publish(views.event_json(self.node, notice))
-
-    def sample(self) -> dict[str, float]:
-        """Bytes per second moved since the last sample, per direction."""
-        now = time.monotonic()
-        moved = dict(self._finished)
-        self._finished = {"in": 0, "out": 0}
-        seen = {}
-        for tid, t in self.node.active_transfers.items():
-            # A transfer not seen before counts from where this run began: the bytes a resumed
-            # download found on disk did not move now (they made a false spike on the chart).
-            moved[t.direction] += max(0, t.bytes_done - self._last.get(tid, t.bytes_at_start))
-            seen[tid] = t.bytes_done
-        self._last = seen
-        elapsed = max(1e-3, now - self._sampled)
-        self._sampled = now
-        point = {
-            "t": time.time(),
-            "in": moved["in"] / elapsed,  # bytes per second
-            "out": moved["out"] / elapsed,
-            "in_bytes": moved["in"],  # bytes since the previous sample
-            "out_bytes": moved["out"],
-        }
-        self.throughput.append(point)
-        return point
-
-    async def run_sampler(self, every: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            point = self.sample()
-            if self.clients:
-                self.publish({"type": "Throughput", **point})
-
-    def close(self) -> None:
-        for queue in list(self.clients):
-            self._flush(queue, None)
-        self.clients.clear()
-
-
-class ApiError(Exception):
-    """An error answer: JSON ``{"error": message, "status": status}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error(status: int, message: str) -> ApiError:
-    return ApiError(status, message)
-
-
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message, "status": status}, status=status)
-
-
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Host/Origin checks, the token for state changes, JSON errors."""
-    app = request.app
-    try:
-        host = request.headers.get("Host", "")
-        if not app[HOSTS].allows(host):
-            raise error(403, f"foreign Host {host!r} refused")
-        origin = request.headers.get("Origin")
-        if origin is not None and not app[HOSTS].allows(origin.split("://", 1)[-1]):
-            raise error(403, f"foreign Origin {origin!r} refused")
-        if request.method not in SAFE_METHODS:
-            given = request.headers.get("Authorization", "")
-            token = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
-            if not token:
-                raise error(401, "this request needs the node's API token")
-            if not hmac.compare_digest(token.encode(), app[TOKEN].encode()):
-                raise error(401, "wrong API token")
-        return await handler(request)
-    except ApiError as exc:
-        return _json_error(exc.status, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _json_error(exc.status, exc.reason)
-    except NotFound as exc:
-        return _json_error(404, str(exc))
-    except AmbiguousId as exc:
-        return _json_error(409, str(exc))
-    except NotOwner as exc:
-        return _json_error(403, str(exc))
-    except FetchFailed as exc:
-        return _json_error(502, str(exc))
-    except StorageError as exc:
-        return _json_error(507, str(exc))
-    except NodeError as exc:
-        if isinstance(exc.__cause__, OSError):  # this node's disk refused a write
-            return _json_error(507, str(exc))
-        return _json_error(400, str(exc))
-    except ConnectionError:
-        raise  # the client left: nothing to answer, nothing to log
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return _json_error(500, "internal error (see the node's log)")
-
-
-def _node(request: web.Request) -> Node:
-    return request.app[NODE]
-
-
-def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise error(400, f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise error(400, f"{name} must be between {lo} and {hi}")
-    return value
-
-
-def _file_id(request: web.Request) -> str:
-    """The full id named by the route's ``{file_id}``: all 64 hex characters or a unique prefix
-    of 8 or more (NotFound: 404, AmbiguousId: 409, each saying what to type)."""
-    return _node(request).resolve_id(request.match_info["file_id"])
-
-
-def _entry(node: Node, file_id: str) -> Any:
-    entry = node.file(file_id)
-    if entry is None:
-        raise error(404, f"no file {file_id[:12]}… in the catalogue")
-    return entry
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise error(400, f"{name} must be 1 or 0")
-
-
-def content_disposition(name: str) -> str:
-    """``attachment`` with both forms of the name (RFC 6266): ``filename="…"``, an ASCII-only
-    fallback for clients that read only it (``curl -OJ``), and ``filename*=UTF-8''…`` with the
-    real name. The name comes from a stranger: no path, no control characters, no quotes."""
-    name = safe_name(name)
-    fallback = (
-        "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\/%;' else "_" for ch in name).strip()
-        or "file"
-    )
-    if fallback.startswith("."):
-        fallback = "_" + fallback[1:]
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -328,111 +111,6 @@ async def status(request: web.Request) -> web.Response:
 
 async def peers(request: web.Request) -> web.Response:
     return web.json_response({"peers": [views.peer_json(p) for p in _node(request).peers()]})
-
-
-async def files(request: web.Request) -> web.Response:
-    node = _node(request)
-    scope = request.query.get("scope", "both")
-    if scope not in ("local", "remote", "both"):
-        raise error(400, "scope must be local, remote or both")
-    offset = _int(request, "offset", 0, 0, 10**9)
-    limit = _int(request, "limit", 50, 1, MAX_PAGE)
-    page = node.reads.page(scope, offset, limit)
-    return web.json_response(
-        {
-            "scope": scope,
-            "total": page.total,
-            "offset": offset,
-            "limit": limit,
-            "files": [views.file_json(e, node) for e in page.entries],
-        }
-    )
-
-
-async def one_file(request: web.Request) -> web.Response:
-    node = _node(request)
-    return web.json_response(views.file_json(_entry(node, _file_id(request)), node))
-
-
-async def upload(request: web.Request) -> web.Response:
-    """Push: the body (raw, with ``?name=``) or a multipart form's ``file`` field. Bytes this
-    node already holds are not pushed again (unless ``?force=1``): the answer is then 200 with
-    the record it has and ``"existing": true`` (201 and ``false`` for a new push)."""
-    node = _node(request)
-    force = _flag(request, "force")
-    cap = node.config.max_upload
-    multipart = request.content_type.startswith("multipart/")
-    if not multipart and request.content_length is not None and request.content_length > cap:
-        raise error(413, f"upload of {request.content_length} bytes is over the cap ({cap})")
-    name = request.query.get("name", "")
-    chunks: AsyncIterator[bytes]
-    if multipart:
-        reader = await request.multipart()
-        part = await reader.next()
-        while part is not None and getattr(part, "name", None) != "file":
-            part = await reader.next()
-        if not isinstance(part, BodyPartReader):
-            raise error(400, "the form has no 'file' field")
-        name = name or part.filename or ""
-        chunks = _part_chunks(part)
-    else:
-        chunks = request.content.iter_chunked(1 << 20)
-    if not name:
-        raise error(400, "the file needs a name (?name=…)")
-    try:
-        sink = node.open_sink()
-    except OSError as exc:
-        raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
-    try:
-        # Written off the event loop: straight from the socket if the body is raw, else a few
-        # MiB at a time as aiohttp reads them.
-        sock = None if multipart else detachable(request)
-        if sock is not None:
-            await receive_raw(request, sock, sink)
-        else:
-            await write_chunks(chunks, sink, cap)
-        if sink.size > cap:
-            raise OverCap(sink.size)
-        pushed = await node.share(sink, safe_name(name), force=force)
-    except OverCap:
-        raise error(413, f"upload is over the cap ({cap} bytes)") from None
-    finally:
-        sink.abort()  # a no-op once pushed
-    entry = node.file(pushed.meta.file_id)
-    if entry is None:  # deleted in the meantime
-        raise error(404, f"{pushed.meta.file_id[:12]}… was deleted meanwhile")
-    body = {**views.file_json(entry, node), "existing": pushed.existing}
-    return web.json_response(body, status=200 if pushed.existing else 201)
-
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(1 << 20):
-        yield bytes(chunk)
-
-
-async def fetch(request: web.Request) -> web.Response:
-    node = _node(request)
-    entry = await node.get(_file_id(request))
-    return web.json_response(views.file_json(entry, node))
-
-
-async def content(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    entry = _entry(node, _file_id(request))
-    path = node.reads.blob(entry)
-    if path is None:
-        raise error(404, "this node holds no copy of that file; fetch it first")
-    resp = web.FileResponse(path)
-    resp.headers["Content-Type"] = "application/octet-stream"
-    resp.headers["Content-Disposition"] = content_disposition(entry.meta.file_name)
-    return resp
-
-
-async def remove(request: web.Request) -> web.Response:
-    node = _node(request)
-    file_id = _file_id(request)
-    await node.delete(file_id)
-    return web.json_response({"deleted": file_id})
 
 
 async def transfers(request: web.Request) -> web.Response:
