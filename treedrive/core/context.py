@@ -23,7 +23,7 @@ from treedrive.core.bounded import Throttle
 from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileDeleted, FileStored, Notice
-from treedrive.core.messages import RAW_PUSH, RAW_RANGE, Message
+from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, Message
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import Network, Store, UnitOfWork
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 node_log = logging.getLogger("treedrive.core.node")
 """The node's logger: lines about what peers did, whichever part of the node writes them."""
 
-EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH})
+EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH})
 
 
 class NodeContext:

@@ -22,6 +22,8 @@ RAW_RANGE: Final = "raw-range"
 """Feature: ranged GET_FILE answered with raw bytes (PROTOCOL.md 2.2)."""
 RAW_PUSH: Final = "raw-push"
 """Feature: a pushed FILE_DATA with raw bytes (PROTOCOL.md 2.3)."""
+STREAM_PUSH: Final = "stream-push"
+"""Feature: a raw push whose record follows its bytes, sent while they arrive (PROTOCOL.md 2.4)."""
 
 
 @dataclass(frozen=True, slots=True)

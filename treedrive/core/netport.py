@@ -8,7 +8,7 @@ store's port.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -49,6 +49,20 @@ class FileSink(Protocol):
         ...
 
     def abort(self) -> None: ...
+
+
+class GrowingFile(Protocol):
+    """A file being written in order, read behind its writer (the store's ``Tail`` of a
+    partial file): the bytes of a push sent on while they arrive."""
+
+    def fileno(self) -> int: ...
+
+    def ready(self, upto: int, timeout: float) -> int:
+        """Bytes from the start that are written: at least ``upto`` unless ``timeout`` s pass
+        first (blocking: a thread). Raises StorageError once the file is dropped."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class RangeFile(Protocol):
@@ -187,6 +201,20 @@ class Network(Protocol):
         raw: bool = False,
     ) -> bool:
         """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
+        ...
+
+    async def push_stream(
+        self,
+        host: str,
+        port: int,
+        source: GrowingFile,
+        size: int,
+        record: Awaitable[FileMeta | None],
+        progress: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Push ``size`` bytes to a TreeDrive peer that takes ``stream-push`` while they are
+        still being written to ``source``, then their record once ``record`` gives it (None:
+        the push is called off, and the peer keeps nothing). True once the record is sent."""
         ...
 
     async def fetch_range(

@@ -30,6 +30,7 @@ from treedrive.core.config import NodeConfig
 from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged, storage_failure
 from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
+from treedrive.core.forwarding import Forward
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Pushed, TransferState
@@ -304,10 +305,24 @@ class Node:
         """The record of a file held here with exactly the bytes written to ``writer``."""
         return self.sharing.held_copy(writer)
 
-    async def share(self, writer: PartialFile, name: str, *, force: bool = False) -> Pushed:
-        """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``;
-        bytes this node already holds are not pushed again (unless ``force``)."""
-        return await self.sharing.share(writer, name, force=force)
+    def forward(self, writer: PartialFile, size: int | None) -> Forward:
+        """Choose where a push whose ``size`` bytes are about to arrive in ``writer`` (from
+        :meth:`open_sink`) goes, and stream them there as they arrive when the peer takes it;
+        hand the answer to :meth:`share`, which settles it (or call ``call_off()``)."""
+        return self.sharing.forward(writer, size)
+
+    async def share(
+        self,
+        writer: PartialFile,
+        name: str,
+        *,
+        force: bool = False,
+        forward: Forward | None = None,
+    ) -> Pushed:
+        """Push the bytes already written to ``writer`` (from :meth:`open_sink`) as ``name``,
+        to the peer ``forward`` chose (see :meth:`forward`; else one chosen now); bytes this
+        node already holds are not pushed again (unless ``force``)."""
+        return await self.sharing.share(writer, name, force=force, forward=forward)
 
     async def get(self, file_id: str) -> CatalogEntry:
         """Fetch a file from a holder (the next on failure), verify it, store it, announce it.

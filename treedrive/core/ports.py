@@ -30,6 +30,7 @@ from treedrive.core.model import (
 )
 from treedrive.core.netport import (
     FileSink,
+    GrowingFile,
     InboundHandler,
     Network,
     Progress,
@@ -42,6 +43,7 @@ __all__ = [
     "DownloadRepository",
     "FileRepository",
     "FileSink",
+    "GrowingFile",
     "IdentityRepository",
     "InboundHandler",
     "Network",
@@ -111,6 +113,10 @@ class PartialFile(Protocol):
         ...
 
     def hash_span(self, h: hashlib._Hash, offset: int, length: int) -> None: ...
+
+    def tail(self) -> GrowingFile:
+        """A reader that follows the bytes written in order (a push sent on as it arrives)."""
+        ...
 
     def commit(self, file_id: str, ts: Timestamp) -> Path:
         """Verify the bytes written in order and adopt them (blocking); VerificationError

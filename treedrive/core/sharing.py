@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from pathlib import Path
 from typing import cast
 
+from treedrive.core import forwarding
 from treedrive.core.activity import file_label, peer_label
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
 from treedrive.core.errors import NodeError, VerificationError
 from treedrive.core.events import FileRefused, FileStored
+from treedrive.core.forwarding import Forward
 from treedrive.core.messages import RAW_PUSH, Announce, FileData
 from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
 from treedrive.core.ports import FileSink, PartialFile, Progress
@@ -44,11 +45,24 @@ class Sharing:
         ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes."""
         writer = self.ctx.store.blobs.writer()
         try:
-            await asyncio.to_thread(_copy_in, path, writer)
+            size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as exc:
             writer.abort()
             raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        return await self.share(writer, name or path.name, force=force)
+        forward = self.forward(writer, size)
+        try:
+            await asyncio.to_thread(_copy_in, path, writer)
+        except OSError as exc:
+            forward.call_off()
+            writer.abort()
+            raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return await self.share(writer, name or path.name, force=force, forward=forward)
+
+    def forward(self, writer: PartialFile, size: int | None) -> Forward:
+        """Choose the peer a push whose bytes are about to arrive in ``writer`` goes to, and
+        send them on while they arrive when it can (see :mod:`~treedrive.core.forwarding`).
+        Hand the answer to :meth:`share`."""
+        return forwarding.choose(self.ctx, self.transfers, writer, size)
 
     def held_copy(self, writer: PartialFile) -> FileMeta | None:
         """The record of a file held here with exactly the bytes written to ``writer``: a file
@@ -57,10 +71,27 @@ class Sharing:
             same_size = uow.files.held_of_size(writer.size)
         return next((m for m in same_size if writer.matches(m.file_id, m.file_timestamp)), None)
 
-    async def share(self, writer: PartialFile, name: str, *, force: bool = False) -> Pushed:
-        """Push the bytes already written to ``writer`` (from ``open_sink``) as ``name``.
-        Bytes this node already holds are not pushed again (unless ``force``): the answer is
-        the record it has, marked ``existing``."""
+    async def share(
+        self,
+        writer: PartialFile,
+        name: str,
+        *,
+        force: bool = False,
+        forward: Forward | None = None,
+    ) -> Pushed:
+        """Push the bytes already written to ``writer`` (from ``open_sink``) as ``name``, to
+        the peer ``forward`` chose when they began to arrive (else one chosen now). Bytes this
+        node already holds are not pushed again (unless ``force``): the answer is the record it
+        has, marked ``existing``."""
+        try:
+            return await self._share(writer, name, force, forward)
+        finally:
+            if forward is not None:
+                forward.call_off()  # a no-op once its record is sent
+
+    async def _share(
+        self, writer: PartialFile, name: str, force: bool, forward: Forward | None
+    ) -> Pushed:
         ctx = self.ctx
         await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
         if not force:
@@ -94,9 +125,14 @@ class Sharing:
         except Exception:
             self.catalogue.drop_unrecorded_blob(file_id)
             raise
-        peers = ctx.peers()
-        target = random.choice(peers) if peers else None
-        if target is not None:
+        if forward is None:
+            forward = self.forward(writer, None)
+        target = forward.target
+        if target is not None and forward.take(meta, writer.size):
+            forward.send_record(
+                meta, self.transfers.begin(meta, "out", target.peer_id, writer.size)
+            )
+        elif target is not None:
             ctx.spawn(self._push_to(target, meta, writer.size), "push")
         ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=meta))
         ctx.activity.pushed(meta, writer.size, peer_label(target.peer_id) if target else None)

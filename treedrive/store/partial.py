@@ -96,12 +96,51 @@ class _Follower:
             raise self._error
         return self.hash
 
+    def wait_filled(self, upto: int, timeout: float) -> tuple[int, bool]:
+        """Bytes filled so far, once at least ``upto`` are or ``timeout`` s have passed or
+        nothing more will come; and whether nothing more will come (finished or abandoned)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._filled >= upto or self._ended, timeout)
+            return self._filled, self._ended
+
     def stop(self) -> None:
         """Abandon the hash (the file is aborted or kept without it)."""
         with self._cond:
             self._ended = self._stopped = True
             self._cond.notify_all()
         self._thread.join()
+
+
+class Tail:
+    """A reader of a partial file that follows its writer: the bytes filled in order so far,
+    for another thread to send on while they arrive (a push forwarded while it is uploaded).
+    Its own descriptor stays valid when the file is adopted (renamed) or aborted (removed)."""
+
+    def __init__(self, partial: PartialFile, fd: int, follower: _Follower) -> None:
+        self._partial = partial
+        self._follower = follower
+        self._fd: int | None = os.dup(fd)
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError("the tail is closed")
+        return self._fd
+
+    def ready(self, upto: int, timeout: float) -> int:
+        """Bytes from the start that are on disk, in order: at least ``upto`` unless
+        ``timeout`` s pass first (blocking: a thread). Raises StorageError once the file is
+        aborted (what it held will never be a file), or ended short of ``upto``."""
+        filled, ended = self._follower.wait_filled(upto, timeout)
+        if self._partial.aborted:
+            raise StorageError("the file was dropped before it was whole")
+        if ended and filled < upto:
+            raise StorageError(f"the file ended at {filled} bytes")
+        return filled
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class PartialFile:
@@ -129,6 +168,8 @@ class PartialFile:
         self._syncing: threading.Thread | None = None
         self._follower: _Follower | None = None if keep else _Follower(self._fd)
         self._digest: hashlib._Hash | None = None
+        self.aborted = False
+        """Removed without being adopted."""
 
     @property
     def fd(self) -> int:
@@ -204,6 +245,12 @@ class PartialFile:
                 os.ftruncate(self.fd, size)
         except OSError as exc:
             raise _disk_error("size", exc) from exc
+
+    def tail(self) -> Tail:
+        """A reader that follows the bytes written in order (see :class:`Tail`)."""
+        if self._follower is None:
+            raise ValueError("a partial file written at offsets has no in-order tail")
+        return Tail(self, self.fd, self._follower)
 
     # -- hashing ------------------------------------------------------------------------------
     def digest(self) -> hashlib._Hash:
@@ -298,6 +345,8 @@ class PartialFile:
 
     def abort(self) -> None:
         """Close and remove the file (unless it was adopted)."""
+        if self.committed is None:
+            self.aborted = True
         self._close()
         if self.committed is None:
             self.path.unlink(missing_ok=True)

@@ -16,14 +16,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from treedrive.core.errors import TransferError
+from treedrive.core.errors import StorageError, TransferError
 from treedrive.core.messages import FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink
+from treedrive.core.ports import FileSink, GrowingFile
 from treedrive.transport import codec, wire
 from treedrive.transport.admission import FREE, PROBE, DialBackoff
 from treedrive.transport.counters import Counters
@@ -228,6 +228,31 @@ class Dialer:
             return True
         except (OSError, TimeoutError) as exc:
             log.debug("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
+            return False
+        finally:
+            await close_writer(writer)
+
+    async def push_stream(
+        self,
+        host: str,
+        port: int,
+        source: GrowingFile,
+        size: int,
+        record: Awaitable[FileMeta | None],
+        progress: Callable[[int], None] | None = None,
+        sender: str | None = None,
+    ) -> bool:
+        """A streamed push (see ``Network.push_stream``); False if it failed or was called off."""
+        try:
+            async with self.dials:  # only while connecting: the push may take long
+                _, writer = await self.connect(host, port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
+            return False
+        try:
+            return await self.uploader.push_stream(writer, source, size, record, progress, sender)
+        except (OSError, TimeoutError, StorageError) as exc:
+            log.debug("streamed push to %s:%d failed: %s", host, port, exc)
             return False
         finally:
             await close_writer(writer)

@@ -6,7 +6,9 @@ each is written and read under the ``treedrive`` key of a classic message. Pure:
   core's messages, so that the core never sees the key;
 - a ranged GET_FILE (:class:`RangeRequest`): :func:`ranged_get` and :func:`range_request`;
 - the raw header of a FILE_DATA, the answer to a ranged GET_FILE or a raw push
-  (:class:`RangeHeader`): :func:`raw_file_data`, :func:`range_header` and :func:`push_header`.
+  (:class:`RangeHeader`): :func:`raw_file_data`, :func:`range_header` and :func:`push_header`;
+- a streamed push (its record after its bytes): :func:`stream_push`, :func:`push_trailer` and
+  :func:`is_trailer`.
 
 Each is a claim with a limit (THREATS.md): at most :data:`MAX_FEATURES` features are read, each a
 short name (:data:`FEATURE_NAME`); offsets, lengths and sizes are ints in
@@ -89,6 +91,8 @@ class RangeHeader:
     size: int
     sender: str | None = None
     """A raw push's pusher (``from``): its peer id as it claims it, for display only."""
+    stream: bool = False
+    """A streamed push (2.4): no record in the header; it follows the bytes."""
 
 
 def ranged_get(file_id: str, request: RangeRequest) -> dict[str, Any]:
@@ -112,6 +116,32 @@ def raw_file_data(meta: FileMeta, header: RangeHeader) -> dict[str, Any]:
     if header.sender is not None:
         ext["from"] = header.sender
     return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: ext}
+
+
+def stream_push(header: RangeHeader) -> dict[str, Any]:
+    """The header of a streamed push (PROTOCOL.md 2.4): a FILE_DATA without its record, whose
+    ``length`` raw bytes follow, then the record (:func:`push_trailer`)."""
+    ext: dict[str, Any] = {
+        "raw": True,
+        "stream": True,
+        "offset": 0,
+        "length": header.length,
+        "size": header.length,
+    }
+    if header.sender is not None:
+        ext["from"] = header.sender
+    return {"type": "FILE_DATA", "data": None, KEY: ext}
+
+
+def push_trailer(meta: FileMeta) -> dict[str, Any]:
+    """The record that ends a streamed push, after its bytes."""
+    return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: {"record": True}}
+
+
+def is_trailer(obj: Mapping[str, Any]) -> bool:
+    """True if ``obj`` is the record that ends a streamed push."""
+    ext = obj.get(KEY)
+    return obj.get("type") == "FILE_DATA" and isinstance(ext, Mapping) and ext.get("record") is True
 
 
 def is_raw(obj: Mapping[str, Any]) -> bool:
@@ -180,4 +210,7 @@ def push_header(obj: Mapping[str, Any]) -> RangeHeader | None:
     ext = _raw_ext(obj)
     if header is None or ext is None:
         return None
-    return replace(header, sender=_peer(ext))
+    stream = ext.get("stream") is True
+    if stream and (header.offset != 0 or header.length != header.size):
+        raise WireError("a streamed push sends the whole file: offset 0, length = size")
+    return replace(header, sender=_peer(ext), stream=stream)

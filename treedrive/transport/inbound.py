@@ -134,10 +134,11 @@ async def read_raw_off_loop(
     min_rate: float | None,
     download: RateLimiter,
     progress: Callable[[int], None] | None = None,
-) -> None:
+) -> bytes:
     """The body of a raw push: exactly ``length`` bytes, the first ones already parsed, into
     ``sink`` from a worker thread that reads ``sock`` (a duplicate of the connection's socket,
-    from :func:`detachable`, closed here). ``progress`` is called on the loop."""
+    from :func:`detachable`, closed here). ``progress`` is called on the loop. Returns the bytes
+    already read past the body (the worker never reads past it)."""
     loop = asyncio.get_running_loop()
     state = stream.state
     state.body_started, state.body_received = time.monotonic(), 0
@@ -150,8 +151,9 @@ async def read_raw_off_loop(
     transport: Any = writer.transport
     transport.pause_reading()
     try:
-        first = stream.parser.trailing[:length] + _buffered(stream.reader)
-        future = loop.run_in_executor(_workers.pool(), body.run, sock, first[:length])
+        ahead = stream.parser.trailing + _buffered(stream.reader)
+        after = ahead[length:]
+        future = loop.run_in_executor(_workers.pool(), body.run, sock, ahead[:length])
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -169,6 +171,7 @@ async def read_raw_off_loop(
             transport.resume_reading()
     if progress is not None:
         progress(sink.size)
+    return bytes(after)
 
 
 async def read_raw(
@@ -179,11 +182,11 @@ async def read_raw(
     min_rate: float | None,
     download: RateLimiter,
     progress: Callable[[int], None] | None = None,
-) -> None:
+) -> bytes:
     """The body of a raw push into ``sink``: off the loop when the socket can be taken from
-    asyncio (plain TCP), else read on the loop (:func:`streams.read_raw`)."""
+    asyncio (plain TCP), else read on the loop (:func:`streams.read_raw`). Returns the bytes
+    already read past it."""
     sock = detachable(stream, writer)
     if sock is None:
-        await streams.read_raw(stream, sink, length, min_rate, download, progress)
-        return
-    await read_raw_off_loop(stream, writer, sock, sink, length, min_rate, download, progress)
+        return await streams.read_raw(stream, sink, length, min_rate, download, progress)
+    return await read_raw_off_loop(stream, writer, sock, sink, length, min_rate, download, progress)

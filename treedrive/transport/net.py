@@ -35,12 +35,12 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from treedrive.core.messages import FileData, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler, RangeAnswer, RangeFile
+from treedrive.core.ports import FileSink, GrowingFile, InboundHandler, RangeAnswer, RangeFile
 from treedrive.transport.admission import ConnState, Tally, choose_victim
 from treedrive.transport.counters import Counters
 from treedrive.transport.dialer import Dialer
@@ -277,6 +277,18 @@ class TcpNetwork:
     ) -> bool:
         sender = self._handler.peer_id if self._handler is not None else None
         return await self.dialer.push_file(host, port, meta, path, progress, raw, sender)
+
+    async def push_stream(
+        self,
+        host: str,
+        port: int,
+        source: GrowingFile,
+        size: int,
+        record: Awaitable[FileMeta | None],
+        progress: Callable[[int], None] | None = None,
+    ) -> bool:
+        sender = self._handler.peer_id if self._handler is not None else None
+        return await self.dialer.push_stream(host, port, source, size, record, progress, sender)
 
     async def fetch_file(
         self,

@@ -21,6 +21,7 @@ from typing import Any
 
 from treedrive.core.errors import StorageError
 from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
+from treedrive.core.model import FileMeta
 from treedrive.core.ports import InboundHandler
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState
@@ -208,7 +209,20 @@ class Serving:
                 "invalid", logging.WARNING, "%s: bad raw push dropped: %s", source, exc
             )
             return
-        if push.sink is None and raw is not None and message.meta is not None:
+        if push.sink is None and raw is not None and raw.stream and message.meta is None:
+            # A streamed push (PROTOCOL.md 2.4): the bytes, then their record.
+            push.sink = handler.open_sink()
+            stream.state.protected = False
+            after = await inbound.read_raw(
+                stream, writer, push.sink, raw.length, self._push_min_rate(), self.download
+            )
+            record = await self._trailer(stream, after, push, source)
+            stream.state.protected = True
+            if record is None:
+                return
+            message = FileData(meta=record)
+            push.progress = handler.track_push(record, source, raw.sender, push.sink.size)
+        elif push.sink is None and raw is not None and message.meta is not None:
             push.sink = handler.open_sink()  # a raw push: the bytes follow the header
             push.progress = handler.track_push(message.meta, source, raw.sender, raw.length)
             push.report = Reporter(push.progress.update)
@@ -228,3 +242,29 @@ class Serving:
             push.progress.update(push.sink.size)
         pushed, progress = push.handed()
         await handler.handle_pushed_file(message, pushed, source, progress)
+
+    async def _trailer(
+        self, body: Reader, after: bytes, push: Arriving, source: str
+    ) -> FileMeta | None:
+        """The record that ends a streamed push, read after its bytes (``after``: those of
+        it already read); None if it never comes or is not a record (logged)."""
+        stream = Reader(body.reader, self.limits, body.state)
+        if after:
+            stream.parser.receive_data(after)
+        event = await stream.next()
+        if isinstance(event, codec.ProtocolError) and stream.parser.bytes_received == 0:
+            push.why = "the pusher called it off"
+            log.debug("%s: a streamed push was called off before its record", source)
+            return None
+        try:
+            if isinstance(event, codec.ProtocolError):
+                raise wire.WireError(f"malformed: {event.reason}")
+            if isinstance(event, codec.DataChunk):
+                raise wire.WireError("the record of a streamed push carries data")
+            return wire.trailer_record(event.fields)
+        except wire.WireError as exc:
+            push.why = f"invalid: {exc}"
+            self.counters.problem(
+                "invalid", logging.WARNING, "%s: bad streamed push dropped: %s", source, exc
+            )
+            return None

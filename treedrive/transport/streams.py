@@ -155,13 +155,14 @@ async def read_raw(
     min_rate: float | None,
     download: RateLimiter,
     progress: Callable[[int], None] | None = None,
-) -> None:
+) -> bytes:
     """The raw bytes of a raw push: exactly ``length``, the first ones already read. They
     must keep coming (``idle_timeout``) and, with ``min_rate``, at that rate on average.
-    ``progress`` is called with the bytes in ``sink`` after each write."""
+    ``progress`` is called with the bytes in ``sink`` after each write. Returns the bytes
+    already read past them (the start of what follows: a streamed push's record)."""
     state = stream.state
     state.body_started, state.body_received = time.monotonic(), 0
-    first = stream.parser.trailing[:length]
+    first, after = stream.parser.trailing[:length], stream.parser.trailing[length:]
     if first:
         store(sink.write, first)
         if progress is not None:
@@ -191,6 +192,7 @@ async def read_raw(
         store(sink.write, data)
         if progress is not None:
             progress(sink.size)
+    return bytes(after)
 
 
 async def drain(writer: asyncio.StreamWriter, limits: NetLimits) -> None:

@@ -12,15 +12,21 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from treedrive.core.messages import GetFile
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import InboundHandler
+from treedrive.core.ports import GrowingFile, InboundHandler
 from treedrive.transport import codec
-from treedrive.transport.extension import RangeHeader, RangeRequest, raw_file_data
+from treedrive.transport.extension import (
+    RangeHeader,
+    RangeRequest,
+    push_trailer,
+    raw_file_data,
+    stream_push,
+)
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
@@ -33,14 +39,23 @@ MIN_PIECE = 16 * 1024
 SEND_WORKERS = 32  # raw uploads moving bytes at once (a stalled one waits on the loop)
 
 
+STARVED_WAIT = 0.25
+"""Seconds a worker waits for more bytes of a file still being written before it hands the
+wait back to the loop."""
+
+
 @dataclass(slots=True)
 class Upload:
-    """A raw upload under way: where it stands, and rate-limit budget taken but not yet sent."""
+    """A raw upload under way: where it stands, and rate-limit budget taken but not yet sent.
+    ``source``: the file is still being written (a streamed push): bytes are sent as they land."""
 
     offset: int
     length: int
     sent: int = 0
     credit: int = 0
+    source: GrowingFile | None = None
+    starved: bool = False
+    """The worker returned because no new bytes were written for a while."""
 
 
 class Uploader:
@@ -134,6 +149,30 @@ class Uploader:
                 writer, meta, path, self.limits, progress, self.upload
             )
 
+    async def push_stream(
+        self,
+        writer: asyncio.StreamWriter,
+        source: GrowingFile,
+        size: int,
+        record: Awaitable[FileMeta | None],
+        progress: Callable[[int], None] | None,
+        sender: str | None = None,
+    ) -> bool:
+        """A streamed push (PROTOCOL.md 2.4) on a connection just made: the header, the bytes
+        of ``source`` as they are written, then the record ``record`` gives (None: called off,
+        the connection is closed without it; False)."""
+        record = asyncio.ensure_future(record)
+        header = RangeHeader(0, size, size, sender, stream=True)
+        writer.write(codec.encode_message(stream_push(header)))
+        upload = Upload(0, size, source=source)
+        await self._send(writer, source.fileno(), upload, progress, lambda: _called_off(record))
+        meta = await record
+        if meta is None:
+            return False
+        writer.write(codec.encode_message(push_trailer(meta)))
+        await drain(writer, self.limits)
+        return True
+
     async def send_raw(
         self,
         writer: asyncio.StreamWriter,
@@ -148,6 +187,19 @@ class Uploader:
         socket down). When the reader's buffer is full the worker returns, and the loop (not a
         thread) waits for room, at most ``upload_stall_timeout``: a reader that stops reading
         holds no thread, and its upload ends."""
+        with path.open("rb") as f:
+            await self._send(writer, f.fileno(), Upload(offset, length), progress, path.name)
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        fd: int,
+        upload: Upload,
+        progress: Callable[[int], None] | None,
+        name: str | Callable[[], str | None],
+    ) -> None:
+        """:meth:`send_raw` of an open file. ``name``: the file's, for errors; or, for a file
+        still being written, a function that says why to stop waiting for it (None: wait on)."""
         loop = asyncio.get_running_loop()
         await drain_upload(writer, self.limits.upload_stall_timeout)
         raw = writer.get_extra_info("socket")
@@ -160,23 +212,24 @@ class Uploader:
             if progress is not None:
                 loop.call_soon_threadsafe(progress, done)
 
-        upload = Upload(offset, length)
         try:
-            with path.open("rb") as f:
-                while True:
-                    before = upload.sent
-                    await loop.run_in_executor(
-                        self._workers.pool(), self._sendfile_some, sock, f.fileno(), upload, report
-                    )
-                    self.bytes_uploaded += upload.sent - before
-                    if upload.sent >= length:
-                        return
-                    await self._writable(sock, path)
+            while True:
+                before = upload.sent
+                await loop.run_in_executor(
+                    self._workers.pool(), self._sendfile_some, sock, fd, upload, report
+                )
+                self.bytes_uploaded += upload.sent - before
+                if upload.sent >= upload.length:
+                    return
+                if not upload.starved:
+                    await self._writable(sock, name if isinstance(name, str) else "a push")
+                elif not isinstance(name, str) and (why := name()) is not None:
+                    raise OSError(why)
         finally:
             self._workers.socks.discard(sock)
             sock.close()  # the duplicate; the transport closes the original
 
-    async def _writable(self, sock: socket.socket, path: Path) -> None:
+    async def _writable(self, sock: socket.socket, name: str) -> None:
         """Wait until ``sock`` takes bytes again, at most ``upload_stall_timeout``."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
@@ -190,7 +243,7 @@ class Uploader:
         try:
             await asyncio.wait_for(ready, self.limits.upload_stall_timeout)
         except TimeoutError:
-            raise TimeoutError(f"the peer stopped reading {path.name}") from None
+            raise TimeoutError(f"the peer stopped reading {name}") from None
         finally:
             loop.remove_writer(fd)
 
@@ -203,13 +256,23 @@ class Uploader:
         rate = self.upload.rate
         # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
         piece = max(MIN_PIECE, min(LIMITED_PIECE, int(rate / 10))) if rate else SEND_PIECE
+        upload.starved = False
         while upload.sent < upload.length:
+            count = upload.length - upload.sent
+            if upload.source is not None:  # only what is written so far
+                written = upload.source.ready(upload.offset + upload.sent + 1, STARVED_WAIT)
+                count = min(count, written - upload.offset - upload.sent)
+                if count <= 0:
+                    upload.starved = True
+                    return
             if upload.credit == 0:
                 n = min(piece, upload.length - upload.sent)
                 self.upload.acquire_blocking(n)
                 upload.credit = n
             try:
-                k = os.sendfile(sock.fileno(), fd, upload.offset + upload.sent, upload.credit)
+                k = os.sendfile(
+                    sock.fileno(), fd, upload.offset + upload.sent, min(upload.credit, count)
+                )
             except BlockingIOError:
                 return
             if k == 0:
@@ -219,3 +282,12 @@ class Uploader:
             upload.credit -= k
             if upload.credit == 0:
                 report(upload.sent)
+
+
+def _called_off(record: asyncio.Future[FileMeta | None]) -> str | None:
+    """Why a streamed push stops before its bytes are all written: its record will never come."""
+    if not record.done():
+        return None
+    if record.cancelled() or record.exception() is not None or record.result() is None:
+        return "the push was called off before its bytes were all written"
+    return None

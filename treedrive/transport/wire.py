@@ -94,6 +94,7 @@ __all__ = [
     "range_header",
     "range_request",
     "showable",
+    "trailer_record",
 ]
 
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
@@ -288,6 +289,14 @@ def encode(message: Message) -> dict[str, Any]:
     if isinstance(message, Gossip | GossipReply) and message.extension is not None:
         out[extension.KEY] = extension.capabilities_wire(message.extension)
     return out
+
+
+def trailer_record(obj: Mapping[str, Any]) -> FileMeta:
+    """The record that ends a streamed push (PROTOCOL.md 2.4); WireError unless ``obj`` is one,
+    with a valid record."""
+    if not extension.is_trailer(obj):
+        raise WireError("a streamed push must end with its record")
+    return file_meta(obj)
 
 
 def partial_record(fields_so_far: Mapping[str, Any]) -> FileMeta | None:

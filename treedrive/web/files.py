@@ -83,20 +83,25 @@ async def upload(request: web.Request) -> web.Response:
         sink = node.open_sink()
     except OSError as exc:
         raise StorageError(f"cannot store the upload: {exc.strerror or exc}") from exc
+    forward = None
     try:
         # Written off the event loop: straight from the socket if the body is raw, else a few
-        # MiB at a time as aiohttp reads them.
+        # MiB at a time as aiohttp reads them. A raw body's size is known: it goes on to the
+        # peer it is pushed to while it arrives, when that peer takes it so.
         sock = None if multipart else detachable(request)
         if sock is not None:
+            forward = node.forward(sink, request.content_length)
             await receive_raw(request, sock, sink)
         else:
             await write_chunks(chunks, sink, cap)
         if sink.size > cap:
             raise OverCap(sink.size)
-        pushed = await node.share(sink, safe_name(name), force=force)
+        pushed = await node.share(sink, safe_name(name), force=force, forward=forward)
     except OverCap:
         raise error(413, f"upload is over the cap ({cap} bytes)") from None
     finally:
+        if forward is not None:
+            forward.call_off()  # a no-op once pushed
         sink.abort()  # a no-op once pushed
     entry = node.file(pushed.meta.file_id)
     if entry is None:  # deleted in the meantime
