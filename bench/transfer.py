@@ -36,9 +36,11 @@ setup's pauses) lands in such memory while the later copies reuse what the previ
 
 ``--modes push`` (issue 10) measures, in each round of a fresh 2-node extension network, one
 after the other: the get (as above), the forward of a push (the payload, made a new file,
-uploaded to ``n1``; from ``n1``'s "pushed" log line to ``n2``'s "received" line, verified and
+uploaded to ``n1`` as the dashboard does, a multipart form, so that ``n1`` pushes it on only once
+it is stored; from ``n1``'s "pushed" log line to ``n2``'s "received" line, verified and
 committed, both the nodes' own ms timestamps), the whole ``treedrive push FILE`` command (from
-starting it to ``n2``'s "received" line) and the fsync-at-end socket copy (``sendfile`` ->
+starting it to ``n2``'s "received" line; its raw upload is streamed on to ``n2`` while it
+arrives, docs/protocol.md 2.4) and the fsync-at-end socket copy (``sendfile`` ->
 ``recv_into`` -> ``write``, one ``fsync``); per phase the CPU of each node's event-loop thread and
 its busiest other thread; then the medians and the ratios push forward / get (>= 0.9), whole
 push / get (>= 0.6) and get / fsync copy (>= 0.8). See :class:`PushBench`.
@@ -535,16 +537,47 @@ class Node:
             raise ApiError(f"{self.name}: {method} {path} -> {resp.status} {answer}")
         return answer
 
-    def push(self, path: Path, timeout: float) -> str:
-        """Push a file through ``POST /api/files?name=…`` (raw body); returns its id."""
+    def push(self, path: Path, timeout: float, form: bool = False) -> str:
+        """Push a file through ``POST /api/files?name=…`` (raw body); returns its id. With
+        ``form``, as the dashboard sends it instead (a multipart form): the node cannot know
+        its size before the bytes, so it pushes the file on once it is stored, never while it
+        arrives (a streamed push needs the size first)."""
         size = path.stat().st_size
         with path.open("rb") as f:
+            if not form:
+                answer = self.request(
+                    "POST",
+                    f"/api/files?name={path.name}",
+                    body=f,
+                    timeout=timeout,
+                    headers={
+                        "Content-Length": str(size),
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+                return str(answer["file_id"])
+            boundary = "treedrive-bench-" + os.urandom(8).hex()
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            tail = f"\r\n--{boundary}--\r\n".encode()
+
+            def body() -> Iterator[bytes]:
+                yield head
+                while block := f.read(HTTP_BLOCK):
+                    yield block
+                yield tail
+
             answer = self.request(
                 "POST",
-                f"/api/files?name={path.name}",
-                body=f,
+                "/api/files",
+                body=body(),
                 timeout=timeout,
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                headers={
+                    "Content-Length": str(len(head) + size + len(tail)),
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                },
             )
         return str(answer["file_id"])
 
@@ -990,9 +1023,10 @@ class PushBench:
     """The ``push`` mode: in each round a fresh network, ``n1`` (the payload pushed to it while
     alone) and ``n2`` (joins), then, one after the other, each after a warm-up copy: the get
     (``n2`` fetches from ``n1``), the push forward (the payload, made new, uploaded to ``n1``
-    through the API: from ``n1``'s "pushed" log line to ``n2``'s "received" log line, both
-    stamped by the nodes' clocks in ms), the whole push (``treedrive push FILE`` against
-    ``n1``, made new again: from starting the command to ``n2``'s "received" line) and the
+    through the API as a multipart form, so not streamed: from ``n1``'s "pushed" log line to
+    ``n2``'s "received" log line, both stamped by the nodes' clocks in ms), the whole push
+    (``treedrive push FILE`` against ``n1``, made new again, its raw upload streamed on to ``n2``
+    while it arrives: from starting the command to ``n2``'s "received" line) and the
     fsync-at-end socket copy (sendfile -> recv_into -> write, fsync). Between them the file is
     deleted everywhere."""
 
@@ -1050,7 +1084,7 @@ class PushBench:
             want = self.fresh(payload)
             self.prepare(root, nodes, payload)
             watch = CpuWatch(nodes)
-            file_id = n1.push(payload, timeout)
+            file_id = n1.push(payload, timeout, form=True)  # not streamed: see push()
             received = self.received(n2, file_id, timeout)
             cpu["forward"] = watch.split()
             pushed = logged_at(n1.log_path, "pushed ", file_id[:12])
@@ -1164,9 +1198,11 @@ def print_push(rounds: list[PushRound]) -> None:
             print(f"  {what}: {ratio:.2f} (target >= {target}) {verdict}")
     print(
         "\n  get: n2's POST /api/files/{id}/fetch, request to answer (verified, committed).\n"
-        "  push forward: n1's 'pushed' log line (its upload is stored; the push to n2 starts)\n"
-        "  to n2's 'received' line (verified, committed), both the nodes' own timestamps.\n"
-        "  whole push: starting `treedrive push FILE` against n1 to n2's 'received' line.\n"
+        "  push forward: n1's 'pushed' log line (its upload, a multipart form, is stored; the\n"
+        "  push to n2 starts) to n2's 'received' line (verified, committed), both the nodes'\n"
+        "  own timestamps.\n"
+        "  whole push: starting `treedrive push FILE` against n1 (its raw upload streamed on\n"
+        "  to n2 while it arrives) to n2's 'received' line.\n"
         "  fsync copy: sendfile -> loopback socket -> recv_into 1 MiB -> write, fsync at the\n"
         "  end, between two plain processes; median of --ceiling-runs. MB = 10^6 B."
     )
