@@ -61,7 +61,7 @@ def load_or_create(data_dir: Path) -> NodeKey:
     key = NodeKey.generate()
     if not _create(path, pem(key)):
         return load(path)  # another process made it meanwhile: that one is the node's key
-    log.info("made the node's key %s (%s)", key.fingerprint, path)
+    log.debug("made the node's key %s (%s)", key.fingerprint, path)  # a start says 3 lines
     return key
 
 
