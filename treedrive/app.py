@@ -93,7 +93,12 @@ def make_private(data_dir: Path) -> list[Path]:
 def build_node(config: NodeConfig, plugins: Plugins | None = None) -> Node:
     """A node with its store (schema upgraded), plugins and TCP transport, not yet started."""
     store = Store(config.data_dir)
-    store.upgrade()
+    try:
+        store.upgrade()
+        store.node_key()  # made or read now: a key file that cannot be used stops the start
+    except BaseException:
+        store.close()
+        raise
     if plugins is None:
         plugins = Plugins(make_plugin_manager())
     bootstrap = frozenset((a.host, a.port) for a in config.bootstrap)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from treedrive.core.config import NodeConfig, default_data_root
+from treedrive.core.errors import StorageError
 from treedrive.logs import log_to_file
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def start_failure(exc: BaseException) -> str | None:
         if exc.errno == errno.EADDRNOTAVAIL:
             return f"{exc}: check {'--host' if exc.what == 'P2P' else '--http-host'}"
         return f"{exc}: choose another with {option}"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError | StorageError):  # a key file that cannot be used, say
         return f"cannot start the node: {exc}"
     return None
 
@@ -65,7 +66,7 @@ async def run_node(config: NodeConfig, with_shell: bool) -> None:
             node = await stack.enter_async_context(
                 running_node(config, on_locked=lambda: log_to_file(config.data_dir))
             )
-        except (AlreadyRunning, OSError, RuntimeError) as exc:
+        except (AlreadyRunning, OSError, RuntimeError, StorageError) as exc:
             said = start_failure(exc)
             if said is None:
                 raise

@@ -180,6 +180,7 @@ def test_dashboard_live_against_real_nodes(
     big = big_file(tmp_path / "big.bin", BIG_MIB)
     alone = node_process("B", "--download-limit", "0").start()
     big_id = Api(alone).push(big)["file_id"]
+    b_key = Api(alone).call("GET", "/api/status")["fingerprint"]
     assert alone.stop() == 0
 
     a = node_process("A", "--download-limit", "0").start()
@@ -203,12 +204,17 @@ def test_dashboard_live_against_real_nodes(
     assert "token" not in page.url  # traded for a cookie and dropped from the address bar
     expect(page.locator("#conn")).to_have_text("live", timeout=10 * MS)
     expect(page.locator("#peer-id")).to_have_text("A")
+    # The node's key, as its status says it (peers pin A's peer id to it).
+    a_key = api_a.call("GET", "/api/status")["fingerprint"]
+    expect(page.locator("#fingerprint")).to_have_text(f"key {a_key}")
+    assert a_key != b_key
     expect(page.locator("#banner")).to_be_hidden()
     expect(page.locator("#no-peers")).to_be_visible()
 
     # B joins through A: its row appears without a reload, and so does the file B holds.
     b = node_process("B", "--bootstrap", a.address, "--download-limit", "0").start()
     api_b = Api(b)
+    assert api_b.call("GET", "/api/status")["fingerprint"] == b_key  # kept across the restart
     expect(page.locator('tr[data-peer="B"]')).to_be_visible(timeout=15 * MS)
     expect(page.locator("#no-peers")).to_be_hidden()
     big_row = page.locator(f'tr[data-file="{big_id}"]')

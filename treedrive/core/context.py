@@ -1,6 +1,6 @@
-"""What the parts of a node share: its identity and address, the store and the unit of work
-whose events reach plugins after the commit, the network's outbox, the plugins, background tasks,
-rate-limited log lines and the owner's activity log.
+"""What the parts of a node share: its identity (peer id and key) and address, the store and
+the unit of work whose events reach plugins after the commit, the network's outbox, the plugins,
+background tasks, rate-limited log lines and the owner's activity log.
 
 The node (:mod:`treedrive.core.node`) builds one :class:`NodeContext` and hands it to each part
 (membership, catalogue, sharing, fetching); the parts never reach for the node itself. Hooks
@@ -23,6 +23,7 @@ from treedrive.core.bounded import Throttle
 from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileDeleted, FileStored, Notice
+from treedrive.core.identity import NodeKey
 from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, Message
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
@@ -47,6 +48,8 @@ class NodeContext:
         self.plugins = plugins
         self.network = network
         self.peer_id = config.peer_id or ""
+        self.key: NodeKey = store.node_key()
+        """The node's key pair (its identity between TreeDrive nodes), kept in its data dir."""
         self.host = config.host
         self.port = config.port
         self.features = EXTENSION_FEATURES if config.extension else frozenset()

@@ -49,6 +49,19 @@ class PeerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerKey:
+    """The key pinned to a peer id (trust on first use: :mod:`treedrive.core.pins`)."""
+
+    peer_id: str
+    public_key: bytes
+    """The raw 32-byte Ed25519 public key."""
+    first_seen: float
+    """When it was pinned."""
+    last_seen: float
+    """When it last signed a message this node accepted."""
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """One file of the catalogue with what this node knows about its copies."""
 

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Protocol
 
 from treedrive.core.events import Event
+from treedrive.core.identity import NodeKey
 from treedrive.core.model import (
     CatalogEntry,
     DownloadState,
     FileMeta,
     PeerInfo,
+    PeerKey,
     Timestamp,
     TransferRecord,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "GrowingFile",
     "IdentityRepository",
     "InboundHandler",
+    "KeyRepository",
     "Network",
     "PartialFile",
     "PeerRepository",
@@ -313,6 +316,27 @@ class DownloadRepository(Protocol):
     def remove(self, file_id: str) -> None: ...
 
 
+class KeyRepository(Protocol):
+    """The keys pinned to peer ids: trust on first use (:mod:`treedrive.core.pins` decides)."""
+
+    def get(self, peer_id: str) -> PeerKey | None: ...
+
+    def pin(self, peer_id: str, public_key: bytes, now: float) -> bool:
+        """Pin ``peer_id`` to ``public_key`` unless it is pinned already; whether it is now
+        pinned to that key (False: to another, which stays until :meth:`forget`)."""
+        ...
+
+    def touch(self, peer_id: str, now: float) -> None:
+        """The pinned key signed again at ``now``."""
+        ...
+
+    def forget(self, peer_id: str) -> bool:
+        """Drop the pin (the next signed message pins anew); whether there was one."""
+        ...
+
+    def all(self) -> list[PeerKey]: ...
+
+
 class ReadOnlyUnitOfWork(Protocol):
     """One consistent snapshot of the database (``Store.reading``): it has the repositories
     but can neither commit nor publish events."""
@@ -334,6 +358,9 @@ class ReadOnlyUnitOfWork(Protocol):
 
     @property
     def downloads(self) -> DownloadRepository: ...
+
+    @property
+    def keys(self) -> KeyRepository: ...
 
 
 class UnitOfWork(ReadOnlyUnitOfWork, Protocol):
@@ -359,6 +386,11 @@ class Store(Protocol):
 
     @property
     def blobs(self) -> BlobStore: ...
+
+    def node_key(self) -> NodeKey:
+        """The node's own key pair, kept in its data dir (made at the first call). A key that
+        is there but cannot be read is a StorageError: it is never replaced."""
+        ...
 
     def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
         """A transaction that may write: it holds the write lock from its first statement."""

@@ -16,6 +16,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from treedrive.core.errors import StorageError
+from treedrive.core.identity import NodeKey
+from treedrive.store import keys
 from treedrive.store.blobs import BlobStore
 from treedrive.store.uow import ReadOnlyUnitOfWork, UnitOfWork
 
@@ -112,6 +114,14 @@ class Store:
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
         """The same engine (pool, pragmas, listeners) whose transactions begin deferred."""
         self.blobs = BlobStore(data_dir)
+        self._key: NodeKey | None = None
+
+    def node_key(self) -> NodeKey:
+        """The node's key pair, from ``node.key`` (made at the first call if there is none; a
+        file that cannot be used is a :class:`~treedrive.store.keys.KeyFileError`)."""
+        if self._key is None:
+            self._key = keys.load_or_create(self.data_dir)
+        return self._key
 
     # -- schema -----------------------------------------------------------------------------
     def current_revision(self) -> str | None:

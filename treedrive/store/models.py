@@ -59,6 +59,18 @@ class Peer(Base):
     features: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class PinnedKey(Base):
+    """The public key a peer id is pinned to (trust on first use): a later message claiming the
+    peer id with another key is refused until the user forgets the pin."""
+
+    __tablename__ = "peer_keys"
+
+    peer_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
 class FileRecord(Base):
     """A file of the replicated catalogue, local or remote."""
 

@@ -16,6 +16,7 @@ from treedrive.core.events import Event
 from treedrive.core.model import PeerInfo, TransferRecord
 from treedrive.store.downloads import DownloadRepo
 from treedrive.store.files import FileRepo, chunks
+from treedrive.store.keys import KeyRepo
 from treedrive.store.models import (
     Holder,
     Identity,
@@ -255,6 +256,7 @@ class UnitOfWork:
         self.tombstones = TombstoneRepo(self.session)
         self.transfers = TransferRepo(self.session)
         self.downloads = DownloadRepo(self.session)
+        self.keys = KeyRepo(self.session)
         self._events: list[Event] = []
         self.published: list[Event] = []
 

@@ -113,6 +113,13 @@ async def peers(request: web.Request) -> web.Response:
     return web.json_response({"peers": [views.peer_json(p) for p in _node(request).peers()]})
 
 
+async def forget_key(request: web.Request) -> web.Response:
+    """Forget the key pinned to a peer id (the user accepts its new key on purpose)."""
+    peer_id = request.match_info["peer_id"]
+    _node(request).forget_key(peer_id)
+    return web.json_response({"peer_id": peer_id, "forgotten": True})
+
+
 async def transfers(request: web.Request) -> web.Response:
     node = _node(request)
     recent = [
@@ -206,6 +213,7 @@ def make_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
     app.router.add_get("/stats.json", stats)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/peers", peers)
+    app.router.add_delete("/api/peers/{peer_id}/key", forget_key)
     app.router.add_get("/api/files", files)
     app.router.add_post("/api/files", upload)
     app.router.add_get("/api/files/{file_id}", one_file)

@@ -119,26 +119,63 @@ def status_lines(data: dict[str, Any]) -> str:
         f"up {data['uptime']:.0f} s  peers {c['peers']}  files {c['files']} "
         f"({c['local']} local, {c['remote']} remote)  transfers {data['transfers']}"
     )
+    if data.get("fingerprint"):  # a node from before keys says none
+        lines += f"\nkey {printable(data['fingerprint'])}"
     problem = data.get("bootstrap_problem")
     if problem:
         lines += f"\nwarning: {printable(problem)}"
     return lines
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @common
+@click.pass_context
 def peers(
+    ctx: click.Context,
     data_dir: Path | None,
     peer_id: str | None,
     node_url: str | None,
     token: str | None,
     as_json: bool,
 ) -> None:
-    """List the peers the node tracks."""
+    """List the peers the node tracks; forget-key PEER_ID accepts a peer's new key."""
+    ctx.obj = {"data_dir": data_dir, "peer_id": peer_id, "node_url": node_url, "token": token}
+    ctx.obj["as_json"] = as_json
+    if ctx.invoked_subcommand is not None:
+        return None
     data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/peers")
     if as_json:
         return _emit(data)
     click.echo(_peers_table(data["peers"], time.time()) if data["peers"] else "no peers")
+    return None
+
+
+@peers.command("forget-key")
+@click.argument("target", metavar="PEER_ID")
+@common
+@click.pass_obj
+def forget_key(
+    given: dict[str, Any],
+    target: str,
+    data_dir: Path | None,
+    peer_id: str | None,
+    node_url: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Forget the key pinned to PEER_ID, to accept on purpose that it now signs with another
+    (the node refuses its messages until then); the next key it signs with is pinned."""
+    client = _client(
+        data_dir or given["data_dir"],
+        peer_id or given["peer_id"],
+        node_url or given["node_url"],
+        token or given["token"],
+    )
+    data = client.json("DELETE", f"/api/peers/{quote(target, safe='')}/key")
+    if as_json or given["as_json"]:
+        return _emit(data)
+    click.echo(printable(f"forgot the key of peer {target}: the next key it signs with is pinned"))
+    return None
 
 
 def _peers_table(peers: list[dict[str, Any]], now: float) -> str:

@@ -18,6 +18,7 @@ from treedrive.core.events import (
     TransferFinished,
     TransferProgress,
 )
+from treedrive.core.identity import encode_b64
 from treedrive.core.model import CatalogEntry, PeerInfo, Timestamp, TransferState
 from treedrive.core.names import safe_name
 from treedrive.core.node import Node
@@ -131,6 +132,8 @@ def status_json(node: Node) -> dict[str, Any]:
         "started_at": node.started_at,
         "uptime": time.time() - node.started_at,
         "features": sorted(node.features),
+        "fingerprint": node.key.fingerprint,
+        "public_key": encode_b64(node.key.public),
         "counts": counts,
         "transfers": len(node.active_transfers),
         "bootstrap_problem": node.bootstrap_problem,

@@ -63,6 +63,7 @@ function renderStatus() {
   $("#peer-id").textContent = s.peer_id;
   $("#p2p").textContent = `p2p ${s.host}:${s.port}`;
   $("#uptime").textContent = `up ${duration(Date.now() / 1000 - s.started_at)}`;
+  $("#fingerprint").textContent = s.fingerprint ? `key ${s.fingerprint}` : "";
   $("#n-peers").textContent = state.peers.size;
   $("#n-files").textContent = s.counts.files;
   $("#n-local").textContent = s.counts.local;
