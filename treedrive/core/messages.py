@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from treedrive.core.model import FileMeta
+from treedrive.core.model import DeleteSignature, FileMeta
 
 EXTENSION_VERSION: Final = 1
 """The version of the TreeDrive extension this node speaks."""
@@ -88,6 +88,10 @@ class Delete:
     from_peer: str
     file_id: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    signed: DeleteSignature | None = None
+    """The owner's signature (PROTOCOL.md 2.8): needed to delete a sealed file."""
+    signature_error: str | None = None
+    """Why the signature it came with could not be read (it reads as unsigned)."""
 
 
 Message = Gossip | GossipReply | GetFile | FileData | Announce | Delete

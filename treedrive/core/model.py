@@ -13,14 +13,43 @@ MEGABYTE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class Seal:
+    """An owner's signature over a file record (:func:`treedrive.core.identity.record_claim` of
+    its five fields), made by the TreeDrive node that pushed the file (PROTOCOL.md 2.8)."""
+
+    owner_key: bytes
+    """The raw 32-byte Ed25519 public key of the owner."""
+    signature: bytes
+    """The raw 64-byte signature."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSignature:
+    """An owner's signature of its DELETE (:func:`treedrive.core.identity.delete_claim` of the
+    file id, the owner and ``ts``): what a TreeDrive node needs to honour the DELETE of a sealed
+    file (PROTOCOL.md 2.8). Kept with the tombstone, so that relayed DELETEs carry it on."""
+
+    ts: int
+    """When the owner deleted the file (Unix seconds), as signed."""
+    signature: bytes
+    """The raw 64-byte signature."""
+
+
+@dataclass(frozen=True, slots=True)
 class FileMeta:
-    """A file record as the protocol carries it (PROTOCOL.md 1.2)."""
+    """A file record as the protocol carries it (PROTOCOL.md 1.2), and its owner's seal if it
+    came with one (2.8). The seal takes no part in equality or hashing: two records that say
+    the same are equal, sealed or not."""
 
     file_id: str
     file_name: str
     file_size: float
     file_owner: str
     file_timestamp: Timestamp
+    seal: Seal | None = field(default=None, compare=False)
+    seal_error: str | None = field(default=None, compare=False, repr=False)
+    """Why the seal the record came with could not be read (it reads as no seal): a claim
+    with limits, logged by whoever takes the record."""
 
     def wire(self) -> dict[str, object]:
         return {

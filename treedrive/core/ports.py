@@ -23,6 +23,7 @@ from treedrive.core.events import Event
 from treedrive.core.identity import NodeKey
 from treedrive.core.model import (
     CatalogEntry,
+    DeleteSignature,
     DownloadState,
     FileMeta,
     PeerInfo,
@@ -245,10 +246,15 @@ class FileRepository(Protocol):
         *,
         complete: bool = False,
         announced: bool = False,
+        untouched: Collection[str] = (),
     ) -> list[tuple[FileMeta, bool]]:
         """``holder`` says it holds ``metas`` (``complete``: and nothing else it did not
-        announce; ``announced``: in its own ANNOUNCE). Returns the (meta, is_new) that changed
-        something."""
+        announce, nor in ``untouched``; ``announced``: in its own ANNOUNCE). Returns the
+        (meta, is_new) that changed something."""
+        ...
+
+    def known(self, file_ids: Sequence[str]) -> dict[str, CatalogEntry]:
+        """The known records among ``file_ids``, without their holders."""
         ...
 
     def remove_holder(self, file_id: str, peer_id: str) -> None: ...
@@ -275,7 +281,13 @@ class TombstoneRepository(Protocol):
 
     def owner(self, file_id: str) -> str | None: ...
 
-    def add(self, file_id: str, owner: str, now: float) -> None: ...
+    def add(
+        self, file_id: str, owner: str, now: float, signed: DeleteSignature | None = None
+    ) -> None: ...
+
+    def signatures(self, file_ids: Sequence[str]) -> dict[str, DeleteSignature]:
+        """The owner's signature of the DELETE of each of ``file_ids`` that has one."""
+        ...
 
 
 class TransferRepository(Protocol):

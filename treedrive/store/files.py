@@ -4,14 +4,14 @@ read back (claims never override facts: see ``_claim_replaces``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from treedrive.core.fileid import timestamp_suffixes, timestamp_value
-from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, Timestamp
-from treedrive.core.sizes import size_agrees
+from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta, Seal, Timestamp
+from treedrive.core.sizes import record_agrees, size_agrees
 from treedrive.store.models import FileRecord, Holder, Peer
 
 
@@ -42,6 +42,8 @@ def _file_row(meta: FileMeta, now: float) -> dict[str, object]:
         "timestamp_value": timestamp_value(meta.file_timestamp),
         "has_copy": False,
         "added_at": now,
+        "owner_key": None if meta.seal is None else meta.seal.owner_key,
+        "seal": None if meta.seal is None else meta.seal.signature,
     }
 
 
@@ -58,8 +60,8 @@ def _claim_replaces(row: FileRecord, meta: FileMeta) -> bool:
     Claims never override facts: a file this node holds (its bytes verified) is frozen, and a
     remote record keeps the timestamp first seen unless the newer one hashes the same way. So
     no message can make honest holders' bytes fail verification here. The size and the owner
-    stay as first recorded in any case."""
-    if row.has_copy:
+    stay as first recorded in any case. A sealed record never changes."""
+    if row.has_copy or row.seal is not None:
         return False
     if timestamp_value(meta.file_timestamp) <= row.timestamp_value:
         return False
@@ -70,20 +72,37 @@ def _take_claim(row: FileRecord, meta: FileMeta) -> None:
     """Give ``row`` the name and timestamp of ``meta`` when the claim may replace them (see
     :func:`_claim_replaces`). The owner and the size stay as first recorded: only the owner may
     delete, and a record that merely claims a newer timestamp must not hand that right to
-    someone else, nor make honest holders' sizes look like lies."""
-    if _claim_replaces(row, meta):
+    someone else, nor make honest holders' sizes look like lies.
+
+    A sealed ``meta`` over an unsealed ``row`` takes its place whole, seal and all: the caller
+    judged the seal (:func:`treedrive.core.ownership.judge_record`: the same owner, pinned to
+    the sealing key, agreeing with any bytes held here). A sealed row never changes."""
+    if meta.seal is not None and row.seal is None:
+        _take_sealed(row, meta)
+    elif _claim_replaces(row, meta):
         row.file_name = meta.file_name
         row.file_timestamp = ts_text(meta.file_timestamp)
         row.timestamp_value = timestamp_value(meta.file_timestamp)
 
 
+def _take_sealed(row: FileRecord, meta: FileMeta) -> None:
+    assert meta.seal is not None
+    row.file_name, row.file_size, row.file_owner = meta.file_name, meta.file_size, meta.file_owner
+    row.file_timestamp = ts_text(meta.file_timestamp)
+    row.timestamp_value = timestamp_value(meta.file_timestamp)
+    row.owner_key, row.seal = meta.seal.owner_key, meta.seal.signature
+
+
 def _latest_claims(metas: Sequence[FileMeta]) -> dict[str, FileMeta]:
-    """One claim per id, in the order first listed: the first, unless a later one is newer and
-    hashes the same way (the one a record could take)."""
+    """One claim per id, in the order first listed: the first sealed one if any (an owner's
+    word over claims), else the first, unless a later one is newer and hashes the same way (the
+    one a record could take)."""
     latest: dict[str, FileMeta] = {}
     for meta in metas:
         seen = latest.get(meta.file_id)
-        if seen is None or (
+        if seen is not None and seen.seal is not None:
+            continue
+        if seen is None or meta.seal is not None or (
             timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
             and _same_hash(seen.file_timestamp, meta.file_timestamp)
         ):
@@ -92,22 +111,40 @@ def _latest_claims(metas: Sequence[FileMeta]) -> dict[str, FileMeta]:
 
 
 def file_meta(row: FileRecord) -> FileMeta:
+    seal = None
+    if row.owner_key is not None and row.seal is not None:
+        seal = Seal(bytes(row.owner_key), bytes(row.seal))
     return FileMeta(
         file_id=row.file_id,
         file_name=row.file_name,
         file_size=row.file_size,
         file_owner=row.file_owner,
         file_timestamp=ts_load(row.file_timestamp),
+        seal=seal,
     )
 
 
-def catalog_entry(row: FileRecord) -> CatalogEntry:
+def catalog_entry(row: FileRecord, *, holders: bool = True) -> CatalogEntry:
     return CatalogEntry(
         meta=file_meta(row),
         has_copy=row.has_copy,
         size_bytes=row.size_bytes,
-        holders=tuple(sorted(h.peer_id for h in row.holders)),
+        holders=tuple(sorted(h.peer_id for h in row.holders)) if holders else (),
     )
+
+
+def _hash_overlap(a: Timestamp, b: Timestamp) -> bool:
+    """Whether some bytes could verify under both ``a`` and ``b`` (a suffix in common)."""
+    return bool(set(timestamp_suffixes(a)) & set(timestamp_suffixes(b)))
+
+
+def _take_timestamp(row: FileRecord, ts: Timestamp) -> None:
+    row.file_timestamp = ts_text(ts)
+    row.timestamp_value = timestamp_value(ts)
+
+
+def _drop_seal(row: FileRecord) -> None:
+    row.owner_key = row.seal = None
 
 
 class FileRepo:
@@ -120,6 +157,12 @@ class FileRepo:
     def get(self, file_id: str) -> CatalogEntry | None:
         row = self._row(file_id)
         return None if row is None else catalog_entry(row)
+
+    def known(self, file_ids: Sequence[str]) -> dict[str, CatalogEntry]:
+        """The records of those of ``file_ids`` that are known, without their holders (what
+        judging a record needs: :mod:`treedrive.core.ownership`). Batched."""
+        rows = self._records(list(dict.fromkeys(file_ids)))
+        return {file_id: catalog_entry(row, holders=False) for file_id, row in rows.items()}
 
     def entries(
         self, scope: str = "both", *, offset: int = 0, limit: int | None = None
@@ -190,10 +233,12 @@ class FileRepo:
         *,
         complete: bool = False,
         announced: bool = False,
+        untouched: Collection[str] = (),
     ) -> list[tuple[FileMeta, bool]]:
         """``holder`` says it holds ``metas``: record new ids, add the holder (a known record
         changes only as :meth:`merge` says). ``complete``: that is all it holds (a
-        GOSSIP_REPLY), so it stops holding the rest, except what it announced. ``announced``:
+        GOSSIP_REPLY), so it stops holding the rest, except what it announced and the
+        ``untouched`` ids (records of its that were refused: they change nothing). ``announced``:
         it says so in its own ANNOUNCE, so the holding stays while the peer is tracked,
         whatever its replies list (some classic peers list their files under other ids than
         they announced), until it answers "not here" (:meth:`remove_holder`), the file is
@@ -224,7 +269,7 @@ class FileRepo:
         if announced:
             self._mark_announced(holder, [file_id for file_id in latest if file_id in held])
         if complete:
-            self._drop_unlisted(holder, held - set(latest))
+            self._drop_unlisted(holder, held - set(latest) - set(untouched))
         return changed
 
     def _records(self, ids: list[str]) -> dict[str, FileRecord]:
@@ -285,7 +330,12 @@ class FileRepo:
         ``meta.file_timestamp``: a fact, which overrides earlier claims. The record takes that
         timestamp, and the size (``file_size`` becomes ``size`` in MB unless it already agrees
         with it); the name and the owner stay as first recorded. A record already held is
-        frozen: nothing changes."""
+        frozen: nothing changes.
+
+        A sealed record keeps its fields (the owner's timestamp hashes as the verified one)
+        unless the fact contradicts them: then it loses its seal, which signed something
+        false. A sealed ``meta`` over an unsealed record takes its place (see
+        :func:`_take_claim`)."""
         row = self._row(meta.file_id)
         if row is None:
             self.s.add(FileRecord(**_file_row(meta, now)))
@@ -294,10 +344,17 @@ class FileRepo:
             assert row is not None
         elif row.has_copy:
             return
+        elif row.seal is not None:
+            if not _hash_overlap(ts_load(row.file_timestamp), meta.file_timestamp):
+                _drop_seal(row)
+                _take_timestamp(row, meta.file_timestamp)
+        elif meta.seal is not None:
+            _take_sealed(row, meta)
         else:
-            row.file_timestamp = ts_text(meta.file_timestamp)
-            row.timestamp_value = timestamp_value(meta.file_timestamp)
-        if not size_agrees(row.file_size, size):
+            _take_timestamp(row, meta.file_timestamp)
+        if row.seal is not None and record_agrees(row.file_size, size) is False:
+            _drop_seal(row)
+        if row.seal is None and not size_agrees(row.file_size, size):
             row.file_size = size / MEGABYTE
         row.has_copy = True
         row.size_bytes = size

@@ -94,6 +94,11 @@ class FileRecord(Base):
     timestamp_value: Mapped[float] = mapped_column(Float)
     has_copy: Mapped[bool] = mapped_column(Boolean, default=False)
     added_at: Mapped[float] = mapped_column(Float)
+    # The owner's seal (PROTOCOL.md 2.8): its raw public key and its signature of the record's
+    # five fields as stored here; both None for an unsealed record. A sealed record never
+    # changes (a fact that contradicts it drops the seal instead).
+    owner_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    seal: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
     holders: Mapped[list[Holder]] = relationship(
         back_populates="file", cascade="all, delete-orphan", passive_deletes=True
@@ -126,6 +131,10 @@ class Tombstone(Base):
     file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     file_owner: Mapped[str] = mapped_column(Text)
     deleted_at: Mapped[float] = mapped_column(Float)
+    # The owner's signature of its DELETE (PROTOCOL.md 2.8), relayed with it: both None for a
+    # classic DELETE.
+    delete_ts: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    delete_sig: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
 
 class Transfer(Base):

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from treedrive.core.events import Event
-from treedrive.core.model import PeerInfo, TransferRecord
+from treedrive.core.model import DeleteSignature, PeerInfo, TransferRecord
 from treedrive.store.downloads import DownloadRepo
 from treedrive.store.files import FileRepo, chunks
 from treedrive.store.keys import KeyRepo
@@ -181,9 +181,28 @@ class TombstoneRepo:
         row = self.s.get(Tombstone, file_id)
         return None if row is None else row.file_owner
 
-    def add(self, file_id: str, owner: str, now: float) -> None:
+    def add(
+        self, file_id: str, owner: str, now: float, signed: DeleteSignature | None = None
+    ) -> None:
+        """Remember that ``owner`` deleted ``file_id`` (``signed``: with its signature, which
+        relayed DELETEs carry on)."""
         if self.s.get(Tombstone, file_id) is None:
-            self.s.add(Tombstone(file_id=file_id, file_owner=owner, deleted_at=now))
+            row = Tombstone(file_id=file_id, file_owner=owner, deleted_at=now)
+            if signed is not None:
+                row.delete_ts, row.delete_sig = signed.ts, signed.signature
+            self.s.add(row)
+
+    def signatures(self, file_ids: Sequence[str]) -> dict[str, DeleteSignature]:
+        """The owner's signature of the DELETE of each of ``file_ids`` that has one."""
+        out: dict[str, DeleteSignature] = {}
+        for part in chunks(list(file_ids)):
+            q = select(Tombstone.file_id, Tombstone.delete_ts, Tombstone.delete_sig).where(
+                Tombstone.file_id.in_(part), Tombstone.delete_sig.is_not(None)
+            )
+            for file_id, ts, sig in self.s.execute(q):
+                if ts is not None and sig is not None:
+                    out[file_id] = DeleteSignature(int(ts), bytes(sig))
+        return out
 
     def count(self) -> int:
         return int(self.s.scalar(select(func.count()).select_from(Tombstone)) or 0)

@@ -8,7 +8,10 @@ each is written and read under the ``treedrive`` key of a classic message. Pure:
 - the raw header of a FILE_DATA, the answer to a ranged GET_FILE or a raw push
   (:class:`RangeHeader`): :func:`raw_file_data`, :func:`range_header` and :func:`push_header`;
 - a streamed push (its record after its bytes): :func:`stream_push`, :func:`push_trailer` and
-  :func:`is_trailer`.
+  :func:`is_trailer`;
+- the owner's seal on a file record (2.8), wherever a record travels: :func:`seal_keys` and
+  :func:`record_seal`; the owner's signature on a DELETE: :func:`delete_keys` and
+  :func:`delete_signature`.
 
 Each is a claim with a limit (THREATS.md): at most :data:`MAX_FEATURES` features are read, each a
 short name (:data:`FEATURE_NAME`); offsets, lengths and sizes are ints in
@@ -23,10 +26,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from treedrive.core.identity import decode_key, decode_signature, encode_b64
 from treedrive.core.messages import Extension
-from treedrive.core.model import FileMeta
+from treedrive.core.model import DeleteSignature, FileMeta, Seal
 from treedrive.transport import fields
-from treedrive.transport.fields import MAX_DOWNLOAD_ID, MAX_FILE_BYTES, MAX_PEER_ID, WireError
+from treedrive.transport.fields import (
+    MAX_DOWNLOAD_ID,
+    MAX_FILE_BYTES,
+    MAX_PEER_ID,
+    MAX_TIMESTAMP,
+    WireError,
+)
 
 KEY: Final = "treedrive"
 """The top-level key of a classic message that carries the extension."""
@@ -115,6 +125,7 @@ def raw_file_data(meta: FileMeta, header: RangeHeader) -> dict[str, Any]:
     }
     if header.sender is not None:
         ext["from"] = header.sender
+    ext.update(seal_keys(meta))
     return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: ext}
 
 
@@ -135,7 +146,8 @@ def stream_push(header: RangeHeader) -> dict[str, Any]:
 
 def push_trailer(meta: FileMeta) -> dict[str, Any]:
     """The record that ends a streamed push, after its bytes."""
-    return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: {"record": True}}
+    ext = {"record": True, **seal_keys(meta)}
+    return {"type": "FILE_DATA", **meta.wire(), "data": None, KEY: ext}
 
 
 def is_trailer(obj: Mapping[str, Any]) -> bool:
@@ -214,3 +226,63 @@ def push_header(obj: Mapping[str, Any]) -> RangeHeader | None:
     if stream and (header.offset != 0 or header.length != header.size):
         raise WireError("a streamed push sends the whole file: offset 0, length = size")
     return replace(header, sender=_peer(ext), stream=stream)
+
+
+# --------------------------------------------------------------------------------------------
+# Signed records and deletes (PROTOCOL.md 2.8)
+
+OWNER_KEY: Final = "owner_key"
+"""Key of a record's ``treedrive`` object: the owner's public key (base64url, 32 bytes)."""
+SEAL: Final = "seal"
+"""Key of a record's ``treedrive`` object: the owner's signature of the record (64 bytes)."""
+DELETE_TS: Final = "ts"
+DELETE_SIG: Final = "sig"
+
+
+def seal_keys(meta: FileMeta) -> dict[str, str]:
+    """The keys a record's ``treedrive`` object carries for its seal (none if unsealed)."""
+    if meta.seal is None:
+        return {}
+    return {OWNER_KEY: encode_b64(meta.seal.owner_key), SEAL: encode_b64(meta.seal.signature)}
+
+
+def sealed_record(meta: FileMeta) -> dict[str, Any]:
+    """A record as it travels on its own (a GOSSIP_REPLY's ``files`` entry, the keys of an
+    ANNOUNCE or a FILE_DATA): the five classic keys, and its seal in a ``treedrive`` object."""
+    keys = seal_keys(meta)
+    return {**meta.wire(), KEY: keys} if keys else meta.wire()
+
+
+def record_seal(obj: Mapping[str, Any]) -> tuple[Seal | None, str | None]:
+    """The seal ``obj`` (a record) carries, and why it could not be read if it could not (it
+    then reads as no seal). No ``treedrive`` object, or one without seal keys: no seal, no
+    error. Never raises."""
+    ext = obj.get(KEY)
+    if not isinstance(ext, Mapping) or (OWNER_KEY not in ext and SEAL not in ext):
+        return None, None
+    key, signature = decode_key(ext.get(OWNER_KEY)), decode_signature(ext.get(SEAL))
+    if key is None:
+        return None, f"'{KEY}.{OWNER_KEY}' is not a 32-byte key in base64url"
+    if signature is None:
+        return None, f"'{KEY}.{SEAL}' is not a 64-byte signature in base64url"
+    return Seal(key, signature), None
+
+
+def delete_keys(signed: DeleteSignature) -> dict[str, Any]:
+    """The ``treedrive`` object of a signed DELETE."""
+    return {DELETE_TS: signed.ts, DELETE_SIG: encode_b64(signed.signature)}
+
+
+def delete_signature(obj: Mapping[str, Any]) -> tuple[DeleteSignature | None, str | None]:
+    """The owner's signature a DELETE carries, and why it could not be read if it could not
+    (it then reads as unsigned). Never raises."""
+    ext = obj.get(KEY)
+    if not isinstance(ext, Mapping) or (DELETE_TS not in ext and DELETE_SIG not in ext):
+        return None, None
+    ts = ext.get(DELETE_TS)
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP:
+        return None, f"'{KEY}.{DELETE_TS}' must be an int in 0..2**40"
+    signature = decode_signature(ext.get(DELETE_SIG))
+    if signature is None:
+        return None, f"'{KEY}.{DELETE_SIG}' is not a 64-byte signature in base64url"
+    return DeleteSignature(int(ts), signature), None

@@ -230,7 +230,7 @@ async def write_file_data(
 ) -> int:
     """Write a FILE_DATA for ``meta`` with the bytes at ``path`` hex-encoded; returns the size."""
     writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-    writer.write(codec.encode_file_data_head({"type": "FILE_DATA", **meta.wire()}))
+    writer.write(codec.encode_file_data_head(wire.encode(FileData(meta))))
     sent = 0
     with path.open("rb") as f:
         while block := f.read(FILE_CHUNK):

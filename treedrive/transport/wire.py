@@ -175,12 +175,15 @@ def file_meta(obj: Any) -> FileMeta:
     """One file record (PROTOCOL.md 1.2). Raises WireError if it is not usable."""
     if not isinstance(obj, Mapping):
         raise WireError("a file record must be an object")
+    seal, seal_error = extension.record_seal(obj)
     return FileMeta(
         file_id=fields.file_id(obj),
         file_name=fields.file_name(obj.get("file_name")),
         file_size=fields.size(obj.get("file_size")),
         file_owner=fields.ident(obj, "file_owner", MAX_PEER_ID, numbers=True),
         file_timestamp=fields.timestamp(obj.get("file_timestamp")),
+        seal=seal,
+        seal_error=seal_error,
     )
 
 
@@ -242,10 +245,13 @@ def decode(obj: Mapping[str, Any]) -> Message:
             extra=_extra(obj, (*RECORD_KEYS, "from")),
         )
     if kind == "DELETE":
+        signed, signature_error = extension.delete_signature(obj)
         return Delete(
             from_peer=fields.ident(obj, "from", MAX_PEER_ID, numbers=True),
             file_id=fields.file_id(obj),
             extra=_extra(obj, ("from", "file_id")),
+            signed=signed,
+            signature_error=signature_error,
         )
     if isinstance(kind, str):
         raise WireError(f"unknown message type {fields.preview(kind)}")
@@ -270,7 +276,7 @@ def encode(message: Message) -> dict[str, Any]:
             "host": message.host,
             "port": message.port,
             "peerId": message.peer_id,
-            "files": [m.wire() for m in message.files],
+            "files": [extension.sealed_record(m) for m in message.files],
         }
     elif isinstance(message, GetFile):
         out = {"type": "GET_FILE", "file_id": message.file_id}
@@ -278,11 +284,14 @@ def encode(message: Message) -> dict[str, Any]:
         if message.meta is None:
             out = {"type": "FILE_DATA", **dict.fromkeys(RECORD_KEYS)}
         else:
-            out = {"type": "FILE_DATA", **message.meta.wire()}
+            out = {"type": "FILE_DATA", **extension.sealed_record(message.meta)}
     elif isinstance(message, Announce):
-        out = {"type": "ANNOUNCE", "from": message.from_peer, **message.meta.wire()}
+        out = {"type": "ANNOUNCE", "from": message.from_peer}
+        out.update(extension.sealed_record(message.meta))
     else:
         out = {"type": "DELETE", "from": message.from_peer, "file_id": message.file_id}
+        if message.signed is not None:
+            out[extension.KEY] = extension.delete_keys(message.signed)
     for key, value in message.extra.items():
         if key != extension.KEY:  # written from typed values only
             out.setdefault(key, value)
