@@ -4,7 +4,12 @@ that would make this node the owner of a file it never pushed.
 A GOSSIP_REPLY lists what its sender holds (PROTOCOL.md 1.4), an ANNOUNCE adds one holding, a
 DELETE from a file's owner removes the file everywhere (1.6); a peer that still advertises a file
 its owner deleted is told so again (bounded). The user's ``delete`` is here too: the owner's
-DELETE goes to every tracked peer.
+DELETE goes to every tracked peer, signed for TreeDrive peers.
+
+Records sealed by their owners (2.8) are judged by :mod:`treedrive.core.ownership` before they
+are taken: what it refuses changes nothing here. Verifying a seal costs CPU, so seals are
+verified within a budget (:data:`~treedrive.core.ownership.SEAL_CHECKS_PER_SECOND`); a record
+whose seal waits for it is left for the sender's next message.
 """
 
 from __future__ import annotations
@@ -13,18 +18,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from treedrive.core import ownership
 from treedrive.core.activity import file_label
-from treedrive.core.bounded import Bounded, Reused
+from treedrive.core.bounded import Bounded, Reused, TokenBucket
 from treedrive.core.context import NodeContext
 from treedrive.core.errors import NotFound, NotOwner
-from treedrive.core.events import FileAdvertised, FileDeleted, FileStored
+from treedrive.core.events import FileAdvertised, FileDeleted, FileRefused, FileStored
 from treedrive.core.features import plugin_keys
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, GossipReply
-from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
-from treedrive.core.ports import UnitOfWork
-from treedrive.core.replies import MAX_ADDRESSES, Address
+from treedrive.core.model import CatalogEntry, DeleteSignature, FileMeta, PeerInfo
+from treedrive.core.ownership import Ruling, Verdict
+from treedrive.core.ports import ReadOnlyUnitOfWork, UnitOfWork
+from treedrive.core.replies import MAX_ADDRESSES, Address, distinct_addresses
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,20 @@ RELAYS_PER_ADDRESS = 8
 """DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
 RELAYED_KEPT = 10_000
 """(address, file) pairs remembered as told."""
+
+
+@dataclass(slots=True)
+class Judged:
+    """The records of one message as :mod:`~treedrive.core.ownership` judged them."""
+
+    taken: list[FileMeta] = field(default_factory=list)
+    """What to record (as judged: a seal that is not taken is dropped)."""
+    untouched: set[str] = field(default_factory=set)
+    """Ids whose records were refused or wait for the seal budget: they change nothing."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(file id, why) of each refused record."""
+    deferred: int = 0
+    bad_seals: list[str] = field(default_factory=list)
 
 
 class Catalogue:
@@ -48,6 +70,9 @@ class Catalogue:
         """(address, file id) -> when that address was last told the file was deleted."""
         self._relay_windows: Bounded[Address, tuple[float, int]] = Bounded(MAX_ADDRESSES)
         """address -> (start of its current interval, DELETEs relayed to it in it)."""
+        self._seal_checks = TokenBucket(
+            ownership.SEAL_CHECKS_PER_SECOND, ownership.SEAL_CHECKS_BURST
+        )
 
     # -- what this node owns ------------------------------------------------------------------
     def own_files(self) -> frozenset[str]:
@@ -98,10 +123,15 @@ class Catalogue:
             assert peer is not None
             deleted = uow.tombstones.owners([m.file_id for m in files])
             stale = [(m.file_id, deleted[m.file_id]) for m in files if m.file_id in deleted]
+            signed = uow.tombstones.signatures([f for f, _ in stale]) if stale else {}
             live = [m for m in files if m.file_id not in deleted]
-            for meta, is_new in uow.files.advertise(r.peer_id, live, now, complete=True):
+            judged = self.judge(uow, live)
+            for meta, is_new in uow.files.advertise(
+                r.peer_id, judged.taken, now, complete=True, untouched=judged.untouched
+            ):
                 uow.emit(FileAdvertised(meta, r.peer_id, is_new))
             uow.commit()
+        self.report(judged, r.peer_id)
         if r.skipped:
             ctx.log_limited(
                 "malformed-records", logging.WARNING, "%d malformed file records from %r skipped",
@@ -109,7 +139,7 @@ class Catalogue:
             )  # fmt: skip
         plugin_keys(ctx, "GOSSIP_REPLY", r.peer_id, r.extra)
         if stale:
-            self._relay_deletes(peer, stale)
+            self._relay_deletes(peer, stale, signed)
 
     def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
         window = self._relay_windows.get(address)
@@ -117,12 +147,18 @@ class Catalogue:
             window = (now, 0)
         return window
 
-    def _relay_deletes(self, peer: PeerInfo, stale: Sequence[tuple[str, str]]) -> None:
+    def _relay_deletes(
+        self,
+        peer: PeerInfo,
+        stale: Sequence[tuple[str, str]],
+        signed: dict[str, DeleteSignature],
+    ) -> None:
         """A peer still advertises files their owners deleted (it missed the DELETEs): pass the
-        owners' DELETEs on to its address. Bounded: each (address, file) at most once per
-        ``RELAY_DELETE_EVERY``, at most ``RELAYS_PER_MESSAGE`` for one message and
-        ``RELAYS_PER_ADDRESS`` per interval to one address (a stranger names any address, with
-        a fresh peer id each time); one log line (rate-limited) says how many."""
+        owners' DELETEs on to its address (with the owner's signature, if ``signed`` has one,
+        to a TreeDrive peer; a classic peer gets the classic DELETE). Bounded: each (address,
+        file) at most once per ``RELAY_DELETE_EVERY``, at most ``RELAYS_PER_MESSAGE`` for one
+        message and ``RELAYS_PER_ADDRESS`` per interval to one address (a stranger names any
+        address, with a fresh peer id each time); one log line (rate-limited) says how many."""
         ctx = self.ctx
         address = (peer.host, peer.port)
         if peer.peer_id == ctx.peer_id or address == (ctx.host, ctx.port):
@@ -140,7 +176,8 @@ class Catalogue:
             self._relayed.put((address, file_id), now)
             sent += 1
             count += 1
-            ctx.send(*address, Delete(from_peer=owner, file_id=file_id))
+            signature = signed.get(file_id) if peer.is_treedrive else None
+            ctx.send(*address, Delete(from_peer=owner, file_id=file_id, signed=signature))
         self._relay_windows.put(address, (start, count))
         if sent or held_back:
             ctx.log_limited(
@@ -154,15 +191,20 @@ class Catalogue:
         if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
             return
         now = time.time()
+        judged = Judged()
         with ctx.transaction() as uow:
             owner = uow.tombstones.owner(a.meta.file_id)
             peer = uow.peers.get(a.from_peer)
+            signed = uow.tombstones.signatures([a.meta.file_id]) if owner is not None else {}
             if owner is None:
-                for meta, is_new in uow.files.advertise(a.from_peer, [a.meta], now, announced=True):
+                judged = self.judge(uow, [a.meta])
+                taken = judged.taken
+                for meta, is_new in uow.files.advertise(a.from_peer, taken, now, announced=True):
                     uow.emit(FileAdvertised(meta, a.from_peer, is_new))
                 uow.commit()
+        self.report(judged, a.from_peer)
         if owner is not None and peer is not None:
-            self._relay_deletes(peer, [(a.meta.file_id, owner)])
+            self._relay_deletes(peer, [(a.meta.file_id, owner)], signed)
 
     def on_delete(self, d: Delete) -> None:
         ctx = self.ctx
@@ -189,16 +231,34 @@ class Catalogue:
                     d.file_id[:12], d.from_peer, entry.meta.file_owner,
                 )  # fmt: skip
                 return
-            self._forget(uow, entry)
-            uow.commit()
+            pinned = uow.keys.pinned([d.from_peer]).get(d.from_peer)
+            why = ownership.judge_delete(d.file_id, d.signed, entry.meta, pinned)
+            if why is None:
+                self._forget(uow, entry, d.signed)
+                uow.commit()
+        if why is not None:
+            self._refused_delete(d, why)
+            return
         self._drop_bytes(d.file_id)
         ctx.activity.deleted(entry.meta, by=d.from_peer)
 
     # -- changes ------------------------------------------------------------------------------
-    def _forget(self, uow: UnitOfWork, entry: CatalogEntry) -> None:
+    def _refused_delete(self, d: Delete, why: str) -> None:
+        ctx = self.ctx
+        if d.signature_error is not None:
+            why = f"{why} (its signature was malformed: {d.signature_error})"
+        ctx.log_limited(
+            "delete-unsigned", logging.WARNING, "DELETE of %s from %r refused: %s",
+            d.file_id[:12], d.from_peer[:64], why,
+        )  # fmt: skip
+        ctx.notify(FileRefused(d.file_id, d.from_peer, f"DELETE refused: {why}"))
+
+    def _forget(
+        self, uow: UnitOfWork, entry: CatalogEntry, signed: DeleteSignature | None = None
+    ) -> None:
         uow.files.remove(entry.meta.file_id)
         uow.downloads.remove(entry.meta.file_id)
-        uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time())
+        uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time(), signed)
         uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
 
     def _drop_bytes(self, file_id: str) -> None:
@@ -219,11 +279,28 @@ class Catalogue:
                     f"{file_label(entry.meta)} belongs to {entry.meta.file_owner!r}; "
                     "only its owner can delete it"
                 )
-            self._forget(uow, entry)
+            signed = ownership.sign_delete(ctx.key, file_id, ctx.peer_id, int(time.time()))
+            self._forget(uow, entry, signed)
             uow.commit()
         self._drop_bytes(file_id)
-        ctx.send_to_all(Delete(from_peer=ctx.peer_id, file_id=file_id))
+        self._send_delete(Delete(from_peer=ctx.peer_id, file_id=file_id, signed=signed))
         ctx.activity.deleted(entry.meta)
+
+    def _send_delete(self, signed: Delete) -> None:
+        """The owner's DELETE to every tracked peer: signed to TreeDrive peers, in its classic
+        form (unchanged) to classic peers."""
+        ctx = self.ctx
+        peers = ctx.peers()
+        own = ctx.own_address()
+        treedrive = distinct_addresses([(p.host, p.port) for p in peers if p.is_treedrive], own)
+        classic = distinct_addresses(
+            [(p.host, p.port) for p in peers if not p.is_treedrive], own | frozenset(treedrive)
+        )
+        plain = Delete(from_peer=signed.from_peer, file_id=signed.file_id)
+        for address in treedrive:
+            ctx.send(*address, signed)
+        for address in classic:
+            ctx.send(*address, plain)
 
     def stored(self, meta: FileMeta, size: int, how: str) -> None:
         """Record a blob just committed as held here, and announce it. If the record cannot be
@@ -233,11 +310,13 @@ class Catalogue:
             with ctx.transaction() as uow:
                 uow.files.mark_local(meta, size, time.time())
                 uow.emit(FileStored(meta, size, how))
+                held = uow.files.get(meta.file_id)
                 uow.commit()
         except Exception:
             self.drop_unrecorded_blob(meta.file_id)
             raise
-        ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=meta))
+        # The record as held (its owner's seal with it, if it has one).
+        ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=held.meta if held else meta))
 
     def drop_unrecorded_blob(self, file_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -245,3 +324,74 @@ class Catalogue:
             if entry is not None and entry.has_copy:
                 return  # recorded earlier (a ranged download records its own commit)
         self.ctx.store.blobs.delete(file_id)
+
+    # -- judging records (PROTOCOL.md 2.8) ----------------------------------------------------
+    def judge(self, uow: ReadOnlyUnitOfWork, metas: Sequence[FileMeta]) -> Judged:
+        """What of ``metas`` (the records of one message) to take, as
+        :func:`~treedrive.core.ownership.judge_record` decides against the stored records and
+        the pinned keys; seals are verified within the budget."""
+        judged = Judged()
+        if not metas:
+            return judged
+        known = uow.files.known([m.file_id for m in metas])
+        owners = {m.file_owner for m in metas if m.seal is not None}
+        owners.update(e.meta.file_owner for e in known.values() if e.meta.seal is not None)
+        pins = uow.keys.pinned(owners) if owners else {}
+        now = time.monotonic()
+        for meta in metas:
+            if meta.seal_error is not None:
+                judged.bad_seals.append(meta.seal_error)
+            entry = known.get(meta.file_id)
+            checked = ownership.needs_check(meta, entry)
+            if checked and not self._seal_checks.take(now):
+                judged.deferred += 1
+                judged.untouched.add(meta.file_id)
+                continue
+            ruling = ownership.judge_record(
+                meta, entry, pins, checked and ownership.seal_verifies(meta)
+            )
+            self._take(judged, meta, ruling)
+        return judged
+
+    @staticmethod
+    def _take(judged: Judged, meta: FileMeta, ruling: Ruling) -> None:
+        if ruling.verdict is Verdict.REFUSED or ruling.record is None:
+            judged.untouched.add(meta.file_id)
+            judged.refused.append((meta.file_id, ruling.reason or "refused"))
+        else:
+            judged.taken.append(ruling.record)
+
+    def judge_pushed(self, meta: FileMeta, sender: str) -> tuple[FileMeta | None, str]:
+        """The record to keep of a file pushed to this node (as judged), or None and why it is
+        refused (reported as the refused records of a message are)."""
+        with self.ctx.store.reading() as uow:
+            judged = self.judge(uow, [meta])
+        self.report(judged, sender)
+        if judged.taken:
+            return judged.taken[0], ""
+        return None, judged.refused[0][1] if judged.refused else "its seal cannot be checked now"
+
+    def report(self, judged: Judged, sender: str) -> None:
+        """One log line (rate-limited) for each kind of trouble in one message's records, and
+        one notice for the refused ones."""
+        ctx = self.ctx
+        who = sender[:64]
+        if judged.refused:
+            file_id, why = judged.refused[0]
+            ctx.log_limited(
+                "record-refused", logging.WARNING, "%d records from %r refused, e.g. %s",
+                len(judged.refused), who, why,
+            )  # fmt: skip
+            ctx.notify(FileRefused(file_id, sender, why))
+        if judged.bad_seals:
+            ctx.log_limited(
+                "bad-seal", logging.WARNING,
+                "%d records from %r came with a malformed seal (read as unsealed): %s",
+                len(judged.bad_seals), who, judged.bad_seals[0],
+            )  # fmt: skip
+        if judged.deferred:
+            ctx.log_limited(
+                "seal-budget", logging.INFO,
+                "%d sealed records from %r left for later: too many seals to check at once",
+                judged.deferred, who,
+            )  # fmt: skip

@@ -138,7 +138,9 @@ def judge_record(
         return Ruling(Verdict.SAME, known.meta)
     pinned = pins.get(record.file_owner)
     if seal_ is not None and not verified:
-        return _refused(record, f"its seal does not verify under key {fingerprint(seal_.owner_key)}")
+        return _refused(
+            record, f"its seal does not verify under key {fingerprint(seal_.owner_key)}"
+        )
     if seal_ is not None and pinned is not None and pinned != seal_.owner_key:
         return _refused(
             record,
@@ -171,7 +173,9 @@ def judge_record(
 def differences(a: FileMeta, b: FileMeta) -> str:
     """Which of the signed fields of ``a`` and ``b`` differ, as they travel ("" if none)."""
     names = ("file_id", "file_name", "file_size", "file_owner", "file_timestamp")
-    return ", ".join(f"other {n[5:]}" for n in names if _wire(getattr(a, n)) != _wire(getattr(b, n)))
+    return ", ".join(
+        f"other {n[5:]}" for n in names if _wire(getattr(a, n)) != _wire(getattr(b, n))
+    )
 
 
 def judge_delete(
@@ -187,7 +191,9 @@ def judge_delete(
         return None
     key = pinned or known.seal.owner_key
     if signed is None:
-        return f"the file is sealed by its owner (key {fingerprint(key)}) and the DELETE is unsigned"
+        return (
+            f"the file is sealed by its owner (key {fingerprint(key)}) and the DELETE is unsigned"
+        )
     payload = identity.delete_claim(file_id, known.file_owner, signed.ts)
     if not identity.verify(key, signed.signature, payload):
         return f"its signature does not verify under the owner's key {fingerprint(key)}"
@@ -221,4 +227,6 @@ def _agrees_with_bytes(record: FileMeta, known: CatalogEntry) -> bool:
     before = set(timestamp_suffixes(known.meta.file_timestamp))
     if not before or not before <= set(timestamp_suffixes(record.file_timestamp)):
         return False
-    return known.size_bytes is None or record_agrees(record.file_size, known.size_bytes) is not False
+    return (
+        known.size_bytes is None or record_agrees(record.file_size, known.size_bytes) is not False
+    )

@@ -333,6 +333,10 @@ class KeyRepository(Protocol):
 
     def get(self, peer_id: str) -> PeerKey | None: ...
 
+    def pinned(self, peer_ids: Collection[str]) -> dict[str, bytes]:
+        """The key pinned to each of ``peer_ids`` that has one. Batched."""
+        ...
+
     def pin(self, peer_id: str, public_key: bytes, now: float) -> bool:
         """Pin ``peer_id`` to ``public_key`` unless it is pinned already; whether it is now
         pinned to that key (False: to another, which stays until :meth:`forget`)."""

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from treedrive.core import forwarding
+from treedrive.core import forwarding, ownership
 from treedrive.core.activity import file_label, peer_label
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
@@ -21,6 +21,7 @@ from treedrive.core.forwarding import Forward
 from treedrive.core.messages import RAW_PUSH, Announce, FileData
 from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
 from treedrive.core.ports import FileSink, PartialFile, Progress
+from treedrive.core.text import label
 from treedrive.core.transfers import TransferHandle, Transfers
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,16 @@ class Sharing:
                 return Pushed(existing, existing=True)
         ts = int(time.time())
         file_id = writer.content_id(ts)
-        meta = FileMeta(
-            file_id=file_id,
-            file_name=name,
-            file_size=writer.size / MEGABYTE,
-            file_owner=ctx.peer_id,
-            file_timestamp=ts,
+        # Sealed by this node's key, over the name as every node reads it (PROTOCOL.md 2.8).
+        meta = ownership.seal(
+            ctx.key,
+            FileMeta(
+                file_id=file_id,
+                file_name=label(name),
+                file_size=writer.size / MEGABYTE,
+                file_owner=ctx.peer_id,
+                file_timestamp=ts,
+            ),
         )
         held = ctx.file(file_id)
         if held is not None and held.has_copy:
@@ -182,6 +187,10 @@ class Sharing:
         if isinstance(progress, TransferHandle) and progress.state.peer_id not in (None, source):
             sender = peer_label(progress.state.peer_id, source)
         reason = self._unwelcome(meta)
+        if reason is None:
+            judged, reason = self.catalogue.judge_pushed(meta, sender)
+            meta = judged or meta
+            reason = reason or None
         if reason is not None:
             sink.abort()
             ctx.log_limited(

@@ -17,6 +17,19 @@ import re
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+LABEL_CHARS = 4096
+"""Characters of a label (a file name) kept from the wire."""
+UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters (C0, DEL, C1) and lone surrogates: never printed, never stored."""
+
+
+def label(value: str) -> str:
+    """A name as every node reads it from the wire (PROTOCOL.md 1.2): control characters and
+    lone surrogates replaced by U+FFFD, cut to :data:`LABEL_CHARS` characters. An owner seals
+    this form of its file's name, so that others rebuild what it signed."""
+    return UNSHOWABLE.sub("\ufffd", value[:LABEL_CHARS])
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -102,9 +102,13 @@ def _latest_claims(metas: Sequence[FileMeta]) -> dict[str, FileMeta]:
         seen = latest.get(meta.file_id)
         if seen is not None and seen.seal is not None:
             continue
-        if seen is None or meta.seal is not None or (
-            timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
-            and _same_hash(seen.file_timestamp, meta.file_timestamp)
+        if (
+            seen is None
+            or meta.seal is not None
+            or (
+                timestamp_value(meta.file_timestamp) > timestamp_value(seen.file_timestamp)
+                and _same_hash(seen.file_timestamp, meta.file_timestamp)
+            )
         ):
             latest[meta.file_id] = meta
     return latest

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -169,6 +170,18 @@ class KeyRepo:
     def get(self, peer_id: str) -> PeerKey | None:
         row = self.s.get(PinnedKey, peer_id)
         return None if row is None else _peer_key(row)
+
+    def pinned(self, peer_ids: Collection[str]) -> dict[str, bytes]:
+        """The key pinned to each of ``peer_ids`` that has one (the owners of the records of
+        one message: batched, a few statements for thousands)."""
+        ids = list(dict.fromkeys(peer_ids))
+        out: dict[str, bytes] = {}
+        for i in range(0, len(ids), 500):
+            q = select(PinnedKey.peer_id, PinnedKey.public_key).where(
+                PinnedKey.peer_id.in_(ids[i : i + 500])
+            )
+            out.update({peer_id: bytes(key) for peer_id, key in self.s.execute(q)})
+        return out
 
     def pin(self, peer_id: str, public_key: bytes, now: float) -> bool:
         """Pin ``peer_id`` to ``public_key`` unless it is pinned already. Whether it is now

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from treedrive.core.fileid import is_file_id
 from treedrive.core.model import Timestamp
+from treedrive.core.text import LABEL_CHARS, UNSHOWABLE, label
 
 MAX_PEER_ID: Final = 256
 """Characters of a ``peerId``, ``from`` or ``file_owner``."""
@@ -20,7 +21,7 @@ MAX_GOSSIP_ID: Final = 128
 """Characters of a gossip ``id`` (a UUID4 is 36)."""
 MAX_DOWNLOAD_ID: Final = 64
 """Characters of a ranged request's ``download`` (a run id)."""
-MAX_FILE_NAME: Final = 4096
+MAX_FILE_NAME: Final = LABEL_CHARS
 """Characters kept of a ``file_name``."""
 MAX_ID_DIGITS: Final = 32
 """Digits of an int accepted as an identifier (read as its text)."""
@@ -42,8 +43,6 @@ MAX_GOSSIP_BYTES: Final = 16 * 1024
 """A whole GOSSIP, as :func:`codec.encode_message` writes it when forwarding."""
 
 
-_UNSHOWABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-"""Control characters (C0, DEL, C1) and lone surrogates: never printed, never stored."""
 _HOST: Final = re.compile(r"[A-Za-z0-9._:%-]+")
 """Host names (letters, digits, ``-``, ``_``, ``.``), IPv4 and IPv6 literals (``:``, ``%zone``)."""
 _PORT_TEXT: Final = re.compile("[0-9]{1,5}")
@@ -71,7 +70,7 @@ def preview(value: Any) -> str:
 
 def showable(text: str) -> bool:
     """True if ``text`` has no control character (C0, DEL, C1) and no lone surrogate."""
-    return _UNSHOWABLE.search(text) is None
+    return UNSHOWABLE.search(text) is None
 
 
 def ident(obj: Mapping[str, Any], key: str, limit: int, *, numbers: bool = False) -> str:
@@ -129,7 +128,7 @@ def file_name(value: Any) -> str:
     """The name as a label: unshowable characters replaced, cut to MAX_FILE_NAME chars."""
     if not isinstance(value, str):
         raise WireError(f"'file_name' must be a string, got {preview(value)}")
-    return _UNSHOWABLE.sub("\ufffd", value[:MAX_FILE_NAME])
+    return label(value)
 
 
 def in_range(number: float, top: float) -> bool:
