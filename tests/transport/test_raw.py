@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import wait_for
 from treedrive.core.events import Event, FileRefused, Notice
 from treedrive.core.hookspecs import hookimpl
+from treedrive.core.identity import encode_b64
 from treedrive.core.model import MEGABYTE
 from treedrive.core.node import Node
 
@@ -207,7 +208,11 @@ async def test_raw_get_whole_file_header_then_exact_bytes(
     assert header["file_name"] == "src.bin"
     assert header["file_owner"] == "holder"
     assert header["data"] is None
-    assert header["treedrive"] == {"raw": True, "offset": 0, "length": SIZE, "size": SIZE}
+    ext = dict(header["treedrive"])
+    # The owner's seal rides beside the range (PROTOCOL.md 2.8): the holder's own key here.
+    assert ext.pop("owner_key") == encode_b64(node.ctx.key.public)
+    assert isinstance(ext.pop("seal"), str)
+    assert ext == {"raw": True, "offset": 0, "length": SIZE, "size": SIZE}
     assert body == data
 
 
@@ -510,7 +515,11 @@ async def test_raw_push_only_to_peers_that_take_it(
         assert header["file_id"] == meta.file_id
         if extension:
             assert header["data"] is None
-            assert header["treedrive"] == {
+            ext = header["treedrive"]
+            # The owner's seal (PROTOCOL.md 2.8) rides beside the range.
+            assert ext.pop("owner_key") == encode_b64(node.ctx.key.public)
+            assert isinstance(ext.pop("seal"), str)
+            assert ext == {
                 "raw": True,
                 "offset": 0,
                 "length": len(data),

@@ -21,6 +21,7 @@ from tests.transport.test_raw import Events, Recorder, listing, record, recorder
 from treedrive.core.events import FileRefused
 from treedrive.core.model import TransferRecord
 from treedrive.core.node import Node
+from treedrive.transport.extension import seal_keys
 
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["recorder"]  # the fixture, used here
@@ -197,7 +198,9 @@ async def test_a_push_goes_to_a_peer_that_takes_streams_record_last(
     assert last is not None
     assert last["file_id"] == meta.file_id
     assert (last["file_name"], last["file_owner"]) == ("a.bin", "td")
-    assert last["treedrive"] == {"record": True}
+    # The owner's seal (PROTOCOL.md 2.8) beside the record's mark.
+    assert last["treedrive"] == {"record": True, **seal_keys(meta)}
+    assert meta.seal is not None and meta.seal.owner_key == node.ctx.key.public
     out = await wait_for(lambda: outgoing(node, "done"))
     assert (out[0].peer_id, out[0].bytes_done) == ("taker", SIZE)
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from treedrive.core import ownership
 from treedrive.core.activity import file_label
@@ -176,7 +176,7 @@ class Catalogue:
             self._relayed.put((address, file_id), now)
             sent += 1
             count += 1
-            signature = signed.get(file_id) if peer.is_treedrive else None
+            signature = signed.get(file_id) if peer.is_treedrive and ctx.features else None
             ctx.send(*address, Delete(from_peer=owner, file_id=file_id, signed=signature))
         self._relay_windows.put(address, (start, count))
         if sent or held_back:
@@ -279,7 +279,9 @@ class Catalogue:
                     f"{file_label(entry.meta)} belongs to {entry.meta.file_owner!r}; "
                     "only its owner can delete it"
                 )
-            signed = ownership.sign_delete(ctx.key, file_id, ctx.peer_id, int(time.time()))
+            signed = None
+            if ctx.config.extension:
+                signed = ownership.sign_delete(ctx.key, file_id, ctx.peer_id, int(time.time()))
             self._forget(uow, entry, signed)
             uow.commit()
         self._drop_bytes(file_id)
@@ -333,6 +335,8 @@ class Catalogue:
         judged = Judged()
         if not metas:
             return judged
+        if not self.ctx.config.extension:  # classic only: seals are unknown keys, ignored
+            metas = [replace(m, seal=None, seal_error=None) for m in metas]
         known = uow.files.known([m.file_id for m in metas])
         owners = {m.file_owner for m in metas if m.seal is not None}
         owners.update(e.meta.file_owner for e in known.values() if e.meta.seal is not None)

@@ -103,17 +103,16 @@ class Sharing:
                 return Pushed(existing, existing=True)
         ts = int(time.time())
         file_id = writer.content_id(ts)
-        # Sealed by this node's key, over the name as every node reads it (PROTOCOL.md 2.8).
-        meta = ownership.seal(
-            ctx.key,
-            FileMeta(
-                file_id=file_id,
-                file_name=label(name),
-                file_size=writer.size / MEGABYTE,
-                file_owner=ctx.peer_id,
-                file_timestamp=ts,
-            ),
+        meta = FileMeta(
+            file_id=file_id,
+            file_name=label(name),
+            file_size=writer.size / MEGABYTE,
+            file_owner=ctx.peer_id,
+            file_timestamp=ts,
         )
+        if ctx.config.extension:
+            # Sealed by this node's key, over the name as every node reads it (PROTOCOL.md 2.8).
+            meta = ownership.seal(ctx.key, meta)
         held = ctx.file(file_id)
         if held is not None and held.has_copy:
             writer.abort()  # the same bytes forced again within the same second: the same id
