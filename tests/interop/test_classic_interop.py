@@ -70,7 +70,15 @@ async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def outside_files(node: Node) -> list[Path]:
     """Files under the node's data dir that are not its own bookkeeping or a blob."""
     root = node.config.data_dir
-    own = {"treedrive.db", "treedrive.db-wal", "treedrive.db-shm", "node.log", "node.json", "lock", "node.key"}
+    own = {
+        "treedrive.db",
+        "treedrive.db-wal",
+        "treedrive.db-shm",
+        "node.log",
+        "node.json",
+        "lock",
+        "node.key",
+    }
     out = []
     for path in root.rglob("*"):
         if path.is_dir():
