@@ -96,7 +96,8 @@ def test_a_seal_by_another_key_than_the_owners_pin_is_refused() -> None:
     assert judge(by_mallory, None, {"alice": ALICE.public}) == (Verdict.REFUSED, None)
     assert judge(SEALED, None, {"alice": ALICE.public}) == (Verdict.SEALED, SEALED)
     ruling = judge_record(by_mallory, None, {"alice": ALICE.public}, True)
-    assert ruling.reason is not None and "pinned" in ruling.reason
+    assert ruling.reason is not None
+    assert "pinned" in ruling.reason
 
 
 @pytest.mark.parametrize(
@@ -115,13 +116,15 @@ def test_records_contradicting_a_sealed_one_are_refused(change: dict[str, object
     assert judge(seal(MALLORY, other), known) == (Verdict.REFUSED, None)  # sealed by a stranger
     assert judge(seal(ALICE, other), known) == (Verdict.REFUSED, None)  # the first seal stays
     ruling = judge_record(other, known, {}, False)
-    assert ruling.reason is not None and "contradicts the owner's signed record" in ruling.reason
+    assert ruling.reason is not None
+    assert "contradicts the owner's signed record" in ruling.reason
 
 
 def test_the_same_record_sealed_by_another_key_is_refused() -> None:
     ruling = judge_record(seal(MALLORY, RECORD), stored(SEALED), {}, True)
     assert ruling.refused
-    assert ruling.reason is not None and "not the owner's" in ruling.reason
+    assert ruling.reason is not None
+    assert "not the owner's" in ruling.reason
 
 
 def test_the_sealed_record_again_or_unsealed_but_the_same_changes_nothing() -> None:
@@ -130,7 +133,8 @@ def test_the_sealed_record_again_or_unsealed_but_the_same_changes_nothing() -> N
     # A classic peer passes the record on without the seal (it drops unknown keys).
     verdict, record = judge(RECORD, known)
     assert verdict is Verdict.SAME
-    assert record is not None and record.seal == SEALED.seal
+    assert record is not None
+    assert record.seal == SEALED.seal
 
 
 def test_the_stored_seal_again_needs_no_check() -> None:
@@ -154,13 +158,15 @@ def test_a_seal_upgrades_a_claim_only_by_the_same_owners_pinned_key() -> None:
     # Not pinned: the seal may be anyone's; the record is taken as a classic claim.
     verdict, record = judge(SEALED, stored(RECORD))
     assert verdict is Verdict.CLASSIC
-    assert record is not None and record.seal is None
+    assert record is not None
+    assert record.seal is None
     # A stranger's key cannot make a classic peer's file its own.
     classic = replace(RECORD, file_owner="bob")
     mine = seal(MALLORY, replace(RECORD, file_owner="mallory"))
     verdict, record = judge(mine, stored(classic), {"mallory": MALLORY.public})
     assert verdict is Verdict.CLASSIC
-    assert record is not None and record.seal is None
+    assert record is not None
+    assert record.seal is None
     # ... nor seal it in bob's name, so that bob's classic DELETE no longer works.
     in_bobs_name = seal(MALLORY, classic)
     verdict, record = judge(in_bobs_name, stored(classic))
@@ -198,7 +204,8 @@ def test_a_delete_of_a_sealed_file_needs_the_owners_signature() -> None:
     assert judge_delete(FID, signed, SEALED, None) is None
     assert judge_delete(FID, signed, SEALED, ALICE.public) is None
     unsigned = judge_delete(FID, None, SEALED, None)
-    assert unsigned is not None and "unsigned" in unsigned
+    assert unsigned is not None
+    assert "unsigned" in unsigned
     by_mallory = sign_delete(MALLORY, FID, "alice", 1_795_700_000)
     assert judge_delete(FID, by_mallory, SEALED, None) is not None
     assert judge_delete(FID, DeleteSignature(1_795_700_000, b"\0" * 64), SEALED, None) is not None

@@ -32,7 +32,9 @@ def test_a_sealed_record_is_read_back_with_its_seal(store: Store) -> None:
         uow.files.advertise("bob", [SEALED], 1.0)
         uow.commit()
     meta = stored(store)
-    assert meta is not None and meta.seal == SEALED.seal and seal_verifies(meta)
+    assert meta is not None
+    assert meta.seal == SEALED.seal
+    assert seal_verifies(meta)
     with store.reading() as uow:
         assert uow.files.known([FID, "00" * 32])[FID].meta.seal == SEALED.seal
         assert uow.files.local_metas() == []
@@ -46,7 +48,9 @@ def test_a_sealed_record_never_changes_and_wins_in_one_message(store: Store) -> 
         uow.files.advertise("carol", [later], 2.0)  # a newer timestamp that hashes the same
         uow.commit()
     meta = stored(store)
-    assert meta is not None and meta.file_name == "a.txt" and seal_verifies(meta)
+    assert meta is not None
+    assert meta.file_name == "a.txt"
+    assert seal_verifies(meta)
 
 
 def test_a_judged_seal_takes_the_place_of_an_unsealed_record(store: Store) -> None:
@@ -55,7 +59,9 @@ def test_a_judged_seal_takes_the_place_of_an_unsealed_record(store: Store) -> No
         uow.files.advertise("alice", [SEALED], 2.0)
         uow.commit()
     meta = stored(store)
-    assert meta is not None and meta.file_name == "a.txt" and seal_verifies(meta)
+    assert meta is not None
+    assert meta.file_name == "a.txt"
+    assert seal_verifies(meta)
 
 
 def test_verified_bytes_keep_the_seal_that_agrees_with_them(store: Store) -> None:
@@ -65,7 +71,9 @@ def test_verified_bytes_keep_the_seal_that_agrees_with_them(store: Store) -> Non
         uow.files.mark_local(replace(META, file_timestamp=1_795_617_115.0), 4096, 2.0)
         uow.commit()
     meta = stored(store)
-    assert meta is not None and meta.file_timestamp == 1_795_617_115 and seal_verifies(meta)
+    assert meta is not None
+    assert meta.file_timestamp == 1_795_617_115
+    assert seal_verifies(meta)
 
 
 def test_a_seal_that_verified_bytes_contradict_is_dropped(store: Store) -> None:
@@ -74,7 +82,9 @@ def test_a_seal_that_verified_bytes_contradict_is_dropped(store: Store) -> None:
         uow.files.mark_local(SEALED, 10 * MEGABYTE, 2.0)  # not the size it signed
         uow.commit()
     meta = stored(store)
-    assert meta is not None and meta.seal is None and meta.file_size == 10.0
+    assert meta is not None
+    assert meta.seal is None
+    assert meta.file_size == 10.0
 
 
 def test_a_push_of_a_sealed_file_is_kept_with_its_seal(store: Store) -> None:
@@ -82,7 +92,8 @@ def test_a_push_of_a_sealed_file_is_kept_with_its_seal(store: Store) -> None:
         uow.files.mark_local(SEALED, 4096, 1.0)
         uow.commit()
     meta = stored(store)
-    assert meta is not None and seal_verifies(meta)
+    assert meta is not None
+    assert seal_verifies(meta)
 
 
 def test_a_refused_record_leaves_its_senders_holdings_as_they_were(store: Store) -> None:
@@ -97,7 +108,8 @@ def test_a_refused_record_leaves_its_senders_holdings_as_they_were(store: Store)
         assert uow.files.get(FID) is not None
     with store.reading() as uow:
         entry = uow.files.get(FID)
-        assert entry is not None and entry.holders == ("bob",)
+        assert entry is not None
+        assert entry.holders == ("bob",)
 
 
 def test_tombstones_keep_the_owners_signature(store: Store) -> None:
@@ -135,10 +147,12 @@ def test_the_migration_adds_the_seal_columns_to_an_older_store(tmp_path: Path) -
         assert store.current_revision() == store.head_revision()
         with store.reading() as uow:
             entry = uow.files.get(FID)
-            assert entry is not None and entry.meta.seal is None  # kept, unsealed
+            assert entry is not None
+            assert entry.meta.seal is None
             assert uow.tombstones.signatures(["04" * 32]) == {}
         command.downgrade(alembic_config(store.engine), "0006")
         columns = {c["name"] for c in inspect(store.engine).get_columns("files")}
-        assert "seal" not in columns and "owner_key" not in columns
+        assert "seal" not in columns
+        assert "owner_key" not in columns
     finally:
         store.close()

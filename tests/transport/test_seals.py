@@ -54,12 +54,14 @@ def test_announce_and_classic_file_data_carry_the_seal() -> None:
     announce = round_trip(wire.encode(Announce("bob", SEALED)))
     assert announce["treedrive"] == SEAL
     got = wire.decode(announce)
-    assert isinstance(got, Announce) and seal_verifies(got.meta)
+    assert isinstance(got, Announce)
+    assert seal_verifies(got.meta)
     head = wire.encode(FileData(SEALED))
     assert head["treedrive"] == SEAL
     data = round_trip({**head, "data": "00"})
     got_data = wire.decode(data)
-    assert isinstance(got_data, FileData) and got_data.meta is not None
+    assert isinstance(got_data, FileData)
+    assert got_data.meta is not None
     assert seal_verifies(got_data.meta)
     assert "treedrive" not in wire.encode(FileData(META))
 
@@ -70,7 +72,9 @@ def test_raw_headers_and_the_streamed_record_carry_the_seal_beside_their_keys() 
         "raw": True, "offset": 0, "length": 10, "size": 10, "from": "alice", **SEAL,
     }  # fmt: skip
     got = wire.decode(round_trip(header))
-    assert isinstance(got, FileData) and got.meta is not None and seal_verifies(got.meta)
+    assert isinstance(got, FileData)
+    assert got.meta is not None
+    assert seal_verifies(got.meta)
     trailer = push_trailer(SEALED)
     assert trailer["treedrive"] == {"record": True, **SEAL}
     assert seal_verifies(wire.trailer_record(round_trip(trailer)))
@@ -96,13 +100,16 @@ def test_a_malformed_seal_reads_as_none_with_a_reason(ext: dict[str, Any], error
     meta = wire.file_meta(record)
     assert meta == META
     assert meta.seal is None
-    assert meta.seal_error is not None and error in meta.seal_error
+    assert meta.seal_error is not None
+    assert error in meta.seal_error
     # The same in a reply: the record is kept (unsealed), the rest of the message too.
     reply = wire.decode(
         {"type": "GOSSIP_REPLY", "host": "h", "port": 1, "peerId": "b", "files": [record]}
     )
-    assert isinstance(reply, GossipReply) and reply.skipped == 0
-    assert reply.files[0].seal is None and reply.files[0].seal_error is not None
+    assert isinstance(reply, GossipReply)
+    assert reply.skipped == 0
+    assert reply.files[0].seal is None
+    assert reply.files[0].seal_error is not None
 
 
 @pytest.mark.parametrize("ext", [None, "x", 7, [], {}, {"record": True}, {"other": 1}])
@@ -121,7 +128,9 @@ def test_a_signed_delete_and_its_classic_form() -> None:
         "treedrive": {"ts": 1_795_700_000, "sig": encode_b64(signed.signature)},
     }
     back = wire.decode(out)
-    assert isinstance(back, Delete) and back.signed == signed and back.signature_error is None
+    assert isinstance(back, Delete)
+    assert back.signed == signed
+    assert back.signature_error is None
     assert wire.encode(Delete("alice", FID)) == {"type": "DELETE", "from": "alice", "file_id": FID}
 
 
@@ -140,7 +149,8 @@ def test_a_signed_delete_and_its_classic_form() -> None:
 def test_a_malformed_delete_signature_reads_as_unsigned(ext: dict[str, Any]) -> None:
     back = wire.decode({"type": "DELETE", "from": "alice", "file_id": FID, "treedrive": ext})
     assert isinstance(back, Delete)
-    assert back.signed is None and back.signature_error is not None
+    assert back.signed is None
+    assert back.signature_error is not None
 
 
 def test_a_bad_record_is_still_refused_whatever_its_seal() -> None:
@@ -155,7 +165,9 @@ def test_a_classic_peer_ignores_the_seal(tmp_path: Any) -> None:
     announce = round_trip(wire.encode(Announce("alice", SEALED)))
     peer._handle(None, announce)  # type: ignore[arg-type]
     entry = peer.entry(FID)
-    assert entry is not None and entry.record == META.wire() and entry.holders == {"alice"}
+    assert entry is not None
+    assert entry.record == META.wire()
+    assert entry.holders == {"alice"}
     signed = sign_delete(KEY, FID, "alice", 1)
     peer._handle(None, round_trip(wire.encode(Delete("alice", FID, signed=signed))))  # type: ignore[arg-type]
     assert peer.entry(FID) is None
