@@ -200,7 +200,8 @@ async def test_a_push_goes_to_a_peer_that_takes_streams_record_last(
     assert (last["file_name"], last["file_owner"]) == ("a.bin", "td")
     # The owner's seal (PROTOCOL.md 2.8) beside the record's mark.
     assert last["treedrive"] == {"record": True, **seal_keys(meta)}
-    assert meta.seal is not None and meta.seal.owner_key == node.ctx.key.public
+    assert meta.seal is not None
+    assert meta.seal.owner_key == node.ctx.key.public
     out = await wait_for(lambda: outgoing(node, "done"))
     assert (out[0].peer_id, out[0].bytes_done) == ("taker", SIZE)
 
