@@ -83,8 +83,11 @@ async def test_a_forged_delete_in_the_owners_name_never_reaches_the_owner(
     start_node: Starter, tmp_path: Path
 ) -> None:
     """A stranger tells B that A deleted A's file. B cannot check that (it forgets its record),
-    but it must not pass the DELETE on to A, and A must not believe a DELETE in its own name."""
-    a: Node = await start_node("A")
+    but it must not pass the DELETE on to A, and A must not believe a DELETE in its own name.
+
+    A speaks only the classic protocol here: a TreeDrive owner's file is sealed, and B refuses
+    a DELETE of it that A did not sign (tests/e2e/test_signed_ownership.py)."""
+    a: Node = await start_node("A", extension=False)
     b: Node = await start_node("B", bootstrap=(address(a),), download_limit=0)
     file_id = await push_bytes(a, tmp_path, os.urandom(5000), "precious.bin")
     await wait_for(lambda: (e := b.file(file_id)) is not None and "A" in e.holders)
