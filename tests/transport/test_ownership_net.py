@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from treedrive.core.events import FileRefused
 from treedrive.core.identity import NodeKey, decode_signature, delete_claim, encode_b64, verify
 from treedrive.core.model import FileMeta
 from treedrive.core.node import Node
-from treedrive.core.ownership import seal, sign_delete
+from treedrive.core.ownership import SEAL_CHECKS_BURST, seal, sign_delete
 from treedrive.transport import codec, wire
 from treedrive.transport.extension import sealed_record
 
@@ -224,3 +225,28 @@ def test_the_stranger_messages_above_are_valid_wire() -> None:
         {"type": "DELETE", "from": "alice", "file_id": meta.file_id},
     ):
         wire.decode(json.loads(codec.encode_message(message)))
+
+
+async def test_seals_are_verified_within_a_budget_the_rest_wait(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stranger's reply with more sealed records than the budget: the node verifies at most
+    ``SEAL_CHECKS_BURST`` at once and leaves the rest for a later message (one info line)."""
+    caplog.set_level("INFO")
+    node: Node = await start_node("solo", download_limit=0)
+    count = 2 * int(SEAL_CHECKS_BURST)
+    records = [
+        sealed_record(seal(MALLORY, FileMeta(f"{i:064x}", f"f{i}", 0.1, "mallory", 1_795_000_000)))
+        for i in range(count)
+    ]
+    reply = {
+        "type": "GOSSIP_REPLY", "host": "127.0.0.1", "port": 9, "peerId": "mallory",
+        "files": records, **FEATURES,
+    }  # fmt: skip
+    started = time.monotonic()
+    await asyncio.to_thread(post, node, reply)
+    await wait_for(lambda: any("left for later" in r.getMessage() for r in caplog.records))
+    with node.store.reading() as uow:
+        stored = uow.files.count()
+    assert int(SEAL_CHECKS_BURST) - 100 <= stored < count
+    assert time.monotonic() - started < 10

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from treedrive.core import ownership
 from treedrive.core.activity import file_label
@@ -30,7 +30,7 @@ from treedrive.core.features import plugin_keys
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, GossipReply
 from treedrive.core.model import CatalogEntry, DeleteSignature, FileMeta, PeerInfo
-from treedrive.core.ownership import Ruling, Verdict
+from treedrive.core.ownership import Judged
 from treedrive.core.ports import ReadOnlyUnitOfWork, UnitOfWork
 from treedrive.core.replies import MAX_ADDRESSES, Address, distinct_addresses
 
@@ -43,20 +43,6 @@ RELAYS_PER_ADDRESS = 8
 """DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
 RELAYED_KEPT = 10_000
 """(address, file) pairs remembered as told."""
-
-
-@dataclass(slots=True)
-class Judged:
-    """The records of one message as :mod:`~treedrive.core.ownership` judged them."""
-
-    taken: list[FileMeta] = field(default_factory=list)
-    """What to record (as judged: a seal that is not taken is dropped)."""
-    untouched: set[str] = field(default_factory=set)
-    """Ids whose records were refused or wait for the seal budget: they change nothing."""
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    """(file id, why) of each refused record."""
-    deferred: int = 0
-    bad_seals: list[str] = field(default_factory=list)
 
 
 class Catalogue:
@@ -348,22 +334,11 @@ class Catalogue:
             entry = known.get(meta.file_id)
             checked = ownership.needs_check(meta, entry)
             if checked and not self._seal_checks.take(now):
-                judged.deferred += 1
-                judged.untouched.add(meta.file_id)
+                judged.defer(meta)
                 continue
-            ruling = ownership.judge_record(
-                meta, entry, pins, checked and ownership.seal_verifies(meta)
-            )
-            self._take(judged, meta, ruling)
+            verified = checked and ownership.seal_verifies(meta)
+            judged.add(meta, ownership.judge_record(meta, entry, pins, verified))
         return judged
-
-    @staticmethod
-    def _take(judged: Judged, meta: FileMeta, ruling: Ruling) -> None:
-        if ruling.verdict is Verdict.REFUSED or ruling.record is None:
-            judged.untouched.add(meta.file_id)
-            judged.refused.append((meta.file_id, ruling.reason or "refused"))
-        else:
-            judged.taken.append(ruling.record)
 
     def judge_pushed(self, meta: FileMeta, sender: str) -> tuple[FileMeta | None, str]:
         """The record to keep of a file pushed to this node (as judged), or None and why it is

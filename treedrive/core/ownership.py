@@ -40,7 +40,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from treedrive.core import identity
 from treedrive.core.fileid import timestamp_suffixes
@@ -77,6 +77,35 @@ class Ruling:
     @property
     def refused(self) -> bool:
         return self.verdict is Verdict.REFUSED
+
+
+@dataclass(slots=True)
+class Judged:
+    """The records of one message as :mod:`~treedrive.core.ownership` judged them."""
+
+    taken: list[FileMeta] = field(default_factory=list)
+    """What to record (as judged: a seal that is not taken is dropped)."""
+    untouched: set[str] = field(default_factory=set)
+    """Ids whose records were refused or wait for the seal budget: they change nothing."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(file id, why) of each refused record."""
+    deferred: int = 0
+    """Records whose seals wait for the budget (left for the sender's next message)."""
+    bad_seals: list[str] = field(default_factory=list)
+    """Why each malformed seal could not be read."""
+
+    def add(self, meta: FileMeta, ruling: Ruling) -> None:
+        """Add the ruling on ``meta``."""
+        if ruling.record is None:
+            self.untouched.add(meta.file_id)
+            self.refused.append((meta.file_id, ruling.reason or "refused"))
+        else:
+            self.taken.append(ruling.record)
+
+    def defer(self, meta: FileMeta) -> None:
+        """``meta``'s seal waits for the budget: it changes nothing now."""
+        self.deferred += 1
+        self.untouched.add(meta.file_id)
 
 
 def claim(meta: FileMeta) -> bytes:

@@ -186,11 +186,10 @@ class Sharing:
         if isinstance(progress, TransferHandle) and progress.state.peer_id not in (None, source):
             sender = peer_label(progress.state.peer_id, source)
         reason = self._unwelcome(meta)
-        if reason is None:
-            judged, reason = self.catalogue.judge_pushed(meta, sender)
-            meta = judged or meta
-            reason = reason or None
-        if reason is not None:
+        if reason is None:  # welcome: is its record one to keep (PROTOCOL.md 2.8)?
+            taken, reason = self.catalogue.judge_pushed(meta, sender)
+            meta = taken or meta
+        if reason:
             sink.abort()
             ctx.log_limited(
                 "push-refused", logging.INFO, "pushed file %s from %s not stored: %s",
