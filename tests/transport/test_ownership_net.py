@@ -9,7 +9,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import address, wait_for, watch
-from tests.transport.test_raw import Recorder, send
+from tests.transport.test_raw import Recorder, recorder, send
 from treedrive.core.events import FileRefused
 from treedrive.core.identity import NodeKey, decode_signature, delete_claim, encode_b64, verify
 from treedrive.core.model import FileMeta
@@ -30,20 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 Starter = Callable[..., Any]
 FEATURES = {"treedrive": {"version": 1, "features": ["raw-push", "raw-range", "stream-push"]}}
 MALLORY = NodeKey.generate()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Callable[[], Recorder]]:
-    made: list[Recorder] = []
-
-    def make() -> Recorder:
-        r = Recorder()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
+__all__ = ["recorder"]  # the fixture, used here
 
 
 def post(node: Node, message: dict[str, Any]) -> None:
