@@ -237,3 +237,26 @@ async def test_seals_are_verified_within_a_budget_the_rest_wait(
         stored = uow.files.count()
     assert int(SEAL_CHECKS_BURST) - 100 <= stored < count
     assert time.monotonic() - started < 10
+
+
+async def test_a_record_sealed_against_the_owners_pinned_key_is_refused(
+    start_node: Starter,
+) -> None:
+    node: Node = await start_node("solo", download_limit=0)
+    alice = NodeKey.generate()
+    with node.store.unit_of_work() as uow:  # as a signed GOSSIP from alice would have (2.7)
+        assert uow.keys.pin("alice", alice.public, 1.0)
+        uow.commit()
+    events = watch(node)
+    forged = seal(MALLORY, FileMeta("0c" * 32, "a.txt", 0.1, "alice", 1_795_000_000))
+    real = seal(alice, FileMeta("0b" * 32, "b.txt", 0.1, "alice", 1_795_000_000))
+    for meta in (forged, real):
+        message = {"type": "ANNOUNCE", "from": "carol", **sealed_record(meta)}
+        await asyncio.to_thread(post, node, message)
+    entry = await wait_for(lambda: node.file(real.file_id))
+    assert entry.meta.seal == real.seal
+    await wait_for(lambda: [e for e in events.seen if isinstance(e, FileRefused)])
+    assert node.file(forged.file_id) is None
+    [refused] = [e for e in events.seen if isinstance(e, FileRefused)]
+    assert refused.file_id == forged.file_id
+    assert "pinned" in refused.reason
