@@ -26,6 +26,9 @@ The limits (module constants below):
 - The TreeDrive extension's ``treedrive`` key is read and written by :mod:`extension` (its
   values typed there, once): a GOSSIP's or GOSSIP_REPLY's capabilities become the message's
   ``extension`` (None: a classic peer), and are written from it. The key is never in ``extra``.
+  A record's ``treedrive`` object carries its owner's seal (``FileMeta.seal``; a malformed one
+  reads as none, its reason in ``FileMeta.seal_error``), a DELETE's the owner's signature
+  (``Delete.signed``): PROTOCOL.md 2.8.
 
 A bad message raises :class:`WireError` (the transport drops it with one log line). Unknown keys
 are kept in ``extra`` (plugins read them), the extension's key aside.
