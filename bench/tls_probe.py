@@ -12,13 +12,19 @@ connection on each side (as ranged gets do). Modes:
 - ``tls``: both ends shake hands with ``secure.connect`` / ``secure.accept`` (the receiver dials,
   as a node fetching does); the sender ``preadv``s ``--buffers`` KiB of the file and ``sendall``s
   it on the SSLSocket; the receiver ``recv_into``s until its buffer of the same size is full,
-  then ``pwrite``s it.
+  then ``pwrite``s it;
+- ``bio``: the same handshake, then ``transport/tlsstream.py``: OpenSSL encrypts and decrypts
+  in memory (``wrap_bio``) and the socket is read 1 MiB at a time (an ``SSLSocket`` makes two
+  ``read`` syscalls per 16 KiB record); the sender reads and encrypts ``--buffers`` KiB at a time.
 
 Each (mode, buffer, conns) case runs ``--repeat`` times, cases interleaved, each run with a fresh
 sender process (started before the clock starts). It prints medians: wall seconds from the first
 connect to the last byte written, MB/s (10^6), the ratio to ``plain`` with the same ``--conns``,
 and CPU seconds per GiB of the receiver and of the sender (``getrusage``: user + system, all
-threads); then the TLS 1.3 suite negotiated. The received file is compared with the payload
+threads), and the CPU seconds the rest of the machine used meanwhile (``/proc/stat``: other
+people's work on a shared machine); then the TLS 1.3 suite negotiated. ``--wait-quiet S`` waits
+(up to S seconds) before each run for a second in which the machine used under ``--quiet-cpu``
+CPU seconds. The received file is compared with the payload
 (sha256, outside the clock) after every run.
 
 ``--suite`` restricts the sender's TLS 1.3 suites (it is the TLS server, so its list decides)
@@ -26,6 +32,7 @@ through an OpenSSL configuration file (``OPENSSL_CONF``): Python 3.11 has no per
 choose TLS 1.3 suites.
 
     python bench/tls_probe.py                                # 1 GiB, every mode, 3 runs each
+    python bench/tls_probe.py --conns 1,2 --repeat 5 --wait-quiet 60
     python bench/tls_probe.py --size 256 --modes tls --buffers 1024 --conns 1,2 --repeat 5
     python bench/tls_probe.py --suite TLS_AES_128_GCM_SHA256 --modes tls
 
@@ -50,9 +57,10 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from transfer import system_busy, wait_for_quiet  # bench/transfer.py, beside this script
 
 from treedrive.store import splicing
-from treedrive.transport import secure
+from treedrive.transport import secure, tlsstream
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -94,6 +102,15 @@ def send_one(
     peer: bytes,
     out: dict[str, str],
 ) -> None:
+    if node is not None and mode == "bio":
+        stream = tlsstream.accept(node, conn, expected_key=peer)
+        out["suite"] = str(stream.tls.cipher())
+        head = bytearray(HEADER.size)
+        stream.recv_exactly(head)
+        offset, length = HEADER.unpack(head)
+        stream.send_file(fd, offset, length, piece=buf)
+        stream.close()
+        return
     if node is not None:
         tls, _ = secure.accept(node, conn, expected_key=peer)
         out["suite"] = str(tls.cipher())
@@ -116,7 +133,7 @@ def send_one(
 def serve(mode: str, buf: int, conns: int, path: str) -> None:
     seeds = json.loads(sys.stdin.readline())
     node = None
-    if mode == "tls":
+    if mode in ("tls", "bio"):
         node = secure.NodeTLS.from_private_key(
             Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seeds["server"]))
         )
@@ -150,6 +167,9 @@ def receive_one(
     length: int,
     buf: int,
 ) -> None:
+    if node is not None and mode == "bio":
+        receive_stream(tlsstream.connect(node, sock, server_key), fd, offset, length, buf)
+        return
     if node is not None:
         sock = secure.connect(node, sock, server_key)
     sock.sendall(HEADER.pack(offset, length))
@@ -179,6 +199,20 @@ def receive_one(
     sock.close()
 
 
+def receive_stream(
+    stream: tlsstream.SecureStream, fd: int, offset: int, length: int, buf: int
+) -> None:
+    stream.sendall(HEADER.pack(offset, length))
+    view = memoryview(bytearray(buf))
+    end = offset + length
+    while offset < end:
+        want = min(buf, end - offset)
+        stream.recv_exactly(view[:want])
+        splicing.write_at(fd, offset, view[:want])
+        offset += want
+    stream.close()
+
+
 def run(
     args: argparse.Namespace,
     mode: str,
@@ -189,7 +223,7 @@ def run(
     env: dict[str, str],
 ) -> dict[str, float | str]:
     client, server = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    node = secure.NodeTLS.from_private_key(client) if mode == "tls" else None
+    node = secure.NodeTLS.from_private_key(client) if mode in ("tls", "bio") else None
     sender = subprocess.Popen(
         [sys.executable, __file__, "--serve", mode, str(buf), str(conns), str(src)],
         stdin=subprocess.PIPE,
@@ -210,7 +244,9 @@ def run(
         fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(fd, args.size)
         part = args.size // conns
-        cpu0, t0 = cpu(), time.monotonic()
+        if args.wait_quiet and not wait_for_quiet([], args.wait_quiet, args.quiet_cpu):
+            print(f"(machine not quiet after {args.wait_quiet} s: measuring anyway)", flush=True)
+        cpu0, t0, busy0 = cpu(), time.monotonic(), system_busy()
         threads = []
         for i in range(conns):
             length = part if i < conns - 1 else args.size - part * i
@@ -223,9 +259,10 @@ def run(
             threads.append(t)
         for t in threads:
             t.join()
-        seconds, rcpu = time.monotonic() - t0, cpu() - cpu0
+        seconds, rcpu, busy = time.monotonic() - t0, cpu() - cpu0, system_busy() - busy0
         os.close(fd)
         report = json.loads(sender.stdout.readline())
+        others = max(0.0, busy - rcpu - report["cpu"])
         sender.wait(timeout=30)
     finally:
         if sender.poll() is None:
@@ -240,6 +277,7 @@ def run(
         "mbs": args.size / seconds / 1e6,
         "rcpu": rcpu / gib,
         "scpu": report["cpu"] / gib,
+        "others": others,
         "suite": report.get("suite", "-"),
     }
 
@@ -262,12 +300,14 @@ def make_payload(path: Path, size: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=1024, help="MiB (default 1024)")
-    p.add_argument("--modes", default="plain,splice,tls")
-    p.add_argument("--buffers", default="256,1024,4096", help="KiB, for tls (plain: 1024)")
+    p.add_argument("--modes", default="plain,splice,tls,bio")
+    p.add_argument("--buffers", default="256,1024,4096", help="KiB, for tls and bio (plain: 1024)")
     p.add_argument("--conns", default="1,2,4", help="parallel connections")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--suite", default="", help="TLS 1.3 suite(s) the sender allows")
     p.add_argument("--tmp-dir", default=None)
+    p.add_argument("--wait-quiet", type=float, default=0.0, help="s to wait for a quiet second")
+    p.add_argument("--quiet-cpu", type=float, default=0.2, help="CPU s others may use in it")
     args = p.parse_args()
     args.size *= MIB
     env = dict(os.environ)
@@ -280,10 +320,10 @@ def main() -> None:
         make_payload(src, args.size)
         args.digest = sha256(src)  # also puts the payload in the page cache
         cases = [
-            (m, b * 1024 if m == "tls" else MIB, c)
+            (m, b * 1024 if m in ("tls", "bio") else MIB, c)
             for c in map(int, args.conns.split(","))
             for m in args.modes.split(",")
-            for b in (map(int, args.buffers.split(",")) if m == "tls" else [1024])
+            for b in (map(int, args.buffers.split(",")) if m in ("tls", "bio") else [1024])
         ]
         results: dict[tuple[str, int, int], list[dict[str, float | str]]] = {}
         for _ in range(args.repeat):
@@ -299,23 +339,24 @@ def print_table(
 ) -> None:
     print(
         f"{args.size // MIB} MiB over 127.0.0.1, medians of {args.repeat} runs "
-        f"(cpu: user+sys seconds per GiB)"
+        f"(cpu: user+sys s per GiB; others: CPU s the rest of the machine used during the run)"
     )
     print(
         f"{'mode':8} {'buf KiB':>7} {'conns':>5} {'s':>6} {'MB/s':>7} {'x plain':>7} "
-        f"{'recv cpu':>8} {'send cpu':>8}  runs MB/s"
+        f"{'recv cpu':>8} {'send cpu':>8} {'others':>6}  runs MB/s"
     )
     for mode, buf, conns in cases:
         rows = results[(mode, buf, conns)]
         med = {
-            k: statistics.median(float(r[k]) for r in rows) for k in ("s", "mbs", "rcpu", "scpu")
+            k: statistics.median(float(r[k]) for r in rows)
+            for k in ("s", "mbs", "rcpu", "scpu", "others")
         }
         base = results.get(("plain", MIB, conns))
         ratio = (med["mbs"] / statistics.median(float(r["mbs"]) for r in base)) if base else 0.0
         runs = " ".join(f"{float(r['mbs']):.0f}" for r in rows)
         print(
             f"{mode:8} {buf // 1024:>7} {conns:>5} {med['s']:>6.2f} {med['mbs']:>7.0f} "
-            f"{ratio:>7.2f} {med['rcpu']:>8.2f} {med['scpu']:>8.2f}  {runs}"
+            f"{ratio:>7.2f} {med['rcpu']:>8.2f} {med['scpu']:>8.2f} {med['others']:>6.2f}  {runs}"
         )
     suites = {str(r["suite"]) for rows in results.values() for r in rows} - {"-"}
     print("TLS 1.3 suite negotiated:", ", ".join(sorted(suites)) or "-")

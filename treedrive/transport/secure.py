@@ -144,6 +144,8 @@ def _context(purpose: int, private_key: Ed25519PrivateKey) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED  # both sides: a certificate, checked by CertificateVerify
     _, issuer = _open_issuer()
     ctx.load_verify_locations(cadata=issuer.public_bytes(serialization.Encoding.DER))
+    if purpose == ssl.PROTOCOL_TLS_SERVER:
+        ctx.num_tickets = 0  # TLS 1.3 sends tickets even with OP_NO_TICKET; none are resumed
     _load_chain(ctx, private_key)
     return ctx
 
