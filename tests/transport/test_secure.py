@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import socket
 import ssl
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from tests.transport.tls_helpers import forwarder, hung_up, pair, read_all
 from treedrive.transport import secure
 from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
 
@@ -53,36 +52,10 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield p
 
 
-def pair() -> tuple[socket.socket, socket.socket]:
-    """(client, server): a connected loopback TCP pair."""
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        client = socket.create_connection(srv.getsockname())
-        server, _ = srv.accept()
-    return client, server
-
-
 def serve(
     pool: ThreadPoolExecutor, node: NodeTLS, sock: socket.socket, expected: bytes | None = None
 ) -> Future[tuple[ssl.SSLSocket, bytes]]:
     return pool.submit(secure.accept, node, sock, expected, 5.0)
-
-
-def hung_up(sock: socket.socket) -> bool:
-    """The peer closed (or reset, or sent a TLS alert) without sending a byte."""
-    try:
-        return sock.recv(1) == b""
-    except (ssl.SSLError, ConnectionError):
-        return True
-
-
-def read_all(sock: socket.socket | ssl.SSLSocket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 def test_right_keys_shake_hands_and_learn_each_other(
@@ -194,35 +167,6 @@ def test_a_certificate_cannot_be_presented_without_its_private_key(bob: NodeTLS)
     victim, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     with pytest.raises(ssl.SSLError, match="mismatch"):
         client_context((secure.node_certificate(victim), stranger))
-
-
-def relay_pipe(src: socket.socket, dst: socket.socket, record: bytearray) -> None:
-    with contextlib.suppress(OSError):  # an end that hangs up with unread bytes resets
-        while chunk := src.recv(65536):
-            record += chunk
-            dst.sendall(chunk)
-        dst.shutdown(socket.SHUT_WR)
-
-
-def forwarder(target: socket.socket) -> tuple[socket.socket, bytearray, Callable[[], None]]:
-    """A relay that forwards raw bytes both ways and records them: returns the client's end, the
-    record, and a function that waits for both directions to end and closes the relay's sockets."""
-    client, relay_in = pair()
-    record = bytearray()
-    threads = [
-        threading.Thread(target=relay_pipe, args=(relay_in, target, record), daemon=True),
-        threading.Thread(target=relay_pipe, args=(target, relay_in, record), daemon=True),
-    ]
-    for t in threads:
-        t.start()
-
-    def finish() -> None:
-        for t in threads:
-            t.join(timeout=10)
-        relay_in.close()
-        target.close()
-
-    return client, record, finish
 
 
 @pytest.mark.parametrize("encrypted", [True, False])
