@@ -7,7 +7,7 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,32 +24,6 @@ from treedrive.transport import secure
 from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
 
 PAYLOAD = os.urandom(256 * 1024) + b"treedrive-secret-marker" + os.urandom(256 * 1024)
-
-
-def make_node() -> tuple[Ed25519PrivateKey, NodeTLS]:
-    key = Ed25519PrivateKey.generate()
-    return key, NodeTLS.from_private_key(key)
-
-
-@pytest.fixture(scope="module")
-def alice() -> NodeTLS:
-    return make_node()[1]
-
-
-@pytest.fixture(scope="module")
-def bob() -> NodeTLS:
-    return make_node()[1]
-
-
-@pytest.fixture(scope="module")
-def mallory() -> NodeTLS:
-    return make_node()[1]
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as p:
-        yield p
 
 
 def serve(

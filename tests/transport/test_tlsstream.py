@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.transport.tls_helpers import forwarder, hung_up, pair
 from treedrive.transport import secure, tlsstream
@@ -17,22 +15,6 @@ from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
 from treedrive.transport.tlsstream import SecureStream
 
 SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of any piece or record size
-
-
-@pytest.fixture(scope="module")
-def alice() -> NodeTLS:
-    return NodeTLS.from_private_key(Ed25519PrivateKey.generate())
-
-
-@pytest.fixture(scope="module")
-def bob() -> NodeTLS:
-    return NodeTLS.from_private_key(Ed25519PrivateKey.generate())
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as p:
-        yield p
 
 
 def serve(
@@ -136,9 +118,8 @@ def test_a_cut_without_close_notify_is_an_error(
 
 
 def test_keys_are_checked_on_both_sides(
-    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, mallory: NodeTLS
 ) -> None:
-    mallory = NodeTLS.from_private_key(Ed25519PrivateKey.generate())
     c, s = pair()
     server = serve(pool, mallory, s)
     with pytest.raises(KeyMismatch):
