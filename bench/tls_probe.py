@@ -2,8 +2,9 @@
 
 No node, no protocol: a sender process listens on 127.0.0.1; the receiver (this process) opens
 ``--conns`` connections to it, asks each for one contiguous range of the payload (16 bytes:
-offset, length), and writes what arrives at that offset of a scratch file, one thread per
-connection on each side (as ranged gets do). Modes:
+offset, length), and writes what arrives at that offset of a scratch file (``--sink file``, the
+default; ``--sink null`` drops it, to see the network and TLS alone), one thread per connection
+on each side (as ranged gets do). Modes:
 
 - ``plain``: the sender ``os.sendfile``s; the receiver ``recv_into``s (``MSG_WAITALL``) a 1 MiB
   buffer and ``pwrite``s it (the unencrypted baseline);
@@ -194,7 +195,8 @@ def receive_one(
                 if n == 0:
                     raise ConnectionError("closed early")
                 got += n
-            splicing.write_at(fd, offset, view[:want])
+            if fd >= 0:  # else: --sink null
+                splicing.write_at(fd, offset, view[:want])
             offset += want
     sock.close()
 
@@ -208,7 +210,8 @@ def receive_stream(
     while offset < end:
         want = min(buf, end - offset)
         stream.recv_exactly(view[:want])
-        splicing.write_at(fd, offset, view[:want])
+        if fd >= 0:
+            splicing.write_at(fd, offset, view[:want])
         offset += want
     stream.close()
 
@@ -241,8 +244,10 @@ def run(
         sender.stdin.write(json.dumps(seeds) + "\n")
         sender.stdin.flush()
         port = int(sender.stdout.readline())
-        fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, args.size)
+        fd = -1
+        if args.sink == "file":
+            fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fd, args.size)
         part = args.size // conns
         if args.wait_quiet and not wait_for_quiet([], args.wait_quiet, args.quiet_cpu):
             print(f"(machine not quiet after {args.wait_quiet} s: measuring anyway)", flush=True)
@@ -260,7 +265,8 @@ def run(
         for t in threads:
             t.join()
         seconds, rcpu, busy = time.monotonic() - t0, cpu() - cpu0, system_busy() - busy0
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         report = json.loads(sender.stdout.readline())
         others = max(0.0, busy - rcpu - report["cpu"])
         sender.wait(timeout=30)
@@ -268,9 +274,9 @@ def run(
         if sender.poll() is None:
             sender.kill()
             sender.wait()
-    if sha256(dst) != args.digest:
+    if args.sink == "file" and sha256(dst) != args.digest:
         raise SystemExit(f"{mode}: received bytes differ from the payload")
-    dst.unlink()
+    dst.unlink(missing_ok=True)
     gib = args.size / GIB
     return {
         "s": seconds,
@@ -306,10 +312,18 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--suite", default="", help="TLS 1.3 suite(s) the sender allows")
     p.add_argument("--tmp-dir", default=None)
+    p.add_argument(
+        "--sink",
+        choices=["file", "null"],
+        default="file",
+        help="write what arrives to a file (as a node does), or drop it (network and TLS only)",
+    )
     p.add_argument("--wait-quiet", type=float, default=0.0, help="s to wait for a quiet second")
     p.add_argument("--quiet-cpu", type=float, default=0.2, help="CPU s others may use in it")
     args = p.parse_args()
     args.size *= MIB
+    if args.sink == "null" and "splice" in args.modes.split(","):
+        raise SystemExit("splice needs --sink file")
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(dir=args.tmp_dir, prefix="tls-probe-") as tmp:
         if args.suite:
@@ -328,7 +342,15 @@ def main() -> None:
         results: dict[tuple[str, int, int], list[dict[str, float | str]]] = {}
         for _ in range(args.repeat):
             for case in cases:
-                results.setdefault(case, []).append(run(args, *case, src, dst, env))
+                r = run(args, *case, src, dst, env)
+                results.setdefault(case, []).append(r)
+                mode, buf, conns = case
+                print(
+                    f"  {mode} {buf // 1024} KiB x{conns}: {float(r['mbs']):.0f} MB/s, "
+                    f"others {float(r['others']):.2f} CPU s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print_table(args, cases, results)
 
 

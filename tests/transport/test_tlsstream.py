@@ -137,3 +137,19 @@ def test_stream_handshake_has_a_deadline(alice: NodeTLS) -> None:
     c, s = pair()
     with c, pytest.raises(HandshakeError, match="timed out"):
         tlsstream.accept(alice, s, timeout=0.3)
+
+
+def test_server_takes_the_bytes_already_read(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+) -> None:
+    """A listener that peeked at the first bytes (a ClientHello starts with 0x16) hands them on."""
+    c, s = pair()
+    client = pool.submit(tlsstream.connect, alice, c, bob.public_key, 5.0)
+    first = s.recv(3)
+    assert first[:1] == b"\x16"
+    with tlsstream.accept(bob, s, alice.public_key, 5.0, initial=first) as srv:
+        with client.result(timeout=10) as cli:
+            cli.sendall(b"hi")
+            got = bytearray(2)
+            srv.recv_exactly(got)
+            assert got == b"hi"

@@ -123,9 +123,10 @@ class SecureStream:
 
 
 def _shake(
-    ctx: ssl.SSLContext, sock: socket.socket, server_side: bool, timeout: float
+    ctx: ssl.SSLContext, sock: socket.socket, server_side: bool, timeout: float, initial: bytes
 ) -> SecureStream:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    incoming.write(initial)
     tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side)
     before, deadline = sock.gettimeout(), time.monotonic() + timeout
     raw = bytearray(64 * 1024)
@@ -174,7 +175,7 @@ def connect(
     node: NodeTLS, sock: socket.socket, expected_key: bytes, timeout: float = HANDSHAKE_TIMEOUT
 ) -> SecureStream:
     """Client side: as :func:`treedrive.transport.secure.connect`, returning a stream."""
-    stream = _shake(node.client, sock, False, timeout)
+    stream = _shake(node.client, sock, False, timeout, b"")
     _check(stream, expected_key)
     return stream
 
@@ -184,9 +185,13 @@ def accept(
     sock: socket.socket,
     expected_key: bytes | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
+    initial: bytes = b"",
 ) -> SecureStream:
-    """Server side: as :func:`treedrive.transport.secure.accept`; the key is ``.peer_key``."""
-    stream = _shake(node.server, sock, True, timeout)
+    """Server side: as :func:`treedrive.transport.secure.accept`; the key is ``.peer_key``.
+
+    ``initial``: bytes the caller already read from the socket (say, the first bytes it peeked
+    at to tell a TLS ClientHello, ``0x16``, from a classic JSON message)."""
+    stream = _shake(node.server, sock, True, timeout, initial)
     if expected_key is not None:
         _check(stream, expected_key)
     return stream
