@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -147,9 +148,40 @@ def test_server_takes_the_bytes_already_read(
     client = pool.submit(tlsstream.connect, alice, c, bob.public_key, 5.0)
     first = s.recv(3)
     assert first[:1] == b"\x16"
-    with tlsstream.accept(bob, s, alice.public_key, 5.0, initial=first) as srv:
-        with client.result(timeout=10) as cli:
-            cli.sendall(b"hi")
-            got = bytearray(2)
-            srv.recv_exactly(got)
-            assert got == b"hi"
+    srv = tlsstream.accept(bob, s, alice.public_key, 5.0, initial=first)
+    with srv, client.result(timeout=10) as cli:
+        cli.sendall(b"hi")
+        got = bytearray(2)
+        srv.recv_exactly(got)
+        assert got == b"hi"
+
+
+def test_send_file_some_returns_when_the_socket_is_full(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, tmp_path: Path
+) -> None:
+    """Non-blocking, as the uploader sends: a reader that does not read holds no thread."""
+    data = os.urandom(SIZE)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    c, s = pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # fills long before SIZE
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    server = serve(pool, bob, s, alice.public_key)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    srv = server.result(timeout=10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        c.setblocking(False)
+        first = client.send_file_some(fd, 0, SIZE, 100_000)
+        assert 0 < first < SIZE  # the socket filled up before the end: back to the caller
+        assert client.unsent > 0
+        got = pool.submit(lambda: (buf := bytearray(SIZE), srv.recv_exactly(buf))[0])
+        sent = first
+        while sent < SIZE or client.unsent:
+            select.select([], [c], [], 5.0)
+            sent += client.send_file_some(fd, sent, SIZE - sent, 100_000)
+        assert got.result(timeout=10) == data
+    finally:
+        os.close(fd)
+        client.close()
+        srv.close()

@@ -36,9 +36,15 @@ ephemeral keys.
 
 **Limits.** Only TLS 1.3; no session tickets or resumption (every connection does a full
 handshake and presents certificates); OpenSSL caps the peer's certificate list (100 KiB); the
-handshake has a deadline (``timeout``). The cipher suite is OpenSSL's default choice (AES-256-GCM
-with these contexts); Python 3.11 cannot set TLS 1.3 suites per context (no ``set_ciphersuites``),
-only process-wide through an OpenSSL configuration file (``OPENSSL_CONF``).
+handshake has a deadline (``timeout``). The cipher suite is OpenSSL's default choice
+(TLS_AES_256_GCM_SHA384: the client's first choice, which the server follows); Python 3.11 cannot
+set TLS 1.3 suites per context (``set_ciphers`` is for TLS 1.2 and older, and there is no
+``set_ciphersuites``), only process-wide through an OpenSSL configuration file named by
+``OPENSSL_CONF`` (``Ciphersuites`` under ``system_default``), read when OpenSSL starts.
+
+This module gives TLS sockets (``ssl.SSLSocket``: simple, for small exchanges);
+:mod:`treedrive.transport.tlsstream` gives the same handshake and checks over memory BIOs, with
+far fewer syscalls, for bulk transfers.
 """
 
 from __future__ import annotations
