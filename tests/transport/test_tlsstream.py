@@ -1,0 +1,187 @@
+"""TLS over memory BIOs (transport/tlsstream.py), over real loopback sockets."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.transport.tls_helpers import forwarder, hung_up, pair
+from treedrive.transport import secure, tlsstream
+from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
+from treedrive.transport.tlsstream import SecureStream
+
+SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of any piece or record size
+
+
+def serve(
+    pool: ThreadPoolExecutor, node: NodeTLS, sock: socket.socket, expected: bytes | None = None
+) -> Future[SecureStream]:
+    return pool.submit(tlsstream.accept, node, sock, expected, 5.0)
+
+
+def test_streams_learn_each_others_keys_and_move_bytes(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+) -> None:
+    c, s = pair()
+    server = serve(pool, bob, s, alice.public_key)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    with client, server.result(timeout=10) as srv:
+        assert client.peer_key == bob.public_key
+        assert srv.peer_key == alice.public_key
+        assert client.tls.version() == "TLSv1.3"
+        client.sendall(b"ping")
+        head = bytearray(4)
+        srv.recv_exactly(head)
+        assert head == b"ping"
+        srv.sendall(b"pong!")
+        buf = bytearray(100)
+        assert client.recv_into(buf) == 5  # what is there, without waiting for 100
+        assert buf[:5] == b"pong!"
+
+
+def test_stream_and_sslsocket_speak_the_same_tls(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+) -> None:
+    c, s = pair()
+    server = serve(pool, bob, s, alice.public_key)
+    tls = secure.connect(alice, c, bob.public_key, timeout=5.0)
+    with tls, server.result(timeout=10) as srv:
+        tls.sendall(b"x" * 70000)
+        got = bytearray(70000)
+        srv.recv_exactly(got)
+        assert got == b"x" * 70000
+
+
+def test_send_file_arrives_whole_and_not_in_clear(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, tmp_path: Path
+) -> None:
+    data = os.urandom(SIZE)
+    path = tmp_path / "blob"
+    path.write_bytes(b"head" + data)
+    relay_out, s = pair()
+    c, record, finish = forwarder(relay_out)
+    server = serve(pool, bob, s, alice.public_key)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    srv = server.result(timeout=10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sent = pool.submit(client.send_file, fd, 4, SIZE, 100_000)
+        got = bytearray(SIZE)
+        srv.recv_exactly(got)
+        sent.result(timeout=10)
+    finally:
+        os.close(fd)
+    assert got == data
+    client.close()  # close_notify: the other side reads its end, not an error
+    assert srv.recv_into(bytearray(1)) == 0
+    srv.close()
+    finish()
+    assert len(record) > SIZE
+    assert data[5000:5032] not in record
+    assert data[-32:] not in record
+
+
+def test_send_file_refuses_a_short_file(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, tmp_path: Path
+) -> None:
+    path = tmp_path / "short"
+    path.write_bytes(b"abc")
+    c, s = pair()
+    server = serve(pool, bob, s)
+    with tlsstream.connect(alice, c, bob.public_key, 5.0) as client, server.result(10):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(EOFError):
+                client.send_file(fd, 0, 10)
+        finally:
+            os.close(fd)
+
+
+def test_a_cut_without_close_notify_is_an_error(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+) -> None:
+    """A relay that drops the end of a stream cannot pass it off as the end of the data."""
+    c, s = pair()
+    server = serve(pool, bob, s)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    with server.result(timeout=10) as srv:
+        client.sendall(b"partial")
+        client.sock.close()  # no close_notify
+        buf = bytearray(7)
+        srv.recv_exactly(buf)
+        with pytest.raises(ConnectionError, match="close_notify"):
+            srv.recv_into(bytearray(10))
+
+
+def test_keys_are_checked_on_both_sides(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, mallory: NodeTLS
+) -> None:
+    c, s = pair()
+    server = serve(pool, mallory, s)
+    with pytest.raises(KeyMismatch):
+        tlsstream.connect(alice, c, bob.public_key, 5.0)
+    server.result(timeout=10).close()
+    c, s = pair()
+    server = serve(pool, bob, s, alice.public_key)
+    with tlsstream.connect(mallory, c, bob.public_key, 5.0) as client:
+        with pytest.raises(KeyMismatch):
+            server.result(timeout=10)
+        assert hung_up(client.sock)
+
+
+def test_stream_handshake_has_a_deadline(alice: NodeTLS) -> None:
+    c, s = pair()
+    with c, pytest.raises(HandshakeError, match="timed out"):
+        tlsstream.accept(alice, s, timeout=0.3)
+
+
+def test_server_takes_the_bytes_already_read(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
+) -> None:
+    """A listener that peeked at the first bytes (a ClientHello starts with 0x16) hands them on."""
+    c, s = pair()
+    client = pool.submit(tlsstream.connect, alice, c, bob.public_key, 5.0)
+    first = s.recv(3)
+    assert first[:1] == b"\x16"
+    srv = tlsstream.accept(bob, s, alice.public_key, 5.0, initial=first)
+    with srv, client.result(timeout=10) as cli:
+        cli.sendall(b"hi")
+        got = bytearray(2)
+        srv.recv_exactly(got)
+        assert got == b"hi"
+
+
+def test_send_file_some_returns_when_the_socket_is_full(
+    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, tmp_path: Path
+) -> None:
+    """Non-blocking, as the uploader sends: a reader that does not read holds no thread."""
+    data = os.urandom(SIZE)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    c, s = pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # fills long before SIZE
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    server = serve(pool, bob, s, alice.public_key)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    srv = server.result(timeout=10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        c.setblocking(False)
+        first = client.send_file_some(fd, 0, SIZE, 100_000)
+        assert 0 < first < SIZE  # the socket filled up before the end: back to the caller
+        assert client.unsent > 0
+        got = pool.submit(lambda: (buf := bytearray(SIZE), srv.recv_exactly(buf))[0])
+        sent = first
+        while sent < SIZE or client.unsent:
+            select.select([], [c], [], 5.0)
+            sent += client.send_file_some(fd, sent, SIZE - sent, 100_000)
+        assert got.result(timeout=10) == data
+    finally:
+        os.close(fd)
+        client.close()
+        srv.close()
