@@ -88,3 +88,20 @@ class FileRefused(Notice):
     file_id: str
     peer_id: str | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRefused(Notice):
+    """A GOSSIP or GOSSIP_REPLY that names a peer was refused: its key is not the one pinned to
+    the peer id, it is unsigned although the peer id is pinned, its signature does not verify,
+    or it is signed too far in the future or before what was already accepted (PROTOCOL.md 2.7).
+    It changed nothing."""
+
+    peer_id: str
+    source: str
+    """Where it came from (the connection's address)."""
+    reason: str
+    """One line saying why (fit for the log and the dashboard)."""
+    code: str
+    """Why, as a short key: ``other_key``, ``unsigned``, ``bad_signature``, ``future``,
+    ``stale``."""

@@ -41,6 +41,7 @@ SIGNATURE_SIZE = 64
 """Bytes of an Ed25519 signature."""
 
 GOSSIP_TAG = b"treedrive/gossip/v1\n"
+REPLY_TAG = b"treedrive/gossip-reply/v1\n"
 RECORD_TAG = b"treedrive/record/v1\n"
 DELETE_TAG = b"treedrive/delete/v1\n"
 
@@ -159,6 +160,12 @@ def _canonical(tag: bytes, fields: Sequence[object]) -> bytes:
 def gossip_claim(peer_id: str, host: str, port: int, gossip_id: str, ts: float) -> bytes:
     """What a node signs in its GOSSIP: who it is, where it listens, which gossip, when."""
     return _canonical(GOSSIP_TAG, [peer_id, host, port, gossip_id, ts])
+
+
+def reply_claim(peer_id: str, host: str, port: int, ts: float) -> bytes:
+    """What a node signs in its GOSSIP_REPLY: who it is, where it listens, when. A reply has no
+    id; its own tag keeps its signature from ever passing for a GOSSIP's (or the reverse)."""
+    return _canonical(REPLY_TAG, [peer_id, host, port, ts])
 
 
 def record_claim(

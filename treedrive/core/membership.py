@@ -14,11 +14,14 @@ import random
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 
+from treedrive.core.bound import REPLY_RESIGN, Claim
 from treedrive.core.bounded import Reused, TokenBucket
 from treedrive.core.context import NodeContext, storage_failure
 from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import extension, features_of, gossip_extra, plugin_keys
+from treedrive.core.gate import Gate
 from treedrive.core.messages import Extension, Gossip, GossipReply
 from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import (
@@ -57,6 +60,10 @@ class Membership:
         self._keep: Reused[frozenset[str]] = Reused(KEEP_FOR)
         self._proofs = 0
         """Bumped when a peer proves itself (the set of kept peers is read again)."""
+        self.gate = Gate(ctx)
+        """Every GOSSIP and GOSSIP_REPLY passes it first (PROTOCOL.md 2.7)."""
+        self._resigned: tuple[GossipReply, tuple[GossipReply, int]] | None = None
+        """The cached reply and the same reply signed again later (see :meth:`gossip_reply`)."""
 
     def close(self) -> None:
         for _, timer in self._pending_replies.values():
@@ -65,14 +72,17 @@ class Membership:
 
     # -- gossip out ---------------------------------------------------------------------------
     def new_gossip(self) -> Gossip:
+        """A GOSSIP of this node's, signed (PROTOCOL.md 2.7) if it speaks the extension."""
         ctx = self.ctx
+        gossip_id = str(uuid.uuid4())
+        claim = Claim(ctx.peer_id, ctx.host, ctx.port, gossip_id)
         gossip = Gossip(
             host=ctx.host,
             port=ctx.port,
-            id=str(uuid.uuid4()),
+            id=gossip_id,
             peer_id=ctx.peer_id,
             extra=gossip_extra(ctx, "GOSSIP"),
-            extension=extension(ctx),
+            extension=self.gate.sign(extension(ctx), claim),
         )
         self.remember(gossip.id)
         return gossip
@@ -153,8 +163,11 @@ class Membership:
     # -- gossip in ----------------------------------------------------------------------------
     def on_gossip(self, g: Gossip, source: str) -> None:
         ctx = self.ctx
-        if not self.remember(g.id) or g.peer_id == ctx.peer_id:
+        if g.id in self._seen or g.peer_id == ctx.peer_id:
             return
+        if not self.gate.admit(g, source):
+            return  # refused: its id is not remembered (the real GOSSIP may still come)
+        self.remember(g.id)
         ip = source_ip(source)
         self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
         try:
@@ -175,12 +188,13 @@ class Membership:
 
     def gossip_reply(self) -> tuple[GossipReply, int]:
         """The GOSSIP_REPLY this node sends and its size on the wire: one object, reused until
-        the files held here change (or an interval passes), so the transport encodes it once."""
+        the files held here change (or an interval passes), so the transport encodes it once;
+        signed again, as a new object, once its signature is :data:`REPLY_RESIGN` s old."""
         ctx = self.ctx
         now = time.monotonic()
         cached = self._reply.get(ctx.local_version, now)
         if cached is not None:
-            return cached
+            return self._fresh(cached)
         version = ctx.local_version
         with ctx.store.reading() as uow:  # a read: works on a full disk too
             files = uow.files.local_metas()
@@ -190,9 +204,25 @@ class Membership:
             peer_id=ctx.peer_id,
             files=tuple(files),
             extra=gossip_extra(ctx, "GOSSIP_REPLY"),
-            extension=extension(ctx),
+            extension=self.gate.sign(extension(ctx), Claim(ctx.peer_id, ctx.host, ctx.port)),
         )
         return self._reply.put((reply, reply_size(reply)), version, now)
+
+    def _fresh(self, cached: tuple[GossipReply, int]) -> tuple[GossipReply, int]:
+        """``cached``, or the same reply signed now if its signature is getting old (receivers
+        refuse a signature much older than the newest they accepted from this node)."""
+        reply, size = cached
+        wall = int(time.time())
+        if _signed_within(reply, wall):
+            return cached
+        if self._resigned is not None and self._resigned[0] is reply:
+            again = self._resigned[1]
+            if _signed_within(again[0], wall):
+                return again
+        claim = Claim(reply.peer_id, reply.host, reply.port)
+        fresh = (replace(reply, extension=self.gate.sign(reply.extension, claim, wall)), size)
+        self._resigned = (reply, fresh)
+        return fresh
 
     def _answer(self, address: Address, ip: str) -> None:
         """Reply to ``address`` as the reply policy says: now, once its interval is over, or
@@ -248,3 +278,10 @@ class Membership:
         for host, port in random.sample(others, min(ctx.config.fanout, len(others))):
             self.replies.gossiped((host, port), now)
             ctx.send(host, port, g)
+
+
+def _signed_within(reply: GossipReply, wall: int) -> bool:
+    """Whether ``reply`` is unsigned (nothing to refresh) or was signed under
+    :data:`REPLY_RESIGN` seconds before ``wall``."""
+    proof = None if reply.extension is None else reply.extension.proof
+    return proof is None or wall - proof.ts < REPLY_RESIGN

@@ -27,6 +27,19 @@ STREAM_PUSH: Final = "stream-push"
 
 
 @dataclass(frozen=True, slots=True)
+class Proof:
+    """What binds a GOSSIP's or GOSSIP_REPLY's name to a key (PROTOCOL.md 2.7): the sender's
+    public key, when it signed (unix seconds) and its signature of the message's claim
+    (:func:`treedrive.core.identity.gossip_claim` or :func:`~treedrive.core.identity.reply_claim`).
+    Well-formed values (32-byte key, 64-byte signature, ``ts`` an int in range); whether the
+    signature verifies is for :mod:`treedrive.core.bound` to say."""
+
+    key: bytes
+    ts: int
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Extension:
     """What a GOSSIP or GOSSIP_REPLY says of the TreeDrive extension: a message without one
     comes from a classic peer. A claim: ``features`` are at most a few short names, ``version``
@@ -34,6 +47,10 @@ class Extension:
 
     features: frozenset[str] = frozenset()
     version: int | None = EXTENSION_VERSION
+    proof: Proof | None = None
+    """The sender's proof of its name (None: it sent none, or a malformed one)."""
+    malformed_proof: bool = False
+    """The sender tried to prove its name, with malformed values (they read as no proof)."""
 
 
 @dataclass(frozen=True, slots=True)

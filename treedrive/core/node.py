@@ -32,6 +32,7 @@ from treedrive.core.errors import NotFound
 from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
 from treedrive.core.forwarding import Forward
+from treedrive.core.gate import Gate
 from treedrive.core.identity import NodeKey, fingerprint
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
@@ -134,6 +135,11 @@ class Node:
     def forged_claims(self) -> int:
         """Remote claims (records, pushes) that this node owns a file it never pushed."""
         return self.ctx.forged_claims
+
+    @property
+    def gate(self) -> Gate:
+        """What GOSSIPs and GOSSIP_REPLYs pass first (PROTOCOL.md 2.7): ``refused`` counts."""
+        return self.membership.gate
 
     @property
     def _tasks(self) -> set[asyncio.Task[Any]]:
@@ -248,7 +254,8 @@ class Node:
             if isinstance(message, Gossip):
                 self.membership.on_gossip(message, source)
             elif isinstance(message, GossipReply):
-                self.catalogue.on_gossip_reply(message, source)
+                if self.membership.gate.admit(message, source):
+                    self.catalogue.on_gossip_reply(message, source)
             elif isinstance(message, Announce):
                 self.catalogue.on_announce(message)
             elif isinstance(message, Delete):

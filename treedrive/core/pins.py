@@ -67,7 +67,7 @@ def judge(peer_id: str, pinned: bytes | None, presented: bytes | None, verified:
     """What to make of a message that claims ``peer_id``: ``pinned`` is the key pinned for it (None:
     none yet), ``presented`` the key the message carries (None: it carries none) and
     ``verified`` whether the message's signature verified under ``presented``."""
-    who = _shown(peer_id)
+    who = shown(peer_id)
     if presented is not None and pinned is not None and presented != pinned:
         return Judgement(
             Verdict.OTHER_KEY,
@@ -96,7 +96,7 @@ def _fp(key: bytes) -> str:
     return fingerprint(key)
 
 
-def _shown(peer_id: str) -> str:
+def shown(peer_id: str) -> str:
     """A stranger's peer id, escaped, cut short and quoted as a shell would need it: fit for one
     log line, and for the command the line suggests."""
     text = peer_id if len(peer_id) <= MAX_SHOWN_ID else peer_id[:MAX_SHOWN_ID] + "…"

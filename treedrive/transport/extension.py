@@ -1,7 +1,8 @@
 """The TreeDrive extension on the wire (PROTOCOL.md part 2), defined once: typed values and how
 each is written and read under the ``treedrive`` key of a classic message. Pure: no I/O.
 
-- the capabilities of a GOSSIP or GOSSIP_REPLY (:class:`~treedrive.core.messages.Extension`):
+- the capabilities of a GOSSIP or GOSSIP_REPLY (:class:`~treedrive.core.messages.Extension`),
+  with the proof of its sender's name (:class:`~treedrive.core.messages.Proof`, 2.7):
   :func:`capabilities` and :func:`capabilities_wire`; :mod:`wire` puts them in and out of the
   core's messages, so that the core never sees the key;
 - a ranged GET_FILE (:class:`RangeRequest`): :func:`ranged_get` and :func:`range_request`;
@@ -27,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from treedrive.core.identity import decode_key, decode_signature, encode_b64
-from treedrive.core.messages import Extension
+from treedrive.core.messages import Extension, Proof
 from treedrive.core.model import DeleteSignature, FileMeta, Seal
 from treedrive.transport import fields
 from treedrive.transport.fields import (
@@ -46,6 +47,10 @@ FEATURE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 """A feature name worth keeping (others are ignored): a few short names, kept with the peer."""
 MAX_VERSION: Final = 2**31 - 1
 """Largest ``version`` read as one (any other value reads as "no usable version")."""
+PROOF_KEYS: Final = ("key", "ts", "sig")
+"""The keys of a signed GOSSIP's or GOSSIP_REPLY's proof (PROTOCOL.md 2.7)."""
+MAX_PROOF_TS: Final = 2**40
+"""A proof's ``ts`` (int unix seconds) is read in 0..this (any other value is malformed)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,17 +67,35 @@ def capabilities(obj: Mapping[str, Any]) -> Extension | None:
     version = ext.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
         version = None
+    proof = _proof(ext)
+    malformed = proof is None and any(k in ext for k in PROOF_KEYS)
     feats = ext.get("features")
     if not isinstance(feats, list):
-        return Extension(frozenset(), version)
+        return Extension(frozenset(), version, proof, malformed)
     kept = (f for f in feats[:MAX_FEATURES] if isinstance(f, str) and FEATURE_NAME.fullmatch(f))
-    return Extension(frozenset(kept), version)
+    return Extension(frozenset(kept), version, proof, malformed)
+
+
+def _proof(ext: Mapping[str, Any]) -> Proof | None:
+    """The proof in a ``treedrive`` object (PROTOCOL.md 2.7): ``key`` a 32-byte and ``sig`` a
+    64-byte base64url value, ``ts`` an int in 0..:data:`MAX_PROOF_TS`; None if any is missing
+    or malformed."""
+    key, sig, ts = decode_key(ext.get("key")), decode_signature(ext.get("sig")), ext.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_PROOF_TS:
+        return None
+    if key is None or sig is None:
+        return None
+    return Proof(key, int(ts), sig)
 
 
 def capabilities_wire(ext: Extension) -> dict[str, Any]:
-    """The value of the ``treedrive`` key for ``ext`` (features sorted)."""
+    """The value of the ``treedrive`` key for ``ext`` (features sorted; its proof, if any)."""
     out: dict[str, Any] = {} if ext.version is None else {"version": ext.version}
     out["features"] = sorted(ext.features)
+    if ext.proof is not None:
+        out["key"] = encode_b64(ext.proof.key)
+        out["ts"] = ext.proof.ts
+        out["sig"] = encode_b64(ext.proof.sig)
     return out
 
 

@@ -14,6 +14,7 @@ from treedrive.core.events import (
     FileStored,
     Notice,
     PeerExpired,
+    PeerRefused,
     PeerSeen,
     TransferFinished,
     TransferProgress,
@@ -137,7 +138,21 @@ def status_json(node: Node) -> dict[str, Any]:
         "counts": counts,
         "transfers": len(node.active_transfers),
         "bootstrap_problem": node.bootstrap_problem,
+        "refused_peers": dict(node.gate.refused),
+        "last_refused_peer": refused_json(node.gate.last_refused),
     }
+
+
+def refused_json(last: tuple[float, PeerRefused] | None) -> dict[str, Any] | None:
+    """The latest refused GOSSIP or GOSSIP_REPLY (PROTOCOL.md 2.7), or None."""
+    if last is None:
+        return None
+    at, notice = last
+    return {"time": at, **_refusal(notice)}
+
+
+def _refusal(n: PeerRefused) -> dict[str, Any]:
+    return {"peer_id": n.peer_id, "source": n.source, "reason": n.reason, "code": n.code}
 
 
 def event_json(node: Node, event: Event | Notice) -> dict[str, Any]:
@@ -165,4 +180,6 @@ def event_json(node: Node, event: Event | Notice) -> dict[str, Any]:
         }
     elif isinstance(event, FileRefused):
         data = {"file_id": event.file_id, "peer_id": event.peer_id, "reason": event.reason}
+    elif isinstance(event, PeerRefused):
+        data = _refusal(event)
     return {"type": event.name, "time": time.time(), **data}

@@ -79,6 +79,21 @@ function renderStatus() {
   const problem = $("#problem");
   problem.hidden = !s.bootstrap_problem;
   problem.textContent = s.bootstrap_problem ? `⚠ Not joined: ${s.bootstrap_problem}` : "";
+  renderRefused();
+}
+
+// Messages refused because their peer id is pinned to another key (or unsigned, or forged):
+// the count by reason and the latest one, shown while the node runs.
+function renderRefused() {
+  const s = state.status;
+  const box = $("#refused");
+  const counts = (s && s.refused_peers) || {};
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  const last = s && s.last_refused_peer;
+  box.hidden = total === 0 || !last;
+  if (box.hidden) { box.textContent = ""; return; }
+  const by = Object.entries(counts).filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k.replace("_", " ")}`);
+  box.textContent = `⚠ ${total} peer message${total === 1 ? "" : "s"} refused (${by.join(", ")}); latest from ${last.source}: ${last.reason}`;
 }
 
 function renderPeers() {
@@ -293,6 +308,16 @@ function onEvent(ev) {
       break;
     case "FileRefused":
       toast(`refused ${ev.file_id.slice(0, 12)}… from ${ev.peer_id}: ${ev.reason}`, true); break;
+    case "PeerRefused":
+      toast(ev.reason, true);
+      if (state.status) {
+        const counts = state.status.refused_peers || (state.status.refused_peers = {});
+        counts[ev.code] = (counts[ev.code] || 0) + 1;
+        state.status.last_refused_peer = ev;
+        renderRefused();
+      }
+      soon("status");
+      break;
     case "Throughput":
       state.samples.push({ t: ev.t, in: ev.in, out: ev.out });
       if (state.samples.length > 300) state.samples.shift();

@@ -1,0 +1,121 @@
+"""The gate every GOSSIP and GOSSIP_REPLY passes before it changes anything (PROTOCOL.md 2.7):
+the I/O around :func:`treedrive.core.bound.decide`.
+
+It reads the key pinned for the peer id the message names, lets :mod:`~treedrive.core.bound`
+decide, then pins a first key (or notes that the pinned key signed again), or refuses: a refused
+message is counted by reason, logged (one line a second at most per reason) and shown on the
+dashboard (a :class:`~treedrive.core.events.PeerRefused` notice, a few a second at most). What it
+remembers of signing times is bounded (:data:`NEWEST_KEPT` peer ids).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+
+from treedrive.core.bound import Claim, Decision, Refusal, claim_of, decide, prove
+from treedrive.core.bounded import Bounded, TokenBucket
+from treedrive.core.context import NodeContext, storage_failure
+from treedrive.core.events import PeerRefused
+from treedrive.core.messages import Extension, Gossip, GossipReply
+from treedrive.core.model import PeerKey
+from treedrive.core.pins import Verdict
+
+NEWEST_KEPT = 10_000
+"""Peer ids whose newest accepted signing time is remembered (the least recently heard go
+first: a peer forgotten here is checked against its pin only)."""
+TOUCH_EVERY = 60.0
+"""Seconds between two writes of a pinned key's ``last_seen`` (not one write per message)."""
+NOTICES_PER_SECOND = 2.0
+"""Refusals shown on the dashboard per second at most (a flood of forgeries is counted, not
+shown one by one)."""
+NOTICE_BURST = 10.0
+
+
+class Gate:
+    """Whether a GOSSIP or GOSSIP_REPLY may change anything (see the module's docstring)."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self._newest: Bounded[str, int] = Bounded(NEWEST_KEPT)
+        self.refused: Counter[str] = Counter({r.value: 0 for r in Refusal})
+        """Messages refused so far, by reason (:class:`~treedrive.core.bound.Refusal` values)."""
+        self.last_refused: tuple[float, PeerRefused] | None = None
+        """The latest refusal and when it came (unix seconds), for the dashboard."""
+        self._notices = TokenBucket(NOTICES_PER_SECOND, NOTICE_BURST)
+
+    # -- outgoing -----------------------------------------------------------------------------
+    def sign(self, ext: Extension | None, claim: Claim, ts: int | None = None) -> Extension | None:
+        """``ext`` with this node's proof of ``claim`` (signed now); None stays None (a node
+        that speaks only the classic protocol signs nothing)."""
+        if ext is None:
+            return None
+        when = int(time.time()) if ts is None else ts
+        return replace(ext, proof=prove(self.ctx.key, claim, when), malformed_proof=False)
+
+    # -- incoming -----------------------------------------------------------------------------
+    def admit(self, message: Gossip | GossipReply, source: str) -> bool:
+        """Whether ``message`` may go on to change what this node believes. A message in this
+        node's own name is not admitted (it is ignored, as the classic protocol says)."""
+        ctx = self.ctx
+        claim = claim_of(message)
+        if claim.peer_id == ctx.peer_id:
+            return False
+        with ctx.store.reading() as uow:  # a read: works on a full disk too
+            pin = uow.keys.get(claim.peer_id)
+        now = time.time()
+        newest = self._newest.get(claim.peer_id)
+        pinned = None if pin is None else pin.public_key
+        decision = decide(claim, message.extension, pinned, newest, now)
+        if not decision.accepted:
+            self._refuse(claim.peer_id, source, decision)
+            return False
+        if decision.newest is not None:
+            self._newest.put(claim.peer_id, decision.newest)
+        if decision.pin or (decision.verdict is Verdict.MATCH and _stale_touch(pin, now)):
+            self._record(claim.peer_id, decision, message, now)
+        elif message.extension is not None and message.extension.malformed_proof:
+            ctx.log_limited(
+                "malformed-proof", logging.INFO,
+                "%s from %s (%s): its key, ts or sig is malformed; taken as unsigned",
+                type(message).__name__.upper(), claim.peer_id[:64], source,
+            )  # fmt: skip
+        return True
+
+    def _record(self, peer_id: str, decision: Decision, message: Gossip | GossipReply,
+                now: float) -> None:  # fmt: skip
+        """Pin the presented key, or note that the pinned key signed again."""
+        ctx = self.ctx
+        proof = message.extension.proof if message.extension is not None else None
+        try:
+            with ctx.transaction() as uow:
+                if decision.pin and proof is not None:
+                    uow.keys.pin(peer_id, proof.key, now)
+                else:
+                    uow.keys.touch(peer_id, now)
+                uow.commit()
+        except Exception as exc:
+            if not storage_failure(exc):
+                raise
+            ctx.log_limited("storage", logging.ERROR, "key of %s not recorded: %s", peer_id, exc)
+
+    def _refuse(self, peer_id: str, source: str, decision: Decision) -> None:
+        ctx = self.ctx
+        assert decision.refusal is not None
+        code = decision.refusal.value
+        reason = decision.reason or code
+        self.refused[code] += 1
+        ctx.log_limited(
+            f"refused-{code}", logging.WARNING, "%s (from %s; %d refused so far)",
+            reason, source, self.refused[code],
+        )  # fmt: skip
+        notice = PeerRefused(peer_id[:256], source, reason, code)
+        self.last_refused = (time.time(), notice)
+        if self._notices.take(time.monotonic()):
+            ctx.notify(notice)
+
+
+def _stale_touch(pin: PeerKey | None, now: float) -> bool:
+    return pin is not None and now - pin.last_seen >= TOUCH_EVERY
