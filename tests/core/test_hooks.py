@@ -247,13 +247,15 @@ async def test_hook_gossip_extra(make_harness: Callable[..., Harness]) -> None:
     g = h.node.new_gossip()
     assert g.extra == {"x_type": "GOSSIP"}
     # the extension is the node's own, signed (PROTOCOL.md 2.7)
-    assert g.extension is not None and g.extension.proof is not None
+    assert g.extension is not None
+    assert g.extension.proof is not None
     assert replace(g.extension, proof=None) == Extension(h.node.features)
     await h.node.handle_message(gossip("alice", 7001), "src")
     await h.settle()
     [(_, _, answer)] = h.net.messages(GossipReply)
     assert answer.extra == {"x_type": "GOSSIP_REPLY"}
-    assert answer.extension is not None and answer.extension.proof is not None
+    assert answer.extension is not None
+    assert answer.extension.proof is not None
     assert replace(answer.extension, proof=None) == Extension(h.node.features)
 
 

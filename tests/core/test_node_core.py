@@ -97,7 +97,8 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.peer_id == ME
     assert (answer.host, answer.port) == (MY_HOST, MY_PORT)
     assert answer.files == (mine,)
-    assert answer.extension is not None and answer.extension.proof is not None  # signed (2.7)
+    assert answer.extension is not None
+    assert answer.extension.proof is not None
     ext = replace(answer.extension, proof=None)
     assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH}), 1)
     assert answer.extra == {}
