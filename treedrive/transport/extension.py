@@ -17,9 +17,9 @@ each is written and read under the ``treedrive`` key of a classic message. Pure:
 Each is a claim with a limit (THREATS.md): at most :data:`MAX_FEATURES` features are read, each a
 short name (:data:`FEATURE_NAME`); a proof's ``key`` and ``sig`` are canonical base64url of
 exactly 32 and 64 bytes (longer text is refused before it is decoded) and its ``ts`` an int in
-0..:data:`MAX_PROOF_TS`, else the proof reads as none, flagged malformed; offsets, lengths and sizes are ints in
-0..:data:`~treedrive.transport.fields.MAX_FILE_BYTES`; ``from`` is a peer id and ``download`` a
-run id, checked like the classic identifiers.
+0..:data:`MAX_PROOF_TS`, else the proof reads as none, flagged malformed; offsets, lengths
+and sizes are ints in 0..:data:`~treedrive.transport.fields.MAX_FILE_BYTES`; ``from`` is a peer
+id and ``download`` a run id, checked like the classic identifiers.
 """
 
 from __future__ import annotations
