@@ -17,11 +17,12 @@ from dataclasses import replace
 
 from treedrive.core.bound import Claim, Decision, Refusal, claim_of, decide, prove
 from treedrive.core.bounded import Bounded, TokenBucket
-from treedrive.core.context import NodeContext, storage_failure
+from treedrive.core.context import NodeContext
 from treedrive.core.events import PeerRefused
 from treedrive.core.messages import Extension, Gossip, GossipReply
 from treedrive.core.model import PeerKey
 from treedrive.core.pins import Verdict
+from treedrive.core.ports import UnitOfWork
 
 NEWEST_KEPT = 10_000
 """Peer ids whose newest accepted signing time is remembered (the least recently heard go
@@ -45,6 +46,11 @@ class Gate:
         self.last_refused: tuple[float, PeerRefused] | None = None
         """The latest refusal and when it came (unix seconds), for the dashboard."""
         self._notices = TokenBucket(NOTICES_PER_SECOND, NOTICE_BURST)
+        self._pending: tuple[str, bytes | None, float] | None = None
+        """What the message :meth:`admit` let in last asks of the pins: (peer id, the key to
+        pin, or None to note that the pinned key signed again, when); :meth:`record` writes it."""
+        with ctx.store.reading() as uow:  # the first GOSSIP is answered as fast as before
+            uow.keys.get("")
 
     # -- outgoing -----------------------------------------------------------------------------
     def sign(self, ext: Extension | None, claim: Claim, ts: int | None = None) -> Extension | None:
@@ -74,8 +80,12 @@ class Gate:
             return False
         if decision.newest is not None:
             self._newest.put(claim.peer_id, decision.newest)
-        if decision.pin or (decision.verdict is Verdict.MATCH and _stale_touch(pin, now)):
-            self._record(claim.peer_id, decision, message, now)
+        proof = message.extension.proof if message.extension is not None else None
+        self._pending = None
+        if decision.pin and proof is not None:
+            self._pending = (claim.peer_id, proof.key, now)
+        elif decision.verdict is Verdict.MATCH and _stale_touch(pin, now):
+            self._pending = (claim.peer_id, None, now)
         elif message.extension is not None and message.extension.malformed_proof:
             ctx.log_limited(
                 "malformed-proof", logging.INFO,
@@ -84,22 +94,18 @@ class Gate:
             )  # fmt: skip
         return True
 
-    def _record(self, peer_id: str, decision: Decision, message: Gossip | GossipReply,
-                now: float) -> None:  # fmt: skip
-        """Pin the presented key, or note that the pinned key signed again."""
-        ctx = self.ctx
-        proof = message.extension.proof if message.extension is not None else None
-        try:
-            with ctx.transaction() as uow:
-                if decision.pin and proof is not None:
-                    uow.keys.pin(peer_id, proof.key, now)
-                else:
-                    uow.keys.touch(peer_id, now)
-                uow.commit()
-        except Exception as exc:
-            if not storage_failure(exc):
-                raise
-            ctx.log_limited("storage", logging.ERROR, "key of %s not recorded: %s", peer_id, exc)
+    def record(self, uow: UnitOfWork, peer_id: str) -> None:
+        """In the unit of work that tracks ``peer_id`` after :meth:`admit` let its message in:
+        pin the key it presented first, or note that the pinned key signed again (the pin
+        commits with the tracking, or not at all)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != peer_id:
+            return
+        _, key, now = pending
+        if key is not None:
+            uow.keys.pin(peer_id, key, now)
+        else:
+            uow.keys.touch(peer_id, now)
 
     def _refuse(self, peer_id: str, source: str, decision: Decision) -> None:
         ctx = self.ctx

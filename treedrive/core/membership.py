@@ -112,6 +112,7 @@ class Membership:
         peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
         them out)."""
         ctx = self.ctx
+        self.gate.record(uow, peer_id)
         peers = uow.peers
         peer, new = peers.upsert(
             peer_id, host, port, time.time(), features_of(ext),
