@@ -267,12 +267,17 @@ async def test_a_node_that_first_hears_a_forgery_takes_the_verified_timestamp(
     forger.add(forged)
     await forger.join(c)
     await wait_for(lambda: knows(c, meta.file_id, {"mallory"}))
-    # A's own GOSSIP, as if forwarded: C tracks A and asks it for its files
-    await send(c, gossip("A", a.port, **FEATURES))
-    await wait_for(lambda: knows(c, meta.file_id, {"A"}))
     recorded = c.file(meta.file_id)
     assert recorded is not None
     assert recorded.meta.file_timestamp == forged["file_timestamp"]  # first seen
+    # A's own GOSSIP, as if forwarded: C tracks A and asks it for its files
+    await send(c, gossip("A", a.port, **FEATURES))
+    await wait_for(lambda: knows(c, meta.file_id, {"A"}))
+    # A's GOSSIP_REPLY is signed: C pins A's key with it (PROTOCOL.md 2.7), so the record A
+    # sealed takes the forgery's place at once (2.8)
+    recorded = c.file(meta.file_id)
+    assert recorded is not None
+    assert recorded.meta.file_timestamp == meta.file_timestamp
 
     entry = await asyncio.wait_for(c.get(meta.file_id), 30)
 
@@ -417,12 +422,17 @@ async def test_a_forged_size_seen_first_does_not_get_honest_holders_blamed(
     forger.add({**meta.wire(), "file_size": 999.0})
     await forger.join(c)
     await wait_for(lambda: knows(c, meta.file_id, {"mallory"}))
-    for holder in (a, b):  # their own GOSSIPs, as if forwarded: C asks them for their files
-        await send(c, gossip(holder.peer_id, holder.port, **FEATURES))
-    await wait_for(lambda: knows(c, meta.file_id, {"A", "B"}))
     recorded = c.file(meta.file_id)
     assert recorded is not None
     assert recorded.meta.file_size == 999.0  # first seen: the forgery
+    for holder in (a, b):  # their own GOSSIPs, as if forwarded: C asks them for their files
+        await send(c, gossip(holder.peer_id, holder.port, **FEATURES))
+    await wait_for(lambda: knows(c, meta.file_id, {"A", "B"}))
+    # A's GOSSIP_REPLY is signed: C pins A's key with it (PROTOCOL.md 2.7), so the record A
+    # sealed takes the forgery's place at once (2.8)
+    recorded = c.file(meta.file_id)
+    assert recorded is not None
+    assert recorded.meta.file_size == meta.file_size
 
     entry = await asyncio.wait_for(c.get(meta.file_id), 30)
 
@@ -431,7 +441,10 @@ async def test_a_forged_size_seen_first_does_not_get_honest_holders_blamed(
     assert entry.meta.file_size == len(data) / MEGABYTE  # the verified size replaced the claim
     assert not c.distrusted("A")
     assert not c.distrusted("B")
-    assert [e for e in got.seen if isinstance(e, FileRefused)] == []
+    # neither honest holder is refused (the forger's record, which contradicts the record A
+    # sealed once C pinned A's key, is: PROTOCOL.md 2.7, 2.8)
+    refused = {e.peer_id for e in got.seen if isinstance(e, FileRefused)}
+    assert refused <= {"mallory"}
     assert downloads_rows(c) == []
 
 
@@ -539,4 +552,9 @@ async def test_a_liars_many_timestamps_do_not_crowd_out_the_honest_holders(
     assert entry.meta.file_timestamp == meta.file_timestamp
     assert r.distrusted("liar")
     assert not r.distrusted("A")
-    assert [e.peer_id for e in got.seen if isinstance(e, FileRefused)] == ["liar"]
+    # R pinned A's key from A's signed GOSSIP_REPLY (PROTOCOL.md 2.7) and keeps A's sealed
+    # record (2.8): each of the liar's answers, under another timestamp, is refused as a record
+    # that contradicts it; only the liar is ever refused
+    refused = [e.peer_id for e in got.seen if isinstance(e, FileRefused)]
+    assert refused
+    assert set(refused) == {"liar"}
