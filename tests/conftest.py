@@ -246,6 +246,21 @@ class NodeProcess:
         return self.proc.returncode
 
 
+def node_args(peer_id: str, port: int, data_dir: Path) -> list[str]:
+    """The options of ``treedrive run`` for a test's node process: its name, port and data dir,
+    the fast timers, a dashboard on a free port."""
+    return [
+        "--peer-id", peer_id,
+        "--port", str(port),
+        "--data-dir", str(data_dir),
+        "--gossip-interval", str(FAST["gossip_interval"]),
+        "--peer-timeout", str(FAST["peer_timeout"]),
+        "--cleanup-interval", str(FAST["cleanup_interval"]),
+        "--join-delay", str(FAST["join_delay"]),
+        "--http-port", "0",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     """``node_process("alice", "--bootstrap", addr, ...)``: a real node process with fast timers
@@ -255,18 +270,7 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     def make(peer_id: str, *extra: str, port: int | None = None) -> NodeProcess:
         port = port or free_port()
         data_dir = tmp_path / peer_id
-        args = [
-            "--peer-id", peer_id,
-            "--port", str(port),
-            "--data-dir", str(data_dir),
-            "--gossip-interval", str(FAST["gossip_interval"]),
-            "--peer-timeout", str(FAST["peer_timeout"]),
-            "--cleanup-interval", str(FAST["cleanup_interval"]),
-            "--join-delay", str(FAST["join_delay"]),
-            "--http-port", "0",
-            *extra,
-        ]  # fmt: skip
-        node = NodeProcess(peer_id, data_dir, port, args)
+        node = NodeProcess(peer_id, data_dir, port, [*node_args(peer_id, port, data_dir), *extra])
         started.append(node)
         return node
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import FAST, NodeProcess, free_port, marked
+from tests.conftest import FAST, NodeProcess, free_port, marked, node_args
 from tests.web.test_dashboard import (  # noqa: F401 (the browser and artifacts fixtures)
     DASHBOARD_E2E,
     MS,
@@ -30,16 +30,7 @@ def impostor_of(real: NodeProcess, tmp_path: Path, *bootstrap: NodeProcess) -> N
     key), bootstrapped through ``bootstrap``; not started."""
     data_dir = tmp_path / "impostor" / real.peer_id
     port = free_port()
-    args = [
-        "--peer-id", real.peer_id,
-        "--port", str(port),
-        "--data-dir", str(data_dir),
-        "--gossip-interval", str(FAST["gossip_interval"]),
-        "--peer-timeout", str(FAST["peer_timeout"]),
-        "--cleanup-interval", str(FAST["cleanup_interval"]),
-        "--join-delay", str(FAST["join_delay"]),
-        "--http-port", "0",
-    ]  # fmt: skip
+    args = node_args(real.peer_id, port, data_dir)
     for node in bootstrap:
         args += ["--bootstrap", node.address]
     return NodeProcess(real.peer_id, data_dir, port, args)
