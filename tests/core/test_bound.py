@@ -216,3 +216,20 @@ def test_accepted_means_verified_by_the_pinned_key_and_fresh(
         assert d.reason
         assert not d.pin
         assert d.newest == newest
+
+
+def test_a_first_signature_for_a_peer_known_as_classic_pins_nothing() -> None:
+    """A stranger who signs first for a classic peer's name must not take it (every message of
+    the real peer would be refused): classic rules, as without a signature."""
+    d = decide(GOSSIP, signed(key=MALLORY), None, None, NOW, known_classic=True)
+    assert d.accepted
+    assert d.as_classic
+    assert d.verdict is Verdict.CLASSIC
+    assert not d.pin
+    assert d.newest is None
+    # a bad signature is refused all the same, and a pinned peer is judged by its pin
+    bad = replace(signed(), proof=replace(prove(ALICE, GOSSIP, NOW), ts=NOW + 1))
+    assert decide(GOSSIP, bad, None, None, NOW, known_classic=True).refusal is Refusal.BAD_SIGNATURE
+    d = decide(GOSSIP, signed(), ALICE.public, None, NOW, known_classic=True)
+    assert d.verdict is Verdict.MATCH
+    assert not d.as_classic

@@ -291,3 +291,21 @@ async def test_forget_key_accepts_the_new_key(start_node: Starter, listener: Lis
     send_message(alice.port, signed_gossip(new, "bob", listener.port))
     await wait_for(lambda: pinned(alice, "bob") == new.public)
     await wait_for(lambda: address_of(alice, "bob") == (HOST, listener.port))
+
+
+async def test_a_stranger_cannot_take_a_classic_peers_name_by_signing_first(
+    start_node: Starter, listener: Listener
+) -> None:
+    """carol is a classic peer (no extension): mallory's signed GOSSIP in her name pins nothing,
+    so carol's own classic messages are still taken; the signed one counts as classic."""
+    alice: Node = await start_node("alice")
+    send_message(alice.port, classic_gossip("carol", 7010))
+    await wait_for(lambda: address_of(alice, "carol") == (HOST, 7010))
+    send_message(alice.port, signed_gossip(NodeKey.generate(), "carol", listener.port))
+    await wait_for(lambda: address_of(alice, "carol") == (HOST, listener.port))  # as today
+    assert pinned(alice, "carol") is None
+    [carol] = [p for p in alice.peers() if p.peer_id == "carol"]
+    assert not carol.is_treedrive
+    send_message(alice.port, classic_gossip("carol", 7010))  # the real carol again
+    await wait_for(lambda: address_of(alice, "carol") == (HOST, 7010))
+    assert alice.gate.refused.total() == 0

@@ -87,6 +87,9 @@ class Decision:
     refusal: Refusal | None = None
     reason: str | None = None
     newest: int | None = None
+    as_classic: bool = False
+    """A first signed message for a peer id this node knows as a classic peer: classic rules,
+    no pin (see :func:`decide`)."""
 
     @property
     def accepted(self) -> bool:
@@ -98,12 +101,22 @@ class Decision:
 
 
 def decide(
-    claim: Claim, ext: Extension | None, pinned: bytes | None, newest: int | None, now: float
+    claim: Claim,
+    ext: Extension | None,
+    pinned: bytes | None,
+    newest: int | None,
+    now: float,
+    known_classic: bool = False,
 ) -> Decision:
     """What to make of a message that makes ``claim`` with the extension ``ext`` (None: a
     classic message): ``pinned`` is the key pinned for its peer id (None: none), ``newest`` the
     newest signing time accepted from that peer id under that key (None: none remembered) and
-    ``now`` the receiver's clock (unix seconds)."""
+    ``now`` the receiver's clock (unix seconds).
+
+    ``known_classic``: the peer id is tracked here as a classic peer (its messages carry no
+    extension). A signed message that would pin a key to it is taken by the classic rules
+    instead (``as_classic``, no pin): a stranger who signs first must not take a classic
+    peer's name, which would have every message of the real peer refused."""
     proof = None if ext is None else ext.proof
     presented = None if proof is None else proof.key
     verified = proof is not None and verify(proof.key, proof.sig, claim.payload(proof.ts))
@@ -124,6 +137,8 @@ def decide(
             f"future (at most {MAX_FUTURE} s)",
             newest,
         )
+    if pinned is None and known_classic:
+        return Decision(Verdict.CLASSIC, as_classic=True)
     if pinned is None:
         newest = None  # what was remembered belonged to a key no longer pinned
     if newest is not None and proof.ts < newest - STALE_MARGIN:

@@ -33,6 +33,8 @@ NOTICES_PER_SECOND = 2.0
 """Refusals shown on the dashboard per second at most (a flood of forgeries is counted, not
 shown one by one)."""
 NOTICE_BURST = 10.0
+CLASSIC = b""
+"""Pending for a peer id: take its message as a classic peer's (no pin, no features)."""
 
 
 class Gate:
@@ -48,7 +50,8 @@ class Gate:
         self._notices = TokenBucket(NOTICES_PER_SECOND, NOTICE_BURST)
         self._pending: tuple[str, bytes | None, float] | None = None
         """What the message :meth:`admit` let in last asks of the pins: (peer id, the key to
-        pin, or None to note that the pinned key signed again, when); :meth:`record` writes it."""
+        pin, None to note that the pinned key signed again, or :data:`CLASSIC`, when);
+        :meth:`record` writes it."""
         with ctx.store.reading() as uow:  # the first GOSSIP is answered as fast as before
             uow.keys.get("")
 
@@ -71,10 +74,12 @@ class Gate:
             return False
         with ctx.store.reading() as uow:  # a read: works on a full disk too
             pin = uow.keys.get(claim.peer_id)
+            known = uow.peers.get(claim.peer_id) if pin is None else None
         now = time.time()
         newest = self._newest.get(claim.peer_id)
         pinned = None if pin is None else pin.public_key
-        decision = decide(claim, message.extension, pinned, newest, now)
+        classic = known is not None and not known.is_treedrive
+        decision = decide(claim, message.extension, pinned, newest, now, classic)
         if not decision.accepted:
             self._refuse(claim.peer_id, source, decision)
             return False
@@ -82,7 +87,9 @@ class Gate:
             self._newest.put(claim.peer_id, decision.newest)
         proof = message.extension.proof if message.extension is not None else None
         self._pending = None
-        if decision.pin and proof is not None:
+        if decision.as_classic:
+            self._pending = (claim.peer_id, CLASSIC, now)
+        elif decision.pin and proof is not None:
             self._pending = (claim.peer_id, proof.key, now)
         elif decision.verdict is Verdict.MATCH and _stale_touch(pin, now):
             self._pending = (claim.peer_id, None, now)
@@ -94,18 +101,22 @@ class Gate:
             )  # fmt: skip
         return True
 
-    def record(self, uow: UnitOfWork, peer_id: str) -> None:
+    def record(self, uow: UnitOfWork, peer_id: str) -> bool:
         """In the unit of work that tracks ``peer_id`` after :meth:`admit` let its message in:
         pin the key it presented first, or note that the pinned key signed again (the pin
-        commits with the tracking, or not at all)."""
+        commits with the tracking, or not at all). True: the message is to be taken as a
+        classic peer's (a first signature for a peer id known here as classic)."""
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != peer_id:
-            return
+            return False
         _, key, now = pending
+        if key == CLASSIC:
+            return True
         if key is not None:
             uow.keys.pin(peer_id, key, now)
         else:
             uow.keys.touch(peer_id, now)
+        return False
 
     def _refuse(self, peer_id: str, source: str, decision: Decision) -> None:
         ctx = self.ctx

@@ -112,7 +112,8 @@ class Membership:
         peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
         them out)."""
         ctx = self.ctx
-        self.gate.record(uow, peer_id)
+        if self.gate.record(uow, peer_id):
+            ext = None  # a signature for a classic peer's name: classic rules (PROTOCOL.md 2.7)
         peers = uow.peers
         peer, new = peers.upsert(
             peer_id, host, port, time.time(), features_of(ext),
