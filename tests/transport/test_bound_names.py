@@ -309,3 +309,24 @@ async def test_a_stranger_cannot_take_a_classic_peers_name_by_signing_first(
     send_message(alice.port, classic_gossip("carol", 7010))  # the real carol again
     await wait_for(lambda: address_of(alice, "carol") == (HOST, 7010))
     assert alice.gate.refused.total() == 0
+
+
+async def test_a_full_pin_table_pins_no_stranger_and_keeps_every_pin(
+    start_node: Starter, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pins are bounded and never evicted: once the table is full, a new signer is tracked but
+    not pinned (with a warning), and the pins already there stay."""
+    caplog.set_level(logging.WARNING, logger="treedrive.core.node")
+    alice, bob = await pair(start_node)
+    await wait_for(lambda: pinned(alice, "bob") == bob.key.public)
+    alice.gate.max_pins = 1  # bob's pin fills it
+    for i in range(3):
+        send_message(alice.port, signed_gossip(NodeKey.generate(), f"new{i}", listener.port))
+    await wait_for(lambda: all(address_of(alice, f"new{i}") for i in range(3)))
+    assert [pinned(alice, f"new{i}") for i in range(3)] == [None, None, None]
+    assert pinned(alice, "bob") == bob.key.public
+    assert any("the most this node keeps" in r.getMessage() for r in caplog.records)
+    alice.gate.max_pins = 10
+    alice.gate._full_since = None  # the next count is made now, not in a minute
+    send_message(alice.port, signed_gossip(NodeKey.generate(), "later", listener.port))
+    await wait_for(lambda: pinned(alice, "later") is not None)

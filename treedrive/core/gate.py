@@ -33,6 +33,12 @@ NOTICES_PER_SECOND = 2.0
 """Refusals shown on the dashboard per second at most (a flood of forgeries is counted, not
 shown one by one)."""
 NOTICE_BURST = 10.0
+MAX_PINS = 100_000
+"""Peer ids pinned at most. Pins are never evicted (a stranger who could push pins out could
+then take the names they protected): once the table is full, a new signer is not pinned (it
+is tracked, unpinned, as before keys), with a warning; ``treedrive peers forget-key`` makes
+room."""
+FULL_RECHECK = 60.0
 CLASSIC = b""
 """Pending for a peer id: take its message as a classic peer's (no pin, no features)."""
 
@@ -48,6 +54,8 @@ class Gate:
         self.last_refused: tuple[float, PeerRefused] | None = None
         """The latest refusal and when it came (unix seconds), for the dashboard."""
         self._notices = TokenBucket(NOTICES_PER_SECOND, NOTICE_BURST)
+        self.max_pins = MAX_PINS
+        self._full_since: float | None = None
         self._pending: tuple[str, bytes | None, float] | None = None
         """What the message :meth:`admit` let in last asks of the pins: (peer id, the key to
         pin, None to note that the pinned key signed again, or :data:`CLASSIC`, when);
@@ -113,10 +121,27 @@ class Gate:
         if key == CLASSIC:
             return True
         if key is not None:
+            if self._pins_full(uow):
+                self.ctx.log_limited(
+                    "pins-full", logging.WARNING,
+                    "%d peer keys are pinned, the most this node keeps: %s is not pinned "
+                    "(`treedrive peers forget-key` makes room)", self.max_pins, peer_id[:64],
+                )  # fmt: skip
+                return False
             uow.keys.pin(peer_id, key, now)
         else:
             uow.keys.touch(peer_id, now)
         return False
+
+    def _pins_full(self, uow: UnitOfWork) -> bool:
+        """Whether no more keys may be pinned (counted again at most every
+        :data:`FULL_RECHECK` s while full: a flood of new signers costs no count each)."""
+        now = time.monotonic()
+        if self._full_since is not None and now - self._full_since < FULL_RECHECK:
+            return True
+        full = uow.keys.count() >= self.max_pins
+        self._full_since = now if full else None
+        return full
 
     def _refuse(self, peer_id: str, source: str, decision: Decision) -> None:
         ctx = self.ctx

@@ -350,6 +350,10 @@ class KeyRepository(Protocol):
         """Drop the pin (the next signed message pins anew); whether there was one."""
         ...
 
+    def count(self) -> int:
+        """How many peer ids are pinned."""
+        ...
+
     def all(self) -> list[PeerKey]: ...
 
 

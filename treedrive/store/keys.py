@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from treedrive.core.errors import StorageError
@@ -204,6 +204,9 @@ class KeyRepo:
         """Drop the pin (the next signed message pins anew); whether there was one."""
         done = self.s.execute(delete(PinnedKey).where(PinnedKey.peer_id == peer_id))
         return bool(getattr(done, "rowcount", 0))
+
+    def count(self) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(PinnedKey)) or 0)
 
     def all(self) -> list[PeerKey]:
         rows = self.s.scalars(select(PinnedKey).order_by(PinnedKey.peer_id))
