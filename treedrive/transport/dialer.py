@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from treedrive.core.errors import StorageError, TransferError
 from treedrive.core.messages import FileData, GetFile, Message
@@ -30,6 +33,8 @@ from treedrive.transport.counters import Counters
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.outbox import EncodeCache, Outbox
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.secure import NodeTLS
+from treedrive.transport.secureconn import SecureConn, dial
 from treedrive.transport.streams import (
     READ_SIZE,
     Reader,
@@ -88,6 +93,8 @@ class Dialer:
         self._waiting: Counter[tuple[str, int]] = Counter()
         self.bytes_sent = 0
         """Bytes of messages sent by send() and post() (not file uploads)."""
+        self.tls: NodeTLS | None = None
+        """The node's TLS contexts when it pushes over TLS (set at the start)."""
 
     def close(self) -> None:
         """Post nothing more, and stop the senders (what is still in the outbox is dropped)."""
@@ -215,22 +222,51 @@ class Dialer:
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
         sender: str | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
-        """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header)."""
+        """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header;
+        with ``peer_key`` too, over TLS to the peer that proves that key)."""
+        secure: SecureConn | None = None
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
+                if raw and peer_key is not None and self.tls is not None:
+                    secure = await self._secure(writer, peer_key)
         except (OSError, TimeoutError) as exc:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
-            await self.uploader.push(writer, meta, path, progress, raw, sender)
+            await self.uploader.push(writer, meta, path, progress, raw, sender, secure)
             return True
         except (OSError, TimeoutError) as exc:
             log.debug("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
             return False
         finally:
+            if secure is not None:
+                secure.close()
             await close_writer(writer)
+
+    async def _secure(self, writer: asyncio.StreamWriter, peer_key: bytes) -> SecureConn:
+        """Take the connection just made from asyncio and shake hands as the TLS client: the
+        peer must prove ``peer_key`` (its pinned key). Raises OSError (HandshakeError)."""
+        transport: Any = writer.transport
+        transport.pause_reading()  # the server's handshake bytes are ours
+        raw = writer.get_extra_info("socket")
+        if raw is None or self.tls is None:
+            await close_writer(writer)
+            raise OSError("the connection has no socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(True)
+        try:
+            stream = await dial(self.tls, sock, peer_key, self.limits.control_timeout)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                raw.setblocking(False)
+            await close_writer(writer)
+            raise
+        sock.setblocking(False)
+        return SecureConn(stream, self.limits)
 
     async def push_stream(
         self,
@@ -241,20 +277,29 @@ class Dialer:
         record: Awaitable[FileMeta | None],
         progress: Callable[[int], None] | None = None,
         sender: str | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
-        """A streamed push (see ``Network.push_stream``); False if it failed or was called off."""
+        """A streamed push (see ``Network.push_stream``); False if it failed or was called off.
+        With ``peer_key``, over TLS (as :meth:`push_file`)."""
+        secure: SecureConn | None = None
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
+                if peer_key is not None and self.tls is not None:
+                    secure = await self._secure(writer, peer_key)
         except (OSError, TimeoutError) as exc:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
-            return await self.uploader.push_stream(writer, source, size, record, progress, sender)
+            return await self.uploader.push_stream(
+                writer, source, size, record, progress, sender, secure
+            )
         except (OSError, TimeoutError, StorageError) as exc:
             log.debug("streamed push to %s:%d failed: %s", host, port, exc)
             return False
         finally:
+            if secure is not None:
+                secure.close()
             await close_writer(writer)
 
     async def fetch_file(
