@@ -154,6 +154,7 @@ class Serving:
         elif isinstance(event, codec.Message):
             why = refusal(event.fields, secure.peer_key, handler.pinned_key)
         if why is None and isinstance(event, codec.Message):
+            self.counters.events.totals["tls served"] += 1
             return event
         self.counters.problem(
             "refused over TLS", logging.WARNING, "%s: TLS connection refused: %s", source, why
