@@ -47,10 +47,10 @@ def node_key(node: Shell) -> bytes:
     return keys.load(keys.key_path(node.data_dir)).public
 
 
-def two_nodes(shells: Shells, *extra: str) -> tuple[Shell, Shell]:
-    """H and F (joined through H), each knowing the other and (unless ``extra`` turns the
-    encryption off) with the other's key pinned."""
-    h = shells("H", "--download-limit", "0", *extra).start()
+def two_nodes(shells: Shells, *extra: str, h: Shell | None = None) -> tuple[Shell, Shell]:
+    """H (or ``h``, started) and F (joined through H), each knowing the other with the other's
+    key pinned."""
+    h = h or shells("H", "--download-limit", "0", *extra).start()
     f = shells("F", "--download-limit", "0", "--bootstrap", h.address, *extra).start()
     wait_until(lambda: "F" in h.peers() and "H" in f.peers(), what="H and F know each other")
     wait_until(lambda: "F" in pins(h) and "H" in pins(f), what="keys pinned", timeout=30)
@@ -70,9 +70,11 @@ def test_a_64_mib_get_is_not_in_clear_on_the_wire(
 ) -> None:
     """The control run (``--no-encryption``) must find the file's bytes in its capture: the
     same search finds none of them when the transfer is encrypted."""
-    h, f = two_nodes(shells, *(() if encryption else ("--no-encryption",)))
+    extra = () if encryption else ("--no-encryption",)
+    h = shells("H", "--download-limit", "0", *extra).start()
     src, data = random_file(tmp_path, "big.bin", SIZE)
-    file_id = h.push(src)
+    file_id = h.push(src)  # H alone: pushed to nobody
+    h, f = two_nodes(shells, *extra, h=h)
     wait_until(lambda: file_id in f.files(), what="F lists the file")
     capture = Capture(h.node.port).start()
     try:
@@ -116,7 +118,7 @@ class Relay:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.tls_from_f = 0
-        self.f_finished_handshake = 0
+        self.requests_from_f = 0
         self.clear_from_f: list[bytes] = []
         self.h_answers: list[bytes] = []
         self.h_refused = 0
@@ -143,8 +145,14 @@ class Relay:
                 return
             self.tls_from_f += 1
             try:
-                tlsstream.accept(self.tls, conn, None, 10).close()
-                self.f_finished_handshake += 1  # F would have accepted our key
+                # F checks the key once the handshake is done: a request would mean that F
+                # took our key for H's
+                with (
+                    tlsstream.accept(self.tls, conn, None, 10) as stream,
+                    contextlib.suppress(OSError),
+                ):
+                    if stream.recv(65536):
+                        self.requests_from_f += 1
             except HandshakeError:
                 pass
             self._ask_h()
@@ -196,13 +204,13 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
     refuses the relay's key (and does not fall back to a classic GET_FILE in clear), H refuses
     the relay as F; nothing of the file passes."""
     h = shells("H", "--download-limit", "0", "--gossip-interval", "600").start()
+    src, _ = random_file(tmp_path, "secret.bin", 2 * 1024 * 1024)
+    file_id = h.push(src)  # H alone: pushed to nobody
     f_port = free_port()
     f = shells(
         "F", "--download-limit", "0", "--bootstrap", h.address, "--peer-timeout", "600",
         port=f_port,
     ).start()  # fmt: skip
-    src, _ = random_file(tmp_path, "secret.bin", 2 * 1024 * 1024)
-    file_id = h.push(src)
     wait_until(lambda: file_id in f.files(), what="F lists H's file")
     wait_until(lambda: "F" in pins(h) and "H" in pins(f), what="keys pinned", timeout=30)
     assert pins(f)["H"] == node_key(h)
@@ -222,10 +230,10 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
     out = f.get(file_id)
     assert not out.startswith("got"), out
     assert not f.blob(file_id).exists()
-    # F refused the relay's key: every TLS connection it made to the relay ended in the
-    # handshake, and no request in clear followed (no classic fallback).
+    # F refused the relay's key: it dialled the relay over TLS, sent no request once it saw
+    # the key, and no request in clear followed (no classic fallback).
     assert relay.tls_from_f >= 1
-    assert relay.f_finished_handshake == 0
+    assert relay.requests_from_f == 0
     assert not [m for m in relay.clear_from_f if b"GET_FILE" in m]
     # H refused the relay that claimed to be F: no byte of an answer, and a line in its log.
     wait_until(lambda: relay.h_refused >= 1, what="H refused the relay")
