@@ -42,6 +42,7 @@ from treedrive.core.messages import (
     RAW_PUSH,
     RAW_RANGE,
     STREAM_PUSH,
+    TLS,
     Announce,
     Delete,
     Extension,
@@ -97,7 +98,7 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.peer_id == ME
     assert (answer.host, answer.port) == (MY_HOST, MY_PORT)
     assert answer.files == (mine,)
-    assert answer.extension == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH}), 1)
+    assert answer.extension == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS}), 1)
     assert answer.extra == {}
     [alice] = h.node.peers()
     assert (alice.peer_id, alice.host, alice.port) == ("alice", "127.0.0.1", 7123)
