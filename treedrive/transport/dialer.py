@@ -256,6 +256,7 @@ class Dialer:
             await close_writer(writer)
             raise OSError("the connection has no socket")
         sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see secureconn
         sock.setblocking(True)
         try:
             stream = await dial(self.tls, sock, peer_key, self.limits.control_timeout)

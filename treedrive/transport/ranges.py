@@ -227,6 +227,7 @@ class RangeClient:
     ) -> RangeAnswer:
         stream = None
         if peer_key is not None and self.tls is not None:  # the handshake, by its deadline
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see secureconn
             stream = tlsstream.connect(self.tls, sock, peer_key, self.limits.control_timeout)
         # Blocking, with the idle timeout in the kernel (not a poll() before every read).
         sock.settimeout(None)

@@ -11,6 +11,10 @@ threads, so the cipher never runs on the loop. Bulk bytes move in the upload and
 workers (:mod:`~treedrive.transport.uploader`, :func:`SecureConn.read_raw`), as for plain
 connections. A stranger who sends ``0x16`` and then nothing holds no thread: only the loop waits.
 
+Both ends of a TLS connection set ``TCP_NODELAY``: the handshake's last flight and the request
+are small writes in a row, and Nagle's algorithm would hold the second until the first is
+acknowledged (a delayed ACK: 40 ms per connection, per range). The bulk writes are large anyway.
+
 The key the client proved is checked by the caller against the key pinned for the peer id the
 request claims (:func:`claimed_peer`), before anything is served.
 """
@@ -162,6 +166,7 @@ class SecureConn:
             raise OSError("the connection has no socket")
         initial = first + buffered(reader.reader)
         sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         try:
             stream = await accept(node, sock, initial, reader.deadline)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ MIN_PIECE = 16 * 1024
 SEND_WORKERS = 32  # raw uploads moving bytes at once (a stalled one waits on the loop)
 
 
+FULL_WAIT = 0.05
+"""Seconds a TLS upload's worker waits for room in a full socket before it hands the wait back
+to the loop: the encryption goes on as soon as the reader takes bytes, without a trip through
+the loop (with ``sendfile`` the kernel moves the bytes, and that trip costs little)."""
 STARVED_WAIT = 0.25
 """Seconds a worker waits for more bytes of a file still being written before it hands the
 wait back to the loop."""
@@ -292,7 +297,7 @@ class Uploader:
         or the upload is done. The rate limit is taken a piece at a time, and kept in
         ``upload.credit`` across returns. Over TLS (``stream``), encrypted and sent by
         ``send_file_some`` (what the socket does not take waits in ``stream.unsent``)."""
-        if stream is not None and not stream.flush_some():
+        if stream is not None and not _flushed(stream):
             return
         rate = self.upload.rate
         # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
@@ -315,7 +320,9 @@ class Uploader:
                     fd, upload.offset + upload.sent, min(upload.credit, count)
                 )
                 if k == 0:  # the socket is full
-                    return
+                    if not _flushed(stream):  # and stays full: the loop waits on
+                        return
+                    continue
             else:
                 try:
                     k = os.sendfile(
@@ -330,6 +337,17 @@ class Uploader:
             upload.credit -= k
             if upload.credit == 0:
                 report(upload.sent)
+
+
+def _flushed(stream: SecureStream) -> bool:
+    """Send the ciphertext kept back, waiting for room up to :data:`FULL_WAIT` seconds at a time
+    (a worker); False if the socket stays full that long (the loop waits on)."""
+    poller = select.poll()
+    poller.register(stream.sock.fileno(), select.POLLOUT)
+    while not stream.flush_some():
+        if not poller.poll(int(FULL_WAIT * 1000)):
+            return False
+    return True
 
 
 def _called_off(record: asyncio.Future[FileMeta | None]) -> str | None:
