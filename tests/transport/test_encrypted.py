@@ -129,6 +129,27 @@ async def test_a_push_to_a_pinned_peer_goes_over_tls(start_node: Any, tmp_path: 
     assert tls_served(receiver) == 1
 
 
+async def test_a_push_to_a_peer_that_proves_another_key_is_not_sent(
+    start_node: Any, tmp_path: Path
+) -> None:
+    receiver: Node = await start_node("receiver", download_limit=0)
+    pusher: Node = await start_node("pusher", download_limit=0, bootstrap=(address(receiver),))
+    await wait_for(lambda: [p for p in pusher.ctx.peers() if p.features])
+    await wait_for(lambda: [p for p in receiver.ctx.peers() if p.features])
+    pin(pusher, "receiver", NodeKey.generate().public)  # a relay's key, say
+    pin(receiver, "pusher", pusher.key.public)
+    src = tmp_path / "pushed.bin"
+    src.write_bytes(os.urandom(SIZE))
+    meta = await pusher.push(src)
+    await wait_for(lambda: not pusher.active_transfers, timeout=20)
+    await asyncio.sleep(0.3)
+    entry = receiver.file(meta.file_id)  # listed from the ANNOUNCE, at most
+    assert entry is None or not entry.has_copy
+    assert not receiver.store.blobs.path(meta.file_id).exists()
+    assert tls_served(receiver) == 0
+    assert pusher.store.blobs.path(meta.file_id).read_bytes() == src.read_bytes()
+
+
 # -- the listener, spoken to by hand -------------------------------------------------------------
 def stranger_get(node: Node, file_id: str, claimed: str, key: NodeKey) -> bool:
     """Dial ``node`` over TLS with ``key``, ask for a range as ``claimed``; whether any answer

@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from treedrive.core.errors import StorageError, TransferError
 from treedrive.core.messages import FileData, GetFile, Message
@@ -34,7 +31,7 @@ from treedrive.transport.limits import NetLimits
 from treedrive.transport.outbox import EncodeCache, Outbox
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import NodeTLS
-from treedrive.transport.secureconn import SecureConn, dial
+from treedrive.transport.secureconn import SecureConn
 from treedrive.transport.streams import (
     READ_SIZE,
     Reader,
@@ -230,12 +227,12 @@ class Dialer:
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
-                if raw and peer_key is not None and self.tls is not None:
-                    secure = await self._secure(writer, peer_key)
         except (OSError, TimeoutError) as exc:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
+            if raw and peer_key is not None and self.tls is not None:
+                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
             await self.uploader.push(writer, meta, path, progress, raw, sender, secure)
             return True
         except (OSError, TimeoutError) as exc:
@@ -245,29 +242,6 @@ class Dialer:
             if secure is not None:
                 secure.close()
             await close_writer(writer)
-
-    async def _secure(self, writer: asyncio.StreamWriter, peer_key: bytes) -> SecureConn:
-        """Take the connection just made from asyncio and shake hands as the TLS client: the
-        peer must prove ``peer_key`` (its pinned key). Raises OSError (HandshakeError)."""
-        transport: Any = writer.transport
-        transport.pause_reading()  # the server's handshake bytes are ours
-        raw = writer.get_extra_info("socket")
-        if raw is None or self.tls is None:
-            await close_writer(writer)
-            raise OSError("the connection has no socket")
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see secureconn
-        sock.setblocking(True)
-        try:
-            stream = await dial(self.tls, sock, peer_key, self.limits.control_timeout)
-        except BaseException:
-            sock.close()
-            with contextlib.suppress(OSError):
-                raw.setblocking(False)
-            await close_writer(writer)
-            raise
-        sock.setblocking(False)
-        return SecureConn(stream, self.limits)
 
     async def push_stream(
         self,
@@ -286,12 +260,12 @@ class Dialer:
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
-                if peer_key is not None and self.tls is not None:
-                    secure = await self._secure(writer, peer_key)
         except (OSError, TimeoutError) as exc:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
+            if peer_key is not None and self.tls is not None:
+                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
             return await self.uploader.push_stream(
                 writer, source, size, record, progress, sender, secure
             )

@@ -140,6 +140,44 @@ class Body:
         return n
 
 
+def start_body(
+    stream: Reader,
+    sink: FileSink,
+    length: int,
+    min_rate: float | None,
+    download: RateLimiter,
+    progress: Callable[[int], None] | None,
+) -> Body:
+    """A body about to be received: its clock started, its progress called on the loop."""
+    loop = asyncio.get_running_loop()
+    state = stream.state
+    state.body_started, state.body_received = time.monotonic(), 0
+
+    def report(done: int) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, done)
+
+    return Body(stream, sink, length, min_rate, download, report)
+
+
+async def run_body(
+    body: Body, sock: socket.socket, first: bytes, secure: SecureStream | None = None
+) -> None:
+    """``body.run`` in a worker; if cancelled, the worker is stopped (``sock`` shut down for
+    reading) and awaited before the cancellation goes on."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_workers.pool(), body.run, sock, first, secure)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        body.cancelled.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 async def read_raw_off_loop(
     stream: Reader,
     writer: asyncio.StreamWriter,
@@ -154,30 +192,13 @@ async def read_raw_off_loop(
     ``sink`` from a worker thread that reads ``sock`` (a duplicate of the connection's socket,
     from :func:`detachable`, closed here). ``progress`` is called on the loop. Returns the bytes
     already read past the body (the worker never reads past it)."""
-    loop = asyncio.get_running_loop()
-    state = stream.state
-    state.body_started, state.body_received = time.monotonic(), 0
-
-    def report(done: int) -> None:
-        if progress is not None:
-            loop.call_soon_threadsafe(progress, done)
-
-    body = Body(stream, sink, length, min_rate, download, report)
+    body = start_body(stream, sink, length, min_rate, download, progress)
     transport: Any = writer.transport
     transport.pause_reading()
     try:
         ahead = stream.parser.trailing + buffered(stream.reader)
         after = ahead[length:]
-        future = loop.run_in_executor(_workers.pool(), body.run, sock, ahead[:length])
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            body.cancelled.set()
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
-            with contextlib.suppress(Exception):
-                await future
-            raise
+        await run_body(body, sock, ahead[:length])
     finally:
         with contextlib.suppress(OSError):
             sock.setblocking(False)  # the flag is shared with asyncio's own descriptor

@@ -37,7 +37,7 @@ from treedrive.core.text import printable
 from treedrive.transport import codec, tlsstream
 from treedrive.transport.extension import claimed_peer
 from treedrive.transport.fields import WireError
-from treedrive.transport.inbound import Body, buffered
+from treedrive.transport.inbound import buffered, run_body, start_body
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import HandshakeError, NodeTLS, key_of_certificate
@@ -52,7 +52,6 @@ READ_PIECE = 64 * 1024
 """Bytes of ciphertext read from the socket by the loop at a time (control messages only)."""
 
 _crypto = Workers(CRYPTO_WORKERS, "tls")
-_body_workers = Workers(8, "tls-in")
 _dial_workers = Workers(8, "tls-dial")
 T = TypeVar("T")
 
@@ -138,6 +137,19 @@ async def dial(
     return await loop.run_in_executor(_dial_workers.pool(), connect, node, sock, expected, deadline)
 
 
+def _detach(writer: asyncio.StreamWriter) -> socket.socket:
+    """The connection's socket taken from asyncio (its reading paused): a duplicate, with
+    ``TCP_NODELAY``."""
+    transport: Any = writer.transport
+    transport.pause_reading()
+    raw = writer.get_extra_info("socket")
+    if raw is None:
+        raise OSError("the connection has no socket")
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class SecureConn:
     """One TLS connection being served: its stream (on a duplicate of the connection's socket,
     which :meth:`close` closes) and the loop-side reads of its control messages."""
@@ -159,14 +171,8 @@ class SecureConn:
         cls, node: NodeTLS, writer: asyncio.StreamWriter, first: bytes, reader: Reader
     ) -> SecureConn:
         """Take the connection from asyncio and shake hands (within the message deadline)."""
-        transport: Any = writer.transport
-        transport.pause_reading()
-        raw = writer.get_extra_info("socket")
-        if raw is None:
-            raise OSError("the connection has no socket")
+        sock = _detach(writer)
         initial = first + buffered(reader.reader)
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         try:
             stream = await accept(node, sock, initial, reader.deadline)
@@ -174,6 +180,25 @@ class SecureConn:
             sock.close()
             raise
         return cls(stream, limits=reader.limits)
+
+    @classmethod
+    async def dial(
+        cls, node: NodeTLS, writer: asyncio.StreamWriter, peer_key: bytes, limits: NetLimits
+    ) -> SecureConn:
+        """Take a connection this node just made from asyncio and shake hands as the client
+        (within ``control_timeout``): the peer must prove ``peer_key`` (its pinned key). Raises
+        OSError (HandshakeError); the caller closes ``writer``."""
+        sock = _detach(writer)  # the server's handshake bytes are ours
+        sock.setblocking(True)  # (the flag is shared with asyncio's descriptor: reset below)
+        try:
+            stream = await dial(node, sock, peer_key, limits.control_timeout)
+        except BaseException:
+            sock.close()  # (if the handshake did not already)
+            with contextlib.suppress(OSError, AttributeError):
+                os.set_blocking(writer.get_extra_info("socket").fileno(), False)
+            raise
+        sock.setblocking(False)
+        return cls(stream, limits)
 
     async def read_message(
         self, parser: codec.MessageParser, deadline: float
@@ -211,30 +236,12 @@ class SecureConn:
     ) -> bytes:
         """The body of a raw push, ``length`` bytes (the first ones already decrypted, in
         ``reader.parser``), into ``sink``, decrypted in a worker thread under the same limits
-        as a plain body (:class:`~treedrive.transport.inbound.Body`). Returns the bytes already
-        decrypted past it (the worker never reads past it)."""
-        loop = asyncio.get_running_loop()
-        state = reader.state
-        state.body_started, state.body_received = time.monotonic(), 0
-
-        def report(done: int) -> None:
-            if progress is not None:
-                loop.call_soon_threadsafe(progress, done)
-
-        body = Body(reader, sink, length, min_rate, download, report)
+        as a plain body (:class:`~treedrive.transport.inbound.Body`, in the same workers).
+        Returns the bytes already decrypted past it (the worker never reads past it)."""
+        body = start_body(reader, sink, length, min_rate, download, progress)
         ahead = reader.parser.trailing
-        future = loop.run_in_executor(
-            _body_workers.pool(), body.run, self.sock, ahead[:length], self.stream
-        )
         try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            body.cancelled.set()
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RD)
-            with contextlib.suppress(Exception):
-                await future
-            raise
+            await run_body(body, self.sock, ahead[:length], self.stream)
         finally:
             with contextlib.suppress(OSError):
                 self.sock.setblocking(False)
