@@ -10,9 +10,12 @@ For each file size and each mode a small network of node processes is built on 1
 - run "4 nodes, 3 sources": ``n4`` joins and fetches it; an extension node takes chunks from all
   three holders, a classic node takes the whole file from one of them.
 
-Modes: ``classic`` (every node ``--no-extension``: one GET_FILE -> hex FILE_DATA) and
-``extension`` (raw ranged GET_FILE, multi-source). Every node has ``--download-limit 0``, so no node
-fetches anything by itself on join.
+Modes: ``classic`` (every node ``--no-extension``: one GET_FILE -> hex FILE_DATA),
+``extension`` (raw ranged GET_FILE, multi-source, in clear: ``--no-encryption``) and ``tls``
+(the same, encrypted: TLS 1.3 bound to the node keys, PROTOCOL.md 2.9, the nodes' default; the
+nodes wait until they know each other's ``tls`` feature). With both ``extension`` and ``tls``, the
+end says the ratio of their MB/s (target >= 0.6) and each node's CPU seconds per GiB. Every
+node has ``--download-limit 0``, so no node fetches anything by itself on join.
 
 Measured for each run: the wall time of the receiver's fetch API call (from the request to the
 answer, which comes after the bytes were verified and committed), MB/s of file bytes (MB = 10^6 B);
@@ -56,6 +59,7 @@ dir is removed at the end (``--keep`` keeps it).
     python bench/transfer.py                          # 1, 16, 256, 1024 MiB; both modes
     python bench/transfer.py --quick                  # 1, 16, 64 MiB
     python bench/transfer.py --sizes 1024 --modes extension --sources 1
+    python bench/transfer.py --sizes 1024 --modes extension,tls --sources 1 --repeat 3
     python bench/transfer.py --sizes 1024 --repeat 3 --wait-quiet 300
     python bench/transfer.py --sizes 1024 --modes push --repeat 6 --wait-quiet 300
     python bench/transfer.py --sizes 1024 --perf /tmp/perf    # also profile (perturbs the run)
@@ -93,6 +97,7 @@ HTTP_BLOCK = 1024 * 1024
 TARGET_RATIO = 0.5  # extension, 2 nodes, 1 GiB: at least this share of the socket-copy ceiling
 TARGET_RSS_MIB = 100  # every node, any run
 TARGET_CLASSIC_MB_S = 150  # classic hex, 1 GiB
+TARGET_TLS_RATIO = 0.6  # encrypted extension / extension in clear, same size, same run
 
 TIMERS = {
     "gossip-interval": "2",
@@ -597,16 +602,17 @@ class Node:
     def transfers(self) -> dict[str, Any]:
         return dict(self.request("GET", "/api/transfers"))
 
-    def knows(self, file_id: str, holders: set[str], extension: bool) -> bool:
+    def knows(self, file_id: str, holders: set[str], extension: bool, tls: bool = False) -> bool:
         """The node lists ``file_id`` with all of ``holders``, and tracks them (with the
-        extension's features if ``extension``)."""
+        extension's features if ``extension``, and ``tls`` too if ``tls``)."""
         entry = self.file(file_id)
         if entry is None or not holders <= set(entry["holders"]):
             return False
         peers = self.peers()
-        return all(
-            h in peers and (not extension or "raw-range" in peers[h]["features"]) for h in holders
-        )
+        wanted = {"raw-range"} if extension else set()
+        if tls:
+            wanted.add("tls")
+        return all(h in peers and wanted <= set(peers[h]["features"]) for h in holders)
 
     def blob(self, file_id: str) -> Path:
         return self.data_dir / "blobs" / file_id
@@ -844,6 +850,8 @@ class Bench:
         extra = ["--download-limit", "0", *self.args.node_arg]
         if mode == "classic":
             extra.append("--no-extension")
+        elif mode in ("extension", "push"):
+            extra.append("--no-encryption")  # the raw extension in clear, as before issue 11
         if bootstrap is not None:
             extra += ["--bootstrap", bootstrap.address]
         node = Node(name, root / name, extra, preamble=self.preamble)
@@ -862,7 +870,8 @@ class Bench:
         """One size, one mode: the runs asked for (see the module's docstring)."""
         root = self.tmp / f"{size_mib}MiB-{mode}"
         size = size_mib * MIB
-        extension = mode == "extension"
+        extension = mode in ("extension", "tls")
+        tls = mode == "tls"
         timeout = max(600.0, size_mib * 2.0)
         runs: list[Run] = []
         self.sampler.pids = {}
@@ -870,7 +879,9 @@ class Bench:
             n1 = self.node(root, "n1", mode, None)
             file_id = n1.push(payload, timeout)
             n2 = self.node(root, "n2", mode, n1)
-            wait_until(lambda: n2.knows(file_id, {"n1"}, extension), 30, "n2 learning the file")
+            wait_until(
+                lambda: n2.knows(file_id, {"n1"}, extension, tls), 30, "n2 learning the file"
+            )
             if 1 in self.args.sources:
                 runs.append(self.measure(root, size, mode, [n1], n2, file_id, payload, want))
             else:
@@ -878,12 +889,14 @@ class Bench:
             if 3 in self.args.sources:
                 n3 = self.node(root, "n3", mode, n1)
                 wait_until(
-                    lambda: n3.knows(file_id, {"n1", "n2"}, extension), 30, "n3 learning the file"
+                    lambda: n3.knows(file_id, {"n1", "n2"}, extension, tls),
+                    30,
+                    "n3 learning the file",
                 )
                 n3.fetch(file_id, timeout)  # setup: a third holder
                 n4 = self.node(root, "n4", mode, n1)
                 wait_until(
-                    lambda: n4.knows(file_id, {"n1", "n2", "n3"}, extension),
+                    lambda: n4.knows(file_id, {"n1", "n2", "n3"}, extension, tls),
                     30,
                     "n4 learning the three holders",
                 )
@@ -1064,10 +1077,10 @@ class PushBench:
         bench = self.bench
         bench.sampler.pids = {}
         try:
-            n1 = bench.node(root, "n1", "extension", None)
+            n1 = bench.node(root, "n1", "push", None)
             want = self.fresh(payload)
             file_id = n1.push(payload, timeout)
-            n2 = bench.node(root, "n2", "extension", n1)
+            n2 = bench.node(root, "n2", "push", n1)
             wait_until(lambda: n2.knows(file_id, {"n1"}, True), 30, "n2 learning the file")
             nodes = [n1, n2]
             cpu: dict[str, dict[str, CpuSplit]] = {}
@@ -1269,6 +1282,36 @@ def print_table(runs: list[Run]) -> None:
         print(f"    {r.size // MIB} MiB {r.mode} {r.nodes} nodes: {r.others_top}")
 
 
+def tls_ratios(runs: list[Run]) -> list[str]:
+    """For each size and number of sources measured both ways: the encrypted extension (``tls``)
+    against the one in clear (``extension``), MB/s (medians) and their ratio against the target,
+    and each node's CPU seconds per GiB (medians)."""
+    lines = []
+    cases = sorted({(r.size, r.sources) for r in runs if r.mode == "tls"})
+    for size, sources in cases:
+        by = {
+            mode: [r for r in runs if (r.size, r.sources, r.mode) == (size, sources, mode)]
+            for mode in ("extension", "tls")
+        }
+        if not by["extension"]:
+            continue
+        speed = {m: statistics.median(r.mb_s for r in rs) for m, rs in by.items()}
+        ratio = speed["tls"] / speed["extension"]
+        lines.append(
+            f"encrypted / clear extension, {size // MIB} MiB, {sources + 1} nodes >= "
+            f"{TARGET_TLS_RATIO}: {'met' if ratio >= TARGET_TLS_RATIO else 'MISSED'} "
+            f"({speed['tls']:.1f} / {speed['extension']:.1f} MB/s = {ratio:.2f})"
+        )
+        gib = size / (1024 * MIB)
+        for mode, rs in by.items():
+            names = list(rs[0].cpu)
+            per = "  ".join(
+                f"{n} {statistics.median(r.cpu[n] for r in rs) / gib:.2f}" for n in names
+            )
+            lines.append(f"  CPU s per GiB, {mode:9} (last: the receiver): {per}")
+    return lines
+
+
 def check_targets(runs: list[Run]) -> list[str]:
     lines = []
     ext = [r for r in runs if r.mode == "extension" and r.sources == 1 and r.size == 1024 * MIB]
@@ -1279,6 +1322,7 @@ def check_targets(runs: list[Run]) -> list[str]:
             f"{'met' if ok else 'MISSED'} ({r.mb_s:.1f} / {r.ceiling:.1f} MB/s = "
             f"{100 * r.ratio:.0f}%)"
         )
+    lines += tls_ratios(runs)
     cl = [r for r in runs if r.mode == "classic" and r.size == 1024 * MIB]
     for r in cl:
         ok = r.mb_s >= TARGET_CLASSIC_MB_S
@@ -1387,8 +1431,10 @@ def main(argv: list[str] | None = None) -> int:
         "--modes",
         type=lambda s: s.split(","),
         default=["classic", "extension", "push"],
-        help="classic,extension,push (default all three); push: get, push forward, whole\n"
-        "push and the fsync copy, interleaved in each round (a fresh 2-node network)",
+        help="classic,extension,tls,push (default classic,extension,push); extension: the\n"
+        "raw extension in clear (--no-encryption); tls: the same, encrypted (PROTOCOL.md 2.9);\n"
+        "push: get, push forward, whole push and the fsync copy, interleaved in each round\n"
+        "(a fresh 2-node network, in clear)",
     )
     p.add_argument(
         "--sources",
@@ -1459,8 +1505,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = [1, 16, 64]
-    if set(args.modes) - {"classic", "extension", "push"} or set(args.sources) - {1, 3}:
-        p.error("--modes: classic,extension,push; --sources: 1,3")
+    if set(args.modes) - {"classic", "extension", "tls", "push"} or set(args.sources) - {1, 3}:
+        p.error("--modes: classic,extension,tls,push; --sources: 1,3")
     return run(args)
 
 

@@ -43,6 +43,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "max_inflight": ("2", 2),
     "max_peers": ("50", 50),
     "extension": ("false", False),
+    "encryption": ("false", False),
     "shell": ("false", False),
     "log_level": ("DEBUG", "DEBUG"),
 }

@@ -251,6 +251,15 @@ def cli() -> None:
     help="Speak the TreeDrive extension (raw ranged transfers) with peers that do.",
 )
 @click.option(
+    "--encryption/--no-encryption",
+    envvar=env("ENCRYPTION"),
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Encrypt extension transfers (TLS 1.3 bound to the node keys) with peers whose key is "
+    "pinned and that do; --no-encryption moves them in clear.",
+)
+@click.option(
     "--shell/--no-shell",
     "shell",
     envvar=env("SHELL"),
@@ -287,6 +296,7 @@ def run(
     max_inflight: int,
     max_peers: int,
     extension: bool,
+    encryption: bool,
     shell: bool | None,
     log_level: str,
 ) -> None:
@@ -338,6 +348,7 @@ def run(
         max_inflight=max_inflight,
         max_peers=max_peers,
         extension=extension,
+        encryption=encryption,
     )
     if shell is None:
         shell = sys.stdin.isatty()

@@ -69,6 +69,7 @@ class RecordingNetwork:
         path: Path,
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
+        peer_key: bytes | None = None,
     ) -> bool:
         self.pushed.append((host, port, meta, await asyncio.to_thread(path.read_bytes)))
         self.raw_pushes += raw
@@ -88,6 +89,7 @@ class RecordingNetwork:
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
         raise TransferError("this fake speaks only the classic protocol")
 

@@ -76,5 +76,9 @@ class NodeConfig:
     """Bytes per second for all uploads together; None: no limit."""
     extension: bool = True
     """Speak the TreeDrive extension (PROTOCOL part 2); False: classic only, like the seed."""
+    encryption: bool = True
+    """Encrypt extension transfers (TLS 1.3 bound to the node keys, PROTOCOL.md 2.9) with peers
+    that advertise ``tls`` and whose key is pinned; False: advertise no ``tls``, transfer in
+    clear (for comparison, or a peer whose TLS is broken)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Settings for plugins (e.g. the web server's upload cap), by name."""

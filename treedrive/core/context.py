@@ -24,7 +24,7 @@ from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileDeleted, FileStored, Notice
 from treedrive.core.identity import NodeKey
-from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, Message
+from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS, Message
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import Network, Store, UnitOfWork
@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 node_log = logging.getLogger("treedrive.core.node")
 """The node's logger: lines about what peers did, whichever part of the node writes them."""
 
-EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH})
+EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH, TLS})
+
+
+def features_for(config: NodeConfig) -> frozenset[str]:
+    """The extension features a node with ``config`` speaks: none without the extension, all
+    but ``tls`` without encryption."""
+    if not config.extension:
+        return frozenset()
+    return EXTENSION_FEATURES if config.encryption else EXTENSION_FEATURES - {TLS}
 
 
 class NodeContext:
@@ -52,7 +60,7 @@ class NodeContext:
         """The node's key pair (its identity between TreeDrive nodes), kept in its data dir."""
         self.host = config.host
         self.port = config.port
-        self.features = EXTENSION_FEATURES if config.extension else frozenset()
+        self.features = features_for(config)
         """The extension features the node speaks (empty: classic only)."""
         self.hook_node: Any = None
         """The node object, as hooks receive it (set by the node)."""
@@ -86,6 +94,19 @@ class NodeContext:
     def peers(self) -> list[PeerInfo]:
         with self.store.reading() as uow:
             return uow.peers.all()
+
+    def secure_key(self, peer: PeerInfo) -> bytes | None:
+        """The key an extension connection to ``peer`` must be bound to (PROTOCOL.md 2.9): its
+        pinned key when both nodes advertise ``tls`` and its key is pinned; None: in clear."""
+        if TLS not in self.features or TLS not in (peer.features or ()):
+            return None
+        return self.pinned_key(peer.peer_id)
+
+    def pinned_key(self, peer_id: str) -> bytes | None:
+        """The key pinned to ``peer_id`` (None: none is)."""
+        with self.store.reading() as uow:
+            pinned = uow.keys.get(peer_id)
+        return None if pinned is None else pinned.public_key
 
     def file(self, file_id: str) -> CatalogEntry | None:
         with self.store.reading() as uow:

@@ -81,6 +81,9 @@ class DownloadEnv:
     max_inflight: int
     stall_timeout: float
     sync_every: int
+    secure_key: Callable[[PeerInfo], bytes | None] = lambda peer: None
+    """The key a connection to a holder must be bound to (TLS, PROTOCOL.md 2.9); None: in
+    clear."""
 
 
 def raw_holders(

@@ -100,6 +100,7 @@ class Fetcher:
             progress,
             written,
             self.run_id,
+            self.env.secure_key(peer),
         )
         if answer.meta is None:
             raise HolderGone("does not have it")

@@ -101,7 +101,9 @@ class Fetching:
         if extension:
             if await self._ranged(entry, extension, errors):
                 return self._stored_entry(file_id)
-            extension = []  # they may still answer a classic GET_FILE
+            # They may still answer a classic GET_FILE; not those that take TLS (2.9): a relay
+            # that breaks the TLS must not get the bytes in clear instead.
+            extension = [p for p in extension if ctx.secure_key(p) is not None]
         for peer in ordered:
             if peer in extension:
                 continue
@@ -178,6 +180,7 @@ class Fetching:
             max_inflight=cfg.max_inflight,
             stall_timeout=cfg.stall_timeout,
             sync_every=cfg.sync_every,
+            secure_key=ctx.secure_key,
         )
 
     async def _classic(self, entry: CatalogEntry, peer: PeerInfo) -> tuple[bool, str]:

@@ -93,8 +93,9 @@ async def _stream(
     assert forward.record is not None
     try:
         ok = await ctx.network.push_stream(
-            target.host, target.port, tail, size, forward.record, forward.progress
-        )
+            target.host, target.port, tail, size, forward.record, forward.progress,
+            ctx.secure_key(target),
+        )  # fmt: skip
     finally:
         tail.close()
         forward.call_off()  # a failure before the record: the file is pushed whole instead

@@ -24,6 +24,9 @@ RAW_PUSH: Final = "raw-push"
 """Feature: a pushed FILE_DATA with raw bytes (PROTOCOL.md 2.3)."""
 STREAM_PUSH: Final = "stream-push"
 """Feature: a raw push whose record follows its bytes, sent while they arrive (PROTOCOL.md 2.4)."""
+TLS: Final = "tls"
+"""Feature: extension connections (2.2-2.4) are TLS 1.3 bound to both nodes' keys (PROTOCOL.md
+2.9), with peers whose key is pinned."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from treedrive.core.model import FileMeta
 if TYPE_CHECKING:
     from hashlib import _Hash
 
+    from treedrive.core.identity import NodeKey
+
 
 @dataclass(frozen=True, slots=True)
 class RangeAnswer:
@@ -123,6 +125,16 @@ class InboundHandler(Protocol):
         """The extension features the node speaks (empty: classic only)."""
         ...
 
+    @property
+    def key(self) -> NodeKey:
+        """The node's key pair: its TLS certificate is made from it (PROTOCOL.md 2.9)."""
+        ...
+
+    def pinned_key(self, peer_id: str) -> bytes | None:
+        """The key pinned to ``peer_id`` (None: none is): a TLS client that claims ``peer_id``
+        must have proved it."""
+        ...
+
     def open_sink(self) -> FileSink:
         """A fresh sink for the bytes of an incoming FILE_DATA."""
         ...
@@ -199,8 +211,10 @@ class Network(Protocol):
         path: Path,
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
+        peer_key: bytes | None = None,
     ) -> bool:
-        """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk."""
+        """Send an unsolicited FILE_DATA with the bytes at ``path``, streamed from disk. With
+        ``peer_key`` (a raw push only), over TLS to the peer that proves that key (2.9)."""
         ...
 
     async def push_stream(
@@ -211,10 +225,12 @@ class Network(Protocol):
         size: int,
         record: Awaitable[FileMeta | None],
         progress: Callable[[int], None] | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
         """Push ``size`` bytes to a TreeDrive peer that takes ``stream-push`` while they are
         still being written to ``source``, then their record once ``record`` gives it (None:
-        the push is called off, and the peer keeps nothing). True once the record is sent."""
+        the push is called off, and the peer keeps nothing). True once the record is sent.
+        ``peer_key``: over TLS, as for :meth:`push_file`."""
         ...
 
     async def fetch_range(
@@ -228,6 +244,7 @@ class Network(Protocol):
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE (extension): bytes ``offset`` to ``offset + length`` of the file,
         written front to back at the same offsets of ``partial`` (``partial.splice_from`` in the
@@ -237,7 +254,9 @@ class Network(Protocol):
         after every write, from whatever thread wrote (so it must be thread-safe and quick),
         with the bytes of the range on disk so far. ``download`` names the download this range
         belongs to (the holder counts its ranges as one upload). Raises TransferError when the
-        exchange fails, or ClassicAnswer when the peer answered the classic way."""
+        exchange fails, or ClassicAnswer when the peer answered the classic way. With
+        ``peer_key``, over TLS to the peer that proves that key (PROTOCOL.md 2.9; the bytes are
+        then decrypted and written, ``write_at``, not spliced)."""
         ...
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:

@@ -240,6 +240,10 @@ class Node:
         return self.membership.expire(now)
 
     # -- inbound (InboundHandler) -------------------------------------------------------------
+    def pinned_key(self, peer_id: str) -> bytes | None:
+        """The key pinned to ``peer_id`` (None: none is)."""
+        return self.ctx.pinned_key(peer_id)
+
     def open_sink(self) -> PartialFile:
         return self.store.blobs.writer()
 

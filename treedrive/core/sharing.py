@@ -147,13 +147,15 @@ class Sharing:
         peer that takes them, hex (the classic push) to anyone else."""
         ctx = self.ctx
         transfer = self.transfers.begin(meta, "out", peer.peer_id, size)
+        raw = RAW_PUSH in (peer.features or ()) and RAW_PUSH in ctx.features
         ok = await ctx.network.push_file(
             peer.host,
             peer.port,
             meta,
             ctx.store.blobs.path(meta.file_id),
             transfer.update,
-            raw=RAW_PUSH in (peer.features or ()) and RAW_PUSH in ctx.features,
+            raw=raw,
+            peer_key=ctx.secure_key(peer) if raw else None,
         )
         transfer.finish(ok, None if ok else "push failed")
         if not ok:

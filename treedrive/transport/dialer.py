@@ -30,6 +30,8 @@ from treedrive.transport.counters import Counters
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.outbox import EncodeCache, Outbox
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.secure import NodeTLS
+from treedrive.transport.secureconn import SecureConn
 from treedrive.transport.streams import (
     READ_SIZE,
     Reader,
@@ -88,6 +90,8 @@ class Dialer:
         self._waiting: Counter[tuple[str, int]] = Counter()
         self.bytes_sent = 0
         """Bytes of messages sent by send() and post() (not file uploads)."""
+        self.tls: NodeTLS | None = None
+        """The node's TLS contexts when it pushes over TLS (set at the start)."""
 
     def close(self) -> None:
         """Post nothing more, and stop the senders (what is still in the outbox is dropped)."""
@@ -215,8 +219,11 @@ class Dialer:
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
         sender: str | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
-        """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header)."""
+        """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header;
+        with ``peer_key`` too, over TLS to the peer that proves that key)."""
+        secure: SecureConn | None = None
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
@@ -224,12 +231,16 @@ class Dialer:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
-            await self.uploader.push(writer, meta, path, progress, raw, sender)
+            if raw and peer_key is not None and self.tls is not None:
+                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
+            await self.uploader.push(writer, meta, path, progress, raw, sender, secure)
             return True
         except (OSError, TimeoutError) as exc:
             log.debug("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
             return False
         finally:
+            if secure is not None:
+                secure.close()
             await close_writer(writer)
 
     async def push_stream(
@@ -241,8 +252,11 @@ class Dialer:
         record: Awaitable[FileMeta | None],
         progress: Callable[[int], None] | None = None,
         sender: str | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
-        """A streamed push (see ``Network.push_stream``); False if it failed or was called off."""
+        """A streamed push (see ``Network.push_stream``); False if it failed or was called off.
+        With ``peer_key``, over TLS (as :meth:`push_file`)."""
+        secure: SecureConn | None = None
         try:
             async with self.dials:  # only while connecting: the push may take long
                 _, writer = await self.connect(host, port)
@@ -250,11 +264,17 @@ class Dialer:
             log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
             return False
         try:
-            return await self.uploader.push_stream(writer, source, size, record, progress, sender)
+            if peer_key is not None and self.tls is not None:
+                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
+            return await self.uploader.push_stream(
+                writer, source, size, record, progress, sender, secure
+            )
         except (OSError, TimeoutError, StorageError) as exc:
             log.debug("streamed push to %s:%d failed: %s", host, port, exc)
             return False
         finally:
+            if secure is not None:
+                secure.close()
             await close_writer(writer)
 
     async def fetch_file(

@@ -253,6 +253,20 @@ def push_header(obj: Mapping[str, Any]) -> RangeHeader | None:
     return replace(header, sender=_peer(ext), stream=stream)
 
 
+def claimed_peer(obj: Mapping[str, Any]) -> str | None:
+    """The peer id an extension request claims to come from (``from``): a ranged GET_FILE's
+    asker, a raw or streamed push's pusher; None if it is not such a request or names no one.
+    Raises WireError as :func:`range_request` and :func:`push_header` do. Over TLS (2.9) the
+    key pinned to it must be the key the client proved."""
+    if obj.get("type") == "GET_FILE":
+        request = range_request(obj)
+        return None if request is None else request.asker
+    if obj.get("type") == "FILE_DATA":
+        header = push_header(obj)
+        return None if header is None else header.sender
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Signed records and deletes (PROTOCOL.md 2.8)
 

@@ -25,14 +25,17 @@ from treedrive.transport import streams
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.streams import Reader, Workers, rate_due, store, timeval
+from treedrive.transport.tlsstream import SecureStream
 
 PROGRESS_STEP = 2 * 1024 * 1024
 PROGRESS_EVERY = 0.25
+RECV_PIECE = 256 * 1024
+"""Bytes decrypted at a time from a TLS body (written to the sink, as splice cannot)."""
 
 _workers = Workers(8, "push-in")
 
 
-def _buffered(reader: asyncio.StreamReader) -> bytes:
+def buffered(reader: asyncio.StreamReader) -> bytes:
     """Take the bytes asyncio has read from the socket but nobody has read from the reader
     (its buffer is not public: without it, the body is received on the loop)."""
     buf = getattr(reader, "_buffer", None)
@@ -53,7 +56,7 @@ def detachable(stream: Reader, writer: asyncio.StreamWriter) -> socket.socket | 
     return socket.socket(fileno=os.dup(sock.fileno()))
 
 
-class _Body:
+class Body:
     """The state of one body being received in a worker thread."""
 
     def __init__(
@@ -93,14 +96,16 @@ class _Body:
             raise TimeoutError(why)
         return wait, why
 
-    def run(self, sock: socket.socket, first: bytes) -> None:
-        """Receive until ``length`` bytes are in the sink (blocking; a worker thread)."""
+    def run(self, sock: socket.socket, first: bytes, secure: SecureStream | None = None) -> None:
+        """Receive until ``length`` bytes are in the sink (blocking; a worker thread). With
+        ``secure``, the TLS stream on ``sock``: decrypted into a buffer, then written."""
         if first:
             self.download.acquire_blocking(len(first))
             store(self.sink.write, first)
             self._count(len(first))
         sock.setblocking(True)
         fd = sock.fileno()
+        buf = memoryview(bytearray(RECV_PIECE if secure is not None else 0))
         reported, reported_at, timeout = 0, time.monotonic(), 0.0
         while self.sink.size < self.length:
             if self.cancelled.is_set():
@@ -110,7 +115,10 @@ class _Body:
                 timeout = wait
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(max(wait, 0.01)))
             try:
-                n = self.sink.append_from(fd, self.length - self.sink.size)
+                if secure is None:
+                    n = self.sink.append_from(fd, self.length - self.sink.size)
+                else:
+                    n = self._decrypt(secure, buf)
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO: EAGAIN
                 raise TimeoutError(why) from None
             if n == 0:
@@ -123,6 +131,51 @@ class _Body:
             if done - reported >= PROGRESS_STEP or now - reported_at >= PROGRESS_EVERY:
                 reported, reported_at = done, now
                 self.report(done)
+
+    def _decrypt(self, secure: SecureStream, buf: memoryview) -> int:
+        """One read of a TLS body: decrypted into ``buf``, written to the sink."""
+        n = secure.recv_into(buf[: min(len(buf), self.length - self.sink.size)])
+        if n:
+            store(self.sink.write, buf[:n])
+        return n
+
+
+def start_body(
+    stream: Reader,
+    sink: FileSink,
+    length: int,
+    min_rate: float | None,
+    download: RateLimiter,
+    progress: Callable[[int], None] | None,
+) -> Body:
+    """A body about to be received: its clock started, its progress called on the loop."""
+    loop = asyncio.get_running_loop()
+    state = stream.state
+    state.body_started, state.body_received = time.monotonic(), 0
+
+    def report(done: int) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, done)
+
+    return Body(stream, sink, length, min_rate, download, report)
+
+
+async def run_body(
+    body: Body, sock: socket.socket, first: bytes, secure: SecureStream | None = None
+) -> None:
+    """``body.run`` in a worker; if cancelled, the worker is stopped (``sock`` shut down for
+    reading) and awaited before the cancellation goes on."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_workers.pool(), body.run, sock, first, secure)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        body.cancelled.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(Exception):
+            await future
+        raise
 
 
 async def read_raw_off_loop(
@@ -139,30 +192,13 @@ async def read_raw_off_loop(
     ``sink`` from a worker thread that reads ``sock`` (a duplicate of the connection's socket,
     from :func:`detachable`, closed here). ``progress`` is called on the loop. Returns the bytes
     already read past the body (the worker never reads past it)."""
-    loop = asyncio.get_running_loop()
-    state = stream.state
-    state.body_started, state.body_received = time.monotonic(), 0
-
-    def report(done: int) -> None:
-        if progress is not None:
-            loop.call_soon_threadsafe(progress, done)
-
-    body = _Body(stream, sink, length, min_rate, download, report)
+    body = start_body(stream, sink, length, min_rate, download, progress)
     transport: Any = writer.transport
     transport.pause_reading()
     try:
-        ahead = stream.parser.trailing + _buffered(stream.reader)
+        ahead = stream.parser.trailing + buffered(stream.reader)
         after = ahead[length:]
-        future = loop.run_in_executor(_workers.pool(), body.run, sock, ahead[:length])
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            body.cancelled.set()
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
-            with contextlib.suppress(Exception):
-                await future
-            raise
+        await run_body(body, sock, ahead[:length])
     finally:
         with contextlib.suppress(OSError):
             sock.setblocking(False)  # the flag is shared with asyncio's own descriptor

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from treedrive.core.messages import FileData, Message
+from treedrive.core.messages import TLS, FileData, Message
 from treedrive.core.model import FileMeta
 from treedrive.core.ports import FileSink, GrowingFile, InboundHandler, RangeAnswer, RangeFile
 from treedrive.transport.admission import ConnState, Tally, choose_victim
@@ -48,6 +48,7 @@ from treedrive.transport.limits import NetLimits
 from treedrive.transport.process import filter_accept_errors, raise_open_files_limit
 from treedrive.transport.ranges import RangeClient
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.secure import NodeTLS
 from treedrive.transport.serving import Serving
 from treedrive.transport.streams import READ_SIZE
 from treedrive.transport.uploader import Uploader
@@ -164,6 +165,9 @@ class TcpNetwork:
     # -- listening ---------------------------------------------------------------------------
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
         self._handler = self.serving.handler = handler
+        if TLS in handler.features:  # encrypted extension connections (PROTOCOL.md 2.9)
+            tls = NodeTLS.from_private_key(handler.key.private_key)
+            self.serving.tls = self.ranges.tls = self.dialer.tls = tls
         self.open_files_limit = raise_open_files_limit()
         filter_accept_errors(asyncio.get_running_loop())
         self._server = await asyncio.start_server(
@@ -274,9 +278,10 @@ class TcpNetwork:
         path: Path,
         progress: Callable[[int], None] | None = None,
         raw: bool = False,
+        peer_key: bytes | None = None,
     ) -> bool:
         sender = self._handler.peer_id if self._handler is not None else None
-        return await self.dialer.push_file(host, port, meta, path, progress, raw, sender)
+        return await self.dialer.push_file(host, port, meta, path, progress, raw, sender, peer_key)
 
     async def push_stream(
         self,
@@ -286,9 +291,12 @@ class TcpNetwork:
         size: int,
         record: Awaitable[FileMeta | None],
         progress: Callable[[int], None] | None = None,
+        peer_key: bytes | None = None,
     ) -> bool:
         sender = self._handler.peer_id if self._handler is not None else None
-        return await self.dialer.push_stream(host, port, source, size, record, progress, sender)
+        return await self.dialer.push_stream(
+            host, port, source, size, record, progress, sender, peer_key
+        )
 
     async def fetch_file(
         self,
@@ -312,9 +320,11 @@ class TcpNetwork:
         progress: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
         download: str | None = None,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE, done in a worker thread (see :meth:`RangeClient.fetch_range`)."""
         asker = self._handler.peer_id if self._handler is not None else None
         return await self.ranges.fetch_range(
-            host, port, file_id, offset, length, partial, progress, written, download, asker
-        )
+            host, port, file_id, offset, length, partial, progress, written, download, asker,
+            peer_key,
+        )  # fmt: skip

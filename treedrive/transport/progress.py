@@ -57,6 +57,10 @@ class UploadReports:
         self.state = state
         self.peer_id = inner.peer_id
         self.features = inner.features
+        self.key = inner.key
+
+    def pinned_key(self, peer_id: str) -> bytes | None:
+        return self.inner.pinned_key(peer_id)
 
     def open_sink(self) -> FileSink:
         return self.inner.open_sink()

@@ -14,10 +14,11 @@ from typing import Any
 
 from treedrive.core.errors import ClassicAnswer, TransferError
 from treedrive.core.ports import RangeAnswer, RangeFile
-from treedrive.transport import codec, wire
+from treedrive.transport import codec, tlsstream, wire
 from treedrive.transport.extension import RangeRequest, range_header, ranged_get
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.secure import HandshakeError, NodeTLS
 from treedrive.transport.streams import (
     Unanswered,
     Workers,
@@ -25,8 +26,11 @@ from treedrive.transport.streams import (
     store,
     timeval,
 )
+from treedrive.transport.tlsstream import SecureStream
 
 RANGE_WORKERS = 8
+RECV_PIECE = 256 * 1024
+"""Bytes decrypted at a time from a TLS range (then written at its offset)."""
 PROGRESS_STEP = 2 * 1024 * 1024
 
 
@@ -67,6 +71,8 @@ class RangeClient:
         self.download = download
         self.dials = dials
         self._workers = Workers(RANGE_WORKERS, "range-in")
+        self.tls: NodeTLS | None = None
+        """The node's TLS contexts when it dials encrypted connections (set at the start)."""
 
     def close(self) -> None:
         """Cut off the fetches under way (their workers' reads return at once)."""
@@ -84,6 +90,7 @@ class RangeClient:
         written: Callable[[int], None] | None = None,
         download: str | None = None,
         asker: str | None = None,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
         """Ranged GET_FILE, done in a worker thread with a blocking socket: the bytes go from the
         socket to the right offset of ``partial`` in the kernel (``partial.splice_from``), with
@@ -94,7 +101,10 @@ class RangeClient:
 
         The answer's header must arrive within ``control_timeout``; the bytes must keep coming
         (``idle_timeout`` apart) and, after ``fetch_rate_grace``, at ``min_fetch_rate`` on
-        average. The slot of ``dials`` is held only until the worker has connected."""
+        average. The slot of ``dials`` is held only until the worker has connected.
+
+        With ``peer_key`` (and this node's TLS), over TLS 1.3 to a holder that proves that key
+        (PROTOCOL.md 2.9): the bytes are decrypted into a buffer and written (``write_at``)."""
         loop = asyncio.get_running_loop()
         connected = asyncio.Event()
 
@@ -123,6 +133,7 @@ class RangeClient:
                     written,
                     download,
                     asker,
+                    peer_key,
                 )
                 waiter = asyncio.ensure_future(connected.wait())
                 try:
@@ -151,9 +162,12 @@ class RangeClient:
         written: Callable[[int], None] | None = None,
         download: str | None = None,
         asker: str | None = None,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
-        # A server that closes on our half-close without a byte is asked once more, without it.
-        for half_close in (True, False):
+        # A server that closes on our half-close without a byte is asked once more, without it
+        # (a TLS server is a TreeDrive node: never half-closed).
+        secure = peer_key if self.tls is not None else None
+        for half_close in (True, False) if secure is None else (False,):
             try:
                 sock = socket.create_connection((host, port), timeout=self.limits.connect_timeout)
             except OSError as exc:
@@ -177,6 +191,7 @@ class RangeClient:
                     download,
                     asker,
                     half_close,
+                    secure,
                 )
             except Unanswered:
                 if not half_close:
@@ -185,6 +200,8 @@ class RangeClient:
                 raise TransferError(f"{host}:{port} timed out") from exc
             except wire.WireError as exc:
                 raise TransferError(f"invalid answer: {exc}") from exc
+            except HandshakeError as exc:
+                raise TransferError(f"{host}:{port}: {exc}") from exc
             except OSError as exc:
                 raise TransferError(f"connection to {host}:{port} failed: {exc}") from exc
             finally:
@@ -206,16 +223,25 @@ class RangeClient:
         download: str | None,
         asker: str | None,
         half_close: bool,
+        peer_key: bytes | None = None,
     ) -> RangeAnswer:
+        stream = None
+        if peer_key is not None and self.tls is not None:  # the handshake, by its deadline
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see secureconn
+            stream = tlsstream.connect(self.tls, sock, peer_key, self.limits.control_timeout)
         # Blocking, with the idle timeout in the kernel (not a poll() before every read).
         sock.settimeout(None)
         idle = timeval(self.limits.idle_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
         ask = RangeRequest(offset, length, asker, download)
-        sock.sendall(codec.encode_message(ranged_get(file_id, ask)))
+        request = codec.encode_message(ranged_get(file_id, ask))
+        if stream is None:
+            sock.sendall(request)
+        else:
+            stream.sendall(request)
         parser = codec.MessageParser(self.limits.codec)
-        event = self._read_header(sock, parser, half_close)
+        event = self._read_header(sock, parser, half_close, stream)
         if isinstance(event, codec.DataChunk):
             raise ClassicAnswer(f"{host}:{port} answered with classic hex")
         answer = file_data_answer(event.fields)
@@ -232,11 +258,16 @@ class RangeClient:
             raise TransferError(f"answered a range it was not asked for: {got}")
         if length is not None and count > length:
             raise TransferError(f"sent {count} bytes for a range of {length}")
-        self._receive_raw(sock, parser.trailing[:count], partial, offset, count, report, written)
+        first = parser.trailing[:count]
+        self._receive_raw(sock, first, partial, offset, count, report, written, stream)
         return RangeAnswer(answer.meta, size, offset, count)
 
     def _read_header(
-        self, sock: socket.socket, parser: codec.MessageParser, half_close: bool
+        self,
+        sock: socket.socket,
+        parser: codec.MessageParser,
+        half_close: bool,
+        stream: SecureStream | None = None,
     ) -> codec.Message | codec.DataChunk:
         """The answer's header (or its first classic hex), whole within ``control_timeout``
         however its bytes trickle in. With ``half_close``, a server that sends nothing for
@@ -263,7 +294,7 @@ class RangeClient:
                 left = max(nudge_at - now, 0.001)
             sock.settimeout(left)
             try:
-                data = sock.recv(65536)
+                data = sock.recv(65536) if stream is None else stream.recv(65536)
             except TimeoutError:
                 if not nudging:
                     raise
@@ -286,8 +317,10 @@ class RangeClient:
         count: int,
         report: Callable[[int], None],
         written: Callable[[int], None] | None = None,
+        stream: SecureStream | None = None,
     ) -> None:
         got = 0
+        buf = memoryview(bytearray(RECV_PIECE if stream is not None else 0))
         if first:
             self.download.acquire_blocking(len(first))
             store(partial.write_at, offset, memoryview(first))
@@ -300,7 +333,11 @@ class RangeClient:
         min_rate, grace = self.limits.min_fetch_rate, self.limits.fetch_rate_grace
         fd = sock.fileno()
         while got < count:
-            n = partial.splice_from(fd, offset + got, count - got)
+            if stream is None:
+                n = partial.splice_from(fd, offset + got, count - got)
+            else:  # TLS: decrypted into a buffer, then written (no splice)
+                n = stream.recv_into(buf[: min(len(buf), count - got)])
+                store(partial.write_at, offset + got, buf[:n])
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
             got += n

@@ -30,7 +30,9 @@ from treedrive.transport.extension import push_header, range_request
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.progress import Arriving, UploadReports, push_failure
 from treedrive.transport.ratelimit import RateLimiter
-from treedrive.transport.streams import NOT_HERE, Reader, Reporter, close_writer, drain
+from treedrive.transport.secure import NodeTLS
+from treedrive.transport.secureconn import SecureConn, is_tls, refusal
+from treedrive.transport.streams import NOT_HERE, Reader, Reporter, close_writer
 from treedrive.transport.uploader import Uploader
 
 __all__ = ["Serving"]
@@ -51,6 +53,8 @@ class Serving:
         self.download = download
         self.handler: InboundHandler | None = None
         """Set when the network starts, before any connection is served."""
+        self.tls: NodeTLS | None = None
+        """The node's TLS contexts when it takes encrypted connections (set at the start)."""
 
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ConnState
@@ -98,21 +102,35 @@ class Serving:
         handler = self.handler
         assert handler is not None
         stream = Reader(reader, self.limits, state, self._push_min_rate())
+        secure: SecureConn | None = None
+        if self.tls is not None:  # a TLS connection (PROTOCOL.md 2.9), told by its first byte
+            first = await stream.first()
+            if is_tls(first):
+                secure = await SecureConn.open(self.tls, writer, first, stream)
+            else:
+                stream.parser.receive_data(first)
         # A push's sink and progress (see InboundHandler.track_push): failed here if the body
         # is not whole, else handed to the handler with the file, which finishes it.
         push = Arriving()
         try:
-            event = await self._read_message(stream, handler, push, source)
+            if secure is None:
+                event = await self._read_message(stream, handler, push, source)
+            else:
+                event = await self._read_secure(secure, stream, handler, source)
             if event is None:
                 return
             # The message is whole: what is left is our work (a handler, an upload), and its
             # connection never gives way to a new one (an upload's stall timeout bounds it).
             stream.state.protected = True
-            message = await self._decode(event.fields, writer, push, source)
+            message = await self._decode(event.fields, writer, push, source, secure)
             if isinstance(message, GetFile):
-                await self._answer_get(writer, handler, message, event.fields, stream, source)
+                await self._answer_get(
+                    writer, handler, message, event.fields, stream, source, secure
+                )
             elif isinstance(message, FileData):
-                await self._take_push(writer, handler, message, event.fields, stream, push, source)
+                await self._take_push(
+                    writer, handler, message, event.fields, stream, push, source, secure
+                )
             elif message is not None:
                 await handler.handle_message(message, source)
         except BaseException as exc:
@@ -120,6 +138,28 @@ class Serving:
             raise
         finally:
             push.end(source)
+            if secure is not None:
+                secure.close()
+
+    async def _read_secure(
+        self, secure: SecureConn, stream: Reader, handler: InboundHandler, source: str
+    ) -> codec.Message | None:
+        """The one message of a TLS connection, if it is an extension request (a ranged
+        GET_FILE, a raw or streamed push) whose claimed peer id (``from``) is pinned to the key
+        the client proved; else None (one rate-limited log line)."""
+        event = await secure.read_message(stream.parser, stream.deadline)
+        why: str | None = "not one message"
+        if isinstance(event, codec.ProtocolError):
+            why = f"malformed: {event.reason}"
+        elif isinstance(event, codec.Message):
+            why = refusal(event.fields, secure.peer_key, handler.pinned_key)
+        if why is None and isinstance(event, codec.Message):
+            self.counters.events.totals["tls served"] += 1
+            return event
+        self.counters.problem(
+            "refused over TLS", logging.WARNING, "%s: TLS connection refused: %s", source, why
+        )
+        return None
 
     async def _read_message(
         self, stream: Reader, handler: InboundHandler, push: Arriving, source: str
@@ -147,7 +187,12 @@ class Serving:
                 return event
 
     async def _decode(
-        self, fields: dict[str, Any], writer: asyncio.StreamWriter, push: Arriving, source: str
+        self,
+        fields: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        push: Arriving,
+        source: str,
+        secure: SecureConn | None = None,
     ) -> Message | None:
         """The message, or None if it is invalid (logged; a GET_FILE is told "not here")."""
         try:
@@ -159,8 +204,7 @@ class Serving:
             )
             if fields.get("type") == "GET_FILE":
                 # Never leave a GET_FILE silent: the asker moves on to another holder.
-                writer.write(codec.encode_message(NOT_HERE))
-                await drain(writer, self.limits)
+                await self.uploader.say(writer, codec.encode_message(NOT_HERE), secure)
             return None
 
     async def _answer_get(
@@ -171,6 +215,7 @@ class Serving:
         fields: dict[str, Any],
         stream: Reader,
         source: str,
+        secure: SecureConn | None = None,
     ) -> None:
         """An upload: protected only up to a share of the cap (then the slowest gives way)."""
         stream.state.upload_started = time.monotonic()
@@ -181,13 +226,12 @@ class Serving:
             self.counters.problem(
                 "invalid", logging.WARNING, "%s: bad range dropped: %s", source, exc
             )
-            writer.write(codec.encode_message(NOT_HERE))
-            await drain(writer, self.limits)
+            await self.uploader.say(writer, codec.encode_message(NOT_HERE), secure)
             return
         if wanted is None:
             await self.uploader.answer_get(writer, handler, message, source)
         else:
-            await self.uploader.answer_raw(writer, handler, message, wanted, source)
+            await self.uploader.answer_raw(writer, handler, message, wanted, source, secure)
 
     async def _take_push(
         self,
@@ -198,6 +242,7 @@ class Serving:
         stream: Reader,
         push: Arriving,
         source: str,
+        secure: SecureConn | None = None,
     ) -> None:
         """A FILE_DATA unasked: its raw body, if it has one, is read now; then the file (or
         "not here") is the handler's."""
@@ -213,10 +258,14 @@ class Serving:
             # A streamed push (PROTOCOL.md 2.4): the bytes, then their record.
             push.sink = handler.open_sink()
             stream.state.protected = False
-            after = await inbound.read_raw(
-                stream, writer, push.sink, raw.length, self._push_min_rate(), self.download
-            )
-            record = await self._trailer(stream, after, push, source)
+            rate = self._push_min_rate()
+            if secure is None:
+                after = await inbound.read_raw(
+                    stream, writer, push.sink, raw.length, rate, self.download
+                )
+            else:
+                after = await secure.read_raw(stream, push.sink, raw.length, rate, self.download)
+            record = await self._trailer(stream, after, push, source, secure)
             stream.state.protected = True
             if record is None:
                 return
@@ -227,10 +276,16 @@ class Serving:
             push.progress = handler.track_push(message.meta, source, raw.sender, raw.length)
             push.report = Reporter(push.progress.update)
             stream.state.protected = False
-            await inbound.read_raw(
-                stream, writer, push.sink, raw.length, self._push_min_rate(), self.download,
-                push.report,
-            )  # fmt: skip
+            if secure is None:
+                await inbound.read_raw(
+                    stream, writer, push.sink, raw.length, self._push_min_rate(), self.download,
+                    push.report,
+                )  # fmt: skip
+            else:
+                await secure.read_raw(
+                    stream, push.sink, raw.length, self._push_min_rate(), self.download,
+                    push.report,
+                )  # fmt: skip
             stream.state.protected = True
         elif push.sink is None and fields.get("data") is True:
             push.sink = handler.open_sink()  # an empty file
@@ -244,14 +299,22 @@ class Serving:
         await handler.handle_pushed_file(message, pushed, source, progress)
 
     async def _trailer(
-        self, body: Reader, after: bytes, push: Arriving, source: str
+        self,
+        body: Reader,
+        after: bytes,
+        push: Arriving,
+        source: str,
+        secure: SecureConn | None = None,
     ) -> FileMeta | None:
         """The record that ends a streamed push, read after its bytes (``after``: those of
         it already read); None if it never comes or is not a record (logged)."""
         stream = Reader(body.reader, self.limits, body.state)
         if after:
             stream.parser.receive_data(after)
-        event = await stream.next()
+        if secure is None:
+            event = await stream.next()
+        else:
+            event = await secure.read_message(stream.parser, stream.deadline)
         if isinstance(event, codec.ProtocolError) and stream.parser.bytes_received == 0:
             push.why = "the pusher called it off"
             log.debug("%s: a streamed push was called off before its record", source)

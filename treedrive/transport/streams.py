@@ -86,6 +86,20 @@ class Reader:
         if self.state.body_started is not None and seconds > 0:
             self.state.body_started += seconds
 
+    async def first(self) -> bytes:
+        """The connection's first bytes, read (under the message's deadline) but not parsed:
+        the caller feeds them to :attr:`parser`, or finds a TLS handshake in them."""
+        now = time.monotonic()
+        timeout = min(self.limits.idle_timeout, self.deadline - now)
+        if timeout <= 0:
+            raise TimeoutError("the message did not arrive in time")
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+        except TimeoutError:
+            raise TimeoutError("the message did not arrive in time") from None
+        self.state.received += len(data)
+        return data
+
     async def next(self) -> codec.DataChunk | codec.Message | codec.ProtocolError:
         state = self.state
         while True:

@@ -101,6 +101,40 @@ class SecureStream:
             done += n
         return done
 
+    def queue(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` behind what is :attr:`unsent` (for a non-blocking socket: sent by
+        the next :meth:`flush_some` or :meth:`send_file_some`)."""
+        self.tls.write(data)
+        self._unsent = memoryview(bytes(self._unsent) + self._out.read())
+
+    def flush_some(self) -> bool:
+        """Send what is :attr:`unsent` as far as the socket takes it; True when all is sent."""
+        return self._push()
+
+    def try_recv_into(self, buffer: bytearray | memoryview) -> int | None:
+        """Decrypt into ``buffer`` what is already received, without reading the socket: how
+        many bytes (0: the peer closed the TLS session), None when more ciphertext is needed
+        (:meth:`feed` it)."""
+        try:
+            return cast(int, self.tls.read(len(buffer), memoryview(buffer).cast("B")))
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLEOFError:
+            raise ConnectionError("connection closed without TLS close_notify") from None
+
+    def feed(self, data: bytes) -> None:
+        """Ciphertext read from the socket by the caller (``b""``: the socket is at its end)."""
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes (at least one, waiting as :meth:`recv_into`); b"" at the end."""
+        buf = bytearray(n)
+        got = self.recv_into(buf)
+        return bytes(buf[:got])
+
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """At least one byte into ``buffer`` (as many as are decrypted and fit), waiting for the
         socket if needed; 0 when the peer closed the TLS session (``close_notify``). A

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from treedrive.transport.extension import (
 )
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.secureconn import SecureConn, crypto
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
+from treedrive.transport.tlsstream import SecureStream
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ MIN_PIECE = 16 * 1024
 SEND_WORKERS = 32  # raw uploads moving bytes at once (a stalled one waits on the loop)
 
 
+FULL_WAIT = 0.05
+"""Seconds a TLS upload's worker waits for room in a full socket before it hands the wait back
+to the loop: the encryption goes on as soon as the reader takes bytes, without a trip through
+the loop (with ``sendfile`` the kernel moves the bytes, and that trip costs little)."""
 STARVED_WAIT = 0.25
 """Seconds a worker waits for more bytes of a file still being written before it hands the
 wait back to the loop."""
@@ -106,26 +113,40 @@ class Uploader:
         request: GetFile,
         wanted: RangeRequest,
         source: str,
+        secure: SecureConn | None = None,
     ) -> None:
-        """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile)."""
+        """A ranged GET_FILE: one JSON header, then exactly ``length`` raw bytes (sendfile;
+        over TLS, ``secure``: encrypted in the workers)."""
         found = handler.file_to_serve(request.file_id)
         if found is None:
-            writer.write(codec.encode_message(NOT_HERE))
-            await drain(writer, self.limits)
+            await self.say(writer, codec.encode_message(NOT_HERE), secure)
             return
         meta, path = found
         size = path.stat().st_size
         offset = min(wanted.offset, size)
         length = size - offset if wanted.length is None else min(wanted.length, size - offset)
-        header = RangeHeader(offset, length, size)
-        writer.write(codec.encode_message(raw_file_data(meta, header)))
+        header = codec.encode_message(raw_file_data(meta, RangeHeader(offset, length, size)))
+        if secure is None:
+            writer.write(header)
+        else:
+            await crypto(secure.stream.queue, header)
         progress = handler.track_range(meta, wanted.asker or source, wanted.download, size)
         try:
-            await self.send_raw(writer, path, offset, length, progress.update)
+            await self.send_raw(writer, path, offset, length, progress.update, secure)
         except BaseException as exc:
             progress.finish(False, str(exc) or type(exc).__name__)
             raise
         progress.finish(True)
+
+    async def say(
+        self, writer: asyncio.StreamWriter, data: bytes, secure: SecureConn | None
+    ) -> None:
+        """Send a control message (over TLS: encrypted in a worker)."""
+        if secure is None:
+            writer.write(data)
+            await drain(writer, self.limits)
+        else:
+            await secure.send(data, self._writable)
 
     async def push(
         self,
@@ -135,15 +156,19 @@ class Uploader:
         progress: Callable[[int], None] | None,
         raw: bool,
         sender: str | None = None,
+        secure: SecureConn | None = None,
     ) -> None:
         """Push a file unasked on a connection just made: a raw header (naming ``sender``, our
-        peer id, for the receiver's display) and the raw bytes, or a classic hex-encoded
-        FILE_DATA."""
+        peer id, for the receiver's display) and the raw bytes (over TLS with ``secure``), or a
+        classic hex-encoded FILE_DATA."""
         if raw:
             size = os.stat(path).st_size
-            header = RangeHeader(0, size, size, sender)
-            writer.write(codec.encode_message(raw_file_data(meta, header)))
-            await self.send_raw(writer, path, 0, size, progress)
+            header = codec.encode_message(raw_file_data(meta, RangeHeader(0, size, size, sender)))
+            if secure is None:
+                writer.write(header)
+            else:
+                await crypto(secure.stream.queue, header)
+            await self.send_raw(writer, path, 0, size, progress, secure)
         else:
             self.bytes_uploaded += await write_file_data(
                 writer, meta, path, self.limits, progress, self.upload
@@ -157,20 +182,24 @@ class Uploader:
         record: Awaitable[FileMeta | None],
         progress: Callable[[int], None] | None,
         sender: str | None = None,
+        secure: SecureConn | None = None,
     ) -> bool:
         """A streamed push (PROTOCOL.md 2.4) on a connection just made: the header, the bytes
         of ``source`` as they are written, then the record ``record`` gives (None: called off,
-        the connection is closed without it; False)."""
+        the connection is closed without it; False). Over TLS with ``secure``."""
         record = asyncio.ensure_future(record)
-        header = RangeHeader(0, size, size, sender, stream=True)
-        writer.write(codec.encode_message(stream_push(header)))
+        header = codec.encode_message(stream_push(RangeHeader(0, size, size, sender, stream=True)))
+        if secure is None:
+            writer.write(header)
+        else:
+            await crypto(secure.stream.queue, header)
         upload = Upload(0, size, source=source)
-        await self._send(writer, source.fileno(), upload, progress, lambda: _called_off(record))
+        called_off = lambda: _called_off(record)  # noqa: E731
+        await self._send(writer, source.fileno(), upload, progress, called_off, secure)
         meta = await record
         if meta is None:
             return False
-        writer.write(codec.encode_message(push_trailer(meta)))
-        await drain(writer, self.limits)
+        await self.say(writer, codec.encode_message(push_trailer(meta)), secure)
         return True
 
     async def send_raw(
@@ -180,15 +209,18 @@ class Uploader:
         offset: int,
         length: int,
         progress: Callable[[int], None] | None,
+        secure: SecureConn | None = None,
     ) -> None:
         """``length`` bytes of ``path`` from ``offset`` on, after what ``writer`` already holds:
         ``sendfile`` in a worker thread, on a duplicate of the socket, so that the event loop
         takes no part in moving the bytes (and ``close()`` can cut it off by shutting the
         socket down). When the reader's buffer is full the worker returns, and the loop (not a
         thread) waits for room, at most ``upload_stall_timeout``: a reader that stops reading
-        holds no thread, and its upload ends."""
+        holds no thread, and its upload ends. Over TLS (``secure``) the worker encrypts
+        (``SecureStream.send_file_some``) in place of ``sendfile``, the same way."""
         with path.open("rb") as f:
-            await self._send(writer, f.fileno(), Upload(offset, length), progress, path.name)
+            upload = Upload(offset, length)
+            await self._send(writer, f.fileno(), upload, progress, path.name, secure)
 
     async def _send(
         self,
@@ -197,16 +229,21 @@ class Uploader:
         upload: Upload,
         progress: Callable[[int], None] | None,
         name: str | Callable[[], str | None],
+        secure: SecureConn | None = None,
     ) -> None:
         """:meth:`send_raw` of an open file. ``name``: the file's, for errors; or, for a file
         still being written, a function that says why to stop waiting for it (None: wait on)."""
         loop = asyncio.get_running_loop()
         await drain_upload(writer, self.limits.upload_stall_timeout)
         raw = writer.get_extra_info("socket")
-        if raw is None:
+        if secure is not None:
+            sock = secure.sock  # its own duplicate, closed with it
+        elif raw is None:
             raise OSError("the connection has no socket")
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        else:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
         self._workers.socks.add(sock)
+        stream = None if secure is None else secure.stream
 
         def report(done: int) -> None:
             if progress is not None:
@@ -216,10 +253,10 @@ class Uploader:
             while True:
                 before = upload.sent
                 await loop.run_in_executor(
-                    self._workers.pool(), self._sendfile_some, sock, fd, upload, report
+                    self._workers.pool(), self._sendfile_some, sock, fd, upload, report, stream
                 )
                 self.bytes_uploaded += upload.sent - before
-                if upload.sent >= upload.length:
+                if upload.sent >= upload.length and (stream is None or not stream.unsent):
                     return
                 if not upload.starved:
                     await self._writable(sock, name if isinstance(name, str) else "a push")
@@ -227,7 +264,8 @@ class Uploader:
                     raise OSError(why)
         finally:
             self._workers.socks.discard(sock)
-            sock.close()  # the duplicate; the transport closes the original
+            if secure is None:
+                sock.close()  # the duplicate; the transport closes the original
 
     async def _writable(self, sock: socket.socket, name: str) -> None:
         """Wait until ``sock`` takes bytes again, at most ``upload_stall_timeout``."""
@@ -248,11 +286,19 @@ class Uploader:
             loop.remove_writer(fd)
 
     def _sendfile_some(
-        self, sock: socket.socket, fd: int, upload: Upload, report: Callable[[int], None]
+        self,
+        sock: socket.socket,
+        fd: int,
+        upload: Upload,
+        report: Callable[[int], None],
+        stream: SecureStream | None = None,
     ) -> None:
         """Send what the socket takes now (in a worker thread); return when it is full (EAGAIN)
         or the upload is done. The rate limit is taken a piece at a time, and kept in
-        ``upload.credit`` across returns."""
+        ``upload.credit`` across returns. Over TLS (``stream``), encrypted and sent by
+        ``send_file_some`` (what the socket does not take waits in ``stream.unsent``)."""
+        if stream is not None and not _flushed(stream):
+            return
         rate = self.upload.rate
         # Under a limit, about a tenth of a second's worth at a time: the bytes flow evenly.
         piece = max(MIN_PIECE, min(LIMITED_PIECE, int(rate / 10))) if rate else SEND_PIECE
@@ -269,12 +315,21 @@ class Uploader:
                 n = min(piece, upload.length - upload.sent)
                 self.upload.acquire_blocking(n)
                 upload.credit = n
-            try:
-                k = os.sendfile(
-                    sock.fileno(), fd, upload.offset + upload.sent, min(upload.credit, count)
+            if stream is not None:
+                k = stream.send_file_some(
+                    fd, upload.offset + upload.sent, min(upload.credit, count)
                 )
-            except BlockingIOError:
-                return
+                if k == 0:  # the socket is full
+                    if not _flushed(stream):  # and stays full: the loop waits on
+                        return
+                    continue
+            else:
+                try:
+                    k = os.sendfile(
+                        sock.fileno(), fd, upload.offset + upload.sent, min(upload.credit, count)
+                    )
+                except BlockingIOError:
+                    return
             if k == 0:
                 left = upload.length - upload.sent
                 raise OSError(f"the file ended before its last {left} bytes")
@@ -282,6 +337,17 @@ class Uploader:
             upload.credit -= k
             if upload.credit == 0:
                 report(upload.sent)
+
+
+def _flushed(stream: SecureStream) -> bool:
+    """Send the ciphertext kept back, waiting for room up to :data:`FULL_WAIT` seconds at a time
+    (a worker); False if the socket stays full that long (the loop waits on)."""
+    poller = select.poll()
+    poller.register(stream.sock.fileno(), select.POLLOUT)
+    while not stream.flush_some():
+        if not poller.poll(int(FULL_WAIT * 1000)):
+            return False
+    return True
 
 
 def _called_off(record: asyncio.Future[FileMeta | None]) -> str | None:
