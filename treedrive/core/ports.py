@@ -1,11 +1,12 @@
 """The ports of the core: Protocols that other layers implement, so that the core imports none
 of them.
 
-The store's port is here: the units of work and their repositories, the blob store and the
-partial files that fill it. The store package implements them (``tests/store/test_ports.py``
-holds it to them under mypy --strict). Repositories read and stage changes, never commit; values
-they hand back are the core's own (``core/model.py``), detached from the database. A
-:class:`ReadOnlyUnitOfWork` (``Store.reading()``) takes no write lock.
+The store's port is here: the units of work and their repositories, and (from
+:mod:`treedrive.core.blobport`) the blob store and the partial files that fill it. The store
+package implements them (``tests/store/test_ports.py`` holds it to them under mypy --strict).
+Repositories read and stage changes, never commit; values they hand back are the core's own
+(``core/model.py``), detached from the database. A :class:`ReadOnlyUnitOfWork`
+(``Store.reading()``) takes no write lock.
 
 The network port (the transport's :class:`Network`, the node's :class:`InboundHandler`, …) is in
 :mod:`treedrive.core.netport` and re-exported here.
@@ -13,12 +14,11 @@ The network port (the transport's :class:`Network`, the node's :class:`InboundHa
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Protocol
 
+from treedrive.core.blobport import BlobStore, PartialFile
 from treedrive.core.events import Event
 from treedrive.core.identity import NodeKey
 from treedrive.core.model import (
@@ -28,7 +28,6 @@ from treedrive.core.model import (
     FileMeta,
     PeerInfo,
     PeerKey,
-    Timestamp,
     TransferRecord,
 )
 from treedrive.core.netport import (
@@ -62,121 +61,6 @@ __all__ = [
     "TransferRepository",
     "UnitOfWork",
 ]
-
-
-class PartialFile(Protocol):
-    """A file on its way into the blob store: the one owner of its bytes until it is adopted as
-    a blob or aborted (nothing partial is ever visible as a blob). Disk errors are
-    :class:`~treedrive.core.errors.StorageError`. A context manager: leaving it un-adopted
-    aborts it."""
-
-    @property
-    def path(self) -> Path: ...
-
-    size: int
-    """Bytes written in order (:meth:`write`); an attribute, as in :class:`FileSink`, which a
-    partial file is."""
-
-    @property
-    def committed(self) -> Path | None:
-        """The blob it became, once adopted."""
-        ...
-
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        """Write all of ``data`` at ``offset`` (any thread)."""
-        ...
-
-    def splice_from(self, sock_fd: int, offset: int, count: int) -> int:
-        """Move up to ``count`` bytes from the socket ``sock_fd`` to ``offset`` (any thread;
-        socket to file in the kernel where it can); how many (0: the socket's end)."""
-        ...
-
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data``, hashed in order behind the writer (one writer at a time)."""
-        ...
-
-    def append_from(self, sock_fd: int, count: int) -> int:
-        """Append up to ``count`` bytes from the socket ``sock_fd``, as :meth:`write` does
-        (moved as :meth:`splice_from` moves them); how many (0: the socket's end)."""
-        ...
-
-    def sync(self) -> None: ...
-
-    def resize(self, size: int) -> None: ...
-
-    def digest(self) -> hashlib._Hash:
-        """sha256 of the bytes written in order (blocks until the hasher caught up)."""
-        ...
-
-    def matches(self, file_id: str, ts: Timestamp) -> bool: ...
-
-    def content_id(self, ts: int) -> str: ...
-
-    def follow(self, ready: Callable[[int], int], end: int) -> hashlib._Hash:
-        """sha256 of bytes ``0..end`` read back as they land (blocking: a thread of its own)."""
-        ...
-
-    def hash_span(self, h: hashlib._Hash, offset: int, length: int) -> None: ...
-
-    def tail(self) -> GrowingFile:
-        """A reader that follows the bytes written in order (a push sent on as it arrives)."""
-        ...
-
-    def commit(self, file_id: str, ts: Timestamp) -> Path:
-        """Verify the bytes written in order and adopt them (blocking); VerificationError
-        (aborted) when they do not match."""
-        ...
-
-    def adopt(self, file_id: str) -> Path:
-        """Publish the file, verified by the caller, as the blob of ``file_id`` (blocking)."""
-        ...
-
-    def close(self) -> None:
-        """Close and keep the file (a resumable download's bytes)."""
-        ...
-
-    def abort(self) -> None:
-        """Close and remove the file (unless adopted)."""
-        ...
-
-    def __enter__(self) -> PartialFile: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-class BlobStore(Protocol):
-    """The verified files this node holds, one blob per file id, and the partial files that
-    become them."""
-
-    def path(self, file_id: str) -> Path: ...
-
-    def has(self, file_id: str) -> bool: ...
-
-    def size(self, file_id: str) -> int: ...
-
-    def ids(self) -> set[str]: ...
-
-    def delete(self, file_id: str) -> bool: ...
-
-    def writer(self) -> PartialFile:
-        """A new partial file, filled in order (a push, an upload, a classic answer)."""
-        ...
-
-    def partial(self, file_id: str, *, keep: bool) -> PartialFile:
-        """The partial file of a ranged download of ``file_id``; ``keep``: with the bytes an
-        earlier run left in it."""
-        ...
-
-    def range_path(self, file_id: str) -> Path: ...
-
-    def free(self) -> int:
-        """Bytes free on the disk that partial files and blobs are written to."""
-        ...
-
-    def clean_partials(self, keep: frozenset[str] = frozenset()) -> int:
-        """Remove the partial files a crash left, but for the resumable downloads in ``keep``;
-        returns how many."""
-        ...
 
 
 class IdentityRepository(Protocol):
