@@ -15,7 +15,7 @@ once). Reads and writes wait as the socket does (blocking, its timeout or ``SO_R
 from __future__ import annotations
 
 import contextlib
-import os
+import io
 import socket
 import ssl
 import time
@@ -61,7 +61,7 @@ class SecureStream:
         buf = memoryview(bytearray(max(1, min(piece, count))))
         end = offset + count
         while offset < end:
-            n = os.preadv(fd, [buf[: min(len(buf), end - offset)]], offset)
+            n = _read_at(fd, buf[: min(len(buf), end - offset)], offset)
             if n == 0:
                 raise EOFError(f"file ends {end - offset} bytes short")
             self.tls.write(buf[:n])
@@ -93,7 +93,7 @@ class SecureStream:
         buf = memoryview(bytearray(max(1, min(piece, count))))
         done = 0
         while self._push() and done < count:
-            n = os.preadv(fd, [buf[: min(len(buf), count - done)]], offset + done)
+            n = _read_at(fd, buf[: min(len(buf), count - done)], offset + done)
             if n == 0:
                 raise EOFError(f"file ends {count - done} bytes short")
             self.tls.write(buf[:n])
@@ -272,3 +272,12 @@ def _check(stream: SecureStream, expected_key: bytes) -> None:
     except HandshakeError:
         stream.sock.close()
         raise
+
+
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Read a file to send into ``view`` from ``offset`` (what ``sendfile`` does in the kernel
+    for a plain connection). The file is read through a file object of its own descriptor: the
+    store alone writes, syncs and reads back partial files at offsets."""
+    with io.FileIO(fd, "rb", closefd=False) as f:
+        f.seek(offset)
+        return f.readinto(view) or 0
