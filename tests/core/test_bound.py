@@ -40,8 +40,10 @@ def test_a_gossip_and_a_reply_sign_distinct_bytes() -> None:
     assert GOSSIP.payload(NOW).startswith(b"treedrive/gossip/v1\n")
     assert REPLY.payload(NOW).startswith(b"treedrive/gossip-reply/v1\n")
     assert REPLY.payload(NOW) == b'treedrive/gossip-reply/v1\n["alice","127.0.0.1",7001,' + (
-        str(NOW).encode() + b"]"
+        str(NOW).encode() + b",[]]"
     )
+    with_features = Claim("alice", "127.0.0.1", 7001, None, ("tls", "raw-range"))
+    assert with_features.payload(NOW).endswith(b',["raw-range","tls"]]')
 
 
 def test_a_replys_signature_never_passes_for_a_gossips() -> None:

@@ -205,7 +205,10 @@ def test_each_payload_starts_with_its_own_versioned_tag() -> None:
         8270,
         "g-1",
         1700.5,
+        [],
     ]
+    signed = gossip_claim("alice", "127.0.0.1", 8270, "g-1", 1700.5, ["tls", "raw-range"])
+    assert _body(signed, GOSSIP_TAG)[-1] == ["raw-range", "tls"]  # sorted
     assert _body(record_claim(FID, "a.txt", 0.5, "alice", 1700), RECORD_TAG) == [
         FID,
         "a.txt",

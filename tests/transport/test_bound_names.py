@@ -150,16 +150,23 @@ async def test_what_a_node_originates_is_signed(start_node: Starter, listener: L
     assert decode_key(td["key"]) == alice.key.public
     assert isinstance(td["ts"], int)
     assert abs(td["ts"] - time.time()) < 30
-    claim = reply_claim("alice", reply["host"], reply["port"], td["ts"])
+    claim = reply_claim("alice", reply["host"], reply["port"], td["ts"], td["features"])
     assert verify(alice.key.public, decode_signature(td["sig"]), claim)
+    assert "tls" in td["features"]
+    # the features are signed: without one of them, the signature does not verify
+    stripped = [f for f in td["features"] if f != "tls"]
+    assert not verify(alice.key.public, decode_signature(td["sig"]), reply_claim(
+        "alice", reply["host"], reply["port"], td["ts"], stripped))  # fmt: skip
     # alice now tracks the stranger (a classic peer) and gossips to it: signed too.
     gossip = await asyncio.to_thread(listener.wait, lambda m: m.get("type") == "GOSSIP")
     td = gossip["treedrive"]
     assert decode_key(td["key"]) == alice.key.public
-    claim = gossip_claim("alice", gossip["host"], gossip["port"], gossip["id"], td["ts"])
+    claim = gossip_claim(
+        "alice", gossip["host"], gossip["port"], gossip["id"], td["ts"], td["features"]
+    )
     assert verify(alice.key.public, decode_signature(td["sig"]), claim)
     assert not verify(alice.key.public, decode_signature(td["sig"]), reply_claim(
-        "alice", gossip["host"], gossip["port"], td["ts"]))  # fmt: skip
+        "alice", gossip["host"], gossip["port"], td["ts"], td["features"]))  # fmt: skip
 
 
 # -- refusals ------------------------------------------------------------------------------------
@@ -330,3 +337,32 @@ async def test_a_full_pin_table_pins_no_stranger_and_keeps_every_pin(
     alice.gate._full_since = None  # the next count is made now, not in a minute
     send_message(alice.port, signed_gossip(NodeKey.generate(), "later", listener.port))
     await wait_for(lambda: pinned(alice, "later") is not None)
+
+
+async def test_a_relayed_reply_stripped_of_a_feature_is_refused(
+    start_node: Starter, listener: Listener
+) -> None:
+    """The features are signed with the rest: a node that passes on a peer's GOSSIP_REPLY
+    without ``tls`` (to force its transfers into clear) breaks the signature, and the peer's
+    features stay as the peer itself said."""
+    alice, bob = await pair(start_node)
+    await wait_for(lambda: "tls" in features_of(alice, "bob"))
+    send_message(bob.port, classic_gossip("relay", listener.port))
+    reply = await asyncio.to_thread(
+        listener.wait, lambda m: m.get("type") == "GOSSIP_REPLY" and m.get("peerId") == "bob"
+    )
+    stripped = {**reply, "treedrive": dict(reply["treedrive"])}
+    stripped["treedrive"]["features"] = [f for f in reply["treedrive"]["features"] if f != "tls"]
+    send_message(alice.port, stripped)
+    await wait_for(lambda: alice.gate.refused["bad_signature"] >= 1)
+    assert "tls" in features_of(alice, "bob")
+    send_message(alice.port, reply)  # the same reply, whole, is taken
+    await asyncio.sleep(0.2)
+    assert alice.gate.refused["bad_signature"] == 1
+
+
+def features_of(node: Node, peer_id: str) -> frozenset[str]:
+    for p in node.peers():
+        if p.peer_id == peer_id:
+            return p.features or frozenset()
+    return frozenset()

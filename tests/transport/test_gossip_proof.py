@@ -17,7 +17,7 @@ from treedrive.transport.extension import MAX_PROOF_TS, capabilities, capabiliti
 
 KEY = NodeKey.generate()
 TS = 1_800_000_000
-CLAIM = Claim("a", "127.0.0.1", 8270, "g1")
+CLAIM = Claim("a", "127.0.0.1", 8270, "g1", ("raw-push",))  # the features are signed too
 PROOF = prove(KEY, CLAIM, TS)
 GOOD = {"key": encode_b64(PROOF.key), "ts": TS, "sig": encode_b64(PROOF.sig)}
 

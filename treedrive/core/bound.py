@@ -57,18 +57,22 @@ class Claim:
     host: str
     port: int
     gossip_id: str | None = None
+    features: tuple[str, ...] = ()
+    """The extension features the message advertises (signed too: none can be stripped)."""
 
     def payload(self, ts: int) -> bytes:
         """The bytes signed for this claim at ``ts`` (PROTOCOL.md 2.7)."""
         if self.gossip_id is None:
-            return reply_claim(self.peer_id, self.host, self.port, ts)
-        return gossip_claim(self.peer_id, self.host, self.port, self.gossip_id, ts)
+            return reply_claim(self.peer_id, self.host, self.port, ts, self.features)
+        return gossip_claim(self.peer_id, self.host, self.port, self.gossip_id, ts, self.features)
 
 
 def claim_of(message: Gossip | GossipReply) -> Claim:
     """The claim a received message makes (of its originator, or its replier)."""
     gossip_id = message.id if isinstance(message, Gossip) else None
-    return Claim(message.peer_id, message.host, message.port, gossip_id)
+    ext = message.extension
+    features = tuple(sorted(ext.features)) if ext is not None else ()
+    return Claim(message.peer_id, message.host, message.port, gossip_id, features)
 
 
 def prove(key: NodeKey, claim: Claim, ts: int) -> Proof:

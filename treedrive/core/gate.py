@@ -70,6 +70,7 @@ class Gate:
         if ext is None:
             return None
         when = int(time.time()) if ts is None else ts
+        claim = replace(claim, features=tuple(sorted(ext.features)))
         return replace(ext, proof=prove(self.ctx.key, claim, when), malformed_proof=False)
 
     # -- incoming -----------------------------------------------------------------------------

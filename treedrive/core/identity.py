@@ -157,15 +157,22 @@ def _canonical(tag: bytes, fields: Sequence[object]) -> bytes:
     return tag + body.encode("ascii")
 
 
-def gossip_claim(peer_id: str, host: str, port: int, gossip_id: str, ts: float) -> bytes:
-    """What a node signs in its GOSSIP: who it is, where it listens, which gossip, when."""
-    return _canonical(GOSSIP_TAG, [peer_id, host, port, gossip_id, ts])
+def gossip_claim(
+    peer_id: str, host: str, port: int, gossip_id: str, ts: float, features: Sequence[str] = ()
+) -> bytes:
+    """What a node signs in its GOSSIP: who it is, where it listens, which gossip, when, and
+    the extension features it advertises (sorted: a node that forwards the GOSSIP cannot remove
+    one, say ``tls``, without breaking the signature)."""
+    return _canonical(GOSSIP_TAG, [peer_id, host, port, gossip_id, ts, sorted(features)])
 
 
-def reply_claim(peer_id: str, host: str, port: int, ts: float) -> bytes:
-    """What a node signs in its GOSSIP_REPLY: who it is, where it listens, when. A reply has no
-    id; its own tag keeps its signature from ever passing for a GOSSIP's (or the reverse)."""
-    return _canonical(REPLY_TAG, [peer_id, host, port, ts])
+def reply_claim(
+    peer_id: str, host: str, port: int, ts: float, features: Sequence[str] = ()
+) -> bytes:
+    """What a node signs in its GOSSIP_REPLY: who it is, where it listens, when, its features
+    (sorted). A reply has no id; its own tag keeps its signature from ever passing for a
+    GOSSIP's (or the reverse)."""
+    return _canonical(REPLY_TAG, [peer_id, host, port, ts, sorted(features)])
 
 
 def record_claim(
