@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,25 +223,16 @@ class Dialer:
     ) -> bool:
         """Push ``meta``'s bytes at ``path`` (raw: with ``sender``, our peer id, in the header;
         with ``peer_key`` too, over TLS to the peer that proves that key)."""
-        secure: SecureConn | None = None
         try:
-            async with self.dials:  # only while connecting: the push may take long
-                _, writer = await self.connect(host, port)
-        except (OSError, TimeoutError) as exc:
-            log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
-            return False
-        try:
-            if raw and peer_key is not None and self.tls is not None:
-                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
-            await self.uploader.push(writer, meta, path, progress, raw, sender, secure)
-            return True
+            async with self._pushing(host, port, peer_key if raw else None) as conn:
+                if conn is None:
+                    return False
+                writer, secure = conn
+                await self.uploader.push(writer, meta, path, progress, raw, sender, secure)
+                return True
         except (OSError, TimeoutError) as exc:
             log.debug("push of %s to %s:%d failed: %s", meta.file_id[:12], host, port, exc)
             return False
-        finally:
-            if secure is not None:
-                secure.close()
-            await close_writer(writer)
 
     async def push_stream(
         self,
@@ -256,22 +247,37 @@ class Dialer:
     ) -> bool:
         """A streamed push (see ``Network.push_stream``); False if it failed or was called off.
         With ``peer_key``, over TLS (as :meth:`push_file`)."""
-        secure: SecureConn | None = None
         try:
-            async with self.dials:  # only while connecting: the push may take long
-                _, writer = await self.connect(host, port)
-        except (OSError, TimeoutError) as exc:
-            log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
-            return False
-        try:
-            if peer_key is not None and self.tls is not None:
-                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
-            return await self.uploader.push_stream(
-                writer, source, size, record, progress, sender, secure
-            )
+            async with self._pushing(host, port, peer_key) as conn:
+                if conn is None:
+                    return False
+                writer, secure = conn
+                return await self.uploader.push_stream(
+                    writer, source, size, record, progress, sender, secure
+                )
         except (OSError, TimeoutError, StorageError) as exc:
             log.debug("streamed push to %s:%d failed: %s", host, port, exc)
             return False
+
+    @contextlib.asynccontextmanager
+    async def _pushing(
+        self, host: str, port: int, peer_key: bytes | None
+    ) -> AsyncIterator[tuple[asyncio.StreamWriter, SecureConn | None] | None]:
+        """The connection of a push (None: it could not be made), over TLS with ``peer_key``
+        when this node speaks it; a dial slot is held only while connecting (a push may take
+        long). Closed at the end."""
+        try:
+            async with self.dials:
+                _, writer = await self.connect(host, port)
+        except (OSError, TimeoutError) as exc:
+            log.debug("cannot push to %s:%d: %s", host, port, exc)  # the node says to whom
+            yield None
+            return
+        secure: SecureConn | None = None
+        try:
+            if peer_key is not None and self.tls is not None:
+                secure = await SecureConn.dial(self.tls, writer, peer_key, self.limits)
+            yield writer, secure
         finally:
             if secure is not None:
                 secure.close()
