@@ -28,7 +28,8 @@ from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
 from treedrive.core.text import printable, printable_lines
 from treedrive.shell import Shell, table
 from treedrive.store import Store
-from treedrive.web.commands import _files_table, _peers_table, status_lines
+from treedrive.web.commands import _files_table, status_lines
+from treedrive.web.peer_commands import _peers_table
 
 Factory = Callable[..., NodeProcess]
 EVIL = "evil\x1b]0;owned\x07\x1b[2J\x9b31m\x7f\r\u202e"

@@ -10,11 +10,8 @@ for humans has its control characters escaped (``--json`` escapes them anyway).
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -22,7 +19,9 @@ from urllib.parse import quote, urlencode
 import click
 
 from treedrive.core.text import human_size, printable, table
-from treedrive.web.client import Client, find_node
+from treedrive.web.client import Client
+from treedrive.web.options import _client, _emit, common
+from treedrive.web.peer_commands import peers
 from treedrive.web.progress import LiveLine, Meter, eta_of
 
 CHUNK = 1 << 20
@@ -32,47 +31,6 @@ SHORT = 12
 
 def short(file_id: str) -> str:
     return file_id[:SHORT]
-
-
-def common(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
-    f = click.option(
-        "--token",
-        envvar="TREEDRIVE_TOKEN",
-        show_envvar=True,
-        help="The node's API token (default: read from its data dir).",
-    )(f)
-    f = click.option(
-        "--node",
-        "node_url",
-        envvar="TREEDRIVE_NODE",
-        show_envvar=True,
-        metavar="URL",
-        help="The node's HTTP address, e.g. http://127.0.0.1:8280/ (or 127.0.0.1:8280)",
-    )(f)
-    f = click.option(
-        "--peer-id",
-        envvar="TREEDRIVE_PEER_ID",
-        show_envvar=True,
-        help="Find the node by peer id (its default data dir).",
-    )(f)
-    return click.option(
-        "--data-dir",
-        envvar="TREEDRIVE_DATA_DIR",
-        show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="The running node's data dir.",
-    )(f)
-
-
-def _client(
-    data_dir: Path | None, peer_id: str | None, node_url: str | None, token: str | None
-) -> Client:
-    return find_node(data_dir, peer_id, node_url, token)
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
 
 
 def _size(f: dict[str, Any]) -> int:
@@ -125,70 +83,6 @@ def status_lines(data: dict[str, Any]) -> str:
     if problem:
         lines += f"\nwarning: {printable(problem)}"
     return lines
-
-
-@click.group(invoke_without_command=True)
-@common
-@click.pass_context
-def peers(
-    ctx: click.Context,
-    data_dir: Path | None,
-    peer_id: str | None,
-    node_url: str | None,
-    token: str | None,
-    as_json: bool,
-) -> None:
-    """List the peers the node tracks; forget-key PEER_ID accepts a peer's new key."""
-    ctx.obj = {"data_dir": data_dir, "peer_id": peer_id, "node_url": node_url, "token": token}
-    ctx.obj["as_json"] = as_json
-    if ctx.invoked_subcommand is not None:
-        return None
-    data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/peers")
-    if as_json:
-        return _emit(data)
-    click.echo(_peers_table(data["peers"], time.time()) if data["peers"] else "no peers")
-    return None
-
-
-@peers.command("forget-key")
-@click.argument("target", metavar="PEER_ID")
-@common
-@click.pass_obj
-def forget_key(
-    given: dict[str, Any],
-    target: str,
-    data_dir: Path | None,
-    peer_id: str | None,
-    node_url: str | None,
-    token: str | None,
-    as_json: bool,
-) -> None:
-    """Forget the key pinned to PEER_ID, to accept on purpose that it now signs with another
-    (the node refuses its messages until then); the next key it signs with is pinned."""
-    client = _client(
-        data_dir or given["data_dir"],
-        peer_id or given["peer_id"],
-        node_url or given["node_url"],
-        token or given["token"],
-    )
-    data = client.json("DELETE", f"/api/peers/{quote(target, safe='')}/key")
-    if as_json or given["as_json"]:
-        return _emit(data)
-    click.echo(printable(f"forgot the key of peer {target}: the next key it signs with is pinned"))
-    return None
-
-
-def _peers_table(peers: list[dict[str, Any]], now: float) -> str:
-    rows = [
-        [
-            p["peer_id"],
-            f"{p['host']}:{p['port']}",
-            f"{max(0, now - p['last_seen']):.0f} s ago",
-            "treedrive" if p["treedrive"] else "classic",
-        ]
-        for p in peers
-    ]
-    return table(["peer", "address", "last seen", "kind"], rows)
 
 
 @click.command("list")
