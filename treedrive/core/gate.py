@@ -18,11 +18,16 @@ from dataclasses import replace
 from treedrive.core.bound import Claim, Decision, Refusal, claim_of, decide, prove
 from treedrive.core.bounded import Bounded, TokenBucket
 from treedrive.core.context import NodeContext
+from treedrive.core.errors import NotFound
 from treedrive.core.events import PeerRefused
+from treedrive.core.identity import fingerprint
 from treedrive.core.messages import Extension, Gossip, GossipReply
 from treedrive.core.model import PeerKey
 from treedrive.core.pins import Verdict
 from treedrive.core.ports import UnitOfWork
+from treedrive.core.text import printable
+
+log = logging.getLogger("treedrive.core.node")
 
 NEWEST_KEPT = 10_000
 """Peer ids whose newest accepted signing time is remembered (the least recently heard go
@@ -72,6 +77,21 @@ class Gate:
         when = int(time.time()) if ts is None else ts
         claim = replace(claim, features=tuple(sorted(ext.features)))
         return replace(ext, proof=prove(self.ctx.key, claim, when), malformed_proof=False)
+
+    def forget(self, peer_id: str) -> None:
+        """Forget the key pinned to ``peer_id``: how a user accepts, on purpose, that the peer
+        now signs with another key (the next signed message pins it). NotFound if none is."""
+        with self.ctx.transaction() as uow:
+            pinned = uow.keys.get(peer_id)
+            if pinned is None:
+                raise NotFound(f"no key is pinned to peer {printable(peer_id)}")
+            uow.keys.forget(peer_id)
+            uow.commit()
+        log.info(
+            "forgot the key %s pinned to peer %s: the next key it signs with is pinned",
+            fingerprint(pinned.public_key),
+            printable(peer_id),
+        )
 
     # -- incoming -----------------------------------------------------------------------------
     def admit(self, message: Gossip | GossipReply, source: str) -> bool:

@@ -28,12 +28,11 @@ from treedrive.core.bootstrap import Joining
 from treedrive.core.catalogue import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Catalogue
 from treedrive.core.config import NodeConfig
 from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged, storage_failure
-from treedrive.core.errors import NotFound
 from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
 from treedrive.core.forwarding import Forward
 from treedrive.core.gate import Gate
-from treedrive.core.identity import NodeKey, fingerprint
+from treedrive.core.identity import NodeKey
 from treedrive.core.membership import Membership
 from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Pushed, TransferState
@@ -43,7 +42,6 @@ from treedrive.core.reads import Reads
 from treedrive.core.recovery import new_peer_id, recover
 from treedrive.core.replies import ReplyPolicy
 from treedrive.core.sharing import Sharing
-from treedrive.core.text import printable
 from treedrive.core.transfers import RangeProgress, TransferHandle, Transfers
 
 __all__ = ["RELAYS_PER_ADDRESS", "RELAYS_PER_MESSAGE", "Node", "new_peer_id"]
@@ -354,19 +352,8 @@ class Node:
         self.catalogue.delete(self.resolve_id(file_id))
 
     def forget_key(self, peer_id: str) -> None:
-        """Forget the key pinned to ``peer_id``: how a user accepts, on purpose, that the peer
-        now signs with another key (the next signed message pins it). NotFound if none is."""
-        with self.ctx.transaction() as uow:
-            pinned = uow.keys.get(peer_id)
-            if pinned is None:
-                raise NotFound(f"no key is pinned to peer {printable(peer_id)}")
-            uow.keys.forget(peer_id)
-            uow.commit()
-        log.info(
-            "forgot the key %s pinned to peer %s: the next key it signs with is pinned",
-            fingerprint(pinned.public_key),
-            printable(peer_id),
-        )
+        """Forget the key pinned to ``peer_id`` (see :meth:`Gate.forget`); NotFound if none is."""
+        self.membership.gate.forget(peer_id)
 
     async def resume_downloads(self) -> list[str]:
         """Continue the ranged downloads a stop or crash interrupted."""
