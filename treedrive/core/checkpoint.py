@@ -20,7 +20,7 @@ from treedrive.core.model import DownloadState
 from treedrive.core.ports import RangeFile
 
 if TYPE_CHECKING:
-    from treedrive.core.download import DownloadEnv
+    from treedrive.core.downloadenv import DownloadEnv
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from treedrive.core.scheduler import (
 )
 
 if TYPE_CHECKING:
-    from treedrive.core.download import DownloadEnv
+    from treedrive.core.downloadenv import DownloadEnv
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from treedrive.core.model import FileMeta, Timestamp
 from treedrive.core.ports import RangeFile
 
 if TYPE_CHECKING:
-    from treedrive.core.download import DownloadEnv
+    from treedrive.core.downloadenv import DownloadEnv
 
 log = logging.getLogger(__name__)
 
