@@ -1,0 +1,54 @@
+"""What every control command shares: the options that find the node (``--data-dir``,
+``--peer-id``, ``--node``, ``--token``) and ``--json``, the client they give, and JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from treedrive.web.client import Client, find_node
+
+
+def common(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+    f = click.option(
+        "--token",
+        envvar="TREEDRIVE_TOKEN",
+        show_envvar=True,
+        help="The node's API token (default: read from its data dir).",
+    )(f)
+    f = click.option(
+        "--node",
+        "node_url",
+        envvar="TREEDRIVE_NODE",
+        show_envvar=True,
+        metavar="URL",
+        help="The node's HTTP address, e.g. http://127.0.0.1:8280/ (or 127.0.0.1:8280)",
+    )(f)
+    f = click.option(
+        "--peer-id",
+        envvar="TREEDRIVE_PEER_ID",
+        show_envvar=True,
+        help="Find the node by peer id (its default data dir).",
+    )(f)
+    return click.option(
+        "--data-dir",
+        envvar="TREEDRIVE_DATA_DIR",
+        show_envvar=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="The running node's data dir.",
+    )(f)
+
+
+def _client(
+    data_dir: Path | None, peer_id: str | None, node_url: str | None, token: str | None
+) -> Client:
+    return find_node(data_dir, peer_id, node_url, token)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
