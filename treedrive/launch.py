@@ -61,6 +61,9 @@ async def run_node(config: NodeConfig, with_shell: bool) -> None:
     from treedrive.app import AlreadyRunning, running_node, serve_until_stopped, stop_on_signals
 
     stop = asyncio.Event()
+    # From the start: a signal while the node starts (its node.json may already be written) must
+    # stop it cleanly once it is up, not cancel the start half-way (asyncio.run's own handler).
+    stop_on_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         try:
             node = await stack.enter_async_context(
@@ -74,7 +77,6 @@ async def run_node(config: NodeConfig, with_shell: bool) -> None:
                 log.error("the node did not start: %s", said, extra={"terminal": False})
             raise StartRefused(said) from None
         _banner(node)
-        stop_on_signals(stop)  # before the shell's prompt: a signal then stops the node cleanly
         if with_shell:
             from treedrive.terminal import Console
 
