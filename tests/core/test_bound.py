@@ -124,7 +124,7 @@ def test_a_malformed_proof_for_a_pinned_peer_is_refused_and_says_so() -> None:
     assert "malformed" in d.reason
 
 
-@pytest.mark.parametrize("pinned", [None, ALICE.public])
+@pytest.mark.parametrize("pinned", [None, ALICE.public], ids=["unpinned", "pinned"])
 def test_a_signature_that_does_not_verify_is_refused(pinned: bytes | None) -> None:
     good = signed()
     assert good.proof is not None

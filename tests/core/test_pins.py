@@ -62,7 +62,7 @@ def test_an_unsigned_message_for_a_pinned_peer_is_refused() -> None:
         assert fingerprint(A) in j.reason
 
 
-@pytest.mark.parametrize("pinned", [None, A])
+@pytest.mark.parametrize("pinned", [None, A], ids=["unpinned", "pinned"])
 def test_a_signature_that_does_not_verify_is_refused_and_never_pinned(pinned: bytes | None) -> None:
     j = judge("alice", pinned, A, False)
     assert j.verdict is Verdict.BAD_SIGNATURE
