@@ -67,6 +67,8 @@ class EventStream:
                     return  # closed by this side
                 raise NodeUnreachable(self._url, exc) from None
             if not chunk:
+                if self._resp.length:  # a Content-Length not reached
+                    raise NodeUnreachable(self._url, "the event stream was cut off")
                 return
             try:
                 messages = self._parser.feed(chunk)
