@@ -53,7 +53,7 @@ class Client:
     token; changing anything does. ``timeout``: seconds for each connect and read (a push, a
     fetch and a download wait as long as they take). Safe to use from several threads."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float | None = 30.0):
+    def __init__(self, url: str, token: str | None = None, *, timeout: float | None = 30.0) -> None:
         self.transport = Http(url, token, timeout)
         """The HTTP underneath: ``transport.request(...)`` for what has no method here."""
 
