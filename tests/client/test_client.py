@@ -20,6 +20,7 @@ from treedrive.client import (
     BadRequest,
     Client,
     Forbidden,
+    LocalFileError,
     NodeEvent,
     NodeNotRunning,
     NodeUnreachable,
@@ -147,6 +148,17 @@ async def test_each_refusal_is_its_own_error_with_the_nodes_message(
         "download must be bytes per second (a number ≥ 0) or null",
     )
     assert str(bad) == bad.message
+
+    with pytest.raises(LocalFileError) as unread:
+        await run(a.push, tmp_path / "missing.bin")
+    assert (
+        unread.value.message == f"cannot read {tmp_path / 'missing.bin'}: No such file or directory"
+    )
+    await run(a.get, pushed["file_id"])
+    nowhere = tmp_path / "no-such-folder" / "x.bin"
+    with pytest.raises(LocalFileError) as unsaved:
+        await run(a.download, pushed["file_id"], nowhere)
+    assert unsaved.value.message == f"cannot save to {nowhere}: No such file or directory"
 
     capped: Node = await start_node("carol", http_port=0, max_upload=10)
     big = await refusal(client_of(capped).push, src)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.client.test_push import client_of, content, started
 from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess
-from tests.web.test_client_upload import client_of, content, started
 from treedrive.client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90), *NODE_PROCESS_WARNINGS]
