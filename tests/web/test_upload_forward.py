@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from tests.client.test_push import client_of, content, started
 from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess
-from tests.web.test_client_upload import client_of, content, started
-from treedrive.web.client import Client
+from treedrive.client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90), *NODE_PROCESS_WARNINGS]
 
@@ -41,10 +41,7 @@ def pair(node_process: Factory) -> tuple[Client, Client]:
     a, b = client_of(alice), client_of(bob)
 
     def streams(c: Client, other: str) -> bool:
-        return any(
-            p["peer_id"] == other and "stream-push" in p["features"]
-            for p in c.json("GET", "/api/peers")["peers"]
-        )
+        return any(p["peer_id"] == other and "stream-push" in p["features"] for p in c.peers())
 
     eventually(lambda: streams(a, "bob") and streams(b, "alice"))
     return a, b
@@ -55,20 +52,18 @@ def test_an_upload_reaches_the_peer_while_it_arrives(node_process: Factory, tmp_
     src = tmp_path / "big.bin"
     data = os.urandom(24 * MiB + 7)
     src.write_bytes(data)
-    answer = a.upload(src, "name=big.bin", lambda n: None)
+    answer = a.push(src, name="big.bin")
     file_id = answer["file_id"]
 
     def bob_holds() -> bool:
-        found = b.json("GET", "/api/files?scope=local")["files"]
+        found = b.files("local")
         return any(f["file_id"] == file_id and f["has_copy"] for f in found)
 
     eventually(bob_holds)
     assert content(b, file_id) == data
     sent = eventually(
         lambda: [
-            t
-            for t in a.json("GET", "/api/transfers")["recent"]
-            if t["direction"] == "out" and t["state"] == "done"
+            t for t in a.transfers()["recent"] if t["direction"] == "out" and t["state"] == "done"
         ]
     )
     assert (sent[0]["file_id"], sent[0]["peer_id"], sent[0]["bytes_done"]) == (
@@ -97,5 +92,5 @@ def test_an_upload_cut_short_leaves_nothing_on_either_node(
     for node in ("alice", "bob"):
         eventually(lambda node=node: not any((tmp_path / node / "partial").iterdir()))
     for c in (a, b):
-        assert c.json("GET", "/api/files")["files"] == []
+        assert c.files() == []
     assert list((tmp_path / "bob" / "blobs").iterdir()) == []

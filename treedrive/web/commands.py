@@ -2,10 +2,11 @@
 
 ``treedrive push FILE``, ``get FILE_ID [-o PATH]``, ``delete FILE_ID``, ``list [SCOPE]``,
 ``peers``, ``status``. The node is found from its data dir (``node.json`` and ``api-token``) or
-given with ``--node URL`` (and ``--token``); see :mod:`treedrive.web.client`. A file id may be a
-unique prefix of 8 or more hex characters; tables show 12. Human tables by default, ``--json``
-(full ids) for scripts. Peer ids, hosts, names and owners come from strangers: what is printed
-for humans has its control characters escaped (``--json`` escapes them anyway).
+given with ``--node URL`` (and ``--token``); they talk to it through :mod:`treedrive.client`. A
+file id may be a unique prefix of 8 or more hex characters; tables show 12. Human tables by
+default, ``--json`` (full ids) for scripts. Peer ids, hosts, names and owners come from
+strangers: what is printed for humans has its control characters escaped (``--json`` escapes
+them anyway).
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
+from typing import Any, cast
 
 import click
 
+from treedrive.client import Client, FileRecord, Scope, Status
 from treedrive.core.text import human_size, printable, table
-from treedrive.web.client import Client
 from treedrive.web.options import _client, _emit, common
 from treedrive.web.peer_commands import peers
 from treedrive.web.progress import LiveLine, Meter, eta_of
 
-CHUNK = 1 << 20
 POLL = 0.3
 SHORT = 12
 
@@ -33,11 +32,11 @@ def short(file_id: str) -> str:
     return file_id[:SHORT]
 
 
-def _size(f: dict[str, Any]) -> int:
+def _size(f: FileRecord) -> int:
     return int(f["size_bytes"] if f["size_bytes"] is not None else f["file_size"] * 1024 * 1024)
 
 
-def _files_table(files: list[dict[str, Any]]) -> str:
+def _files_table(files: list[FileRecord]) -> str:
     rows = [
         [
             short(f["file_id"]),
@@ -62,13 +61,13 @@ def status(
     as_json: bool,
 ) -> None:
     """Show the running node: id, addresses, uptime, totals."""
-    data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/status")
+    data = _client(data_dir, peer_id, node_url, token).status()
     if as_json:
         return _emit(data)
     click.echo(status_lines(data))
 
 
-def status_lines(data: dict[str, Any]) -> str:
+def status_lines(data: Status) -> str:
     """The human form of ``/api/status`` (escaped: the peer id and host may be anyone's)."""
     c = data["counts"]
     peer, host, http = (printable(data[k]) for k in ("peer_id", "host", "http"))
@@ -97,14 +96,7 @@ def list_files(
     as_json: bool,
 ) -> None:
     """List the files in the node's catalogue."""
-    client = _client(data_dir, peer_id, node_url, token)
-    files: list[dict[str, Any]] = []
-    while True:
-        query = urlencode({"scope": scope, "offset": len(files), "limit": 500})
-        page = client.json("GET", f"/api/files?{query}")
-        files.extend(page["files"])
-        if not page["files"] or len(files) >= page["total"]:
-            break
+    files = _client(data_dir, peer_id, node_url, token).files(cast(Scope, scope))
     if as_json:
         return _emit({"scope": scope, "total": len(files), "files": files})
     click.echo(_files_table(files) if files else "no files")
@@ -133,7 +125,6 @@ def push(
     client = _client(data_dir, peer_id, node_url, token)
     size = file.stat().st_size
     shared_as = name or file.name
-    query = urlencode({"name": shared_as, **({"force": "1"} if force else {})})
     line = _line(f"push {file.name}", as_json)
     meter = Meter()
 
@@ -142,12 +133,12 @@ def push(
         line.show(meter.done, size, meter.rate, eta_of(meter.done, size, meter.rate))
 
     try:
-        data = client.upload(file, query, sent)
+        data = client.push(file, name=shared_as, force=force, progress=sent)
     finally:
         line.clear()
     if as_json:
         return _emit(data)
-    if data.get("existing"):
+    if data["existing"]:
         named = "" if data["display_name"] == shared_as else f" (named {data['display_name']})"
         click.echo(
             printable(
@@ -197,32 +188,33 @@ def get(
     output = _target(output)
     client = _client(data_dir, peer_id, node_url, token)
     # The record first: it resolves a prefix, and a file already here needs no fetch (no line).
-    record = client.json("GET", f"/api/files/{quote(file_id.strip(), safe='')}")
+    record = client.file(file_id)
     full = record["file_id"]
     already = bool(record["has_copy"])
     result = record if already else _fetch(client, full, record, as_json)
+    shown: dict[str, Any] = dict(result)
     if output is not None:
         target = output / result["display_name"] if output.is_dir() else output
-        _download(client, full, target, as_json)
-        result["saved_to"] = str(target)
+        _download(client, result, target, as_json)
+        shown["saved_to"] = str(target)
     if as_json:
-        return _emit({**result, "already_here": already})
+        return _emit({**shown, "already_here": already})
     size = human_size(_size(result))
-    saved = f", saved to {result['saved_to']}" if "saved_to" in result else ""
+    saved = f", saved to {shown['saved_to']}" if "saved_to" in shown else ""
     name = result["display_name"]
     text = f"{name} is already here ({size}){saved}" if already else f"got {name} ({size}){saved}"
     click.echo(printable(text))
 
 
-def _fetch(client: Client, file_id: str, record: dict[str, Any], hidden: bool) -> Any:
+def _fetch(client: Client, file_id: str, record: FileRecord, hidden: bool) -> FileRecord:
     """POST the fetch in a thread; meanwhile draw the node's progress of it (from
     ``/api/transfers``: rate and ETA of this run, a resume's bytes on disk not counted)."""
-    result: dict[str, Any] = {}
+    result: list[FileRecord] = []
     failure: list[BaseException] = []
 
     def fetch() -> None:
         try:
-            result.update(client.json("POST", f"/api/files/{file_id}/fetch", timeout=None))
+            result.append(client.get(file_id))
         except BaseException as exc:
             failure.append(exc)
 
@@ -236,7 +228,7 @@ def _fetch(client: Client, file_id: str, record: dict[str, Any], hidden: bool) -
                 continue
             mine = [
                 t
-                for t in client.json("GET", "/api/transfers")["active"]
+                for t in client.transfers()["active"]
                 if t["file_id"] == file_id and t["direction"] == "in"
             ]
             done = sum(t["bytes_done"] for t in mine)
@@ -249,30 +241,23 @@ def _fetch(client: Client, file_id: str, record: dict[str, Any], hidden: bool) -
         line.clear()
     if failure:
         raise failure[0]
-    return result
+    return result[0]
 
 
-def _download(client: Client, file_id: str, target: Path, hidden: bool) -> None:
-    """Stream the bytes to a temp file beside ``target`` and rename it: never a partial file."""
-    tmp = target.with_name(f".{target.name}.part")
+def _download(client: Client, record: FileRecord, target: Path, hidden: bool) -> None:
+    """Save the bytes as ``target`` (never a partial file: see :meth:`Client.download`)."""
     line = _line(f"save {target.name}", hidden)
-    with client.request("GET", f"/api/files/{file_id}/content", timeout=None) as resp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        meter = Meter()
-        try:
-            with tmp.open("wb") as f:
-                while block := resp.read(CHUNK):
-                    f.write(block)
-                    meter.add(len(block))
-                    line.show(meter.done, total, meter.rate, eta_of(meter.done, total, meter.rate))
-            tmp.replace(target)
-        except OSError as exc:
-            raise click.ClickException(
-                printable(f"cannot save to {target}: {exc.strerror or exc}")
-            ) from None
-        finally:
-            line.clear()
-            tmp.unlink(missing_ok=True)
+    total = record["size_bytes"] or None
+    meter = Meter()
+
+    def written(n: int) -> None:
+        meter.add(n)
+        line.show(meter.done, total, meter.rate, eta_of(meter.done, total, meter.rate))
+
+    try:
+        client.download(record["file_id"], target, progress=written)
+    finally:
+        line.clear()
 
 
 @click.command()
@@ -287,9 +272,7 @@ def delete(
     as_json: bool,
 ) -> None:
     """Delete FILE_ID (or a unique prefix of it; one the node owns) everywhere."""
-    data = _client(data_dir, peer_id, node_url, token).json(
-        "DELETE", f"/api/files/{quote(file_id.strip(), safe='')}"
-    )
+    data = _client(data_dir, peer_id, node_url, token).delete(file_id)
     if as_json:
         return _emit(data)
     click.echo(printable(f"deleted {short(data['deleted'])}"))

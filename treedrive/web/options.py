@@ -1,8 +1,10 @@
 """What every control command shares: the options that find the node (``--data-dir``,
-``--peer-id``, ``--node``, ``--token``) and ``--json``, the client they give, and JSON output."""
+``--peer-id``, ``--node``, ``--token``) and ``--json``, the client they give, JSON output, and the
+one line a :class:`~treedrive.client.TreeDriveError` becomes (never a traceback)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +12,32 @@ from typing import Any
 
 import click
 
-from treedrive.web.client import Client, find_node
+from treedrive.client import BadNodeAddress, Client, TreeDriveError
+from treedrive.core.text import printable
+
+
+def said(exc: TreeDriveError) -> click.ClickException:
+    """The client's error as the command's one line (escaped: it may quote a peer)."""
+    if isinstance(exc, BadNodeAddress):
+        return click.ClickException(printable(f"--node {exc.message}"))
+    return click.ClickException(printable(exc.message))
+
+
+def reported(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` with the client's errors said in one line."""
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except TreeDriveError as exc:
+            raise said(exc) from None
+
+    return run
 
 
 def common(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = reported(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
     f = click.option(
         "--token",
@@ -47,7 +71,7 @@ def common(f: Callable[..., Any]) -> Callable[..., Any]:
 def _client(
     data_dir: Path | None, peer_id: str | None, node_url: str | None, token: str | None
 ) -> Client:
-    return find_node(data_dir, peer_id, node_url, token)
+    return Client.find(data_dir, peer_id=peer_id, url=node_url, token=token)
 
 
 def _emit(data: Any) -> None:

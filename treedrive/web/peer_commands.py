@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 
+from treedrive.client import Peer
 from treedrive.core.text import printable, table
 from treedrive.web.options import _client, _emit, common
 
@@ -31,10 +31,10 @@ def peers(
     ctx.obj["as_json"] = as_json
     if ctx.invoked_subcommand is not None:
         return None
-    data = _client(data_dir, peer_id, node_url, token).json("GET", "/api/peers")
+    listed = _client(data_dir, peer_id, node_url, token).peers()
     if as_json:
-        return _emit(data)
-    click.echo(_peers_table(data["peers"], time.time()) if data["peers"] else "no peers")
+        return _emit({"peers": listed})
+    click.echo(_peers_table(listed, time.time()) if listed else "no peers")
     return None
 
 
@@ -59,14 +59,14 @@ def forget_key(
         node_url or given["node_url"],
         token or given["token"],
     )
-    data = client.json("DELETE", f"/api/peers/{quote(target, safe='')}/key")
+    data = client.forget_key(target)
     if as_json or given["as_json"]:
         return _emit(data)
     click.echo(printable(f"forgot the key of peer {target}: the next key it signs with is pinned"))
     return None
 
 
-def _peers_table(peers: list[dict[str, Any]], now: float) -> str:
+def _peers_table(peers: list[Peer], now: float) -> str:
     rows = [
         [
             p["peer_id"],

@@ -1,4 +1,4 @@
-"""``Client.upload`` (``treedrive push``) against a real node process: over plain http the body
+"""``Client.push`` (``treedrive push``) against a real node process: over plain http the body
 goes with ``sendfile``, and what arrives, the progress told and every error are the same as
 when urllib sends it (the path https and proxies take)."""
 
@@ -13,11 +13,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import click
 import pytest
 
 from tests.conftest import FAST, NODE_PROCESS_WARNINGS, NodeProcess, fill, free_port
-from treedrive.web.client import STEP, Client
+from treedrive.client import Client, TreeDriveError
+from treedrive.client.http import STEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90), *NODE_PROCESS_WARNINGS]
 
@@ -43,23 +43,23 @@ def started(node: NodeProcess) -> NodeProcess:
 def urllib_way(client: Client) -> Client:
     """The same client, sending as it does over https (urllib, 1 MiB reads)."""
     plain = Client(client.url, client.token)
-    plain.plain = lambda: None  # type: ignore[method-assign]
+    plain.transport.plain = lambda: None  # type: ignore[method-assign]
     return plain
 
 
 def both_ways(client: Client) -> list[Client]:
-    assert client.plain() is not None  # plain http, no proxy: the sendfile path
+    assert client.transport.plain() is not None  # plain http, no proxy: the sendfile path
     return [client, urllib_way(client)]
 
 
-def error_of(client: Client, path: Path, query: str = "name=x.bin") -> str:
-    with pytest.raises(click.ClickException) as failed:
-        client.upload(path, query, lambda n: None)
+def error_of(client: Client, path: Path) -> str:
+    with pytest.raises(TreeDriveError) as failed:
+        client.push(path, name="x.bin")
     return failed.value.message
 
 
 def content(client: Client, file_id: str) -> bytes:
-    with client.request("GET", f"/api/files/{file_id}/content") as resp:
+    with client.content(file_id) as resp:
         return bytes(resp.read())
 
 
@@ -72,7 +72,7 @@ def test_a_push_arrives_whole_either_way_and_tells_its_progress(
         data = os.urandom(2 * STEP + 12345)  # more than one sendfile step, not a whole number
         src.write_bytes(data)
         told: list[int] = []
-        answer = way.upload(src, "name=big.bin", told.append)
+        answer = way.push(src, name="big.bin", progress=told.append)
         assert sum(told) == len(data)
         assert len(told) > 1
         assert (answer["display_name"], answer["size_bytes"], answer["existing"]) == (
@@ -83,13 +83,13 @@ def test_a_push_arrives_whole_either_way_and_tells_its_progress(
         assert content(client, answer["file_id"]) == data
 
         # pushed again: the node's answer for bytes it already shares
-        again = way.upload(src, "name=big.bin", lambda n: None)
+        again = way.push(src, name="big.bin")
         assert (again["file_id"], again["existing"]) == (answer["file_id"], True)
 
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     for way in both_ways(client):
-        assert way.upload(empty, "name=empty.bin&force=1", lambda n: None)["size_bytes"] == 0
+        assert way.push(empty, force=True)["size_bytes"] == 0
 
 
 def test_the_nodes_refusals_read_the_same_either_way(node_process: Factory, tmp_path: Path) -> None:

@@ -1,0 +1,235 @@
+"""The typed client of a running node's HTTP API (see :mod:`treedrive.client`)."""
+
+from __future__ import annotations
+
+import enum
+import http.client
+import json
+from collections.abc import Collection
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from treedrive.client.discovery import locate
+from treedrive.client.errors import LocalFileError
+from treedrive.client.events import EventStream
+from treedrive.client.http import Http, Progress, no_progress
+from treedrive.client.types import (
+    Deleted,
+    FileRecord,
+    FilesPage,
+    KeyForgotten,
+    Limits,
+    Peer,
+    PushResult,
+    Scope,
+    Status,
+    ThroughputSample,
+    Transfers,
+)
+
+PAGE = 500
+"""Records per request when :meth:`Client.files` reads the whole catalogue (the node's most)."""
+CHUNK = 1 << 20
+EVENTS_TIMEOUT = 60.0
+"""Seconds of silence after which an event stream is taken for broken (the node sends a
+keep-alive every 15 s)."""
+
+
+class Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+"""For :meth:`Client.set_limits`: leave this limit as it is."""
+
+
+def _id(file_id: str) -> str:
+    return quote(file_id.strip(), safe="")
+
+
+class Client:
+    """A running node's HTTP API: ``Client("http://127.0.0.1:8280/", token)`` (or
+    ``"127.0.0.1:8280"``), or :meth:`find` to find it from its data dir. Reading needs no
+    token; changing anything does. ``timeout``: seconds for each connect and read (a push, a
+    fetch and a download wait as long as they take). Safe to use from several threads."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float | None = 30.0) -> None:
+        self.transport = Http(url, token, timeout)
+        """The HTTP underneath: ``transport.request(...)`` for what has no method here."""
+
+    @classmethod
+    def find(
+        cls,
+        data_dir: Path | None = None,
+        *,
+        peer_id: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> Client:
+        """The node running on ``data_dir`` (default: the data root's folder for ``peer_id``,
+        ``default`` without one), with the token found there; or at ``url``, with ``token`` (or
+        the token in ``data_dir``). :class:`~errors.NodeNotRunning` if none runs there."""
+        found, found_token = locate(data_dir, peer_id, url, token)
+        return cls(found, found_token)
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    @property
+    def token(self) -> str | None:
+        return self.transport.token
+
+    def __repr__(self) -> str:  # never the token
+        return f"Client({self.url!r})"
+
+    # -- the node and its peers -------------------------------------------------------------
+    def status(self) -> Status:
+        """The node: id, addresses, uptime, counts, key fingerprint, bootstrap problem."""
+        data: Status = self.transport.json("GET", "/api/status")
+        return data
+
+    def peers(self) -> list[Peer]:
+        """The peers the node tracks."""
+        data: list[Peer] = self.transport.json("GET", "/api/peers")["peers"]
+        return data
+
+    def forget_key(self, peer_id: str) -> KeyForgotten:
+        """Forget the key pinned to ``peer_id``, accepting on purpose that it now signs with
+        another; :class:`~errors.NotFound` if none is pinned."""
+        data: KeyForgotten = self.transport.json("DELETE", f"/api/peers/{_id(peer_id)}/key")
+        return data
+
+    def limits(self) -> Limits:
+        """The rate limits, bytes per second (None: none)."""
+        data: Limits = self.transport.json("GET", "/api/limits")
+        return data
+
+    def set_limits(
+        self,
+        *,
+        download: float | Keep | None = KEEP,
+        upload: float | Keep | None = KEEP,
+    ) -> Limits:
+        """Change the rate limits (bytes per second; None: no limit); the limits then."""
+        changes = {
+            key: value
+            for key, value in (("download", download), ("upload", upload))
+            if not isinstance(value, Keep)
+        }
+        body = json.dumps(changes).encode()
+        data: Limits = self.transport.json(
+            "PUT", "/api/limits", body=body, headers={"Content-Type": "application/json"}
+        )
+        return data
+
+    def transfers(self) -> Transfers:
+        """Transfers under way (``active``) and the last ones recorded (``recent``)."""
+        data: Transfers = self.transport.json("GET", "/api/transfers")
+        return data
+
+    def throughput(self) -> list[ThroughputSample]:
+        """Bytes per second in and out, a sample a second (the last five minutes)."""
+        data: list[ThroughputSample] = self.transport.json("GET", "/api/throughput")["samples"]
+        return data
+
+    def events(
+        self,
+        *,
+        types: Collection[str] | None = None,
+        last_event_id: str | None = None,
+        timeout: float | None = EVENTS_TIMEOUT,
+    ) -> EventStream:
+        """The live event stream (see :mod:`treedrive.client.events`); ``types``: only these;
+        ``last_event_id``: resume after it."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        resp = self.transport.request("GET", "/api/events", headers=headers, timeout=timeout)
+        return EventStream(resp, self.url, types)
+
+    # -- files ------------------------------------------------------------------------------
+    def files_page(self, scope: Scope = "both", offset: int = 0, limit: int = 50) -> FilesPage:
+        """``limit`` records (500 at most) of the catalogue from ``offset``, and the total."""
+        query = urlencode({"scope": scope, "offset": offset, "limit": limit})
+        data: FilesPage = self.transport.json("GET", f"/api/files?{query}")
+        return data
+
+    def files(self, scope: Scope = "both") -> list[FileRecord]:
+        """The whole catalogue (``local``: held here, ``remote``: held by peers only)."""
+        files: list[FileRecord] = []
+        while True:
+            page = self.files_page(scope, len(files), PAGE)
+            files.extend(page["files"])
+            if not page["files"] or len(files) >= page["total"]:
+                return files
+
+    def file(self, file_id: str) -> FileRecord:
+        """One file's record; ``file_id`` may be a unique prefix of 8 or more hex characters
+        (:class:`~errors.NotFound`, :class:`~errors.Conflict` when several start with it)."""
+        data: FileRecord = self.transport.json("GET", f"/api/files/{_id(file_id)}")
+        return data
+
+    def push(
+        self,
+        path: Path | str,
+        *,
+        name: str | None = None,
+        force: bool = False,
+        progress: Progress = no_progress,
+    ) -> PushResult:
+        """Push the file at ``path`` into the network through the node (as ``name``; default
+        its own), streamed from disk. Bytes the node already shares are not pushed again
+        unless ``force``: the answer is then their record, with ``existing`` true.
+        ``progress`` is told the bytes sent as they go."""
+        path = Path(path)
+        query = urlencode({"name": name or path.name, **({"force": "1"} if force else {})})
+        data: PushResult = self.transport.post_file(path, f"/api/files?{query}", progress)
+        return data
+
+    def get(self, file_id: str) -> FileRecord:
+        """Have the node fetch the file from the peers that hold it (if it holds no copy yet)
+        and verify it; its record then. Waits as long as the fetch takes
+        (:class:`~errors.FetchFailed` when no holder could give it)."""
+        data: FileRecord = self.transport.json(
+            "POST", f"/api/files/{_id(file_id)}/fetch", timeout=None
+        )
+        return data
+
+    def content(self, file_id: str) -> http.client.HTTPResponse:
+        """The bytes of a file the node holds, to read as they come (close it, or use it in a
+        ``with``); ``Content-Length`` is their size."""
+        return self.transport.request("GET", f"/api/files/{_id(file_id)}/content", timeout=None)
+
+    def download(
+        self, file_id: str, target: Path | str, *, progress: Progress = no_progress
+    ) -> Path:
+        """Save the bytes of a file the node holds as ``target``: written beside it and renamed
+        once whole, so ``target`` is never a partial file. ``progress`` is told the bytes
+        written as they go."""
+        target = Path(target)
+        tmp = target.with_name(f".{target.name}.part")
+        with self.content(file_id) as resp:
+            try:
+                with tmp.open("wb") as f:
+                    while block := self._read(resp):
+                        f.write(block)
+                        progress(len(block))
+                tmp.replace(target)
+            except OSError as exc:
+                raise LocalFileError(f"cannot save to {target}: {exc.strerror or exc}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        return target
+
+    def _read(self, resp: http.client.HTTPResponse) -> bytes:
+        try:
+            return resp.read(CHUNK)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.transport.unreachable(exc) from None
+
+    def delete(self, file_id: str) -> Deleted:
+        """Delete a file this node owns, here and everywhere (:class:`~errors.Forbidden` for
+        another's)."""
+        data: Deleted = self.transport.json("DELETE", f"/api/files/{_id(file_id)}")
+        return data
