@@ -37,12 +37,13 @@ def held_port() -> Iterator[int]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_logging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """`run` adds log handlers to the root logger (CliRunner runs it in this process): removed
-    after each test. No TREEDRIVE_* settings leak in."""
+    after each test. No TREEDRIVE_* settings leak in, nor the user's config file."""
     for name in list(os.environ):
         if name.startswith("TREEDRIVE_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
