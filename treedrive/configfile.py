@@ -161,7 +161,7 @@ def _value(option: click.Option, key: str, value: Any, path: Path) -> Any:
     if not _toml_type_fits(option.type, value):
         raise wrong()
     if option.name in PATHS and value != "-":
-        value = str(path.parent / Path(value).expanduser())
+        value = os.path.abspath(path.parent / Path(value).expanduser())
     try:
         converted = option.type.convert(value, option, None)
     except click.BadParameter:
@@ -200,7 +200,7 @@ def describe(option: click.Option) -> str:
         noun = "an integer" if isinstance(kind, click.types.IntParamType) else "a number"
         return noun + _range(kind)
     if option.name == "log_file":
-        return "a path (a string) or \"-\""
+        return 'a path (a string) or "-"'
     if option.name in PATHS:
         return "a path (a string)"
     return "a string"
