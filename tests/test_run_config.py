@@ -73,8 +73,11 @@ max-download-rate = 100
 log-file = "../logs/bob.log"
 log-level = "info"
 
-[plugins.rarest]
-window = 4
+[plugins.web]
+http_head_timeout = 20
+
+[plugins.nosuch]
+x = 1
 """
     )
     node = NodeProcess("bob", data, port, ["--config", str(config)])
@@ -89,6 +92,11 @@ window = 4
     # the log file of the file, not node.log; the token never on a terminal that is not one
     wait_for(lambda: "listening on" in (tmp_path / "logs" / "bob.log").read_text())
     assert not (data / "node.log").exists()
+    log_file = tmp_path / "logs" / "bob.log"
+    wait_for(lambda: "[plugins.nosuch]" in log_file.read_text())
+    logged = log_file.read_text()
+    assert "[plugins.nosuch] is not a loaded plugin's" in logged  # a misspelt name is said
+    assert "[plugins.web]" not in logged
     token = (data / "api-token").read_text().strip()
     terminal = node.log.read_text()
     assert token not in terminal

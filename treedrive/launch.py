@@ -165,6 +165,7 @@ async def run_node(config: NodeConfig, with_shell: bool, log_file: LogFile | Non
                 log.error("the node did not start: %s", said, extra={"terminal": False})
             raise StartRefused(said) from None
         _banner(node)
+        _unknown_plugin_tables(node)
         stop_on_signals(stop)  # before the shell's prompt: a signal then stops the node cleanly
         if with_shell:
             from treedrive.terminal import Console
@@ -173,6 +174,19 @@ async def run_node(config: NodeConfig, with_shell: bool, log_file: LogFile | Non
             console.start()
             stack.push_async_callback(console.close)  # before the node stops
         await serve_until_stopped(node, stop)
+
+
+def _unknown_plugin_tables(node: Node) -> None:
+    """One log line per ``[plugins.<name>]`` table of the config file that no loaded plugin is
+    registered as (a misspelt name, a plugin not installed or disabled)."""
+    loaded = {name for name, _ in node.plugins.names()}
+    for name in sorted(set(node.config.extra) - loaded):
+        if isinstance(node.config.extra[name], dict):
+            log.warning(
+                "config file: [plugins.%s] is not a loaded plugin's (treedrive plugins lists "
+                "them): its settings are unused",
+                name,
+            )
 
 
 def _banner(node: Node) -> None:
