@@ -290,3 +290,20 @@ def test_a_named_file_must_exist(tmp_path: Path) -> None:
     result = invoke("run", "--config", str(tmp_path / "none.toml"))
     assert result.exit_code == 2
     assert result.output == f"Error: {tmp_path / 'none.toml'}: no such config file\n"
+
+
+def test_control_commands_look_where_the_config_file_says(
+    tmp_path: Path, config_home: Path
+) -> None:
+    data = tmp_path / "srv-node"
+    write(config_home / "treedrive" / "config.toml", f'data-dir = "{data}"\n')
+    result = invoke("status")
+    assert result.exit_code == 1, result.output
+    assert f"no node is running on {data}" in result.output
+    other = tmp_path / "other"
+    result = invoke("status", "--data-dir", str(other))  # an option still beats the file
+    assert f"no node is running on {other}" in result.output
+    write(config_home / "treedrive" / "config.toml", "port = true\n")
+    result = invoke("status")
+    assert result.exit_code == 2, result.output
+    assert "'port': expected an integer" in result.output

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from tests.conftest import FAST, NODE_PROCESS_WARNINGS, NodeProcess, free_port, marked
+from treedrive.cli import cli
 
 Factory = Callable[..., NodeProcess]
 e2e = marked([pytest.mark.e2e, pytest.mark.timeout(90), *NODE_PROCESS_WARNINGS])
@@ -101,6 +103,11 @@ x = 1
     terminal = node.log.read_text()
     assert token not in terminal
     assert str(data / "api-token") in terminal
+
+    # the control commands find the node that the config file describes
+    status = CliRunner().invoke(cli, ["status", "--json"], env={"TREEDRIVE_CONFIG": str(config)})
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["peer_id"] == "bob"
 
     # limits changed through the API are kept for the next start, and beat the file
     changed = http(node, "PUT", "/api/limits", {"download": 5000, "upload": 7000})

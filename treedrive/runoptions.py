@@ -311,3 +311,17 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(OPTIONS):
         f = option(f)
     return f
+
+
+def configured_node() -> tuple[Path | None, str | None]:
+    """The data dir and peer id the config file gives ``treedrive run`` (``--config`` aside:
+    ``TREEDRIVE_CONFIG`` or the default file), for the control commands to find that node."""
+
+    def nothing(**_: Any) -> None:
+        return None
+
+    params = click.command()(run_options(nothing)).params
+    path, required = config_location([], os.environ)
+    values = read_config(path, required, params).values
+    data_dir = values.get("data_dir")
+    return (None if data_dir is None else Path(data_dir)), values.get("peer_id")
