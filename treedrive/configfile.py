@@ -19,7 +19,7 @@ import difflib
 import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,22 +142,12 @@ def _plugin_tables(value: Any, path: Path) -> dict[str, dict[str, Any]]:
 def _value(option: click.Option, key: str, value: Any, path: Path) -> Any:
     """``value`` as the option takes it; ConfigError (naming the file, the key and what is
     expected) when it is of the wrong type or out of range."""
-    expected = describe(option)
 
     def wrong(why: str = "") -> ConfigError:
-        return ConfigError(f"{path}: {key!r}: expected {expected}, got {value!r}{why}")
+        return ConfigError(f"{path}: {key!r}: expected {describe(option)}, got {value!r}{why}")
 
     if option.multiple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong()
-        items = list(value)
-        if option.name == "bootstrap":
-            for item in items:
-                try:
-                    Address.parse(item)
-                except ValueError:
-                    raise wrong(f" ({item!r} is not HOST:PORT)") from None
-        return items
+        return _items(option, value, wrong)
     if not _toml_type_fits(option.type, value):
         raise wrong()
     if option.name in PATHS and value != "-":
@@ -172,6 +162,19 @@ def _value(option: click.Option, key: str, value: Any, path: Path) -> Any:
     except click.BadParameter as exc:
         raise ConfigError(f"{path}: {key!r}: {exc.message}") from None
     return value
+
+
+def _items(option: click.Option, value: Any, wrong: Callable[[str], ConfigError]) -> list[str]:
+    """The strings of a repeatable option (the bootstrap hosts: each HOST:PORT)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise wrong("")
+    if option.name == "bootstrap":
+        for item in value:
+            try:
+                Address.parse(item)
+            except ValueError:
+                raise wrong(f" ({item!r} is not HOST:PORT)") from None
+    return list(value)
 
 
 def _toml_type_fits(kind: object, value: Any) -> bool:
