@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,14 @@ from click.testing import CliRunner
 import treedrive.cli as cli_module
 import treedrive.launch as launch
 from tests.conftest import address, wait_for
+from tests.isolation import no_settings
 from treedrive.cli import cli
 from treedrive.core.config import NodeConfig, is_wildcard
 
 
 @pytest.fixture(autouse=True)
 def _no_treedrive_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    no_settings(monkeypatch, tmp_path)
 
 
 async def test_peers_are_told_the_advertised_address(start_node: Any) -> None:

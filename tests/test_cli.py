@@ -14,6 +14,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
 
+from tests.isolation import no_settings
 from treedrive.cli import cli
 from treedrive.store import Store
 from treedrive.store.db import alembic_config
@@ -99,10 +100,7 @@ def locked_dir(tmp_path: Path) -> Iterator[Path]:
 def _no_treedrive_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Start every test from a clean environment: no TREEDRIVE_* settings leak in, nor the
     user's config file."""
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    no_settings(monkeypatch, tmp_path)
 
 
 # -- help -----------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ the API, and one clear line for a file that cannot be used."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import treedrive.cli as cli_module
+from tests.isolation import no_settings
 from treedrive.cli import cli
 from treedrive.configfile import NOT_IN_FILE, file_key
 from treedrive.core.config import Address, NodeConfig
@@ -66,12 +66,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture(autouse=True)
 def config_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A clean environment: no TREEDRIVE_* settings, and a config home of this test's own."""
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
-    home = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    return home
+    return no_settings(monkeypatch, tmp_path)
 
 
 @pytest.fixture

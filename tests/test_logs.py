@@ -4,7 +4,6 @@ PATH|-``), its rotation and privacy, and the dashboard's token only on a termina
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import treedrive.cli as cli_module
+from tests.isolation import no_settings, root_logging_restored
 from treedrive.cli import cli
 from treedrive.launch import _banner
 from treedrive.logs import LogFile, effective_level, log_to_file
@@ -22,19 +22,9 @@ from treedrive.logs import LogFile, effective_level, log_to_file
 
 @pytest.fixture(autouse=True)
 def _clean_logging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Handlers added to the root logger are removed after each test; no TREEDRIVE_* settings
-    or config file leak in."""
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
+    no_settings(monkeypatch, tmp_path)
+    with root_logging_restored():
+        yield
 
 
 # -- the level ------------------------------------------------------------------------------------
