@@ -302,3 +302,26 @@ def test_control_commands_look_where_the_config_file_says(
     result = invoke("status")
     assert result.exit_code == 2, result.output
     assert "'port': expected an integer" in result.output
+
+
+def test_the_readme_plugin_reads_its_settings() -> None:
+    """The README's plugin example reads its [plugins.largest-first] table as documented."""
+    from types import SimpleNamespace
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("# largest_first.py")
+    code = readme[start : readme.index("```", start)]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "largest_first.py", "exec"), namespace)  # noqa: S102 (our README)
+    select = namespace["treedrive_select_downloads"]
+
+    def entry(file_id: str, size: int) -> Any:
+        return SimpleNamespace(meta=SimpleNamespace(file_id=file_id, file_size=size))
+
+    files = [entry("small", 10), entry("big", 5000), entry("mid", 2000)]
+    plain = SimpleNamespace(config=NodeConfig(Path("d")))
+    assert select(plain, files, 2) == ["big", "mid"]
+    tuned = SimpleNamespace(
+        config=NodeConfig(Path("d"), extra={"largest-first": {"min-size": 3000}})
+    )
+    assert select(tuned, files, 2) == ["big"]
