@@ -14,6 +14,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
 
+from tests.isolation import no_settings
 from treedrive.cli import cli
 from treedrive.store import Store
 from treedrive.store.db import alembic_config
@@ -46,6 +47,13 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "encryption": ("false", False),
     "shell": ("false", False),
     "log_level": ("DEBUG", "DEBUG"),
+    "config": ("/dev/null", Path("/dev/null")),  # an empty TOML file
+    "advertise_host": ("192.0.2.7", "192.0.2.7"),
+    "verbose": ("2", 2),
+    "quiet": ("1", 1),
+    "log_file": ("-", "-"),
+    "log_max_size": ("20", 20),
+    "log_backups": ("3", 3),
 }
 
 # A value each validated option must refuse, with a word the error shows.
@@ -64,6 +72,9 @@ ENV_INVALID: dict[str, str] = {
     "download_limit": "-1",
     "shell": "perhaps",
     "log_level": "LOUD",
+    "log_max_size": "-1",
+    "log_backups": "0",
+    "verbose": "many",
 }
 
 
@@ -86,11 +97,10 @@ def locked_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def _no_treedrive_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start every test from a clean environment: no TREEDRIVE_* settings leak in."""
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
+def _no_treedrive_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Start every test from a clean environment: no TREEDRIVE_* settings leak in, nor the
+    user's config file."""
+    no_settings(monkeypatch, tmp_path)
 
 
 # -- help -----------------------------------------------------------------------------------------
@@ -296,7 +306,7 @@ def test_run_passes_its_settings_to_the_node(
 
     seen: list[NodeConfig] = []
 
-    async def fake_run(config: NodeConfig, with_shell: bool) -> None:
+    async def fake_run(config: NodeConfig, with_shell: bool, *_: Any) -> None:
         seen.append(config)
 
     monkeypatch.setattr(cli_module, "_run", fake_run)
@@ -334,7 +344,7 @@ def test_only_a_default_http_port_may_fall_back(
 
     seen: list[NodeConfig] = []
 
-    async def fake_run(config: NodeConfig, with_shell: bool) -> None:
+    async def fake_run(config: NodeConfig, with_shell: bool, *_: Any) -> None:
         seen.append(config)
 
     monkeypatch.setattr(cli_module, "_run", fake_run)

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import NODE_PROCESS_WARNINGS, NodeProcess, fast_config, marked
+from tests.isolation import no_settings, root_logging_restored
 from treedrive.app import StartFailed, running_node
 from treedrive.cli import cli
 
@@ -37,19 +38,12 @@ def held_port() -> Iterator[int]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`run` adds log handlers to the root logger (CliRunner runs it in this process): removed
-    after each test. No TREEDRIVE_* settings leak in."""
-    for name in list(os.environ):
-        if name.startswith("TREEDRIVE_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
+def _clean_logging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No TREEDRIVE_* settings nor the user's config file leak in; the log handlers that `run`
+    adds are removed after each test."""
+    no_settings(monkeypatch, tmp_path)
+    with root_logging_restored():
+        yield
 
 
 def treedrive_run(

@@ -4,19 +4,36 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from treedrive.admin import db, plugins_cmd
-from treedrive.core.config import DEFAULT_HTTP_PORT, DEFAULT_P2P_PORT, Address, NodeConfig
-from treedrive.launch import StartRefused, env, resolve_data_dir, start_failure
+from treedrive.core.config import Address, NodeConfig
+from treedrive.launch import (
+    StartRefused,
+    advertised_host,
+    env,
+    kept_rates,
+    resolve_data_dir,
+    start_failure,
+)
 from treedrive.launch import run_node as _run  # the name tests patch
-from treedrive.logs import LOG_FORMAT, NotOnTerminal, PrintableFormatter, log_to_file, setup_logging
+from treedrive.logs import (
+    LOG_FORMAT,
+    MIB,
+    LogFile,
+    NotOnTerminal,
+    PrintableFormatter,
+    effective_level,
+    log_to_file,
+    setup_logging,
+)
+from treedrive.runoptions import PORT, RunCommand, file_settings, run_options
 
 if TYPE_CHECKING:
     from pluggy import PluginManager
@@ -38,15 +55,6 @@ __all__ = [  # what moved out of this module is still importable from it
     "setup_logging",
     "start_failure",
 ]
-
-PORT = click.IntRange(0, 65535)
-SECONDS = click.FloatRange(min=0.01)
-
-
-def _chunk_kib(value: int) -> int:
-    if 0 < value < 16:
-        raise click.BadParameter(f"{value} KiB is too small: 0 (by the file's size) or 16 and up")
-    return value
 
 
 def make_plugin_manager(**kwargs: Any) -> PluginManager:
@@ -87,281 +95,95 @@ def cli() -> None:
     """TreeDrive: a peer-to-peer file-sharing node."""
 
 
-@cli.command()
+@cli.command(cls=RunCommand)
 @click.argument("positional", nargs=-1, metavar="[PEER_ID [HOST [P2P_PORT [HTTP_PORT]]]]")
-@click.option(
-    "--peer-id",
-    envvar=env("PEER_ID"),
-    show_envvar=True,
-    help="This node's id on the network (default: the one stored in the data dir, or a new one).",
-)
-@click.option(
-    "--host",
-    envvar=env("HOST"),
-    show_envvar=True,
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on and to give peers.",
-)
-@click.option(
-    "--port",
-    envvar=env("PORT"),
-    show_envvar=True,
-    type=PORT,
-    default=DEFAULT_P2P_PORT,
-    show_default=True,
-    help="P2P (TCP) port; 0 = any free.",
-)
-@click.option(
-    "--http-port",
-    envvar=env("HTTP_PORT"),
-    show_envvar=True,
-    type=PORT,
-    default=DEFAULT_HTTP_PORT,
-    show_default=True,
-    help="Dashboard/API port; 0 = any free.",
-)
-@click.option(
-    "--http-host",
-    envvar=env("HTTP_HOST"),
-    show_envvar=True,
-    default="127.0.0.1",
-    show_default=True,
-    help="Address the dashboard/API listens on.",
-)
-@click.option(
-    "--max-upload",
-    envvar=env("MAX_UPLOAD"),
-    show_envvar=True,
-    type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Largest upload the API accepts, in MiB.",
-)
-@click.option(
-    "--bootstrap",
-    envvar=env("BOOTSTRAP"),
-    show_envvar=True,
-    multiple=True,
-    metavar="HOST:PORT",
-    help="A well-known host to join through (repeatable).",
-)
-@click.option(
-    "--data-dir",
-    envvar=env("DATA_DIR"),
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the database and files live (default: per peer id under $XDG_DATA_HOME/treedrive).",
-)
-@click.option(
-    "--gossip-interval",
-    envvar=env("GOSSIP_INTERVAL"),
-    show_envvar=True,
-    type=SECONDS,
-    default=30.0,
-    show_default=True,
-    help="Seconds between gossips.",
-)
-@click.option(
-    "--peer-timeout",
-    envvar=env("PEER_TIMEOUT"),
-    show_envvar=True,
-    type=SECONDS,
-    default=60.0,
-    show_default=True,
-    help="Seconds of silence after which a peer is dropped.",
-)
-@click.option(
-    "--cleanup-interval",
-    envvar=env("CLEANUP_INTERVAL"),
-    show_envvar=True,
-    type=SECONDS,
-    default=10.0,
-    show_default=True,
-    help="Seconds between sweeps for silent peers.",
-)
-@click.option(
-    "--join-delay",
-    envvar=env("JOIN_DELAY"),
-    show_envvar=True,
-    type=click.FloatRange(0),
-    default=3.0,
-    show_default=True,
-    help="Seconds to wait for gossip replies before fetching files on join.",
-)
-@click.option(
-    "--download-limit",
-    envvar=env("DOWNLOAD_LIMIT"),
-    show_envvar=True,
-    type=click.IntRange(0),
-    default=3,
-    show_default=True,
-    help="Files to fetch on join.",
-)
-@click.option(
-    "--max-download-rate",
-    envvar=env("MAX_DOWNLOAD_RATE"),
-    show_envvar=True,
-    type=click.FloatRange(min=0),
-    default=0,
-    help="KiB/s for all downloads together (0: no limit; also settable through the API).",
-)
-@click.option(
-    "--max-upload-rate",
-    envvar=env("MAX_UPLOAD_RATE"),
-    show_envvar=True,
-    type=click.FloatRange(min=0),
-    default=0,
-    help="KiB/s for all uploads together (0: no limit; also settable through the API).",
-)
-@click.option(
-    "--chunk-size",
-    envvar=env("CHUNK_SIZE"),
-    show_envvar=True,
-    type=click.IntRange(min=0),
-    callback=lambda _ctx, _param, v: _chunk_kib(v),
-    default=0,
-    show_default=True,
-    help="KiB per ranged request between TreeDrive nodes (0: by the file's size, 4-32 MiB).",
-)
-@click.option(
-    "--max-inflight",
-    envvar=env("MAX_INFLIGHT"),
-    show_envvar=True,
-    type=click.IntRange(min=1, max=64),
-    default=4,
-    show_default=True,
-    help="Ranged requests in flight at once for one download.",
-)
-@click.option(
-    "--max-peers",
-    envvar=env("MAX_PEERS"),
-    show_envvar=True,
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Peers tracked at most; the longest silent are forgotten first.",
-)
-@click.option(
-    "--extension/--no-extension",
-    envvar=env("EXTENSION"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Speak the TreeDrive extension (raw ranged transfers) with peers that do.",
-)
-@click.option(
-    "--encryption/--no-encryption",
-    envvar=env("ENCRYPTION"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Encrypt extension transfers (TLS 1.3 bound to the node keys) with peers whose key is "
-    "pinned and that do; --no-encryption moves them in clear.",
-)
-@click.option(
-    "--shell/--no-shell",
-    "shell",
-    envvar=env("SHELL"),
-    show_envvar=True,
-    default=None,
-    help="Offer the interactive shell (default: when in a terminal).",
-)
-@click.option(
-    "--log-level",
-    envvar=env("LOG_LEVEL"),
-    show_envvar=True,
-    default="INFO",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-    show_default=True,
-)
-def run(
-    positional: Sequence[str],
-    peer_id: str | None,
-    host: str,
-    port: int,
-    http_port: int,
-    http_host: str,
-    max_upload: int,
-    bootstrap: Sequence[str],
-    data_dir: Path | None,
-    gossip_interval: float,
-    peer_timeout: float,
-    cleanup_interval: float,
-    join_delay: float,
-    download_limit: int,
-    max_download_rate: float,
-    max_upload_rate: float,
-    chunk_size: int,
-    max_inflight: int,
-    max_peers: int,
-    extension: bool,
-    encryption: bool,
-    shell: bool | None,
-    log_level: str,
-) -> None:
+@run_options
+def run(positional: Sequence[str], **options: Any) -> None:
     """Run a node: P2P listener, gossip, dashboard, and (in a terminal) the shell.
 
     The seed's form also works: treedrive run PEER_ID [HOST [P2P_PORT [HTTP_PORT]]].
+
+    Each setting comes from the first of: an option, its TREEDRIVE_* variable, the config file,
+    the default shown (which is the config file's value when it has one).
     """
-    if len(positional) > 4:
-        raise click.UsageError("at most PEER_ID HOST P2P_PORT HTTP_PORT")
-    names = ("peer id", "host", "P2P port", "HTTP port")
-    values: list[Any] = list(positional)
-    for i in (2, 3):
-        if len(values) > i:
-            try:
-                values[i] = PORT.convert(values[i], None, None)
-            except click.BadParameter as exc:
-                raise click.BadParameter(str(exc), param_hint=names[i]) from None
-    peer_id = values[0] if len(values) > 0 else peer_id
-    host = values[1] if len(values) > 1 else host
-    port = values[2] if len(values) > 2 else port
-    http_port = values[3] if len(values) > 3 else http_port
+    ctx = click.get_current_context()
+    http_chosen = _take_positional(positional, options)
+    source = ctx.get_parameter_source("http_port")
     # A default HTTP port that is taken (a second node on this machine) falls back to a free
-    # one; a port the user chose (option, environment, positional) must be that one.
-    source = click.get_current_context().get_parameter_source("http_port")
-    chosen = len(values) > 3 or source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-    try:
-        boot = tuple(Address.parse(b) for b in bootstrap)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
-    data = resolve_data_dir(data_dir, peer_id)
-    config = NodeConfig(
-        data_dir=data,
-        peer_id=peer_id,
-        host=host,
-        port=port,
-        http_port=http_port,
-        http_port_fallback=not chosen,
-        http_host=http_host,
-        max_upload=max_upload * 1024 * 1024,
-        bootstrap=boot,
-        gossip_interval=gossip_interval,
-        peer_timeout=peer_timeout,
-        cleanup_interval=min(cleanup_interval, peer_timeout),
-        join_delay=join_delay,
-        download_limit=download_limit,
-        max_download_rate=max_download_rate * 1024 or None,
-        max_upload_rate=max_upload_rate * 1024 or None,
-        chunk_size=chunk_size * 1024 or None,
-        max_inflight=max_inflight,
-        max_peers=max_peers,
-        extension=extension,
-        encryption=encryption,
-    )
+    # one; a port the user chose (option, environment, config file, positional) must be that one.
+    http_chosen = http_chosen or source is not ParameterSource.DEFAULT
+    config, notes = _node_config(ctx, options, not http_chosen)
+    shell = options["shell"]
     if shell is None:
         shell = sys.stdin.isatty()
-    setup_logging(log_level)  # node.log once the data dir is ours (_run)
+    setup_logging(effective_level(options["log_level"], options["verbose"], options["quiet"]))
+    for note in notes:  # node.log once the data dir is ours (_run)
+        logging.getLogger("treedrive").info("%s", note)
+    log_file = LogFile(options["log_file"], options["log_max_size"] * MIB, options["log_backups"])
     from treedrive.app import tune_malloc
 
     tune_malloc()
     try:
         import asyncio
 
-        asyncio.run(_run(config, shell))
+        asyncio.run(_run(config, shell, log_file))
     except StartRefused as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _take_positional(positional: Sequence[str], options: dict[str, Any]) -> bool:
+    """Put the seed's positional arguments into ``options``; True if an HTTP port was given."""
+    if len(positional) > 4:
+        raise click.UsageError("at most PEER_ID HOST P2P_PORT HTTP_PORT")
+    names = ("peer_id", "host", "port", "http_port")
+    hints = ("peer id", "host", "P2P port", "HTTP port")
+    for i, text in enumerate(positional):
+        value: Any = text
+        if i >= 2:
+            try:
+                value = PORT.convert(text, None, None)  # type: ignore[arg-type]  # it takes text
+            except click.BadParameter as exc:
+                raise click.BadParameter(str(exc), param_hint=hints[i]) from None
+        options[names[i]] = value
+    return len(positional) > 3
+
+
+def _node_config(
+    ctx: click.Context, o: dict[str, Any], http_fallback: bool
+) -> tuple[NodeConfig, list[str]]:
+    """The node's settings from the options (and ``limits.json``), and what to log about them."""
+    try:
+        boot = tuple(Address.parse(b) for b in o["bootstrap"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+    data = resolve_data_dir(o["data_dir"], o["peer_id"])
+    rates, notes = kept_rates(ctx, data, o["max_download_rate"], o["max_upload_rate"])
+    config = NodeConfig(
+        data_dir=data,
+        peer_id=o["peer_id"],
+        host=o["host"],
+        advertise_host=advertised_host(o["host"], o["advertise_host"]),
+        port=o["port"],
+        http_port=o["http_port"],
+        http_port_fallback=http_fallback,
+        http_host=o["http_host"],
+        max_upload=o["max_upload"] * MIB,
+        bootstrap=boot,
+        gossip_interval=o["gossip_interval"],
+        peer_timeout=o["peer_timeout"],
+        cleanup_interval=min(o["cleanup_interval"], o["peer_timeout"]),
+        join_delay=o["join_delay"],
+        download_limit=o["download_limit"],
+        max_download_rate=rates.download,
+        max_upload_rate=rates.upload,
+        chunk_size=o["chunk_size"] * 1024 or None,
+        max_inflight=o["max_inflight"],
+        max_peers=o["max_peers"],
+        extension=o["extension"],
+        encryption=o["encryption"],
+        extra=dict(file_settings(ctx).plugins),
+    )
+    return config, notes
 
 
 cli.add_command(db)

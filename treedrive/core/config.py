@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_P2P_PORT = 8270
 DEFAULT_HTTP_PORT = 8280
@@ -37,7 +38,11 @@ class NodeConfig:
     peer_id: str | None = None
     """None: the identity stored in the data dir, or a new one made at first start."""
     host: str = "127.0.0.1"
+    """The address the P2P listener binds (``0.0.0.0`` or ``::``: every interface)."""
     port: int = DEFAULT_P2P_PORT
+    advertise_host: str | None = None
+    """The address this node gives peers (its GOSSIPs, GOSSIP_REPLYs and records); None: ``host``.
+    ``treedrive run`` always sets it when ``host`` is a wildcard (see :func:`is_wildcard`)."""
     http_port: int | None = DEFAULT_HTTP_PORT
     """None: no web server."""
     http_port_fallback: bool = False
@@ -80,5 +85,26 @@ class NodeConfig:
     """Encrypt extension transfers (TLS 1.3 bound to the node keys, PROTOCOL.md 2.9) with peers
     that advertise ``tls`` and whose key is pinned; False: advertise no ``tls``, transfer in
     clear (for comparison, or a peer whose TLS is broken)."""
-    extra: dict[str, str] = field(default_factory=dict)
-    """Settings for plugins (e.g. the web server's upload cap), by name."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Settings for plugins. ``extra[name]`` is the ``[plugins.<name>]`` table of the config file
+    (a dict of TOML values; :meth:`plugin_settings` reads it). The web plugin also reads a few
+    top-level keys (``http_max_connections``, ``http_head_timeout``)."""
+
+    @property
+    def advertised_host(self) -> str:
+        """The address peers are told (``advertise_host``, else ``host``)."""
+        return self.advertise_host or self.host
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """The settings of the plugin registered as ``name`` (its ``[plugins.<name>]`` table in
+        the config file): an empty dict when there are none."""
+        table = self.extra.get(name)
+        return dict(table) if isinstance(table, dict) else {}
+
+
+WILDCARDS = frozenset({"0.0.0.0", "::", "", "*"})
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether listening on ``host`` means every interface: an address no peer can dial."""
+    return host.strip("[]") in WILDCARDS

@@ -148,9 +148,11 @@ class Node:
         ctx = self.ctx
         self._recover()
         self.network.set_rate_limits(self.config.max_download_rate, self.config.max_upload_rate)
-        ctx.host, ctx.port = await self.network.start(self)
+        host, ctx.port = await self.network.start(self)
+        ctx.host = self.config.advertise_host or host  # what peers are told (--advertise-host)
         await self.plugins.startup(self)
-        log.info("node %s listening on %s:%d", self.peer_id, self.host, self.port)
+        told = f" (peers are told {ctx.host})" if ctx.host != host else ""
+        log.info("node %s listening on %s:%d%s", self.peer_id, host, self.port, told)
         ctx.spawn(self.joining.gossip_loop(), "gossip")
         ctx.spawn(self._cleanup_loop(), "cleanup")
         ctx.spawn(self.fetching.join(self.joining.joined), "join")

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from treedrive.core.node import Node
+from treedrive.persisted import keep_limits
 from treedrive.web import views
 from treedrive.web.files import (
     MAX_PAGE,
@@ -161,6 +162,7 @@ async def limits(request: web.Request) -> web.Response:
                     raise error(400, f"{key} must be bytes per second (a number ≥ 0) or null")
                 current[key] = value or None
         node.set_rate_limits(current["download"], current["upload"])
+        keep_limits(node.config.data_dir, *node.rate_limits)  # for the next start
     download, upload = node.rate_limits
     return web.json_response({"download": download, "upload": upload})
 

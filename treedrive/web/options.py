@@ -71,6 +71,10 @@ def common(f: Callable[..., Any]) -> Callable[..., Any]:
 def _client(
     data_dir: Path | None, peer_id: str | None, node_url: str | None, token: str | None
 ) -> Client:
+    if data_dir is None and peer_id is None and node_url is None:
+        from treedrive.runoptions import configured_node
+
+        data_dir, peer_id = configured_node()  # the node that the config file describes
     return Client.find(data_dir, peer_id=peer_id, url=node_url, token=token)
 
 
