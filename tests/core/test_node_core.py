@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -873,6 +874,7 @@ async def test_log_lines_caused_by_peer_input_are_rate_limited(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="treedrive.core.node")
+    started = time.monotonic()
     for i in range(50):
         await h.receive(file_of(b"claimed %d" % i), b"actual")  # bad bytes
         await h.receive(file_of(b"mine %d" % i, owner=ME), b"mine %d" % i)  # refused push
@@ -882,12 +884,13 @@ async def test_log_lines_caused_by_peer_input_are_rate_limited(
         await h.node.handle_message(reply("mallory", 7666, file_of(b"f%d" % i, owner=ME)), "src")
         await h.node.handle_message(Delete("alice", "1" * 64), "src")
         await h.node.handle_message(Delete(ME, "2" * 64), "src")
+    seconds = math.ceil(time.monotonic() - started)  # about 1 s; more on a busy machine
     lines = [r.getMessage() for r in caplog.records]
-    kinds = ["refused:", "not stored", "without a file", "malformed", "never pushed",
+    kinds = ["from src refused:", "not stored", "without a file", "malformed", "never pushed",
              "unknown file", "own name"]  # fmt: skip
-    for kind in kinds:  # each said, once a second at most (the test may cross a second)
-        assert 1 <= sum(kind in line for line in lines) <= 2, (kind, lines)
-    assert len(lines) <= 2 * len(kinds), lines
+    for kind in kinds:  # each said once a second at most, of 50 times each
+        assert 1 <= sum(kind in line for line in lines) <= 1 + seconds, (kind, seconds, lines)
+    assert len(lines) <= (1 + seconds) * len(kinds), lines
 
 
 async def test_peers_that_answer_our_gossip_survive_a_flood_of_new_peer_ids(
