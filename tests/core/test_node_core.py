@@ -692,13 +692,13 @@ async def test_push_of_an_unreadable_path_fails_cleanly(h: Harness) -> None:
 async def test_gossips_naming_one_address_are_answered_once_per_interval(
     make_harness: Callable[..., Harness],
 ) -> None:
-    h = make_harness(gossip_interval=0.3)
+    h = make_harness(gossip_interval=1.0)  # long enough for the 20 messages on a busy machine
     for i in range(20):  # twenty peer ids, one address
         await h.node.handle_message(gossip(f"fake-{i}", 7001, f"g-{i}"), "127.0.0.1:5000")
     assert len(h.net.messages(GossipReply)) == 1
-    await asyncio.sleep(0.4)  # the one pending reply goes when the interval is over
+    await asyncio.sleep(1.2)  # the one pending reply goes when the interval is over
     assert len(h.net.messages(GossipReply)) == 2
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.2)
     assert len(h.net.messages(GossipReply)) == 2
 
 
@@ -758,15 +758,16 @@ async def test_forwarding_skips_the_originators_address_and_is_rate_limited(h: H
     h.add_peer("p1", 7101)
     h.add_peer("p2", 7102)
     started = time.monotonic()
-    for i in range(200):
+    for i in range(300):
         await h.node.handle_message(gossip(f"n-{i}", 9000 + i, f"n-{i}"), "src")
     took = time.monotonic() - started
     forwarded = h.net.messages(Gossip)
     assert all((host, port) != (m.host, m.port) for host, port, m in forwarded)
     # 30 a second and a burst of 30 at most, each to fan-out 3 addresses
-    assert len({m.id for _, _, m in forwarded}) <= 30 + 30 * took + 1
-    assert len(forwarded) <= 3 * (30 + 30 * took + 1)
-    assert took < 5  # or the bound says little
+    allowed = 30 + 30 * took + 1
+    assert len({m.id for _, _, m in forwarded}) <= allowed
+    assert len(forwarded) <= 3 * allowed
+    assert allowed < 300  # or the bound says nothing (over 9 s for 300 messages)
 
 
 async def test_peers_beyond_max_peers_evict_the_longest_silent(
@@ -851,6 +852,7 @@ async def test_delete_relays_are_few_per_message_and_per_address(
     """One GOSSIP_REPLY listing 300 deleted files made 300 DELETE connections to the address it
     claims (and 300 log lines); a fresh peer id at the same address made 300 more."""
     caplog.set_level(logging.INFO, logger="treedrive.core.node")
+    started = time.monotonic()
     doomed = [file_of(b"doomed %d" % i, owner="alice") for i in range(300)]
     with h.node.store.unit_of_work() as uow:
         for meta in doomed:
@@ -866,7 +868,7 @@ async def test_delete_relays_are_few_per_message_and_per_address(
     to_carol = [m for host, port, m in h.net.messages(Delete) if port == 7003]
     assert len(to_carol) == RELAYS_PER_MESSAGE
     relay_lines = [r for r in caplog.records if "deleted by" in r.getMessage()]
-    assert len(relay_lines) <= 2
+    assert len(relay_lines) <= 1 + math.ceil(time.monotonic() - started)  # one a second
     assert all(h.node.file(m.file_id) is None for m in doomed)
 
 
