@@ -127,7 +127,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json_error(exc.status, exc.reason)
+        answer = _json_error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes (RFC 9110 15.5.6)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except NotFound as exc:
         return _json_error(404, str(exc))
     except AmbiguousId as exc:
