@@ -131,6 +131,7 @@ class NodeContext:
     def send(self, host: str, port: int, message: Message) -> None:
         """Hand ``message`` to the transport's bounded outbox (it never waits, and drops the
         oldest work when full): peer input never makes the node spawn unbounded tasks."""
+        self.counters.message_sent(message)
         self.network.post(host, port, message)
 
     def own_address(self) -> frozenset[Address]:
