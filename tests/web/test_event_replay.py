@@ -114,9 +114,7 @@ async def test_an_id_no_longer_kept_is_told_with_a_resync(start_node: Starter, l
     node = await web_node(start_node, "alice")
     async with aiohttp.ClientSession() as http:
         await push(http, node, "kept.txt")
-        async with http.get(
-            url(node, "/api/v1/events"), headers={"Last-Event-ID": last}
-        ) as resp:
+        async with http.get(url(node, "/api/v1/events"), headers={"Last-Event-ID": last}) as resp:
             events = sse(resp)
             first, second = [await anext(events), await anext(events)]
     assert first.type == "Hello"

@@ -6,6 +6,7 @@ move when a file is pushed and fetched."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,8 @@ from sqlalchemy import event
 from tests.conftest import wait_for
 from tests.web.test_api import Starter, auth, holder_and_fetcher, url, web_node
 from treedrive.core.node import Node
-from treedrive.web import monitor
+from treedrive.web import api as web_api
+from treedrive.web import monitor, views
 
 pytestmark = pytest.mark.timeout(60)
 QUIET = {"gossip_interval": 3600.0, "cleanup_interval": 3600.0, "join_delay": 3600.0}
@@ -184,3 +186,21 @@ async def test_metrics_count_refused_gossip(
         before, "treedrive_refusals_total", reason="peer_unsigned"
     )
     assert delta == 2
+
+
+async def test_stats_json_built_page_by_page_is_the_whole_catalogue(
+    start_node: Starter, tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    """``/stats.json`` is built a page at a time (so health is served between pages): with
+    pages of 2 entries, the answer is still every entry once, in the order of one snapshot."""
+    monkeypatch.setattr(web_api, "STATS_PAGE", 2)
+    node = await web_node(start_node, "alice", **QUIET)
+    for i in range(5):
+        src = tmp_path / f"f{i}.txt"
+        src.write_bytes(b"page %d" % i)
+        await node.push(src)
+    async with http.get(url(node, "/stats.json")) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert json.loads(text) == views.stats_json(node)
+    assert len(json.loads(text)["files"]) == 5

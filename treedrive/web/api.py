@@ -96,10 +96,28 @@ async def index(request: web.Request) -> web.StreamResponse:
     return page
 
 
+STATS_PAGE = 200
+"""Catalogue entries ``/stats.json`` writes out between two turns of the event loop."""
+STATS_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("stats_slots", asyncio.Semaphore)
+"""``/stats.json`` answers built at once (each holds a database snapshot while it is built)."""
+
+
 async def stats(request: web.Request) -> web.Response:
-    # The whole catalogue: built in a worker thread so the node keeps serving meanwhile.
-    body = await asyncio.to_thread(lambda: json.dumps(views.stats_json(_node(request))))
-    return web.Response(text=body, content_type="application/json")
+    """The whole catalogue, built on the event loop a page at a time from one snapshot: other
+    requests (``/api/health``) are served between pages, and no worker thread holds the GIL
+    for the length of a whole catalogue."""
+    node = _node(request)
+    async with request.app[STATS_SLOTS]:
+        with node.reads.paged(STATS_PAGE) as (peers, pages):
+            head = {"peerId": node.peer_id, "peers": [views.stats_peer(p) for p in peers]}
+            parts = [json.dumps(head)[:-1] + ', "files": [']
+            for page in pages:
+                if len(parts) > 1:
+                    parts.append(", ")
+                parts.append(", ".join(json.dumps(views.stats_file(node, e)) for e in page))
+                await asyncio.sleep(0)
+    parts.append("]}")
+    return web.Response(body="".join(parts).encode(), content_type="application/json")
 
 
 # -- API ---------------------------------------------------------------------------------------

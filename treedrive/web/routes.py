@@ -9,6 +9,7 @@ paths the API had before it had a version (kept as aliases, not in the document)
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -291,6 +292,7 @@ def build_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
     app[TOKEN] = token
     app[HOSTS] = hosts
     app[monitor.MONITOR] = monitor.Monitor()
+    app[api.STATS_SLOTS] = asyncio.Semaphore(2)
     app[openapi_doc.DOCUMENT] = openapi_doc.document(ROUTES)
     for route in ROUTES:
         for path in route.paths:
