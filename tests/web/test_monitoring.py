@@ -191,8 +191,8 @@ async def test_metrics_count_refused_gossip(
 async def test_stats_json_built_page_by_page_is_the_whole_catalogue(
     start_node: Starter, tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: Any
 ) -> None:
-    """``/stats.json`` is built a page at a time (so health is served between pages): with
-    pages of 2 entries, the answer is still every entry once, in the order of one snapshot."""
+    """``/stats.json`` is read and written out a page at a time: with pages of 2 entries, the
+    answer is still every entry once, in the order of one snapshot."""
     monkeypatch.setattr(web_api, "STATS_PAGE", 2)
     node = await web_node(start_node, "alice", **QUIET)
     for i in range(5):

@@ -97,27 +97,32 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 STATS_PAGE = 200
-"""Catalogue entries ``/stats.json`` writes out between two turns of the event loop."""
+"""Catalogue entries read and written out at a time for ``/stats.json``."""
 STATS_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("stats_slots", asyncio.Semaphore)
-"""``/stats.json`` answers built at once (each holds a database snapshot while it is built)."""
+"""``/stats.json`` answers built at once (each holds a database snapshot and a worker thread)."""
+
+
+def stats_body(node: Node) -> bytes:
+    """``/stats.json`` from one snapshot, read and written out a page at a time: no single step
+    holds the GIL for long (one ``json.dumps`` of the whole catalogue held it for tens of ms, and
+    the event loop, answering ``/api/health``, waited for it)."""
+    with node.reads.paged(STATS_PAGE) as (peers, pages):
+        head = {"peerId": node.peer_id, "peers": [views.stats_peer(p) for p in peers]}
+        parts = [json.dumps(head)[:-1], ', "files": [']
+        for page in pages:
+            if len(parts) > 2:
+                parts.append(", ")
+            parts.append(", ".join(json.dumps(views.stats_file(node, e)) for e in page))
+    parts.append("]}")
+    return "".join(parts).encode()
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The whole catalogue, built on the event loop a page at a time from one snapshot: other
-    requests (``/api/health``) are served between pages, and no worker thread holds the GIL
-    for the length of a whole catalogue."""
+    """The whole catalogue, built in a worker thread so the node keeps serving meanwhile."""
     node = _node(request)
     async with request.app[STATS_SLOTS]:
-        with node.reads.paged(STATS_PAGE) as (peers, pages):
-            head = {"peerId": node.peer_id, "peers": [views.stats_peer(p) for p in peers]}
-            parts = [json.dumps(head)[:-1] + ', "files": [']
-            for page in pages:
-                if len(parts) > 1:
-                    parts.append(", ")
-                parts.append(", ".join(json.dumps(views.stats_file(node, e)) for e in page))
-                await asyncio.sleep(0)
-    parts.append("]}")
-    return web.Response(body="".join(parts).encode(), content_type="application/json")
+        body = await asyncio.to_thread(stats_body, node)
+    return web.Response(body=body, content_type="application/json")
 
 
 # -- API ---------------------------------------------------------------------------------------
