@@ -104,3 +104,33 @@ async def test_a_405_says_what_is_allowed(
         assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
         body = await resp.json()
         assert body["status"] == 405
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"\x89PNG\r\n\x1a\n"),  # no boundary
+        (
+            "multipart/form-data; boundary=b36",
+            b'--b36\r\nContent-Disposition: form-data; name="\x00\xc3"\r\n\r\nx\r\n--b36--\r\n',
+        ),  # a part head that is no HTTP header
+        ("multipart/form-data; boundary=b36", b"-68537591--1f3d0db0cd958cb9e4b4--"),
+    ],
+    ids=["no-boundary", "bad-part-header", "garbage"],
+)
+async def test_a_malformed_upload_is_a_400(
+    start_node: Starter, content_type: str, body: bytes
+) -> None:
+    """What schemathesis found: malformed multipart bodies were answered 500."""
+    node = await web_node(start_node, "alice")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url(node, "/api/v1/files?name=x"),
+            data=body,
+            headers={**auth(node), "Content-Type": content_type},
+        ) as resp,
+    ):
+        assert resp.status == 400, await resp.text()
+        assert (await resp.json())["status"] == 400
+    assert node.files() == []
