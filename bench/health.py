@@ -20,59 +20,18 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # The benchmark next door (its directory is on sys.path when this runs as a script).
 from web_catalogue import (
     Client,
-    NodeProc,
-    Row,
     Sink,
-    StatsLoad,
     ingest,
     loadavg,
+    measure_under_load,
     print_table,
     running_node,
 )
-
-
-def health_samples(node: NodeProc, requests: int) -> list[float]:
-    """``requests`` x ``GET /api/health`` back to back on a new keep-alive connection (ms)."""
-    client = Client(node)
-    try:
-        client.get("/api/health")  # the connection is open before the clock runs
-        return [client.get("/api/health")[0] * 1000 for _ in range(requests)]
-    finally:
-        client.close()
-
-
-def measure(node: NodeProc, requests: int, conns: int) -> list[Row]:
-    idle = health_samples(node, requests)
-    with StatsLoad(node, conns) as load:
-        before = load.done()
-        start = time.perf_counter()
-        loaded = health_samples(node, requests)
-        window = time.perf_counter() - start
-        during = load.done() - before
-    if load.errors:
-        print(f"the /stats.json loaders failed: {load.errors}")
-    stats = [ms for s in load.samples_ms for ms in s]
-    return [
-        Row("GET /api/health, nothing else in flight", requests, idle, "own conn"),
-        Row(
-            f"GET /api/health while {conns} conn(s) fetch /stats.json",
-            requests,
-            loaded,
-            f"own conn; {during} /stats.json done in its {window:.1f} s",
-        ),
-        Row(
-            f"GET /stats.json meanwhile ({conns} conn(s), back to back)",
-            len(stats),
-            stats,
-            f"{load.size} B",
-        ),
-    ]
 
 
 def main() -> None:
@@ -92,9 +51,7 @@ def main() -> None:
             client.close()
             print(f"node {node.base}/: {args.files} file records taken in in {took:.2f} s")
             print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {loadavg()}")
-            rows = measure(node, args.requests, args.stats_conns)
-            print(f"load average after: {loadavg()}")
-            print_table(rows)
+            print_table(measure_under_load(node, args.requests, args.stats_conns, "/api/health"))
     finally:
         sink.close()
         if args.keep:
