@@ -108,7 +108,10 @@ async def test_a_resumed_stream_gets_exactly_the_events_it_missed(start_node: St
 
 
 @pytest.mark.parametrize("last", ["1", "99999999999999999999"])
-async def test_an_id_no_longer_kept_is_told_with_a_resync(start_node: Starter, last: str) -> None:
+@pytest.mark.parametrize("how", ["header", "query"])
+async def test_an_id_no_longer_kept_is_told_with_a_resync(
+    start_node: Starter, last: str, how: str
+) -> None:
     """An id older than the kept events (or from an earlier run, or never given) gets a Resync
     first: the client reloads its view."""
     node = await web_node(start_node, "alice")

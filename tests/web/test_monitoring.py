@@ -94,6 +94,16 @@ async def test_health_needs_no_token_and_no_database(
         db.close()
 
 
+async def test_health_says_when_the_node_is_stopping(
+    start_node: Starter, http: aiohttp.ClientSession
+) -> None:
+    node = await web_node(start_node, "alice", **QUIET)
+    node.ctx.stopping.set()  # what stop() sets first, before the server goes
+    async with http.get(url(node, "/api/v1/health")) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "stopping"
+
+
 def scrape_text(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a Prometheus text exposition, by (sample name, sorted labels)."""
     samples = {}
