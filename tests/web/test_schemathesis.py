@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ pytest.importorskip("schemathesis")
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def test_schemathesis_finds_no_server_error(node_process: Callable[..., Any]) -> None:
+def test_schemathesis_finds_no_server_error(
+    node_process: Callable[..., Any], tmp_path: Path
+) -> None:
     node = node_process("fuzzed").start()
     base = str(node.info()["http"])
     token = (node.data_dir / "api-token").read_text().strip()
@@ -34,6 +37,7 @@ def test_schemathesis_finds_no_server_error(node_process: Callable[..., Any]) ->
             "--seed", "13",
         ],
         capture_output=True, text=True, timeout=540, check=False,
+        cwd=tmp_path,  # its cache folder (.schemathesis) goes there
     )  # fmt: skip
     report = run.stdout[-6000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
