@@ -362,35 +362,38 @@ class StatsLoad:
             t.join()
 
 
-def status_samples(node: NodeProc, requests: int) -> list[float]:
-    """``requests`` x ``GET /api/status``, back to back on a new keep-alive connection (ms)."""
+def samples_of(node: NodeProc, path: str, requests: int) -> list[float]:
+    """``requests`` x ``GET path``, back to back on a new keep-alive connection (ms)."""
     client = Client(node)
     try:
-        client.get("/api/status")  # the connection is open before the clock runs
-        return [client.get("/api/status")[0] * 1000 for _ in range(requests)]
+        client.get(path)  # the connection is open before the clock runs
+        return [client.get(path)[0] * 1000 for _ in range(requests)]
     finally:
         client.close()
 
 
-def measure_status_under_load(node: NodeProc, requests: int, conns: int) -> list[Row]:
-    """``/api/status`` on its own connection with no other request in flight, then the same while
+def measure_under_load(
+    node: NodeProc, requests: int, conns: int, path: str = "/api/status"
+) -> list[Row]:
+    """``GET path`` on its own connection with no other request in flight, then the same while
     ``conns`` other connections fetch the whole catalogue (``/stats.json``) back to back."""
-    print(f"status under load: load average before {loadavg()}")
-    idle = status_samples(node, requests)
+    what = path.rsplit("/", 1)[-1]
+    print(f"{what} under load: load average before {loadavg()}")
+    idle = samples_of(node, path, requests)
     with StatsLoad(node, conns) as load:
         before = load.done()
         start = time.perf_counter()
-        loaded = status_samples(node, requests)
+        loaded = samples_of(node, path, requests)
         window = time.perf_counter() - start
         during = load.done() - before
-    print(f"status under load: load average after {loadavg()}")
+    print(f"{what} under load: load average after {loadavg()}")
     if load.errors:
-        print(f"status under load: the /stats.json loaders failed: {load.errors}")
+        print(f"{what} under load: the /stats.json loaders failed: {load.errors}")
     stats = [ms for s in load.samples_ms for ms in s]
     return [
-        Row("GET /api/status, nothing else in flight", requests, idle, "own conn"),
+        Row(f"GET {path}, nothing else in flight", requests, idle, "own conn"),
         Row(
-            f"GET /api/status while {conns} conn(s) fetch /stats.json",
+            f"GET {path} while {conns} conn(s) fetch /stats.json",
             requests,
             loaded,
             f"own conn; {during} /stats.json done in its {window:.1f} s",
@@ -517,7 +520,7 @@ def main() -> None:
             rows = []
             if args.only is None:
                 rows += measure_api(client, total, args.requests, args.stats_requests)
-            rows += measure_status_under_load(node, args.status_requests, args.stats_conns)
+            rows += measure_under_load(node, args.status_requests, args.stats_conns)
             if browser:
                 rows += measure_render(node, args.loads)
             print_table(rows)

@@ -253,6 +253,28 @@ async def send_until_cut(writer: asyncio.StreamWriter, within: float) -> int:
 
 
 # -- the head deadline -----------------------------------------------------------------------------
+async def test_a_keep_alive_connection_in_use_outlives_the_deadline(start_node: Starter) -> None:
+    """Requests back to back on one keep-alive connection for several deadlines: its idle time
+    starts from its latest answer, so it is never closed while in use (a monitoring client
+    polling ``/api/health`` was cut off after one deadline)."""
+    deadline = 0.5
+    node = await web_node(start_node, "alice", extra={"http_head_timeout": str(deadline)})
+    host, port = http_address(node)
+    conn = await asyncio.open_connection(host, port)
+    reader, writer = conn
+    head = f"GET /api/health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    started = time.monotonic()
+    while time.monotonic() - started < 4 * deadline:
+        writer.write(head)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert json.loads(await reader.readexactly(length))["status"] == "ok"
+        await asyncio.sleep(deadline / 5)
+    await wait_for(lambda: closed(conn), 5)  # idle now: closed after one deadline
+    close_all([conn])
+
+
 async def test_a_request_head_has_a_deadline_that_a_trickle_does_not_reset(
     start_node: Starter, http: aiohttp.ClientSession
 ) -> None:

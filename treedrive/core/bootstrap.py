@@ -81,6 +81,7 @@ class Joining:
             now = time.monotonic()
             for address in hosts:
                 self.membership.replies.gossiped(address, now)
+            ctx.counters.message_sent(gossip, len(hosts))
             sent = await asyncio.gather(*(ctx.network.send(h, p, gossip) for h, p in hosts))
             if any(sent) and await self.peer_within(BOOTSTRAP_ANSWER_WAIT):
                 continue  # answered: joined

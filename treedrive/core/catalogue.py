@@ -237,6 +237,7 @@ class Catalogue:
             "delete-unsigned", logging.WARNING, "DELETE of %s from %r refused: %s",
             d.file_id[:12], d.from_peer[:64], why,
         )  # fmt: skip
+        ctx.counters.refused["delete"] += 1
         ctx.notify(FileRefused(d.file_id, d.from_peer, f"DELETE refused: {why}"))
 
     def _forget(
@@ -361,6 +362,7 @@ class Catalogue:
                 "record-refused", logging.WARNING, "%d records from %r refused, e.g. %s",
                 len(judged.refused), who, why,
             )  # fmt: skip
+            ctx.counters.refused["record"] += len(judged.refused)
             ctx.notify(FileRefused(file_id, sender, why))
         if judged.bad_seals:
             ctx.log_limited(

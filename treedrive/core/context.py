@@ -22,9 +22,10 @@ from treedrive.core.activity import Activity
 from treedrive.core.bounded import Throttle
 from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
-from treedrive.core.events import Event, FileDeleted, FileStored, Notice
+from treedrive.core.events import Event, FileDeleted, FileStored, Notice, TransferFinished
 from treedrive.core.identity import NodeKey
 from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS, Message
+from treedrive.core.metrics import Counters
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import Network, Store, UnitOfWork
@@ -71,6 +72,8 @@ class NodeContext:
         """Bumped whenever the files this node holds change (cached replies are rebuilt)."""
         self.forged_claims = 0
         """Remote claims (records, pushes) that this node owns a file it never pushed."""
+        self.counters = Counters()
+        """What the node counts as things happen (its ``/metrics``)."""
         self._throttles: dict[str, Throttle] = {}
 
     # -- store and events ---------------------------------------------------------------------
@@ -85,6 +88,8 @@ class NodeContext:
         for event in events:
             if isinstance(event, FileStored | FileDeleted):
                 self.local_version += 1
+            if not isinstance(event, TransferFinished):
+                self.counters.changes += 1
             self.plugins.on_event(self.hook_node, event)
 
     def notify(self, notice: Notice) -> None:
@@ -126,6 +131,7 @@ class NodeContext:
     def send(self, host: str, port: int, message: Message) -> None:
         """Hand ``message`` to the transport's bounded outbox (it never waits, and drops the
         oldest work when full): peer input never makes the node spawn unbounded tasks."""
+        self.counters.message_sent(message)
         self.network.post(host, port, message)
 
     def own_address(self) -> frozenset[Address]:

@@ -157,6 +157,10 @@ class Fetching:
                 uow.downloads.remove(file_id)
                 uow.commit()
 
+        def refused(file_id: str, peer_id: str, why: str) -> None:
+            ctx.counters.refused["bytes"] += 1
+            ctx.notify(FileRefused(file_id, peer_id, why))
+
         def stored(meta: FileMeta, size: int) -> None:
             with store.unit_of_work() as uow:
                 uow.downloads.remove(meta.file_id)
@@ -173,7 +177,7 @@ class Fetching:
             begin_transfer=self.transfers.begin,
             holders=lambda file_id: raw_holders(ctx.file(file_id), ctx.peers(), self.distrusted),
             distrust=self.distrust,
-            refused=lambda f, p, why: ctx.notify(FileRefused(f, p, why)),
+            refused=refused,
             stored=stored,
             free_space=blobs.free,
             chunk_size=cfg.chunk_size,

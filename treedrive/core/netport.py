@@ -263,6 +263,11 @@ class Network(Protocol):
         """Bytes per second for all transfers in each direction (None: no limit)."""
         ...
 
+    def stats(self) -> dict[str, int]:
+        """Counts since the start, by kind: connections refused and evicted, messages posted,
+        sent and dropped, failed or invalid inbound connections... (for ``/metrics``)."""
+        ...
+
     async def fetch_file(
         self,
         host: str,

@@ -61,7 +61,7 @@ class Node:
         self.http_url: str | None = None
         self.ctx = ctx = NodeContext(config, store, plugins, network)
         ctx.hook_node = self
-        self.transfers = Transfers(ctx.transaction, ctx.notify)
+        self.transfers = Transfers(ctx.transaction, ctx.notify, ctx.counters)
         self.membership = Membership(ctx)
         self.joining = Joining(ctx, self.membership)
         self.catalogue = Catalogue(ctx, self.membership)
@@ -254,6 +254,7 @@ class Node:
         return entry.meta, self.store.blobs.path(file_id)
 
     async def handle_message(self, message: Message, source: str) -> None:
+        self.ctx.counters.message_received(message)
         try:
             if isinstance(message, Gossip):
                 self.membership.on_gossip(message, source)
@@ -265,6 +266,7 @@ class Node:
             elif isinstance(message, Delete):
                 self.catalogue.on_delete(message)
             else:
+                self.ctx.counters.dropped["unexpected"] += 1
                 self.ctx.log_limited(
                     "unexpected", logging.WARNING, "unexpected %s from %s dropped",
                     type(message).__name__, source,
@@ -272,6 +274,7 @@ class Node:
         except Exception as exc:
             if not storage_failure(exc):
                 raise
+            self.ctx.counters.dropped["storage"] += 1
             self.ctx.log_limited(
                 "storage", logging.ERROR, "%s from %s not recorded: %s",
                 type(message).__name__, source, exc,

@@ -4,6 +4,8 @@ writes, nor they it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,21 @@ class Reads:
         """Every tracked peer and every catalogue entry, from one snapshot."""
         with self._store.reading() as uow:
             return uow.peers.all(), uow.files.entries("both")
+
+    @contextmanager
+    def paged(self, size: int) -> Iterator[tuple[list[PeerInfo], Iterator[list[CatalogEntry]]]]:
+        """Every tracked peer, and the whole catalogue ``size`` entries at a time, from one
+        snapshot held until the block ends (a caller on the event loop can yield between pages,
+        and never holds the loop for the whole catalogue)."""
+        with self._store.reading() as uow:
+
+            def pages() -> Iterator[list[CatalogEntry]]:
+                offset = 0
+                while page := uow.files.entries("both", offset=offset, limit=size):
+                    yield page
+                    offset += len(page)
+
+            yield uow.peers.all(), pages()
 
     def counts(self) -> Counts:
         with self._store.reading() as uow:

@@ -235,6 +235,7 @@ class Sharing:
                 "bad-bytes", logging.WARNING, "file %s from %s refused: %s",
                 file_id[:12], source, exc,
             )  # fmt: skip
+            self.ctx.counters.refused["bytes"] += 1
             self.ctx.notify(FileRefused(file_id, source, str(exc)))
             return False
         return True

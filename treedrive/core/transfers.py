@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from treedrive.core.events import Notice, TransferFinished, TransferProgress
+from treedrive.core.metrics import Counters
 from treedrive.core.model import FileMeta, TransferState
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,12 @@ Notify = Callable[[Notice], None]
 class Transfers:
     """The transfers under way (``active``, by transfer id) and the uploads made of ranges."""
 
-    def __init__(self, transaction: Transaction, notify: Notify) -> None:
+    def __init__(
+        self, transaction: Transaction, notify: Notify, counters: Counters | None = None
+    ) -> None:
         self._transaction = transaction
         self._notify = notify
+        self._counters = counters or Counters()
         self.active: dict[int, TransferState] = {}
         self._uploads: dict[tuple[str, str, str], RangedUpload] = {}
 
@@ -63,6 +67,8 @@ class Transfers:
             return  # finished already
         if ok:
             transfer.bytes_total = transfer.bytes_done
+        moved = transfer.bytes_done - transfer.bytes_at_start
+        self._counters.transfer_ended(transfer.direction, moved, ok)
         with self._transaction() as uow:
             uow.transfers.finish(
                 transfer.transfer_id, ok, transfer.bytes_done, time.time(), error, transfer.peer_id

@@ -152,6 +152,8 @@ class _Guarded(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.stream_since: float | None = None
         """When it began to answer with a long-lived stream (None: it has not)."""
+        self.answered_at = float("-inf")
+        """When it last began an answer: a keep-alive connection is idle from then at most."""
         self._timer: asyncio.TimerHandle | None = None
 
     def busy(self) -> bool:
@@ -181,6 +183,9 @@ class _Guarded(asyncio.Protocol):
             return
         if self.idle_since == float("inf"):
             self.idle_since = now
+        # Requests answered between two checks (back to back on a keep-alive connection) are
+        # not idle time, though none of them was seen in progress.
+        self.idle_since = max(self.idle_since, self.answered_at)
         if now - self.idle_since >= timeout:
             self.admission._count("timed_out")
             self.close()
@@ -229,16 +234,19 @@ STREAM_TYPES = frozenset({"text/event-stream"})
 
 
 async def _mark_stream(request: web.Request, response: web.StreamResponse) -> None:
-    if response.content_type not in STREAM_TYPES or request.transport is None:
+    """An answer begins on a connection: note when (and whether it is a long-lived stream)."""
+    if request.transport is None:
         return
     conn = request.transport.get_protocol()
     if isinstance(conn, _Guarded):
-        conn.stream_since = time.monotonic()
+        conn.answered_at = time.monotonic()
+        if response.content_type in STREAM_TYPES:
+            conn.stream_since = conn.answered_at
 
 
 def mark_streams(app: web.Application) -> None:
-    """Let the admission of ``app``'s connections know its long-lived streams (call before the
-    app is frozen, i.e. before its runner is set up)."""
+    """Let the admission of ``app``'s connections know when they answer, and which answers are
+    long-lived streams (call before the app is frozen, i.e. before its runner is set up)."""
     app.on_response_prepare.append(_mark_stream)
 
 

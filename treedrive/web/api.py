@@ -6,8 +6,9 @@ state needs the node's API token (header ``Authorization: Bearer …``, or the c
 gets from ``/?token=…``); uploads are capped; errors are JSON ``{"error": …, "status": …}``
 (507 when this node's disk is full, 500 with the details in the log for anything unexpected).
 The file routes are in :mod:`treedrive.web.files`, that guard and the request helpers in
-:mod:`treedrive.web.guard`, the event hub in :mod:`treedrive.web.hub`; this module holds the
-other routes and the route table (:func:`make_app`).
+:mod:`treedrive.web.guard`, the event hub in :mod:`treedrive.web.hub` and the stream in
+:mod:`treedrive.web.stream`, health and metrics in :mod:`treedrive.web.monitor`, the route table
+in :mod:`treedrive.web.routes`; this module holds the other routes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import asyncio
 import hmac
 import json
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -49,13 +49,16 @@ from treedrive.web.guard import (
     load_token,
 )
 from treedrive.web.hub import EventHub
+from treedrive.web.stream import HEARTBEAT, QUEUE_SIZE, events
 
 __all__ = [  # what moved out of this module is still importable from it
     "COOKIE",
+    "HEARTBEAT",
     "HOSTS",
     "HUB",
     "MAX_PAGE",
     "NODE",
+    "QUEUE_SIZE",
     "SAFE_METHODS",
     "TOKEN",
     "TOKEN_FILE",
@@ -65,6 +68,7 @@ __all__ = [  # what moved out of this module is still importable from it
     "content",
     "content_disposition",
     "error",
+    "events",
     "fetch",
     "files",
     "guard",
@@ -76,8 +80,6 @@ __all__ = [  # what moved out of this module is still importable from it
 ]
 
 STATIC = Path(__file__).parent / "static"
-QUEUE_SIZE = 1000
-HEARTBEAT = 15.0
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -95,10 +97,33 @@ async def index(request: web.Request) -> web.StreamResponse:
     return page
 
 
+STATS_PAGE = 200
+"""Catalogue entries read and written out at a time for ``/stats.json``."""
+STATS_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("stats_slots", asyncio.Semaphore)
+"""``/stats.json`` answers built at once (each holds a database snapshot and a worker thread)."""
+
+
+def stats_body(node: Node) -> bytes:
+    """``/stats.json`` from one snapshot, read and written out a page at a time: no single step
+    holds the GIL for long (one ``json.dumps`` of the whole catalogue held it for tens of ms, and
+    the event loop, answering ``/api/health``, waited for it)."""
+    with node.reads.paged(STATS_PAGE) as (peers, pages):
+        head = {"peerId": node.peer_id, "peers": [views.stats_peer(p) for p in peers]}
+        parts = [json.dumps(head)[:-1], ', "files": [']
+        for page in pages:
+            if len(parts) > 2:
+                parts.append(", ")
+            parts.append(", ".join(json.dumps(views.stats_file(node, e)) for e in page))
+    parts.append("]}")
+    return "".join(parts).encode()
+
+
 async def stats(request: web.Request) -> web.Response:
-    # The whole catalogue: built in a worker thread so the node keeps serving meanwhile.
-    body = await asyncio.to_thread(lambda: json.dumps(views.stats_json(_node(request))))
-    return web.Response(text=body, content_type="application/json")
+    """The whole catalogue, built in a worker thread so the node keeps serving meanwhile."""
+    node = _node(request)
+    async with request.app[STATS_SLOTS]:
+        body = await asyncio.to_thread(stats_body, node)
+    return web.Response(body=body, content_type="application/json")
 
 
 # -- API ---------------------------------------------------------------------------------------
@@ -171,61 +196,9 @@ async def throughput(request: web.Request) -> web.Response:
     return web.json_response({"samples": list(request.app[HUB].throughput)})
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: every committed change, as JSON, as it happens."""
-    hub = request.app[HUB]
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_SIZE)
-    hub.clients.add(queue)
-    try:
-        await resp.write(b"retry: 2000\n\n")
-        hello = {"type": "Hello", "status": views.status_json(hub.node)}
-        await resp.write(f"data: {json.dumps(hello)}\n\n".encode())
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), HEARTBEAT)
-            except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
-                continue
-            if item is None:
-                break
-            await resp.write(f"data: {json.dumps(item)}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        hub.clients.discard(queue)
-    return resp
-
-
 def make_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
-    """The app; ``hosts`` (``host:port`` names it answers to) may be filled in after binding."""
-    app = web.Application(middlewares=[guard], client_max_size=node.config.max_upload + 1)
-    app[NODE] = node
-    app[HUB] = EventHub(node)
-    app[TOKEN] = token
-    app[HOSTS] = hosts
-    app.router.add_get("/", index)
-    app.router.add_get("/stats.json", stats)
-    app.router.add_get("/api/status", status)
-    app.router.add_get("/api/peers", peers)
-    app.router.add_delete("/api/peers/{peer_id}/key", forget_key)
-    app.router.add_get("/api/files", files)
-    app.router.add_post("/api/files", upload)
-    app.router.add_get("/api/files/{file_id}", one_file)
-    app.router.add_delete("/api/files/{file_id}", remove)
-    app.router.add_post("/api/files/{file_id}/fetch", fetch)
-    app.router.add_get("/api/files/{file_id}/content", content)
-    app.router.add_get("/api/transfers", transfers)
-    app.router.add_get("/api/throughput", throughput)
-    app.router.add_get("/api/limits", limits)
-    app.router.add_put("/api/limits", limits)
-    app.router.add_get("/api/events", events)
-    app.router.add_static("/static/", STATIC)
-    return app
+    """The app (built from the route table, :mod:`treedrive.web.routes`); ``hosts``
+    (``host:port`` names it answers to) may be filled in after binding."""
+    from treedrive.web.routes import build_app  # the table names this module's handlers
+
+    return build_app(node, token, hosts)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from treedrive.core.errors import (
     AmbiguousId,
@@ -103,50 +104,71 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
 
 
+def _admit(request: web.Request) -> None:
+    """Host/Origin checks, the token for state changes, a multipart body's boundary."""
+    app = request.app
+    host = request.headers.get("Host", "")
+    if not app[HOSTS].allows(host):
+        raise error(403, f"foreign Host {host!r} refused")
+    origin = request.headers.get("Origin")
+    if origin is not None and not app[HOSTS].allows(origin.split("://", 1)[-1]):
+        raise error(403, f"foreign Origin {origin!r} refused")
+    if request.method not in SAFE_METHODS:
+        given = request.headers.get("Authorization", "")
+        token = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+        if not token:
+            raise error(401, "this request needs the node's API token")
+        if not hmac.compare_digest(token.encode(), app[TOKEN].encode()):
+            raise error(401, "wrong API token")
+    if request.content_type.startswith("multipart/") and "boundary=" not in (
+        request.headers.get("Content-Type", "").lower()
+    ):
+        raise error(400, "a multipart body needs a boundary (Content-Type: …; boundary=…)")
+
+
+def _failure(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer to what a handler raised (500, logged, for the unexpected)."""
+    if isinstance(exc, ApiError):
+        return _json_error(exc.status, exc.message)
+    if isinstance(exc, NotFound):
+        return _json_error(404, str(exc))
+    if isinstance(exc, AmbiguousId):
+        return _json_error(409, str(exc))
+    if isinstance(exc, NotOwner):
+        return _json_error(403, str(exc))
+    if isinstance(exc, FetchFailed):
+        return _json_error(502, str(exc))
+    if isinstance(exc, StorageError):
+        return _json_error(507, str(exc))
+    if isinstance(exc, NodeError):
+        # this node's disk refused a write: 507
+        return _json_error(507 if isinstance(exc.__cause__, OSError) else 400, str(exc))
+    if isinstance(exc, HttpProcessingError):  # a malformed body part, read by a handler
+        return _json_error(400, f"malformed request body ({type(exc).__name__})")
+    if isinstance(exc, ValueError) and request.content_type.startswith("multipart/"):
+        # aiohttp's multipart reader says "no starting boundary" and the like with ValueError
+        return _json_error(400, "malformed multipart body")
+    log.exception("%s %s failed", request.method, request.path, exc_info=exc)
+    return _json_error(500, "internal error (see the node's log)")
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Host/Origin checks, the token for state changes, JSON errors."""
-    app = request.app
     try:
-        host = request.headers.get("Host", "")
-        if not app[HOSTS].allows(host):
-            raise error(403, f"foreign Host {host!r} refused")
-        origin = request.headers.get("Origin")
-        if origin is not None and not app[HOSTS].allows(origin.split("://", 1)[-1]):
-            raise error(403, f"foreign Origin {origin!r} refused")
-        if request.method not in SAFE_METHODS:
-            given = request.headers.get("Authorization", "")
-            token = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
-            if not token:
-                raise error(401, "this request needs the node's API token")
-            if not hmac.compare_digest(token.encode(), app[TOKEN].encode()):
-                raise error(401, "wrong API token")
+        _admit(request)
         return await handler(request)
-    except ApiError as exc:
-        return _json_error(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json_error(exc.status, exc.reason)
-    except NotFound as exc:
-        return _json_error(404, str(exc))
-    except AmbiguousId as exc:
-        return _json_error(409, str(exc))
-    except NotOwner as exc:
-        return _json_error(403, str(exc))
-    except FetchFailed as exc:
-        return _json_error(502, str(exc))
-    except StorageError as exc:
-        return _json_error(507, str(exc))
-    except NodeError as exc:
-        if isinstance(exc.__cause__, OSError):  # this node's disk refused a write
-            return _json_error(507, str(exc))
-        return _json_error(400, str(exc))
+        answer = _json_error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes (RFC 9110 15.5.6)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except ConnectionError:
         raise  # the client left: nothing to answer, nothing to log
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return _json_error(500, "internal error (see the node's log)")
+    except Exception as exc:
+        return _failure(request, exc)
 
 
 def _node(request: web.Request) -> Node:

@@ -71,6 +71,7 @@ async def treedrive_startup(node: Node) -> None:
 
     from treedrive.web import admission
     from treedrive.web.api import HUB, HostPolicy, load_token, make_app
+    from treedrive.web.monitor import MONITOR
 
     token = load_token(node.config.data_dir)
     hosts = HostPolicy()
@@ -109,6 +110,7 @@ async def treedrive_startup(node: Node) -> None:
         _failures[id(node)] = failure  # the node's start says why, in one line
         await runner.cleanup()
         return
+    app[MONITOR].admission = site.admission  # its refusals show in /metrics
     bound = runner.addresses[0][1]
     hosts.bind(host, bound)  # the port is known only once bound
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -98,27 +98,31 @@ def stats_json(node: Node) -> dict[str, Any]:
     peers, files = node.reads.everything()
     return {
         "peerId": node.peer_id,
-        "peers": [
-            {
-                "peerId": p.peer_id,
-                "host": p.host,
-                "port": p.port,
-                "last_seen": number(p.last_seen),
-            }
-            for p in peers
-        ],
-        "files": [
-            {
-                "file_name": e.meta.file_name,
-                "file_size": number(e.meta.file_size),
-                "file_id": e.meta.file_id,
-                "file_owner": e.meta.file_owner,
-                "file_timestamp": number(e.meta.file_timestamp),
-                "has_copy": e.has_copy,  # a JSON boolean, as the seed serves it
-                "peers_with_file": ([node.peer_id] if e.has_copy else []) + list(e.holders),
-            }
-            for e in files
-        ],
+        "peers": [stats_peer(p) for p in peers],
+        "files": [stats_file(node, e) for e in files],
+    }
+
+
+def stats_peer(p: PeerInfo) -> dict[str, Any]:
+    """A peer as ``/stats.json`` shows it."""
+    return {
+        "peerId": p.peer_id,
+        "host": p.host,
+        "port": p.port,
+        "last_seen": number(p.last_seen),
+    }
+
+
+def stats_file(node: Node, e: CatalogEntry) -> dict[str, Any]:
+    """A catalogue entry as ``/stats.json`` shows it (the seed's keys and types)."""
+    return {
+        "file_name": e.meta.file_name,
+        "file_size": number(e.meta.file_size),
+        "file_id": e.meta.file_id,
+        "file_owner": e.meta.file_owner,
+        "file_timestamp": number(e.meta.file_timestamp),
+        "has_copy": e.has_copy,  # a JSON boolean, as the seed serves it
+        "peers_with_file": ([node.peer_id] if e.has_copy else []) + list(e.holders),
     }
 
 

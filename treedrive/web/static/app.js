@@ -325,13 +325,22 @@ function onEvent(ev) {
   }
 }
 
+const EVENT_TYPES = [
+  "Hello", "Resync", "Throughput", "PeerSeen", "PeerExpired", "FileAdvertised", "FileStored",
+  "FileDeleted", "TransferProgress", "TransferFinished", "FileRefused", "PeerRefused",
+];
+
 function connect() {
   const source = new EventSource("/api/events");
   source.onopen = () => {
     state.connected = true;
     const c = $("#conn"); c.className = "conn live"; c.textContent = "live";
   };
-  source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.warn(e); } };
+  // Each event comes with its type on an event: line (and an id: the browser sends the last
+  // one back when it reconnects, and gets the events it missed).
+  const handle = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.warn(e); } };
+  for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+  source.onmessage = handle; // an event with no type (none today)
   source.onerror = () => {
     state.connected = false;
     const c = $("#conn"); c.className = "conn lost"; c.textContent = "lost the node — reconnecting…";
