@@ -75,6 +75,9 @@ class RecordingNetwork:
         self.raw_pushes += raw
         return True
 
+    def stats(self) -> dict[str, int]:
+        return {}  # nothing refused or dropped: no transport
+
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.rates = (download, upload)
 

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,14 +35,14 @@ HEAD_TIMEOUT = "http_head_timeout"
 T = TypeVar("T", int, float)
 
 
-def _setting(extra: dict[str, str], key: str, default: T, kind: type[T]) -> T:
+def _setting(extra: Mapping[str, Any], key: str, default: T, kind: type[T]) -> T:
     """A positive number from ``NodeConfig.extra``; the default (and a warning) if it is not."""
     raw = extra.get(key)
     if raw is None:
         return default
     try:
         value = kind(raw)
-    except ValueError:
+    except (TypeError, ValueError):  # TOML may give a list or a table
         pass
     else:
         if value > 0:
@@ -76,7 +76,7 @@ async def treedrive_startup(node: Node) -> None:
     token = load_token(node.config.data_dir)
     hosts = HostPolicy()
     app = make_app(node, token, hosts)
-    extra = node.config.extra
+    extra = {**node.config.extra, **node.config.plugin_settings("web")}  # [plugins.web]
     cap = _setting(extra, MAX_CONNECTIONS, admission.MAX_CONNECTIONS, int)
     budget = admission.fd_budget()
     if cap > budget:
