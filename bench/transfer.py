@@ -14,7 +14,9 @@ Modes: ``classic`` (every node ``--no-extension``: one GET_FILE -> hex FILE_DATA
 ``extension`` (raw ranged GET_FILE, multi-source, in clear: ``--no-encryption``) and ``tls``
 (the same, encrypted: TLS 1.3 bound to the node keys, PROTOCOL.md 2.9, the nodes' default; the
 nodes wait until they know each other's ``tls`` feature). With both ``extension`` and ``tls``, the
-end says the ratio of their MB/s (target >= 0.6) and each node's CPU seconds per GiB. Every
+end says the ratio of their MB/s (target >= 0.6) and each node's CPU seconds per GiB, in all and
+per kind of thread (``--thread-names``: the event loop, ``range-in``, ``range-out``, the
+``hasher``/``asyncio`` thread that hashes the bytes back from disk, ``tls``…). Every
 node has ``--download-limit 0``, so no node fetches anything by itself on join.
 
 Measured for each run: the wall time of the receiver's fetch API call (from the request to the
@@ -365,6 +367,44 @@ def thread_cpu(pid: int) -> dict[int, float]:
             with contextlib.suppress(OSError), open(f"{entry.path}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
                 out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+THREAD_NAMES = """\
+import ctypes as _ctypes, threading as _threading
+_libc, _inner = _ctypes.CDLL(None), _threading.Thread._bootstrap_inner
+def _named(self):
+    _libc.prctl(15, self.name.encode()[:15], 0, 0, 0)  # PR_SET_NAME: /proc/<pid>/task/*/comm
+    _inner(self)
+_threading.Thread._bootstrap_inner = _named
+"""
+"""Node preamble (``--thread-names``): every Python thread gives its name to its OS thread, so
+that the CPU of each kind of thread (``range-in``, ``hasher``, ``tls``…) can be told apart."""
+
+
+def thread_kinds(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of a process: its kind (its name without the pool index: ``range-in``,
+    ``tls``, ``asyncio``…; ``loop`` for the main thread) and its utime+stime seconds."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"{entry.path}/stat") as f:
+                text = f.read()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            kind = "loop" if int(entry.name) == pid else re.sub(r"[_-]?\d+$", "", name)
+            out[int(entry.name)] = (kind, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def kinds_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per thread kind between two :func:`thread_kinds` (threads alive at the end;
+    those that ended meanwhile are in the process total only)."""
+    out: dict[str, float] = {}
+    for tid, (kind, cpu) in after.items():
+        out[kind] = out.get(kind, 0.0) + cpu - before.get(tid, (kind, 0.0))[1]
     return out
 
 
@@ -754,6 +794,8 @@ class Run:
     cpu: dict[str, float]
     rss: dict[str, float]
     hwm: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per node: CPU seconds per thread kind (:func:`thread_kinds`) during the fetch."""
     others: float = 0.0
     others_top: str = ""
     faults: int = 0
@@ -838,6 +880,8 @@ class Bench:
         self.nodes: list[Node] = []
         self.profilers = Profilers(args)
         self.preamble = Path(args.node_preamble).read_text() if args.node_preamble else ""
+        if args.thread_names:
+            self.preamble = THREAD_NAMES + self.preamble
 
     def close(self) -> None:
         self.profilers.stop()
@@ -937,6 +981,7 @@ class Bench:
         if self.args.warm:
             socket_copy(payload, root / "warm.bin")  # deleted: its memory is the fetch's
         cpu0 = {n.name: cpu_seconds(n.pid) or 0.0 for n in everyone}
+        kinds0 = {n.name: thread_kinds(n.pid) for n in everyone}
         faults0 = minor_faults(receiver.pid)
         procs0 = all_cpu()
         busy0 = system_busy()
@@ -950,6 +995,7 @@ class Bench:
         rss = self.sampler.snapshot()
         busy1 = system_busy()
         cpu = {n.name: (cpu_seconds(n.pid) or 0.0) - cpu0[n.name] for n in everyone}
+        threads = {n.name: kinds_delta(kinds0[n.name], thread_kinds(n.pid)) for n in everyone}
         faults = minor_faults(receiver.pid) - faults0
         others_top = top_others(procs0, {n.pid for n in everyone})
         self.profilers.stop()
@@ -984,6 +1030,7 @@ class Bench:
             ceilings=ceilings,
             synced=synced,
             cpu=cpu,
+            threads=threads,
             rss={n.name: rss.get(n.name, 0.0) for n in everyone},
             others=busy1 - busy0 - sum(cpu.values()),
             others_top=others_top,
@@ -1309,7 +1356,19 @@ def tls_ratios(runs: list[Run]) -> list[str]:
                 f"{n} {statistics.median(r.cpu[n] for r in rs) / gib:.2f}" for n in names
             )
             lines.append(f"  CPU s per GiB, {mode:9} (last: the receiver): {per}")
+            for n in names:
+                lines.append(f"    {n} by thread: {thread_line(rs, n, gib)}")
     return lines
+
+
+def thread_line(runs: list[Run], node: str, gib: float, least: float = 0.01) -> str:
+    """A node's CPU seconds per GiB by thread kind (medians over ``runs``), largest first."""
+    kinds = {k for r in runs for k in r.threads.get(node, {})}
+    med = {
+        k: statistics.median(r.threads.get(node, {}).get(k, 0.0) for r in runs) / gib for k in kinds
+    }
+    rows = sorted(((v, k) for k, v in med.items() if v >= least), reverse=True)
+    return ", ".join(f"{k} {v:.2f}" for v, k in rows) or "-"
 
 
 def check_targets(runs: list[Run]) -> list[str]:
@@ -1490,6 +1549,13 @@ def main(argv: list[str] | None = None) -> int:
         "unmeasured socket copy, so that every measured transfer writes into memory in the\n"
         "same state (see bench/README.md: memory that was free for a while is slow to touch\n"
         "again on this VM; without this the fetch gets such memory and the copies do not)",
+    )
+    p.add_argument(
+        "--thread-names",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="name every node thread after its Python thread (a node preamble; the nodes\n"
+        "then start with python -c), to report each node's CPU per kind of thread",
     )
     p.add_argument("--sample-every", type=float, default=0.025, help="RSS sampling period (s)")
     p.add_argument("--tmp-dir", default=None, help="parent of the scratch dir (default: $TMPDIR)")

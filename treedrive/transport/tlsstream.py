@@ -42,8 +42,18 @@ class SecureStream:
     ) -> None:
         self.sock, self.tls, self.peer_key = sock, tls, peer_key
         self._in, self._out = bios
-        self._raw = memoryview(bytearray(SOCKET_BUFFER))
+        self._raw = memoryview(b"")  # ciphertext read from the socket (made on the first read)
+        self._plain = memoryview(b"")  # file bytes to encrypt (made on the first file sent)
         self._unsent = memoryview(b"")  # ciphertext a non-blocking socket did not take yet
+
+    def _piece(self, piece: int, count: int) -> memoryview:
+        """A buffer for ``min(piece, count)`` bytes of a file, the same for every call (an
+        allocation of the whole piece, zeroed, for each call cost a memset per socket-full
+        wait)."""
+        want = max(1, min(piece, count))
+        if len(self._plain) < want:
+            self._plain = memoryview(bytearray(max(want, min(piece, SEND_PIECE))))
+        return self._plain[:want]
 
     def _flush(self) -> None:
         if self._out.pending:
@@ -58,7 +68,7 @@ class SecureStream:
     def send_file(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> None:
         """Send ``count`` bytes of the file ``fd`` from ``offset`` (the TLS ``sendfile``), read
         and encrypted ``piece`` bytes at a time."""
-        buf = memoryview(bytearray(max(1, min(piece, count))))
+        buf = self._piece(piece, count)
         end = offset + count
         while offset < end:
             n = _read_at(fd, buf[: min(len(buf), end - offset)], offset)
@@ -90,10 +100,10 @@ class SecureStream:
         sent; ciphertext the socket did not take is kept (:attr:`unsent`) and goes first on the
         next call (``count`` 0 just sends it). The transfer is over when the bytes are all
         encrypted and ``unsent`` is 0."""
-        buf = memoryview(bytearray(max(1, min(piece, count))))
         done = 0
         while self._push() and done < count:
-            n = _read_at(fd, buf[: min(len(buf), count - done)], offset + done)
+            buf = self._piece(piece, count - done)
+            n = _read_at(fd, buf, offset + done)
             if n == 0:
                 raise EOFError(f"file ends {count - done} bytes short")
             self.tls.write(buf[:n])
@@ -170,6 +180,8 @@ class SecureStream:
             got += n
 
     def _fill(self) -> None:
+        if not self._raw:
+            self._raw = memoryview(bytearray(SOCKET_BUFFER))
         n = self.sock.recv_into(self._raw)
         if n == 0:
             self._in.write_eof()
