@@ -81,6 +81,44 @@ async def test_bytes_are_kept_only_once_their_record_comes(start_node: Starter) 
     assert [(t.direction, t.peer_id, t.state) for t in transfers] == [("in", "pusher", "done")]
 
 
+async def test_the_bytes_are_hashed_and_synced_before_their_record_comes(
+    start_node: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for the record, the receiver finishes its hash of the bytes and syncs them: once
+    the record comes, little is left to do before the file is stored (issue 10)."""
+    node: Node = await start_node("receiver", download_limit=0)
+    done: list[str] = []
+    opened = node.open_sink
+
+    def open_sink() -> Any:
+        sink = opened()
+        for name in ("digest", "sync"):
+            setattr(sink, name, recorded(getattr(sink, name), name))
+        return sink
+
+    def recorded(method: Callable[[], Any], name: str) -> Callable[[], Any]:
+        def call() -> Any:
+            result = method()
+            done.append(name)
+            return result
+
+        return call
+
+    monkeypatch.setattr(node, "open_sink", open_sink)
+    data = os.urandom(SIZE)
+    rec = record(data, int(time.time()))
+    sock = await asyncio.to_thread(connect, node)
+    try:
+        await asyncio.to_thread(sock.sendall, header(SIZE) + data)
+        await wait_for(lambda: done == ["digest", "sync"])
+        assert node.file(rec["file_id"]) is None
+        await asyncio.to_thread(sock.sendall, trailer(rec))
+        await wait_for(lambda: held(node, rec["file_id"]))
+    finally:
+        sock.close()
+    assert node.store.blobs.path(rec["file_id"]).read_bytes() == data
+
+
 @pytest.mark.parametrize("size", [0, 1, 5000])
 async def test_a_small_push_in_one_write_is_stored(start_node: Starter, size: int) -> None:
     """Header, bytes and record in one segment: the bytes read past the body are the record's."""

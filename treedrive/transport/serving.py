@@ -22,7 +22,7 @@ from typing import Any
 from treedrive.core.errors import StorageError
 from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import InboundHandler
+from treedrive.core.ports import FileSink, InboundHandler
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState
 from treedrive.transport.counters import Counters
@@ -265,7 +265,7 @@ class Serving:
                 )
             else:
                 after = await secure.read_raw(stream, push.sink, raw.length, rate, self.download)
-            record = await self._trailer(stream, after, push, source, secure)
+            record = await self._settled_trailer(stream, after, push, source, secure)
             stream.state.protected = True
             if record is None:
                 return
@@ -297,6 +297,29 @@ class Serving:
             push.progress.update(push.sink.size)
         pushed, progress = push.handed()
         await handler.handle_pushed_file(message, pushed, source, progress)
+
+    async def _settled_trailer(
+        self,
+        body: Reader,
+        after: bytes,
+        push: Arriving,
+        source: str,
+        secure: SecureConn | None = None,
+    ) -> FileMeta | None:
+        """:meth:`_trailer`, while a thread finishes hashing the bytes already in and syncs
+        them: once the record comes, verifying and adopting them has little left to do (the
+        pusher, which hashes the same bytes, sends it once its own hash is done). The thread is
+        always waited for, so that the sink is never dropped under it; its disk error drops
+        the push."""
+        sink = push.sink
+        assert sink is not None
+        settling = asyncio.ensure_future(asyncio.to_thread(_settle, sink))
+        try:
+            record = await self._trailer(body, after, push, source, secure)
+        finally:
+            await _join(settling)
+        settling.result()  # its disk error, if it had one
+        return record
 
     async def _trailer(
         self,
@@ -331,3 +354,25 @@ class Serving:
                 "invalid", logging.WARNING, "%s: bad streamed push dropped: %s", source, exc
             )
             return None
+
+
+async def _join(job: asyncio.Future[None]) -> None:
+    """Wait until ``job`` (a thread's) is done, through cancellations too (it ends by itself,
+    soon: the bytes it hashes are all in), then go on with the cancellation if there was one.
+    Its outcome is read, so never reported as unread."""
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            cancelled = True
+    if not job.cancelled():
+        job.exception()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def _settle(sink: FileSink) -> None:
+    """Hash the rest of a streamed push's bytes and sync them (blocking: a thread)."""
+    sink.digest()
+    sink.sync()
