@@ -20,9 +20,10 @@ import time
 from typing import Any
 
 from treedrive.core.errors import StorageError
+from treedrive.core.forwarding import settle
 from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import FileSink, InboundHandler
+from treedrive.core.ports import InboundHandler
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState
 from treedrive.transport.counters import Counters
@@ -306,19 +307,19 @@ class Serving:
         source: str,
         secure: SecureConn | None = None,
     ) -> FileMeta | None:
-        """:meth:`_trailer`, while a thread finishes hashing the bytes already in and syncs
-        them: once the record comes, verifying and adopting them has little left to do (the
-        pusher, which hashes the same bytes, sends it once its own hash is done). The thread is
-        always waited for, so that the sink is never dropped under it; its disk error drops
-        the push."""
+        """:meth:`_trailer`, while threads finish hashing the bytes already in and sync them
+        (:func:`~treedrive.core.forwarding.settle`): once the record comes, verifying and
+        adopting them has little left to do (the pusher, which hashes the same bytes, sends it
+        once its own hash is done). They are always waited for, so that the sink is never
+        dropped under them; a disk error drops the push."""
         sink = push.sink
         assert sink is not None
-        settling = asyncio.ensure_future(asyncio.to_thread(_settle, sink))
+        settling = asyncio.ensure_future(settle(sink))
         try:
             record = await self._trailer(body, after, push, source, secure)
         finally:
             await _join(settling)
-        settling.result()  # its disk error, if it had one
+        settling.result()  # a disk error, if there was one
         return record
 
     async def _trailer(
@@ -357,7 +358,7 @@ class Serving:
 
 
 async def _join(job: asyncio.Future[None]) -> None:
-    """Wait until ``job`` (a thread's) is done, through cancellations too (it ends by itself,
+    """Wait until ``job`` (threads') is done, through cancellations too (it ends by itself,
     soon: the bytes it hashes are all in), then go on with the cancellation if there was one.
     Its outcome is read, so never reported as unread."""
     cancelled = False
@@ -370,9 +371,3 @@ async def _join(job: asyncio.Future[None]) -> None:
         job.exception()
     if cancelled:
         raise asyncio.CancelledError
-
-
-def _settle(sink: FileSink) -> None:
-    """Hash the rest of a streamed push's bytes and sync them (blocking: a thread)."""
-    sink.digest()
-    sink.sync()
