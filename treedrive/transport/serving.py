@@ -15,15 +15,17 @@ The listener and admission are :class:`treedrive.transport.net.TcpNetwork`'s, wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from treedrive.core.errors import StorageError
 from treedrive.core.forwarding import settle
 from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import InboundHandler
+from treedrive.core.ports import FileSink, InboundHandler
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState
 from treedrive.transport.counters import Counters
@@ -266,7 +268,8 @@ class Serving:
                 )
             else:
                 after = await secure.read_raw(stream, push.sink, raw.length, rate, self.download)
-            record = await self._settled_trailer(stream, after, push, source, secure)
+            async with _settling(push.sink):
+                record = await self._trailer(stream, after, push, source, secure)
             stream.state.protected = True
             if record is None:
                 return
@@ -298,29 +301,6 @@ class Serving:
             push.progress.update(push.sink.size)
         pushed, progress = push.handed()
         await handler.handle_pushed_file(message, pushed, source, progress)
-
-    async def _settled_trailer(
-        self,
-        body: Reader,
-        after: bytes,
-        push: Arriving,
-        source: str,
-        secure: SecureConn | None = None,
-    ) -> FileMeta | None:
-        """:meth:`_trailer`, while threads finish hashing the bytes already in and sync them
-        (:func:`~treedrive.core.forwarding.settle`): once the record comes, verifying and
-        adopting them has little left to do (the pusher, which hashes the same bytes, sends it
-        once its own hash is done). They are always waited for, so that the sink is never
-        dropped under them; a disk error drops the push."""
-        sink = push.sink
-        assert sink is not None
-        settling = asyncio.ensure_future(settle(sink))
-        try:
-            record = await self._trailer(body, after, push, source, secure)
-        finally:
-            await _join(settling)
-        settling.result()  # a disk error, if there was one
-        return record
 
     async def _trailer(
         self,
@@ -355,6 +335,21 @@ class Serving:
                 "invalid", logging.WARNING, "%s: bad streamed push dropped: %s", source, exc
             )
             return None
+
+
+@contextlib.asynccontextmanager
+async def _settling(sink: FileSink) -> AsyncIterator[None]:
+    """While the record of a streamed push is awaited, threads finish hashing its bytes and
+    sync them (:func:`~treedrive.core.forwarding.settle`): once the record comes, verifying and
+    adopting them has little left to do (the pusher, which hashes the same bytes, sends it
+    once its own hash is done). They are always waited for, so that the sink is never dropped
+    under them; a disk error drops the push."""
+    job = asyncio.ensure_future(settle(sink))
+    try:
+        yield
+    finally:
+        await _join(job)
+    job.result()  # a disk error, if there was one
 
 
 async def _join(job: asyncio.Future[None]) -> None:
