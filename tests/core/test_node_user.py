@@ -141,6 +141,36 @@ async def test_same_size_other_bytes_are_a_new_file(h: Harness) -> None:
     assert len(h.node.files("local")) == 2
 
 
+async def test_a_push_is_hashed_and_synced_before_it_is_committed(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash catches up while the bytes are synced, so that the commit (before a streamed
+    push's record is sent) has little left to write (issue 10)."""
+    calls: list[str] = []
+    make = h.node.store.blobs.writer
+
+    def called(method: Callable[..., object], name: str) -> Callable[..., object]:
+        def call(*args: object) -> object:
+            calls.append(name)
+            return method(*args)
+
+        return call
+
+    def writer() -> object:
+        w = make()
+        for name in ("digest", "sync", "commit"):
+            setattr(w, name, called(getattr(w, name), name))
+        return w
+
+    monkeypatch.setattr(h.node.store.blobs, "writer", writer)
+    src = h.tmp / "notes.txt"
+    src.write_bytes(b"synced before they are a file")
+    pushed = await h.node.push_path(src)
+    assert sorted(calls[:2]) == ["digest", "sync"]  # together, first
+    assert "commit" in calls[2:]
+    assert h.node.store.blobs.path(pushed.meta.file_id).read_bytes() == src.read_bytes()
+
+
 # -- an unreachable bootstrap host -----------------------------------------------------------------
 async def test_an_unreachable_bootstrap_host_is_reported_and_retried_until_a_peer_answers(
     make_harness: Callable[..., Harness],

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +54,34 @@ def held(node: Node, file_id: str) -> bool:
     return entry is not None and entry.has_copy and node.store.blobs.has(file_id)
 
 
-# -- receiving -----------------------------------------------------------------------------------
-async def test_bytes_are_kept_only_once_their_record_comes(start_node: Starter) -> None:
-    node: Node = await start_node("receiver", download_limit=0)
-    data = os.urandom(SIZE)
-    rec = record(data, int(time.time()))
+async def push_in_two(
+    node: Node, data: bytes, rec: dict[str, Any], between: Callable[[], Awaitable[None]]
+) -> None:
+    """Header and bytes, then ``between()``, then the record; the node then holds the file."""
     sock = await asyncio.to_thread(connect, node)
     try:
-        await asyncio.to_thread(sock.sendall, header(SIZE) + data)
-        await wait_for(lambda: listing(node, "partial"))
-        await asyncio.sleep(0.3)  # all bytes are there, but no record yet: nothing is kept
-        assert listing(node, "blobs") == []
-        assert node.file(rec["file_id"]) is None
+        await asyncio.to_thread(sock.sendall, header(len(data)) + data)
+        await between()
         await asyncio.to_thread(sock.sendall, trailer(rec))
         await wait_for(lambda: held(node, rec["file_id"]))
     finally:
         sock.close()
     assert node.store.blobs.path(rec["file_id"]).read_bytes() == data
+
+
+# -- receiving -----------------------------------------------------------------------------------
+async def test_bytes_are_kept_only_once_their_record_comes(start_node: Starter) -> None:
+    node: Node = await start_node("receiver", download_limit=0)
+    data = os.urandom(SIZE)
+    rec = record(data, int(time.time()))
+
+    async def before_the_record() -> None:
+        await wait_for(lambda: listing(node, "partial"))
+        await asyncio.sleep(0.3)  # all bytes are there, but no record yet: nothing is kept
+        assert listing(node, "blobs") == []
+        assert node.file(rec["file_id"]) is None
+
+    await push_in_two(node, data, rec, before_the_record)
     entry = node.file(rec["file_id"])
     assert entry is not None
     assert (entry.meta.file_owner, entry.meta.file_name) == ("pusher", "pushed.bin")
@@ -79,6 +90,40 @@ async def test_bytes_are_kept_only_once_their_record_comes(start_node: Starter) 
         lambda: [t for t in node.reads.recent_transfers() if t.state != "running"]
     )
     assert [(t.direction, t.peer_id, t.state) for t in transfers] == [("in", "pusher", "done")]
+
+
+async def test_the_bytes_are_hashed_and_synced_before_their_record_comes(
+    start_node: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for the record, the receiver finishes its hash of the bytes and syncs them: once
+    the record comes, little is left to do before the file is stored (issue 10)."""
+    node: Node = await start_node("receiver", download_limit=0)
+    done: list[str] = []
+    opened = node.open_sink
+
+    def open_sink() -> Any:
+        sink = opened()
+        for name in ("digest", "sync"):
+            setattr(sink, name, recorded(getattr(sink, name), name))
+        return sink
+
+    def recorded(method: Callable[[], Any], name: str) -> Callable[[], Any]:
+        def call() -> Any:
+            result = method()
+            done.append(name)
+            return result
+
+        return call
+
+    monkeypatch.setattr(node, "open_sink", open_sink)
+    data = os.urandom(SIZE)
+    rec = record(data, int(time.time()))
+
+    async def before_the_record() -> None:
+        await wait_for(lambda: done == ["digest", "sync"])
+        assert node.file(rec["file_id"]) is None
+
+    await push_in_two(node, data, rec, before_the_record)
 
 
 @pytest.mark.parametrize("size", [0, 1, 5000])

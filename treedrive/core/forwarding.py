@@ -19,7 +19,7 @@ from treedrive.core.activity import file_label, peer_label
 from treedrive.core.context import NodeContext
 from treedrive.core.messages import STREAM_PUSH
 from treedrive.core.model import FileMeta, PeerInfo
-from treedrive.core.ports import GrowingFile, PartialFile
+from treedrive.core.ports import FileSink, GrowingFile, PartialFile
 from treedrive.core.transfers import TransferHandle, Transfers
 
 log = logging.getLogger(__name__)
@@ -109,3 +109,15 @@ async def _stream(
             file_label(record), peer_label(target.peer_id, f"{target.host}:{target.port}"),
         )  # fmt: skip
     return ok
+
+
+async def settle(file: FileSink) -> None:
+    """The bytes of ``file`` are all in: off the loop, its hasher catches up while what is
+    written is synced, so that adopting it (fsync, rename) has little left to write. Both
+    threads are awaited; then a disk error of either is raised."""
+    outcomes = await asyncio.gather(
+        asyncio.to_thread(file.digest), asyncio.to_thread(file.sync), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

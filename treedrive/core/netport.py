@@ -50,6 +50,14 @@ class FileSink(Protocol):
         StorageError."""
         ...
 
+    def digest(self) -> _Hash:
+        """sha256 of the bytes written in order (blocks until they are all hashed)."""
+        ...
+
+    def sync(self) -> None:
+        """fdatasync what is written so far (blocking; a disk error is a StorageError)."""
+        ...
+
     def abort(self) -> None: ...
 
 

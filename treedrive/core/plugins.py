@@ -9,7 +9,6 @@ hook call (and the node with it).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
@@ -19,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from treedrive.core import defaults, hookspecs
-from treedrive.core.model import PeerInfo
 
 if TYPE_CHECKING:
+    import asyncio
+
     from treedrive.core.events import Event, Notice
-    from treedrive.core.model import CatalogEntry, FileMeta
+    from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo
     from treedrive.core.node import Node
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class Plugins:
         self, node: Node, entry: CatalogEntry, holders: Sequence[PeerInfo]
     ) -> list[PeerInfo] | None:
         """The holders to ask for ``entry``, best first (None: no plugin decided)."""
+        from treedrive.core.model import PeerInfo
+
         ordered = self._first(
             "treedrive_order_holders", _sequence_of(PeerInfo), "a sequence of PeerInfo",
             node=node, entry=entry, holders=holders,
@@ -217,6 +219,8 @@ class Plugins:
 
     async def _notify(self, hook_name: str, within: float | None, **kwargs: Any) -> None:
         """Call a notification hook and await what it returns (each bounded by ``within`` s)."""
+        import asyncio
+
         for plugin, result in self._awaitables(hook_name, kwargs):
             try:
                 await asyncio.wait_for(result, within)
@@ -225,6 +229,8 @@ class Plugins:
 
     def _notify_soon(self, hook_name: str, **kwargs: Any) -> None:
         """Call a notification hook now; awaitables it returns run as background tasks."""
+        import asyncio
+
         for plugin, result in self._awaitables(hook_name, kwargs):
             task = asyncio.ensure_future(result)
             self._tasks.add(task)

@@ -94,7 +94,7 @@ class Sharing:
         self, writer: PartialFile, name: str, force: bool, forward: Forward | None
     ) -> Pushed:
         ctx = self.ctx
-        await asyncio.to_thread(writer.digest)  # the hasher catches up off the loop
+        await forwarding.settle(writer)  # the commit below (before a record is sent) is quick
         if not force:
             existing = self.held_copy(writer)
             if existing is not None:

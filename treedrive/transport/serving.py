@@ -15,14 +15,17 @@ The listener and admission are :class:`treedrive.transport.net.TcpNetwork`'s, wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from treedrive.core.errors import StorageError
+from treedrive.core.forwarding import settle
 from treedrive.core.messages import RAW_RANGE, FileData, GetFile, Message
 from treedrive.core.model import FileMeta
-from treedrive.core.ports import InboundHandler
+from treedrive.core.ports import FileSink, InboundHandler
 from treedrive.transport import codec, inbound, wire
 from treedrive.transport.admission import ConnState
 from treedrive.transport.counters import Counters
@@ -265,7 +268,8 @@ class Serving:
                 )
             else:
                 after = await secure.read_raw(stream, push.sink, raw.length, rate, self.download)
-            record = await self._trailer(stream, after, push, source, secure)
+            async with _settling(push.sink):
+                record = await self._trailer(stream, after, push, source, secure)
             stream.state.protected = True
             if record is None:
                 return
@@ -331,3 +335,34 @@ class Serving:
                 "invalid", logging.WARNING, "%s: bad streamed push dropped: %s", source, exc
             )
             return None
+
+
+@contextlib.asynccontextmanager
+async def _settling(sink: FileSink) -> AsyncIterator[None]:
+    """While the record of a streamed push is awaited, threads finish hashing its bytes and
+    sync them (:func:`~treedrive.core.forwarding.settle`): once the record comes, verifying and
+    adopting them has little left to do (the pusher, which hashes the same bytes, sends it
+    once its own hash is done). They are always waited for, so that the sink is never dropped
+    under them; a disk error drops the push."""
+    job = asyncio.ensure_future(settle(sink))
+    try:
+        yield
+    finally:
+        await _join(job)
+    job.result()  # a disk error, if there was one
+
+
+async def _join(job: asyncio.Future[None]) -> None:
+    """Wait until ``job`` (threads') is done, through cancellations too (it ends by itself,
+    soon: the bytes it hashes are all in), then go on with the cancellation if there was one.
+    Its outcome is read, so never reported as unread."""
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            cancelled = True
+    if not job.cancelled():
+        job.exception()
+    if cancelled:
+        raise asyncio.CancelledError

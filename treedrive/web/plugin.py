@@ -4,7 +4,6 @@ event stream from the node's committed events and its transient notices. Registe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -15,14 +14,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from treedrive.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    import asyncio
+
     from aiohttp import web
 
     from treedrive.core.events import Event, Notice
     from treedrive.core.node import Node
     from treedrive.web.api import EventHub
 
-# aiohttp and the app are imported when a node starts its server, so that loading this plugin
-# (e.g. for its CLI commands) stays cheap.
+# asyncio, aiohttp and the app are imported when a node starts its server, so that loading this
+# plugin (e.g. for its CLI commands: ``treedrive push`` starts faster) stays cheap.
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ async def treedrive_startup(node: Node) -> None:
     port = node.config.http_port
     if port is None:
         return
+    import asyncio
+
     from aiohttp import web
 
     from treedrive.web import admission
@@ -143,6 +146,8 @@ async def treedrive_shutdown(node: Node) -> None:
     server = _servers.pop(id(node), None)
     if server is None:
         return
+    import asyncio
+
     server.sampler.cancel()
     server.hub.close()
     with contextlib.suppress(asyncio.CancelledError):
