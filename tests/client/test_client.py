@@ -222,7 +222,8 @@ async def test_the_event_stream_says_hello_then_what_happens(
     assert seen[0].data["status"]["peer_id"] == "alice"
     stored = seen[-1]
     assert (stored.type, stored.data["file_id"]) == ("FileStored", pushed["file_id"])
-    assert stored.id is not None and seen[0].id is None  # Hello is not numbered (not replayed)
+    assert stored.id is not None
+    assert seen[0].id is None  # Hello is not numbered (not replayed)
 
     only: list[str] = []
 
