@@ -240,3 +240,36 @@ async def test_the_event_stream_says_hello_then_what_happens(
     await run(client.delete, pushed["file_id"])
     await asyncio.wait_for(listening, 20)
     assert only == ["FileDeleted"]
+
+
+async def test_health_needs_no_token_and_metrics_count_a_push(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    node: Node = await start_node("alice", http_port=0)
+    anonymous = client_of(node, token=None)
+    health = await run(anonymous.health)
+    assert (health["status"], health["peer_id"]) == ("ok", "alice")
+    with pytest.raises(AuthError):
+        await run(anonymous.set_limits, download=None)  # a change still wants the token
+
+    def pushed_files(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith("treedrive_files{") and 'scope="local"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no local file count in {text[:500]!r}")
+
+    client = client_of(node)
+    before = pushed_files(await run(client.metrics))
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"metrics")
+    await run(client.push, src)
+    await wait_for(lambda: bool(node.files()))
+    assert await eventually_more(client, pushed_files, before)
+
+
+async def eventually_more(client: Client, read: Callable[[str], float], before: float) -> bool:
+    for _ in range(100):  # the counts are cached until the next committed change
+        if read(await run(client.metrics)) > before:
+            return True
+        await asyncio.sleep(0.1)
+    return False

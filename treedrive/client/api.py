@@ -17,6 +17,7 @@ from treedrive.client.types import (
     Deleted,
     FileRecord,
     FilesPage,
+    Health,
     KeyForgotten,
     Limits,
     Peer,
@@ -84,25 +85,39 @@ class Client:
         return f"Client({self.url!r})"
 
     # -- the node and its peers -------------------------------------------------------------
+    def health(self) -> Health:
+        """Whether the node is up (``status`` "ok"; a stopping node answers 503, an
+        :class:`~errors.ApiError`). Needs no token and never waits on the node's store."""
+        data: Health = self.transport.json("GET", "/api/v1/health")
+        return data
+
+    def metrics(self) -> str:
+        """The node's metrics in the Prometheus text format (``GET /metrics``)."""
+        with self.transport.request("GET", "/metrics") as resp:
+            try:
+                return resp.read().decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException) as exc:
+                raise self.transport.unreachable(exc) from None
+
     def status(self) -> Status:
         """The node: id, addresses, uptime, counts, key fingerprint, bootstrap problem."""
-        data: Status = self.transport.json("GET", "/api/status")
+        data: Status = self.transport.json("GET", "/api/v1/status")
         return data
 
     def peers(self) -> list[Peer]:
         """The peers the node tracks."""
-        data: list[Peer] = self.transport.json("GET", "/api/peers")["peers"]
+        data: list[Peer] = self.transport.json("GET", "/api/v1/peers")["peers"]
         return data
 
     def forget_key(self, peer_id: str) -> KeyForgotten:
         """Forget the key pinned to ``peer_id``, accepting on purpose that it now signs with
         another; :class:`~errors.NotFound` if none is pinned."""
-        data: KeyForgotten = self.transport.json("DELETE", f"/api/peers/{_id(peer_id)}/key")
+        data: KeyForgotten = self.transport.json("DELETE", f"/api/v1/peers/{_id(peer_id)}/key")
         return data
 
     def limits(self) -> Limits:
         """The rate limits, bytes per second (None: none)."""
-        data: Limits = self.transport.json("GET", "/api/limits")
+        data: Limits = self.transport.json("GET", "/api/v1/limits")
         return data
 
     def set_limits(
@@ -119,18 +134,18 @@ class Client:
         }
         body = json.dumps(changes).encode()
         data: Limits = self.transport.json(
-            "PUT", "/api/limits", body=body, headers={"Content-Type": "application/json"}
+            "PUT", "/api/v1/limits", body=body, headers={"Content-Type": "application/json"}
         )
         return data
 
     def transfers(self) -> Transfers:
         """Transfers under way (``active``) and the last ones recorded (``recent``)."""
-        data: Transfers = self.transport.json("GET", "/api/transfers")
+        data: Transfers = self.transport.json("GET", "/api/v1/transfers")
         return data
 
     def throughput(self) -> list[ThroughputSample]:
         """Bytes per second in and out, a sample a second (the last five minutes)."""
-        data: list[ThroughputSample] = self.transport.json("GET", "/api/throughput")["samples"]
+        data: list[ThroughputSample] = self.transport.json("GET", "/api/v1/throughput")["samples"]
         return data
 
     def events(
@@ -145,14 +160,14 @@ class Client:
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
-        resp = self.transport.request("GET", "/api/events", headers=headers, timeout=timeout)
+        resp = self.transport.request("GET", "/api/v1/events", headers=headers, timeout=timeout)
         return EventStream(resp, self.url, types)
 
     # -- files ------------------------------------------------------------------------------
     def files_page(self, scope: Scope = "both", offset: int = 0, limit: int = 50) -> FilesPage:
         """``limit`` records (500 at most) of the catalogue from ``offset``, and the total."""
         query = urlencode({"scope": scope, "offset": offset, "limit": limit})
-        data: FilesPage = self.transport.json("GET", f"/api/files?{query}")
+        data: FilesPage = self.transport.json("GET", f"/api/v1/files?{query}")
         return data
 
     def files(self, scope: Scope = "both") -> list[FileRecord]:
@@ -167,7 +182,7 @@ class Client:
     def file(self, file_id: str) -> FileRecord:
         """One file's record; ``file_id`` may be a unique prefix of 8 or more hex characters
         (:class:`~errors.NotFound`, :class:`~errors.Conflict` when several start with it)."""
-        data: FileRecord = self.transport.json("GET", f"/api/files/{_id(file_id)}")
+        data: FileRecord = self.transport.json("GET", f"/api/v1/files/{_id(file_id)}")
         return data
 
     def push(
@@ -184,7 +199,7 @@ class Client:
         ``progress`` is told the bytes sent as they go."""
         path = Path(path)
         query = urlencode({"name": name or path.name, **({"force": "1"} if force else {})})
-        data: PushResult = self.transport.post_file(path, f"/api/files?{query}", progress)
+        data: PushResult = self.transport.post_file(path, f"/api/v1/files?{query}", progress)
         return data
 
     def get(self, file_id: str) -> FileRecord:
@@ -192,14 +207,14 @@ class Client:
         and verify it; its record then. Waits as long as the fetch takes
         (:class:`~errors.FetchFailed` when no holder could give it)."""
         data: FileRecord = self.transport.json(
-            "POST", f"/api/files/{_id(file_id)}/fetch", timeout=None
+            "POST", f"/api/v1/files/{_id(file_id)}/fetch", timeout=None
         )
         return data
 
     def content(self, file_id: str) -> http.client.HTTPResponse:
         """The bytes of a file the node holds, to read as they come (close it, or use it in a
         ``with``); ``Content-Length`` is their size."""
-        return self.transport.request("GET", f"/api/files/{_id(file_id)}/content", timeout=None)
+        return self.transport.request("GET", f"/api/v1/files/{_id(file_id)}/content", timeout=None)
 
     def download(
         self, file_id: str, target: Path | str, *, progress: Progress = no_progress
@@ -231,5 +246,5 @@ class Client:
     def delete(self, file_id: str) -> Deleted:
         """Delete a file this node owns, here and everywhere (:class:`~errors.Forbidden` for
         another's)."""
-        data: Deleted = self.transport.json("DELETE", f"/api/files/{_id(file_id)}")
+        data: Deleted = self.transport.json("DELETE", f"/api/v1/files/{_id(file_id)}")
         return data

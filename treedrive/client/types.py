@@ -30,6 +30,15 @@ class RefusedPeer(TypedDict):
     code: str
 
 
+class Health(TypedDict):
+    """``GET /api/v1/health`` (no token): the node is up and serving."""
+
+    status: str
+    version: str
+    peer_id: str
+    uptime_s: float
+
+
 class Status(TypedDict):
     """``GET /api/status``."""
 
