@@ -1,0 +1,518 @@
+"""Membership between TreeDrive nodes by fan-out, SWIM/memberlist style (issue 12, point 1).
+
+A pure state machine: no I/O, no clock of its own (every call takes ``now``, in gossip intervals
+or seconds: only ratios matter), randomness from the caller's ``random.Random``. The node (or the
+simulator) hands it what arrives and sends what it returns.
+
+Each round (one gossip interval) a node:
+- probes one member, in shuffled round-robin order, with a :class:`Ping`; without an :class:`Ack`
+  after ``probe_timeout`` it asks ``indirect`` others to probe it (:class:`PingReq`), and without
+  any ack by ``suspect_after`` it suspects the member. A suspicion not refuted within
+  ``suspect_rounds`` makes the member dead;
+- pushes the news it has to spread (:class:`Push`) to ``fanout`` random members (nothing when
+  there is nothing to spread);
+- probes one dead member (round-robin) and, every ``seed_rounds`` or whenever it knows nobody
+  alive, one well-known address: a node that has lost peers keeps looking for them at a slow rate,
+  so a partition heals once the network is whole again.
+
+News (membership :class:`News` and catalogue :class:`~treedrive.core.deltas.Change`) rides on
+every message, each item at most ``retransmit`` times (``mult · log10(N + 1)``), least sent
+first. A member that hears it is suspected or dead refutes with a higher incarnation. A message
+from a member that this node holds suspect or dead (at an incarnation at least that of the
+message) draws a :class:`Push` telling it so, so that it refutes: both sides of a healed
+partition learn each other again within a few rounds.
+
+Catalogue sync (:mod:`treedrive.core.deltas`) rides on probes: a :class:`Ping` says which of the
+target's changes the sender has and the :class:`Ack` carries the changes since; each round one
+extra ping goes to an origin this node is behind on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from treedrive.core.deltas import Catalogue, Change, Sync
+
+Address = tuple[str, int]
+MAX_MEMBERS = 8192
+"""Members listed in one answer to a joining (or healing) node."""
+
+
+class Status(IntEnum):
+    """A member's state; at one incarnation a higher value wins."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A row of the member table (immutable: replaced on change, so tables can share rows)."""
+
+    peer_id: str
+    address: Address
+    incarnation: int
+    status: Status
+    since: float
+    """When ``status`` last changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class News:
+    """A claim about a member: it is ``status`` at ``incarnation``; ``head`` its catalogue's last
+    change number as the claimer knows it (-1: not known)."""
+
+    peer_id: str
+    address: Address
+    incarnation: int
+    status: Status
+    head: int = -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """What every message says of its sender (it is alive at ``incarnation``), and the news it
+    carries."""
+
+    sender: str
+    address: Address
+    incarnation: int
+    head: int
+    news: tuple[News, ...] = ()
+    changes: tuple[Change, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    """A probe (a GOSSIP on the wire): answer with an :class:`Ack` of the same ``seq``. ``have``:
+    the sender has the receiver's catalogue changes up to this (None: none; -1: do not send any).
+    ``join``: the sender knows nobody, answer with the member list."""
+
+    seq: int
+    have: int | None = -1
+    join: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    """The answer to a :class:`Ping` (a GOSSIP_REPLY on the wire). ``of`` is the member whose
+    liveness it proves (the sender, or the target of an indirect probe)."""
+
+    seq: int
+    of: str
+    of_incarnation: int
+    sync: Sync | None = None
+    members: tuple[News, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingReq(Message):
+    """Probe ``target`` for me and forward its ack (a GOSSIP on the wire)."""
+
+    seq: int
+    target: str
+    target_address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Push(Message):
+    """News only, no answer (a GOSSIP on the wire)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    fanout: int = 3
+    indirect: int = 3
+    probe_timeout: float = 0.2
+    """Rounds after a ping before the indirect probes."""
+    suspect_after: float = 0.8
+    """Rounds after a ping before an unanswered target is suspected."""
+    suspect_rounds: float = 4.0
+    """Rounds a suspicion lasts before the member is dead."""
+    retransmit_mult: float = 4.0
+    max_news: int = 24
+    """News (and, separately, catalogue changes) per message."""
+    seed_rounds: int = 10
+    reprobe_dead: int = 1
+    """Dead members probed per round."""
+    syncs: int = 1
+    """Extra pings per round to origins this node is behind on."""
+    dead_rounds: float = 10_000.0
+    """Rounds a dead member stays in the table (re-probed) before it is dropped."""
+    max_members: int = 16_384
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    sent: float
+    indirect: bool = False
+    acked: bool = False
+
+
+@dataclass(slots=True)
+class _Queue:
+    """Items to spread, each with the times it was sent (least sent go first)."""
+
+    items: dict[object, list[object]] = field(default_factory=dict)
+
+    def put(self, key: object, item: object) -> None:
+        self.items[key] = [0, item]
+
+    def take(self, n: int, limit: int) -> list[object]:
+        if not self.items:
+            return []
+        chosen = sorted(self.items.items(), key=lambda kv: kv[1][0])[:n]  # type: ignore[arg-type, return-value]
+        out = []
+        for key, entry in chosen:
+            entry[0] += 1  # type: ignore[operator]
+            out.append(entry[1])
+            if entry[0] >= limit:  # type: ignore[operator]
+                del self.items[key]
+        return out
+
+
+class _Index:
+    """A set with O(1) add, remove and random sampling (a list and positions)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._pos: dict[str, int] = {}
+
+    def add(self, key: str) -> None:
+        if key not in self._pos:
+            self._pos[key] = len(self.items)
+            self.items.append(key)
+
+    def discard(self, key: str) -> None:
+        pos = self._pos.pop(key, None)
+        if pos is None:
+            return
+        last = self.items.pop()
+        if last != key:
+            self.items[pos] = last
+            self._pos[last] = pos
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pos
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+Out = tuple[Address, Message]
+
+
+class Swim:
+    """One node's membership. ``catalogue`` is its catalogue sync (its log and views)."""
+
+    def __init__(
+        self,
+        me: str,
+        address: Address,
+        catalogue: Catalogue,
+        rng: random.Random,
+        now: float,
+        *,
+        config: Config = Config(),
+        seeds: tuple[Address, ...] = (),
+    ) -> None:
+        self.me, self.address, self.catalogue, self.rng = me, address, catalogue, rng
+        self.config = config
+        self.seeds = tuple(s for s in seeds if s != address)
+        self.incarnation = 0
+        self.members: dict[str, Member] = {}
+        self._alive = _Index()
+        """Members alive or suspect: probe, push and ask-to-probe targets."""
+        self._suspects: dict[str, float] = {}
+        self._dead: dict[str, float] = {}
+        self._seed_phase = rng.randrange(config.seed_rounds)
+        self.heard: dict[str, float] = {}
+        self._order: list[str] = []
+        self._dead_order: list[str] = []
+        self._news = _Queue()
+        self._changes = _Queue()
+        self._probes: dict[int, _Probe] = {}
+        self._relays: dict[int, tuple[Address, int]] = {}
+        """Indirect probes made for others: my seq -> (requester, its seq)."""
+        self._seq = 0
+        self._round = 0
+        self.next_round = now
+        self._noticed: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ table
+
+    def alive(self) -> list[str]:
+        return list(self._alive.items)
+
+    def counts(self) -> tuple[int, int, int]:
+        """Members alive, suspect and dead."""
+        return len(self._alive) - len(self._suspects), len(self._suspects), len(self._dead)
+
+    def start(self, members: dict[str, Member]) -> None:
+        """Start from a known table (rows may be shared with other tables: they are immutable)."""
+        self.members = members
+        for peer, m in members.items():
+            self._index(peer, m)
+
+    def _index(self, peer: str, m: Member) -> None:
+        if m.status <= Status.SUSPECT:
+            self._alive.add(peer)
+        else:
+            self._alive.discard(peer)
+        if m.status == Status.SUSPECT:
+            self._suspects[peer] = m.since
+        else:
+            self._suspects.pop(peer, None)
+        if m.status == Status.DEAD:
+            self._dead[peer] = m.since
+        else:
+            self._dead.pop(peer, None)
+
+    def retransmit(self) -> int:
+        return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
+
+    def _set(self, m: Member, spread: bool = True) -> None:
+        if m.peer_id not in self.members and len(self.members) >= self.config.max_members:
+            return
+        self.members[m.peer_id] = m
+        self._index(m.peer_id, m)
+        if spread:
+            news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+            self._news.put(m.peer_id, news)
+
+    def _head_of(self, peer: str) -> int:
+        view = self.catalogue.views.get(peer)
+        return -1 if view is None else view.head
+
+    def _refute(self, incarnation: int) -> None:
+        self.incarnation = max(self.incarnation, incarnation) + 1
+        self._news.put(self.me, self._self_news())
+
+    def _self_news(self) -> News:
+        return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
+
+    def learn(self, news: News, now: float, spread: bool = True) -> None:
+        """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
+        incarnation, dead over suspect over alive)."""
+        if news.peer_id == self.me:
+            if news.status in (Status.SUSPECT, Status.DEAD) and news.incarnation >= self.incarnation:
+                self._refute(news.incarnation)
+            return
+        if news.head >= 0:
+            self.catalogue.heard(news.peer_id, news.head)
+        known = self.members.get(news.peer_id)
+        if known is None:
+            if news.status <= Status.SUSPECT:
+                self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
+                self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+            return
+        newer = news.incarnation > known.incarnation or (
+            news.incarnation == known.incarnation and news.status > known.status
+        )
+        if not newer:
+            return
+        if news.status == Status.ALIVE and known.status >= Status.DEAD:
+            self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+        self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
+
+    def _direct(self, msg: Message, now: float) -> list[Out]:
+        """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
+        suspect or dead at that incarnation or later, tell it (once a round)."""
+        self.heard[msg.sender] = now
+        self.catalogue.heard(msg.sender, msg.head)
+        known = self.members.get(msg.sender)
+        self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
+        if known is None or known.status == Status.ALIVE or msg.incarnation > known.incarnation:
+            return []
+        last = self._noticed.get(msg.sender)
+        if last is not None and now - last < 1.0:
+            return []
+        self._noticed[msg.sender] = now
+        about = News(known.peer_id, known.address, known.incarnation, known.status)
+        return [(msg.address, self._message(Push, news=(about,)))]
+
+    # ------------------------------------------------------------------ sending
+
+    def _message(self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: object) -> Message:
+        limit = self.retransmit()
+        if news is None:
+            news = tuple(self._news.take(self.config.max_news, limit))  # type: ignore[arg-type]
+        changes = tuple(self._changes.take(self.config.max_news, limit))
+        return kind(  # type: ignore[call-arg]
+            sender=self.me,
+            address=self.address,
+            incarnation=self.incarnation,
+            head=self.catalogue.head(),
+            news=news,
+            changes=changes,
+            **kw,
+        )
+
+    def spread(self, changes: list[Change]) -> None:
+        """Catalogue changes to spread (this node's own, or news that was new here)."""
+        for c in changes:
+            self._changes.put((c.origin, c.file_id), c)
+
+    def _ping(self, target: str, now: float, **kw: object) -> Out:
+        self._seq += 1
+        member = self.members[target]
+        have = self.catalogue.have(target)
+        self._probes[self._seq] = _Probe(target, now)
+        return member.address, self._message(Ping, seq=self._seq, have=have, **kw)
+
+    def _next_target(self, order: list[str], want: tuple[Status, ...]) -> str | None:
+        for _ in range(2):
+            while order:
+                peer = order.pop()
+                m = self.members.get(peer)
+                if m is not None and m.status in want:
+                    return peer
+            order.extend(self._alive.items if order is self._order else self._dead)
+            self.rng.shuffle(order)
+        return None
+
+    def next_wake(self) -> float:
+        """When :meth:`tick` has something to do next."""
+        wake = self.next_round
+        for probe in self._probes.values():
+            if not probe.acked:
+                at = probe.sent + (self.config.suspect_after if probe.indirect else self.config.probe_timeout)
+                wake = min(wake, at)
+        return wake
+
+    def tick(self, now: float) -> list[Out]:
+        out = self._timeouts(now)
+        if now >= self.next_round:
+            self.next_round += 1.0
+            self._round += 1
+            out += self._round_start(now)
+        return out
+
+    def _timeouts(self, now: float) -> list[Out]:
+        out: list[Out] = []
+        cfg = self.config
+        for seq, probe in list(self._probes.items()):
+            if probe.acked or now - probe.sent > cfg.suspect_after + 1.0:
+                del self._probes[seq]
+                continue
+            m = self.members.get(probe.target)
+            if m is None:
+                del self._probes[seq]
+            elif not probe.indirect and now >= probe.sent + cfg.probe_timeout:
+                probe.indirect = True
+                if m.status <= Status.SUSPECT:
+                    for h in self._sample(cfg.indirect, probe.target):
+                        msg = self._message(PingReq, seq=seq, target=m.peer_id, target_address=m.address)
+                        out.append((self.members[h].address, msg))
+            elif probe.indirect and now >= probe.sent + cfg.suspect_after:
+                del self._probes[seq]
+                if m.status == Status.ALIVE:
+                    self._set(Member(m.peer_id, m.address, m.incarnation, Status.SUSPECT, now))
+        for peer, since in list(self._suspects.items()):
+            if now - since >= cfg.suspect_rounds:
+                m = self.members[peer]
+                self._set(Member(peer, m.address, m.incarnation, Status.DEAD, now))
+        for peer, since in list(self._dead.items()):
+            if now - since >= cfg.dead_rounds:
+                del self.members[peer]
+                del self._dead[peer]
+        return out
+
+    def _sample(self, k: int, exclude: str | None = None) -> list[str]:
+        items = self._alive.items
+        picked = self.rng.sample(items, min(k + 1, len(items)))
+        return [p for p in picked if p != exclude][:k]
+
+    def _round_start(self, now: float) -> list[Out]:
+        cfg = self.config
+        out: list[Out] = []
+        target = self._next_target(self._order, (Status.ALIVE, Status.SUSPECT))
+        if target is not None:
+            out.append(self._ping(target, now))
+        for _ in range(cfg.reprobe_dead):
+            dead = self._next_target(self._dead_order, (Status.DEAD,))
+            if dead is not None:  # lost: when it answers, exchange whole tables
+                out.append(self._ping(dead, now, join=True))
+        syncs = 0
+        for origin in self.catalogue.behind():
+            if syncs >= cfg.syncs:
+                break
+            if origin != target and origin in self._alive:
+                out.append(self._ping(origin, now))
+                syncs += 1
+        lost = not self._alive or self._dead
+        if self.seeds and lost and (not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0):
+            self._seq += 1
+            seed = self.seeds[self.rng.randrange(len(self.seeds))]
+            out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
+        if self._news.items or self._changes.items:
+            for peer in self._sample(cfg.fanout):
+                out.append((self.members[peer].address, self._message(Push)))
+        return out
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, msg: Message, now: float) -> list[Out]:
+        """Take a message from a peer; returns the messages to send."""
+        if msg.sender == self.me:
+            return []
+        out = self._direct(msg, now)
+        for news in msg.news:
+            self.learn(news, now)
+        for change in msg.changes:
+            self.spread(self.catalogue.news(change))
+        if isinstance(msg, Ping):
+            out.append((msg.address, self._ack(msg)))
+        elif isinstance(msg, Ack):
+            out += self._acked(msg, now)
+        elif isinstance(msg, PingReq):
+            self._seq += 1
+            self._relays[self._seq] = (msg.address, msg.seq)
+            out.append((msg.target_address, self._message(Ping, seq=self._seq)))
+        return out
+
+    def _ack(self, ping: Ping) -> Ack:
+        sync = None
+        if ping.have is None or 0 <= ping.have < self.catalogue.head():
+            sync = self.catalogue.answer(ping.have)
+        members: tuple[News, ...] = ()
+        if ping.join:
+            members = tuple(
+                News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+                for m in (self.members[p] for p in self._alive.items)
+                if m.status == Status.ALIVE
+            )[: MAX_MEMBERS - 1] + (self._self_news(),)
+        return self._message(  # type: ignore[return-value]
+            Ack, seq=ping.seq, of=self.me, of_incarnation=self.incarnation, sync=sync, members=members
+        )
+
+    def _acked(self, ack: Ack, now: float) -> list[Out]:
+        for news in ack.members:
+            self.learn(news, now, spread=False)
+        if ack.sync is not None and ack.sync.origin == ack.sender:
+            self.spread(self.catalogue.take(ack.sync))
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:  # an indirect probe made for another: forward the ack
+            requester, seq = relay
+            msg = self._message(Ack, seq=seq, of=ack.of, of_incarnation=ack.of_incarnation)
+            return [(requester, msg)]
+        probe = self._probes.get(ack.seq)
+        if probe is not None and probe.target == ack.of:
+            probe.acked = True
+            known = self.members.get(ack.of)
+            if known is not None and ack.of != ack.sender:
+                self.learn(News(ack.of, known.address, ack.of_incarnation, Status.ALIVE), now)
+        return []
+
+    def leave(self) -> list[Out]:
+        """This node leaves: tell ``fanout`` members."""
+        news = (News(self.me, self.address, self.incarnation, Status.LEFT),)
+        alive = self.alive()
+        targets = self.rng.sample(alive, min(self.config.fanout, len(alive)))
+        return [(self.members[p].address, self._message(Push, news=news)) for p in targets]
