@@ -55,8 +55,8 @@ class Change:
 class Sync:
     """An origin's answer to "I have your changes up to ``since``". A delta lists the changes
     after ``since`` up to ``upto``; a snapshot (``snapshot``) lists the records the origin holds
-    that were added at or before ``upto`` (``since`` is then 0), and anything else the asker has of
-    that origin up to ``upto`` is gone. ``head`` is the origin's last number: ``upto < head`` means
+    that were added after ``since`` and at or before ``upto``, and anything else the asker has of
+    that origin in that range is gone. ``head`` is the origin's last number: ``upto < head`` means
     there is more to ask."""
 
     origin: str
@@ -76,6 +76,8 @@ class ChangeLog:
         self.limit = limit
         self.page = page
         self._log: deque[Change] = deque(maxlen=limit)
+        self.last_delete = 0
+        """The number of the latest delete (a snapshot from a number before it must start over)."""
         self._held: dict[str, Change] = {}
         """file id -> the add that holds it, in the order of their numbers."""
 
@@ -99,7 +101,9 @@ class ChangeLog:
         """This node no longer holds ``file_id``; None if it did not."""
         if self._held.pop(file_id, None) is None:
             return None
-        return self._next(file_id, None)
+        change = self._next(file_id, None)
+        self.last_delete = change.seq
+        return change
 
     def held(self) -> list[FileMeta]:
         return [c.meta for c in self._held.values() if c.meta is not None]
@@ -116,22 +120,28 @@ class ChangeLog:
         """The oldest number still in the log (``seq + 1`` when it is empty)."""
         return self._log[0].seq if self._log else self.seq + 1
 
-    def since(self, have: int | None) -> Sync:
-        """The answer to a peer that has this node's changes up to ``have`` (None: none). A delta
-        when the log reaches back to ``have``, else a snapshot; at most ``page`` changes either way."""
+    def since(self, have: int | None, asof: int | None = None) -> Sync:
+        """The answer to a peer that has this node's changes up to ``have`` (None: none), its
+        records up to ``have`` being right as of number ``asof`` (a snapshot's pages are). A delta
+        when the log reaches back to ``have``; else a snapshot: from ``have`` on (what was added
+        since and is still held) when nothing was deleted since ``asof``, else from the start. At
+        most ``page`` changes either way."""
         if have is not None and self.first - 1 <= have <= self.seq:
             start = have - (self.first - 1)
             changes = tuple(self._log[i] for i in range(start, min(len(self._log), start + self.page)))
             upto = changes[-1].seq if changes else have
             return Sync(self.origin, have, upto, self.seq, changes)
-        records: list[Change] = []
-        upto = self.seq
-        for change in self._held.values():
-            if len(records) == self.page:
-                upto = change.seq - 1
+        asof = max(have or 0, asof or 0)
+        since = have if have is not None and have <= self.seq and self.last_delete <= asof else 0
+        later: list[Change] = []
+        for change in reversed(self._held.values()):  # in number order: the newest last
+            if change.seq <= since:
                 break
-            records.append(change)
-        return Sync(self.origin, 0, upto, self.seq, tuple(records), snapshot=True)
+            later.append(change)
+        later.reverse()
+        records = tuple(later[: self.page])
+        upto = self.seq if len(later) <= self.page else later[self.page].seq - 1
+        return Sync(self.origin, since, upto, self.seq, records, snapshot=True)
 
 
 @dataclass(slots=True)
@@ -143,6 +153,8 @@ class View:
     files: dict[str, Change] = field(default_factory=dict)
     head: int = 0
     """The highest number the origin is known to have reached (``> seq``: behind)."""
+    asof: int = 0
+    """The records up to ``seq`` are right as of this number (a snapshot page's head)."""
     shared: bool = False
     """``files`` belongs to someone else too (a simulator's common start): copied before a write."""
 
@@ -153,7 +165,7 @@ class View:
         return self.files
 
     def copy(self) -> View:
-        return View(self.seq, self.files, self.head, shared=True)
+        return View(self.seq, self.files, self.head, self.asof, shared=True)
 
     def holds(self, file_id: str) -> bool:
         change = self.files.get(file_id)
@@ -175,25 +187,26 @@ class View:
     def take(self, sync: Sync) -> list[Change]:
         """Take an origin's answer; returns the changes that were new (a snapshot's records that
         replace nothing newer, and tombstones for what the snapshot no longer lists)."""
-        if sync.upto < sync.since or (not sync.snapshot and sync.since > self.seq):
-            return []  # a delta that leaves a gap, or nonsense: ask again
+        if sync.upto < sync.since or sync.since > self.seq:
+            return []  # an answer that leaves a gap, or nonsense: ask again
         files = self._own()
         new: list[Change] = []
         if sync.snapshot:
             listed = {c.file_id for c in sync.changes}
             for fid, known in list(files.items()):
-                if known.seq <= sync.upto and fid not in listed:
+                if sync.since < known.seq <= sync.upto and fid not in listed:
                     del files[fid]
                     if known.meta is not None:
                         new.append(Change(sync.origin, sync.upto, fid, None))
         for change in sync.changes:
-            if change.seq > sync.upto:
+            if not sync.since < change.seq <= sync.upto:
                 continue
             known = files.get(change.file_id)
             if known is None or known.seq < change.seq:
                 files[change.file_id] = change
                 new.append(change)
-        self.seq = max(self.seq, sync.upto) if not sync.snapshot else sync.upto
+        self.seq = sync.upto if sync.snapshot and sync.since == 0 else max(self.seq, sync.upto)
+        self.asof = sync.head if sync.snapshot else max(self.asof, self.seq)
         self.head = max(self.head, sync.head, self.seq)
         for fid in [f for f, c in files.items() if c.meta is None and c.seq <= self.seq]:
             del files[fid]  # a tombstone covered by ``seq`` is no longer needed
@@ -234,6 +247,10 @@ class Views:
     def have(self, origin: str) -> int | None:
         view = self.get(origin)
         return None if view is None else view.seq
+
+    def asof(self, origin: str) -> int | None:
+        view = self.get(origin)
+        return None if view is None else max(view.asof, view.seq)
 
     def heard(self, origin: str, head: int) -> None:
         """``origin`` says (itself, or through another) that its last number is ``head``."""
@@ -289,8 +306,11 @@ class Catalogue:
     def have(self, origin: str) -> int | None:
         return self.views.have(origin)
 
-    def answer(self, since: int | None) -> Sync:
-        return self.log.since(since)
+    def asof(self, origin: str) -> int | None:
+        return self.views.asof(origin)
+
+    def answer(self, since: int | None, asof: int | None = None) -> Sync:
+        return self.log.since(since, asof)
 
     def _owner_deleted(self, file_id: str) -> list[Change]:
         self._deleted[file_id] = None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -95,6 +96,8 @@ class Ping(Message):
 
     seq: int
     have: int | None = -1
+    asof: int | None = None
+    """The sender's records of the receiver up to ``have`` are right as of this number."""
     join: bool = False
 
 
@@ -140,7 +143,7 @@ class Config:
     seed_rounds: int = 10
     reprobe_dead: int = 1
     """Dead members probed per round."""
-    syncs: int = 1
+    syncs: int = 3
     """Extra pings per round to origins this node is behind on."""
     dead_rounds: float = 10_000.0
     """Rounds a dead member stays in the table (re-probed) before it is dropped."""
@@ -155,25 +158,48 @@ class _Probe:
     acked: bool = False
 
 
-@dataclass(slots=True)
 class _Queue:
-    """Items to spread, each with the times it was sent (least sent go first)."""
+    """Items to spread, each sent at most ``limit`` times, the least sent first (buckets by the
+    times sent; a newer item under the same key replaces the older one)."""
 
-    items: dict[object, list[object]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._buckets: list[OrderedDict[object, object]] = []
+        """Ordered dicts: a plain dict that is emptied from the front and filled at the back
+        slows down its iteration (deleted slots are skipped one by one)."""
+        self._count: dict[object, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._count)
 
     def put(self, key: object, item: object) -> None:
-        self.items[key] = [0, item]
+        old = self._count.pop(key, None)
+        if old is not None:
+            del self._buckets[old][key]
+        if not self._buckets:
+            self._buckets.append(OrderedDict())
+        self._buckets[0][key] = item
+        self._count[key] = 0
 
     def take(self, n: int, limit: int) -> list[object]:
-        if not self.items:
-            return []
-        chosen = sorted(self.items.items(), key=lambda kv: kv[1][0])[:n]  # type: ignore[arg-type, return-value]
-        out = []
-        for key, entry in chosen:
-            entry[0] += 1  # type: ignore[operator]
-            out.append(entry[1])
-            if entry[0] >= limit:  # type: ignore[operator]
-                del self.items[key]
+        out: list[object] = []
+        moved: list[tuple[int, object, object]] = []
+        for sent, bucket in enumerate(self._buckets):
+            for key, item in bucket.items():
+                if len(out) == n:
+                    break
+                out.append(item)
+                moved.append((sent, key, item))
+            if len(out) == n:
+                break
+        for sent, key, item in moved:
+            del self._buckets[sent][key]
+            if sent + 1 >= limit:
+                del self._count[key]
+                continue
+            if len(self._buckets) <= sent + 1:
+                self._buckets.append(OrderedDict())
+            self._buckets[sent + 1][key] = item
+            self._count[key] = sent + 1
         return out
 
 
@@ -307,15 +333,14 @@ class Swim:
         if news.head >= 0:
             self.catalogue.heard(news.peer_id, news.head)
         known = self.members.get(news.peer_id)
+        if known is not None and news.incarnation <= known.incarnation and (
+            news.incarnation < known.incarnation or news.status <= known.status
+        ):
+            return
         if known is None:
             if news.status <= Status.SUSPECT:
                 self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
                 self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
-            return
-        newer = news.incarnation > known.incarnation or (
-            news.incarnation == known.incarnation and news.status > known.status
-        )
-        if not newer:
             return
         if news.status == Status.ALIVE and known.status >= Status.DEAD:
             self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
@@ -362,9 +387,9 @@ class Swim:
     def _ping(self, target: str, now: float, **kw: object) -> Out:
         self._seq += 1
         member = self.members[target]
-        have = self.catalogue.have(target)
+        have, asof = self.catalogue.have(target), self.catalogue.asof(target)
         self._probes[self._seq] = _Probe(target, now)
-        return member.address, self._message(Ping, seq=self._seq, have=have, **kw)
+        return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
     def _next_target(self, order: list[str], want: tuple[Status, ...]) -> str | None:
         for _ in range(2):
@@ -437,8 +462,8 @@ class Swim:
             out.append(self._ping(target, now))
         for _ in range(cfg.reprobe_dead):
             dead = self._next_target(self._dead_order, (Status.DEAD,))
-            if dead is not None:  # lost: when it answers, exchange whole tables
-                out.append(self._ping(dead, now, join=True))
+            if dead is not None:  # lost: when many are, ask for the whole table
+                out.append(self._ping(dead, now, join=len(self._dead) > cfg.fanout))
         syncs = 0
         for origin in self.catalogue.behind():
             if syncs >= cfg.syncs:
@@ -451,7 +476,7 @@ class Swim:
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
             out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
-        if self._news.items or self._changes.items:
+        if self._news or self._changes:
             for peer in self._sample(cfg.fanout):
                 out.append((self.members[peer].address, self._message(Push)))
         return out
@@ -480,7 +505,7 @@ class Swim:
     def _ack(self, ping: Ping) -> Ack:
         sync = None
         if ping.have is None or 0 <= ping.have < self.catalogue.head():
-            sync = self.catalogue.answer(ping.have)
+            sync = self.catalogue.answer(ping.have, ping.asof)
         members: tuple[News, ...] = ()
         if ping.join:
             members = tuple(

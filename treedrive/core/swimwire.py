@@ -66,6 +66,8 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
         swim["s"] = msg.seq
     if isinstance(msg, Ping):
         swim["have"] = msg.have
+        if msg.asof is not None and msg.asof != msg.have:
+            swim["asof"] = msg.asof
         if msg.join:
             swim["join"] = True
     elif isinstance(msg, PingReq):
@@ -206,7 +208,9 @@ def _decode(obj: Mapping[str, Any], swim: Mapping[str, Any]) -> Message:
     if kind == "ping":
         have = swim.get("have")
         have = have if have is None or have == -1 else _int(have)
-        return Ping(**common, seq=seq, have=have, join=swim.get("join") is True)
+        asof = swim.get("asof")
+        asof = None if asof is None else _int(asof)
+        return Ping(**common, seq=seq, have=have, asof=asof, join=swim.get("join") is True)
     if kind == "req":
         ta = _list(swim.get("ta"), 2)
         if len(ta) != 2:
