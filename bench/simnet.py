@@ -18,7 +18,7 @@ from typing import Any
 
 from treedrive.core.deltas import Catalogue, View
 from treedrive.core.model import FileMeta
-from treedrive.core.swim import Ack, Address, Config, Member, Message, Status, Swim
+from treedrive.core.swim import DEFAULT, Ack, Address, Config, Member, Message, Status, Swim
 from treedrive.core.swimwire import encode
 
 BASE_EXT: dict[str, Any] = {
@@ -78,7 +78,7 @@ class World:
         *,
         loss: float = 0.0,
         delay: tuple[float, float] = (0.002, 0.02),
-        config: Config = Config(),
+        config: Config = DEFAULT,
         seeds: int = 3,
     ) -> None:
         self.rng, self.loss, self.delay, self.config = rng, loss, delay, config
@@ -106,7 +106,15 @@ class World:
         for i in range(files):
             catalogue.add(file_meta(peer_id, i))
         rng = random.Random(self.rng.getrandbits(64))
-        swim = Swim(peer_id, address, catalogue, rng, self.now + rng.random(), config=self.config, seeds=self.seeds)
+        swim = Swim(
+            peer_id,
+            address,
+            catalogue,
+            rng,
+            self.now + rng.random(),
+            config=self.config,
+            seeds=self.seeds,
+        )
         if members is not None:
             swim.start({p: m for p, m in members.items() if p != peer_id})
         node = SimNode(idx, peer_id, address, swim, catalogue)

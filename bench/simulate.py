@@ -35,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.simnet import SimNode, World, file_meta, knows_alive  # noqa: E402
-from treedrive.core.swim import Config  # noqa: E402
+from bench.simnet import SimNode, World, file_meta, knows_alive
+from treedrive.core.swim import Config
 
 MAX_ROUNDS = 40
 """Rounds a tracked join or push is followed before it counts as never converging."""
@@ -79,7 +79,9 @@ def ideal(n: int, fanout: int, rng: random.Random, trials: int = 20) -> list[flo
 class Tracker:
     """Rounds until ``holds(node)`` for every node live at ``start`` (and still live)."""
 
-    def __init__(self, world: World, start: int, holds: Callable[[SimNode], bool], skip: int = -1) -> None:
+    def __init__(
+        self, world: World, start: int, holds: Callable[[SimNode], bool], skip: int = -1
+    ) -> None:
         self.start, self.holds = start, holds
         self.pending = {n.idx for n in world.live() if n.idx != skip}
         self.rounds: list[float] = []
@@ -224,7 +226,9 @@ def partition(args: argparse.Namespace, n: int) -> dict[str, Any]:
     }
 
 
-def _catalogue_whole(world: World, files: dict[str, list[str]], deleted: set[str]) -> tuple[int, int]:
+def _catalogue_whole(
+    world: World, files: dict[str, list[str]], deleted: set[str]
+) -> tuple[int, int]:
     """Files held by a node that some node does not list; deleted files still held or listed."""
     lost = resurrected = 0
     for fid, holders in files.items():
@@ -238,7 +242,12 @@ def _catalogue_whole(world: World, files: dict[str, list[str]], deleted: set[str
 
 def simulate(args: argparse.Namespace, n: int) -> dict[str, Any]:
     began = time.monotonic()
-    result: dict[str, Any] = {"nodes": n, "loss": args.loss, "churn": args.churn, "partition": args.partition}
+    result: dict[str, Any] = {
+        "nodes": n,
+        "loss": args.loss,
+        "churn": args.churn,
+        "partition": args.partition,
+    }
     result["ideal_rounds"] = p50_p99(ideal(n, args.fanout, random.Random(args.seed)))
     result.update(steady(args, n))
     result.update(news(args, n))
@@ -255,12 +264,20 @@ def plot(results: list[dict[str, Any]], folder: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("--plot: matplotlib is not installed (pip install matplotlib); no plots drawn", file=sys.stderr)
+        print(
+            "--plot: matplotlib is not installed (pip install matplotlib); no plots drawn",
+            file=sys.stderr,
+        )
         return
     folder.mkdir(parents=True, exist_ok=True)
     ns = [r["nodes"] for r in results]
-    for key in ("rounds_to_membership", "rounds_to_catalogue", "ideal_rounds",
-                "bytes_per_node_per_interval", "messages_per_node_per_interval"):
+    for key in (
+        "rounds_to_membership",
+        "rounds_to_catalogue",
+        "ideal_rounds",
+        "bytes_per_node_per_interval",
+        "messages_per_node_per_interval",
+    ):
         fig, ax = plt.subplots()
         for q in ("p50", "p99"):
             ax.plot(ns, [r[key][q] for r in results], marker="o", label=q)
@@ -274,13 +291,19 @@ def plot(results: list[dict[str, Any]], folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, action="append", help="N (repeatable; default 100)")
     parser.add_argument("--files", type=int, default=100, help="files each node holds at start")
     parser.add_argument("--fanout", type=int, default=3)
     parser.add_argument("--loss", type=float, default=0.0, help="fraction of messages lost")
-    parser.add_argument("--churn", type=float, default=0.0, help="fraction of nodes replaced per 10 rounds")
-    parser.add_argument("--partition", type=int, default=10, help="rounds of a 50/50 split (0: none)")
+    parser.add_argument(
+        "--churn", type=float, default=0.0, help="fraction of nodes replaced per 10 rounds"
+    )
+    parser.add_argument(
+        "--partition", type=int, default=10, help="rounds of a 50/50 split (0: none)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here ('-': stdout)")
     parser.add_argument("--plot", type=Path, help="draw PNGs of the results against N here")
@@ -289,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.nodes or [100]:
         result = simulate(args, n)
         results.append(result)
-        print(json.dumps(result), file=sys.stderr if args.json == Path("-") else sys.stdout, flush=True)
+        print(
+            json.dumps(result),
+            file=sys.stderr if args.json == Path("-") else sys.stdout,
+            flush=True,
+        )
     if args.json is not None:
         text = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         if args.json == Path("-"):

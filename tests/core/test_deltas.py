@@ -22,10 +22,14 @@ def test_changes_are_numbered_and_a_peer_gets_only_those_since_its_number() -> N
     assert (c1 and c1.seq, c2 and c2.seq) == (1, 2)
     assert log.add(meta("a", 1)) is None  # the same record again is no change
     gone = log.delete(meta("a", 1).file_id)
-    assert gone is not None and gone.deleted and gone.seq == 3
+    assert gone is not None
+    assert gone.deleted
+    assert gone.seq == 3
     assert log.delete(meta("a", 1).file_id) is None
     sync = log.since(2)
-    assert not sync.snapshot and [c.seq for c in sync.changes] == [3] and sync.head == 3
+    assert not sync.snapshot
+    assert [c.seq for c in sync.changes] == [3]
+    assert sync.head == 3
 
 
 def test_a_new_or_too_far_behind_peer_gets_a_snapshot() -> None:
@@ -67,7 +71,8 @@ def test_a_delete_while_paging_past_the_log_restarts_the_snapshot() -> None:
     log.add(meta("a", 8))
     log.add(meta("a", 9))  # the log no longer reaches the delete
     sync = log.since(view.seq)
-    assert sync.snapshot and sync.since == 0
+    assert sync.snapshot
+    assert sync.since == 0
     for _ in range(10):
         view.take(log.since(view.seq, view.asof))
     assert view.seq == log.seq
@@ -94,9 +99,11 @@ def test_a_relayed_old_add_never_brings_back_a_delete() -> None:
     view = View()
     add = Change("a", 1, meta("a", 1).file_id, meta("a", 1))
     tomb = Change("a", 2, add.file_id)
-    assert view.apply(tomb) and not view.apply(add)
+    assert view.apply(tomb)
+    assert not view.apply(add)
     assert not view.holds(add.file_id)
-    assert view.seq == 0 and view.head == 2  # a gap: 1 is missing
+    assert view.seq == 0
+    assert view.head == 2  # a gap: 1 is missing
     views = Views()
     views.apply(tomb)
     assert views.behind == {"a": None}
@@ -105,15 +112,22 @@ def test_a_relayed_old_add_never_brings_back_a_delete() -> None:
 def test_a_delta_that_would_leave_a_gap_is_not_taken() -> None:
     view = View()
     sync = Sync("a", since=5, upto=7, head=7, changes=(Change("a", 6, "x" * 64, None),))
-    assert view.take(sync) == [] and view.seq == 0
+    assert view.take(sync) == []
+    assert view.seq == 0
 
 
 def test_views_share_a_start_and_copy_it_on_write() -> None:
-    base_view = View(1, {meta("a", 1).file_id: Change("a", 1, meta("a", 1).file_id, meta("a", 1))}, 1, shared=True)
+    base_view = View(
+        1,
+        {meta("a", 1).file_id: Change("a", 1, meta("a", 1).file_id, meta("a", 1))},
+        1,
+        shared=True,
+    )
     base = {"a": base_view}
     one, two = Views(base), Views(base)
     one.apply(Change("a", 2, meta("a", 2).file_id, meta("a", 2)))
-    assert one.holds("a", meta("a", 2).file_id) and not two.holds("a", meta("a", 2).file_id)
+    assert one.holds("a", meta("a", 2).file_id)
+    assert not two.holds("a", meta("a", 2).file_id)
     assert len(base_view.files) == 1
 
 
@@ -137,7 +151,9 @@ def test_an_owner_delete_makes_every_holder_drop_and_log_it() -> None:
     follow = holder.news(tomb)
     assert tomb in follow
     mine = [c for c in follow if c.origin == "h"]
-    assert mine and mine[0].deleted and not holder.log.holds(m.file_id)
+    assert mine
+    assert mine[0].deleted
+    assert not holder.log.holds(m.file_id)
     assert other.news(tomb) == [tomb]
     assert not other.lists(["o", "h"], m.file_id) or other.views.holds("h", m.file_id)
     other.news(mine[0])
@@ -170,7 +186,9 @@ def test_a_partitioned_holder_learns_the_owner_delete_by_sync() -> None:
     holder.heard("o", owner.head())
     assert holder.behind() == ["o"]
     follow = holder.take(owner.answer(holder.have("o")))
-    assert not holder.log.holds(m.file_id) and follow and follow[0].deleted
+    assert not holder.log.holds(m.file_id)
+    assert follow
+    assert follow[0].deleted
     assert holder.behind() == []
 
 

@@ -10,10 +10,22 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treedrive.core.deltas import Catalogue
-from treedrive.core.swim import Ack, Address, Config, Message, News, Ping, PingReq, Push, Status, Swim
-from treedrive.core.swimwire import MAX_WIRE_NEWS, decode, encode
 from tests.core.test_deltas import meta
+from treedrive.core.deltas import Catalogue
+from treedrive.core.swim import (
+    DEFAULT,
+    Ack,
+    Address,
+    Config,
+    Message,
+    News,
+    Ping,
+    PingReq,
+    Push,
+    Status,
+    Swim,
+)
+from treedrive.core.swimwire import MAX_WIRE_NEWS, decode, encode
 
 BASE = {"version": 1, "features": ["swim"]}
 
@@ -25,10 +37,20 @@ def addr(i: int) -> Address:
 class Net:
     """A few Swim nodes; messages delivered at once unless their receiver is cut off."""
 
-    def __init__(self, n: int, config: Config = Config(), seeds: tuple[Address, ...] = ()) -> None:
+    def __init__(
+        self, n: int, config: Config | None = None, seeds: tuple[Address, ...] = ()
+    ) -> None:
         self.now = 0.0
         self.nodes = {
-            addr(i): Swim(f"p{i}", addr(i), Catalogue(f"p{i}"), random.Random(i), 0.0, config=config, seeds=seeds)
+            addr(i): Swim(
+                f"p{i}",
+                addr(i),
+                Catalogue(f"p{i}"),
+                random.Random(i),
+                0.0,
+                config=config or DEFAULT,
+                seeds=seeds,
+            )
             for i in range(n)
         }
         self.down: set[Address] = set()
@@ -113,7 +135,8 @@ def test_an_indirect_ack_saves_a_member_that_one_node_cannot_reach() -> None:
     a, b = net.nodes[addr(0)], net.nodes[addr(1)]
     net.cut = lambda to, m: m.sender == "p0" and to == addr(1)  # only 0 -> 1 is broken
     net.run(10)
-    assert a.members["p1"].status == Status.ALIVE and b.members["p0"].status == Status.ALIVE
+    assert a.members["p1"].status == Status.ALIVE
+    assert b.members["p0"].status == Status.ALIVE
 
 
 def test_a_partition_longer_than_the_suspicion_heals() -> None:
@@ -122,7 +145,8 @@ def test_a_partition_longer_than_the_suspicion_heals() -> None:
     left = {addr(i) for i in range(5)}
     net.cut = lambda to, m: (to in left) != (m.address in left)
     net.run(12)
-    assert net.status(0, 9) == Status.DEAD and net.status(9, 0) == Status.DEAD
+    assert net.status(0, 9) == Status.DEAD
+    assert net.status(9, 0) == Status.DEAD
     net.cut = lambda to, m: False
     net.run(10)
     for a in range(10):
@@ -174,7 +198,14 @@ def test_every_message_survives_its_classic_form() -> None:
     change = c.add(meta("a", 1))
     assert change is not None
     news = (News("b", addr(2), 3, Status.SUSPECT, 7),)
-    common = {"sender": "a", "address": addr(1), "incarnation": 2, "head": 1, "news": news, "changes": (change,)}
+    common = {
+        "sender": "a",
+        "address": addr(1),
+        "incarnation": 2,
+        "head": 1,
+        "news": news,
+        "changes": (change,),
+    }
     msgs: list[Message] = [
         Ping(**common, seq=5, have=None, asof=3, join=True),  # type: ignore[arg-type]
         Ping(**common, seq=5, have=-1),  # type: ignore[arg-type]
@@ -192,11 +223,13 @@ def test_claims_from_the_wire_are_bounded() -> None:
     news = tuple(News(f"p{i}", addr(1), 0, Status.ALIVE) for i in range(MAX_WIRE_NEWS + 10))
     msg = Push(sender="a", address=addr(1), incarnation=0, head=0, news=news)
     got = roundtrip(msg)
-    assert got is not None and len(got.news) == MAX_WIRE_NEWS
+    assert got is not None
+    assert len(got.news) == MAX_WIRE_NEWS
     wire = encode(msg, BASE, "i")
     wire["treedrive"]["swim"]["news"][0][0] = "x" * 300  # a peer id too long: that item is skipped
     got = decode(wire)
-    assert got is not None and len(got.news) == MAX_WIRE_NEWS - 1
+    assert got is not None
+    assert len(got.news) == MAX_WIRE_NEWS - 1
     wire["port"] = 70000
     assert decode(wire) is None
     wire["port"] = 1
@@ -207,15 +240,40 @@ def test_claims_from_the_wire_are_bounded() -> None:
 def test_a_sync_that_claims_another_origin_is_refused() -> None:
     c = Catalogue("b")
     c.add(meta("b", 1))
-    ack = Ack(sender="a", address=addr(1), incarnation=0, head=0, seq=1, of="a", of_incarnation=0, sync=c.answer(None))
+    ack = Ack(
+        sender="a",
+        address=addr(1),
+        incarnation=0,
+        head=0,
+        seq=1,
+        of="a",
+        of_incarnation=0,
+        sync=c.answer(None),
+    )
     assert decode(encode(ack, BASE)) is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=6),
-                    max_leaves=30))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=6)
+        ),
+        max_leaves=30,
+    )
+)
 def test_decode_never_raises(junk: object) -> None:
-    for obj in ({"treedrive": {"swim": junk}}, {"type": "GOSSIP", "peerId": "a", "host": "h", "port": 1,
-                                               "treedrive": {"swim": {"k": "ack", "n": 0, "h": 0, "s": 1, "m": junk, "sync": junk, "news": junk}}}):
+    for obj in (
+        {"treedrive": {"swim": junk}},
+        {
+            "type": "GOSSIP",
+            "peerId": "a",
+            "host": "h",
+            "port": 1,
+            "treedrive": {
+                "swim": {"k": "ack", "n": 0, "h": 0, "s": 1, "m": junk, "sync": junk, "news": junk}
+            },
+        },
+    ):
         decode(obj)

@@ -128,7 +128,9 @@ class ChangeLog:
         most ``page`` changes either way."""
         if have is not None and self.first - 1 <= have <= self.seq:
             start = have - (self.first - 1)
-            changes = tuple(self._log[i] for i in range(start, min(len(self._log), start + self.page)))
+            changes = tuple(
+                self._log[i] for i in range(start, min(len(self._log), start + self.page))
+            )
             upto = changes[-1].seq if changes else have
             return Sync(self.origin, have, upto, self.seq, changes)
         asof = max(have or 0, asof or 0)
@@ -201,8 +203,8 @@ class View:
         for change in sync.changes:
             if not sync.since < change.seq <= sync.upto:
                 continue
-            known = files.get(change.file_id)
-            if known is None or known.seq < change.seq:
+            prior = files.get(change.file_id)
+            if prior is None or prior.seq < change.seq:
                 files[change.file_id] = change
                 new.append(change)
         self.seq = sync.upto if sync.snapshot and sync.since == 0 else max(self.seq, sync.upto)
@@ -344,7 +346,7 @@ class Catalogue:
         return out
 
     def take(self, sync: Sync) -> list[Change]:
-        """An origin's answer to this node's request. Returns this node's own changes that follow."""
+        """An origin's answer to this node's request; returns this node's changes that follow."""
         if sync.origin == self.me:
             return []
         view = self.views.get(sync.origin)

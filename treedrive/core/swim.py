@@ -32,12 +32,15 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Hashable
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, Generic, TypeVar
 
 from treedrive.core.deltas import Catalogue, Change, Sync
 
 Address = tuple[str, int]
+T = TypeVar("T")
 MAX_MEMBERS = 8192
 """Members listed in one answer to a joining (or healing) node."""
 
@@ -150,6 +153,9 @@ class Config:
     max_members: int = 16_384
 
 
+DEFAULT = Config()
+
+
 @dataclass(slots=True)
 class _Probe:
     target: str
@@ -158,20 +164,20 @@ class _Probe:
     acked: bool = False
 
 
-class _Queue:
+class _Queue(Generic[T]):
     """Items to spread, each sent at most ``limit`` times, the least sent first (buckets by the
     times sent; a newer item under the same key replaces the older one)."""
 
     def __init__(self) -> None:
-        self._buckets: list[OrderedDict[object, object]] = []
+        self._buckets: list[OrderedDict[Hashable, T]] = []
         """Ordered dicts: a plain dict that is emptied from the front and filled at the back
         slows down its iteration (deleted slots are skipped one by one)."""
-        self._count: dict[object, int] = {}
+        self._count: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         return len(self._count)
 
-    def put(self, key: object, item: object) -> None:
+    def put(self, key: Hashable, item: T) -> None:
         old = self._count.pop(key, None)
         if old is not None:
             del self._buckets[old][key]
@@ -180,9 +186,9 @@ class _Queue:
         self._buckets[0][key] = item
         self._count[key] = 0
 
-    def take(self, n: int, limit: int) -> list[object]:
-        out: list[object] = []
-        moved: list[tuple[int, object, object]] = []
+    def take(self, n: int, limit: int) -> list[T]:
+        out: list[T] = []
+        moved: list[tuple[int, Hashable, T]] = []
         for sent, bucket in enumerate(self._buckets):
             for key, item in bucket.items():
                 if len(out) == n:
@@ -245,7 +251,7 @@ class Swim:
         rng: random.Random,
         now: float,
         *,
-        config: Config = Config(),
+        config: Config = DEFAULT,
         seeds: tuple[Address, ...] = (),
     ) -> None:
         self.me, self.address, self.catalogue, self.rng = me, address, catalogue, rng
@@ -261,8 +267,8 @@ class Swim:
         self.heard: dict[str, float] = {}
         self._order: list[str] = []
         self._dead_order: list[str] = []
-        self._news = _Queue()
-        self._changes = _Queue()
+        self._news: _Queue[News] = _Queue()
+        self._changes: _Queue[Change] = _Queue()
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, tuple[Address, int]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
@@ -327,19 +333,26 @@ class Swim:
         """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
         incarnation, dead over suspect over alive)."""
         if news.peer_id == self.me:
-            if news.status in (Status.SUSPECT, Status.DEAD) and news.incarnation >= self.incarnation:
+            if (
+                news.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation >= self.incarnation
+            ):
                 self._refute(news.incarnation)
             return
         if news.head >= 0:
             self.catalogue.heard(news.peer_id, news.head)
         known = self.members.get(news.peer_id)
-        if known is not None and news.incarnation <= known.incarnation and (
-            news.incarnation < known.incarnation or news.status <= known.status
+        if (
+            known is not None
+            and news.incarnation <= known.incarnation
+            and (news.incarnation < known.incarnation or news.status <= known.status)
         ):
             return
         if known is None:
             if news.status <= Status.SUSPECT:
-                self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
+                self._set(
+                    Member(news.peer_id, news.address, news.incarnation, news.status, now), spread
+                )
                 self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
             return
         if news.status == Status.ALIVE and known.status >= Status.DEAD:
@@ -364,12 +377,14 @@ class Swim:
 
     # ------------------------------------------------------------------ sending
 
-    def _message(self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: object) -> Message:
+    def _message(
+        self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: Any
+    ) -> Message:
         limit = self.retransmit()
         if news is None:
-            news = tuple(self._news.take(self.config.max_news, limit))  # type: ignore[arg-type]
+            news = tuple(self._news.take(self.config.max_news, limit))
         changes = tuple(self._changes.take(self.config.max_news, limit))
-        return kind(  # type: ignore[call-arg]
+        return kind(
             sender=self.me,
             address=self.address,
             incarnation=self.incarnation,
@@ -384,7 +399,7 @@ class Swim:
         for c in changes:
             self._changes.put((c.origin, c.file_id), c)
 
-    def _ping(self, target: str, now: float, **kw: object) -> Out:
+    def _ping(self, target: str, now: float, **kw: Any) -> Out:
         self._seq += 1
         member = self.members[target]
         have, asof = self.catalogue.have(target), self.catalogue.asof(target)
@@ -407,7 +422,9 @@ class Swim:
         wake = self.next_round
         for probe in self._probes.values():
             if not probe.acked:
-                at = probe.sent + (self.config.suspect_after if probe.indirect else self.config.probe_timeout)
+                at = probe.sent + (
+                    self.config.suspect_after if probe.indirect else self.config.probe_timeout
+                )
                 wake = min(wake, at)
         return wake
 
@@ -433,7 +450,9 @@ class Swim:
                 probe.indirect = True
                 if m.status <= Status.SUSPECT:
                     for h in self._sample(cfg.indirect, probe.target):
-                        msg = self._message(PingReq, seq=seq, target=m.peer_id, target_address=m.address)
+                        msg = self._message(
+                            PingReq, seq=seq, target=m.peer_id, target_address=m.address
+                        )
                         out.append((self.members[h].address, msg))
             elif probe.indirect and now >= probe.sent + cfg.suspect_after:
                 del self._probes[seq]
@@ -472,7 +491,11 @@ class Swim:
                 out.append(self._ping(origin, now))
                 syncs += 1
         lost = not self._alive or self._dead
-        if self.seeds and lost and (not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0):
+        if (
+            self.seeds
+            and lost
+            and (not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0)
+        ):
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
             out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
@@ -508,13 +531,22 @@ class Swim:
             sync = self.catalogue.answer(ping.have, ping.asof)
         members: tuple[News, ...] = ()
         if ping.join:
-            members = tuple(
-                News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
-                for m in (self.members[p] for p in self._alive.items)
-                if m.status == Status.ALIVE
-            )[: MAX_MEMBERS - 1] + (self._self_news(),)
+            listed = (self.members[p] for p in self._alive.items)
+            alive = [m for m in listed if m.status == Status.ALIVE][: MAX_MEMBERS - 1]
+            members = (
+                *(
+                    News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+                    for m in alive
+                ),
+                self._self_news(),
+            )
         return self._message(  # type: ignore[return-value]
-            Ack, seq=ping.seq, of=self.me, of_incarnation=self.incarnation, sync=sync, members=members
+            Ack,
+            seq=ping.seq,
+            of=self.me,
+            of_incarnation=self.incarnation,
+            sync=sync,
+            members=members,
         )
 
     def _acked(self, ack: Ack, now: float) -> list[Out]:

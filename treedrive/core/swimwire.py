@@ -8,9 +8,10 @@ receivers answer a ping with an :class:`~treedrive.core.swim.Ack`, which is a GO
 ``files: []``, and forward none of them). Lists are arrays, not objects, to keep them small.
 
 :func:`decode` reads what a peer sent as claims with limits (THREATS.md): at most
-:data:`MAX_WIRE_NEWS` news and catalogue changes per message, :data:`~treedrive.core.deltas.MAX_CHANGES`
-changes in a sync and :data:`~treedrive.core.swim.MAX_MEMBERS` members; peer ids and hosts of
-bounded length, ports, numbers and incarnations in range. A malformed item is skipped; a
+:data:`MAX_WIRE_NEWS` news and catalogue changes per message,
+:data:`~treedrive.core.deltas.MAX_CHANGES` changes in a sync and
+:data:`~treedrive.core.swim.MAX_MEMBERS` members; peer ids and hosts of bounded length, ports,
+numbers and incarnations in range. A malformed item is skipped; a
 malformed message reads as None.
 """
 
@@ -22,7 +23,17 @@ from typing import Any, Final
 
 from treedrive.core.deltas import MAX_CHANGES, Change, Sync
 from treedrive.core.model import FileMeta
-from treedrive.core.swim import MAX_MEMBERS, Ack, Address, Message, News, Ping, PingReq, Push, Status
+from treedrive.core.swim import (
+    MAX_MEMBERS,
+    Ack,
+    Address,
+    Message,
+    News,
+    Ping,
+    PingReq,
+    Push,
+    Status,
+)
 
 KEY: Final = "swim"
 MAX_WIRE_NEWS: Final = 64
@@ -83,8 +94,22 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
     ext = {**base, KEY: swim}
     host, port = msg.address
     if isinstance(msg, Ack):
-        return {"type": "GOSSIP_REPLY", "host": host, "port": port, "peerId": msg.sender, "files": [], "treedrive": ext}
-    return {"type": "GOSSIP", "host": host, "port": port, "id": gossip_id, "peerId": msg.sender, "treedrive": ext}
+        return {
+            "type": "GOSSIP_REPLY",
+            "host": host,
+            "port": port,
+            "peerId": msg.sender,
+            "files": [],
+            "treedrive": ext,
+        }
+    return {
+        "type": "GOSSIP",
+        "host": host,
+        "port": port,
+        "id": gossip_id,
+        "peerId": msg.sender,
+        "treedrive": ext,
+    }
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -220,5 +245,12 @@ def _decode(obj: Mapping[str, Any], swim: Mapping[str, Any]) -> Message:
         sync = _read_sync(swim.get("sync"), sender)
         members = _items(swim.get("m"), MAX_MEMBERS, _read_news)
         of = _str(swim.get("of"))
-        return Ack(**common, seq=seq, of=of, of_incarnation=_int(swim.get("oi")), sync=sync, members=members)
+        return Ack(
+            **common,
+            seq=seq,
+            of=of,
+            of_incarnation=_int(swim.get("oi")),
+            sync=sync,
+            members=members,
+        )
     raise _Bad
