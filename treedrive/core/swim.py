@@ -144,8 +144,13 @@ class Config:
     max_news: int = 24
     """News (and, separately, catalogue changes) per message."""
     seed_rounds: int = 10
-    reprobe_dead: int = 1
-    """Dead members probed per round."""
+    reprobe_dead: int = 2
+    """Dead members probed per round (one that answers is asked for its table next round)."""
+    pull_rounds: float = 3.0
+    """Rounds after a dead member answered during which this node pulls a table each round
+    (from such a member) while it still holds members dead: a partition is healing."""
+    news_rounds: float = 6.0
+    """Rounds after which news not yet sent ``retransmit`` times is dropped as stale."""
     syncs: int = 3
     """Extra pings per round to origins this node is behind on."""
     dead_rounds: float = 10_000.0
@@ -169,7 +174,7 @@ class _Queue(Generic[T]):
     times sent; a newer item under the same key replaces the older one)."""
 
     def __init__(self) -> None:
-        self._buckets: list[OrderedDict[Hashable, T]] = []
+        self._buckets: list[OrderedDict[Hashable, tuple[T, float]]] = []
         """Ordered dicts: a plain dict that is emptied from the front and filled at the back
         slows down its iteration (deleted slots are skipped one by one)."""
         self._count: dict[Hashable, int] = {}
@@ -177,34 +182,37 @@ class _Queue(Generic[T]):
     def __len__(self) -> int:
         return len(self._count)
 
-    def put(self, key: Hashable, item: T) -> None:
+    def put(self, key: Hashable, item: T, now: float) -> None:
         old = self._count.pop(key, None)
         if old is not None:
             del self._buckets[old][key]
         if not self._buckets:
             self._buckets.append(OrderedDict())
-        self._buckets[0][key] = item
+        self._buckets[0][key] = (item, now)
         self._count[key] = 0
 
-    def take(self, n: int, limit: int) -> list[T]:
+    def take(self, n: int, limit: int, oldest: float) -> list[T]:
+        """Up to ``n`` items, counted as sent once more; items put before ``oldest`` are
+        dropped instead (news that could not go out in time is stale)."""
         out: list[T] = []
-        moved: list[tuple[int, Hashable, T]] = []
+        moved: list[tuple[int, Hashable, tuple[T, float]]] = []
         for sent, bucket in enumerate(self._buckets):
-            for key, item in bucket.items():
+            for key, entry in bucket.items():
                 if len(out) == n:
                     break
-                out.append(item)
-                moved.append((sent, key, item))
+                if entry[1] >= oldest:
+                    out.append(entry[0])
+                moved.append((sent, key, entry))
             if len(out) == n:
                 break
-        for sent, key, item in moved:
+        for sent, key, entry in moved:
             del self._buckets[sent][key]
-            if sent + 1 >= limit:
+            if sent + 1 >= limit or entry[1] < oldest:
                 del self._count[key]
                 continue
             if len(self._buckets) <= sent + 1:
                 self._buckets.append(OrderedDict())
-            self._buckets[sent + 1][key] = item
+            self._buckets[sent + 1][key] = entry
             self._count[key] = sent + 1
         return out
 
@@ -276,6 +284,10 @@ class Swim:
         self._round = 0
         self.next_round = now
         self._noticed: dict[str, float] = {}
+        self._now = now
+        self._revived: list[str] = []
+        """Members that were dead here and answered lately: asked for their tables."""
+        self._pull_until = 0.0
 
     # ------------------------------------------------------------------ table
 
@@ -316,7 +328,7 @@ class Swim:
         self._index(m.peer_id, m)
         if spread:
             news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
-            self._news.put(m.peer_id, news)
+            self._news.put(m.peer_id, news, self._now)
 
     def _head_of(self, peer: str) -> int:
         view = self.catalogue.views.get(peer)
@@ -324,7 +336,7 @@ class Swim:
 
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
-        self._news.put(self.me, self._self_news())
+        self._news.put(self.me, self._self_news(), self._now)
 
     def _self_news(self) -> News:
         return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
@@ -365,6 +377,9 @@ class Swim:
         self.heard[msg.sender] = now
         self.catalogue.heard(msg.sender, msg.head)
         known = self.members.get(msg.sender)
+        if known is not None and known.status == Status.DEAD:  # there may be more behind it
+            self._revived = [*self._revived[-7:], msg.sender]
+            self._pull_until = now + self.config.pull_rounds
         self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
         if known is None or known.status == Status.ALIVE or msg.incarnation > known.incarnation:
             return []
@@ -381,9 +396,10 @@ class Swim:
         self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: Any
     ) -> Message:
         limit = self.retransmit()
+        oldest = self._now - self.config.news_rounds
         if news is None:
-            news = tuple(self._news.take(self.config.max_news, limit))
-        changes = tuple(self._changes.take(self.config.max_news, limit))
+            news = tuple(self._news.take(self.config.max_news, limit, oldest))
+        changes = tuple(self._changes.take(self.config.max_news, limit, oldest))
         return kind(
             sender=self.me,
             address=self.address,
@@ -397,7 +413,7 @@ class Swim:
     def spread(self, changes: list[Change]) -> None:
         """Catalogue changes to spread (this node's own, or news that was new here)."""
         for c in changes:
-            self._changes.put((c.origin, c.file_id), c)
+            self._changes.put((c.origin, c.file_id), c, self._now)
 
     def _ping(self, target: str, now: float, **kw: Any) -> Out:
         self._seq += 1
@@ -429,6 +445,7 @@ class Swim:
         return wake
 
     def tick(self, now: float) -> list[Out]:
+        self._now = now
         out = self._timeouts(now)
         if now >= self.next_round:
             self.next_round += 1.0
@@ -481,8 +498,11 @@ class Swim:
             out.append(self._ping(target, now))
         for _ in range(cfg.reprobe_dead):
             dead = self._next_target(self._dead_order, (Status.DEAD,))
-            if dead is not None:  # lost: when many are, ask for the whole table
-                out.append(self._ping(dead, now, join=len(self._dead) > cfg.fanout))
+            if dead is not None:
+                out.append(self._ping(dead, now))
+        revived = [p for p in self._revived if p in self._alive]
+        if revived and self._dead and now < self._pull_until:
+            out.append(self._ping(self.rng.choice(revived), now, join=True))
         syncs = 0
         for origin in self.catalogue.behind():
             if syncs >= cfg.syncs:
@@ -510,9 +530,13 @@ class Swim:
         """Take a message from a peer; returns the messages to send."""
         if msg.sender == self.me:
             return []
+        self._now = now
         out = self._direct(msg, now)
+        incarnation = self.incarnation
         for news in msg.news:
             self.learn(news, now)
+        if self.incarnation > incarnation:  # refuted: the sender is the one to tell first
+            out.append((msg.address, self._message(Push, news=(self._self_news(),))))
         for change in msg.changes:
             self.spread(self.catalogue.news(change))
         if isinstance(msg, Ping):
