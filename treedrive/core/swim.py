@@ -31,134 +31,42 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from treedrive.core.deltas import Catalogue, Change, Sync
+from treedrive.core.deltas import Catalogue, Change
+from treedrive.core.spread import IndexedSet, SpreadQueue
+from treedrive.core.swimtypes import (
+    DEFAULT,
+    MAX_MEMBERS,
+    Ack,
+    Address,
+    Config,
+    Member,
+    Message,
+    News,
+    Ping,
+    PingReq,
+    Push,
+    Status,
+)
 
-Address = tuple[str, int]
-T = TypeVar("T")
-MAX_MEMBERS = 8192
-"""Members listed in one answer to a joining (or healing) node."""
-
-
-class Status(IntEnum):
-    """A member's state; at one incarnation a higher value wins."""
-
-    ALIVE = 0
-    SUSPECT = 1
-    DEAD = 2
-    LEFT = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A row of the member table (immutable: replaced on change, so tables can share rows)."""
-
-    peer_id: str
-    address: Address
-    incarnation: int
-    status: Status
-    since: float
-    """When ``status`` last changed."""
-
-
-@dataclass(frozen=True, slots=True)
-class News:
-    """A claim about a member: it is ``status`` at ``incarnation``; ``head`` its catalogue's last
-    change number as the claimer knows it (-1: not known)."""
-
-    peer_id: str
-    address: Address
-    incarnation: int
-    status: Status
-    head: int = -1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """What every message says of its sender (it is alive at ``incarnation``), and the news it
-    carries."""
-
-    sender: str
-    address: Address
-    incarnation: int
-    head: int
-    news: tuple[News, ...] = ()
-    changes: tuple[Change, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ping(Message):
-    """A probe (a GOSSIP on the wire): answer with an :class:`Ack` of the same ``seq``. ``have``:
-    the sender has the receiver's catalogue changes up to this (None: none; -1: do not send any).
-    ``join``: the sender knows nobody, answer with the member list."""
-
-    seq: int
-    have: int | None = -1
-    asof: int | None = None
-    """The sender's records of the receiver up to ``have`` are right as of this number."""
-    join: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ack(Message):
-    """The answer to a :class:`Ping` (a GOSSIP_REPLY on the wire). ``of`` is the member whose
-    liveness it proves (the sender, or the target of an indirect probe)."""
-
-    seq: int
-    of: str
-    of_incarnation: int
-    sync: Sync | None = None
-    members: tuple[News, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PingReq(Message):
-    """Probe ``target`` for me and forward its ack (a GOSSIP on the wire)."""
-
-    seq: int
-    target: str
-    target_address: Address
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Push(Message):
-    """News only, no answer (a GOSSIP on the wire)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    fanout: int = 3
-    indirect: int = 3
-    probe_timeout: float = 0.2
-    """Rounds after a ping before the indirect probes."""
-    suspect_after: float = 0.8
-    """Rounds after a ping before an unanswered target is suspected."""
-    suspect_rounds: float = 4.0
-    """Rounds a suspicion lasts before the member is dead."""
-    retransmit_mult: float = 4.0
-    max_news: int = 24
-    """News (and, separately, catalogue changes) per message."""
-    seed_rounds: int = 10
-    reprobe_dead: int = 2
-    """Dead members probed per round (one that answers is asked for its table next round)."""
-    pull_rounds: float = 3.0
-    """Rounds after a dead member answered during which this node pulls a table each round
-    (from such a member) while it still holds members dead: a partition is healing."""
-    news_rounds: float = 6.0
-    """Rounds after which news not yet sent ``retransmit`` times is dropped as stale."""
-    syncs: int = 3
-    """Extra pings per round to origins this node is behind on."""
-    dead_rounds: float = 10_000.0
-    """Rounds a dead member stays in the table (re-probed) before it is dropped."""
-    max_members: int = 16_384
-
-
-DEFAULT = Config()
+__all__ = [
+    "DEFAULT",
+    "MAX_MEMBERS",
+    "Ack",
+    "Address",
+    "Config",
+    "Member",
+    "Message",
+    "News",
+    "Out",
+    "Ping",
+    "PingReq",
+    "Push",
+    "Status",
+    "Swim",
+]
 
 
 @dataclass(slots=True)
@@ -167,82 +75,6 @@ class _Probe:
     sent: float
     indirect: bool = False
     acked: bool = False
-
-
-class _Queue(Generic[T]):
-    """Items to spread, each sent at most ``limit`` times, the least sent first (buckets by the
-    times sent; a newer item under the same key replaces the older one)."""
-
-    def __init__(self) -> None:
-        self._buckets: list[OrderedDict[Hashable, tuple[T, float]]] = []
-        """Ordered dicts: a plain dict that is emptied from the front and filled at the back
-        slows down its iteration (deleted slots are skipped one by one)."""
-        self._count: dict[Hashable, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._count)
-
-    def put(self, key: Hashable, item: T, now: float) -> None:
-        old = self._count.pop(key, None)
-        if old is not None:
-            del self._buckets[old][key]
-        if not self._buckets:
-            self._buckets.append(OrderedDict())
-        self._buckets[0][key] = (item, now)
-        self._count[key] = 0
-
-    def take(self, n: int, limit: int, oldest: float) -> list[T]:
-        """Up to ``n`` items, counted as sent once more; items put before ``oldest`` are
-        dropped instead (news that could not go out in time is stale)."""
-        out: list[T] = []
-        moved: list[tuple[int, Hashable, tuple[T, float]]] = []
-        for sent, bucket in enumerate(self._buckets):
-            for key, entry in bucket.items():
-                if len(out) == n:
-                    break
-                if entry[1] >= oldest:
-                    out.append(entry[0])
-                moved.append((sent, key, entry))
-            if len(out) == n:
-                break
-        for sent, key, entry in moved:
-            del self._buckets[sent][key]
-            if sent + 1 >= limit or entry[1] < oldest:
-                del self._count[key]
-                continue
-            if len(self._buckets) <= sent + 1:
-                self._buckets.append(OrderedDict())
-            self._buckets[sent + 1][key] = entry
-            self._count[key] = sent + 1
-        return out
-
-
-class _Index:
-    """A set with O(1) add, remove and random sampling (a list and positions)."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self._pos: dict[str, int] = {}
-
-    def add(self, key: str) -> None:
-        if key not in self._pos:
-            self._pos[key] = len(self.items)
-            self.items.append(key)
-
-    def discard(self, key: str) -> None:
-        pos = self._pos.pop(key, None)
-        if pos is None:
-            return
-        last = self.items.pop()
-        if last != key:
-            self.items[pos] = last
-            self._pos[last] = pos
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._pos
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 Out = tuple[Address, Message]
@@ -267,7 +99,7 @@ class Swim:
         self.seeds = tuple(s for s in seeds if s != address)
         self.incarnation = 0
         self.members: dict[str, Member] = {}
-        self._alive = _Index()
+        self._alive = IndexedSet()
         """Members alive or suspect: probe, push and ask-to-probe targets."""
         self._suspects: dict[str, float] = {}
         self._dead: dict[str, float] = {}
@@ -275,8 +107,8 @@ class Swim:
         self.heard: dict[str, float] = {}
         self._order: list[str] = []
         self._dead_order: list[str] = []
-        self._news: _Queue[News] = _Queue()
-        self._changes: _Queue[Change] = _Queue()
+        self._news: SpreadQueue[News] = SpreadQueue()
+        self._changes: SpreadQueue[Change] = SpreadQueue()
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, tuple[Address, int]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""

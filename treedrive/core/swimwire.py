@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from treedrive.core.deltas import MAX_CHANGES, Change, Sync
 from treedrive.core.model import FileMeta
-from treedrive.core.swim import (
+from treedrive.core.swimtypes import (
     MAX_MEMBERS,
     Ack,
     Address,
