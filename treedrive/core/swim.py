@@ -120,6 +120,7 @@ class Swim:
         self._revived: list[str] = []
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
+        self._pulled = -1.0
 
     # ------------------------------------------------------------------ table
 
@@ -173,9 +174,12 @@ class Swim:
     def _self_news(self) -> News:
         return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
 
-    def learn(self, news: News, now: float, spread: bool = True) -> None:
+    def learn(self, news: News, now: float, spread: bool = True, vouched: bool = False) -> None:
         """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
-        incarnation, dead over suspect over alive)."""
+        incarnation, dead over suspect over alive). ``vouched``: the claim comes from the table
+        of a member that answered us (a join, or one back from the dead) and holds it alive at
+        the incarnation this node holds it suspect or dead at: across a healed partition that
+        is the truth (the other side never lost it), and if not, probes find it dead again."""
         if news.peer_id == self.me:
             if (
                 news.status in (Status.SUSPECT, Status.DEAD)
@@ -190,6 +194,12 @@ class Swim:
             known is not None
             and news.incarnation <= known.incarnation
             and (news.incarnation < known.incarnation or news.status <= known.status)
+            and not (
+                vouched
+                and news.status == Status.ALIVE
+                and known.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation == known.incarnation
+            )
         ):
             return
         if known is None:
@@ -208,19 +218,23 @@ class Swim:
         suspect or dead at that incarnation or later, tell it (once a round)."""
         self.heard[msg.sender] = now
         self.catalogue.heard(msg.sender, msg.head)
+        out: list[Out] = []
         known = self.members.get(msg.sender)
         if known is not None and known.status == Status.DEAD:  # there may be more behind it
             self._revived = [*self._revived[-7:], msg.sender]
             self._pull_until = now + self.config.pull_rounds
+            if now - self._pulled >= 1.0:  # pull its table now (once a round at most)
+                self._pulled = now
+                out.append(self._ping(msg.sender, now, join=True))
         self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
         if known is None or known.status == Status.ALIVE or msg.incarnation > known.incarnation:
-            return []
+            return out
         last = self._noticed.get(msg.sender)
         if last is not None and now - last < 1.0:
-            return []
+            return out
         self._noticed[msg.sender] = now
         about = News(known.peer_id, known.address, known.incarnation, known.status)
-        return [(msg.address, self._message(Push, news=(about,)))]
+        return [*out, (msg.address, self._message(Push, news=(about,)))]
 
     # ------------------------------------------------------------------ sending
 
@@ -305,7 +319,7 @@ class Swim:
                         out.append((self.members[h].address, msg))
             elif probe.indirect and now >= probe.sent + cfg.suspect_after:
                 del self._probes[seq]
-                if m.status == Status.ALIVE:
+                if m.status == Status.ALIVE and m.since <= probe.sent:  # not revived meanwhile
                     self._set(Member(m.peer_id, m.address, m.incarnation, Status.SUSPECT, now))
         for peer, since in list(self._suspects.items()):
             if now - since >= cfg.suspect_rounds:
@@ -333,7 +347,8 @@ class Swim:
             if dead is not None:
                 out.append(self._ping(dead, now))
         revived = [p for p in self._revived if p in self._alive]
-        if revived and self._dead and now < self._pull_until:
+        if revived and self._dead and now < self._pull_until and now - self._pulled >= 1.0:
+            self._pulled = now
             out.append(self._ping(self.rng.choice(revived), now, join=True))
         syncs = 0
         for origin in self.catalogue.behind():
@@ -363,9 +378,13 @@ class Swim:
         if msg.sender == self.me:
             return []
         self._now = now
+        sender = self.members.get(msg.sender)
+        lost = sender is not None and sender.status != Status.ALIVE
         out = self._direct(msg, now)
         incarnation = self.incarnation
         for news in msg.news:
+            if lost and news.status != Status.ALIVE and news.peer_id != self.me:
+                continue  # a sender this node had lost: its failures are from the other side
             self.learn(news, now)
         if self.incarnation > incarnation:  # refuted: the sender is the one to tell first
             out.append((msg.address, self._message(Push, news=(self._self_news(),))))
@@ -407,7 +426,7 @@ class Swim:
 
     def _acked(self, ack: Ack, now: float) -> list[Out]:
         for news in ack.members:
-            self.learn(news, now, spread=False)
+            self.learn(news, now, spread=False, vouched=True)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

@@ -117,7 +117,7 @@ class Config:
     pull_rounds: float = 3.0
     """Rounds after a dead member answered during which this node pulls a table each round
     (from such a member) while it still holds members dead: a partition is healing."""
-    news_rounds: float = 6.0
+    news_rounds: float = 3.0
     """Rounds after which news not yet sent ``retransmit`` times is dropped as stale."""
     syncs: int = 3
     """Extra pings per round to origins this node is behind on."""
