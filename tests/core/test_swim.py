@@ -199,6 +199,7 @@ def test_every_message_survives_its_classic_form() -> None:
     assert change is not None
     news = (News("b", addr(2), 3, Status.SUSPECT, 7),)
     common = {
+        "heads": (("a", 1), ("c", 9)),
         "sender": "a",
         "address": addr(1),
         "incarnation": 2,

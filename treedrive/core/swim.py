@@ -117,6 +117,8 @@ class Swim:
         self.next_round = now
         self._noticed: dict[str, float] = {}
         self._now = now
+        self._recent: dict[str, float] = {}
+        """Origins whose changes this node spread lately, oldest first."""
         self._revived: list[str] = []
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
@@ -227,6 +229,9 @@ class Swim:
                 self._pulled = now
                 out.append(self._ping(msg.sender, now, join=True))
         self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
+        if known is not None and known.status != Status.ALIVE:  # back: spread where it is now
+            back = News(msg.sender, msg.address, msg.incarnation, Status.ALIVE, msg.head)
+            self._news.put(msg.sender, back, now)
         if known is None or known.status == Status.ALIVE or msg.incarnation > known.incarnation:
             return out
         last = self._noticed.get(msg.sender)
@@ -245,7 +250,7 @@ class Swim:
         oldest = self._now - self.config.news_rounds
         if news is None:
             news = tuple(self._news.take(self.config.max_news, limit, oldest))
-        changes = tuple(self._changes.take(self.config.max_news, limit, oldest))
+        changes = tuple(self._changes.take(self.config.max_news, limit, -math.inf))
         return kind(
             sender=self.me,
             address=self.address,
@@ -253,6 +258,7 @@ class Swim:
             head=self.catalogue.head(),
             news=news,
             changes=changes,
+            heads=self._heads(),
             **kw,
         )
 
@@ -260,6 +266,26 @@ class Swim:
         """Catalogue changes to spread (this node's own, or news that was new here)."""
         for c in changes:
             self._changes.put((c.origin, c.file_id), c, self._now)
+            self._recent.pop(c.origin, None)  # re-inserted last: oldest stay first
+            self._recent[c.origin] = self._now
+
+    def _heads(self) -> tuple[tuple[str, int], ...]:
+        """A few origins that changed lately, with their heads as this node knows them."""
+        horizon = self._now - self.config.heads_rounds
+        while self._recent:
+            first = next(iter(self._recent))
+            if self._recent[first] >= horizon:
+                break
+            del self._recent[first]
+        picked = list(self._recent)
+        if len(picked) > self.config.heads:
+            picked = self.rng.sample(picked, self.config.heads)
+        out = []
+        for origin in picked:
+            head = self.catalogue.head() if origin == self.me else self._head_of(origin)
+            if head > 0:
+                out.append((origin, head))
+        return tuple(out)
 
     def _ping(self, target: str, now: float, **kw: Any) -> Out:
         self._seq += 1
@@ -390,6 +416,8 @@ class Swim:
             out.append((msg.address, self._message(Push, news=(self._self_news(),))))
         for change in msg.changes:
             self.spread(self.catalogue.news(change))
+        for origin, head in msg.heads:
+            self.catalogue.heard(origin, head)
         if isinstance(msg, Ping):
             out.append((msg.address, self._ack(msg)))
         elif isinstance(msg, Ack):

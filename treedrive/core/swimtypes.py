@@ -57,6 +57,9 @@ class Message:
     head: int
     news: tuple[News, ...] = ()
     changes: tuple[Change, ...] = ()
+    heads: tuple[tuple[str, int], ...] = ()
+    """(origin, last change number) of origins whose catalogue changed lately: a receiver that
+    is behind on one asks it (anti-entropy for changes that its news missed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,8 +120,12 @@ class Config:
     pull_rounds: float = 3.0
     """Rounds after a dead member answered during which this node pulls a table each round
     (from such a member) while it still holds members dead: a partition is healing."""
+    heads: int = 8
+    """(origin, head) pairs per message, of origins that changed within ``heads_rounds``."""
+    heads_rounds: float = 10.0
     news_rounds: float = 3.0
-    """Rounds after which news not yet sent ``retransmit`` times is dropped as stale."""
+    """Rounds after which membership news not yet sent ``retransmit`` times is dropped as stale
+    (catalogue changes never are: they stay true)."""
     syncs: int = 3
     """Extra pings per round to origins this node is behind on."""
     dead_rounds: float = 10_000.0

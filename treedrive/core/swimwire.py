@@ -73,6 +73,8 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
         swim["news"] = [_news(n) for n in msg.news]
     if msg.changes:
         swim["ch"] = [_change(c) for c in msg.changes]
+    if msg.heads:
+        swim["hx"] = [[origin, head] for origin, head in msg.heads]
     if isinstance(msg, Ping | Ack | PingReq):
         swim["s"] = msg.seq
     if isinstance(msg, Ping):
@@ -192,6 +194,12 @@ def _read_change(v: object) -> Change:
     return Change(_str(v[0]), _int(v[1], 1), fid, meta)
 
 
+def _read_head(v: object) -> tuple[str, int]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise _Bad
+    return _str(v[0]), _int(v[1])
+
+
 def _read_sync(v: object, sender: str) -> Sync | None:
     if v is None:
         return None
@@ -225,6 +233,7 @@ def _decode(obj: Mapping[str, Any], swim: Mapping[str, Any]) -> Message:
         "head": _int(swim.get("h")),
         "news": _items(swim.get("news"), MAX_WIRE_NEWS, _read_news),
         "changes": _items(swim.get("ch"), MAX_WIRE_NEWS, _read_change),
+        "heads": _items(swim.get("hx"), MAX_WIRE_NEWS, _read_head),
     }
     kind = swim.get("k")
     if kind == "push":
