@@ -14,6 +14,7 @@ from tests.core.test_deltas import meta
 from treedrive.core.deltas import Catalogue
 from treedrive.core.swim import (
     DEFAULT,
+    MAX_RELAYS,
     Ack,
     Address,
     Config,
@@ -278,3 +279,37 @@ def test_decode_never_raises(junk: object) -> None:
         },
     ):
         decode(obj)
+
+
+def test_indirect_probes_made_for_others_are_bounded_per_round() -> None:
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("m", addr(2), 0, Status.ALIVE), 0.0)
+
+    def asked(now: float, n: int) -> int:
+        sent = 0
+        for i in range(n):
+            req = PingReq(
+                sender="m",
+                address=addr(2),
+                incarnation=0,
+                head=0,
+                seq=i,
+                target="t",
+                target_address=addr(8),
+            )
+            out = node.receive(req, now)
+            sent += sum(1 for to, m in out if to == addr(8) and isinstance(m, Ping))
+        return sent
+
+    assert asked(0.2, 200) == MAX_RELAYS
+    assert asked(1.5, 10) == 10  # a round later: the old ones are forgotten
+
+
+def test_the_origin_s_answer_replaces_a_claimed_head() -> None:
+    node = Catalogue("me")
+    origin = Catalogue("o")
+    origin.add(meta("o", 1))
+    node.heard("o", 2**40)  # a stranger's claim about o
+    assert node.behind() == ["o"]
+    node.take(origin.answer(node.have("o")))
+    assert node.behind() == []

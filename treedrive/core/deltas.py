@@ -209,7 +209,7 @@ class View:
                 new.append(change)
         self.seq = sync.upto if sync.snapshot and sync.since == 0 else max(self.seq, sync.upto)
         self.asof = sync.head if sync.snapshot else max(self.asof, self.seq)
-        self.head = max(self.head, sync.head, self.seq)
+        self.head = max(sync.head, self.seq)  # the origin's word replaces others' claims
         for fid in [f for f, c in files.items() if c.meta is None and c.seq <= self.seq]:
             del files[fid]  # a tombstone covered by ``seq`` is no longer needed
         return new

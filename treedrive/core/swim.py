@@ -51,6 +51,9 @@ from treedrive.core.swimtypes import (
     Status,
 )
 
+MAX_RELAYS = 64
+"""Indirect probes made for others in one round (each dials an address a peer named)."""
+
 __all__ = [
     "DEFAULT",
     "MAX_MEMBERS",
@@ -110,7 +113,7 @@ class Swim:
         self._news: SpreadQueue[News] = SpreadQueue()
         self._changes: SpreadQueue[Change] = SpreadQueue()
         self._probes: dict[int, _Probe] = {}
-        self._relays: dict[int, tuple[Address, int]] = {}
+        self._relays: dict[int, tuple[Address, int, float]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
         self._seq = 0
         self._round = 0
@@ -218,7 +221,8 @@ class Swim:
     def _direct(self, msg: Message, now: float) -> list[Out]:
         """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
         suspect or dead at that incarnation or later, tell it (once a round)."""
-        self.heard[msg.sender] = now
+        if msg.sender in self.members:
+            self.heard[msg.sender] = now
         self.catalogue.heard(msg.sender, msg.head)
         out: list[Out] = []
         known = self.members.get(msg.sender)
@@ -237,6 +241,8 @@ class Swim:
         last = self._noticed.get(msg.sender)
         if last is not None and now - last < 1.0:
             return out
+        if len(self._noticed) >= self.config.max_members:
+            self._noticed.clear()
         self._noticed[msg.sender] = now
         about = News(known.peer_id, known.address, known.incarnation, known.status)
         return [*out, (msg.address, self._message(Push, news=(about,)))]
@@ -355,6 +361,7 @@ class Swim:
             if now - since >= cfg.dead_rounds:
                 del self.members[peer]
                 del self._dead[peer]
+                self.heard.pop(peer, None)
         return out
 
     def _sample(self, k: int, exclude: str | None = None) -> list[str]:
@@ -422,10 +429,13 @@ class Swim:
             out.append((msg.address, self._ack(msg)))
         elif isinstance(msg, Ack):
             out += self._acked(msg, now)
-        elif isinstance(msg, PingReq):
-            self._seq += 1
-            self._relays[self._seq] = (msg.address, msg.seq)
-            out.append((msg.target_address, self._message(Ping, seq=self._seq)))
+        elif isinstance(msg, PingReq) and msg.sender in self._alive:
+            while self._relays and now - next(iter(self._relays.values()))[2] > 1.0:
+                del self._relays[next(iter(self._relays))]
+            if len(self._relays) < MAX_RELAYS:  # a stranger names addresses: a bounded rate
+                self._seq += 1
+                self._relays[self._seq] = (msg.address, msg.seq, now)
+                out.append((msg.target_address, self._message(Ping, seq=self._seq)))
         return out
 
     def _ack(self, ping: Ping) -> Ack:
@@ -459,7 +469,7 @@ class Swim:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)
         if relay is not None:  # an indirect probe made for another: forward the ack
-            requester, seq = relay
+            requester, seq, _ = relay
             msg = self._message(Ack, seq=seq, of=ack.of, of_incarnation=ack.of_incarnation)
             return [(requester, msg)]
         probe = self._probes.get(ack.seq)
