@@ -11,20 +11,29 @@ Each round (one gossip interval) a node:
   ``suspect_rounds`` makes the member dead;
 - pushes the news it has to spread (:class:`Push`) to ``fanout`` random members (nothing when
   there is nothing to spread);
-- probes one dead member (round-robin) and, every ``seed_rounds`` or whenever it knows nobody
-  alive, one well-known address: a node that has lost peers keeps looking for them at a slow rate,
-  so a partition heals once the network is whole again.
+- probes ``reprobe_dead`` dead members (round-robin) and, every ``seed_rounds`` while it holds
+  members dead (every round when it knows nobody alive), one well-known address: a node that has
+  lost peers keeps looking for them at a slow rate, so a partition heals once the network is
+  whole again;
+- pings up to ``syncs`` origins whose catalogue it is behind on.
 
 News (membership :class:`News` and catalogue :class:`~treedrive.core.deltas.Change`) rides on
 every message, each item at most ``retransmit`` times (``mult · log10(N + 1)``), least sent
-first. A member that hears it is suspected or dead refutes with a higher incarnation. A message
-from a member that this node holds suspect or dead (at an incarnation at least that of the
-message) draws a :class:`Push` telling it so, so that it refutes: both sides of a healed
-partition learn each other again within a few rounds.
+first; membership news older than ``news_rounds`` is dropped unsent (it is stale). A member that
+hears it is suspected or dead refutes with a higher incarnation, and tells whoever said so
+first. A message from a member that this node holds suspect or dead (at an incarnation at least
+that of the message) draws a :class:`Push` telling it so.
+
+Healing a partition: a dead member that answers is "back"; this node pulls its table (an
+:class:`Ack` to a ``join`` ping lists the members it holds alive) for ``pull_rounds``, and takes
+its word for members this node holds suspect or dead at the same incarnation (the other side
+never lost them). Failures reported by a sender this node had lost are ignored (they are the
+other side's view of this side), and a probe sent before its target came back suspects nothing.
 
 Catalogue sync (:mod:`treedrive.core.deltas`) rides on probes: a :class:`Ping` says which of the
-target's changes the sender has and the :class:`Ack` carries the changes since; each round one
-extra ping goes to an origin this node is behind on.
+target's changes the sender has (``have``, ``asof``) and the :class:`Ack` carries the changes
+since (or a snapshot). Every message also names up to ``heads`` origins that changed lately with
+their last change number, so a node whose news missed a change learns that it is behind.
 """
 
 from __future__ import annotations
