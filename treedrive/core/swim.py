@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from treedrive.core.deltas import Catalogue, Change
-from treedrive.core.spread import IndexedSet, SpreadQueue
+from treedrive.core.spread import SpreadQueue
+from treedrive.core.swimtable import MemberTable
 from treedrive.core.swimtypes import (
     DEFAULT,
     MAX_MEMBERS,
@@ -92,7 +93,7 @@ class _Probe:
 Out = tuple[Address, Message]
 
 
-class Swim:
+class Swim(MemberTable):
     """One node's membership. ``catalogue`` is its catalogue sync (its log and views)."""
 
     def __init__(
@@ -109,16 +110,10 @@ class Swim:
         self.me, self.address, self.catalogue, self.rng = me, address, catalogue, rng
         self.config = config
         self.seeds = tuple(s for s in seeds if s != address)
+        super().__init__(rng, config)
         self.incarnation = 0
-        self.members: dict[str, Member] = {}
-        self._alive = IndexedSet()
-        """Members alive or suspect: probe, push and ask-to-probe targets."""
-        self._suspects: dict[str, float] = {}
-        self._dead: dict[str, float] = {}
         self._seed_phase = rng.randrange(config.seed_rounds)
         self.heard: dict[str, float] = {}
-        self._order: list[str] = []
-        self._dead_order: list[str] = []
         self._news: SpreadQueue[News] = SpreadQueue()
         self._changes: SpreadQueue[Change] = SpreadQueue()
         self._probes: dict[int, _Probe] = {}
@@ -136,43 +131,12 @@ class Swim:
         self._pull_until = 0.0
         self._pulled = -1.0
 
-    # ------------------------------------------------------------------ table
-
-    def alive(self) -> list[str]:
-        return list(self._alive.items)
-
-    def counts(self) -> tuple[int, int, int]:
-        """Members alive, suspect and dead."""
-        return len(self._alive) - len(self._suspects), len(self._suspects), len(self._dead)
-
-    def start(self, members: dict[str, Member]) -> None:
-        """Start from a known table (rows may be shared with other tables: they are immutable)."""
-        self.members = members
-        for peer, m in members.items():
-            self._index(peer, m)
-
-    def _index(self, peer: str, m: Member) -> None:
-        if m.status <= Status.SUSPECT:
-            self._alive.add(peer)
-        else:
-            self._alive.discard(peer)
-        if m.status == Status.SUSPECT:
-            self._suspects[peer] = m.since
-        else:
-            self._suspects.pop(peer, None)
-        if m.status == Status.DEAD:
-            self._dead[peer] = m.since
-        else:
-            self._dead.pop(peer, None)
-
     def retransmit(self) -> int:
         return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
 
     def _set(self, m: Member, spread: bool = True) -> None:
-        if m.peer_id not in self.members and len(self.members) >= self.config.max_members:
+        if not self._put(m):
             return
-        self.members[m.peer_id] = m
-        self._index(m.peer_id, m)
         if spread:
             news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
             self._news.put(m.peer_id, news, self._now)
@@ -309,17 +273,6 @@ class Swim:
         self._probes[self._seq] = _Probe(target, now)
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
-    def _next_target(self, order: list[str], want: tuple[Status, ...]) -> str | None:
-        for _ in range(2):
-            while order:
-                peer = order.pop()
-                m = self.members.get(peer)
-                if m is not None and m.status in want:
-                    return peer
-            order.extend(self._alive.items if order is self._order else self._dead)
-            self.rng.shuffle(order)
-        return None
-
     def next_wake(self) -> float:
         """When :meth:`tick` has something to do next."""
         wake = self.next_round
@@ -372,11 +325,6 @@ class Swim:
                 del self._dead[peer]
                 self.heard.pop(peer, None)
         return out
-
-    def _sample(self, k: int, exclude: str | None = None) -> list[str]:
-        items = self._alive.items
-        picked = self.rng.sample(items, min(k + 1, len(items)))
-        return [p for p in picked if p != exclude][:k]
 
     def _round_start(self, now: float) -> list[Out]:
         cfg = self.config
