@@ -327,11 +327,28 @@ class Swim(MemberTable):
         return out
 
     def _round_start(self, now: float) -> list[Out]:
-        cfg = self.config
         out: list[Out] = []
         target = self._next_target(self._order, (Status.ALIVE, Status.SUSPECT))
         if target is not None:
             out.append(self._ping(target, now))
+        out += self._looking(now)
+        syncs = 0
+        for origin in self.catalogue.behind():
+            if syncs >= self.config.syncs:
+                break
+            if origin != target and origin in self._alive:
+                out.append(self._ping(origin, now))
+                syncs += 1
+        if self._news or self._changes:
+            for peer in self._sample(self.config.fanout):
+                out.append((self.members[peer].address, self._message(Push)))
+        return out
+
+    def _looking(self, now: float) -> list[Out]:
+        """Looking for lost members: dead ones re-probed, tables pulled from those back, and a
+        well-known host now and then while any is lost (each round while none is alive)."""
+        cfg = self.config
+        out: list[Out] = []
         for _ in range(cfg.reprobe_dead):
             dead = self._next_target(self._dead_order, (Status.DEAD,))
             if dead is not None:
@@ -340,25 +357,11 @@ class Swim(MemberTable):
         if revived and self._dead and now < self._pull_until and now - self._pulled >= 1.0:
             self._pulled = now
             out.append(self._ping(self.rng.choice(revived), now, join=True))
-        syncs = 0
-        for origin in self.catalogue.behind():
-            if syncs >= cfg.syncs:
-                break
-            if origin != target and origin in self._alive:
-                out.append(self._ping(origin, now))
-                syncs += 1
-        lost = not self._alive or self._dead
-        if (
-            self.seeds
-            and lost
-            and (not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0)
-        ):
+        due = not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0
+        if self.seeds and (self._dead or not self._alive) and due:
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
             out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
-        if self._news or self._changes:
-            for peer in self._sample(cfg.fanout):
-                out.append((self.members[peer].address, self._message(Push)))
         return out
 
     # ------------------------------------------------------------------ receiving
