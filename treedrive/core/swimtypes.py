@@ -115,9 +115,9 @@ class Config:
     max_news: int = 24
     """News (and, separately, catalogue changes) per message."""
     seed_rounds: int = 10
-    reprobe_dead: int = 2
+    reprobe_dead: int = 3
     """Dead members probed per round (one that answers is asked for its table next round)."""
-    pull_rounds: float = 3.0
+    pull_rounds: float = 10.0
     """Rounds after a dead member answered during which this node pulls a table each round
     (from such a member) while it still holds members dead: a partition is healing."""
     heads: int = 8
