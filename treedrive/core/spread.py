@@ -33,6 +33,12 @@ class SpreadQueue(Generic[T]):
         self._buckets[0][key] = (item, now)
         self._count[key] = 0
 
+    def discard(self, key: Hashable) -> None:
+        """Drop the item under ``key`` (it is no longer true)."""
+        sent = self._count.pop(key, None)
+        if sent is not None:
+            del self._buckets[sent][key]
+
     def take(self, n: int, limit: int, oldest: float) -> list[T]:
         """Up to ``n`` items, counted as sent once more; items put before ``oldest`` are
         dropped instead (news that could not go out in time is stale)."""

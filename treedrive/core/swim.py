@@ -137,7 +137,9 @@ class Swim(MemberTable):
     def _set(self, m: Member, spread: bool = True) -> None:
         if not self._put(m):
             return
-        if spread:
+        if not spread:  # what this node was spreading about it is out of date
+            self._news.discard(m.peer_id)
+        else:
             news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
             self._news.put(m.peer_id, news, self._now)
 
