@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.core.test_deltas import meta
 from treedrive.core.deltas import Catalogue
+from treedrive.core.spread import SpreadQueue
 from treedrive.core.swim import (
     DEFAULT,
     MAX_RELAYS,
@@ -313,3 +314,21 @@ def test_the_origin_s_answer_replaces_a_claimed_head() -> None:
     assert node.behind() == ["o"]
     node.take(origin.answer(node.have("o")))
     assert node.behind() == []
+
+
+def test_the_spread_queue_sends_least_sent_first_a_bounded_number_of_times() -> None:
+    q: SpreadQueue[str] = SpreadQueue()
+    q.put("a", "a1", 0.0)
+    assert q.take(1, 2, 0.0) == ["a1"]
+    q.put("b", "b1", 0.0)
+    assert q.take(1, 2, 0.0) == ["b1"]  # b was sent less than a
+    assert q.take(5, 2, 0.0) == ["a1", "b1"]
+    assert q.take(5, 2, 0.0) == []  # each went twice: done
+    q.put("c", "c1", 0.0)
+    q.put("c", "c2", 0.0)  # a newer item under the same key replaces the older
+    q.put("d", "d1", 0.0)
+    q.discard("d")
+    assert q.take(5, 3, 0.0) == ["c2"]
+    q.put("e", "e1", 0.0)
+    assert q.take(5, 3, 1.0) == []  # put before ``oldest``: stale, dropped unsent
+    assert len(q) == 0
