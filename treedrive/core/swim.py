@@ -356,7 +356,8 @@ class Swim(MemberTable):
             if dead is not None:
                 out.append(self._ping(dead, now))
         revived = [p for p in self._revived if p in self._alive]
-        if revived and self._dead and now < self._pull_until and now - self._pulled >= 1.0:
+        lost = self._dead or self._suspects
+        if revived and lost and now < self._pull_until and now - self._pulled >= 1.0:
             self._pulled = now
             out.append(self._ping(self.rng.choice(revived), now, join=True))
         due = not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0

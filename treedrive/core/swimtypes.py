@@ -119,7 +119,7 @@ class Config:
     """Dead members probed per round (one that answers is asked for its table next round)."""
     pull_rounds: float = 10.0
     """Rounds after a dead member answered during which this node pulls a table each round
-    (from such a member) while it still holds members dead: a partition is healing."""
+    (from such a member) while it still holds members dead or suspect: a partition is healing."""
     heads: int = 8
     """(origin, head) pairs per message, of origins that changed within ``heads_rounds``."""
     heads_rounds: float = 10.0
