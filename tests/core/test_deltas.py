@@ -1,0 +1,220 @@
+"""Catalogue sync by deltas (core/deltas.py): pure, no sockets."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treedrive.core.deltas import Catalogue, Change, ChangeLog, Sync, View, Views
+from treedrive.core.model import FileMeta
+
+
+def meta(owner: str, n: int) -> FileMeta:
+    fid = hashlib.sha256(f"{owner}/{n}".encode()).hexdigest()
+    return FileMeta(fid, f"f{n}", 0.1, owner, 1795617115 + n)
+
+
+def test_changes_are_numbered_and_a_peer_gets_only_those_since_its_number() -> None:
+    log = ChangeLog("a")
+    c1, c2 = log.add(meta("a", 1)), log.add(meta("a", 2))
+    assert (c1 and c1.seq, c2 and c2.seq) == (1, 2)
+    assert log.add(meta("a", 1)) is None  # the same record again is no change
+    gone = log.delete(meta("a", 1).file_id)
+    assert gone is not None
+    assert gone.deleted
+    assert gone.seq == 3
+    assert log.delete(meta("a", 1).file_id) is None
+    sync = log.since(2)
+    assert not sync.snapshot
+    assert [c.seq for c in sync.changes] == [3]
+    assert sync.head == 3
+
+
+def test_a_new_or_too_far_behind_peer_gets_a_snapshot() -> None:
+    log = ChangeLog("a", limit=4)
+    for i in range(10):
+        log.add(meta("a", i))
+    log.delete(meta("a", 0).file_id)
+    assert log.since(None).snapshot
+    assert log.since(2).snapshot  # the log no longer reaches back to 2
+    snap = log.since(None)
+    assert {c.file_id for c in snap.changes} == {meta("a", i).file_id for i in range(1, 10)}
+    assert not log.since(8).snapshot
+    assert log.since(99).snapshot  # a number this node never reached: start again
+
+
+def test_answers_are_paged_and_the_asker_catches_up_page_by_page() -> None:
+    log = ChangeLog("a", limit=8, page=3)
+    for i in range(20):
+        log.add(meta("a", i))
+    view = View()
+    for _ in range(20):
+        sync = log.since(view.seq if view.seq else None, view.asof)
+        assert len(sync.changes) <= 3
+        view.take(sync)
+        if view.seq == log.seq:
+            break
+    assert view.seq == log.seq == 20
+    assert {f for f in view.files if view.holds(f)} == {m.file_id for m in log.held()}
+
+
+def test_a_delete_while_paging_past_the_log_restarts_the_snapshot() -> None:
+    log = ChangeLog("a", limit=2, page=3)
+    for i in range(8):
+        log.add(meta("a", i))
+    view = View()
+    view.take(log.since(None))
+    assert view.seq == 3
+    log.delete(meta("a", 0).file_id)  # listed in the first page
+    log.add(meta("a", 8))
+    log.add(meta("a", 9))  # the log no longer reaches the delete
+    sync = log.since(view.seq)
+    assert sync.snapshot
+    assert sync.since == 0
+    for _ in range(10):
+        view.take(log.since(view.seq, view.asof))
+    assert view.seq == log.seq
+    assert {f for f in view.files if view.holds(f)} == {m.file_id for m in log.held()}
+
+
+def test_a_snapshot_drops_what_the_origin_no_longer_holds() -> None:
+    log = ChangeLog("a", limit=2)
+    view = View()
+    for i in range(3):
+        log.add(meta("a", i))
+    view.take(log.since(None))
+    log.delete(meta("a", 0).file_id)
+    for i in range(3, 6):
+        log.add(meta("a", i))
+    sync = log.since(view.seq)
+    assert sync.snapshot
+    new = view.take(sync)
+    assert not view.holds(meta("a", 0).file_id)
+    assert any(c.deleted and c.file_id == meta("a", 0).file_id for c in new)
+
+
+def test_a_relayed_old_add_never_brings_back_a_delete() -> None:
+    view = View()
+    add = Change("a", 1, meta("a", 1).file_id, meta("a", 1))
+    tomb = Change("a", 2, add.file_id)
+    assert view.apply(tomb)
+    assert not view.apply(add)
+    assert not view.holds(add.file_id)
+    assert view.seq == 0
+    assert view.head == 2  # a gap: 1 is missing
+    views = Views()
+    views.apply(tomb)
+    assert views.behind == {"a": None}
+
+
+def test_a_delta_that_would_leave_a_gap_is_not_taken() -> None:
+    view = View()
+    sync = Sync("a", since=5, upto=7, head=7, changes=(Change("a", 6, "x" * 64, None),))
+    assert view.take(sync) == []
+    assert view.seq == 0
+
+
+def test_views_share_a_start_and_copy_it_on_write() -> None:
+    base_view = View(
+        1,
+        {meta("a", 1).file_id: Change("a", 1, meta("a", 1).file_id, meta("a", 1))},
+        1,
+        shared=True,
+    )
+    base = {"a": base_view}
+    one, two = Views(base), Views(base)
+    one.apply(Change("a", 2, meta("a", 2).file_id, meta("a", 2)))
+    assert one.holds("a", meta("a", 2).file_id)
+    assert not two.holds("a", meta("a", 2).file_id)
+    assert len(base_view.files) == 1
+
+
+def test_views_are_bounded() -> None:
+    views = Views(limit=3)
+    for i in range(5):
+        views.heard(f"o{i}", 1)
+    assert len(views.behind) == 3
+
+
+def test_an_owner_delete_makes_every_holder_drop_and_log_it() -> None:
+    owner, holder, other = Catalogue("o"), Catalogue("h"), Catalogue("x")
+    m = meta("o", 1)
+    add = owner.add(m)
+    holder.add(m)
+    assert add is not None
+    holder.news(add)
+    other.news(add)
+    tomb = owner.delete(m.file_id)
+    assert tomb is not None
+    follow = holder.news(tomb)
+    assert tomb in follow
+    mine = [c for c in follow if c.origin == "h"]
+    assert mine
+    assert mine[0].deleted
+    assert not holder.log.holds(m.file_id)
+    assert other.news(tomb) == [tomb]
+    assert not other.lists(["o", "h"], m.file_id) or other.views.holds("h", m.file_id)
+    other.news(mine[0])
+    assert not other.lists(["o", "h"], m.file_id)
+    assert holder.add(m) is None  # deleted by its owner: never held again
+
+
+def test_a_delete_from_a_non_owner_holder_does_not_spread_to_other_holders() -> None:
+    a, b = Catalogue("a"), Catalogue("b")
+    m = meta("o", 1)
+    a.add(m)
+    b.add(m)
+    tomb = a.delete(m.file_id)
+    assert tomb is not None
+    assert b.news(tomb) == [tomb]
+    assert b.log.holds(m.file_id)
+
+
+def test_a_partitioned_holder_learns_the_owner_delete_by_sync() -> None:
+    owner, holder = Catalogue("o"), Catalogue("h")
+    m = meta("o", 1)
+    holder.take(owner.answer(None))
+    add = owner.add(m)
+    holder.add(m)
+    assert add is not None
+    holder.news(add)
+    owner.delete(m.file_id)  # the news never reaches the holder
+    for i in range(2, 5):
+        owner.add(meta("o", i))
+    holder.heard("o", owner.head())
+    assert holder.behind() == ["o"]
+    follow = holder.take(owner.answer(holder.have("o")))
+    assert not holder.log.holds(m.file_id)
+    assert follow
+    assert follow[0].deleted
+    assert holder.behind() == []
+
+
+ops = st.lists(st.tuples(st.booleans(), st.integers(0, 6)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops, st.integers(0, 40), st.randoms(use_true_random=False))
+def test_any_order_of_relays_and_syncs_converges_to_the_origin(
+    steps: list[tuple[bool, int]], cut: int, rnd: object
+) -> None:
+    """Changes relayed in any order, some lost, then one sync: the view is what the origin holds."""
+    log = ChangeLog("a", limit=5, page=4)
+    changes = []
+    for add, n in steps:
+        c = log.add(meta("a", n)) if add else log.delete(meta("a", n).file_id)
+        if c is not None:
+            changes.append(c)
+    relayed = changes[:cut]
+    rnd.shuffle(relayed)  # type: ignore[attr-defined]
+    view = View()
+    for c in relayed:
+        view.apply(c)
+    for _ in range(50):
+        if view.seq == log.seq and view.head <= view.seq:
+            break
+        view.take(log.since(view.seq if view.seq else None, view.asof))
+    assert view.seq == log.seq
+    assert {f for f in view.files if view.holds(f)} == {m.file_id for m in log.held()}

@@ -1,0 +1,334 @@
+"""Membership by fan-out (core/swim.py) and its classic-message form (core/swimwire.py): pure,
+no sockets; a few nodes wired by hand, time given by the test."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.core.test_deltas import meta
+from treedrive.core.deltas import Catalogue
+from treedrive.core.spread import SpreadQueue
+from treedrive.core.swim import (
+    DEFAULT,
+    MAX_RELAYS,
+    Ack,
+    Address,
+    Config,
+    Message,
+    News,
+    Ping,
+    PingReq,
+    Push,
+    Status,
+    Swim,
+)
+from treedrive.core.swimwire import MAX_WIRE_NEWS, decode, encode
+
+BASE = {"version": 1, "features": ["swim"]}
+
+
+def addr(i: int) -> Address:
+    return (f"10.0.0.{i}", 8270)
+
+
+class Net:
+    """A few Swim nodes; messages delivered at once unless their receiver is cut off."""
+
+    def __init__(
+        self, n: int, config: Config | None = None, seeds: tuple[Address, ...] = ()
+    ) -> None:
+        self.now = 0.0
+        self.nodes = {
+            addr(i): Swim(
+                f"p{i}",
+                addr(i),
+                Catalogue(f"p{i}"),
+                random.Random(i),
+                0.0,
+                config=config or DEFAULT,
+                seeds=seeds,
+            )
+            for i in range(n)
+        }
+        self.down: set[Address] = set()
+        self.sent: list[tuple[Address, Message]] = []
+        self.cut: Callable[[Address, Message], bool] = lambda to, msg: False
+        """Whether the network drops this message."""
+
+    def deliver(self, out: list[tuple[Address, Message]]) -> None:
+        queue = list(out)
+        while queue:
+            to, msg = queue.pop(0)
+            self.sent.append((to, msg))
+            node = self.nodes.get(to)
+            if node is None or to in self.down or msg.address in self.down or self.cut(to, msg):
+                continue
+            queue += node.receive(msg, self.now)
+
+    def run(self, rounds: float, step: float = 0.1) -> None:
+        end = self.now + rounds
+        while self.now < end - 1e-9:
+            self.now = round(self.now + step, 6)
+            for a, node in self.nodes.items():
+                if a not in self.down:
+                    self.deliver(node.tick(self.now))
+
+    def status(self, a: int, b: int) -> Status | None:
+        m = self.nodes[addr(a)].members.get(f"p{b}")
+        return None if m is None else m.status
+
+
+def test_nodes_join_through_a_well_known_host_and_learn_everyone() -> None:
+    net = Net(6, seeds=(addr(0),))
+    net.run(8)
+    for a in range(6):
+        assert sorted(net.nodes[addr(a)].alive()) == sorted(f"p{b}" for b in range(6) if b != a)
+
+
+def test_a_crashed_member_is_suspected_then_dead_everywhere_and_not_before() -> None:
+    net = Net(8, Config(suspect_rounds=3), seeds=(addr(0),))
+    net.run(8)
+    net.down.add(addr(7))
+    net.run(1.0)
+    assert all(net.status(a, 7) in (Status.ALIVE, Status.SUSPECT) for a in range(7))
+    net.run(12)
+    assert all(net.status(a, 7) == Status.DEAD for a in range(7))
+    assert all(net.status(a, b) == Status.ALIVE for a in range(7) for b in range(7) if a != b)
+
+
+def test_a_member_that_hears_it_is_suspected_refutes_with_a_higher_incarnation() -> None:
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("me", addr(1), 0, Status.SUSPECT), 0.0)
+    assert node.incarnation == 1
+    node.learn(News("me", addr(1), 0, Status.DEAD), 0.0)  # older: nothing to refute
+    assert node.incarnation == 1
+
+
+def test_precedence_higher_incarnation_then_dead_over_suspect_over_alive() -> None:
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("x", addr(2), 3, Status.ALIVE), 0.0)
+    node.learn(News("x", addr(2), 2, Status.DEAD), 0.0)
+    assert node.members["x"].status == Status.ALIVE
+    node.learn(News("x", addr(2), 3, Status.SUSPECT), 0.0)
+    assert node.members["x"].status == Status.SUSPECT
+    node.learn(News("x", addr(2), 3, Status.ALIVE), 0.0)
+    assert node.members["x"].status == Status.SUSPECT
+    node.learn(News("x", addr(2), 4, Status.ALIVE), 0.0)
+    assert node.members["x"].status == Status.ALIVE
+
+
+def test_an_unanswered_probe_asks_others_to_probe_before_suspecting() -> None:
+    net = Net(5, seeds=(addr(0),))
+    net.run(6)
+    net.down.add(addr(4))
+    net.sent.clear()
+    net.run(3)
+    assert any(isinstance(m, PingReq) and m.target == "p4" for _, m in net.sent)
+
+
+def test_an_indirect_ack_saves_a_member_that_one_node_cannot_reach() -> None:
+    net = Net(5, seeds=(addr(0),))
+    net.run(6)
+    a, b = net.nodes[addr(0)], net.nodes[addr(1)]
+    net.cut = lambda to, m: m.sender == "p0" and to == addr(1)  # only 0 -> 1 is broken
+    net.run(10)
+    assert a.members["p1"].status == Status.ALIVE
+    assert b.members["p0"].status == Status.ALIVE
+
+
+def test_a_partition_longer_than_the_suspicion_heals() -> None:
+    net = Net(10, Config(suspect_rounds=2, seed_rounds=3), seeds=(addr(0),))
+    net.run(8)
+    left = {addr(i) for i in range(5)}
+    net.cut = lambda to, m: (to in left) != (m.address in left)
+    net.run(12)
+    assert net.status(0, 9) == Status.DEAD
+    assert net.status(9, 0) == Status.DEAD
+    net.cut = lambda to, m: False
+    net.run(10)
+    for a in range(10):
+        assert len(net.nodes[addr(a)].alive()) == 9, a
+        assert net.nodes[addr(a)].counts() == (9, 0, 0)
+
+
+def test_news_is_sent_a_bounded_number_of_times() -> None:
+    net = Net(20, Config(retransmit_mult=1.0), seeds=(addr(0),))
+    net.run(10)
+    node = net.nodes[addr(3)]
+    change = node.catalogue.add(meta("p3", 1))
+    assert change is not None
+    node.spread([change])
+    net.sent.clear()
+    net.run(10)
+    carried = sum(1 for _, m in net.sent if m.sender == "p3" and change in m.changes)
+    assert 1 <= carried <= node.retransmit()
+    net.run(20)  # those the news missed catch up by probing the origin (round-robin)
+    assert all(n.catalogue.lists(["p3"], change.file_id) for n in net.nodes.values())
+
+
+def test_a_node_that_missed_a_change_catches_up_from_the_origin() -> None:
+    net = Net(6, seeds=(addr(0),))
+    net.run(8)
+    origin = net.nodes[addr(2)]
+    net.down.add(addr(5))
+    for i in range(3):
+        c = origin.catalogue.add(meta("p2", i))
+        assert c is not None
+        origin.spread([c])
+    net.run(3)
+    net.down.clear()
+    net.run(10)
+    late = net.nodes[addr(5)].catalogue
+    assert late.have("p2") == origin.catalogue.head()
+    assert all(late.lists(["p2"], meta("p2", i).file_id) for i in range(3))
+
+
+# ------------------------------------------------------------------------ wire
+
+
+def roundtrip(msg: Message) -> Message | None:
+    return decode(json.loads(json.dumps(encode(msg, BASE, "id-1"))))
+
+
+def test_every_message_survives_its_classic_form() -> None:
+    c = Catalogue("a")
+    change = c.add(meta("a", 1))
+    assert change is not None
+    news = (News("b", addr(2), 3, Status.SUSPECT, 7),)
+    common = {
+        "heads": (("a", 1), ("c", 9)),
+        "sender": "a",
+        "address": addr(1),
+        "incarnation": 2,
+        "head": 1,
+        "news": news,
+        "changes": (change,),
+    }
+    msgs: list[Message] = [
+        Ping(**common, seq=5, have=None, asof=3, join=True),  # type: ignore[arg-type]
+        Ping(**common, seq=5, have=-1),  # type: ignore[arg-type]
+        PingReq(**common, seq=6, target="b", target_address=addr(2)),  # type: ignore[arg-type]
+        Push(**common),  # type: ignore[arg-type]
+        Ack(**common, seq=7, of="a", of_incarnation=2, sync=c.answer(None), members=news),  # type: ignore[arg-type]
+    ]
+    for msg in msgs:
+        assert roundtrip(msg) == msg
+    assert encode(msgs[4], BASE)["type"] == "GOSSIP_REPLY"
+    assert encode(msgs[0], BASE, "x")["type"] == "GOSSIP"
+
+
+def test_claims_from_the_wire_are_bounded() -> None:
+    news = tuple(News(f"p{i}", addr(1), 0, Status.ALIVE) for i in range(MAX_WIRE_NEWS + 10))
+    msg = Push(sender="a", address=addr(1), incarnation=0, head=0, news=news)
+    got = roundtrip(msg)
+    assert got is not None
+    assert len(got.news) == MAX_WIRE_NEWS
+    wire = encode(msg, BASE, "i")
+    wire["treedrive"]["swim"]["news"][0][0] = "x" * 300  # a peer id too long: that item is skipped
+    got = decode(wire)
+    assert got is not None
+    assert len(got.news) == MAX_WIRE_NEWS - 1
+    wire["port"] = 70000
+    assert decode(wire) is None
+    wire["port"] = 1
+    wire["treedrive"]["swim"]["n"] = -1
+    assert decode(wire) is None
+
+
+def test_a_sync_that_claims_another_origin_is_refused() -> None:
+    c = Catalogue("b")
+    c.add(meta("b", 1))
+    ack = Ack(
+        sender="a",
+        address=addr(1),
+        incarnation=0,
+        head=0,
+        seq=1,
+        of="a",
+        of_incarnation=0,
+        sync=c.answer(None),
+    )
+    assert decode(encode(ack, BASE)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=6)
+        ),
+        max_leaves=30,
+    )
+)
+def test_decode_never_raises(junk: object) -> None:
+    for obj in (
+        {"treedrive": {"swim": junk}},
+        {
+            "type": "GOSSIP",
+            "peerId": "a",
+            "host": "h",
+            "port": 1,
+            "treedrive": {
+                "swim": {"k": "ack", "n": 0, "h": 0, "s": 1, "m": junk, "sync": junk, "news": junk}
+            },
+        },
+    ):
+        decode(obj)
+
+
+def test_indirect_probes_made_for_others_are_bounded_per_round() -> None:
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("m", addr(2), 0, Status.ALIVE), 0.0)
+
+    def asked(now: float, n: int) -> int:
+        sent = 0
+        for i in range(n):
+            req = PingReq(
+                sender="m",
+                address=addr(2),
+                incarnation=0,
+                head=0,
+                seq=i,
+                target="t",
+                target_address=addr(8),
+            )
+            out = node.receive(req, now)
+            sent += sum(1 for to, m in out if to == addr(8) and isinstance(m, Ping))
+        return sent
+
+    assert asked(0.2, 200) == MAX_RELAYS
+    assert asked(1.5, 10) == 10  # a round later: the old ones are forgotten
+
+
+def test_the_origin_s_answer_replaces_a_claimed_head() -> None:
+    node = Catalogue("me")
+    origin = Catalogue("o")
+    origin.add(meta("o", 1))
+    node.heard("o", 2**40)  # a stranger's claim about o
+    assert node.behind() == ["o"]
+    node.take(origin.answer(node.have("o")))
+    assert node.behind() == []
+
+
+def test_the_spread_queue_sends_least_sent_first_a_bounded_number_of_times() -> None:
+    q: SpreadQueue[str] = SpreadQueue()
+    q.put("a", "a1", 0.0)
+    assert q.take(1, 2, 0.0) == ["a1"]
+    q.put("b", "b1", 0.0)
+    assert q.take(1, 2, 0.0) == ["b1"]  # b was sent less than a
+    assert q.take(5, 2, 0.0) == ["a1", "b1"]
+    assert q.take(5, 2, 0.0) == []  # each went twice: done
+    q.put("c", "c1", 0.0)
+    q.put("c", "c2", 0.0)  # a newer item under the same key replaces the older
+    q.put("d", "d1", 0.0)
+    q.discard("d")
+    assert q.take(5, 3, 0.0) == ["c2"]
+    q.put("e", "e1", 0.0)
+    assert q.take(5, 3, 1.0) == []  # put before ``oldest``: stale, dropped unsent
+    assert len(q) == 0

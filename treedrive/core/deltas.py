@@ -1,0 +1,389 @@
+"""Catalogue sync by deltas between TreeDrive nodes (issue 12, point 2): pure, no I/O, no clock.
+
+Each node numbers the changes to what it holds (:class:`ChangeLog`): adding a file and deleting one
+(a tombstone) each take the next sequence number. A peer that asks with the number it already has
+gets only the changes since (:meth:`ChangeLog.since`), or a snapshot of what the node holds when
+it asks for the first time or is further behind than the bounded log reaches. The receiving side
+keeps, per origin, the last number it has without a gap and the origin's records as it knows them
+(:class:`Views`); changes relayed by gossip (one change at a time, out of order) and answers to
+its own requests both go through it. A change of a file wins over an older change of that file
+from the same origin (a higher sequence number), so the order in which they arrive does not
+matter, and a relayed old add never brings back a file deleted since.
+
+:class:`Catalogue` is one node's side of both: its own log, its views of the others, and the
+owner-delete rule (a file deleted by its owner is dropped by every holder, which logs the delete
+in turn, and is never taken back from anyone). Everything a peer sends is a claim with limits
+(:data:`MAX_CHANGES` per answer, :data:`MAX_ORIGINS` views); checking those limits on decoded
+input is :mod:`treedrive.core.swimwire`'s.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from treedrive.core.model import FileMeta
+
+LOG_LIMIT = 1024
+"""Changes a node keeps in its log: a peer further behind than that gets a snapshot."""
+MAX_CHANGES = 512
+"""Changes (or snapshot records) in one answer; a longer answer is cut, and the asker asks again
+with the number it reached."""
+MAX_ORIGINS = 65536
+"""Origins whose records a node keeps (THREATS.md: a stranger must not grow this without bound)."""
+MAX_DELETED = 65536
+"""Owner-deleted file ids remembered (a bounded set: the oldest go first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Origin ``origin``'s change number ``seq``: it now holds ``meta`` (an add), or no longer holds
+    ``file_id`` (``meta`` None: a tombstone)."""
+
+    origin: str
+    seq: int
+    file_id: str
+    meta: FileMeta | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.meta is None
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """An origin's answer to "I have your changes up to ``since``". A delta lists the changes
+    after ``since`` up to ``upto``; a snapshot (``snapshot``) lists the records the origin holds
+    that were added after ``since`` and at or before ``upto``, and anything else the asker has of
+    that origin in that range is gone. ``head`` is the origin's last number: ``upto < head`` means
+    there is more to ask."""
+
+    origin: str
+    since: int
+    upto: int
+    head: int
+    changes: tuple[Change, ...]
+    snapshot: bool = False
+
+
+class ChangeLog:
+    """One node's numbered changes to what it holds, and what it holds now."""
+
+    def __init__(self, origin: str, limit: int = LOG_LIMIT, page: int = MAX_CHANGES) -> None:
+        self.origin = origin
+        self.seq = 0
+        self.limit = limit
+        self.page = page
+        self._log: deque[Change] = deque(maxlen=limit)
+        self.last_delete = 0
+        """The number of the latest delete (a snapshot from a number before it must start over)."""
+        self._held: dict[str, Change] = {}
+        """file id -> the add that holds it, in the order of their numbers."""
+
+    def _next(self, file_id: str, meta: FileMeta | None) -> Change:
+        self.seq += 1
+        change = Change(self.origin, self.seq, file_id, meta)
+        self._log.append(change)
+        return change
+
+    def add(self, meta: FileMeta) -> Change | None:
+        """This node now holds ``meta``'s file; None if it already held that very record."""
+        held = self._held.get(meta.file_id)
+        if held is not None and held.meta == meta:
+            return None
+        change = self._next(meta.file_id, meta)
+        self._held.pop(meta.file_id, None)  # re-inserted last: ``_held`` stays in number order
+        self._held[meta.file_id] = change
+        return change
+
+    def delete(self, file_id: str) -> Change | None:
+        """This node no longer holds ``file_id``; None if it did not."""
+        if self._held.pop(file_id, None) is None:
+            return None
+        change = self._next(file_id, None)
+        self.last_delete = change.seq
+        return change
+
+    def held(self) -> list[FileMeta]:
+        return [c.meta for c in self._held.values() if c.meta is not None]
+
+    def holds(self, file_id: str) -> bool:
+        return file_id in self._held
+
+    def meta(self, file_id: str) -> FileMeta | None:
+        held = self._held.get(file_id)
+        return None if held is None else held.meta
+
+    @property
+    def first(self) -> int:
+        """The oldest number still in the log (``seq + 1`` when it is empty)."""
+        return self._log[0].seq if self._log else self.seq + 1
+
+    def since(self, have: int | None, asof: int | None = None) -> Sync:
+        """The answer to a peer that has this node's changes up to ``have`` (None: none), its
+        records up to ``have`` being right as of number ``asof`` (a snapshot's pages are). A delta
+        when the log reaches back to ``have``; else a snapshot: from ``have`` on (what was added
+        since and is still held) when nothing was deleted since ``asof``, else from the start. At
+        most ``page`` changes either way."""
+        if have is not None and self.first - 1 <= have <= self.seq:
+            start = have - (self.first - 1)
+            changes = tuple(
+                self._log[i] for i in range(start, min(len(self._log), start + self.page))
+            )
+            upto = changes[-1].seq if changes else have
+            return Sync(self.origin, have, upto, self.seq, changes)
+        asof = max(have or 0, asof or 0)
+        since = have if have is not None and have <= self.seq and self.last_delete <= asof else 0
+        later: list[Change] = []
+        for change in reversed(self._held.values()):  # in number order: the newest last
+            if change.seq <= since:
+                break
+            later.append(change)
+        later.reverse()
+        records = tuple(later[: self.page])
+        upto = self.seq if len(later) <= self.page else later[self.page].seq - 1
+        return Sync(self.origin, since, upto, self.seq, records, snapshot=True)
+
+
+@dataclass(slots=True)
+class View:
+    """What a node knows of one origin's records: every change up to ``seq`` (no gap), and the
+    latest change of each file it knows of (adds, and tombstones newer than ``seq``)."""
+
+    seq: int = 0
+    files: dict[str, Change] = field(default_factory=dict)
+    head: int = 0
+    """The highest number the origin is known to have reached (``> seq``: behind)."""
+    asof: int = 0
+    """The records up to ``seq`` are right as of this number (a snapshot page's head)."""
+    shared: bool = False
+    """``files`` belongs to someone else too (a simulator's common start): copied before a write."""
+
+    def _own(self) -> dict[str, Change]:
+        if self.shared:
+            self.files = dict(self.files)
+            self.shared = False
+        return self.files
+
+    def copy(self) -> View:
+        return View(self.seq, self.files, self.head, self.asof, shared=True)
+
+    def holds(self, file_id: str) -> bool:
+        change = self.files.get(file_id)
+        return change is not None and change.meta is not None
+
+    def apply(self, change: Change) -> bool:
+        """Take one change (relayed, any order). Returns whether it told something new."""
+        if change.seq <= self.seq:
+            return False
+        known = self.files.get(change.file_id)
+        if known is not None and known.seq >= change.seq:
+            return False
+        self._own()[change.file_id] = change
+        if change.seq == self.seq + 1:
+            self.seq = change.seq
+        self.head = max(self.head, change.seq)
+        return True
+
+    def take(self, sync: Sync) -> list[Change]:
+        """Take an origin's answer; returns the changes that were new (a snapshot's records that
+        replace nothing newer, and tombstones for what the snapshot no longer lists)."""
+        if sync.upto < sync.since or sync.since > self.seq:
+            return []  # an answer that leaves a gap, or nonsense: ask again
+        files = self._own()
+        new: list[Change] = []
+        if sync.snapshot:
+            listed = {c.file_id for c in sync.changes}
+            for fid, known in list(files.items()):
+                if sync.since < known.seq <= sync.upto and fid not in listed:
+                    del files[fid]
+                    if known.meta is not None:
+                        new.append(Change(sync.origin, sync.upto, fid, None))
+        for change in sync.changes:
+            if not sync.since < change.seq <= sync.upto:
+                continue
+            prior = files.get(change.file_id)
+            if prior is None or prior.seq < change.seq:
+                files[change.file_id] = change
+                new.append(change)
+        self.seq = sync.upto if sync.snapshot and sync.since == 0 else max(self.seq, sync.upto)
+        self.asof = sync.head if sync.snapshot else max(self.asof, self.seq)
+        self.head = max(sync.head, self.seq)  # the origin's word replaces others' claims
+        for fid in [f for f, c in files.items() if c.meta is None and c.seq <= self.seq]:
+            del files[fid]  # a tombstone covered by ``seq`` is no longer needed
+        return new
+
+
+class Views:
+    """A node's views of the other origins, with the origins it is behind on. ``base`` is a start
+    shared with other nodes (a simulator's steady state): read through, copied on a write."""
+
+    def __init__(self, base: Mapping[str, View] | None = None, limit: int = MAX_ORIGINS) -> None:
+        self._own: dict[str, View] = {}
+        self._base: Mapping[str, View] = base if base is not None else {}
+        self.limit = limit
+        self.behind: dict[str, None] = {}
+        """Origins whose known head is past the last number held without a gap (ordered)."""
+
+    def get(self, origin: str) -> View | None:
+        view = self._own.get(origin)
+        return view if view is not None else self._base.get(origin)
+
+    def _writable(self, origin: str) -> View | None:
+        view = self._own.get(origin)
+        if view is None:
+            base = self._base.get(origin)
+            if base is None and len(self._own) + len(self._base) >= self.limit:
+                return None
+            view = base.copy() if base is not None else View()
+            self._own[origin] = view
+        return view
+
+    def _track(self, origin: str, view: View) -> None:
+        if view.head > view.seq:
+            self.behind[origin] = None
+        else:
+            self.behind.pop(origin, None)
+
+    def have(self, origin: str) -> int | None:
+        view = self.get(origin)
+        return None if view is None else view.seq
+
+    def asof(self, origin: str) -> int | None:
+        view = self.get(origin)
+        return None if view is None else max(view.asof, view.seq)
+
+    def heard(self, origin: str, head: int) -> None:
+        """``origin`` says (itself, or through another) that its last number is ``head``."""
+        view = self.get(origin)
+        if view is not None and head <= view.head:
+            return
+        view = self._writable(origin)
+        if view is not None:
+            view.head = max(view.head, head)
+            self._track(origin, view)
+
+    def apply(self, change: Change) -> bool:
+        view = self._writable(change.origin)
+        if view is None:
+            return False
+        new = view.apply(change)
+        self._track(change.origin, view)
+        return new
+
+    def take(self, sync: Sync) -> list[Change]:
+        view = self._writable(sync.origin)
+        if view is None:
+            return []
+        new = view.take(sync)
+        self._track(sync.origin, view)
+        return new
+
+    def forget(self, origin: str) -> None:
+        self._own.pop(origin, None)
+        self.behind.pop(origin, None)
+
+    def holds(self, origin: str, file_id: str) -> bool:
+        view = self.get(origin)
+        return view is not None and view.holds(file_id)
+
+
+class Catalogue:
+    """One node's catalogue sync: its own :class:`ChangeLog`, its :class:`Views` of the others,
+    and the owner-delete rule. What it returns is what the node should spread further."""
+
+    def __init__(
+        self, me: str, base: Mapping[str, View] | None = None, log_limit: int = LOG_LIMIT
+    ) -> None:
+        self.me = me
+        self.log = ChangeLog(me, log_limit)
+        self.views = Views(base)
+        self._deleted: dict[str, None] = {}
+        """File ids deleted by their owner (bounded): never held again, never listed again."""
+
+    def head(self) -> int:
+        return self.log.seq
+
+    def have(self, origin: str) -> int | None:
+        return self.views.have(origin)
+
+    def asof(self, origin: str) -> int | None:
+        return self.views.asof(origin)
+
+    def answer(self, since: int | None, asof: int | None = None) -> Sync:
+        return self.log.since(since, asof)
+
+    def _owner_deleted(self, file_id: str) -> list[Change]:
+        self._deleted[file_id] = None
+        while len(self._deleted) > MAX_DELETED:
+            del self._deleted[next(iter(self._deleted))]
+        mine = self.log.delete(file_id)
+        return [mine] if mine is not None else []
+
+    def _owner_of(self, file_id: str, prior: Change | None) -> str | None:
+        """The owner of ``file_id`` as this node knows it: from its own copy, else from the record
+        ``prior`` that a delete replaces."""
+        held = self.log.meta(file_id)
+        if held is not None:
+            return held.file_owner
+        return None if prior is None or prior.meta is None else prior.meta.file_owner
+
+    def news(self, change: Change) -> list[Change]:
+        """A change relayed by gossip. Returns what to spread: the change if it was new here,
+        and this node's own changes that follow from it."""
+        if change.origin == self.me:
+            return []
+        if change.meta is not None and change.file_id in self._deleted:
+            return []
+        view = self.views.get(change.origin)
+        prior = None if view is None else view.files.get(change.file_id)
+        if not self.views.apply(change):
+            return []
+        out = [change]
+        if change.meta is None and self._owner_of(change.file_id, prior) == change.origin:
+            out += self._owner_deleted(change.file_id)
+        return out
+
+    def take(self, sync: Sync) -> list[Change]:
+        """An origin's answer to this node's request; returns this node's changes that follow."""
+        if sync.origin == self.me:
+            return []
+        view = self.views.get(sync.origin)
+        before = {} if view is None else view.files
+        before = dict(before) if sync.snapshot else before  # a snapshot drops records in place
+        priors = {c.file_id: before.get(c.file_id) for c in sync.changes if c.meta is None}
+        out: list[Change] = []
+        for change in self.views.take(sync):
+            if change.meta is not None:
+                continue
+            prior = priors.get(change.file_id, before.get(change.file_id))
+            if self._owner_of(change.file_id, prior) == change.origin:
+                out += self._owner_deleted(change.file_id)
+        return out
+
+    def heard(self, origin: str, head: int) -> None:
+        if origin != self.me:
+            self.views.heard(origin, head)
+
+    def behind(self) -> list[str]:
+        return list(self.views.behind)
+
+    def add(self, meta: FileMeta) -> Change | None:
+        """This node now holds ``meta`` (pushed here, fetched, or its own push)."""
+        if meta.file_id in self._deleted:
+            return None
+        return self.log.add(meta)
+
+    def delete(self, file_id: str) -> Change | None:
+        """This node deletes ``file_id`` (its owner's delete, or a copy dropped)."""
+        held = self.log.meta(file_id)
+        if held is not None and held.file_owner == self.me:
+            self._deleted[file_id] = None
+        return self.log.delete(file_id)
+
+    def lists(self, origins: Iterable[str], file_id: str) -> bool:
+        """Whether this node lists ``file_id`` as held by one of ``origins`` (itself included)."""
+        if self.log.holds(file_id):
+            return True
+        return any(self.views.holds(o, file_id) for o in origins if o != self.me)

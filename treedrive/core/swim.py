@@ -1,0 +1,451 @@
+"""Membership between TreeDrive nodes by fan-out, SWIM/memberlist style (issue 12, point 1).
+
+A pure state machine: no I/O, no clock of its own (every call takes ``now``, in gossip intervals
+or seconds: only ratios matter), randomness from the caller's ``random.Random``. The node (or the
+simulator) hands it what arrives and sends what it returns.
+
+Each round (one gossip interval) a node:
+- probes one member, in shuffled round-robin order, with a :class:`Ping`; without an :class:`Ack`
+  after ``probe_timeout`` it asks ``indirect`` others to probe it (:class:`PingReq`), and without
+  any ack by ``suspect_after`` it suspects the member. A suspicion not refuted within
+  ``suspect_rounds`` makes the member dead;
+- pushes the news it has to spread (:class:`Push`) to ``fanout`` random members (nothing when
+  there is nothing to spread);
+- probes ``reprobe_dead`` dead members (round-robin) and, every ``seed_rounds`` while it holds
+  members dead (every round when it knows nobody alive), one well-known address: a node that has
+  lost peers keeps looking for them at a slow rate, so a partition heals once the network is
+  whole again;
+- pings up to ``syncs`` origins whose catalogue it is behind on.
+
+News (membership :class:`News` and catalogue :class:`~treedrive.core.deltas.Change`) rides on
+every message, each item at most ``retransmit`` times (``mult · log10(N + 1)``), least sent
+first; membership news older than ``news_rounds`` is dropped unsent (it is stale). A member that
+hears it is suspected or dead refutes with a higher incarnation, and tells whoever said so
+first. A message from a member that this node holds suspect or dead (at an incarnation at least
+that of the message) draws a :class:`Push` telling it so.
+
+Healing a partition: a dead member that answers is "back"; this node pulls its table (an
+:class:`Ack` to a ``join`` ping lists the members it holds alive) for ``pull_rounds``, and takes
+its word for members this node holds suspect or dead at the same incarnation (the other side
+never lost them). Failures reported by a sender this node had lost are ignored (they are the
+other side's view of this side), and a probe sent before its target came back suspects nothing.
+
+Catalogue sync (:mod:`treedrive.core.deltas`) rides on probes: a :class:`Ping` says which of the
+target's changes the sender has (``have``, ``asof``) and the :class:`Ack` carries the changes
+since (or a snapshot). Every message also names up to ``heads`` origins that changed lately with
+their last change number, so a node whose news missed a change learns that it is behind.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from treedrive.core.deltas import Catalogue, Change
+from treedrive.core.spread import SpreadQueue
+from treedrive.core.swimtable import MemberTable
+from treedrive.core.swimtypes import (
+    DEFAULT,
+    MAX_MEMBERS,
+    Ack,
+    Address,
+    Config,
+    Member,
+    Message,
+    News,
+    Ping,
+    PingReq,
+    Push,
+    Status,
+)
+
+MAX_RELAYS = 64
+"""Indirect probes made for others in one round (each dials an address a peer named)."""
+
+__all__ = [
+    "DEFAULT",
+    "MAX_MEMBERS",
+    "Ack",
+    "Address",
+    "Config",
+    "Member",
+    "Message",
+    "News",
+    "Out",
+    "Ping",
+    "PingReq",
+    "Push",
+    "Status",
+    "Swim",
+]
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    sent: float
+    indirect: bool = False
+    acked: bool = False
+
+
+Out = tuple[Address, Message]
+
+
+class Swim(MemberTable):
+    """One node's membership. ``catalogue`` is its catalogue sync (its log and views)."""
+
+    def __init__(
+        self,
+        me: str,
+        address: Address,
+        catalogue: Catalogue,
+        rng: random.Random,
+        now: float,
+        *,
+        config: Config = DEFAULT,
+        seeds: tuple[Address, ...] = (),
+    ) -> None:
+        self.me, self.address, self.catalogue, self.rng = me, address, catalogue, rng
+        self.config = config
+        self.seeds = tuple(s for s in seeds if s != address)
+        super().__init__(rng, config)
+        self.incarnation = 0
+        self._seed_phase = rng.randrange(config.seed_rounds)
+        self.heard: dict[str, float] = {}
+        self._news: SpreadQueue[News] = SpreadQueue()
+        self._changes: SpreadQueue[Change] = SpreadQueue()
+        self._probes: dict[int, _Probe] = {}
+        self._relays: dict[int, tuple[Address, int, float]] = {}
+        """Indirect probes made for others: my seq -> (requester, its seq)."""
+        self._seq = 0
+        self._round = 0
+        self.next_round = now
+        self._noticed: dict[str, float] = {}
+        self._now = now
+        self._recent: dict[str, float] = {}
+        """Origins whose changes this node spread lately, oldest first."""
+        self._revived: list[str] = []
+        """Members that were dead here and answered lately: asked for their tables."""
+        self._pull_until = 0.0
+        self._pulled = -1.0
+
+    def retransmit(self) -> int:
+        return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
+
+    def _set(self, m: Member, spread: bool = True) -> None:
+        if not self._put(m):
+            return
+        if not spread:  # what this node was spreading about it is out of date
+            self._news.discard(m.peer_id)
+        else:
+            news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+            self._news.put(m.peer_id, news, self._now)
+
+    def _head_of(self, peer: str) -> int:
+        view = self.catalogue.views.get(peer)
+        return -1 if view is None else view.head
+
+    def _refute(self, incarnation: int) -> None:
+        self.incarnation = max(self.incarnation, incarnation) + 1
+        self._news.put(self.me, self._self_news(), self._now)
+
+    def _self_news(self) -> News:
+        return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
+
+    def learn(self, news: News, now: float, spread: bool = True, vouched: bool = False) -> None:
+        """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
+        incarnation, dead over suspect over alive). ``vouched``: the claim comes from the table
+        of a member that answered us (a join, or one back from the dead) and holds it alive at
+        the incarnation this node holds it suspect or dead at: across a healed partition that
+        is the truth (the other side never lost it), and if not, probes find it dead again."""
+        if news.peer_id == self.me:
+            if (
+                news.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation >= self.incarnation
+            ):
+                self._refute(news.incarnation)
+            return
+        if news.head >= 0:
+            self.catalogue.heard(news.peer_id, news.head)
+        known = self.members.get(news.peer_id)
+        if (
+            known is not None
+            and news.incarnation <= known.incarnation
+            and (news.incarnation < known.incarnation or news.status <= known.status)
+            and not (
+                vouched
+                and news.status == Status.ALIVE
+                and known.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation == known.incarnation
+            )
+        ):
+            return
+        if known is None:
+            if news.status <= Status.SUSPECT:
+                self._set(
+                    Member(news.peer_id, news.address, news.incarnation, news.status, now), spread
+                )
+                self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+            return
+        if news.status == Status.ALIVE and known.status >= Status.DEAD:
+            self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+        self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
+
+    def _direct(self, msg: Message, now: float) -> list[Out]:
+        """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
+        suspect or dead at that incarnation or later, tell it (once a round)."""
+        if msg.sender in self.members:
+            self.heard[msg.sender] = now
+        self.catalogue.heard(msg.sender, msg.head)
+        out: list[Out] = []
+        known = self.members.get(msg.sender)
+        if known is not None and known.status == Status.DEAD:  # there may be more behind it
+            self._revived = [*self._revived[-7:], msg.sender]
+            self._pull_until = now + self.config.pull_rounds
+            if now - self._pulled >= 1.0:  # pull its table now (once a round at most)
+                self._pulled = now
+                out.append(self._ping(msg.sender, now, join=True))
+        self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
+        if known is not None and known.status != Status.ALIVE:  # back: spread where it is now
+            back = News(msg.sender, msg.address, msg.incarnation, Status.ALIVE, msg.head)
+            self._news.put(msg.sender, back, now)
+        if known is None or known.status == Status.ALIVE or msg.incarnation > known.incarnation:
+            return out
+        last = self._noticed.get(msg.sender)
+        if last is not None and now - last < 1.0:
+            return out
+        if len(self._noticed) >= self.config.max_members:
+            self._noticed.clear()
+        self._noticed[msg.sender] = now
+        about = News(known.peer_id, known.address, known.incarnation, known.status)
+        return [*out, (msg.address, self._message(Push, news=(about,)))]
+
+    # ------------------------------------------------------------------ sending
+
+    def _message(
+        self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: Any
+    ) -> Message:
+        limit = self.retransmit()
+        oldest = self._now - self.config.news_rounds
+        if news is None:
+            news = tuple(self._news.take(self.config.max_news, limit, oldest))
+        changes = tuple(self._changes.take(self.config.max_news, limit, -math.inf))
+        return kind(
+            sender=self.me,
+            address=self.address,
+            incarnation=self.incarnation,
+            head=self.catalogue.head(),
+            news=news,
+            changes=changes,
+            heads=self._heads(),
+            **kw,
+        )
+
+    def spread(self, changes: list[Change]) -> None:
+        """Catalogue changes to spread (this node's own, or news that was new here)."""
+        for c in changes:
+            self._changes.put((c.origin, c.file_id), c, self._now)
+            self._recent.pop(c.origin, None)  # re-inserted last: oldest stay first
+            self._recent[c.origin] = self._now
+
+    def _heads(self) -> tuple[tuple[str, int], ...]:
+        """A few origins that changed lately, with their heads as this node knows them."""
+        horizon = self._now - self.config.heads_rounds
+        while self._recent:
+            first = next(iter(self._recent))
+            if self._recent[first] >= horizon:
+                break
+            del self._recent[first]
+        picked = list(self._recent)
+        if len(picked) > self.config.heads:
+            picked = self.rng.sample(picked, self.config.heads)
+        out = []
+        for origin in picked:
+            head = self.catalogue.head() if origin == self.me else self._head_of(origin)
+            if head > 0:
+                out.append((origin, head))
+        return tuple(out)
+
+    def _ping(self, target: str, now: float, **kw: Any) -> Out:
+        self._seq += 1
+        member = self.members[target]
+        have, asof = self.catalogue.have(target), self.catalogue.asof(target)
+        self._probes[self._seq] = _Probe(target, now)
+        return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
+
+    def next_wake(self) -> float:
+        """When :meth:`tick` has something to do next."""
+        wake = self.next_round
+        for probe in self._probes.values():
+            if not probe.acked:
+                at = probe.sent + (
+                    self.config.suspect_after if probe.indirect else self.config.probe_timeout
+                )
+                wake = min(wake, at)
+        return wake
+
+    def tick(self, now: float) -> list[Out]:
+        self._now = now
+        out = self._timeouts(now)
+        if now >= self.next_round:
+            self.next_round += 1.0
+            self._round += 1
+            out += self._round_start(now)
+        return out
+
+    def _timeouts(self, now: float) -> list[Out]:
+        out: list[Out] = []
+        cfg = self.config
+        for seq, probe in list(self._probes.items()):
+            if probe.acked or now - probe.sent > cfg.suspect_after + 1.0:
+                del self._probes[seq]
+                continue
+            m = self.members.get(probe.target)
+            if m is None:
+                del self._probes[seq]
+            elif not probe.indirect and now >= probe.sent + cfg.probe_timeout:
+                probe.indirect = True
+                if m.status <= Status.SUSPECT:
+                    for h in self._sample(cfg.indirect, probe.target):
+                        msg = self._message(
+                            PingReq, seq=seq, target=m.peer_id, target_address=m.address
+                        )
+                        out.append((self.members[h].address, msg))
+            elif probe.indirect and now >= probe.sent + cfg.suspect_after:
+                del self._probes[seq]
+                if m.status == Status.ALIVE and m.since <= probe.sent:  # not revived meanwhile
+                    self._set(Member(m.peer_id, m.address, m.incarnation, Status.SUSPECT, now))
+        for peer, since in list(self._suspects.items()):
+            if now - since >= cfg.suspect_rounds:
+                m = self.members[peer]
+                self._set(Member(peer, m.address, m.incarnation, Status.DEAD, now))
+        for peer, since in list(self._dead.items()):
+            if now - since >= cfg.dead_rounds:
+                del self.members[peer]
+                del self._dead[peer]
+                self.heard.pop(peer, None)
+        return out
+
+    def _round_start(self, now: float) -> list[Out]:
+        out: list[Out] = []
+        target = self._next_target(self._order, (Status.ALIVE, Status.SUSPECT))
+        if target is not None:
+            out.append(self._ping(target, now))
+        out += self._looking(now)
+        syncs = 0
+        for origin in self.catalogue.behind():
+            if syncs >= self.config.syncs:
+                break
+            if origin != target and origin in self._alive:
+                out.append(self._ping(origin, now))
+                syncs += 1
+        if self._news or self._changes:
+            for peer in self._sample(self.config.fanout):
+                out.append((self.members[peer].address, self._message(Push)))
+        return out
+
+    def _looking(self, now: float) -> list[Out]:
+        """Looking for lost members: dead ones re-probed, tables pulled from those back, and a
+        well-known host now and then while any is lost (each round while none is alive)."""
+        cfg = self.config
+        out: list[Out] = []
+        for _ in range(cfg.reprobe_dead):
+            dead = self._next_target(self._dead_order, (Status.DEAD,))
+            if dead is not None:
+                out.append(self._ping(dead, now))
+        revived = [p for p in self._revived if p in self._alive]
+        lost = self._dead or self._suspects
+        if revived and lost and now < self._pull_until and now - self._pulled >= 1.0:
+            self._pulled = now
+            out.append(self._ping(self.rng.choice(revived), now, join=True))
+        due = not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0
+        if self.seeds and (self._dead or not self._alive) and due:
+            self._seq += 1
+            seed = self.seeds[self.rng.randrange(len(self.seeds))]
+            out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
+        return out
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, msg: Message, now: float) -> list[Out]:
+        """Take a message from a peer; returns the messages to send."""
+        if msg.sender == self.me:
+            return []
+        self._now = now
+        sender = self.members.get(msg.sender)
+        lost = sender is not None and sender.status != Status.ALIVE
+        out = self._direct(msg, now)
+        incarnation = self.incarnation
+        for news in msg.news:
+            if lost and news.status != Status.ALIVE and news.peer_id != self.me:
+                continue  # a sender this node had lost: its failures are from the other side
+            self.learn(news, now)
+        if self.incarnation > incarnation:  # refuted: the sender is the one to tell first
+            out.append((msg.address, self._message(Push, news=(self._self_news(),))))
+        for change in msg.changes:
+            self.spread(self.catalogue.news(change))
+        for origin, head in msg.heads:
+            self.catalogue.heard(origin, head)
+        if isinstance(msg, Ping):
+            out.append((msg.address, self._ack(msg)))
+        elif isinstance(msg, Ack):
+            out += self._acked(msg, now)
+        elif isinstance(msg, PingReq) and msg.sender in self._alive:
+            while self._relays and now - next(iter(self._relays.values()))[2] > 1.0:
+                del self._relays[next(iter(self._relays))]
+            if len(self._relays) < MAX_RELAYS:  # a stranger names addresses: a bounded rate
+                self._seq += 1
+                self._relays[self._seq] = (msg.address, msg.seq, now)
+                out.append((msg.target_address, self._message(Ping, seq=self._seq)))
+        return out
+
+    def _ack(self, ping: Ping) -> Ack:
+        sync = None
+        if ping.have is None or 0 <= ping.have < self.catalogue.head():
+            sync = self.catalogue.answer(ping.have, ping.asof)
+        members: tuple[News, ...] = ()
+        if ping.join:
+            listed = (self.members[p] for p in self._alive.items)
+            alive = [m for m in listed if m.status == Status.ALIVE][: MAX_MEMBERS - 1]
+            members = (
+                *(
+                    News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+                    for m in alive
+                ),
+                self._self_news(),
+            )
+        return self._message(  # type: ignore[return-value]
+            Ack,
+            seq=ping.seq,
+            of=self.me,
+            of_incarnation=self.incarnation,
+            sync=sync,
+            members=members,
+        )
+
+    def _acked(self, ack: Ack, now: float) -> list[Out]:
+        for news in ack.members:
+            self.learn(news, now, spread=False, vouched=True)
+        if ack.sync is not None and ack.sync.origin == ack.sender:
+            self.spread(self.catalogue.take(ack.sync))
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:  # an indirect probe made for another: forward the ack
+            requester, seq, _ = relay
+            msg = self._message(Ack, seq=seq, of=ack.of, of_incarnation=ack.of_incarnation)
+            return [(requester, msg)]
+        probe = self._probes.get(ack.seq)
+        if probe is not None and probe.target == ack.of:
+            probe.acked = True
+            known = self.members.get(ack.of)
+            if known is not None and ack.of != ack.sender:
+                self.learn(News(ack.of, known.address, ack.of_incarnation, Status.ALIVE), now)
+        return []
+
+    def leave(self) -> list[Out]:
+        """This node leaves: tell ``fanout`` members."""
+        news = (News(self.me, self.address, self.incarnation, Status.LEFT),)
+        alive = self.alive()
+        targets = self.rng.sample(alive, min(self.config.fanout, len(alive)))
+        return [(self.members[p].address, self._message(Push, news=news)) for p in targets]
