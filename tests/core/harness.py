@@ -45,6 +45,7 @@ class RecordingNetwork:
     started: bool = False
     closed: bool = False
     raw_pushes: int = 0
+    heard: list[tuple[str, int]] = field(default_factory=list)
     rates: tuple[float | None, float | None] = (None, None)
 
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
@@ -74,6 +75,9 @@ class RecordingNetwork:
         self.pushed.append((host, port, meta, await asyncio.to_thread(path.read_bytes)))
         self.raw_pushes += raw
         return True
+
+    def heard_from(self, host: str, port: int) -> None:
+        self.heard.append((host, port))
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.rates = (download, upload)

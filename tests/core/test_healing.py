@@ -74,3 +74,11 @@ async def test_a_well_known_host_is_tried_again_while_the_node_knows_others(
     sent = await rounds(h, 8)
     assert sent.count(7001) == 8
     assert 1 <= sent.count(7100) <= 8 // 2 + 1
+
+
+async def test_a_message_from_an_addresss_own_ip_ends_its_dial_backoff(h: Harness) -> None:
+    await h.node.handle_message(gossip("alice", 7001, "a-1"), "127.0.0.1:40000")
+    await h.node.handle_message(gossip("eve", 7002, "e-1"), "10.9.9.9:40001")  # not its IP
+    await h.node.handle_message(reply("bob", 7003), "127.0.0.1:40002")
+    await h.node.handle_message(reply("mallory", 7004), "10.9.9.9:40003")
+    assert h.net.heard == [("127.0.0.1", 7001), ("127.0.0.1", 7003)]

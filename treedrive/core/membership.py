@@ -35,6 +35,7 @@ from treedrive.core.replies import (
     distinct_addresses,
     gossip_size,
     reply_size,
+    same_host,
     source_ip,
 )
 
@@ -159,11 +160,18 @@ class Membership:
 
     def answered(self, r: GossipReply, source: str) -> None:
         """A GOSSIP_REPLY came: it may prove its sender (it answers our GOSSIP)."""
+        self._heard(r.host, r.port, source_ip(source))
         if self.replies.answered_us(
             (r.host, r.port), source_ip(source), time.monotonic(), r.peer_id
         ):
             self._proofs += 1
             self.recontact.answered((r.host, r.port))
+
+    def _heard(self, host: str, port: int, ip: str) -> None:
+        """A message naming ``host:port`` came from ``ip``: if that is its own IP, the way to
+        it works (dials to it need not wait out the back-off of a partition's failures)."""
+        if same_host(host, ip):
+            self.ctx.network.heard_from(host, port)
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget the peers silent for longer than the peer timeout (and the holdings and
@@ -196,6 +204,7 @@ class Membership:
             return  # refused: its id is not remembered (the real GOSSIP may still come)
         self.remember(g.id)
         ip = source_ip(source)
+        self._heard(g.host, g.port, ip)
         self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
         try:
             with ctx.transaction() as uow:

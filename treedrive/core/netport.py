@@ -259,6 +259,12 @@ class Network(Protocol):
         then decrypted and written, ``write_at``, not spliced)."""
         ...
 
+    def heard_from(self, host: str, port: int) -> None:
+        """A GOSSIP or GOSSIP_REPLY naming ``host:port`` came from ``host`` itself (its TCP
+        source): the way to it works again, so dials to it need not wait out the back-off of
+        its earlier failures (a partition that healed). A source can vouch only for its own IP."""
+        ...
+
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         """Bytes per second for all transfers in each direction (None: no limit)."""
         ...
