@@ -46,6 +46,9 @@ class RecordingNetwork:
     closed: bool = False
     raw_pushes: int = 0
     heard: list[tuple[str, int]] = field(default_factory=list)
+    unreachable: set[tuple[str, int]] = field(default_factory=set)
+    """Addresses whose pushes fail (recorded in ``refused``)."""
+    refused: list[tuple[str, int, str]] = field(default_factory=list)
     rates: tuple[float | None, float | None] = (None, None)
 
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
@@ -72,6 +75,9 @@ class RecordingNetwork:
         raw: bool = False,
         peer_key: bytes | None = None,
     ) -> bool:
+        if (host, port) in self.unreachable:
+            self.refused.append((host, port, meta.file_id))
+            return False
         self.pushed.append((host, port, meta, await asyncio.to_thread(path.read_bytes)))
         self.raw_pushes += raw
         return True
