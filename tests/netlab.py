@@ -182,6 +182,11 @@ class LabNode:
         return f"{self.host.ip}:{PORT}"
 
     def start(self, timeout: float = 30.0) -> LabNode:
+        """Start the process and wait until it listens."""
+        return self.launch().wait_started(timeout)
+
+    def launch(self) -> LabNode:
+        """Start the process (see :meth:`wait_started`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "node.json").unlink(missing_ok=True)
         argv = [
@@ -191,6 +196,10 @@ class LabNode:
         ]  # fmt: skip
         with (self.data_dir.parent / f"{self.peer_id}.out").open("ab") as out:
             self.proc = self.lab.popen(self.host, argv, stdout=out, stderr=out)
+        return self
+
+    def wait_started(self, timeout: float = 30.0) -> LabNode:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not (self.data_dir / "node.json").exists():
             if self.proc.poll() is not None:
@@ -211,6 +220,24 @@ class LabNode:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
+
+    def tcp_opens(self) -> int:
+        """TCP connections this host has opened so far (its namespace's ``ActiveOpens``): one
+        per message, since every message has a connection of its own."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.host.ns, "cat", "/proc/net/snmp"],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        head, values = [line.split() for line in out.stdout.splitlines() if line.startswith("Tcp:")]
+        return int(values[head.index("ActiveOpens")])
+
+    def delete(self, file_id: str) -> None:
+        """Delete a file this node owns through its API (the CLI, in its namespace)."""
+        subprocess.run(
+            ["ip", "netns", "exec", self.host.ns, sys.executable, "-m", "treedrive", "delete",
+             file_id, "--data-dir", str(self.data_dir)],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
 
     def push(self, path: Path) -> str:
         """Push ``path`` through the node's API (the CLI, run in its namespace); the file id."""
