@@ -307,6 +307,8 @@ class Row:
 
     def cells(self) -> list[str]:
         s = sorted(self.samples_ms)
+        if not s:
+            return [self.what, "0", "-", "-", "-", "-", "-", self.note or "no sample"]
         return [
             self.what,
             str(self.n),
@@ -368,11 +370,12 @@ def measure_api(client: Client, total: int, requests: int, stats_requests: int) 
         took, body = client.get("/api/status")
         status.append(took * 1000)
     rows.append(Row("GET /api/status", requests, status, f"{len(body)} B"))
-    stats = []
+    stats: list[float] = []
     for _ in range(stats_requests):
         took, body = client.get("/stats.json")
         stats.append(took * 1000)
-    rows.append(Row("GET /stats.json (whole catalogue)", stats_requests, stats, f"{len(body)} B"))
+    if stats:
+        rows.append(Row("GET /stats.json (whole catalogue)", len(stats), stats, f"{len(body)} B"))
     return rows
 
 
@@ -549,7 +552,10 @@ def main() -> None:
     ap.add_argument("--loads", type=int, default=5, help="dashboard loads in Chromium")
     ap.add_argument("--no-browser", action="store_true", help="skip the Chromium measures")
     ap.add_argument(
-        "--status-requests", type=int, default=300, help="/api/status requests, idle and loaded"
+        "--status-requests",
+        type=int,
+        default=300,
+        help="/api/status requests, idle and loaded (0: skip that part)",
     )
     ap.add_argument(
         "--stats-conns", type=int, default=2, help="connections fetching /stats.json meanwhile"
@@ -558,6 +564,9 @@ def main() -> None:
         "--only",
         choices=["status-under-load"],
         help="fill the catalogue, then run only this part",
+    )
+    ap.add_argument(
+        "--skip-ingest", action="store_true", help="skip the ingests after the measures"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
@@ -582,15 +591,16 @@ def main() -> None:
             )
             print()
 
-            rows = []
-            if args.only is None:
-                rows += measure_api(client, total, args.requests, args.stats_requests)
-            rows += measure_status_under_load(node, args.status_requests, args.stats_conns)
+            if args.only is None:  # each part's table as soon as it is measured
+                print_table(measure_api(client, total, args.requests, args.stats_requests))
+                print()
             if browser:
-                rows += measure_render(node, args.loads)
-            print_table(rows)
+                print_table(measure_render(node, args.loads))
+                print()
+            if args.status_requests > 0:
+                print_table(measure_status_under_load(node, args.status_requests, args.stats_conns))
 
-            if browser:
+            if browser and not args.skip_ingest:
                 print()
                 with_page = measure_ingest_with_page(node, client, sink, args.files, total)
                 total = client.json("/api/status")["counts"]["files"]
