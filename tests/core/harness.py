@@ -45,7 +45,7 @@ class RecordingNetwork:
     started: bool = False
     closed: bool = False
     raw_pushes: int = 0
-    heard: list[tuple[str, int]] = field(default_factory=list)
+    reachable_: list[tuple[str, int]] = field(default_factory=list)
     unreachable: set[tuple[str, int]] = field(default_factory=set)
     """Addresses whose pushes fail (recorded in ``refused``)."""
     refused: list[tuple[str, int, str]] = field(default_factory=list)
@@ -82,8 +82,8 @@ class RecordingNetwork:
         self.raw_pushes += raw
         return True
 
-    def heard_from(self, host: str, port: int) -> None:
-        self.heard.append((host, port))
+    def reachable(self, host: str, port: int) -> None:
+        self.reachable_.append((host, port))
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.rates = (download, upload)

@@ -81,4 +81,22 @@ async def test_a_message_from_an_addresss_own_ip_ends_its_dial_backoff(h: Harnes
     await h.node.handle_message(gossip("eve", 7002, "e-1"), "10.9.9.9:40001")  # not its IP
     await h.node.handle_message(reply("bob", 7003), "127.0.0.1:40002")
     await h.node.handle_message(reply("mallory", 7004), "10.9.9.9:40003")
-    assert h.net.heard == [("127.0.0.1", 7001), ("127.0.0.1", 7003)]
+    assert h.net.reachable_ == [("127.0.0.1", 7001), ("127.0.0.1", 7003)]
+
+
+async def test_dropped_peers_tried_again_or_heard_of_again_are_dialed_at_once(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(gossip_interval=INTERVAL)
+    h.node.joined.set()
+    for name, port in (("alice", 7001), ("bob", 7002)):
+        h.add_peer(name, port, last_seen=time.time())
+    await h.node.gossip_now()
+    await h.node.handle_message(reply("alice", 7001), "127.0.0.1:40000")
+    await h.node.handle_message(reply("bob", 7002), "127.0.0.1:40001")
+    h.node.expire_peers(now=time.time() + 1e5)
+    h.net.reachable_.clear()
+    h.add_peer("bob", 7002)  # named again by someone else's GOSSIP
+    await rounds(h, 4)
+    assert ("127.0.0.1", 7002) in h.net.reachable_  # found again: its back-off forgotten
+    assert ("127.0.0.1", 7001) in h.net.reachable_  # tried again: so the GOSSIP is not dropped

@@ -112,3 +112,14 @@ def test_jitter_spreads_the_nodes_of_one_side() -> None:
         r.dropped(A, 0.0)
         firsts.add(tries(r, A, 2 * INTERVAL, step=0.1)[0])
     assert len(firsts) > 5
+
+
+def test_found_gives_the_dropped_addresses_tracked_again() -> None:
+    r = policy()
+    r.well_known([WELL_KNOWN], 0.0)
+    r.answered(A)
+    r.answered(B)
+    r.dropped(A, 0.0)
+    r.dropped(B, 0.0)
+    assert r.found([A, WELL_KNOWN]) == [A]
+    assert r.pending() == [WELL_KNOWN, B]

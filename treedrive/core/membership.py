@@ -119,7 +119,12 @@ class Membership:
         round; ``well_known``: False while the bootstrap hosts are being gossiped to anyway).
         Returns the addresses tried."""
         exclude = set(tracked) | self.ctx.own_address()
+        # Dropped peers heard of again (another peer's forwarded GOSSIP named them) and those
+        # due now: their dials need not wait out the back-off of the partition's failures.
+        found = self.recontact.found(exclude)
         due = self.recontact.due(time.monotonic(), exclude, well_known=well_known)
+        for host, port in found + due:
+            self.ctx.network.reachable(host, port)
         if due:
             log.debug("trying again %s", ", ".join(f"{h}:{p}" for h, p in due))
             self.gossip_to(due)
@@ -171,7 +176,7 @@ class Membership:
         """A message naming ``host:port`` came from ``ip``: if that is its own IP, the way to
         it works (dials to it need not wait out the back-off of a partition's failures)."""
         if same_host(host, ip):
-            self.ctx.network.heard_from(host, port)
+            self.ctx.network.reachable(host, port)
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget the peers silent for longer than the peer timeout (and the holdings and

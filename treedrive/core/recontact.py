@@ -101,6 +101,13 @@ class Recontact:
         for address in dropped[: max(0, len(dropped) - self.keep)]:
             del self._entries[address]
 
+    def found(self, tracked: Collection[Address]) -> list[Address]:
+        """The dropped addresses that are tracked again (they leave the list)."""
+        back = [a for a, e in self._entries.items() if a in tracked and not e.permanent]
+        for address in back:
+            del self._entries[address]
+        return back
+
     def due(
         self, now: float, tracked: Collection[Address], *, well_known: bool = True
     ) -> list[Address]:
@@ -108,13 +115,11 @@ class Recontact:
         again with back-off. ``tracked``: the addresses known now (found again: a dropped one
         leaves the list, a bootstrap host's back-off starts over). ``well_known``: False to
         leave the bootstrap hosts out (they are being tried anyway)."""
-        for address in [a for a in self._entries if a in tracked]:
+        self.found(tracked)
+        for address in [a for a in self._entries if a in tracked]:  # well-known, tracked
             entry = self._entries[address]
-            if entry.permanent:
-                entry.backoff.succeeded()
-                entry.due = now + self._wait(entry.backoff.first)
-            else:
-                del self._entries[address]
+            entry.backoff.succeeded()
+            entry.due = now + self._wait(entry.backoff.first)
         for address in [
             a for a, e in self._entries.items()
             if not e.permanent and now - e.since > FORGET_AFTER

@@ -94,7 +94,7 @@ class Dialer:
         """The node's TLS contexts when it pushes over TLS (set at the start)."""
 
     def heard(self, address: tuple[str, int]) -> None:
-        """See :meth:`DialBackoff.heard` (``Network.heard_from``)."""
+        """See :meth:`DialBackoff.heard` (``Network.reachable``)."""
         self._backoff.heard(address)
 
     def close(self) -> None:

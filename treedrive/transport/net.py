@@ -158,7 +158,7 @@ class TcpNetwork:
             "outbox": len(self.dialer.outbox),
         }
 
-    def heard_from(self, host: str, port: int) -> None:
+    def reachable(self, host: str, port: int) -> None:
         self.dialer.heard((host, port))
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
