@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -122,11 +123,22 @@ def steady(lab: Lab, net: Net, rounds: int) -> tuple[list[float], list[float]]:
     return per_bytes, per_msgs
 
 
+class Figures(dict[str, Any]):
+    """The result; each figure is printed as soon as it is known (a run cut short still
+    says what it measured)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        print(f"{key:32} {value}", flush=True)
+
+
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     lab = Lab()
     net = Net(lab, root, args.nodes, args.interval, args.peer_timeout)
-    result: dict[str, Any] = {"nodes": args.nodes, "mode": "netns", "interval": args.interval,
-                              "peer_timeout": args.peer_timeout}  # fmt: skip
+    result = Figures()
+    for key, value in (("nodes", args.nodes), ("mode", "netns"), ("interval", args.interval),
+                       ("peer_timeout", args.peer_timeout)):  # fmt: skip
+        result[key] = value
     try:
         started = net.start()
         limit = 60 * args.interval + 60
@@ -198,6 +210,8 @@ def main() -> None:
         print(f"network namespaces are not available here ({why}): nothing measured")
         sys.exit(2)
     root = Path(tempfile.mkdtemp(prefix="treedrive-bench-net-"))
+    # SIGTERM (a timeout) ends the run through the ``finally`` blocks: nodes and lab removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = run(args, root)
     finally:
@@ -205,8 +219,6 @@ def main() -> None:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    for key, value in result.items():
-        print(f"{key:32} {value}")
     if args.json == "-":
         print(json.dumps(result))
     elif args.json:
