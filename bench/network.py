@@ -194,6 +194,11 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return result
 
 
+def _terminated(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    sys.exit(143)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", type=int, default=10)
@@ -211,7 +216,7 @@ def main() -> None:
         sys.exit(2)
     root = Path(tempfile.mkdtemp(prefix="treedrive-bench-net-"))
     # SIGTERM (a timeout) ends the run through the ``finally`` blocks: nodes and lab removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         result = run(args, root)
     finally:
