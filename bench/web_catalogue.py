@@ -1,13 +1,18 @@
-"""Benchmark: the dashboard and the JSON API over a catalogue of 10,000 files.
+"""Benchmark: the dashboard and the JSON API over a catalogue of 10,000 files (``--files``; the
+scale of issue 12: ``--files 100000 --peers 5000``).
 
 A real ``treedrive run`` process is started on a temp data dir (dashboard on a free port). This
-script fills its catalogue by speaking the classic protocol to it: one ``GOSSIP_REPLY`` from a fake
-peer (whose address this script listens on, so the node's gossips to it land somewhere) carrying
-``--files`` file records. Then it measures, over one keep-alive HTTP connection:
+script fills its catalogue by speaking the classic protocol to it: ``GOSSIP_REPLY``s from fake
+peers (whose address this script listens on, so the node's gossips to them land somewhere), each
+carrying up to 10,000 of the ``--files`` file records. ``--peers N`` adds N more tracked peers,
+written straight into the node's SQLite file while it runs (as many GOSSIPs would leave them; all
+at the fake peers' one address, so the node's gossip rounds cost one message). Then it measures,
+over one keep-alive HTTP connection:
 
-- ``GET /api/files?limit=50&offset=<random>`` and ``GET /api/files?limit=500`` (``--requests``
-  each), ``GET /api/status`` (same count), and ``GET /stats.json`` (the whole catalogue,
-  ``--stats-requests`` times);
+- ``GET /api/files?limit=50&offset=<random>``, the same pages walked by their ``after`` cursor
+  (keyset), ``GET /api/files?limit=500``, ``GET /api/peers?limit=200`` and ``GET /api/peers``
+  (every peer) (``--requests`` each), ``GET /api/status`` (same count), and ``GET /stats.json``
+  (the whole catalogue, ``--stats-requests`` times);
 - status under load: ``GET /api/status`` ``--status-requests`` times back to back on a connection
   of its own, first with no other request in flight, then while ``--stats-conns`` other
   connections (one thread each) fetch ``/stats.json`` back to back (the loaded figures start once
@@ -17,8 +22,9 @@ peer (whose address this script listens on, so the node's gossips to it land som
   waits. ``--only status-under-load`` fills the catalogue and runs only this part (no browser);
 - the dashboard's first render in headless Chromium, ``--loads`` times, each in a fresh browser
   context (cold cache, the token cookie set): navigation start to the first ``tr[data-file]`` row
-  in the DOM (a MutationObserver installed before the page's scripts), the same seen from outside
-  (``page.goto`` until the row is visible), and ``performance.timing`` domContentLoaded;
+  in the DOM (a MutationObserver installed before the page's scripts), to the first peer row, the
+  same seen from outside (``page.goto`` until the row is visible), and ``performance.timing``
+  domContentLoaded;
 - ingest: how long the node takes to take in the records (until ``/api/status`` counts them), with
   no dashboard open and with one open (its event stream gets one event per new record), and how
   long the open page takes to show the new total, and how often its event stream was re-opened.
@@ -29,6 +35,7 @@ PID; the temp dir is removed at the end (``--keep`` keeps it).
     python bench/web_catalogue.py
     python bench/web_catalogue.py --files 2000 --requests 50 --loads 2   # a quick run
     python bench/web_catalogue.py --only status-under-load               # about 1 min
+    python bench/web_catalogue.py --files 100000 --peers 5000 --requests 100 --loads 3
     PYTHONPATH=/path/to/other/worktree python bench/web_catalogue.py ... # another version's node
 """
 
@@ -44,6 +51,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -66,15 +74,21 @@ CHROMIUM_ARGS = [
 ]
 COOKIE = "treedrive_token"
 
+BATCH = 10_000
+"""File records per GOSSIP_REPLY (one fake peer each): a node refuses much larger messages."""
+
 # Installed before the page's own scripts: the time (ms since navigation start) at which the
-# first file row enters the DOM.
+# first file row, and the first peer row, enter the DOM.
 FIRST_ROW_PROBE = """
 (() => {
   const probe = new MutationObserver(() => {
-    if (document.querySelector("tr[data-file]")) {
-      window.__firstRow = performance.now();
-      probe.disconnect();
+    if (!window.__firstPeer && document.querySelector("tr[data-peer]")) {
+      window.__firstPeer = performance.now();
     }
+    if (!window.__firstRow && document.querySelector("tr[data-file]")) {
+      window.__firstRow = performance.now();
+    }
+    if (window.__firstRow && window.__firstPeer) probe.disconnect();
   });
   probe.observe(document, { childList: true, subtree: true });
 })();
@@ -103,7 +117,7 @@ class NodeProc:
 
 
 @contextlib.contextmanager
-def running_node(root: Path) -> Iterator[NodeProc]:
+def running_node(root: Path, max_peers: int = 1000) -> Iterator[NodeProc]:
     data_dir = root / "node"
     port = free_port()
     cmd = [
@@ -114,6 +128,7 @@ def running_node(root: Path) -> Iterator[NodeProc]:
         "--data-dir", str(data_dir),
         "--peer-timeout", "3600",  # the fake peers never gossip: keep them (and their files)
         "--download-limit", "0",
+        "--max-peers", str(max_peers),
         "--log-level", "WARNING",
         "--no-shell",
     ]  # fmt: skip
@@ -206,12 +221,25 @@ class Client:
     """One keep-alive HTTP connection to the node's API."""
 
     def __init__(self, node: NodeProc) -> None:
+        self.node = node
         self.conn = http.client.HTTPConnection(node.http_host, node.http_port, timeout=60)
+        self.reconnects = 0
 
     def get(self, path: str) -> tuple[float, bytes]:
         start = time.perf_counter()
-        self.conn.request("GET", path)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            # The server closed the kept-alive connection: once more on a new one (counted).
+            self.conn.close()
+            self.reconnects += 1
+            self.conn = http.client.HTTPConnection(
+                self.node.http_host, self.node.http_port, timeout=60
+            )
+            start = time.perf_counter()
+            self.conn.request("GET", path)
+            resp = self.conn.getresponse()
         body = resp.read()
         took = time.perf_counter() - start
         if resp.status != 200:
@@ -232,7 +260,9 @@ def ingest(
     until the catalogue holds ``target`` files. Returns (seconds, slowest poll in ms): while the
     node takes the records in, its event loop, and so the API, may not answer."""
     start = time.perf_counter()
-    send_gossip_reply(node, peer_id, sink.port, records(count, peer_id, seed))
+    for k, first in enumerate(range(0, count, BATCH)):
+        batch = records(min(BATCH, count - first), f"{peer_id}-{k}", seed)
+        send_gossip_reply(node, peer_id if k == 0 else f"{peer_id}-{k}", sink.port, batch)
     worst = 0.0
     while True:
         took, body = client.get("/api/status")
@@ -242,6 +272,23 @@ def ingest(
         if time.perf_counter() - start > 600:
             raise TimeoutError("the records did not arrive in time")
         time.sleep(0.02)
+
+
+def seed_peers(node: NodeProc, sink: Sink, count: int) -> None:
+    """``count`` tracked peers, written into the node's SQLite file (WAL: beside the running
+    node), all at the sink's address and seen now (the node's peer timeout is an hour)."""
+    now = time.time()
+    rows = [(f"seeded-peer-{i:05d}", "127.0.0.1", sink.port, now, now, None) for i in range(count)]
+    db = sqlite3.connect(node.data_dir / "treedrive.db", timeout=30)
+    try:
+        with db:
+            db.executemany(
+                "INSERT OR IGNORE INTO peers (peer_id, host, port, last_seen, first_seen, features)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+    finally:
+        db.close()
 
 
 def percentile(sorted_samples: list[float], pct: int) -> float:
@@ -260,6 +307,8 @@ class Row:
 
     def cells(self) -> list[str]:
         s = sorted(self.samples_ms)
+        if not s:
+            return [self.what, "0", "-", "-", "-", "-", "-", self.note or "no sample"]
         return [
             self.what,
             str(self.n),
@@ -296,22 +345,37 @@ def measure_api(client: Client, total: int, requests: int, stats_requests: int) 
         pages.append(took * 1000)
         size = len(body)
     rows.append(Row("GET /api/files?limit=50&offset=<random>", requests, pages, f"{size} B"))
+    walked = []
+    after = ""
+    for _ in range(requests):  # page after page, by the cursor each page gives
+        took, body = client.get(f"/api/files?limit=50{after}")
+        walked.append(took * 1000)
+        cursor = json.loads(body).get("next")
+        after = f"&after={cursor}" if cursor else ""
+    rows.append(Row("GET /api/files?limit=50&after=<cursor> (walk)", requests, walked))
     big = []
     for _ in range(requests):
         took, body = client.get("/api/files?limit=500")
         big.append(took * 1000)
         size = len(body)
     rows.append(Row("GET /api/files?limit=500", requests, big, f"{size} B"))
+    for path in ("/api/peers?limit=200", "/api/peers"):
+        samples = []
+        for _ in range(requests if "limit" in path else max(1, requests // 5)):
+            took, body = client.get(path)
+            samples.append(took * 1000)
+        rows.append(Row(f"GET {path}", len(samples), samples, f"{len(body)} B"))
     status = []
     for _ in range(requests):
         took, body = client.get("/api/status")
         status.append(took * 1000)
     rows.append(Row("GET /api/status", requests, status, f"{len(body)} B"))
-    stats = []
+    stats: list[float] = []
     for _ in range(stats_requests):
         took, body = client.get("/stats.json")
         stats.append(took * 1000)
-    rows.append(Row("GET /stats.json (whole catalogue)", stats_requests, stats, f"{len(body)} B"))
+    if stats:
+        rows.append(Row("GET /stats.json (whole catalogue)", len(stats), stats, f"{len(body)} B"))
     return rows
 
 
@@ -410,7 +474,7 @@ def measure_under_load(
 def measure_render(node: NodeProc, loads: int) -> list[Row]:
     from playwright.sync_api import sync_playwright
 
-    first_rows, walls, dcls = [], [], []
+    first_rows, first_peers, walls, dcls = [], [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -424,6 +488,8 @@ def measure_render(node: NodeProc, loads: int) -> list[Row]:
                 page.wait_for_selector("tr[data-file]", timeout=30_000)
                 walls.append((time.perf_counter() - start) * 1000)
                 first_rows.append(float(page.evaluate("window.__firstRow")))
+                if page.locator("tr[data-peer]").count():
+                    first_peers.append(float(page.evaluate("window.__firstPeer")))
                 dcls.append(
                     float(
                         page.evaluate(
@@ -435,8 +501,10 @@ def measure_render(node: NodeProc, loads: int) -> list[Row]:
                 context.close()
         finally:
             browser.close()
+    peer_rows = [Row("first render: nav start -> first peer row", loads, first_peers)]
     return [
         Row("first render: nav start -> first file row (in page)", loads, first_rows),
+        *(peer_rows if first_peers else []),
         Row("first render: goto -> row visible (outside)", loads, walls),
         Row("first render: domContentLoaded (performance.timing)", loads, dcls),
     ]
@@ -481,12 +549,16 @@ def measure_ingest_with_page(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--files", type=int, default=10_000, help="file records in the catalogue")
+    ap.add_argument("--peers", type=int, default=0, help="more tracked peers (seeded in SQLite)")
     ap.add_argument("--requests", type=int, default=200, help="requests per API measure")
     ap.add_argument("--stats-requests", type=int, default=30, help="requests of /stats.json")
     ap.add_argument("--loads", type=int, default=5, help="dashboard loads in Chromium")
     ap.add_argument("--no-browser", action="store_true", help="skip the Chromium measures")
     ap.add_argument(
-        "--status-requests", type=int, default=300, help="/api/status requests, idle and loaded"
+        "--status-requests",
+        type=int,
+        default=300,
+        help="/api/status requests, idle and loaded (0: skip that part)",
     )
     ap.add_argument(
         "--stats-conns", type=int, default=2, help="connections fetching /stats.json meanwhile"
@@ -496,6 +568,9 @@ def main() -> None:
         choices=["status-under-load"],
         help="fill the catalogue, then run only this part",
     )
+    ap.add_argument(
+        "--skip-ingest", action="store_true", help="skip the ingests after the measures"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
     browser = not args.no_browser and Path(CHROMIUM).exists() and args.only is None
@@ -503,29 +578,32 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="treedrive-bench-web-"))
     sink = Sink()
     try:
-        with running_node(root) as node:
+        with running_node(root, max_peers=max(1000, args.peers + 100)) as node:
             client = Client(node)
             print(f"node: p2p 127.0.0.1:{node.p2p_port}, dashboard {node.base}/  (data {root})")
             print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {loadavg()}")
 
             took, worst = ingest(node, client, sink, "fake-peer-1", args.files, 1, args.files)
-            total = client.json("/api/status")["counts"]["files"]
-            print(f"catalogue: {total} file records")
+            seed_peers(node, sink, args.peers)
+            status = client.json("/api/status")["counts"]
+            total = status["files"]
+            print(f"catalogue: {total} file records; {status['peers']} peers tracked")
             print(
-                f"ingest of one GOSSIP_REPLY with {args.files} records, no dashboard open: "
+                f"ingest of {args.files} records (GOSSIP_REPLYs of {BATCH}), no dashboard open: "
                 f"{took:.2f} s (slowest /api/status poll meanwhile: {worst:.0f} ms)"
             )
             print()
 
-            rows = []
-            if args.only is None:
-                rows += measure_api(client, total, args.requests, args.stats_requests)
-            rows += measure_under_load(node, args.status_requests, args.stats_conns)
+            if args.only is None:  # each part's table as soon as it is measured
+                print_table(measure_api(client, total, args.requests, args.stats_requests))
+                print()
             if browser:
-                rows += measure_render(node, args.loads)
-            print_table(rows)
+                print_table(measure_render(node, args.loads))
+                print()
+            if args.status_requests > 0:
+                print_table(measure_under_load(node, args.status_requests, args.stats_conns))
 
-            if browser:
+            if browser and not args.skip_ingest:
                 print()
                 with_page = measure_ingest_with_page(node, client, sink, args.files, total)
                 total = client.json("/api/status")["counts"]["files"]
@@ -542,6 +620,8 @@ def main() -> None:
                     f"ingest of {args.files} more records, no dashboard open again "
                     f"(catalogue {total} -> {target}): {took:.2f} s (slowest poll {worst:.0f} ms)"
                 )
+            if client.reconnects:
+                print(f"(the node closed the kept-alive connection {client.reconnects} times)")
             client.close()
     finally:
         sink.close()

@@ -45,6 +45,10 @@ class RecordingNetwork:
     started: bool = False
     closed: bool = False
     raw_pushes: int = 0
+    reachable_: list[tuple[str, int]] = field(default_factory=list)
+    unreachable: set[tuple[str, int]] = field(default_factory=set)
+    """Addresses whose pushes fail (recorded in ``refused``)."""
+    refused: list[tuple[str, int, str]] = field(default_factory=list)
     rates: tuple[float | None, float | None] = (None, None)
 
     async def start(self, handler: InboundHandler) -> tuple[str, int]:
@@ -71,12 +75,18 @@ class RecordingNetwork:
         raw: bool = False,
         peer_key: bytes | None = None,
     ) -> bool:
+        if (host, port) in self.unreachable:
+            self.refused.append((host, port, meta.file_id))
+            return False
         self.pushed.append((host, port, meta, await asyncio.to_thread(path.read_bytes)))
         self.raw_pushes += raw
         return True
 
     def stats(self) -> dict[str, int]:
         return {}  # nothing refused or dropped: no transport
+
+    def reachable(self, host: str, port: int) -> None:
+        self.reachable_.append((host, port))
 
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.rates = (download, upload)

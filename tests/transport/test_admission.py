@@ -197,3 +197,18 @@ def test_tally_gives_details_when_quiet() -> None:
     assert not tally.note("timeout", 0.2)
     assert tally.summary(1.2) == "1 timeout"
     assert tally.note("timeout", 5.0)
+
+
+def test_a_sign_of_life_ends_the_backoff_but_not_a_probe_under_way() -> None:
+    backoff = DialBackoff()
+    addr = ("10.0.0.2", 9000)
+    for t in (0.0, 2.0, 10.0):  # three failed probes: the next is allowed 54 s later
+        assert backoff.take(addr, t) == PROBE
+        backoff.failed(addr, t)
+    assert not backoff.allowed(addr, 20.0)
+    backoff.heard(addr)  # a GOSSIP from its own IP: the partition healed
+    assert backoff.take(addr, 20.0) == PROBE
+    backoff.heard(addr)  # the probe is out: the others still wait for it
+    assert backoff.take(addr, 20.0) is None
+    backoff.succeeded(addr)
+    assert backoff.take(addr, 20.0) == FREE

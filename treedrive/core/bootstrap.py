@@ -45,11 +45,14 @@ class Joining:
 
     async def gossip_now(self) -> None:
         """Gossip to every tracked address (once each), and to the well-known hosts while we
-        know nobody."""
+        know nobody; then to the few dropped peers and untracked well-known hosts due to be
+        tried again (:meth:`Membership.heal`)."""
         addresses = self.ctx.addresses()
-        if not addresses or not self.joined.is_set():
+        alone = not addresses or not self.joined.is_set()
+        if alone:
             addresses = self._bootstrap_hosts(addresses)
         self.membership.gossip_to(addresses)
+        self.membership.heal(addresses, well_known=not alone)
 
     async def gossip_loop(self) -> None:
         while not self.ctx.stopping.is_set():

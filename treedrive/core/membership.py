@@ -3,7 +3,9 @@
 The node gossips to every tracked address each interval (and to its bootstrap hosts while it
 knows nobody), tracks whoever gossips or answers within ``max_peers``, answers a GOSSIP with its
 GOSSIP_REPLY as the reply policy (:mod:`treedrive.core.replies`) allows, forwards new GOSSIPs to a
-few others, and drops peers that fall silent. One unit of work per incoming GOSSIP.
+few others, and drops peers that fall silent. One unit of work per incoming GOSSIP. Each round it
+also tries again, slowly, the bootstrap hosts it does not track and the peers it dropped
+(:mod:`treedrive.core.recontact`): a partition heals once the network is whole again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from treedrive.core.features import extension, features_of, gossip_extra, plugin
 from treedrive.core.gate import Gate
 from treedrive.core.messages import Extension, Gossip, GossipReply
 from treedrive.core.ports import UnitOfWork
+from treedrive.core.recontact import Recontact
 from treedrive.core.replies import (
     FORWARDS_PER_SECOND,
     Address,
@@ -32,6 +35,7 @@ from treedrive.core.replies import (
     distinct_addresses,
     gossip_size,
     reply_size,
+    same_host,
     source_ip,
 )
 
@@ -64,6 +68,11 @@ class Membership:
         """Every GOSSIP and GOSSIP_REPLY passes it first (PROTOCOL.md 2.7)."""
         self._resigned: tuple[GossipReply, tuple[GossipReply, int]] | None = None
         """The cached reply and the same reply signed again later (see :meth:`gossip_reply`)."""
+        self.recontact = Recontact(ctx.config.gossip_interval)
+        """The bootstrap hosts and dropped peers tried again (see :meth:`heal`)."""
+        self.recontact.well_known(
+            ((a.host, a.port) for a in ctx.config.bootstrap), time.monotonic()
+        )
 
     def close(self) -> None:
         for _, timer in self._pending_replies.values():
@@ -104,6 +113,23 @@ class Membership:
             self.replies.gossiped((host, port), now)
             self.ctx.send(host, port, gossip)
 
+    def heal(self, tracked: list[Address], *, well_known: bool = True) -> list[Address]:
+        """Once per gossip round: a GOSSIP to the few dropped peers and untracked bootstrap
+        hosts that are due to be tried again (``tracked``: the addresses gossiped to this
+        round; ``well_known``: False while the bootstrap hosts are being gossiped to anyway).
+        Returns the addresses tried."""
+        exclude = set(tracked) | self.ctx.own_address()
+        # Dropped peers heard of again (another peer's forwarded GOSSIP named them) and those
+        # due now: their dials need not wait out the back-off of the partition's failures.
+        found = self.recontact.found(exclude)
+        due = self.recontact.due(time.monotonic(), exclude, well_known=well_known)
+        for host, port in found + due:
+            self.ctx.network.reachable(host, port)
+        if due:
+            log.debug("trying again %s", ", ".join(f"{h}:{p}" for h, p in due))
+            self.gossip_to(due)
+        return due
+
     # -- tracking -----------------------------------------------------------------------------
     def track(
         self, uow: UnitOfWork, peer_id: str, host: str, port: int, ext: Extension | None
@@ -139,10 +165,18 @@ class Membership:
 
     def answered(self, r: GossipReply, source: str) -> None:
         """A GOSSIP_REPLY came: it may prove its sender (it answers our GOSSIP)."""
+        self._heard(r.host, r.port, source_ip(source))
         if self.replies.answered_us(
             (r.host, r.port), source_ip(source), time.monotonic(), r.peer_id
         ):
             self._proofs += 1
+            self.recontact.answered((r.host, r.port))
+
+    def _heard(self, host: str, port: int, ip: str) -> None:
+        """A message naming ``host:port`` came from ``ip``: if that is its own IP, the way to
+        it works (dials to it need not wait out the back-off of a partition's failures)."""
+        if same_host(host, ip):
+            self.ctx.network.reachable(host, port)
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget the peers silent for longer than the peer timeout (and the holdings and
@@ -151,12 +185,16 @@ class Membership:
         now = time.time() if now is None else now
         with ctx.transaction() as uow:
             gone = uow.peers.expired(now - ctx.config.peer_timeout)
+            addresses = [(p.host, p.port) for p in map(uow.peers.get, gone) if p is not None]
             uow.peers.remove(gone)
             for peer_id in gone:
                 uow.emit(PeerExpired(peer_id))
             uow.files.drop_untracked_holders()
             forgotten = uow.files.remove_orphans()
             uow.commit()
+        at = time.monotonic()
+        for address in addresses:
+            self.recontact.dropped(address, at)
         if gone:
             # Peer ids are claims: a thousand forged ones make a few short lines.
             ctx.activity.left(gone, len(forgotten))
@@ -171,6 +209,7 @@ class Membership:
             return  # refused: its id is not remembered (the real GOSSIP may still come)
         self.remember(g.id)
         ip = source_ip(source)
+        self._heard(g.host, g.port, ip)
         self.replies.gossip_received((g.host, g.port), ip, gossip_size(g), time.monotonic())
         try:
             with ctx.transaction() as uow:

@@ -267,6 +267,14 @@ class Network(Protocol):
         then decrypted and written, ``write_at``, not spliced)."""
         ...
 
+    def reachable(self, host: str, port: int) -> None:
+        """The node has reason to think ``host:port`` is reachable again: a GOSSIP or
+        GOSSIP_REPLY naming it came from its own IP (its TCP source: a source vouches only for
+        its own IP), or it is a peer that had answered the node, tried again on the node's own
+        slow schedule (:mod:`treedrive.core.recontact`). Dials to it need not wait out the
+        back-off of its earlier failures (a partition that healed)."""
+        ...
+
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         """Bytes per second for all transfers in each direction (None: no limit)."""
         ...

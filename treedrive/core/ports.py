@@ -79,6 +79,12 @@ class PeerRepository(Protocol):
 
     def all(self) -> list[PeerInfo]: ...
 
+    def page(self, offset: int = 0, limit: int | None = None) -> list[PeerInfo]:
+        """Peers ``offset`` to ``offset + limit`` by peer id (the order of :meth:`all`)."""
+        ...
+
+    def count(self) -> int: ...
+
     def upsert(
         self,
         peer_id: str,
@@ -109,9 +115,15 @@ class FileRepository(Protocol):
     def get(self, file_id: str) -> CatalogEntry | None: ...
 
     def entries(
-        self, scope: str = "both", *, offset: int = 0, limit: int | None = None
+        self,
+        scope: str = "both",
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[CatalogEntry]:
-        """``scope``: "local" (held here), "remote" or "both"; newest first."""
+        """``scope``: "local" (held here), "remote" or "both"; newest first. ``after``: only
+        the entries after the one with that id (a keyset page; KeyError if it is unknown)."""
         ...
 
     def count(self, scope: str = "both") -> int: ...

@@ -35,11 +35,17 @@ class Reads:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def page(self, scope: str, offset: int, limit: int) -> Page:
-        """Entries ``offset`` to ``offset + limit`` of ``scope`` ("local", "remote", "both")."""
+    def page(self, scope: str, offset: int, limit: int, after: str | None = None) -> Page:
+        """Entries ``offset`` to ``offset + limit`` of ``scope`` ("local", "remote", "both");
+        with ``after``, of those after the entry with that id (KeyError if it is unknown)."""
         with self._store.reading() as uow:
             total = uow.files.count(scope)
-            return Page(total, uow.files.entries(scope, offset=offset, limit=limit))
+            return Page(total, uow.files.entries(scope, offset=offset, limit=limit, after=after))
+
+    def peers(self, offset: int = 0, limit: int | None = None) -> tuple[int, list[PeerInfo]]:
+        """How many peers are tracked, and those ``offset`` to ``offset + limit`` by id."""
+        with self._store.reading() as uow:
+            return uow.peers.count(), uow.peers.page(offset, limit)
 
     def everything(self) -> tuple[list[PeerInfo], list[CatalogEntry]]:
         """Every tracked peer and every catalogue entry, from one snapshot."""
@@ -64,7 +70,7 @@ class Reads:
     def counts(self) -> Counts:
         with self._store.reading() as uow:
             return Counts(
-                peers=len(uow.peers.all()),
+                peers=uow.peers.count(),
                 files=uow.files.count("both"),
                 local=uow.files.count("local"),
                 remote=uow.files.count("remote"),

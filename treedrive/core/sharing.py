@@ -1,6 +1,7 @@
 """Files coming into the network: the user's push (store, FILE_DATA to one random peer, ANNOUNCE
 to all), and the pushes other peers send this node (PROTOCOL.md 1.5), verified before they are
-kept.
+kept. A push that does not reach its peer is tried again with another
+(:mod:`~treedrive.core.pushretry`), so a new file gets its second copy.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from treedrive.core.forwarding import Forward
 from treedrive.core.messages import RAW_PUSH, Announce, FileData
 from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
 from treedrive.core.ports import FileSink, PartialFile, Progress
+from treedrive.core.pushretry import PushRetry
 from treedrive.core.text import label
 from treedrive.core.transfers import TransferHandle, Transfers
 
@@ -136,11 +138,48 @@ class Sharing:
             forward.send_record(
                 meta, self.transfers.begin(meta, "out", target.peer_id, writer.size)
             )
+            ctx.spawn(self._after_stream(forward, target, meta, writer.size), "push")
         elif target is not None:
-            ctx.spawn(self._push_to(target, meta, writer.size), "push")
+            ctx.spawn(self._push_until_sent(target, meta, writer.size), "push")
         ctx.send_to_all(Announce(from_peer=ctx.peer_id, meta=meta))
         ctx.activity.pushed(meta, writer.size, peer_label(target.peer_id) if target else None)
         return Pushed(meta)
+
+    async def _after_stream(
+        self, forward: Forward, target: PeerInfo, meta: FileMeta, size: int
+    ) -> None:
+        """A streamed push that failed after all is tried again with other peers."""
+        if forward.task is not None and not await forward.task:
+            await self._push_until_sent(target, meta, size, first_failed=True)
+
+    async def _push_until_sent(
+        self, target: PeerInfo, meta: FileMeta, size: int, *, first_failed: bool = False
+    ) -> bool:
+        """Push ``meta`` to ``target`` (``first_failed``: that was tried already, and failed)
+        and, if that fails, to other peers with back-off (:class:`PushRetry`) until one takes
+        it, another peer holds it, it is gone here, or the node has tried enough."""
+        ctx = self.ctx
+        retry = PushRetry(ctx.config.gossip_interval)
+        peer: PeerInfo | None = target
+        while True:
+            if peer is not None and not first_failed and await self._push_to(peer, meta, size):
+                return True
+            first_failed = False
+            wait = retry.failed(None if peer is None else peer.peer_id)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+            entry = ctx.file(meta.file_id)
+            if ctx.stopping.is_set() or entry is None or not entry.has_copy:
+                return False
+            if entry.holders:
+                return True  # a peer has a copy already (it fetched the file)
+            peer = retry.next_target(ctx.peers(), entry.holders)
+        log.warning(
+            "%s was not pushed to any peer (%d tried); it stays here for peers to fetch",
+            file_label(meta), len(retry.tried),
+        )  # fmt: skip
+        return False
 
     async def _push_to(self, peer: PeerInfo, meta: FileMeta, size: int) -> bool:
         """Send a FILE_DATA with our copy of ``meta`` to ``peer``: raw bytes to a TreeDrive

@@ -86,7 +86,10 @@ class PeerRepo:
         return None if row is None else peer_info(row)
 
     def all(self) -> list[PeerInfo]:
-        rows = self.s.scalars(select(Peer).order_by(Peer.peer_id))
+        return self.page()
+
+    def page(self, offset: int = 0, limit: int | None = None) -> list[PeerInfo]:
+        rows = self.s.scalars(select(Peer).order_by(Peer.peer_id).offset(offset).limit(limit))
         return [peer_info(r) for r in rows]
 
     def count(self) -> int:

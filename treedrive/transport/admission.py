@@ -189,6 +189,14 @@ class DialBackoff:
         self._failed[address] = _Failures(count, now + delay)
         self._trim(self._failed)
 
+    def heard(self, address: tuple[str, int]) -> None:
+        """A message came from ``address``'s own IP naming it: the path to it works again, so
+        its failures are forgotten (the next dial is a probe, at once). A probe under way is
+        left alone."""
+        entry = self._failed.get(address)
+        if entry is not None and not entry.probing:
+            del self._failed[address]
+
     def succeeded(self, address: tuple[str, int]) -> None:
         self._failed.pop(address, None)
         self._reachable.pop(address, None)

@@ -93,6 +93,10 @@ class Dialer:
         self.tls: NodeTLS | None = None
         """The node's TLS contexts when it pushes over TLS (set at the start)."""
 
+    def heard(self, address: tuple[str, int]) -> None:
+        """See :meth:`DialBackoff.heard` (``Network.reachable``)."""
+        self._backoff.heard(address)
+
     def close(self) -> None:
         """Post nothing more, and stop the senders (what is still in the outbox is dropped)."""
         self._closing = True

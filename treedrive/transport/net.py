@@ -158,6 +158,9 @@ class TcpNetwork:
             "outbox": len(self.dialer.outbox),
         }
 
+    def reachable(self, host: str, port: int) -> None:
+        self.dialer.heard((host, port))
+
     def set_rate_limits(self, download: float | None, upload: float | None) -> None:
         self.download.set_rate(download)
         self.upload.set_rate(upload)

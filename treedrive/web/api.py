@@ -43,6 +43,7 @@ from treedrive.web.guard import (
     TOKEN_FILE,
     ApiError,
     HostPolicy,
+    _int,
     _node,
     error,
     guard,
@@ -136,7 +137,11 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def peers(request: web.Request) -> web.Response:
-    return web.json_response({"peers": [views.peer_json(p) for p in _node(request).peers()]})
+    """The tracked peers by id: all of them, or ``limit`` from ``offset``; ``total`` counts all."""
+    offset = _int(request, "offset", 0, 0, 10**9)
+    limit = _int(request, "limit", 0, 1, 10**6) if "limit" in request.query else None
+    total, page = _node(request).reads.peers(offset, limit)
+    return web.json_response({"peers": [views.peer_json(p) for p in page], "total": total})
 
 
 async def forget_key(request: web.Request) -> web.Response:

@@ -37,7 +37,12 @@ async def files(request: web.Request) -> web.Response:
         raise error(400, "scope must be local, remote or both")
     offset = _int(request, "offset", 0, 0, 10**9)
     limit = _int(request, "limit", 50, 1, MAX_PAGE)
-    page = node.reads.page(scope, offset, limit)
+    after = request.query.get("after")  # a keyset page: the entries after this id
+    try:
+        page = node.reads.page(scope, offset, limit, after)
+    except KeyError:
+        raise error(400, "after: no such file in the catalogue (start from the top)") from None
+    full = len(page.entries) == limit
     return web.json_response(
         {
             "scope": scope,
@@ -45,6 +50,7 @@ async def files(request: web.Request) -> web.Response:
             "offset": offset,
             "limit": limit,
             "files": [views.file_json(e, node) for e in page.entries],
+            "next": page.entries[-1].meta.file_id if full else None,
         }
     )
 

@@ -2,8 +2,9 @@
 "use strict";
 
 const PAGE = 50;
+const PEER_ROWS = 200; // the peers table shows the first 200 by id, and how many more there are
 const state = {
-  status: null, authorized: false, peers: new Map(), scope: "both", offset: 0, total: 0,
+  status: null, authorized: false, peers: new Map(), peerTotal: 0, scope: "both", offset: 0, total: 0,
   files: [], transfers: new Map(), samples: [], connected: false,
 };
 const $ = (sel) => document.querySelector(sel);
@@ -64,7 +65,7 @@ function renderStatus() {
   $("#p2p").textContent = `p2p ${s.host}:${s.port}`;
   $("#uptime").textContent = `up ${duration(Date.now() / 1000 - s.started_at)}`;
   $("#fingerprint").textContent = s.fingerprint ? `key ${s.fingerprint}` : "";
-  $("#n-peers").textContent = state.peers.size;
+  $("#n-peers").textContent = Math.max(state.peerTotal, state.peers.size);
   $("#n-files").textContent = s.counts.files;
   $("#n-local").textContent = s.counts.local;
   $("#n-remote").textContent = s.counts.remote;
@@ -99,7 +100,7 @@ function renderRefused() {
 function renderPeers() {
   const body = $("#peers tbody");
   body.replaceChildren();
-  const peers = [...state.peers.values()].sort((a, b) => a.peer_id.localeCompare(b.peer_id));
+  const peers = [...state.peers.values()].sort((a, b) => a.peer_id.localeCompare(b.peer_id)).slice(0, PEER_ROWS);
   for (const p of peers) {
     body.append(el("tr", { "data-peer": p.peer_id },
       el("td", { class: "mono" }, p.peer_id),
@@ -107,8 +108,10 @@ function renderPeers() {
       el("td", { class: "seen", "data-t": p.last_seen }, ago(p.last_seen)),
       el("td", {}, el("span", { class: p.treedrive ? "badge td" : "badge" }, p.treedrive ? "TreeDrive" : "classic"))));
   }
+  const total = Math.max(state.peerTotal, state.peers.size);
+  if (total > peers.length) body.append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, `and ${total - peers.length} more`)));
   $("#no-peers").hidden = peers.length > 0;
-  $("#n-peers").textContent = peers.length;
+  $("#n-peers").textContent = total;
 }
 
 function arriving(fileId) {
@@ -207,8 +210,9 @@ async function loadStatus() {
   renderStatus();
 }
 async function loadPeers() {
-  const data = await api("GET", "/api/peers");
+  const data = await api("GET", `/api/peers?limit=${PEER_ROWS}`);
   state.peers = new Map(data.peers.map((p) => [p.peer_id, p]));
+  state.peerTotal = data.total;
   renderPeers();
 }
 async function loadFiles() {
@@ -234,7 +238,7 @@ async function loadAll() {
 }
 
 // Coalesce bursts of events (thousands of records arriving at once) into one small refresh.
-const pending = { files: false, status: false };
+const pending = { files: false, status: false, peers: false, peerRows: false };
 let flushTimer = null;
 function soon(what) {
   pending[what] = true;
@@ -244,7 +248,9 @@ function soon(what) {
     const jobs = [];
     if (pending.files) jobs.push(loadFiles());
     if (pending.status) jobs.push(loadStatus());
-    pending.files = pending.status = false;
+    if (pending.peers) jobs.push(loadPeers());
+    else if (pending.peerRows) renderPeers();
+    pending.files = pending.status = pending.peers = pending.peerRows = false;
     try { await Promise.all(jobs); } catch (e) { console.warn(e); }
   }, 300);
 }
@@ -273,11 +279,12 @@ function onEvent(ev) {
       loadAll().catch((e) => toast(`reload failed: ${e.message}`, true));
       break;
     case "PeerSeen":
-      state.peers.set(ev.peer.peer_id, ev.peer); renderPeers();
-      if (ev.new) soon("status"); // a first peer ends a bootstrap problem
+      // Thousands of peers gossip each interval: one table refresh per burst, not per peer.
+      if (state.peers.has(ev.peer.peer_id)) { state.peers.set(ev.peer.peer_id, ev.peer); soon("peerRows"); }
+      if (ev.new) { soon("peers"); soon("status"); } // a first peer ends a bootstrap problem
       break;
     case "PeerExpired":
-      state.peers.delete(ev.peer_id); renderPeers(); soon("status"); break;
+      state.peers.delete(ev.peer_id); soon("peers"); soon("status"); break;
     case "FileAdvertised":
       // A new record or holder: the page's rows (and totals) change; coalesced.
       soon("files"); soon("status");
