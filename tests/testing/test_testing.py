@@ -114,6 +114,3 @@ def test_a_node_process_loads_the_plugin_module_it_is_given(
     src.write_bytes(b"carol's file")
     assert node.push(src)["file_name"] == "c.txt"
     assert node.stop() == 0
-    plain = node_process("dave").start()  # without plugins=: not loaded
-    assert plain.stop() == 0
-    assert (tmp_path / "started.txt").read_text() == "carol\n"
