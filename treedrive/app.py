@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 from treedrive.core.config import NodeConfig
@@ -169,7 +169,10 @@ def _why(exc: OSError) -> str:
 
 @contextlib.asynccontextmanager
 async def running_node(
-    config: NodeConfig, *, on_locked: Callable[[], object] | None = None
+    config: NodeConfig,
+    *,
+    on_locked: Callable[[], object] | None = None,
+    plugins: Sequence[object] = (),
 ) -> AsyncIterator[Node]:
     """Start a node for the length of the block; stop it cleanly after.
 
@@ -178,7 +181,8 @@ async def running_node(
     listens: the data dir is made private to its owner, the open files soft limit is raised to
     the hard limit, and accept errors for want of file descriptors are logged at most once a
     second instead of a traceback each. A port that cannot be listened on raises
-    :class:`StartFailed`."""
+    :class:`StartFailed`. ``plugins`` (modules or objects with hook implementations) are
+    registered besides the installed ones."""
     config.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     fd = lock_data_dir(config.data_dir)
     try:
@@ -187,15 +191,15 @@ async def running_node(
         make_private(config.data_dir)
         raise_open_files_limit()
         filter_accept_errors(asyncio.get_running_loop())  # once per loop (nodes in tests)
-        async with _started_node(config) as node:
+        async with _started_node(config, plugins) as node:
             yield node
     finally:
         os.close(fd)
 
 
 @contextlib.asynccontextmanager
-async def _started_node(config: NodeConfig) -> AsyncIterator[Node]:
-    plugins = Plugins(make_plugin_manager())
+async def _started_node(config: NodeConfig, extra: Sequence[object]) -> AsyncIterator[Node]:
+    plugins = Plugins(make_plugin_manager(plugins=extra))
     _probe_ports(config, plugins)
     node = build_node(config, plugins)
     try:

@@ -9,6 +9,7 @@ hook call (and the node with it).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
@@ -30,25 +31,39 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 BLOCK_ENV = "TREEDRIVE_DISABLE_PLUGINS"
+LOAD_ENV = "TREEDRIVE_PLUGINS"
+"""Comma-separated modules to import and register as plugins besides the installed ones (the
+way ``treedrive.testing`` gives a node process a plugin that is not installed)."""
 STARTUP_WITHIN = 30.0
 """Seconds each plugin's awaitable from ``treedrive_startup`` may take."""
 SHUTDOWN_WITHIN = 5.0
 """Seconds each plugin's awaitable from ``treedrive_shutdown`` may take."""
 
 
-def make_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A manager with the hook specs, the built-in defaults and (unless told not to) every
-    plugin installed under the ``treedrive`` entry-point group, less those named (comma-separated)
-    in ``TREEDRIVE_DISABLE_PLUGINS``."""
+def make_plugin_manager(
+    *, load_entry_points: bool = True, plugins: Sequence[object] = ()
+) -> pluggy.PluginManager:
+    """A manager with the hook specs, the built-in defaults, (unless told not to) every plugin
+    installed under the ``treedrive`` entry-point group, the modules named in
+    ``TREEDRIVE_PLUGINS`` and then ``plugins`` (modules or objects), less those named
+    (comma-separated) in ``TREEDRIVE_DISABLE_PLUGINS``. A plugin already registered (installed
+    and also given) is registered once."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in filter(None, (n.strip() for n in os.environ.get(BLOCK_ENV, "").split(","))):
+    for name in _names(BLOCK_ENV):
         pm.set_blocked(name)
     pm.register(defaults, name="treedrive.defaults")
     if load_entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in [*map(importlib.import_module, _names(LOAD_ENV)), *plugins]:
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=getattr(plugin, "__name__", None))
     pm.check_pending()
     return pm
+
+
+def _names(variable: str) -> list[str]:
+    return [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()]
 
 
 def _sequence_of(kind: type) -> Callable[[object], bool]:

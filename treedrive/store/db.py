@@ -143,7 +143,12 @@ class Store:
         if current is not None and self.db_path.exists():
             backup = self.db_path.with_name(f"{DB_NAME}.{current}.bak")
             create_private(backup)
-            with sqlite3.connect(self.db_path) as src, sqlite3.connect(backup) as dst:
+            # closing(): a connection's own ``with`` ends a transaction, not the connection
+            # (Python 3.13 warns of one left open)
+            with (
+                closing(sqlite3.connect(self.db_path)) as src,
+                closing(sqlite3.connect(backup)) as dst,
+            ):
                 src.backup(dst)
         command.upgrade(alembic_config(self.engine), "head")
         if current is None:
