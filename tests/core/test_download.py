@@ -12,7 +12,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -333,11 +333,32 @@ LIMIT = 1 * MiB
 LIMITED_FOR = 10  # seconds: each limit is held over this long a transfer
 
 
-def assert_within_10_percent(size: int, elapsed: float, rate: int) -> None:
+def waited_for_a_cpu() -> float:
+    """Seconds the event loop's thread (every node of a test runs on it) has spent ready to run
+    but waiting for a CPU, since it started: what a busy machine costs it (Linux's schedstat;
+    0 where there is none, which leaves the bounds below at their strictest)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+async def timed(transfer: Awaitable[object]) -> tuple[float, float]:
+    """Run ``transfer``: (seconds it took, seconds of them the loop waited for a CPU)."""
+    waited, started = waited_for_a_cpu(), time.monotonic()
+    await transfer
+    return time.monotonic() - started, waited_for_a_cpu() - waited
+
+
+def assert_within_10_percent(size: int, elapsed: float, rate: int, waited: float) -> None:
+    """The limit holds: never 10 % above ``rate``, however the machine was; and not 10 % below
+    it, but for the time the node was kept from running (``waited`` for a CPU, on a busy
+    machine): only that excuses a shortfall, and on a quiet machine it is about nothing."""
     achieved = size / elapsed
-    assert 0.9 * rate <= achieved <= 1.1 * rate, (
-        f"{achieved:.0f} B/s over {elapsed:.1f} s with a limit of {rate} B/s"
-    )
+    said = f"{achieved:.0f} B/s over {elapsed:.1f} s with a limit of {rate} B/s"
+    assert achieved <= 1.1 * rate, said
+    assert size / max(elapsed - waited, 1e-9) >= 0.9 * rate, f"{said}, {waited:.1f} s of it waiting"
 
 
 async def test_download_rate_limit_holds_over_10_s(start_node: Starter, tmp_path: Path) -> None:
@@ -347,11 +368,9 @@ async def test_download_rate_limit_holds_over_10_s(start_node: Starter, tmp_path
     receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
     receiver.set_rate_limits(LIMIT, None)
     await wait_for(lambda: knows(receiver, file_id, {"holder"}))
-    started = time.monotonic()
-    await receiver.get(file_id)
-    elapsed = time.monotonic() - started
+    elapsed, waited = await timed(receiver.get(file_id))
     assert blob(receiver, file_id) == data
-    assert_within_10_percent(size, elapsed, LIMIT)
+    assert_within_10_percent(size, elapsed, LIMIT, waited)
 
 
 @pytest.mark.parametrize("extension", [True, False], ids=["ranged", "classic"])
@@ -366,11 +385,9 @@ async def test_upload_rate_limit_holds_over_10_s(
         "R", bootstrap=(address(holder),), extension=extension, **RANGED
     )
     await wait_for(lambda: knows(receiver, file_id, {"holder"}, ranged=extension))
-    started = time.monotonic()
-    await receiver.get(file_id)
-    elapsed = time.monotonic() - started
+    elapsed, waited = await timed(receiver.get(file_id))
     assert blob(receiver, file_id) == data
-    assert_within_10_percent(size, elapsed, LIMIT)
+    assert_within_10_percent(size, elapsed, LIMIT, waited)
 
 
 def token_of(node: Node) -> str:
