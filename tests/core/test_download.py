@@ -12,7 +12,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from tests.classic_peer import ClassicPeer
 from tests.conftest import HoldersInOrder, address, fast_config, fill, wait_for, watch
 from treedrive.app import running_node
+from treedrive.core import transfers
 from treedrive.core.download import RAW_RANGE, chunk_size_for
 from treedrive.core.errors import StorageError
 from treedrive.core.events import FileRefused, Notice, TransferFinished, TransferProgress
@@ -31,6 +32,8 @@ from treedrive.core.model import MEGABYTE, CatalogEntry, FileMeta
 from treedrive.core.node import Node
 from treedrive.core.sizes import classic_cap, size_agrees
 from treedrive.store import Store
+from treedrive.transport.net import TcpNetwork
+from treedrive.transport.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,11 +175,22 @@ async def test_node_without_extension_fetches_whole_file_classically(
     assert [e.transfer.bytes_done for e in outs] == [size]  # one classic GET_FILE
 
 
-async def test_download_takes_chunks_from_every_holder(start_node: Starter, tmp_path: Path) -> None:
+def ranges_running(node: Node) -> int:
+    """Ranges ``node`` is sending now (of all its uploads, lingering ones included)."""
+    return sum(len(u.running) for u in node.transfers._uploads.values())
+
+
+async def test_download_takes_chunks_from_every_holder(
+    start_node: Starter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     size = 2 * MiB
     holders, file_id, data = await holders_of_one_file(
         start_node, tmp_path, ["H1", "H2", "H3"], size
     )
+    # A busy machine may pause longer than the linger of 1 s between two ranges of one holder
+    # (every node runs on this one event loop): the ranges of one download are one upload
+    # however far apart they come; the uploads are ended below, once every range has ended.
+    monkeypatch.setattr(transfers, "UPLOAD_LINGER", 600.0)
     served = {h.peer_id: watch(h) for h in holders}
     for h in holders:  # each holder alone is slower than the network: more than one helps
         h.set_rate_limits(None, 1 * MiB)
@@ -187,7 +201,10 @@ async def test_download_takes_chunks_from_every_holder(start_node: Starter, tmp_
     await receiver.get(file_id)
 
     assert blob(receiver, file_id) == data
-    await wait_for(lambda: not any(in_flight_out(h, file_id) for h in holders))
+    await wait_for(lambda: not any(ranges_running(h) for h in holders), timeout=30)
+    for h in holders:
+        h.transfers.close_uploads()  # what the linger does, now (as a node that stops)
+    assert not any(in_flight_out(h, file_id) for h in holders)
     counts = {name: len(ev.finished("out", file_id)) for name, ev in served.items()}
     assert counts == {"H1": 1, "H2": 1, "H3": 1}  # each holder's ranges are one upload
     served_bytes = sum(
@@ -318,11 +335,57 @@ LIMIT = 1 * MiB
 LIMITED_FOR = 10  # seconds: each limit is held over this long a transfer
 
 
-def assert_within_10_percent(size: int, elapsed: float, rate: int) -> None:
+def waited_for_a_cpu() -> float:
+    """Seconds the event loop's thread (every node of a test runs on it) has spent ready to run
+    but waiting for a CPU, since it started: what a busy machine costs it (Linux's schedstat;
+    0 where there is none, which leaves the bounds below at their strictest)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Idle:
+    """Watches a node's :class:`RateLimiter`: the seconds its timeline went unused because the
+    transfer came back for more bytes late (what a busy machine costs it), as opposed to the
+    seconds the transfer waited on the limit. Counted from the rate's (re)setting."""
+
+    def __init__(self, limiter: RateLimiter, rate: int) -> None:
+        self.limiter = limiter
+        self.idle = 0.0
+        reserve = limiter.reserve
+
+        def watched(n: int) -> float:
+            late = time.monotonic() - limiter.BURST - limiter._next
+            self.idle += max(0.0, late)
+            return reserve(n)
+
+        limiter.reserve = watched  # type: ignore[method-assign]
+        limiter.set_rate(rate)
+
+
+async def timed(transfer: Awaitable[object], limiter: RateLimiter) -> tuple[float, float]:
+    """Run ``transfer`` under ``limiter`` at :data:`LIMIT`: (seconds it took, seconds of them
+    a busy machine excuses: when the limiter went unused, up to the time the event loop (every
+    node of the test runs on it) was kept waiting for a CPU)."""
+    waited, started = waited_for_a_cpu(), time.monotonic()
+    idle = Idle(limiter, LIMIT)
+    await transfer
+    elapsed, waited = time.monotonic() - started, waited_for_a_cpu() - waited
+    return elapsed, min(waited, idle.idle)
+
+
+def assert_within_10_percent(size: int, elapsed: float, rate: int, excused: float) -> None:
+    """The limit holds: never 10 % above ``rate``, however the machine was; and not 10 % below
+    it but for the time ``excused`` (the limiter went unused while the machine kept the node
+    from running). On a quiet machine that is about nothing; a limiter that is too slow is
+    never unused, busy machine or not."""
     achieved = size / elapsed
-    assert 0.9 * rate <= achieved <= 1.1 * rate, (
-        f"{achieved:.0f} B/s over {elapsed:.1f} s with a limit of {rate} B/s"
-    )
+    said = f"{achieved:.0f} B/s over {elapsed:.1f} s with a limit of {rate} B/s"
+    assert achieved <= 1.1 * rate, said
+    ran = max(elapsed - excused, 1e-9)
+    assert size / ran >= 0.9 * rate, f"{said}, {excused:.1f} s of it excused"
 
 
 async def test_download_rate_limit_holds_over_10_s(start_node: Starter, tmp_path: Path) -> None:
@@ -332,11 +395,9 @@ async def test_download_rate_limit_holds_over_10_s(start_node: Starter, tmp_path
     receiver: Node = await start_node("R", bootstrap=(address(holder),), **RANGED)
     receiver.set_rate_limits(LIMIT, None)
     await wait_for(lambda: knows(receiver, file_id, {"holder"}))
-    started = time.monotonic()
-    await receiver.get(file_id)
-    elapsed = time.monotonic() - started
+    elapsed, excused = await timed(receiver.get(file_id), network_of(receiver).download)
     assert blob(receiver, file_id) == data
-    assert_within_10_percent(size, elapsed, LIMIT)
+    assert_within_10_percent(size, elapsed, LIMIT, excused)
 
 
 @pytest.mark.parametrize("extension", [True, False], ids=["ranged", "classic"])
@@ -351,11 +412,15 @@ async def test_upload_rate_limit_holds_over_10_s(
         "R", bootstrap=(address(holder),), extension=extension, **RANGED
     )
     await wait_for(lambda: knows(receiver, file_id, {"holder"}, ranged=extension))
-    started = time.monotonic()
-    await receiver.get(file_id)
-    elapsed = time.monotonic() - started
+    elapsed, excused = await timed(receiver.get(file_id), network_of(holder).upload)
     assert blob(receiver, file_id) == data
-    assert_within_10_percent(size, elapsed, LIMIT)
+    assert_within_10_percent(size, elapsed, LIMIT, excused)
+
+
+def network_of(node: Node) -> TcpNetwork:
+    network = node.network
+    assert isinstance(network, TcpNetwork)
+    return network
 
 
 def token_of(node: Node) -> str:
@@ -616,6 +681,12 @@ def committed(caplog: pytest.LogCaptureFixture, file_id: str) -> bool:
     )
 
 
+def fetched(caplog: pytest.LogCaptureFixture, file_id: str) -> bool:
+    """The download's 'got' line is logged (it comes once the download is all done)."""
+    found = (GOT.search(r.getMessage()) for r in caplog.records)
+    return any(m and file_id.startswith(m.group(1)) for m in found)
+
+
 def got_line(caplog: pytest.LogCaptureFixture, file_id: str) -> tuple[int, int]:
     """(size, bytes over the network in this run) from the download's last 'got' line."""
     found = [m for m in (GOT.search(r.getMessage()) for r in caplog.records) if m]
@@ -868,6 +939,7 @@ async def test_disk_filling_up_mid_download_stops_it_and_it_resumes_once_there_i
         await on_small_disk.close()
 
 
+@pytest.mark.timeout(120)
 async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes(
     start_node: Starter, small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -894,14 +966,14 @@ async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes
         receiver = await on_small_disk.start("R", bootstrap=(address(holder),), **config)
         await wait_for(lambda: knows(receiver, file_id, {"H"}))
         task = asyncio.ensure_future(receiver.get(file_id))
-        await wait_for(lambda: arrived() >= 1 * MiB, timeout=10)
+        await wait_for(lambda: arrived() >= 1 * MiB, timeout=30)
         # still in the first chunk (size not known yet), and already shown as a transfer
         [first] = receiver.active_transfers.values()
         assert (first.file_id, first.direction, first.bytes_total) == (file_id, "in", size)
         fill(filler)  # something else takes the rest of the disk
 
         with pytest.raises(StorageError, match="No space left on device"):
-            await asyncio.wait_for(task, 15)
+            await asyncio.wait_for(task, 30)
         assert range_file.exists()
         with receiver.store.unit_of_work() as uow:
             saved = uow.downloads.get(file_id)
@@ -913,7 +985,9 @@ async def test_disk_filling_up_in_the_first_chunk_leaves_a_download_that_resumes
 
         caplog.clear()
         filler.unlink()  # room again: the node resumes it by itself (its cleanup sweep)
-        await wait_for(lambda: receiver.store.blobs.has(file_id), timeout=30)
+        # done once it says so: the blob is there a moment before the state is dropped
+        await wait_for(lambda: fetched(caplog, file_id), timeout=30)
+        assert receiver.store.blobs.has(file_id)
         assert blob(receiver, file_id) == data
         assert not range_file.exists()
         with receiver.store.unit_of_work() as uow:

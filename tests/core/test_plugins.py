@@ -307,6 +307,9 @@ def seed(node: Node, data: bytes, ts: int, owner: str, name: str) -> FileMeta:
     return meta
 
 
+JOIN_DELAY = 6.0
+
+
 @needs_rarest
 @pytest.mark.parametrize("with_rarest", [True, False], ids=["rarest", "default"])
 async def test_joining_node_fetches_rarest_files_with_the_plugin(
@@ -335,9 +338,12 @@ async def test_joining_node_fetches_rarest_files_with_the_plugin(
         seed(h, f"rare {i}".encode(), 1000 + i, h.peer_id, f"rare{i}")
         for i, h in enumerate(holders)
     ]
-    joiner = await start_node("joiner", join_delay=1.5, bootstrap=(address(h1),))
+    # The joiner chooses once its join delay is over: by then it must have heard from every
+    # holder (two rounds of gossip, about 0.6 s on a quiet machine), on a busy one too, where
+    # the event loop of all four nodes may stall for seconds.
+    joiner = await start_node("joiner", join_delay=JOIN_DELAY, bootstrap=(address(h1),))
     assert (joiner.plugins.pm.get_plugin("rarest") is not None) is with_rarest
-    await asyncio.wait_for(joiner.joined.wait(), 20)
+    await asyncio.wait_for(joiner.joined.wait(), JOIN_DELAY + 60)
     got = {e.meta.file_id for e in joiner.files("local")}
     expected = rare if with_rarest else common
     assert got == {m.file_id for m in expected}

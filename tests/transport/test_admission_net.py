@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import time
@@ -141,6 +142,15 @@ async def test_at_the_cap_the_oldest_young_connection_gives_way_to_a_gossip(
         s.close()
 
 
+REFUSED = re.compile(r"(\d+) connections refused at the cap")
+
+
+def refusals_logged(caplog: pytest.LogCaptureFixture) -> list[int]:
+    """The counts of refused connections in the summary lines logged, in order."""
+    found = (REFUSED.search(r.getMessage()) for r in caplog.records)
+    return [int(m.group(1)) for m in found if m]
+
+
 async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_each(
     start_node: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -161,13 +171,20 @@ async def test_at_the_cap_new_connections_are_refused_and_counted_not_logged_eac
     await wait_for(lambda: network.stats()["connections"] == 3)
     await wait_for(lambda: all(state.protected for state in network._live.values()))
     caplog.clear()
+    began = time.monotonic()
     refused = [connect(node.port) for _ in range(100)]
     await wait_for(lambda: network.stats().get("connections refused at the cap", 0) >= 100)
-    assert all(closed_by_peer(s, 2.0) for s in refused[:5])
+    spread = time.monotonic() - began  # about nothing, unless the machine is busy
+    # In a thread: the node closes them on this event loop, maybe in its next round, which a
+    # wait on the loop itself would hold off (it did, on a busy machine).
+    assert all([await asyncio.to_thread(closed_by_peer, s, 10.0) for s in refused[:5]])
     assert network.stats().get("slow connections closed for new ones", 0) == 0
+    # Summed up in one line a second at most: all 100 in one line when they come within a
+    # second; over more seconds (a busy machine), one line per second they spread over.
+    await wait_for(lambda: sum(refusals_logged(caplog)) == 100)
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(lines) <= 2, [r.getMessage() for r in lines]
-    await wait_for(lambda: any("100 connections refused" in r.getMessage() for r in caplog.records))
+    assert len(lines) <= 2 + int(spread), [r.getMessage() for r in lines]
+    assert len(refusals_logged(caplog)) <= 1 + int(spread), [r.getMessage() for r in lines]
     for s in held + refused:
         s.close()
 

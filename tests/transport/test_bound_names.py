@@ -112,7 +112,7 @@ def bystander() -> Iterator[Listener]:
 async def pair(start_node: Starter) -> tuple[Node, Node]:
     alice: Node = await start_node("alice")
     bob: Node = await start_node("bob", bootstrap=(address(alice),))
-    await wait_for(lambda: pinned(alice, "bob") and pinned(bob, "alice"))
+    await wait_for(lambda: pinned(alice, "bob") and pinned(bob, "alice"), timeout=30)
     return alice, bob
 
 
@@ -329,14 +329,15 @@ async def test_a_full_pin_table_pins_no_stranger_and_keeps_every_pin(
     alice.gate.max_pins = 1  # bob's pin fills it
     for i in range(3):
         send_message(alice.port, signed_gossip(NodeKey.generate(), f"new{i}", listener.port))
-    await wait_for(lambda: all(address_of(alice, f"new{i}") for i in range(3)))
+    # deadlines (a busy machine may stall the nodes' event loop for seconds)
+    await wait_for(lambda: all(address_of(alice, f"new{i}") for i in range(3)), timeout=30)
     assert [pinned(alice, f"new{i}") for i in range(3)] == [None, None, None]
     assert pinned(alice, "bob") == bob.key.public
     assert any("the most this node keeps" in r.getMessage() for r in caplog.records)
     alice.gate.max_pins = 10
     alice.gate._full_since = None  # the next count is made now, not in a minute
     send_message(alice.port, signed_gossip(NodeKey.generate(), "later", listener.port))
-    await wait_for(lambda: pinned(alice, "later") is not None)
+    await wait_for(lambda: pinned(alice, "later") is not None, timeout=30)
 
 
 async def test_a_relayed_reply_stripped_of_a_feature_is_refused(
