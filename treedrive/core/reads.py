@@ -76,6 +76,13 @@ class Reads:
                 remote=uow.files.count("remote"),
             )
 
+    def peer_kinds(self) -> tuple[int, int]:
+        """The tracked peers that speak the extension, and the classic ones."""
+        with self._store.reading() as uow:
+            peers = uow.peers.all()
+        treedrive = sum(1 for p in peers if p.is_treedrive)
+        return treedrive, len(peers) - treedrive
+
     def recent_transfers(self, limit: int = 20) -> list[TransferRecord]:
         """The latest transfers the store remembers, newest first."""
         with self._store.reading() as uow:

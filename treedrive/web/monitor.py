@@ -24,7 +24,6 @@ from typing import Final
 
 from aiohttp import web
 
-from treedrive.core.model import PeerInfo
 from treedrive.core.node import Node
 from treedrive.web.admission import Admission
 from treedrive.web.guard import _node
@@ -83,14 +82,12 @@ class Counts:
 
 
 def count(node: Node) -> Counts:
-    """Peers by kind and files by scope, in one read-only unit of work (a worker thread)."""
-    with node.store.reading() as uow:
-        peers: list[PeerInfo] = uow.peers.all()
-        local, remote = uow.files.count("local"), uow.files.count("remote")
-    treedrive = sum(1 for p in peers if p.is_treedrive)
+    """Peers by kind and files by scope, from the node's read-only views (a worker thread)."""
+    treedrive, classic = node.reads.peer_kinds()
+    counts = node.reads.counts()
     return Counts(
-        peers={"treedrive": treedrive, "classic": len(peers) - treedrive},
-        files={"local": local, "remote": remote},
+        peers={"treedrive": treedrive, "classic": classic},
+        files={"local": counts.local, "remote": counts.remote},
     )
 
 
