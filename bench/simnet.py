@@ -18,7 +18,8 @@ from typing import Any
 
 from treedrive.core.deltas import Catalogue, View
 from treedrive.core.model import FileMeta
-from treedrive.core.swim import DEFAULT, Ack, Address, Config, Member, Message, Status, Swim
+from treedrive.core.swim import Swim
+from treedrive.core.swimtypes import DEFAULT, Ack, Address, Config, Member, Message, Status
 from treedrive.core.swimwire import encode
 
 BASE_EXT: dict[str, Any] = {

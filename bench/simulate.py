@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.simnet import SimNode, World, file_meta, knows_alive
-from treedrive.core.swim import Config
+from treedrive.core.swimtypes import Config
 
 MAX_ROUNDS = 40
 """Rounds a tracked join or push is followed before it counts as never converging."""

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from tests.core.test_deltas import meta
 from treedrive.core.deltas import Catalogue
 from treedrive.core.spread import SpreadQueue
-from treedrive.core.swim import (
+from treedrive.core.swim import MAX_RELAYS, Swim
+from treedrive.core.swimtypes import (
     DEFAULT,
-    MAX_RELAYS,
     Ack,
     Address,
     Config,
@@ -25,7 +25,6 @@ from treedrive.core.swim import (
     PingReq,
     Push,
     Status,
-    Swim,
 )
 from treedrive.core.swimwire import MAX_WIRE_NEWS, decode, encode
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from treedrive.core.deltas import Catalogue, Change
 from treedrive.core.spread import SpreadQueue
+from treedrive.core.swimchanges import ChangeNews
 from treedrive.core.swimtable import MemberTable
 from treedrive.core.swimtypes import (
     DEFAULT,
@@ -63,23 +64,6 @@ from treedrive.core.swimtypes import (
 
 MAX_RELAYS = 64
 """Indirect probes made for others in one round (each dials an address a peer named)."""
-
-__all__ = [
-    "DEFAULT",
-    "MAX_MEMBERS",
-    "Ack",
-    "Address",
-    "Config",
-    "Member",
-    "Message",
-    "News",
-    "Out",
-    "Ping",
-    "PingReq",
-    "Push",
-    "Status",
-    "Swim",
-]
 
 
 @dataclass(slots=True)
@@ -115,7 +99,7 @@ class Swim(MemberTable):
         self._seed_phase = rng.randrange(config.seed_rounds)
         self.heard: dict[str, float] = {}
         self._news: SpreadQueue[News] = SpreadQueue()
-        self._changes: SpreadQueue[Change] = SpreadQueue()
+        self._changes = ChangeNews(me, catalogue, rng, config)
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, tuple[Address, int, float]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
@@ -124,8 +108,6 @@ class Swim(MemberTable):
         self.next_round = now
         self._noticed: dict[str, float] = {}
         self._now = now
-        self._recent: dict[str, float] = {}
-        """Origins whose changes this node spread lately, oldest first."""
         self._revived: list[str] = []
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
@@ -140,12 +122,11 @@ class Swim(MemberTable):
         if not spread:  # what this node was spreading about it is out of date
             self._news.discard(m.peer_id)
         else:
-            news = News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
+            news = self._news_of(m)
             self._news.put(m.peer_id, news, self._now)
 
-    def _head_of(self, peer: str) -> int:
-        view = self.catalogue.views.get(peer)
-        return -1 if view is None else view.head
+    def _news_of(self, m: Member) -> News:
+        return News(m.peer_id, m.address, m.incarnation, m.status, self._changes.head_of(m.peer_id))
 
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
@@ -231,7 +212,7 @@ class Swim(MemberTable):
         oldest = self._now - self.config.news_rounds
         if news is None:
             news = tuple(self._news.take(self.config.max_news, limit, oldest))
-        changes = tuple(self._changes.take(self.config.max_news, limit, -math.inf))
+        changes = self._changes.take(limit)
         return kind(
             sender=self.me,
             address=self.address,
@@ -239,34 +220,13 @@ class Swim(MemberTable):
             head=self.catalogue.head(),
             news=news,
             changes=changes,
-            heads=self._heads(),
+            heads=self._changes.heads(self._now),
             **kw,
         )
 
     def spread(self, changes: list[Change]) -> None:
         """Catalogue changes to spread (this node's own, or news that was new here)."""
-        for c in changes:
-            self._changes.put((c.origin, c.file_id), c, self._now)
-            self._recent.pop(c.origin, None)  # re-inserted last: oldest stay first
-            self._recent[c.origin] = self._now
-
-    def _heads(self) -> tuple[tuple[str, int], ...]:
-        """A few origins that changed lately, with their heads as this node knows them."""
-        horizon = self._now - self.config.heads_rounds
-        while self._recent:
-            first = next(iter(self._recent))
-            if self._recent[first] >= horizon:
-                break
-            del self._recent[first]
-        picked = list(self._recent)
-        if len(picked) > self.config.heads:
-            picked = self.rng.sample(picked, self.config.heads)
-        out = []
-        for origin in picked:
-            head = self.catalogue.head() if origin == self.me else self._head_of(origin)
-            if head > 0:
-                out.append((origin, head))
-        return tuple(out)
+        self._changes.spread(changes, self._now)
 
     def _ping(self, target: str, now: float, **kw: Any) -> Out:
         self._seq += 1
@@ -317,15 +277,10 @@ class Swim(MemberTable):
                 del self._probes[seq]
                 if m.status == Status.ALIVE and m.since <= probe.sent:  # not revived meanwhile
                     self._set(Member(m.peer_id, m.address, m.incarnation, Status.SUSPECT, now))
-        for peer, since in list(self._suspects.items()):
-            if now - since >= cfg.suspect_rounds:
-                m = self.members[peer]
-                self._set(Member(peer, m.address, m.incarnation, Status.DEAD, now))
-        for peer, since in list(self._dead.items()):
-            if now - since >= cfg.dead_rounds:
-                del self.members[peer]
-                del self._dead[peer]
-                self.heard.pop(peer, None)
+        for m in self._overdue_suspects(now):
+            self._set(Member(m.peer_id, m.address, m.incarnation, Status.DEAD, now))
+        for peer in self._forget_dead(now):
+            self.heard.pop(peer, None)
         return out
 
     def _round_start(self, now: float) -> list[Out]:
@@ -410,10 +365,7 @@ class Swim(MemberTable):
             listed = (self.members[p] for p in self._alive.items)
             alive = [m for m in listed if m.status == Status.ALIVE][: MAX_MEMBERS - 1]
             members = (
-                *(
-                    News(m.peer_id, m.address, m.incarnation, m.status, self._head_of(m.peer_id))
-                    for m in alive
-                ),
+                *(self._news_of(m) for m in alive),
                 self._self_news(),
             )
         return self._message(  # type: ignore[return-value]

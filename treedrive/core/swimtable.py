@@ -73,3 +73,16 @@ class MemberTable:
         items = self._alive.items
         picked = self.rng.sample(items, min(k + 1, len(items)))
         return [p for p in picked if p != exclude][:k]
+
+    def _overdue_suspects(self, now: float) -> list[Member]:
+        """The members suspected for ``suspect_rounds`` or longer (they are dead now)."""
+        rounds = self.config.suspect_rounds
+        return [self.members[p] for p, since in self._suspects.items() if now - since >= rounds]
+
+    def _forget_dead(self, now: float) -> list[str]:
+        """Forget the members dead for ``dead_rounds`` or longer; their peer ids."""
+        gone = [p for p, since in self._dead.items() if now - since >= self.config.dead_rounds]
+        for peer in gone:
+            del self.members[peer]
+            del self._dead[peer]
+        return gone
