@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from treedrive.core.events import Event, FileRefused, Notice
-from treedrive.core.hookspecs import hookimpl
+from treedrive.core.events import FileRefused
 from treedrive.core.identity import encode_b64
 from treedrive.core.model import MEGABYTE
 from treedrive.core.node import Node
+from treedrive.testing import Events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,21 +34,6 @@ FEATURES = {"raw-range", "raw-push"}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-class Events:
-    """A test plugin: every event and notice the node publishes."""
-
-    def __init__(self) -> None:
-        self.seen: list[Event | Notice] = []
-
-    @hookimpl
-    def treedrive_on_event(self, node: Node, event: Event) -> None:
-        self.seen.append(event)
-
-    @hookimpl
-    def treedrive_on_notice(self, node: Node, notice: Notice) -> None:
-        self.seen.append(notice)
-
-
 def split_answer(buf: bytes) -> tuple[dict[str, Any], bytes]:
     """The first JSON object in ``buf`` and every byte after it."""
     text = buf.decode("latin-1")  # one char per byte: the end index is a byte offset
