@@ -162,11 +162,12 @@ def test_the_two_node_demo_works_as_printed(tmp_path: Path) -> None:
                 command = substitute(step.command, ids)
                 term.mark()
                 term.type(command)
-                term.wait_for(rf"\n{step.node}> ", timeout=60)
-                shown = term.since_mark()
+                shown = _wait_shown(term, step, str(home))
                 if command.startswith("push "):
                     [example] = [m for s in step.shows for m in HEX_ID.findall(s)][:1]
-                    ids[example] = re.findall(r"\b[0-9a-f]{64}\b", shown)[0]
+                    printed = re.findall(r"\b[0-9a-f]{64}\b", shown)
+                    assert printed, f"{command} printed no file id:\n{shown}"
+                    ids[example] = printed[0]
                     _wait_for(lambda f=ids[example]: (data_root / "alice" / "blobs" / f).exists())
                 if command.startswith("delete "):
                     gone = [data_root / n / "blobs" / i for n in terms for i in ids.values()]
@@ -192,6 +193,21 @@ def test_the_two_node_demo_works_as_printed(tmp_path: Path) -> None:
             stop_nodes(data_root)
             for term in terms.values():
                 term.close()
+
+
+def _wait_shown(term: Terminal, step: ShellStep, home: str, timeout: float = 60) -> str:
+    """What the step's command showed once every line the README shows for it is there and the
+    prompt is back (a log line printed meanwhile redraws the prompt, so the first prompt after
+    the command is not its end); what was shown by the timeout otherwise."""
+    want = {shape(line, home) for line in step.shows}
+    prompt = re.compile(rf"\n{step.node}> ")
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = term.since_mark()
+        got = {shape(line, home) for line in shown.split("\n")}
+        if (prompt.search(shown) and want <= got) or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.05)
 
 
 def _wait_for_peer(term: Terminal, peer: str, timeout: float = 30) -> None:
