@@ -167,7 +167,8 @@ def test_a_full_disk_reads_the_same_either_way(small_disk: Path, tmp_path: Path)
         src = tmp_path / "x.bin"
         src.write_bytes(os.urandom(2 * MiB))
         fill(small_disk / "filler")
-        messages = {error_of(way, src) for way in both_ways(client)}
+        by_path = Client(client.url, client.token)  # the node reads the file itself
+        messages = {error_of(way, src) for way in [*both_ways(client), by_path]}
         assert len(messages) == 1, messages
         assert "No space left on device" in messages.pop()
     finally:
