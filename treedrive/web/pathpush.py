@@ -139,6 +139,21 @@ async def _same_user(ends: tuple[peeruser.Endpoint, peeruser.Endpoint]) -> None:
         raise error(403, "a push by path is taken only from the node's own user (send the bytes)")
 
 
+async def _opened(ask: Ask) -> localfile.Source:
+    """The file opened (in a thread); closed there if this handler is cancelled meanwhile."""
+    opening = asyncio.ensure_future(asyncio.to_thread(localfile.open_source, ask.path, ask.expect))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+
+        def close(done: asyncio.Future[localfile.Source]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().close()
+
+        opening.add_done_callback(close)
+        raise
+
+
 async def push(request: web.Request) -> web.Response:
     """Push the file at a path on this machine (see the module)."""
     ends = _from_this_machine(request)
@@ -146,7 +161,7 @@ async def push(request: web.Request) -> web.Response:
     await _same_user(ends)
     node = _node(request)
     try:
-        source = await asyncio.to_thread(localfile.open_source, ask.path, ask.expect)
+        source = await _opened(ask)
     except (localfile.Unreadable, localfile.NotTheFile) as exc:
         raise error(422, str(exc)) from None
     except localfile.NotRegular as exc:
