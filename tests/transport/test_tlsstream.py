@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.transport.tls_helpers import forwarder, hung_up, pair
 from treedrive.transport import secure, tlsstream
@@ -44,9 +45,10 @@ def test_streams_learn_each_others_keys_and_move_bytes(
         assert buf[:5] == b"pong!"
 
 
-def test_stream_and_sslsocket_speak_the_same_tls(
-    pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS
-) -> None:
+def test_stream_and_sslsocket_speak_the_same_tls(pool: ThreadPoolExecutor, bob: NodeTLS) -> None:
+    """An SSLSocket speaks TLS only (it cannot switch to records): its contexts offer no record
+    layer, and the stream on the other end speaks TLS all the way."""
+    alice = NodeTLS.from_private_key(Ed25519PrivateKey.generate(), records=False)
     c, s = pair()
     server = serve(pool, bob, s, alice.public_key)
     tls = secure.connect(alice, c, bob.public_key, timeout=5.0)
@@ -111,6 +113,7 @@ def test_a_cut_without_close_notify_is_an_error(
     client = tlsstream.connect(alice, c, bob.public_key, 5.0)
     with server.result(timeout=10) as srv:
         client.sendall(b"partial")
+        client.wait_secret()  # read what the server sent, or the close below is a reset
         client.sock.close()  # no close_notify
         buf = bytearray(7)
         srv.recv_exactly(buf)
@@ -167,7 +170,7 @@ def test_send_file_some_returns_when_the_socket_is_full(
     c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # fills long before SIZE
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     server = serve(pool, bob, s, alice.public_key)
-    client = tlsstream.connect(alice, c, bob.public_key, 5.0)
+    client = tlsstream.connect(alice, c, bob.public_key, 5.0, wait_secret=True)  # as a pusher
     srv = server.result(timeout=10)
     fd = os.open(path, os.O_RDONLY)
     try:

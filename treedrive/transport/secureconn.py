@@ -96,8 +96,9 @@ async def accept(
     node: NodeTLS, sock: socket.socket, initial: bytes, deadline: float
 ) -> SecureStream:
     """The server's side of the handshake on the non-blocking ``sock`` (``initial``: the bytes
-    already read), done by ``deadline`` (monotonic). Raises HandshakeError (also for a timeout);
-    the caller closes the socket."""
+    already read), done by ``deadline`` (monotonic); with the record layer, this side's secret
+    is sent at once (a pusher waits for it). Raises HandshakeError (also for a timeout); the
+    caller closes the socket."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     incoming.write(initial)
     tls = node.server.wrap_bio(incoming, outgoing, server_side=True)
@@ -116,6 +117,9 @@ async def accept(
         if not der:
             raise HandshakeError("peer presented no certificate")
         key = key_of_certificate(der)
+        handover = await crypto(tlsstream.start_handover, tls, node.public_key, key, True)
+        if outgoing.pending:
+            await _sendall(sock, outgoing.read(), deadline)
     except HandshakeError:
         raise
     except (OSError, ValueError) as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
@@ -123,18 +127,21 @@ async def accept(
             with contextlib.suppress(OSError):
                 sock.send(outgoing.read())
         raise HandshakeError(f"TLS handshake failed: {exc}") from None
-    return SecureStream(sock, tls, (incoming, outgoing), key)
+    return SecureStream(sock, tls, (incoming, outgoing), key, handover)
 
 
 async def dial(
     node: NodeTLS, sock: socket.socket, expected: bytes, deadline: float
 ) -> SecureStream:
     """The client's side of the handshake on the blocking ``sock`` (a connection this node
-    made, to a peer it chose), in a worker thread, within ``deadline`` seconds; the peer must
-    prove ``expected``."""
+    made, to a peer it chose, to push a file), in a worker thread, within ``deadline``
+    seconds; the peer must prove ``expected``. With the record layer, also the server's
+    secret (the pusher seals the file's bytes with it)."""
     loop = asyncio.get_running_loop()
     connect = tlsstream.connect
-    return await loop.run_in_executor(_dial_workers.pool(), connect, node, sock, expected, deadline)
+    return await loop.run_in_executor(
+        _dial_workers.pool(), connect, node, sock, expected, deadline, True
+    )
 
 
 def _detach(writer: asyncio.StreamWriter) -> socket.socket:

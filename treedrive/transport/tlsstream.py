@@ -15,12 +15,13 @@ once). Reads and writes wait as the socket does (blocking, its timeout or ``SO_R
 from __future__ import annotations
 
 import contextlib
-import io
+import os
 import socket
 import ssl
 import time
 from typing import cast
 
+from treedrive.transport import bulk
 from treedrive.transport.secure import HANDSHAKE_TIMEOUT, HandshakeError, NodeTLS, check_key
 from treedrive.transport.secure import key_of_certificate as _key_of
 
@@ -31,7 +32,13 @@ SEND_PIECE = 256 * 1024
 
 
 class SecureStream:
-    """A TLS 1.3 connection, after its handshake, whose peer proved :attr:`peer_key`."""
+    """A TLS 1.3 connection, after its handshake, whose peer proved :attr:`peer_key`.
+
+    With the record layer (``handover``: both ends offered :data:`~treedrive.transport.bulk.ALPN`;
+    :mod:`~treedrive.transport.bulk`), each side first sends its secret in TLS; each direction
+    leaves TLS when its sender first sends a file's bytes (:meth:`send_file_some`), and carries
+    records from then on; the reading side follows at the peer's ``close_notify``. The caller
+    sees one stream of plaintext either way."""
 
     def __init__(
         self,
@@ -39,13 +46,26 @@ class SecureStream:
         tls: ssl.SSLObject,
         bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO],
         peer_key: bytes,
+        handover: bulk.Handover | None = None,
     ) -> None:
         self.sock, self.tls, self.peer_key = sock, tls, peer_key
+        self.handover = handover
         self._in, self._out = bios
+        self._in_ended = False  # the socket's end was written to the incoming BIO
         self._raw = memoryview(b"")  # ciphertext read from the socket (made on the first read)
         self._plain = memoryview(b"")  # file bytes to encrypt (made on the first file sent)
-        self._unsent = memoryview(b"")  # ciphertext a non-blocking socket did not take yet
+        self._got = memoryview(b"")  # a TLS read for recv_view (made on the first)
+        self._unsent: list[memoryview] = []  # what a non-blocking socket did not take yet
+        self._sealer: bulk.Sealer | None = None  # records sent, once this side left TLS
+        self._opener: bulk.Opener | None = None  # records read, once the peer left TLS
+        self._opened = memoryview(b"")  # plaintext of the record opened last, not yet taken
 
+    @property
+    def sealed(self) -> bool:
+        """Whether this side sends records (it left TLS)."""
+        return self._sealer is not None
+
+    # -- sending ------------------------------------------------------------------------------
     def _piece(self, piece: int, count: int) -> memoryview:
         """A buffer for ``min(piece, count)`` bytes of a file, the same for every call (an
         allocation of the whole piece, zeroed, for each call cost a memset per socket-full
@@ -55,43 +75,84 @@ class SecureStream:
             self._plain = memoryview(bytearray(max(want, min(piece, SEND_PIECE))))
         return self._plain[:want]
 
-    def _flush(self) -> None:
+    def _take_tls_output(self) -> None:
         if self._out.pending:
-            self.sock.sendall(self._out.read())
+            self._unsent.append(memoryview(self._out.read()))
 
-    def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), SEND_PIECE):
-            self.tls.write(view[start : start + SEND_PIECE])
-            self._flush()
+    def _seal_from_now(self) -> bulk.Sealer | None:
+        """The records this side sends from now on (None: TLS all the way, an older peer). The
+        first call leaves TLS: ``close_notify``, then records."""
+        if self._sealer is None and self.handover is not None:
+            sealer = self.handover.sealer()  # RecordError until the peer's secret is in
+            self._close_notify()
+            self._sealer = sealer
+        return self._sealer
 
-    def send_file(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> None:
-        """Send ``count`` bytes of the file ``fd`` from ``offset`` (the TLS ``sendfile``), read
-        and encrypted ``piece`` bytes at a time."""
-        buf = self._piece(piece, count)
-        end = offset + count
-        while offset < end:
-            n = _read_at(fd, buf[: min(len(buf), end - offset)], offset)
-            if n == 0:
-                raise EOFError(f"file ends {end - offset} bytes short")
-            self.tls.write(buf[:n])
-            self._flush()
-            offset += n
+    def _close_notify(self) -> None:
+        """Queue a ``close_notify``. The incoming ciphertext is held back meanwhile: after
+        sending its own, ``unwrap`` reads on for the peer's, and would drop (with an error) the
+        peer's data still to be read."""
+        held = self._in.read()
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the peer's close_notify is not here: it need not be
+        finally:
+            if held:
+                self._in.write(held)
+        self._take_tls_output()
+
+    def queue(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` behind what is :attr:`unsent` (for a non-blocking socket: sent by
+        the next :meth:`flush_some` or :meth:`send_file_some`). In TLS, until this side sends a
+        file's bytes; then as records."""
+        if self._sealer is not None:
+            self._unsent += map(memoryview, self._sealer.seal_all(data))
+            return
+        self.tls.write(data)
+        if self.handover is not None:
+            self.handover.sent(data)
+        self._take_tls_output()
 
     @property
     def unsent(self) -> int:
         """Bytes of ciphertext made but not yet taken by a non-blocking socket."""
-        return len(self._unsent)
+        return sum(map(len, self._unsent))
 
-    def _push(self) -> bool:
-        """Send the ciphertext kept back; False when the socket is full."""
+    def flush_some(self) -> bool:
+        """Send what is :attr:`unsent` as far as the socket takes it; True when all is sent."""
         while self._unsent:
             try:
-                k = self.sock.send(self._unsent)
+                k = self.sock.sendmsg(self._unsent)
             except BlockingIOError:
                 return False
-            self._unsent = self._unsent[k:]
+            while k and k >= len(self._unsent[0]):
+                k -= len(self._unsent.pop(0))
+            if k:
+                self._unsent[0] = self._unsent[0][k:]
         return True
+
+    def _flush(self) -> None:
+        """Send all that is unsent (a blocking socket; BlockingIOError on a full non-blocking
+        one)."""
+        if not self.flush_some():
+            raise BlockingIOError("the socket is full")
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), SEND_PIECE):
+            self.queue(view[start : start + SEND_PIECE])
+            self._flush()
+
+    def send_file(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> None:
+        """Send ``count`` bytes of the file ``fd`` from ``offset`` (the TLS ``sendfile``), read
+        and encrypted ``piece`` bytes at a time (a blocking socket; with the record layer, once
+        the peer's secret came)."""
+        self.wait_secret()
+        done = 0
+        while done < count or self._unsent:
+            done += self.send_file_some(fd, offset + done, count - done, piece)
+            self._flush()
 
     def send_file_some(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> int:
         """Encrypt and send up to ``count`` bytes of the file ``fd`` from ``offset``, for a
@@ -99,44 +160,104 @@ class SecureStream:
         Returns how many bytes of the file were encrypted, when the socket is full or all are
         sent; ciphertext the socket did not take is kept (:attr:`unsent`) and goes first on the
         next call (``count`` 0 just sends it). The transfer is over when the bytes are all
-        encrypted and ``unsent`` is 0."""
+        encrypted and ``unsent`` is 0. With the record layer, a record per ``piece`` (at most
+        :data:`~treedrive.transport.bulk.MAX_RECORD`)."""
+        sealer = self._seal_from_now()
         done = 0
-        while self._push() and done < count:
-            buf = self._piece(piece, count - done)
+        while self.flush_some() and done < count:
+            buf = self._piece(min(piece, bulk.MAX_RECORD), count - done)
             n = _read_at(fd, buf, offset + done)
             if n == 0:
                 raise EOFError(f"file ends {count - done} bytes short")
-            self.tls.write(buf[:n])
-            self._unsent = memoryview(self._out.read())
+            if sealer is None:
+                self.tls.write(buf[:n])
+                self._take_tls_output()
+            else:
+                self._unsent += map(memoryview, sealer.seal(buf[:n]))
             done += n
         return done
 
-    def queue(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt ``data`` behind what is :attr:`unsent` (for a non-blocking socket: sent by
-        the next :meth:`flush_some` or :meth:`send_file_some`)."""
-        self.tls.write(data)
-        self._unsent = memoryview(bytes(self._unsent) + self._out.read())
+    # -- receiving ----------------------------------------------------------------------------
+    def _take_secret(self) -> None:
+        """Read the peer's secret, the first bytes it sends in TLS (raises SSLWantReadError)."""
+        handover = self.handover
+        while handover is not None and not handover.ready:
+            try:
+                data = self.tls.read(bulk.SECRET_BYTES - len(handover.peer_secret))
+            except ssl.SSLZeroReturnError:
+                data = b""
+            except ssl.SSLEOFError:
+                raise ConnectionError("connection closed without TLS close_notify") from None
+            if not data:
+                raise bulk.RecordError("TLS ended before the peer's secret")
+            handover.take(memoryview(data))
 
-    def flush_some(self) -> bool:
-        """Send what is :attr:`unsent` as far as the socket takes it; True when all is sent."""
-        return self._push()
+    def _tls_read(self, view: memoryview) -> int:
+        """Plaintext of the TLS phase into ``view``: how many bytes (0: the peer's
+        ``close_notify``); SSLWantReadError when more ciphertext is needed."""
+        self._take_secret()
+        try:
+            n = cast(int, self.tls.read(len(view), view))  # with a buffer: a count
+        except ssl.SSLZeroReturnError:  # close_notify, after ours was sent
+            return 0
+        except ssl.SSLEOFError:
+            raise ConnectionError("connection closed without TLS close_notify") from None
+        if self.handover is not None:
+            self.handover.take(view[:n])
+        return n
+
+    def _follow_into_records(self) -> None:
+        """The peer left TLS: what follows its ``close_notify`` are records."""
+        assert self.handover is not None
+        self._opener = self.handover.opener()
+        if rest := self._in.read():
+            self._opener.feed(rest)
+        if self._in_ended:
+            self._opener.feed(b"")
+
+    def _opened_into(self, view: memoryview) -> int | None:
+        """Plaintext of records into ``view`` (0: the end), None if more ciphertext is needed."""
+        taken = self._take_opened(len(view))
+        if taken is None:
+            return None
+        n = len(taken)
+        view[:n] = taken
+        return n
+
+    def _take_opened(self, n: int) -> memoryview | None:
+        """Up to ``n`` bytes of record plaintext (empty: the end), None if more is needed."""
+        assert self._opener is not None
+        if not self._opened:
+            plain = self._opener.next()
+            if plain is None:
+                return None
+            self._opened = memoryview(plain)
+        taken, self._opened = self._opened[:n], self._opened[n:]
+        return taken
 
     def try_recv_into(self, buffer: bytearray | memoryview) -> int | None:
         """Decrypt into ``buffer`` what is already received, without reading the socket: how
-        many bytes (0: the peer closed the TLS session), None when more ciphertext is needed
+        many bytes (0: the peer ended the stream), None when more ciphertext is needed
         (:meth:`feed` it)."""
-        try:
-            return cast(int, self.tls.read(len(buffer), memoryview(buffer).cast("B")))
-        except ssl.SSLWantReadError:
-            return None
-        except ssl.SSLEOFError:
-            raise ConnectionError("connection closed without TLS close_notify") from None
+        view = memoryview(buffer).cast("B")
+        if self._opener is None:
+            try:
+                n = self._tls_read(view)
+            except ssl.SSLWantReadError:
+                return None
+            if n or self.handover is None:
+                return n
+            self._follow_into_records()
+        return self._opened_into(view)
 
     def feed(self, data: bytes) -> None:
         """Ciphertext read from the socket by the caller (``b""``: the socket is at its end)."""
-        if data:
+        if self._opener is not None:
+            self._opener.feed(data)
+        elif data:
             self._in.write(data)
         else:
+            self._in_ended = True
             self._in.write_eof()
 
     def recv(self, n: int) -> bytes:
@@ -147,25 +268,48 @@ class SecureStream:
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """At least one byte into ``buffer`` (as many as are decrypted and fit), waiting for the
-        socket if needed; 0 when the peer closed the TLS session (``close_notify``). A
-        connection cut without ``close_notify`` (possibly truncated) raises ConnectionError."""
+        socket if needed; 0 when the peer ended the stream (``close_notify``, or the final
+        record). A connection cut before that (possibly truncated) raises ConnectionError."""
         view = memoryview(buffer).cast("B")
         if not view:
             return 0
+        if self._opener is None:
+            got = self._recv_tls(view)
+            if got is not None:
+                return got
+        while (n := self._opened_into(view)) is None:
+            self._fill_records()
+        return n
+
+    def recv_view(self, n: int) -> memoryview:
+        """As :meth:`recv_into`, but up to ``n`` bytes in a buffer of the stream's, valid until
+        the next call (records are not copied again); empty at the end."""
+        if self._opener is None:
+            if len(self._got) < n:
+                self._got = memoryview(bytearray(n))
+            got = self._recv_tls(self._got[:n])
+            if got is not None:
+                return self._got[:got]
+        while (taken := self._take_opened(n)) is None:
+            self._fill_records()
+        return taken
+
+    def _recv_tls(self, view: memoryview) -> int | None:
+        """:meth:`recv_into` in TLS; None once the peer left TLS for records."""
         got = 0
         while got < len(view):
             try:
-                # with a buffer, read() returns a count (typeshed says bytes)
-                n = cast(int, self.tls.read(len(view) - got, view[got:]))
+                n = self._tls_read(view[got:])
             except ssl.SSLWantReadError:
                 if got:  # what is decrypted now; do not wait for more
                     return got
                 self._fill()
                 continue
-            except ssl.SSLEOFError:
-                raise ConnectionError("connection closed without TLS close_notify") from None
             if n == 0:
-                return got
+                if got or self.handover is None:
+                    return got
+                self._follow_into_records()
+                return None
             got += n
         return got
 
@@ -184,16 +328,40 @@ class SecureStream:
             self._raw = memoryview(bytearray(SOCKET_BUFFER))
         n = self.sock.recv_into(self._raw)
         if n == 0:
+            self._in_ended = True
             self._in.write_eof()
         else:
             self._in.write(self._raw[:n])
 
+    def _fill_records(self) -> None:
+        """Read the socket straight into the record being received."""
+        assert self._opener is not None
+        self._opener.received(self.sock.recv_into(self._opener.space()))
+
+    def wait_secret(self, deadline: float | None = None) -> None:
+        """Wait (blocking) until the peer's secret is in (no wait without the record layer), by
+        ``deadline`` (monotonic; None: as long as the socket waits)."""
+        while True:
+            try:
+                self._take_secret()
+                return
+            except ssl.SSLWantReadError:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("the peer's secret did not come in time") from None
+                    self.sock.settimeout(left)
+                self._fill()
+
     def close(self) -> None:
-        """Send ``close_notify`` (best effort) and close the socket."""
-        with contextlib.suppress(OSError):  # SSLWantReadError: the peer's reply is not awaited
-            self.tls.unwrap()
-        with contextlib.suppress(OSError):
-            self._flush()
+        """End the stream (``close_notify``, or the final record), best effort, and close the
+        socket."""
+        with contextlib.suppress(OSError, ValueError):
+            if self._sealer is None:
+                self._close_notify()
+            elif not self._sealer.ended:
+                self._unsent += map(memoryview, self._sealer.end())
+            self.flush_some()
         self.sock.close()
 
     def __enter__(self) -> SecureStream:
@@ -203,11 +371,30 @@ class SecureStream:
         self.close()
 
 
+def start_handover(
+    tls: ssl.SSLObject, own_key: bytes, peer_key: bytes, server_side: bool
+) -> bulk.Handover | None:
+    """After the handshake: if both ends chose the record layer (ALPN), this side's secret,
+    written to ``tls`` as its first plaintext (the caller sends it); else None."""
+    if tls.selected_alpn_protocol() != bulk.ALPN:
+        return None
+    handover = bulk.Handover(server_side, own_key, peer_key)
+    tls.write(handover.secret)
+    return handover
+
+
 def _shake(
-    ctx: ssl.SSLContext, sock: socket.socket, server_side: bool, timeout: float, initial: bytes
+    node: NodeTLS,
+    sock: socket.socket,
+    server_side: bool,
+    timeout: float,
+    initial: bytes,
+    expected_key: bytes | None,
+    wait_secret: bool = False,
 ) -> SecureStream:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     incoming.write(initial)
+    ctx = node.server if server_side else node.client
     tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side)
     before, deadline = sock.gettimeout(), time.monotonic() + timeout
     raw = bytearray(64 * 1024)
@@ -229,11 +416,19 @@ def _shake(
                 incoming.write(memoryview(raw)[:n])
         if outgoing.pending:  # the client's last flight (its certificate and Finished)
             sock.sendall(outgoing.read())
-        sock.settimeout(before)
         der = tls.getpeercert(binary_form=True)
         if not der:
             raise HandshakeError("peer presented no certificate")
         key = _key_of(der)
+        if expected_key is not None:
+            check_key(key, expected_key)  # before this side sends anything of its own
+        handover = start_handover(tls, node.public_key, key, server_side)
+        if outgoing.pending:  # this side's secret
+            sock.sendall(outgoing.read())
+        stream = SecureStream(sock, tls, (incoming, outgoing), key, handover)
+        if wait_secret and handover is not None:
+            stream.wait_secret(deadline)
+        sock.settimeout(before)
     except HandshakeError:
         sock.close()
         raise
@@ -241,7 +436,7 @@ def _shake(
         _send_alert(sock, outgoing)
         sock.close()
         raise HandshakeError(f"TLS handshake failed: {exc}") from None
-    return SecureStream(sock, tls, (incoming, outgoing), key)
+    return stream
 
 
 def _send_alert(sock: socket.socket, outgoing: ssl.MemoryBIO) -> None:
@@ -253,12 +448,16 @@ def _send_alert(sock: socket.socket, outgoing: ssl.MemoryBIO) -> None:
 
 
 def connect(
-    node: NodeTLS, sock: socket.socket, expected_key: bytes, timeout: float = HANDSHAKE_TIMEOUT
+    node: NodeTLS,
+    sock: socket.socket,
+    expected_key: bytes,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    wait_secret: bool = False,
 ) -> SecureStream:
-    """Client side: as :func:`treedrive.transport.secure.connect`, returning a stream."""
-    stream = _shake(node.client, sock, False, timeout, b"")
-    _check(stream, expected_key)
-    return stream
+    """Client side: as :func:`treedrive.transport.secure.connect`, returning a stream. With
+    ``wait_secret``, also waits (within ``timeout``) for the server's secret when the record
+    layer is on: a client that sends a file's bytes (a push) needs it first."""
+    return _shake(node, sock, False, timeout, b"", expected_key, wait_secret)
 
 
 def accept(
@@ -272,24 +471,11 @@ def accept(
 
     ``initial``: bytes the caller already read from the socket (say, the first bytes it peeked
     at to tell a TLS ClientHello, ``0x16``, from a classic JSON message)."""
-    stream = _shake(node.server, sock, True, timeout, initial)
-    if expected_key is not None:
-        _check(stream, expected_key)
-    return stream
-
-
-def _check(stream: SecureStream, expected_key: bytes) -> None:
-    try:
-        check_key(stream.peer_key, expected_key)
-    except HandshakeError:
-        stream.sock.close()
-        raise
+    return _shake(node, sock, True, timeout, initial, expected_key)
 
 
 def _read_at(fd: int, view: memoryview, offset: int) -> int:
     """Read a file to send into ``view`` from ``offset`` (what ``sendfile`` does in the kernel
-    for a plain connection). The file is read through a file object of its own descriptor: the
-    store alone writes, syncs and reads back partial files at offsets."""
-    with io.FileIO(fd, "rb", closefd=False) as f:
-        f.seek(offset)
-        return f.readinto(view) or 0
+    for a plain connection), with one ``preadv``: the store alone writes, syncs and reads back
+    partial files at offsets."""
+    return os.preadv(fd, [view], offset)
