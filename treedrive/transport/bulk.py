@@ -89,8 +89,32 @@ def _nonce(seq: int) -> bytes:
     return b"\0\0\0\0" + seq.to_bytes(8, "big")
 
 
-def _aad(header: bytes, offset: int) -> bytes:
-    return LABEL + header + offset.to_bytes(8, "big")
+def _aad(header: Bytes, offset: int) -> bytes:
+    return LABEL + bytes(header) + offset.to_bytes(8, "big")
+
+
+def wire_size(n: int) -> int:
+    """The bytes on the wire of a record that carries ``n``."""
+    return HEADER.size + n + TAG_BYTES
+
+
+_INTO = hasattr(AESGCM, "encrypt_into")
+"""Whether ``cryptography`` seals into a buffer given (recent versions): else each record is
+sealed into a new object, and copied."""
+
+
+def _encrypt(aead: AESGCM, nonce: bytes, data: Bytes, aad: bytes, out: memoryview) -> None:
+    if _INTO:
+        aead.encrypt_into(nonce, data, aad, out)
+    else:
+        out[:] = aead.encrypt(nonce, bytes(data), aad)
+
+
+def _decrypt(aead: AESGCM, nonce: bytes, data: Bytes, aad: bytes, out: memoryview) -> None:
+    if _INTO:
+        aead.decrypt_into(nonce, data, aad, out)
+    else:
+        out[:] = aead.decrypt(nonce, bytes(data), aad)
 
 
 class Sealer:
@@ -103,9 +127,9 @@ class Sealer:
         """Plaintext bytes sealed so far."""
         self.ended = False
 
-    def seal(self, data: Bytes, final: bool = False) -> tuple[bytes, bytes]:
-        """The next record, header and sealed body, carrying ``data`` (at most
-        :data:`MAX_RECORD` bytes; empty only if ``final``)."""
+    def seal_into(self, out: memoryview, data: Bytes, final: bool = False) -> int:
+        """Write the next record, carrying ``data`` (at most :data:`MAX_RECORD` bytes; empty
+        only if ``final``), to the start of ``out``; its length (:func:`wire_size`)."""
         n = len(memoryview(data))
         if self.ended:
             raise ValueError("the stream has ended")
@@ -114,21 +138,26 @@ class Sealer:
         if self.seq >= MAX_RECORDS:
             raise ValueError("too many records in one direction")
         header = HEADER.pack(n | (FINAL if final else 0))
-        body = self._aead.encrypt(_nonce(self.seq), data, _aad(header, self.offset))
+        total = wire_size(n)
+        out[: HEADER.size] = header
+        _encrypt(self._aead, _nonce(self.seq), data, _aad(header, self.offset), out[4:total])
         self.seq += 1
         self.offset += n
         self.ended = final
-        return header, body
+        return total
 
-    def seal_all(self, data: Bytes, record: int = RECORD) -> list[bytes]:
-        """``data`` (not empty) as records of at most ``record`` bytes, headers and bodies."""
-        view = memoryview(data).cast("B")
-        out: list[bytes] = []
-        for start in range(0, len(view), record):
-            out.extend(self.seal(view[start : start + record]))
+    def seal(self, data: Bytes, final: bool = False) -> bytearray:
+        """The next record (as :meth:`seal_into`), in a buffer of its own."""
+        out = bytearray(wire_size(len(memoryview(data))))
+        self.seal_into(memoryview(out), data, final)
         return out
 
-    def end(self) -> tuple[bytes, bytes]:
+    def seal_all(self, data: Bytes, record: int = RECORD) -> list[bytearray]:
+        """``data`` (not empty) as records of at most ``record`` bytes."""
+        view = memoryview(data).cast("B")
+        return [self.seal(view[start : start + record]) for start in range(0, len(view), record)]
+
+    def end(self) -> bytearray:
         """The final record (empty): the authenticated end of the stream."""
         return self.seal(b"", final=True)
 
@@ -152,6 +181,7 @@ class Opener:
         self._rec = bytearray(HEADER.size)  # the record being received
         self._have = 0  # bytes of it received
         self._eof = False  # the connection ended
+        self._plain = bytearray()  # the record opened last (a buffer used again and again)
 
     def feed(self, data: Bytes) -> None:
         """Ciphertext received (empty: the connection ended)."""
@@ -179,8 +209,7 @@ class Opener:
     def _move(self, count: int) -> None:
         """Move ``count`` bytes of the backlog into the record buffer."""
         end = self._have + count
-        if len(self._rec) < end:
-            self._rec.extend(bytes(end - len(self._rec)))
+        self._room(end)
         self._rec[self._have : end] = self._backlog[:count]
         del self._backlog[:count]
         self._have = end
@@ -190,11 +219,17 @@ class Opener:
         straight into it (:meth:`received`); the backlog is used up first (then empty)."""
         while self._backlog and self._need():
             self._move(min(len(self._backlog), self._need()))
-        need = self._need()
-        end = self._have + need
-        if len(self._rec) < end:
-            self._rec.extend(bytes(end - len(self._rec)))
+        end = self._have + self._need()
+        self._room(end)
         return memoryview(self._rec)[self._have : end]
+
+    def _room(self, size: int) -> None:
+        """A record buffer of at least ``size`` bytes (a new one, with what is received: never
+        resized under a view a caller may still hold)."""
+        if len(self._rec) < size:
+            rec = bytearray(max(size, min(2 * len(self._rec), wire_size(MAX_RECORD))))
+            rec[: self._have] = self._rec[: self._have]
+            self._rec = rec
 
     def received(self, n: int) -> None:
         """``n`` bytes were read into :meth:`space` (0: the connection ended)."""
@@ -202,14 +237,15 @@ class Opener:
             self._eof = True
         self._have += n
 
-    def next(self) -> bytes | None:
-        """The plaintext of the next record, once it is whole (b"" at the end: after the final
-        record); None if more ciphertext is needed. RecordError if it does not authenticate,
-        breaks a limit, or the connection ended before the final record."""
+    def next(self) -> memoryview | None:
+        """The plaintext of the next record, once it is whole (empty at the end: after the
+        final record), in a buffer of the opener's, valid until the next call; None if more
+        ciphertext is needed. RecordError if it does not authenticate, breaks a limit, or the
+        connection ended before the final record."""
         if self.ended:
             if self._backlog:
                 raise RecordError("bytes after the final record")
-            return b""
+            return memoryview(b"")
         if self._have < HEADER.size and self._backlog:
             self._move(min(len(self._backlog), HEADER.size - self._have))
         total = self._total()
@@ -221,17 +257,21 @@ class Opener:
             return None
         return self._open(total)
 
-    def _open(self, total: int) -> bytes:
+    def _open(self, total: int) -> memoryview:
         if self.seq >= MAX_RECORDS:
             raise RecordError("too many records in one direction")
         header = bytes(self._rec[: HEADER.size])
+        n = total - wire_size(0)
+        if len(self._plain) < n:  # a new one: the last may still be viewed
+            self._plain = bytearray(max(n, min(2 * len(self._plain), MAX_RECORD)))
+        plain = memoryview(self._plain)[:n]
         with memoryview(self._rec)[HEADER.size : total] as body:
             try:
-                plain = self._aead.decrypt(_nonce(self.seq), body, _aad(header, self.offset))
+                _decrypt(self._aead, _nonce(self.seq), body, _aad(header, self.offset), plain)
             except InvalidTag:
                 raise RecordError("a record failed authentication") from None
         self.seq += 1
-        self.offset += len(plain)
+        self.offset += n
         self._have = 0
         self.ended = bool(HEADER.unpack(header)[0] & FINAL)
         return plain

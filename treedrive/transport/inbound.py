@@ -24,8 +24,8 @@ from treedrive.core.ports import FileSink
 from treedrive.transport import streams
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import Reader, Workers, rate_due, store, timeval
-from treedrive.transport.tlsstream import SecureStream
 
 PROGRESS_STEP = 2 * 1024 * 1024
 PROGRESS_EVERY = 0.25

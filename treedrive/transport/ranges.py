@@ -19,6 +19,7 @@ from treedrive.transport.extension import RangeRequest, range_header, ranged_get
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import HandshakeError, NodeTLS
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import (
     Unanswered,
     Workers,
@@ -26,7 +27,6 @@ from treedrive.transport.streams import (
     store,
     timeval,
 )
-from treedrive.transport.tlsstream import SecureStream
 
 RANGE_WORKERS = 8
 RECV_PIECE = 1024 * 1024

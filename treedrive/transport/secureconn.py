@@ -41,8 +41,8 @@ from treedrive.transport.inbound import buffered, run_body, start_body
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import HandshakeError, NodeTLS, key_of_certificate
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import Reader, Workers
-from treedrive.transport.tlsstream import SecureStream
 
 TLS_HANDSHAKE = 0x16
 """The first byte of a TLS connection (a handshake record: the ClientHello)."""
