@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.capture import Capture, file_words_in
 from tests.e2e.helpers import Shell, Shells, wait_until
+from tests.transport.tls_helpers import split_wire
 from treedrive.core.identity import NodeKey
 from treedrive.store import keys
 from treedrive.transport import codec, tlsstream
@@ -57,6 +58,17 @@ def two_nodes(shells: Shells, *extra: str, h: Shell | None = None) -> tuple[Shel
     return h, f
 
 
+def in_records(streams: dict[tuple[int, int], bytes], src: int = 0, dst: int = 0) -> int:
+    """Bytes of file that the TLS connections in ``streams`` from the port ``src`` (H's, for a
+    get) or to the port ``dst`` (H's, for a push to H) carried as bulk records after TLS
+    (transport/bulk.py; the final records carry none)."""
+    total = 0
+    for (s_port, d_port), stream in streams.items():
+        if (s_port == src or d_port == dst) and stream[:1] == b"\x16":
+            total += sum(len(record) - 20 for record in split_wire(stream)[1])
+    return total
+
+
 def random_file(tmp_path: Path, name: str, size: int) -> tuple[Path, bytes]:
     data = os.urandom(size)
     path = tmp_path / name
@@ -87,6 +99,7 @@ def test_a_64_mib_get_is_not_in_clear_on_the_wire(
     found = file_words_in(data, streams)
     if encryption:
         assert found == 0
+        assert in_records(streams, src=h.node.port) == SIZE  # each range's bytes as records
     else:
         assert found > SIZE // 56 // 2  # about one word in 56 is sampled: nearly all are found
 
@@ -103,6 +116,8 @@ def test_a_push_goes_encrypted_and_lands_whole(shells: Shells, tmp_path: Path) -
     assert h.blob(file_id).read_bytes() == data
     assert sum(map(len, streams.values())) >= len(data)
     assert file_words_in(data, streams) == 0
+    # F's records to H: the file, and the record that ends a streamed push (docs/protocol.md 2.4)
+    assert len(data) <= in_records(streams, dst=h.node.port) < len(data) + 64 * 1024
 
 
 # -- a relay in the middle -----------------------------------------------------------------------
