@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.capture import Capture, file_words_in
 from tests.e2e.helpers import Shell, Shells, wait_until
-from tests.transport.tls_helpers import split_wire
+from tests.transport.tls_helpers import downstream_relay, relay_pipe, split_wire
 from treedrive.core.identity import NodeKey
 from treedrive.store import keys
 from treedrive.transport import codec, tlsstream
@@ -256,3 +256,116 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
     log = h.log_text()
     assert "TLS connection refused" in log
     assert "but peer 'F' is pinned to" in log
+
+
+# -- a relay that changes records ------------------------------------------------------------------
+RECORD_CHANGES: list[tuple[str, Callable[[list[bytes]], list[bytes]]]] = [
+    ("a byte changed", lambda r: [r[0], r[1][:100] + bytes([r[1][100] ^ 1]) + r[1][101:], *r[2:]]),
+    ("a record dropped", lambda r: [r[0], *r[2:]]),
+    ("a record replayed", lambda r: [r[0], r[0], *r[1:]]),
+    ("two records swapped", lambda r: [r[1], r[0], *r[2:]]),
+    ("cut in a record", lambda r: [r[0], r[1][:1000]]),
+]
+
+
+class TamperingRelay:
+    """A relay that forwards the bytes between F and H, where F believes H to be, without
+    terminating TLS (it has no key to): what F sends, and H's TLS records, as they come; H's
+    bulk records (transport/bulk.py) it holds until H hangs up, then passes them on: those of
+    the first answer unchanged (so that F learns the file's size), of the next ones changed one
+    way each (:data:`RECORD_CHANGES`), then unchanged again."""
+
+    def __init__(self, h_port: int) -> None:
+        self.h_port = h_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.answers = 0
+        self.changed: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.server.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            to_h = socket.create_connection(("127.0.0.1", self.h_port), timeout=10)
+            relay_out, finish = downstream_relay(to_h, self._change)
+            join = threading.Thread(target=self._join, args=(conn, relay_out, finish), daemon=True)
+            join.start()
+
+    def _change(self, records: list[bytes]) -> list[bytes]:
+        if len(records) < 3:  # no answer of records (a message in clear, a refusal)
+            return records
+        with self._lock:
+            n, self.answers = self.answers, self.answers + 1
+        if not 1 <= n <= len(RECORD_CHANGES):
+            return records
+        name, change = RECORD_CHANGES[n - 1]
+        self.changed.append(name)
+        return change(records)
+
+    @staticmethod
+    def _join(f_side: socket.socket, relay_out: socket.socket, finish: Callable[[], bytes]) -> None:
+        """F's connection, joined to the client's end of the relay towards H."""
+        threads = [
+            threading.Thread(target=relay_pipe, args=(a, b, bytearray()), daemon=True)
+            for a, b in ((f_side, relay_out), (relay_out, f_side))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        finish()
+        f_side.close()
+        relay_out.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.close()
+
+
+def test_records_changed_by_a_relay_are_refused_and_the_get_recovers(
+    shells: Shells, tmp_path: Path
+) -> None:
+    """F reaches H through a relay that passes the TLS handshake on (it cannot take part: both
+    ends check the keys) and then changes H's records: a byte, a record dropped, one replayed,
+    two swapped, the stream cut. F refuses each of those answers (the chunk goes back to its
+    queue and is asked again), and the first answer passed on unchanged gives F the file,
+    verified; no changed byte ever reached F's disk as the file's."""
+    h = shells("H", "--download-limit", "0", "--gossip-interval", "600").start()
+    src, data = random_file(tmp_path, "guarded.bin", 4 * 1024 * 1024)
+    file_id = h.push(src)
+    f_port = free_port()
+    f = shells(
+        "F", "--download-limit", "0", "--bootstrap", h.address, "--peer-timeout", "600",
+        port=f_port,
+    ).start()  # fmt: skip
+    wait_until(lambda: file_id in f.files(), what="F lists H's file")
+    wait_until(lambda: "F" in pins(h) and "H" in pins(f), what="keys pinned", timeout=30)
+    relay = TamperingRelay(h.node.port)  # (F fetches 1 MiB chunks: four records and the end)
+    try:
+        f.stop()
+        db = f.data_dir / "treedrive.db"
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+            con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (relay.port,))
+            con.commit()
+        f = shells(
+            "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
+            "--chunk-size", "1024", port=f_port,
+        ).start()  # fmt: skip
+        wait_until(lambda: file_id in f.files(), what="F still lists the file")
+        out = f.get(file_id)
+    finally:
+        relay.close()
+    assert out.startswith("got guarded.bin"), out
+    assert f.blob(file_id).read_bytes() == data
+    assert relay.changed == [name for name, _ in RECORD_CHANGES]
+    log = f.log_text()
+    assert log.count("a record failed authentication") >= 4  # changed, dropped, replayed, swapped
+    assert "the connection ended before its final record" in log  # cut
