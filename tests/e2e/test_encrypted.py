@@ -121,24 +121,17 @@ def test_a_push_goes_encrypted_and_lands_whole(shells: Shells, tmp_path: Path) -
 
 
 # -- a relay in the middle -----------------------------------------------------------------------
-class Relay:
-    """A node in the middle with its own key: it listens where F believes H to be, answers F's
-    TLS handshakes with its own certificate, and dials H itself with that key, asking for what
-    F asked for in F's name. Anything else that reaches it (classic JSON) it records and drops,
-    so that it sees whether F ever falls back to a request in clear."""
+class Listener:
+    """Where F believes H to be: a thread that takes each connection to ``port`` to
+    :meth:`_one`, in a thread of its own, until :meth:`close`."""
 
-    def __init__(self, h_port: int, h_key: bytes, f_id: str, file_id: str) -> None:
-        self.tls = NodeTLS.from_private_key(NodeKey.generate().private_key)
-        self.h_port, self.h_key, self.f_id, self.file_id = h_port, h_key, f_id, file_id
+    def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.tls_from_f = 0
-        self.requests_from_f = 0
-        self.clear_from_f: list[bytes] = []
-        self.h_answers: list[bytes] = []
-        self.h_refused = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
@@ -149,6 +142,48 @@ class Relay:
             except TimeoutError:
                 continue
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.close()
+
+
+def route_through(shells: Shells, f: Shell, port: int, *extra: str) -> Shell:
+    """F, stopped, with its record of H's address changed in its own database to ``port``
+    (what a hijacked route or a spoofed name would do on a real network: loopback has no router
+    to hijack, and H's signed GOSSIP cannot be forged to move it), and started again (gossiping
+    rarely, with ``extra``); H's own GOSSIP would move it back, so H must gossip rarely too."""
+    f.stop()
+    db = f.data_dir / "treedrive.db"
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+        con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (port,))
+        con.commit()
+    return shells(
+        "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
+        *extra, port=f.node.port,
+    ).start()  # fmt: skip
+
+
+class Relay(Listener):
+    """A node in the middle with its own key: it listens where F believes H to be, answers F's
+    TLS handshakes with its own certificate, and dials H itself with that key, asking for what
+    F asked for in F's name. Anything else that reaches it (classic JSON) it records and drops,
+    so that it sees whether F ever falls back to a request in clear."""
+
+    def __init__(self, h_port: int, h_key: bytes, f_id: str, file_id: str) -> None:
+        super().__init__()
+        self.tls = NodeTLS.from_private_key(NodeKey.generate().private_key)
+        self.h_port, self.h_key, self.f_id, self.file_id = h_port, h_key, f_id, file_id
+        self.tls_from_f = 0
+        self.requests_from_f = 0
+        self.clear_from_f: list[bytes] = []
+        self.h_answers: list[bytes] = []
+        self.h_refused = 0
+        self.start()
 
     def _one(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -193,11 +228,6 @@ class Relay:
             else:
                 self.h_refused += 1
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
-
 
 @pytest.fixture
 def relay_factory() -> Iterator[list[Relay]]:
@@ -232,15 +262,7 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
 
     relay = Relay(h.node.port, node_key(h), "F", file_id)
     relay_factory.append(relay)
-    f.stop()
-    db = f.data_dir / "treedrive.db"
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
-        con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (relay.port,))
-        con.commit()
-    f = shells(
-        "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
-        port=f_port,
-    ).start()  # fmt: skip
+    f = route_through(shells, f, relay.port)
     wait_until(lambda: file_id in f.files(), what="F still lists the file")
     out = f.get(file_id)
     assert not out.startswith("got"), out
@@ -268,7 +290,7 @@ RECORD_CHANGES: list[tuple[str, Callable[[list[bytes]], list[bytes]]]] = [
 ]
 
 
-class TamperingRelay:
+class TamperingRelay(Listener):
     """A relay that forwards the bytes between F and H, where F believes H to be, without
     terminating TLS (it has no key to): what F sends, and H's TLS records, as they come; H's
     bulk records (transport/bulk.py) it holds until H hangs up, then passes them on: those of
@@ -276,27 +298,27 @@ class TamperingRelay:
     way each (:data:`RECORD_CHANGES`), then unchanged again."""
 
     def __init__(self, h_port: int) -> None:
+        super().__init__()
         self.h_port = h_port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
         self.answers = 0
         self.changed: list[str] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        self.server.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            to_h = socket.create_connection(("127.0.0.1", self.h_port), timeout=10)
-            relay_out, finish = downstream_relay(to_h, self._change)
-            join = threading.Thread(target=self._join, args=(conn, relay_out, finish), daemon=True)
-            join.start()
+    def _one(self, conn: socket.socket) -> None:
+        to_h = socket.create_connection(("127.0.0.1", self.h_port), timeout=10)
+        relay_out, finish = downstream_relay(to_h, self._change)
+        threads = [
+            threading.Thread(target=relay_pipe, args=(a, b, bytearray()), daemon=True)
+            for a, b in ((conn, relay_out), (relay_out, conn))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        finish()
+        conn.close()
+        relay_out.close()
 
     def _change(self, records: list[bytes]) -> list[bytes]:
         if len(records) < 3:  # no answer of records (a message in clear, a refusal)
@@ -308,26 +330,6 @@ class TamperingRelay:
         name, change = RECORD_CHANGES[n - 1]
         self.changed.append(name)
         return change(records)
-
-    @staticmethod
-    def _join(f_side: socket.socket, relay_out: socket.socket, finish: Callable[[], bytes]) -> None:
-        """F's connection, joined to the client's end of the relay towards H."""
-        threads = [
-            threading.Thread(target=relay_pipe, args=(a, b, bytearray()), daemon=True)
-            for a, b in ((f_side, relay_out), (relay_out, f_side))
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        finish()
-        f_side.close()
-        relay_out.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
 
 
 def test_records_changed_by_a_relay_are_refused_and_the_get_recovers(
@@ -341,24 +343,12 @@ def test_records_changed_by_a_relay_are_refused_and_the_get_recovers(
     h = shells("H", "--download-limit", "0", "--gossip-interval", "600").start()
     src, data = random_file(tmp_path, "guarded.bin", 4 * 1024 * 1024)
     file_id = h.push(src)
-    f_port = free_port()
-    f = shells(
-        "F", "--download-limit", "0", "--bootstrap", h.address, "--peer-timeout", "600",
-        port=f_port,
-    ).start()  # fmt: skip
+    f = shells("F", "--download-limit", "0", "--bootstrap", h.address, port=free_port()).start()
     wait_until(lambda: file_id in f.files(), what="F lists H's file")
     wait_until(lambda: "F" in pins(h) and "H" in pins(f), what="keys pinned", timeout=30)
-    relay = TamperingRelay(h.node.port)  # (F fetches 1 MiB chunks: four records and the end)
-    try:
-        f.stop()
-        db = f.data_dir / "treedrive.db"
-        with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
-            con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (relay.port,))
-            con.commit()
-        f = shells(
-            "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
-            "--chunk-size", "1024", port=f_port,
-        ).start()  # fmt: skip
+    relay = TamperingRelay(h.node.port)
+    try:  # F fetches 1 MiB chunks: four records and the final one each
+        f = route_through(shells, f, relay.port, "--chunk-size", "1024")
         wait_until(lambda: file_id in f.files(), what="F still lists the file")
         out = f.get(file_id)
     finally:

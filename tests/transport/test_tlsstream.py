@@ -60,6 +60,22 @@ def test_stream_and_sslsocket_speak_the_same_tls(pool: ThreadPoolExecutor, bob: 
         assert got == b"x" * 70000
 
 
+def pushed(
+    pool: ThreadPoolExecutor, sender: SecureStream, receiver: SecureStream, path: Path, at: int
+) -> bytes:
+    """What ``receiver`` gets of the ``SIZE`` bytes of ``path`` from ``at`` that ``sender``
+    sends (from a thread), 100,000 at a time."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sent = pool.submit(sender.send_file, fd, at, SIZE, 100_000)
+        got = bytearray(SIZE)
+        receiver.recv_exactly(got)
+        sent.result(timeout=10)
+    finally:
+        os.close(fd)
+    return bytes(got)
+
+
 def test_send_file_arrives_whole_and_not_in_clear(
     pool: ThreadPoolExecutor, alice: NodeTLS, bob: NodeTLS, tmp_path: Path
 ) -> None:
@@ -71,15 +87,7 @@ def test_send_file_arrives_whole_and_not_in_clear(
     server = serve(pool, bob, s, alice.public_key)
     client = tlsstream.connect(alice, c, bob.public_key, 5.0)
     srv = server.result(timeout=10)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        sent = pool.submit(client.send_file, fd, 4, SIZE, 100_000)
-        got = bytearray(SIZE)
-        srv.recv_exactly(got)
-        sent.result(timeout=10)
-    finally:
-        os.close(fd)
-    assert got == data
+    assert pushed(pool, client, srv, path, 4) == data
     client.close()  # close_notify: the other side reads its end, not an error
     assert srv.recv_into(bytearray(1)) == 0
     srv.close()
@@ -294,15 +302,7 @@ def test_an_older_node_on_either_end_gets_tls_all_the_way(
     receiver = pool.submit(tlsstream.accept, server_tls, s, client_tls.public_key, 5.0)
     with tlsstream.connect(client_tls, c, server_tls.public_key, 5.0) as pusher:
         srv = receiver.result(timeout=10)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            sent = pool.submit(pusher.send_file, fd, 0, SIZE)
-            got_back = bytearray(SIZE)
-            srv.recv_exactly(got_back)
-            sent.result(timeout=10)
-        finally:
-            os.close(fd)
-        assert got_back == data
+        assert pushed(pool, pusher, srv, path, 0) == data
         assert not pusher.sealed
         srv.close()
 

@@ -42,9 +42,14 @@ set TLS 1.3 suites per context (``set_ciphers`` is for TLS 1.2 and older, and th
 ``set_ciphersuites``), only process-wide through an OpenSSL configuration file named by
 ``OPENSSL_CONF`` (``Ciphersuites`` under ``system_default``), read when OpenSSL starts.
 
-This module gives TLS sockets (``ssl.SSLSocket``: simple, for small exchanges);
+**The record layer.** The contexts offer the ALPN protocol of :mod:`treedrive.transport.bulk`
+(``records=False``: they do not, as nodes before it did not): when both ends offer it, a file's
+bytes leave TLS for large records keyed from secrets exchanged inside it.
+
+This module gives TLS sockets (``ssl.SSLSocket``: simple, for small exchanges; TLS only, they do
+not speak the record layer: give them contexts made with ``records=False`` to talk to a stream);
 :mod:`treedrive.transport.tlsstream` gives the same handshake and checks over memory BIOs, with
-far fewer syscalls, for bulk transfers.
+far fewer syscalls, and the record layer, for bulk transfers.
 """
 
 from __future__ import annotations
