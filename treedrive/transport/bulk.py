@@ -3,9 +3,9 @@
 TLS 1.3 authenticates both nodes and carries the control messages; the bytes of a file then move
 as large AES-GCM records of our own, keyed from secrets the two ends exchanged inside that TLS
 session (the system's OpenSSL encrypts TLS records of 16 KiB at about 0.3 CPU s per GiB, plus
-the copies through its memory BIOs; ``cryptography``'s AES-GCM seals a MiB at a time at about a
-third of that, and releases the GIL while it does). Nothing here is a cipher of our own: HKDF
-and AES-256-GCM are ``cryptography``'s.
+the copies through its memory BIOs; ``cryptography``'s AES-GCM seals 256 KiB at a time at about
+a third of that, into a buffer used again, and releases the GIL while it does). Nothing here is
+a cipher of our own: HKDF and AES-256-GCM are ``cryptography``'s.
 
 **Negotiation.** Both ends offer the ALPN protocol :data:`ALPN` in their TLS handshake; an older
 node offers or accepts none, and the connection stays TLS all the way, as before. ALPN is part
@@ -24,10 +24,11 @@ know it, it is new in every connection, and it is bound to both keys and to the 
 bit is the *final* flag, its other 31 bits the plaintext's length (at most :data:`MAX_RECORD`;
 only a final record may be empty). AES-256-GCM under the direction's key, the nonce 4 zero bytes
 and the record's number in its direction (8 bytes, big-endian, from 0), the associated data
-:data:`LABEL`, the header and the stream offset of the record's first byte (8 bytes). A record
-that was changed, dropped, repeated, moved, or taken from another connection or the other
-direction fails its tag; a stream that ends without a final record (a cut connection) is an
-error, not an end; nothing after the final record is read.
+:data:`LABEL`, the header and the offset of the record's first byte among the bytes its
+direction carried as records (8 bytes). A record that was changed, dropped, repeated, moved, or
+taken from another connection or the other direction fails its tag; a stream that ends without
+a final record (a cut connection) is an error, not an end; nothing after the final record is
+read.
 """
 
 from __future__ import annotations

@@ -293,10 +293,11 @@ class SecureStream:
     def recv_view(self, n: int) -> memoryview:
         """As :meth:`recv_into`, but up to ``n`` bytes in a buffer of the stream's, valid until
         the next call (records are not copied again); empty at the end."""
-        if self._opener is None:
-            if len(self._got) < n:
-                self._got = memoryview(bytearray(n))
-            got = self._recv_tls(self._got[:n])
+        if self._opener is None:  # TLS: decrypted into a buffer of its own (a piece at most)
+            piece = min(n, SEND_PIECE)
+            if len(self._got) < piece:
+                self._got = memoryview(bytearray(piece))
+            got = self._recv_tls(self._got[:piece])
             if got is not None:
                 return self._got[:got]
         while (taken := self._take_opened(n)) is None:
