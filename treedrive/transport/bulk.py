@@ -217,10 +217,14 @@ class Opener:
 
     def space(self) -> memoryview:
         """Where the next bytes of the current record go, for a reader that reads the socket
-        straight into it (:meth:`received`); the backlog is used up first (then empty)."""
+        straight into it (:meth:`received`); the backlog is used up first (then empty). Once the
+        header is in, and says the record is not the last, the next record's header too (a read
+        a record, not two)."""
         while self._backlog and self._need():
             self._move(min(len(self._backlog), self._need()))
         end = self._have + self._need()
+        if end > HEADER.size and not self._rec[0] & FINAL >> 24:
+            end += HEADER.size
         self._room(end)
         return memoryview(self._rec)[self._have : end]
 
@@ -273,7 +277,8 @@ class Opener:
                 raise RecordError("a record failed authentication") from None
         self.seq += 1
         self.offset += n
-        self._have = 0
+        self._have -= total  # the start of the next record read with it (space)
+        self._rec[: self._have] = self._rec[total : total + self._have]
         self.ended = bool(HEADER.unpack(header)[0] & FINAL)
         return plain
 
