@@ -9,7 +9,9 @@ connection: the handshake and the request within ``control_timeout``), and every
 (the handshake, decrypting the request, encrypting a header) runs in a small pool of worker
 threads, so the cipher never runs on the loop. Bulk bytes move in the upload and push-body
 workers (:mod:`~treedrive.transport.uploader`, :func:`SecureConn.read_raw`), as for plain
-connections. A stranger who sends ``0x16`` and then nothing holds no thread: only the loop waits.
+connections: as the records of :mod:`~treedrive.transport.bulk` when both ends offer them (the
+server sends its secret as soon as the handshake is done; a pusher waits for it). A stranger who
+sends ``0x16`` and then nothing holds no thread: only the loop waits.
 
 Both ends of a TLS connection set ``TCP_NODELAY``: the handshake's last flight and the request
 are small writes in a row, and Nagle's algorithm would hold the second until the first is
