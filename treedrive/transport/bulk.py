@@ -141,7 +141,8 @@ class Sealer:
         header = HEADER.pack(n | (FINAL if final else 0))
         total = wire_size(n)
         out[: HEADER.size] = header
-        _encrypt(self._aead, _nonce(self.seq), data, _aad(header, self.offset), out[4:total])
+        body = out[HEADER.size : total]
+        _encrypt(self._aead, _nonce(self.seq), data, _aad(header, self.offset), body)
         self.seq += 1
         self.offset += n
         self.ended = final
