@@ -99,14 +99,21 @@ class Tracker:
         self.rounds += [MAX_ROUNDS + 1] * len(self.pending)  # never: counted past the end
 
 
-def _world(args: argparse.Namespace, n: int, seed: int, loss: float = 0.0) -> World:
-    world = World(random.Random(seed), loss=loss, config=Config(fanout=args.fanout))
+def _world(
+    args: argparse.Namespace, n: int, seed: int, loss: float = 0.0, measure: bool = False
+) -> World:
+    """A network of ``n`` nodes in steady state. ``measure``: count the bytes each message
+    would take on the wire (only the steady-state scenario reports them; encoding every
+    message of a healing partition, with its member tables, was most of the run)."""
+    world = World(
+        random.Random(seed), loss=loss, config=Config(fanout=args.fanout), measure=measure
+    )
     world.populate(n, args.files)
     return world
 
 
 def steady(args: argparse.Namespace, n: int) -> dict[str, Any]:
-    world = _world(args, n, args.seed)
+    world = _world(args, n, args.seed, measure=True)
     world.run_until(3.0)
     world.traffic.reset()
     rounds = 5
