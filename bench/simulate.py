@@ -19,6 +19,7 @@ and everyone's ``--files`` records):
     python bench/simulate.py --nodes 1000
     python bench/simulate.py --nodes 100 --nodes 1000 --json out.json --plot /tmp/plots
     python bench/simulate.py --nodes 1000 --loss 0.05 --churn 0.1
+    python bench/simulate.py --load n100.json --load n5000.json --plot /tmp/plots
 """
 
 from __future__ import annotations
@@ -350,9 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here ('-': stdout)")
     parser.add_argument("--plot", type=Path, help="draw PNGs of the results against N here")
+    parser.add_argument(
+        "--load",
+        type=Path,
+        action="append",
+        default=[],
+        help="results of an earlier run (its --json file) to plot with this run's (repeatable;"
+        " without --nodes nothing is run)",
+    )
     args = parser.parse_args(argv)
+    loaded: list[dict[str, Any]] = []
+    for path in args.load:
+        data = json.loads(path.read_text())
+        loaded += data if isinstance(data, list) else [data]
     results = []
-    for n in args.nodes or [100]:
+    for n in args.nodes or ([] if loaded else [100]):
         result = simulate(args, n)
         results.append(result)
         print(
@@ -360,14 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr if args.json == Path("-") else sys.stdout,
             flush=True,
         )
-    if args.json is not None:
+    if args.json is not None and results:
         text = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         if args.json == Path("-"):
             print(text)
         else:
             args.json.write_text(text + "\n")
     if args.plot is not None:
-        plot(results, args.plot)
+        plot(sorted(loaded + results, key=lambda r: int(r["nodes"])), args.plot)
     return 0
 
 
