@@ -325,6 +325,13 @@ def plot(results: list[dict[str, Any]], folder: Path) -> None:
         for q in ("p50", "p99", "max"):
             if q in results[0][key]:
                 ax.plot(ns, [r[key][q] for r in results], marker="o", label=q)
+        if key.startswith("rounds_to_"):  # what the done-when measures against
+            ideal = [r["ideal_rounds"]["p99"] for r in results]
+            ax.plot(ns, ideal, linestyle="--", color="grey", label="ideal p99")
+        if "max" in results[0][key]:
+            ax.set_yscale("log")  # a well-known host's share is orders above the median
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xscale("log")
         ax.set_xlabel("nodes")
         ax.set_title(key)
