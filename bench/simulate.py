@@ -338,6 +338,21 @@ def plot(results: list[dict[str, Any]], folder: Path) -> None:
         ax.legend()
         fig.savefig(folder / f"{key}.png")
         plt.close(fig)
+    healed = [r for r in results if r.get("partition_heal_rounds") is not None]
+    if healed:  # rounds after the split until every node agrees again, against the done-when
+        fig, ax = plt.subplots()
+        hn = [r["nodes"] for r in healed]
+        for key in ("partition_heal_rounds", "catalogue_heal_rounds"):
+            ax.plot(hn, [r[key] for r in healed], marker="o", label=key)
+        bound = [r["ideal_rounds"]["p99"] + 3 for r in healed]
+        ax.plot(hn, bound, linestyle="--", color="grey", label="ideal p99 + 3")
+        ax.set_ylim(bottom=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("nodes")
+        ax.set_title(f"heal after a {healed[0]['partition']}-round 50/50 partition")
+        ax.legend()
+        fig.savefig(folder / "heal_rounds.png")
+        plt.close(fig)
     print(f"plots in {folder}")
 
 
