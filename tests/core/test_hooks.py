@@ -191,6 +191,31 @@ async def test_hook_select_downloads(make_harness: Callable[..., Harness]) -> No
     assert limit == 2
 
 
+async def test_no_download_limit_fetches_nothing_and_asks_no_selector(
+    make_harness: Callable[..., Harness],
+) -> None:
+    asked: list[int] = []
+
+    class Everything:
+        @hookimpl
+        def treedrive_select_downloads(
+            self, candidates: Sequence[CatalogEntry], limit: int
+        ) -> list[str]:
+            asked.append(limit)
+            return [c.meta.file_id for c in candidates]
+
+    h = make_harness(Everything(), download_limit=0)
+    h.add_peer("bob", 7002)
+    data = b"not wanted"
+    meta = file_of(data)
+    h.advertise(meta, "bob")
+    h.net.holders[("127.0.0.1", 7002)] = serving_each({meta.file_id: (meta, data)})
+
+    assert await h.node.fetch_selected() == []
+    assert h.local_ids() == set()
+    assert asked == []
+
+
 async def test_hook_order_holders(make_harness: Callable[..., Harness]) -> None:
     class SlowestFirst:
         @hookimpl

@@ -260,15 +260,23 @@ class Fetching:
     async def fetch_selected(self) -> list[str]:
         """Fetch what the download selector picks among the files tracked peers hold."""
         ctx = self.ctx
-        with ctx.store.reading() as uow:
-            tracked = {p.peer_id for p in uow.peers.all()}
-            remote = uow.files.entries("remote")
-        candidates = [e for e in remote if any(h in tracked for h in e.holders)]
+        limit = ctx.config.download_limit
+        if limit <= 0:
+            return []  # nothing would be fetched: do not read the whole catalogue for it
+        # A network's catalogue can hold 100,000 records: read them off the event loop, which
+        # keeps answering peers and /api/health meanwhile.
+        candidates = await asyncio.to_thread(self._candidates)
         if not candidates:
             return []
-        limit = ctx.config.download_limit
         chosen = ctx.plugins.select_downloads(ctx.hook_node, candidates, limit)
         return await self._get_each((chosen or [])[:limit], "join download of %s failed: %s")
+
+    def _candidates(self) -> list[CatalogEntry]:
+        """The remote files some tracked peer holds (newest first, as the store lists them)."""
+        with self.ctx.store.reading() as uow:
+            tracked = {p.peer_id for p in uow.peers.all()}
+            remote = uow.files.entries("remote")
+        return [e for e in remote if any(h in tracked for h in e.holders)]
 
     async def _get_each(self, file_ids: list[str], failed: str) -> list[str]:
         got = []
