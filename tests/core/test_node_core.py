@@ -846,6 +846,27 @@ async def test_a_record_saying_this_node_owns_a_file_it_never_pushed_is_skipped(
     assert h.node.forged_claims == 3
 
 
+async def test_a_peer_that_missed_this_nodes_delete_gets_it_again(h: Harness) -> None:
+    """dave was away when this node deleted its file: his GOSSIP_REPLY (and ANNOUNCE) still list
+    it with this node as the owner. That is no forgery: he is sent the owner's DELETE again, and
+    the file stays deleted here."""
+    src = h.tmp / "mine.txt"
+    src.write_bytes(b"mine, then gone")
+    meta = await h.node.push(src)
+    await h.node.delete(meta.file_id)
+    await h.settle()
+    h.net.sent.clear()
+    await h.node.handle_message(reply("dave", 7004, meta), "127.0.0.1:5000")
+    await h.settle()
+    assert h.node.file(meta.file_id) is None
+    assert h.node.forged_claims == 0
+    to_dave = [m for host, port, m in h.net.messages(Delete) if port == 7004]
+    assert [(m.from_peer, m.file_id) for m in to_dave] == [(ME, meta.file_id)]
+    await h.node.handle_message(Announce("erin", meta), "127.0.0.1:5000")
+    assert h.node.file(meta.file_id) is None
+    assert h.node.forged_claims == 0
+
+
 async def test_delete_relays_are_few_per_message_and_per_address(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:

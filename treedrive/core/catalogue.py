@@ -78,11 +78,18 @@ class Catalogue:
     def not_forged(self, metas: Sequence[FileMeta], peer_id: str) -> list[FileMeta]:
         """``metas`` without the records that claim this node owns a file it never pushed (a
         stranger's record would make this node the owner of a file it did not push, and give
-        it the right to DELETE it); those are counted and logged."""
+        it the right to DELETE it); those are counted and logged. A file this node pushed and
+        then deleted is its own too: a peer that still lists it missed the DELETE, and the
+        tombstone check that follows sends it again."""
         ctx = self.ctx
         if not any(m.file_owner == ctx.peer_id for m in metas):
             return list(metas)
         own = self.own_files()
+        claimed = [m.file_id for m in metas if m.file_owner == ctx.peer_id and m.file_id not in own]
+        if claimed:
+            with ctx.store.reading() as uow:
+                deleted = uow.tombstones.owners(claimed)
+            own = own | {f for f, owner in deleted.items() if owner == ctx.peer_id}
         kept = [m for m in metas if m.file_owner != ctx.peer_id or m.file_id in own]
         skipped = len(metas) - len(kept)
         if skipped:
