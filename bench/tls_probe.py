@@ -109,7 +109,7 @@ def send_one(
         head = bytearray(HEADER.size)
         stream.recv_exactly(head)
         offset, length = HEADER.unpack(head)
-        stream.send_file(fd, offset, length, piece=buf)
+        stream.send_file(lambda v, o: os.preadv(fd, [v], o), offset, length, piece=buf)
         stream.close()
         return
     if node is not None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.transport.tls_helpers import downstream_relay, forwarder, hung_up, pair, split_wire
 from treedrive.transport import bulk, secure, tlsstream
 from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
-from treedrive.transport.securestream import SecureStream
+from treedrive.transport.securestream import FileReader, SecureStream
 
 SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of any piece or record size
 
@@ -65,14 +65,11 @@ def pushed(
 ) -> bytes:
     """What ``receiver`` gets of the ``SIZE`` bytes of ``path`` from ``at`` that ``sender``
     sends (from a thread), 100,000 at a time."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        sent = pool.submit(sender.send_file, fd, at, SIZE, 100_000)
+    with FileReader(path) as f:
+        sent = pool.submit(sender.send_file, f, at, SIZE, 100_000)
         got = bytearray(SIZE)
         receiver.recv_exactly(got)
         sent.result(timeout=10)
-    finally:
-        os.close(fd)
     return bytes(got)
 
 
@@ -104,13 +101,13 @@ def test_send_file_refuses_a_short_file(
     path.write_bytes(b"abc")
     c, s = pair()
     server = serve(pool, bob, s)
-    with tlsstream.connect(alice, c, bob.public_key, 5.0) as client, server.result(10):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with pytest.raises(EOFError):
-                client.send_file(fd, 0, 10)
-        finally:
-            os.close(fd)
+    with (
+        tlsstream.connect(alice, c, bob.public_key, 5.0) as client,
+        server.result(10),
+        FileReader(path) as f,
+        pytest.raises(EOFError),
+    ):
+        client.send_file(f, 0, 10)
 
 
 def test_a_cut_without_close_notify_is_an_error(
@@ -181,20 +178,20 @@ def test_send_file_some_returns_when_the_socket_is_full(
     server = serve(pool, bob, s, alice.public_key)
     client = tlsstream.connect(alice, c, bob.public_key, 5.0, wait_secret=True)  # as a pusher
     srv = server.result(timeout=10)
-    fd = os.open(path, os.O_RDONLY)
+    f = FileReader(path)
     try:
         c.setblocking(False)
-        first = client.send_file_some(fd, 0, SIZE, 100_000)
+        first = client.send_file_some(f, 0, SIZE, 100_000)
         assert 0 < first < SIZE  # the socket filled up before the end: back to the caller
         assert client.unsent > 0
         got = pool.submit(lambda: (buf := bytearray(SIZE), srv.recv_exactly(buf))[0])
         sent = first
         while sent < SIZE or client.unsent:
             select.select([], [c], [], 5.0)
-            sent += client.send_file_some(fd, sent, SIZE - sent, 100_000)
+            sent += client.send_file_some(f, sent, SIZE - sent, 100_000)
         assert got.result(timeout=10) == data
     finally:
-        os.close(fd)
+        f.close()
         client.close()
         srv.close()
 
@@ -210,11 +207,8 @@ def serve_file(
         with tlsstream.accept(node, sock, expected, 5.0) as srv:
             assert srv.recv(100) == b"GET"
             srv.sendall(b"HEADER")
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                srv.send_file(fd, 0, SIZE)
-            finally:
-                os.close(fd)
+            with FileReader(path) as f:
+                srv.send_file(f, 0, SIZE)
             return srv
 
     return pool.submit(run)

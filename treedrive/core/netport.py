@@ -72,6 +72,10 @@ class GrowingFile(Protocol):
         first (blocking: a thread). Raises StorageError once the file is dropped."""
         ...
 
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Read written bytes from ``offset`` into ``view`` (a thread); how many."""
+        ...
+
     def close(self) -> None: ...
 
 

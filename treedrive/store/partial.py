@@ -137,6 +137,14 @@ class Tail:
             raise StorageError(f"the file ended at {filled} bytes")
         return filled
 
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Read bytes from ``offset`` into ``view`` (any thread; the caller asked :meth:`ready`
+        first); how many (0: none there). A disk error is a StorageError."""
+        try:
+            return os.preadv(self.fileno(), [view], offset)
+        except OSError as exc:
+            raise _disk_error("read", exc) from exc
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -17,13 +17,17 @@ once). Reads and writes wait as the socket does (blocking, its timeout or ``SO_R
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from treedrive.transport import bulk
+
+ReadAt = Callable[[memoryview, int], int]
+"""Reads a file into the view from the offset; how many bytes (0: the file ends there)."""
 
 SOCKET_BUFFER = 1024 * 1024
 """Bytes of ciphertext read from the socket at a time."""
@@ -151,18 +155,22 @@ class SecureStream:
             self.queue(view[start : start + SEND_PIECE])
             self._flush()
 
-    def send_file(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> None:
-        """Send ``count`` bytes of the file ``fd`` from ``offset`` (the TLS ``sendfile``), read
+    def send_file(self, read_at: ReadAt, offset: int, count: int, piece: int = SEND_PIECE) -> None:
+        """Send ``count`` bytes of a file from ``offset`` (the TLS ``sendfile``; ``read_at``
+        reads the file: :class:`FileReader`, or the store's reader of a growing file), read
         and encrypted ``piece`` bytes at a time (a blocking socket; with the record layer, once
         the peer's secret came)."""
         self.wait_secret()
         done = 0
         while done < count or self._unsent:
-            done += self.send_file_some(fd, offset + done, count - done, piece)
+            done += self.send_file_some(read_at, offset + done, count - done, piece)
             self._flush()
 
-    def send_file_some(self, fd: int, offset: int, count: int, piece: int = SEND_PIECE) -> int:
-        """Encrypt and send up to ``count`` bytes of the file ``fd`` from ``offset``, for a
+    def send_file_some(
+        self, read_at: ReadAt, offset: int, count: int, piece: int = SEND_PIECE
+    ) -> int:
+        """Encrypt and send up to ``count`` bytes of a file from ``offset`` (read by ``read_at``),
+        for a
         non-blocking socket (the uploader's way: a reader that stops reading holds no thread).
         Returns how many bytes of the file were encrypted, when the socket is full or all are
         sent; ciphertext the socket did not take is kept (:attr:`unsent`) and goes first on the
@@ -173,7 +181,7 @@ class SecureStream:
         done = 0
         while self.flush_some() and done < count:
             buf = self._piece(min(piece, bulk.MAX_RECORD), count - done)
-            n = _read_at(fd, buf, offset + done)
+            n = read_at(buf, offset + done)
             if n == 0:
                 raise EOFError(f"file ends {count - done} bytes short")
             if sealer is None:
@@ -381,8 +389,31 @@ class SecureStream:
         self.close()
 
 
-def _read_at(fd: int, view: memoryview, offset: int) -> int:
-    """Read a file to send into ``view`` from ``offset`` (what ``sendfile`` does in the kernel
-    for a plain connection), with one ``preadv``: the store alone writes, syncs and reads back
-    partial files at offsets."""
-    return os.preadv(fd, [view], offset)
+class FileReader:
+    """Reads a file opened for one upload alone (its own file position, unbuffered) at the
+    offsets the upload asks for, in order: one ``readinto`` per piece, a seek only when an
+    offset is not where the last read ended (what ``sendfile`` does in the kernel for a plain
+    connection). Partial files are read by the store (their ``Tail``), never here."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb", buffering=0)
+        self._at = 0
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def __call__(self, view: memoryview, offset: int) -> int:
+        if offset != self._at:
+            self._file.seek(offset)
+        n = self._file.readinto(view) or 0
+        self._at = offset + n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

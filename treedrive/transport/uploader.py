@@ -31,7 +31,7 @@ from treedrive.transport.extension import (
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secureconn import SecureConn, crypto
-from treedrive.transport.securestream import SecureStream
+from treedrive.transport.securestream import FileReader, ReadAt, SecureStream
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,9 @@ class Uploader:
             await crypto(secure.stream.queue, header)
         upload = Upload(0, size, source=source)
         called_off = lambda: _called_off(record)  # noqa: E731
-        await self._send(writer, source.fileno(), upload, progress, called_off, secure)
+        await self._send(
+            writer, (source.fileno(), source.read_into), upload, progress, called_off, secure
+        )
         meta = await record
         if meta is None:
             return False
@@ -218,20 +220,21 @@ class Uploader:
         thread) waits for room, at most ``upload_stall_timeout``: a reader that stops reading
         holds no thread, and its upload ends. Over TLS (``secure``) the worker encrypts
         (``SecureStream.send_file_some``) in place of ``sendfile``, the same way."""
-        with path.open("rb") as f:
+        with FileReader(path) as f:
             upload = Upload(offset, length)
-            await self._send(writer, f.fileno(), upload, progress, path.name, secure)
+            await self._send(writer, (f.fileno(), f), upload, progress, path.name, secure)
 
     async def _send(
         self,
         writer: asyncio.StreamWriter,
-        fd: int,
+        file: tuple[int, ReadAt],
         upload: Upload,
         progress: Callable[[int], None] | None,
         name: str | Callable[[], str | None],
         secure: SecureConn | None = None,
     ) -> None:
-        """:meth:`send_raw` of an open file. ``name``: the file's, for errors; or, for a file
+        """:meth:`send_raw` of an open file (its descriptor for ``sendfile``, and its reader
+        when the bytes are encrypted). ``name``: the file's, for errors; or, for a file
         still being written, a function that says why to stop waiting for it (None: wait on)."""
         loop = asyncio.get_running_loop()
         await drain_upload(writer, self.limits.upload_stall_timeout)
@@ -253,7 +256,7 @@ class Uploader:
             while True:
                 before = upload.sent
                 await loop.run_in_executor(
-                    self._workers.pool(), self._sendfile_some, sock, fd, upload, report, stream
+                    self._workers.pool(), self._sendfile_some, sock, file, upload, report, stream
                 )
                 self.bytes_uploaded += upload.sent - before
                 if upload.sent >= upload.length and (stream is None or not stream.unsent):
@@ -288,7 +291,7 @@ class Uploader:
     def _sendfile_some(
         self,
         sock: socket.socket,
-        fd: int,
+        file: tuple[int, ReadAt],
         upload: Upload,
         report: Callable[[int], None],
         stream: SecureStream | None = None,
@@ -317,7 +320,7 @@ class Uploader:
                 upload.credit = n
             if stream is not None:
                 k = stream.send_file_some(
-                    fd, upload.offset + upload.sent, min(upload.credit, count)
+                    file[1], upload.offset + upload.sent, min(upload.credit, count)
                 )
                 if k == 0:  # the socket is full
                     if not _flushed(stream):  # and stays full: the loop waits on
@@ -326,7 +329,10 @@ class Uploader:
             else:
                 try:
                     k = os.sendfile(
-                        sock.fileno(), fd, upload.offset + upload.sent, min(upload.credit, count)
+                        sock.fileno(),
+                        file[0],
+                        upload.offset + upload.sent,
+                        min(upload.credit, count),
                     )
                 except BlockingIOError:
                     return
