@@ -265,7 +265,14 @@ class Fetching:
             return []  # nothing would be fetched: do not read the whole catalogue for it
         # A network's catalogue can hold 100,000 records: read them off the event loop, which
         # keeps answering peers and /api/health meanwhile.
-        candidates = await asyncio.to_thread(self._candidates)
+        reading = asyncio.ensure_future(asyncio.to_thread(self._candidates))
+        try:
+            candidates = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # The node is stopping, and closes its store once this task has ended: the read
+            # must end first (a connection still out when the store closes is never closed).
+            await asyncio.wait([reading])
+            raise
         if not candidates:
             return []
         chosen = ctx.plugins.select_downloads(ctx.hook_node, candidates, limit)
