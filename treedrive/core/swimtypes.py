@@ -112,8 +112,11 @@ class Config:
     suspect_rounds: float = 4.0
     """Rounds a suspicion lasts before the member is dead."""
     retransmit_mult: float = 4.0
-    max_news: int = 24
-    """News (and, separately, catalogue changes) per message."""
+    max_news: int = 64
+    """News (and, separately, catalogue changes) per message: as many as a message may carry
+    (``swimwire.MAX_WIRE_NEWS``). With 24, at N = 5,000 news was dropped as stale before it had
+    gone round (a partition healed in 16 rounds, churn left crashes unnoticed); messages with no
+    news, the steady state, are not larger."""
     seed_rounds: int = 10
     reprobe_dead: int = 3
     """Dead members probed per round (one that answers is asked for its table next round)."""
