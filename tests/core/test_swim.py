@@ -331,3 +331,22 @@ def test_the_spread_queue_sends_least_sent_first_a_bounded_number_of_times() -> 
     q.put("e", "e1", 0.0)
     assert q.take(5, 3, 1.0) == []  # put before ``oldest``: stale, dropped unsent
     assert len(q) == 0
+
+
+def test_while_a_member_is_lost_tables_are_pulled_from_random_members_not_the_host() -> None:
+    """After a crash every node holds a member dead, for long: each pulls a table now and then
+    (anti-entropy for news dropped as stale), from a random member, so that no well-known host
+    answers every node's pull (N tables of N members each at the host)."""
+    net = Net(10, Config(suspect_rounds=2, seed_rounds=3), seeds=(addr(0),))
+    net.run(8)
+    net.down.add(addr(9))
+    net.run(10)
+    assert all(net.status(a, 9) == Status.DEAD for a in range(9))
+    net.sent.clear()
+    net.run(9)
+    pulls = [(to, m) for to, m in net.sent if isinstance(m, Ping) and m.join]
+    pullers = {m.sender for _, m in pulls}
+    assert pullers == {f"p{a}" for a in range(9)}  # every live node pulls
+    assert all(m.have != -1 for _, m in pulls)  # none is a newcomer's ask of a host
+    assert len({to for to, _ in pulls}) >= 5  # spread over the members
+    assert sum(to == addr(0) for to, _ in pulls) <= len(pulls) // 2

@@ -302,8 +302,9 @@ class Swim(MemberTable):
         return out
 
     def _looking(self, now: float) -> list[Out]:
-        """Looking for lost members: dead ones re-probed, tables pulled from those back, and a
-        well-known host now and then while any is lost (each round while none is alive)."""
+        """Looking for lost members: dead ones re-probed, tables pulled from those back, and
+        now and then while any is lost a random member's table (a well-known host's, each
+        round, while none is alive)."""
         cfg = self.config
         out: list[Out] = []
         for _ in range(cfg.reprobe_dead):
@@ -316,14 +317,16 @@ class Swim(MemberTable):
             self._pulled = now
             out.append(self._ping(self.rng.choice(revived), now, join=True))
         due = not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0
-        if self.seeds and (self._dead or not self._alive) and due:
+        if due and self._alive and self._dead:
+            # Anti-entropy while any member is lost (memberlist's push-pull): the table of a
+            # random member, so that what news dropped as stale still arrives, at a cost spread
+            # over all members (from the well-known hosts alone, tables grew with N squared:
+            # 1.2 MB an interval each at N = 1,000 after churn).
+            out.append(self._ping(self._sample(1)[0], now, join=True))
+        elif due and not self._alive and self.seeds:
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
-            # Its table only while this node knows nobody alive: after a crash or a partition
-            # every node with a member dead asks now and then, and whole tables from the
-            # well-known hosts grew with N squared (1.2 MB an interval each at N = 1,000).
-            join = not self._alive
-            out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=join)))
+            out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
         return out
 
     # ------------------------------------------------------------------ receiving
