@@ -125,7 +125,7 @@ class Catalogue:
             )  # fmt: skip
         plugin_keys(ctx, "GOSSIP_REPLY", r.peer_id, r.extra)
         if stale:
-            self._relay_deletes(peer, stale, signed)
+            self.relay_deletes(peer, stale, signed)
 
     def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
         window = self._relay_windows.get(address)
@@ -133,7 +133,7 @@ class Catalogue:
             window = (now, 0)
         return window
 
-    def _relay_deletes(
+    def relay_deletes(
         self,
         peer: PeerInfo,
         stale: Sequence[tuple[str, str]],
@@ -190,7 +190,7 @@ class Catalogue:
                 uow.commit()
         self.report(judged, a.from_peer)
         if owner is not None and peer is not None:
-            self._relay_deletes(peer, [(a.meta.file_id, owner)], signed)
+            self.relay_deletes(peer, [(a.meta.file_id, owner)], signed)
 
     def on_delete(self, d: Delete) -> None:
         ctx = self.ctx
@@ -220,12 +220,12 @@ class Catalogue:
             pinned = uow.keys.pinned([d.from_peer]).get(d.from_peer)
             why = ownership.judge_delete(d.file_id, d.signed, entry.meta, pinned)
             if why is None:
-                self._forget(uow, entry, d.signed)
+                self.forget(uow, entry, d.signed)
                 uow.commit()
         if why is not None:
             self._refused_delete(d, why)
             return
-        self._drop_bytes(d.file_id)
+        self.drop_bytes(d.file_id)
         ctx.activity.deleted(entry.meta, by=d.from_peer)
 
     # -- changes ------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Catalogue:
         ctx.counters.refused["delete"] += 1
         ctx.notify(FileRefused(d.file_id, d.from_peer, f"DELETE refused: {why}"))
 
-    def _forget(
+    def forget(
         self, uow: UnitOfWork, entry: CatalogEntry, signed: DeleteSignature | None = None
     ) -> None:
         uow.files.remove(entry.meta.file_id)
@@ -248,7 +248,7 @@ class Catalogue:
         uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time(), signed)
         uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
 
-    def _drop_bytes(self, file_id: str) -> None:
+    def drop_bytes(self, file_id: str) -> None:
         blobs = self.ctx.store.blobs
         blobs.delete(file_id)
         blobs.range_path(file_id).unlink(missing_ok=True)
@@ -269,9 +269,9 @@ class Catalogue:
             signed = None
             if ctx.config.extension:
                 signed = ownership.sign_delete(ctx.key, file_id, ctx.peer_id, int(time.time()))
-            self._forget(uow, entry, signed)
+            self.forget(uow, entry, signed)
             uow.commit()
-        self._drop_bytes(file_id)
+        self.drop_bytes(file_id)
         self._send_delete(Delete(from_peer=ctx.peer_id, file_id=file_id, signed=signed))
         ctx.activity.deleted(entry.meta)
 

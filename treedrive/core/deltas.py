@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from treedrive.core.model import FileMeta
+from treedrive.core.model import DeleteSignature, FileMeta
 
 LOG_LIMIT = 1024
 """Changes a node keeps in its log: a peer further behind than that gets a snapshot."""
@@ -45,6 +45,8 @@ class Change:
     seq: int
     file_id: str
     meta: FileMeta | None = None
+    signed: DeleteSignature | None = field(default=None, compare=False)
+    """A tombstone of the origin's own file: its signature of the delete (PROTOCOL.md 2.8)."""
 
     @property
     def deleted(self) -> bool:
@@ -70,20 +72,26 @@ class Sync:
 class ChangeLog:
     """One node's numbered changes to what it holds, and what it holds now."""
 
-    def __init__(self, origin: str, limit: int = LOG_LIMIT, page: int = MAX_CHANGES) -> None:
+    def __init__(
+        self, origin: str, limit: int = LOG_LIMIT, page: int = MAX_CHANGES, epoch: int = 0
+    ) -> None:
         self.origin = origin
-        self.seq = 0
+        self.seq = epoch
+        """Numbers start after ``epoch`` (a running node takes its start time: a peer that has
+        numbers of an earlier run is before the first delete, and gets a whole snapshot)."""
         self.limit = limit
         self.page = page
         self._log: deque[Change] = deque(maxlen=limit)
-        self.last_delete = 0
+        self.last_delete = epoch
         """The number of the latest delete (a snapshot from a number before it must start over)."""
         self._held: dict[str, Change] = {}
         """file id -> the add that holds it, in the order of their numbers."""
 
-    def _next(self, file_id: str, meta: FileMeta | None) -> Change:
+    def _next(
+        self, file_id: str, meta: FileMeta | None, signed: DeleteSignature | None = None
+    ) -> Change:
         self.seq += 1
-        change = Change(self.origin, self.seq, file_id, meta)
+        change = Change(self.origin, self.seq, file_id, meta, signed)
         self._log.append(change)
         return change
 
@@ -97,11 +105,11 @@ class ChangeLog:
         self._held[meta.file_id] = change
         return change
 
-    def delete(self, file_id: str) -> Change | None:
+    def delete(self, file_id: str, signed: DeleteSignature | None = None) -> Change | None:
         """This node no longer holds ``file_id``; None if it did not."""
         if self._held.pop(file_id, None) is None:
             return None
-        change = self._next(file_id, None)
+        change = self._next(file_id, None, signed)
         self.last_delete = change.seq
         return change
 
@@ -294,13 +302,20 @@ class Catalogue:
     and the owner-delete rule. What it returns is what the node should spread further."""
 
     def __init__(
-        self, me: str, base: Mapping[str, View] | None = None, log_limit: int = LOG_LIMIT
+        self,
+        me: str,
+        base: Mapping[str, View] | None = None,
+        log_limit: int = LOG_LIMIT,
+        epoch: int = 0,
     ) -> None:
         self.me = me
-        self.log = ChangeLog(me, log_limit)
+        self.log = ChangeLog(me, log_limit, epoch=epoch)
         self.views = Views(base)
         self._deleted: dict[str, None] = {}
         """File ids deleted by their owner (bounded): never held again, never listed again."""
+        self.journal: list[Change] | None = None
+        """When a list: every change of another origin that was new here is appended (the
+        running node applies them to its store and empties it)."""
 
     def head(self) -> int:
         return self.log.seq
@@ -340,6 +355,8 @@ class Catalogue:
         prior = None if view is None else view.files.get(change.file_id)
         if not self.views.apply(change):
             return []
+        if self.journal is not None:
+            self.journal.append(change)
         out = [change]
         if change.meta is None and self._owner_of(change.file_id, prior) == change.origin:
             out += self._owner_deleted(change.file_id)
@@ -354,7 +371,10 @@ class Catalogue:
         before = dict(before) if sync.snapshot else before  # a snapshot drops records in place
         priors = {c.file_id: before.get(c.file_id) for c in sync.changes if c.meta is None}
         out: list[Change] = []
-        for change in self.views.take(sync):
+        new = self.views.take(sync)
+        if self.journal is not None:
+            self.journal.extend(new)
+        for change in new:
             if change.meta is not None:
                 continue
             prior = priors.get(change.file_id, before.get(change.file_id))
@@ -375,12 +395,19 @@ class Catalogue:
             return None
         return self.log.add(meta)
 
-    def delete(self, file_id: str) -> Change | None:
-        """This node deletes ``file_id`` (its owner's delete, or a copy dropped)."""
+    def delete(self, file_id: str, signed: DeleteSignature | None = None) -> Change | None:
+        """This node deletes ``file_id`` (its owner's delete, with the owner's ``signed``, or a
+        copy dropped)."""
         held = self.log.meta(file_id)
         if held is not None and held.file_owner == self.me:
             self._deleted[file_id] = None
-        return self.log.delete(file_id)
+        return self.log.delete(file_id, signed)
+
+    def restore(self, meta: FileMeta) -> Change | None:
+        """This node holds ``meta`` after all (its store refused a delete that a peer's change
+        implied): it is listed again."""
+        self._deleted.pop(meta.file_id, None)
+        return self.log.add(meta)
 
     def lists(self, origins: Iterable[str], file_id: str) -> bool:
         """Whether this node lists ``file_id`` as held by one of ``origins`` (itself included)."""

@@ -235,6 +235,14 @@ class Swim(MemberTable):
         self._probes[self._seq] = _Probe(target, now)
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
+    def join(self, peer: str, address: Address, now: float) -> list[Out]:
+        """A member met outside this protocol (a classic message of a node that speaks it):
+        alive; the first one met while this node knows no member is asked for its table."""
+        self._now = now
+        alone = not self._alive
+        self.learn(News(peer, address, 0, Status.ALIVE), now)
+        return [self._ping(peer, now, join=True)] if alone and peer in self._alive else []
+
     def next_wake(self) -> float:
         """When :meth:`tick` has something to do next."""
         wake = self.next_round
@@ -306,7 +314,7 @@ class Swim(MemberTable):
         well-known host now and then while any is lost (each round while none is alive)."""
         cfg = self.config
         out: list[Out] = []
-        for _ in range(cfg.reprobe_dead):
+        for _ in range(min(cfg.reprobe_dead, len(self._dead))):  # each at most once a round
             dead = self._next_target(self._dead_order, (Status.DEAD,))
             if dead is not None:
                 out.append(self._ping(dead, now))
