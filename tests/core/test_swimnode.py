@@ -239,3 +239,13 @@ async def test_own_changes_follow_the_store(s: Harness) -> None:
     assert not deltas.log.holds(meta.file_id)
     [tomb] = [c for c in deltas.log.since(start + 1).changes if c.deleted]
     assert tomb.signed is not None  # the owner's signature travels with the tombstone
+
+
+async def test_news_of_a_member_keeps_the_features_it_said_itself(s: Harness) -> None:
+    await take(s, ping("bob", 7001))
+    moved = News("bob", ("127.0.0.1", 7011), 2, Status.ALIVE)
+    await take(s, push("carol", 7002, news=(moved,)))
+    bob = peers(s)["bob"]
+    assert (bob.host, bob.port) == ("127.0.0.1", 7011)
+    assert bob.features == FEATURES.features  # not cut down to {swim}
+    assert peers(s)["carol"].features == FEATURES.features

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from treedrive.core import swimwire
+from treedrive.core.activity import Activity
 from treedrive.core.bound import Claim
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext, logged, storage_failure
@@ -47,6 +48,7 @@ from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import extension
 from treedrive.core.membership import Membership
 from treedrive.core.messages import SWIM, Gossip, GossipReply
+from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import Address, same_host, source_ip
 from treedrive.core.swim import Out, Swim
 from treedrive.core.swimstore import SwimStore
@@ -250,7 +252,6 @@ class SwimNode:
     def _members(self, rows: list[Member]) -> None:
         ctx = self.ctx
         latest = {m.peer_id: m for m in rows if m.peer_id != ctx.peer_id}
-        now = self.now()
         gone = [p for p, m in latest.items() if m.status > Status.SUSPECT]
         fresh = [
             m for m in latest.values()
@@ -260,23 +261,15 @@ class SwimNode:
             return
         with ctx.transaction() as uow:
             for m in fresh:
-                peer, new = uow.peers.upsert(
-                    m.peer_id, m.address[0], m.address[1], time.time(), frozenset({SWIM}),
-                    keep_features=True, max_peers=ctx.config.max_peers,
-                )  # fmt: skip
-                for evicted in uow.peers.evicted:
-                    uow.emit(PeerExpired(evicted))
-                uow.emit(PeerSeen(peer, new))
-                if new:
-                    ctx.activity.joined(peer)
+                _track_member(uow, m, ctx.config.max_peers, ctx.activity)
             known = [p for p in gone if uow.peers.get(p) is not None]
             uow.peers.remove(known)
             for peer_id in known:
                 uow.emit(PeerExpired(peer_id))
             forgotten = uow.files.remove_orphans() if known else []
             uow.commit()
-        for m in fresh:
-            self._written[m.peer_id] = (m.address, now)
+        now = self.now()
+        self._written.update((m.peer_id, (m.address, now)) for m in fresh)
         for peer_id in gone:
             self._written.pop(peer_id, None)
             if self.deltas is not None:
@@ -314,6 +307,21 @@ class SwimNode:
                 changes += [change] if change is not None else []
         if changes:
             swim.spread(changes)
+
+
+def _track_member(uow: UnitOfWork, m: Member, max_peers: int, activity: Activity) -> None:
+    """Track a member heard of (not from): a new one as a TreeDrive peer that speaks swim (its
+    other features come with its own messages); a known one keeps the features it said."""
+    known = uow.peers.get(m.peer_id) is not None
+    peer, new = uow.peers.upsert(
+        m.peer_id, m.address[0], m.address[1], time.time(),
+        None if known else frozenset({SWIM}), keep_features=True, max_peers=max_peers,
+    )  # fmt: skip
+    for evicted in uow.peers.evicted:
+        uow.emit(PeerExpired(evicted))
+    uow.emit(PeerSeen(peer, new))
+    if new:
+        activity.joined(peer)
 
 
 def _fit(msg: Message) -> dict[str, object]:
