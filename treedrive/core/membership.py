@@ -82,6 +82,8 @@ class Membership:
         """Whether a peer's liveness is swim's to judge (not expired for silence here)."""
         self.managed_addresses: Callable[[], frozenset[Address]] = frozenset
         """The addresses that get no classic GOSSIP (members of swim)."""
+        self.managed_ids: Callable[[], frozenset[str]] = frozenset
+        """The members of swim alive or suspect: like proven peers, evicted last."""
 
     def close(self) -> None:
         for _, timer in self._pending_replies.values():
@@ -157,7 +159,7 @@ class Membership:
         peers = uow.peers
         peer, new = peers.upsert(
             peer_id, host, port, time.time(), features_of(ext),
-            max_peers=ctx.config.max_peers, keep=self._proven_peers(),
+            max_peers=ctx.config.max_peers, keep=self._proven_peers() | self.managed_ids(),
         )  # fmt: skip
         for gone in peers.evicted:
             uow.emit(PeerExpired(gone))

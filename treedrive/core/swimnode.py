@@ -84,10 +84,14 @@ class SwimNode:
         """Members as last written to the peer table: address, when (in rounds)."""
         self._version = -1
         self._reconciled = 0.0
+        self._ids: frozenset[str] = frozenset()
+        self._checked = 0.0
+        self._addresses: frozenset[Address] = frozenset()
         if self.enabled:
             membership.met = self.met
             membership.managed = self.manages
             membership.managed_addresses = self.addresses
+            membership.managed_ids = self.ids
 
     def now(self) -> float:
         return time.monotonic() / self.interval
@@ -122,6 +126,23 @@ class SwimNode:
         self.reconcile()
         self._send(self.swim.tick(self.now()))
         self.settle()
+        if self.now() - self._checked >= RECONCILE_EVERY:
+            self._checked = self.now()
+            self._retrack()
+
+    def _retrack(self) -> None:
+        """Members alive that the peer table lost (evicted by a flood of new peers beyond
+        ``max_peers``) are tracked again."""
+        swim = self.swim
+        if swim is None:
+            return
+        with self.ctx.store.reading() as uow:
+            tracked = {p.peer_id for p in uow.peers.all()}
+        lost = [swim.members[p] for p in swim.alive() if p not in tracked]
+        for m in lost:
+            self._written.pop(m.peer_id, None)
+        if lost:
+            self._members(lost)
 
     def leave(self) -> None:
         """The node stops: tell a few members."""
@@ -136,10 +157,11 @@ class SwimNode:
 
     def addresses(self) -> frozenset[Address]:
         """The addresses of the members alive or suspect (no classic GOSSIP goes there)."""
-        if self.swim is None:
-            return frozenset()
-        members = self.swim.members
-        return frozenset(members[p].address for p in self.swim.alive() if p in members)
+        return self._addresses
+
+    def ids(self) -> frozenset[str]:
+        """The members alive or suspect (the peer table evicts them last)."""
+        return self._ids
 
     def met(self, peer_id: str, host: str, port: int) -> None:
         """A node that speaks swim sent a classic message (or was tracked): a member; the first
@@ -243,6 +265,9 @@ class SwimNode:
         members, swim.journal = swim.journal or [], []
         changes, deltas.journal = deltas.journal or [], []
         if members:
+            alive = swim.alive()
+            self._ids = frozenset(alive)
+            self._addresses = frozenset(swim.members[p].address for p in alive)
             self._members(members)
         if changes:
             for origin in self.store.apply(changes, self.manages):
