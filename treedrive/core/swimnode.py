@@ -64,6 +64,10 @@ TRACK_EVERY = 1.0
 RECONCILE_EVERY = 10.0
 """Rounds between two checks of the change log against the store when nothing seemed to
 change (a copy dropped without an event)."""
+PROBE_SECONDS = 1.0
+"""A probe waits at least this long (up to half a round) for its ack before others are asked
+to probe too: a short interval must not turn a busy member's slow answer into indirect probes,
+which cost the busy network more messages."""
 WAKE_AT_LEAST = 0.2
 """The swim task wakes at least this often (in rounds)."""
 
@@ -105,7 +109,12 @@ class SwimNode:
         self.deltas = Deltas(ctx.peer_id, epoch=int(time.time() * 1_000_000))
         self.deltas.journal = []
         timeout = ctx.config.peer_timeout / self.interval
-        config = Config(suspect_rounds=max(1.0, timeout - 1.0))
+        probe = min(0.5, max(0.2, PROBE_SECONDS / self.interval))
+        config = Config(
+            probe_timeout=probe,
+            suspect_after=max(0.8, probe + 0.3),
+            suspect_rounds=max(1.0, timeout - 1.0),
+        )
         swim = Swim(ctx.peer_id, (ctx.host, ctx.port), self.deltas, random.Random(), self.now(),
                     config=config)  # fmt: skip
         swim.incarnation = int(time.time())  # a restart is newer than what peers remember
