@@ -331,3 +331,23 @@ def test_the_spread_queue_sends_least_sent_first_a_bounded_number_of_times() -> 
     q.put("e", "e1", 0.0)
     assert q.take(5, 3, 1.0) == []  # put before ``oldest``: stale, dropped unsent
     assert len(q) == 0
+
+
+def test_join_asks_the_first_member_met_for_its_table_and_pull_asks_any() -> None:
+    net = Net(4)
+    a, b, c, d = (net.nodes[addr(i)] for i in range(4))
+    for other in (c, d):  # b knows c and d; a knows nobody
+        b.learn(News(other.me, other.address, 0, Status.ALIVE), 0.0)
+    [(to, ping)] = a.join("p1", addr(1), 0.0)
+    assert to == addr(1)
+    assert isinstance(ping, Ping)
+    assert ping.join
+    assert a.join("p2", addr(2), 0.0) == []  # not alone any more: no second table
+    net.deliver([(to, ping)])
+    assert set(a.alive()) == {"p1", "p2", "p3"}
+    # later, any member alive is asked again
+    [(to, again)] = a.pull(1.0)
+    assert isinstance(again, Ping)
+    assert again.join
+    assert to in {addr(1), addr(2), addr(3)}
+    assert Swim("z", addr(9), Catalogue("z"), random.Random(0), 0.0).pull(0.0) == []

@@ -243,6 +243,13 @@ class Swim(MemberTable):
         self.learn(News(peer, address, 0, Status.ALIVE), now)
         return [self._ping(peer, now, join=True)] if alone and peer in self._alive else []
 
+    def pull(self, now: float) -> list[Out]:
+        """Ask a random member alive for its member list (a join ping): members that joined
+        while this node's news of them went round elsewhere are learned at once."""
+        self._now = now
+        alive = self._alive.items
+        return [self._ping(self.rng.choice(alive), now, join=True)] if alive else []
+
     def next_wake(self) -> float:
         """When :meth:`tick` has something to do next."""
         wake = self.next_round

@@ -68,6 +68,9 @@ PROBE_SECONDS = 1.0
 """A probe waits at least this long (up to half a round) for its ack before others are asked
 to probe too: a short interval must not turn a busy member's slow answer into indirect probes,
 which cost the busy network more messages."""
+PULLS = (2.0, 5.0, 12.0, 30.0)
+"""Rounds after its start at which a node pulls a random member's list once more: nodes that
+started about when it did are learned even if their news went round before it knew them."""
 WAKE_AT_LEAST = 0.2
 """The swim task wakes at least this often (in rounds)."""
 
@@ -90,6 +93,7 @@ class SwimNode:
         self._reconciled = 0.0
         self._ids: frozenset[str] = frozenset()
         self._checked = 0.0
+        self._pulls: list[float] = []
         self._addresses: frozenset[Address] = frozenset()
         if self.enabled:
             membership.met = self.met
@@ -120,6 +124,7 @@ class SwimNode:
         swim.incarnation = int(time.time())  # a restart is newer than what peers remember
         swim.journal = []
         self.swim = swim
+        self._pulls = [self.now() + r for r in PULLS]
         self.reconcile(force=True)
 
     async def loop(self) -> None:
@@ -133,7 +138,11 @@ class SwimNode:
         if self.swim is None:
             return
         self.reconcile()
-        self._send(self.swim.tick(self.now()))
+        now = self.now()
+        self._send(self.swim.tick(now))
+        if self._pulls and now >= self._pulls[0]:
+            self._pulls.pop(0)
+            self._send(self.swim.pull(now))
         self.settle()
         if self.now() - self._checked >= RECONCILE_EVERY:
             self._checked = self.now()
