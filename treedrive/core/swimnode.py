@@ -71,6 +71,9 @@ which cost the busy network more messages."""
 PULLS = (2.0, 5.0, 12.0, 30.0)
 """Rounds after its start at which a node pulls a random member's list once more: nodes that
 started about when it did are learned even if their news went round before it knew them."""
+LATE_GRACE = 0.02
+"""The swim task waking later than this (in rounds) means this node is busy: the rest of the
+delay does not count on swim's clock."""
 WAKE_AT_LEAST = 0.2
 """The swim task wakes at least this often (in rounds)."""
 
@@ -94,6 +97,8 @@ class SwimNode:
         self._ids: frozenset[str] = frozenset()
         self._checked = 0.0
         self._pulls: list[float] = []
+        self._lag = 0.0
+        """Seconds this node's event loop was late waking the swim task (see :meth:`now`)."""
         self._addresses: frozenset[Address] = frozenset()
         if self.enabled:
             membership.met = self.met
@@ -102,7 +107,10 @@ class SwimNode:
             membership.managed_ids = self.ids
 
     def now(self) -> float:
-        return time.monotonic() / self.interval
+        """Swim's clock, in rounds: monotonic time less the time this node's own event loop
+        was late (Lifeguard's idea: a node that is itself too busy to read its acks in time
+        must not take its peers for dead; and a busy node's rounds stretch, so it sends less)."""
+        return (time.monotonic() - self._lag) / self.interval
 
     def start(self) -> None:
         """Once the node knows its address: the member table and the change log, numbered
@@ -131,8 +139,14 @@ class SwimNode:
         while self.swim is not None and not self.ctx.stopping.is_set():
             with logged("a swim round"):
                 self.tick()
-            delay = min(self.swim.next_wake() - self.now(), WAKE_AT_LEAST)
-            await asyncio.sleep(max(0.005, delay * self.interval))
+            delay = max(
+                0.005, min(self.swim.next_wake() - self.now(), WAKE_AT_LEAST) * self.interval
+            )
+            due = time.monotonic() + delay
+            await asyncio.sleep(delay)
+            late = time.monotonic() - due - LATE_GRACE * self.interval
+            if late > 0:
+                self._lag += min(late, self.interval)
 
     def tick(self) -> None:
         if self.swim is None:
