@@ -74,6 +74,9 @@ started about when it did are learned even if their news went round before it kn
 LATE_GRACE = 0.02
 """The swim task waking later than this (in rounds) means this node is busy: the rest of the
 delay does not count on swim's clock."""
+SLOWEST = 0.75
+"""The share of real time that may be left out of swim's clock (Lifeguard bounds its
+multiplier likewise): a node that stays busy still probes, at a quarter of the rate."""
 WAKE_AT_LEAST = 0.2
 """The swim task wakes at least this often (in rounds)."""
 
@@ -126,13 +129,17 @@ class SwimNode:
             probe_timeout=probe,
             suspect_after=max(0.8, probe + 0.3),
             suspect_rounds=max(1.0, timeout - 1.0),
+            # Origins that changed are named for longer than a member takes to be found dead:
+            # after a split too short for either side to drop the other, a change made on one
+            # side (an owner's delete) is still asked for from the other.
+            heads_rounds=max(10.0, 2 * timeout + 2),
         )
         swim = Swim(ctx.peer_id, (ctx.host, ctx.port), self.deltas, random.Random(), self.now(),
                     config=config)  # fmt: skip
         swim.incarnation = int(time.time())  # a restart is newer than what peers remember
         swim.journal = []
         self.swim = swim
-        self._pulls = [self.now() + r for r in PULLS]
+        self._pulls = [time.monotonic() / self.interval + r for r in PULLS]  # in real rounds
         self.reconcile(force=True)
 
     async def loop(self) -> None:
@@ -142,11 +149,12 @@ class SwimNode:
             delay = max(
                 0.005, min(self.swim.next_wake() - self.now(), WAKE_AT_LEAST) * self.interval
             )
-            due = time.monotonic() + delay
+            slept = time.monotonic()
             await asyncio.sleep(delay)
-            late = time.monotonic() - due - LATE_GRACE * self.interval
-            if late > 0:
-                self._lag += min(late, self.interval)
+            woke = time.monotonic()
+            late = woke - slept - delay - LATE_GRACE * self.interval
+            if late > 0:  # at most SLOWEST of the time: swim's clock runs at least 1/4 speed
+                self._lag += min(late, SLOWEST * (woke - slept))
 
     def tick(self) -> None:
         if self.swim is None:
@@ -154,7 +162,7 @@ class SwimNode:
         self.reconcile()
         now = self.now()
         self._send(self.swim.tick(now))
-        if self._pulls and now >= self._pulls[0]:
+        if self._pulls and time.monotonic() / self.interval >= self._pulls[0]:
             self._pulls.pop(0)
             self._send(self.swim.pull(now))
         self.settle()
