@@ -4,6 +4,7 @@ signature travel with them; every field read from a peer is a claim with a limit
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -101,3 +102,15 @@ def test_numbers_of_an_epoch_fit_the_wire() -> None:
                head=log.seq, seq=1, have=change.seq, changes=(change,))  # fmt: skip
     got = swimwire.read("bob", "10.0.0.2", 8270, json.loads(json.dumps(swimwire.fields(msg))))
     assert got == msg
+
+
+def test_fit_cuts_changes_then_news_until_the_gossip_is_small_enough() -> None:
+    long = [replace(meta("bob", i), file_name="n" * 2000) for i in range(20)]
+    changes = tuple(Change("bob", i + 1, m.file_id, m) for i, m in enumerate(long))
+    msg = Push(sender="bob", address=("10.0.0.2", 8270), incarnation=1, head=20, changes=changes)
+    full = swimwire.fields(msg)
+    assert len(json.dumps(full)) > 14 * 1024
+    cut = swimwire.fit(msg, 14 * 1024)
+    assert len(json.dumps(cut)) <= 14 * 1024
+    assert 0 < len(cut["ch"]) < len(changes)
+    assert cut["ch"] == full["ch"][: len(cut["ch"])]  # the first ones, whole

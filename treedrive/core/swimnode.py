@@ -29,7 +29,6 @@ Classic peers are untouched: they get the classic GOSSIP each round and classic 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -241,7 +240,7 @@ class SwimNode:
         claim = Claim(ctx.peer_id, ctx.host, ctx.port, gossip_id)
         return Gossip(
             host=ctx.host, port=ctx.port, id=gossip_id, peer_id=ctx.peer_id,
-            extension=sign(extension(ctx), claim), swim=_fit(msg),
+            extension=sign(extension(ctx), claim), swim=swimwire.fit(msg, GOSSIP_BYTES),
         )  # fmt: skip
 
     # -- in -----------------------------------------------------------------------------------
@@ -387,19 +386,6 @@ def _track_member(uow: UnitOfWork, m: Member, max_peers: int, activity: Activity
     uow.emit(PeerSeen(peer, new))
     if new:
         activity.joined(peer)
-
-
-def _fit(msg: Message) -> dict[str, object]:
-    """The ``swim`` value of a GOSSIP, its catalogue news (then membership news) cut until it
-    is under :data:`GOSSIP_BYTES`."""
-    while True:
-        fields = swimwire.fields(msg)
-        if len(json.dumps(fields)) <= GOSSIP_BYTES or not (msg.changes or msg.news):
-            return fields
-        if msg.changes:
-            msg = replace(msg, changes=msg.changes[: len(msg.changes) // 2])
-        else:
-            msg = replace(msg, news=msg.news[: len(msg.news) // 2])
 
 
 def _guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:

@@ -17,9 +17,11 @@ malformed message reads as None.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from treedrive.core.deltas import MAX_CHANGES, Change, Sync
@@ -109,6 +111,19 @@ def fields(msg: Message) -> dict[str, Any]:
         if msg.members:
             swim["m"] = [_news(n) for n in msg.members]
     return swim
+
+
+def fit(msg: Message, limit: int) -> dict[str, Any]:
+    """:func:`fields` of ``msg``, its catalogue changes (then its news) halved until the JSON
+    takes at most ``limit`` bytes (a GOSSIP is bounded: it could be forwarded)."""
+    while True:
+        swim = fields(msg)
+        if len(json.dumps(swim)) <= limit or not (msg.changes or msg.news):
+            return swim
+        if msg.changes:
+            msg = replace(msg, changes=msg.changes[: len(msg.changes) // 2])
+        else:
+            msg = replace(msg, news=msg.news[: len(msg.news) // 2])
 
 
 def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[str, Any]:
