@@ -81,8 +81,11 @@ class World:
         delay: tuple[float, float] = (0.002, 0.02),
         config: Config = DEFAULT,
         seeds: int = 3,
+        measure: bool = True,
     ) -> None:
         self.rng, self.loss, self.delay, self.config = rng, loss, delay, config
+        self.measure = measure
+        """Count each message's encoded size in :attr:`traffic` (off: only its number)."""
         self.nodes: list[SimNode] = []
         self.by_address: dict[Address, int] = {}
         self.now = 0.0
@@ -158,10 +161,12 @@ class World:
     def _send(self, src: SimNode, out: list[tuple[Address, Message]]) -> None:
         sizes = self.sizes
         for address, msg in out:
-            key = id(msg)
-            size = sizes.get(key)
-            if size is None:
-                size = sizes[key] = encoded_size(msg)
+            size = 0
+            if self.measure:
+                key = id(msg)
+                size = sizes.get(key, -1)
+                if size < 0:
+                    size = sizes[key] = encoded_size(msg)
             self.traffic.count(src.idx, size)
             dest = self.by_address.get(address)
             if dest is None or (self.loss and self.rng.random() < self.loss):

@@ -44,11 +44,12 @@ after the other: the get (as above), the forward of a push (the payload, made a 
 uploaded to ``n1`` as the dashboard does, a multipart form, so that ``n1`` pushes it on only once
 it is stored; from ``n1``'s "pushed" log line to ``n2``'s "received" line, verified and
 committed, both the nodes' own ms timestamps), the whole ``treedrive push FILE`` command (from
-starting it to ``n2``'s "received" line; its raw upload is streamed on to ``n2`` while it
-arrives, docs/protocol.md 2.4) and the fsync-at-end socket copy (``sendfile`` ->
-``recv_into`` -> ``write``, one ``fsync``); per phase the CPU of each node's event-loop thread and
-its busiest other thread; then the medians and the ratios push forward / get (>= 0.9), whole
-push / get (>= 0.6) and get / fsync copy (>= 0.8). See :class:`PushBench`.
+starting it to ``n2``'s "received" line; on one machine the command gives ``n1`` the file's
+path, and ``n1`` reads it and streams it on to ``n2``: a push by path, README "HTTP API") and
+the fsync-at-end socket copy (``sendfile`` -> ``recv_into`` -> ``write``, one ``fsync``); per
+phase the CPU of each node's event-loop thread and its busiest other thread; then the medians
+and the ratios push forward / get (>= 0.9), whole push / get (>= 0.6) and get / fsync copy
+(>= 0.8). See :class:`PushBench`.
 
 On a shared machine, ``--wait-quiet S`` waits before each fetch for a second in which the rest of
 the machine is idle. ``--node-preamble FILE`` runs a Python file in every node before its CLI, to
@@ -1085,8 +1086,9 @@ class PushBench:
     (``n2`` fetches from ``n1``), the push forward (the payload, made new, uploaded to ``n1``
     through the API as a multipart form, so not streamed: from ``n1``'s "pushed" log line to
     ``n2``'s "received" log line, both stamped by the nodes' clocks in ms), the whole push
-    (``treedrive push FILE`` against ``n1``, made new again, its raw upload streamed on to ``n2``
-    while it arrives: from starting the command to ``n2``'s "received" line) and the
+    (``treedrive push FILE`` against ``n1``, made new again: it gives ``n1`` the path, ``n1``
+    reads the file and streams it on to ``n2``; from starting the command to ``n2``'s
+    "received" line) and the
     fsync-at-end socket copy (sendfile -> recv_into -> write, fsync). Between them the file is
     deleted everywhere."""
 
@@ -1261,8 +1263,8 @@ def print_push(rounds: list[PushRound]) -> None:
         "  push forward: n1's 'pushed' log line (its upload, a multipart form, is stored; the\n"
         "  push to n2 starts) to n2's 'received' line (verified, committed), both the nodes'\n"
         "  own timestamps.\n"
-        "  whole push: starting `treedrive push FILE` against n1 (its raw upload streamed on\n"
-        "  to n2 while it arrives) to n2's 'received' line.\n"
+        "  whole push: starting `treedrive push FILE` against n1 (it gives n1 the path; n1\n"
+        "  reads the file and streams it on to n2) to n2's 'received' line.\n"
         "  fsync copy: sendfile -> loopback socket -> recv_into 1 MiB -> write, fsync at the\n"
         "  end, between two plain processes; median of --ceiling-runs. MB = 10^6 B."
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,18 +40,18 @@ def _store(data_dir: Path | None, peer_id: str | None) -> Store:
 @_data_dir_option
 def db_upgrade(data_dir: Path | None, peer_id: str | None) -> None:
     """Apply every pending migration (a node does this at start)."""
-    store = _store(data_dir, peer_id)
-    before = store.current_revision()
-    store.upgrade()
-    click.echo(f"{store.db_path}: {before or '(empty)'} -> {store.current_revision()}")
+    with closing(_store(data_dir, peer_id)) as store:  # its connections closed, not left to gc
+        before = store.current_revision()
+        store.upgrade()
+        click.echo(f"{store.db_path}: {before or '(empty)'} -> {store.current_revision()}")
 
 
 @db.command("current")
 @_data_dir_option
 def db_current(data_dir: Path | None, peer_id: str | None) -> None:
     """Show the schema revision of the database."""
-    store = _store(data_dir, peer_id)
-    current, head = store.current_revision(), store.head_revision()
+    with closing(_store(data_dir, peer_id)) as store:
+        current, head = store.current_revision(), store.head_revision()
     state = "up to date" if current == head else f"behind (head is {head})"
     click.echo(f"{store.db_path}: {current or '(empty)'} — {state}")
 

@@ -26,9 +26,10 @@ MiB = 1 << 20
 
 
 def client_of(node: NodeProcess, token: str | None = "") -> Client:
+    """A client that sends the bytes (not the path: see ``test_push_by_path.py``)."""
     if token == "":
         token = (node.data_dir / "api-token").read_text().strip()
-    return Client(str(node.info()["http"]), token)
+    return Client(str(node.info()["http"]), token, by_path=False)
 
 
 def started(node: NodeProcess) -> NodeProcess:
@@ -42,7 +43,7 @@ def started(node: NodeProcess) -> NodeProcess:
 
 def urllib_way(client: Client) -> Client:
     """The same client, sending as it does over https (urllib, 1 MiB reads)."""
-    plain = Client(client.url, client.token)
+    plain = Client(client.url, client.token, by_path=False)
     plain.transport.plain = lambda: None  # type: ignore[method-assign]
     return plain
 
@@ -113,7 +114,7 @@ def test_no_node_and_a_node_that_hangs_up_read_the_same_either_way(tmp_path: Pat
     src = tmp_path / "x.bin"
     src.write_bytes(os.urandom(32 * MiB))
     port = free_port()
-    refused = Client(f"http://127.0.0.1:{port}/", "t")
+    refused = Client(f"http://127.0.0.1:{port}/", "t", by_path=False)
     messages = {error_of(way, src) for way in both_ways(refused)}
     assert messages == {
         f"cannot reach the node at http://127.0.0.1:{port}/ "
@@ -121,7 +122,7 @@ def test_no_node_and_a_node_that_hangs_up_read_the_same_either_way(tmp_path: Pat
     }
 
     with hangs_up_after(64 * 1024) as url:
-        for way in both_ways(Client(url, "t")):
+        for way in both_ways(Client(url, "t", by_path=False)):
             message = error_of(way, src)
             assert re.fullmatch(
                 rf"cannot reach the node at {re.escape(url)} \(.+\); is it running\?", message
@@ -166,7 +167,8 @@ def test_a_full_disk_reads_the_same_either_way(small_disk: Path, tmp_path: Path)
         src = tmp_path / "x.bin"
         src.write_bytes(os.urandom(2 * MiB))
         fill(small_disk / "filler")
-        messages = {error_of(way, src) for way in both_ways(client)}
+        by_path = Client(client.url, client.token)  # the node reads the file itself
+        messages = {error_of(way, src) for way in [*both_ways(client), by_path]}
         assert len(messages) == 1, messages
         assert "No space left on device" in messages.pop()
     finally:

@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.capture import Capture, file_words_in
 from tests.e2e.helpers import Shell, Shells, wait_until
+from tests.transport.tls_helpers import downstream_relay, relay_pipe, split_wire
 from treedrive.core.identity import NodeKey
 from treedrive.store import keys
 from treedrive.transport import codec, tlsstream
@@ -57,6 +58,17 @@ def two_nodes(shells: Shells, *extra: str, h: Shell | None = None) -> tuple[Shel
     return h, f
 
 
+def in_records(streams: dict[tuple[int, int], bytes], src: int = 0, dst: int = 0) -> int:
+    """Bytes of file that the TLS connections in ``streams`` from the port ``src`` (H's, for a
+    get) or to the port ``dst`` (H's, for a push to H) carried as bulk records after TLS
+    (transport/bulk.py; the final records carry none)."""
+    total = 0
+    for (s_port, d_port), stream in streams.items():
+        if (s_port == src or d_port == dst) and stream[:1] == b"\x16":
+            total += sum(len(record) - 20 for record in split_wire(stream)[1])
+    return total
+
+
 def random_file(tmp_path: Path, name: str, size: int) -> tuple[Path, bytes]:
     data = os.urandom(size)
     path = tmp_path / name
@@ -87,6 +99,7 @@ def test_a_64_mib_get_is_not_in_clear_on_the_wire(
     found = file_words_in(data, streams)
     if encryption:
         assert found == 0
+        assert in_records(streams, src=h.node.port) == SIZE  # each range's bytes as records
     else:
         assert found > SIZE // 56 // 2  # about one word in 56 is sampled: nearly all are found
 
@@ -103,27 +116,22 @@ def test_a_push_goes_encrypted_and_lands_whole(shells: Shells, tmp_path: Path) -
     assert h.blob(file_id).read_bytes() == data
     assert sum(map(len, streams.values())) >= len(data)
     assert file_words_in(data, streams) == 0
+    # F's records to H: the file, and the record that ends a streamed push (docs/protocol.md 2.4)
+    assert len(data) <= in_records(streams, dst=h.node.port) < len(data) + 64 * 1024
 
 
 # -- a relay in the middle -----------------------------------------------------------------------
-class Relay:
-    """A node in the middle with its own key: it listens where F believes H to be, answers F's
-    TLS handshakes with its own certificate, and dials H itself with that key, asking for what
-    F asked for in F's name. Anything else that reaches it (classic JSON) it records and drops,
-    so that it sees whether F ever falls back to a request in clear."""
+class Listener:
+    """Where F believes H to be: a thread that takes each connection to ``port`` to
+    :meth:`_one`, in a thread of its own, until :meth:`close`."""
 
-    def __init__(self, h_port: int, h_key: bytes, f_id: str, file_id: str) -> None:
-        self.tls = NodeTLS.from_private_key(NodeKey.generate().private_key)
-        self.h_port, self.h_key, self.f_id, self.file_id = h_port, h_key, f_id, file_id
+    def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.tls_from_f = 0
-        self.requests_from_f = 0
-        self.clear_from_f: list[bytes] = []
-        self.h_answers: list[bytes] = []
-        self.h_refused = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
@@ -134,6 +142,48 @@ class Relay:
             except TimeoutError:
                 continue
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.close()
+
+
+def route_through(shells: Shells, f: Shell, port: int, *extra: str) -> Shell:
+    """F, stopped, with its record of H's address changed in its own database to ``port``
+    (what a hijacked route or a spoofed name would do on a real network: loopback has no router
+    to hijack, and H's signed GOSSIP cannot be forged to move it), and started again (gossiping
+    rarely, with ``extra``); H's own GOSSIP would move it back, so H must gossip rarely too."""
+    f.stop()
+    db = f.data_dir / "treedrive.db"
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+        con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (port,))
+        con.commit()
+    return shells(
+        "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
+        *extra, port=f.node.port,
+    ).start()  # fmt: skip
+
+
+class Relay(Listener):
+    """A node in the middle with its own key: it listens where F believes H to be, answers F's
+    TLS handshakes with its own certificate, and dials H itself with that key, asking for what
+    F asked for in F's name. Anything else that reaches it (classic JSON) it records and drops,
+    so that it sees whether F ever falls back to a request in clear."""
+
+    def __init__(self, h_port: int, h_key: bytes, f_id: str, file_id: str) -> None:
+        super().__init__()
+        self.tls = NodeTLS.from_private_key(NodeKey.generate().private_key)
+        self.h_port, self.h_key, self.f_id, self.file_id = h_port, h_key, f_id, file_id
+        self.tls_from_f = 0
+        self.requests_from_f = 0
+        self.clear_from_f: list[bytes] = []
+        self.h_answers: list[bytes] = []
+        self.h_refused = 0
+        self.start()
 
     def _one(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -178,11 +228,6 @@ class Relay:
             else:
                 self.h_refused += 1
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
-
 
 @pytest.fixture
 def relay_factory() -> Iterator[list[Relay]]:
@@ -217,15 +262,7 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
 
     relay = Relay(h.node.port, node_key(h), "F", file_id)
     relay_factory.append(relay)
-    f.stop()
-    db = f.data_dir / "treedrive.db"
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
-        con.execute("UPDATE peers SET port = ? WHERE peer_id = 'H'", (relay.port,))
-        con.commit()
-    f = shells(
-        "F", "--download-limit", "0", "--peer-timeout", "600", "--gossip-interval", "600",
-        port=f_port,
-    ).start()  # fmt: skip
+    f = route_through(shells, f, relay.port)
     wait_until(lambda: file_id in f.files(), what="F still lists the file")
     out = f.get(file_id)
     assert not out.startswith("got"), out
@@ -241,3 +278,84 @@ def test_a_relay_with_its_own_key_is_refused_by_both_ends(
     log = h.log_text()
     assert "TLS connection refused" in log
     assert "but peer 'F' is pinned to" in log
+
+
+# -- a relay that changes records ------------------------------------------------------------------
+RECORD_CHANGES: list[tuple[str, Callable[[list[bytes]], list[bytes]]]] = [
+    ("a byte changed", lambda r: [r[0], r[1][:100] + bytes([r[1][100] ^ 1]) + r[1][101:], *r[2:]]),
+    ("a record dropped", lambda r: [r[0], *r[2:]]),
+    ("a record replayed", lambda r: [r[0], r[0], *r[1:]]),
+    ("two records swapped", lambda r: [r[1], r[0], *r[2:]]),
+    ("cut in a record", lambda r: [r[0], r[1][:1000]]),
+]
+
+
+class TamperingRelay(Listener):
+    """A relay that forwards the bytes between F and H, where F believes H to be, without
+    terminating TLS (it has no key to): what F sends, and H's TLS records, as they come; H's
+    bulk records (transport/bulk.py) it holds until H hangs up, then passes them on: those of
+    the first answer unchanged (so that F learns the file's size), of the next ones changed one
+    way each (:data:`RECORD_CHANGES`), then unchanged again."""
+
+    def __init__(self, h_port: int) -> None:
+        super().__init__()
+        self.h_port = h_port
+        self.answers = 0
+        self.changed: list[str] = []
+        self._lock = threading.Lock()
+        self.start()
+
+    def _one(self, conn: socket.socket) -> None:
+        to_h = socket.create_connection(("127.0.0.1", self.h_port), timeout=10)
+        relay_out, finish = downstream_relay(to_h, self._change)
+        threads = [
+            threading.Thread(target=relay_pipe, args=(a, b, bytearray()), daemon=True)
+            for a, b in ((conn, relay_out), (relay_out, conn))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        finish()
+        conn.close()
+        relay_out.close()
+
+    def _change(self, records: list[bytes]) -> list[bytes]:
+        if len(records) < 3:  # no answer of records (a message in clear, a refusal)
+            return records
+        with self._lock:
+            n, self.answers = self.answers, self.answers + 1
+        if not 1 <= n <= len(RECORD_CHANGES):
+            return records
+        name, change = RECORD_CHANGES[n - 1]
+        self.changed.append(name)
+        return change(records)
+
+
+def test_records_changed_by_a_relay_are_refused_and_the_get_recovers(
+    shells: Shells, tmp_path: Path
+) -> None:
+    """F reaches H through a relay that passes the TLS handshake on (it cannot take part: both
+    ends check the keys) and then changes H's records: a byte, a record dropped, one replayed,
+    two swapped, the stream cut. F refuses each of those answers (the chunk goes back to its
+    queue and is asked again), and the first answer passed on unchanged gives F the file,
+    verified; no changed byte ever reached F's disk as the file's."""
+    h = shells("H", "--download-limit", "0", "--gossip-interval", "600").start()
+    src, data = random_file(tmp_path, "guarded.bin", 4 * 1024 * 1024)
+    file_id = h.push(src)
+    f = shells("F", "--download-limit", "0", "--bootstrap", h.address, port=free_port()).start()
+    wait_until(lambda: file_id in f.files(), what="F lists H's file")
+    wait_until(lambda: "F" in pins(h) and "H" in pins(f), what="keys pinned", timeout=30)
+    relay = TamperingRelay(h.node.port)
+    try:  # F fetches 1 MiB chunks: four records and the final one each
+        f = route_through(shells, f, relay.port, "--chunk-size", "1024")
+        wait_until(lambda: file_id in f.files(), what="F still lists the file")
+        out = f.get(file_id)
+    finally:
+        relay.close()
+    assert out.startswith("got guarded.bin"), out
+    assert f.blob(file_id).read_bytes() == data
+    assert relay.changed == [name for name, _ in RECORD_CHANGES]
+    log = f.log_text()
+    assert log.count("a record failed authentication") >= 4  # changed, dropped, replayed, swapped
+    assert "the connection ended before its final record" in log  # cut

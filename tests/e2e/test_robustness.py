@@ -341,8 +341,12 @@ def test_sigkill_mid_transfer_leaves_a_clean_store(shells: Shells, tmp_path: Pat
     early = r.push(src / "early.txt")
     (src / "from_s.bin").write_bytes(os.urandom(100_000))
     from_s = s.push(src / "from_s.bin")  # S's push goes to R, its only peer
-    wait_until(lambda: r.blob(from_s).exists(), what="R received S's push")
-    before = r.files()
+    # R's record says it holds the file (its blob is in place a moment before the record is)
+    before = wait_until(
+        lambda: from_s in (rows := r.files()) and rows[from_s]["local"] == "yes" and rows,
+        what="R holds S's push",
+    )
+    assert r.blob(from_s).exists()
     assert {early[:12], from_s[:12]} <= set(before)
 
     # 200 MB arrives, slowly, as an unsolicited FILE_DATA; R dies in the middle

@@ -41,3 +41,6 @@ def test_with_loss_and_churn_news_still_reaches_every_live_node() -> None:
     assert p99(r, "rounds_to_membership") <= ideal + 4
     assert p99(r, "rounds_to_catalogue") <= ideal + 4
     assert p99(r, "rounds_to_detect_crash") <= MAX_ROUNDS  # every crash noticed everywhere
+    after = r["bytes_per_node_per_interval_after_churn"]  # measured once the churn settled
+    assert isinstance(after, dict)
+    assert 0 < after["p50"] <= after["p99"] <= after["max"]

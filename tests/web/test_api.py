@@ -873,7 +873,8 @@ async def test_an_upload_the_client_abandons_leaves_no_partial_file(
 async def test_a_fetch_that_cannot_reach_a_holder_is_a_502(
     start_node: Starter, http: aiohttp.ClientSession
 ) -> None:
-    node = await web_node(start_node, "alice")
+    # the ghost never gossips: it must not expire (and its file go) before the last request
+    node = await web_node(start_node, "alice", peer_timeout=60.0)
     data = b"ghost bytes"
     ts = 1_700_000_000
     file_id = file_id_of(data, ts)

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,9 @@ async def test_health_needs_no_token_and_no_database(
     await sql.quiet()
     try:
         db.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            sqlite3.connect(node.config.data_dir / "treedrive.db", timeout=0.1).execute(
-                "BEGIN IMMEDIATE"
-            )  # the lock is real: no other writer gets it
+        other = sqlite3.connect(node.config.data_dir / "treedrive.db", timeout=0.1)
+        with closing(other), pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")  # the lock is real: no other writer gets it
         for path in ("/api/health", "/api/v1/health"):
             start = time.monotonic()
             async with http.get(url(node, path)) as resp:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import enum
 import http.client
 import json
+import os
+import secrets
+import stat
 from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from treedrive.client.background import meanwhile
 from treedrive.client.discovery import locate
-from treedrive.client.errors import LocalFileError
+from treedrive.client.errors import (
+    ApiError,
+    CannotReadThere,
+    Forbidden,
+    LocalFileError,
+    NotFound,
+    TreeDriveError,
+)
 from treedrive.client.events import EventStream
 from treedrive.client.http import Http, Progress, no_progress
 from treedrive.client.types import (
@@ -31,6 +42,9 @@ from treedrive.client.types import (
 PAGE = 500
 """Records per request when :meth:`Client.files` reads the whole catalogue (the node's most)."""
 CHUNK = 1 << 20
+POLL = 0.25
+"""Seconds between the questions how far a push by path has got."""
+POLL_TIMEOUT = 5.0
 EVENTS_TIMEOUT = 60.0
 """Seconds of silence after which an event stream is taken for broken (the node sends a
 keep-alive every 15 s)."""
@@ -48,15 +62,31 @@ def _id(file_id: str) -> str:
     return quote(file_id.strip(), safe="")
 
 
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as exc:
+        raise LocalFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 class Client:
     """A running node's HTTP API: ``Client("http://127.0.0.1:8280/", token)`` (or
     ``"127.0.0.1:8280"``), or :meth:`find` to find it from its data dir. Reading needs no
     token; changing anything does. ``timeout``: seconds for each connect and read (a push, a
     fetch and a download wait as long as they take). Safe to use from several threads."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        by_path: bool = True,
+    ) -> None:
         self.transport = Http(url, token, timeout)
         """The HTTP underneath: ``transport.request(...)`` for what has no method here."""
+        self.by_path = by_path
+        """Whether :meth:`push` gives a node on this machine the file's path to read."""
 
     @classmethod
     def find(
@@ -194,12 +224,86 @@ class Client:
         progress: Progress = no_progress,
     ) -> PushResult:
         """Push the file at ``path`` into the network through the node (as ``name``; default
-        its own), streamed from disk. Bytes the node already shares are not pushed again
-        unless ``force``: the answer is then their record, with ``existing`` true.
-        ``progress`` is told the bytes sent as they go."""
+        its own). Bytes the node already shares are not pushed again unless ``force``: the
+        answer is then their record, with ``existing`` true. ``progress`` is told the bytes
+        sent (or read by the node) as they go.
+
+        A node on this machine (a loopback address; unless ``by_path`` is off) is given the
+        file's path and reads the file itself (:meth:`push_path`); if it cannot (it runs as
+        another user, in a container, ...), or elsewhere, the bytes are streamed to it from
+        disk."""
         path = Path(path)
-        query = urlencode({"name": name or path.name, **({"force": "1"} if force else {})})
+        name = name or path.name
+        if self.by_path and self.transport.local():
+            found = _stat(path)
+            if stat.S_ISREG(found.st_mode):  # else sent as before
+                try:
+                    return self._push_path(path, found, name, force, progress)
+                except (Forbidden, CannotReadThere, NotFound):
+                    pass  # not from here, not by this user, not that file: send the bytes
+                except ApiError as exc:
+                    if exc.status != 405:  # 404 or 405: a node from before pushes by path
+                        raise
+        query = urlencode({"name": name, **({"force": "1"} if force else {})})
         data: PushResult = self.transport.post_file(path, f"/api/v1/files?{query}", progress)
+        return data
+
+    def push_path(
+        self,
+        path: Path | str,
+        *,
+        name: str | None = None,
+        force: bool = False,
+        progress: Progress = no_progress,
+    ) -> PushResult:
+        """Push the file at ``path`` as :meth:`push` does, through a node on this machine that
+        reads the file itself (``POST /api/v1/pushes``); ``progress`` is told the bytes it has
+        read, a few times a second. :class:`~errors.Forbidden` (not from this machine, or not
+        as the node's user) or :class:`~errors.CannotReadThere` (the node cannot read it, or
+        sees another file there) when it cannot: :meth:`push` then sends the bytes."""
+        path = Path(os.path.abspath(path))
+        return self._push_path(path, _stat(path), name or path.name, force, progress)
+
+    def _push_path(
+        self, path: Path, found: os.stat_result, name: str, force: bool, progress: Progress
+    ) -> PushResult:
+        push_id = secrets.token_urlsafe(12)
+        expect = {
+            "dev": found.st_dev,
+            "ino": found.st_ino,
+            "size": found.st_size,
+            "mtime_ns": found.st_mtime_ns,
+        }
+        ask = {"path": str(path.absolute()), "name": name, "force": force, "id": push_id}
+        body = json.dumps({**ask, "expect": expect}).encode()
+
+        def post() -> PushResult:
+            data: PushResult = self.transport.json(
+                "POST",
+                "/api/v1/pushes",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=None,
+            )
+            return data
+
+        if progress is no_progress:
+            return post()
+        told = 0
+
+        def poll() -> None:
+            nonlocal told
+            try:
+                done = self.transport.json("GET", f"/api/v1/pushes/{push_id}", timeout=POLL_TIMEOUT)
+            except TreeDriveError:
+                return  # not begun yet, or over: the answer says
+            if isinstance(done.get("bytes_done"), int) and done["bytes_done"] > told:
+                progress(done["bytes_done"] - told)
+                told = done["bytes_done"]
+
+        data = meanwhile(post, poll, POLL)
+        if found.st_size > told:
+            progress(found.st_size - told)
         return data
 
     def get(self, file_id: str) -> FileRecord:

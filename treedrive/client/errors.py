@@ -69,7 +69,8 @@ class AuthError(ApiError):
 
 
 class Forbidden(ApiError):
-    """403: not allowed (another owner's file; a foreign ``Host`` or ``Origin``)."""
+    """403: not allowed (another owner's file; a foreign ``Host`` or ``Origin``; a push by path
+    from elsewhere than the node's machine and user)."""
 
 
 class NotFound(ApiError):
@@ -82,6 +83,11 @@ class Conflict(ApiError):
 
 class TooLarge(ApiError):
     """413: an upload over the node's cap."""
+
+
+class CannotReadThere(ApiError):
+    """422: the node cannot read the file at the path it was given (a push by path: not there
+    for it, no permission, another file there); its bytes can be sent instead."""
 
 
 class FetchFailed(ApiError):
@@ -105,6 +111,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     404: NotFound,
     409: Conflict,
     413: TooLarge,
+    422: CannotReadThere,
     502: FetchFailed,
     507: InsufficientStorage,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import http.client
+import ipaddress
 import json
 import os
 import urllib.error
@@ -126,13 +127,23 @@ class Http:
     def plain(self) -> SplitResult | None:
         """The node's URL if a push can go straight to its socket: plain http, no proxy."""
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
-            return None
-        if urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(
-            parts.netloc
-        ):
+        if parts.scheme != "http" or not parts.hostname or _proxied(parts):
             return None
         return parts
+
+    def local(self) -> bool:
+        """Whether the node is on this machine: a loopback address (or ``localhost``), reached
+        without a proxy. (A node in a container, or behind a tunnel, may still be elsewhere.)"""
+        parts = urlsplit(self.url)
+        host = parts.hostname
+        if not host or _proxied(parts):
+            return False
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def send_file(
         self,
@@ -169,6 +180,13 @@ class Http:
         if not 200 <= status < 300:
             raise api_error(status, reason, body)
         return self.parse(body)
+
+
+def _proxied(url: SplitResult) -> bool:
+    """Whether requests to ``url`` go through a proxy (the environment's)."""
+    return bool(urllib.request.getproxies().get(url.scheme)) and not urllib.request.proxy_bypass(
+        url.netloc
+    )
 
 
 def _blocks(f: IO[bytes], progress: Progress) -> Iterator[bytes]:

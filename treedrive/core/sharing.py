@@ -7,18 +7,22 @@ kept. A push that does not reach its peer is tried again with another
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from treedrive.core import forwarding, ownership
+from treedrive.core import forwarding, localfile, ownership
 from treedrive.core.activity import file_label, peer_label
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
 from treedrive.core.errors import NodeError, VerificationError
 from treedrive.core.events import FileRefused, FileStored
 from treedrive.core.forwarding import Forward
+from treedrive.core.localfile import Source
 from treedrive.core.messages import RAW_PUSH, Announce, FileData
 from treedrive.core.model import MEGABYTE, FileMeta, PeerInfo, Pushed, Timestamp
 from treedrive.core.ports import FileSink, PartialFile, Progress
@@ -27,9 +31,6 @@ from treedrive.core.text import label
 from treedrive.core.transfers import TransferHandle, Transfers
 
 log = logging.getLogger(__name__)
-
-COPY_BLOCK = 1024 * 1024
-"""Bytes read at a time from a file the user pushes."""
 
 
 class Sharing:
@@ -45,21 +46,42 @@ class Sharing:
         self, path: Path, name: str | None = None, *, force: bool = False
     ) -> Pushed:
         """Add the file at ``path`` to the network: store it, FILE_DATA to one random peer,
-        ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes."""
+        ANNOUNCE to all; or, unless ``force``, say that this node already holds its bytes.
+        A :class:`~treedrive.core.localfile.SourceError` if it cannot (see there)."""
+        source = await asyncio.to_thread(localfile.open_source, path)
+        with source:
+            return await self.push_source(source, name or path.name, force=force)
+
+    async def push_source(
+        self,
+        source: Source,
+        name: str,
+        *,
+        force: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Pushed:
+        """Push the opened file ``source`` as ``name`` (see :meth:`push_path`): its bytes are
+        copied into a partial file (off the loop; ``progress`` told the bytes copied so far),
+        sent on to the peer while they are (a streamed push: its size is known), and pushed as
+        they were hashed. A file that changed meanwhile is refused
+        (:class:`~treedrive.core.localfile.Changed`), and so is a push cancelled (its caller
+        gone): the copy stops at its next block, and nothing of it is kept."""
         writer = self.ctx.store.blobs.writer()
+        forward = self.forward(writer, source.size)
+        stop = threading.Event()
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(source.copy_into, writer, progress, stop.is_set)
+        )
         try:
-            size = (await asyncio.to_thread(path.stat)).st_size
-        except OSError as exc:
-            writer.abort()
-            raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        forward = self.forward(writer, size)
-        try:
-            await asyncio.to_thread(_copy_in, path, writer)
-        except OSError as exc:
+            await asyncio.shield(copying)
+        except BaseException:
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await copying  # the partial file is dropped only once no thread writes to it
             forward.call_off()
             writer.abort()
-            raise NodeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        return await self.share(writer, name or path.name, force=force, forward=forward)
+            raise
+        return await self.share(writer, name, force=force, forward=forward)
 
     def forward(self, writer: PartialFile, size: int | None) -> Forward:
         """Choose the peer a push whose bytes are about to arrive in ``writer`` goes to, and
@@ -278,9 +300,3 @@ class Sharing:
             self.ctx.notify(FileRefused(file_id, source, str(exc)))
             return False
         return True
-
-
-def _copy_in(path: Path, writer: PartialFile) -> None:
-    with path.open("rb") as f:
-        while block := f.read(COPY_BLOCK):
-            writer.write(block)

@@ -24,13 +24,14 @@ from treedrive.core.ports import FileSink
 from treedrive.transport import streams
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import Reader, Workers, rate_due, store, timeval
-from treedrive.transport.tlsstream import SecureStream
 
 PROGRESS_STEP = 2 * 1024 * 1024
 PROGRESS_EVERY = 0.25
-RECV_PIECE = 256 * 1024
-"""Bytes decrypted at a time from a TLS body (written to the sink, as splice cannot)."""
+RECV_PIECE = 1024 * 1024
+"""Bytes decrypted at a time from a TLS body, at most (written to the sink, as splice cannot):
+a record (transport/bulk.py) is written whole, as it was opened."""
 
 _workers = Workers(8, "push-in")
 
@@ -105,7 +106,6 @@ class Body:
             self._count(len(first))
         sock.setblocking(True)
         fd = sock.fileno()
-        buf = memoryview(bytearray(RECV_PIECE if secure is not None else 0))
         reported, reported_at, timeout = 0, time.monotonic(), 0.0
         while self.sink.size < self.length:
             if self.cancelled.is_set():
@@ -118,7 +118,7 @@ class Body:
                 if secure is None:
                     n = self.sink.append_from(fd, self.length - self.sink.size)
                 else:
-                    n = self._decrypt(secure, buf)
+                    n = self._decrypt(secure)
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO: EAGAIN
                 raise TimeoutError(why) from None
             if n == 0:
@@ -132,12 +132,12 @@ class Body:
                 reported, reported_at = done, now
                 self.report(done)
 
-    def _decrypt(self, secure: SecureStream, buf: memoryview) -> int:
-        """One read of a TLS body: decrypted into ``buf``, written to the sink."""
-        n = secure.recv_into(buf[: min(len(buf), self.length - self.sink.size)])
-        if n:
-            store(self.sink.write, buf[:n])
-        return n
+    def _decrypt(self, secure: SecureStream) -> int:
+        """One read of a TLS body: decrypted (into the stream's buffer), written to the sink."""
+        view = secure.recv_view(min(RECV_PIECE, self.length - self.sink.size))
+        if view:
+            store(self.sink.write, view)
+        return len(view)
 
 
 def start_body(

@@ -19,6 +19,7 @@ from treedrive.transport.extension import RangeRequest, range_header, ranged_get
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import HandshakeError, NodeTLS
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import (
     Unanswered,
     Workers,
@@ -26,11 +27,11 @@ from treedrive.transport.streams import (
     store,
     timeval,
 )
-from treedrive.transport.tlsstream import SecureStream
 
 RANGE_WORKERS = 8
-RECV_PIECE = 256 * 1024
-"""Bytes decrypted at a time from a TLS range (then written at its offset)."""
+RECV_PIECE = 1024 * 1024
+"""Bytes decrypted at a time from a TLS range, at most (then written at its offset): a record
+(transport/bulk.py) is written whole, as it was opened."""
 PROGRESS_STEP = 2 * 1024 * 1024
 
 
@@ -320,7 +321,6 @@ class RangeClient:
         stream: SecureStream | None = None,
     ) -> None:
         got = 0
-        buf = memoryview(bytearray(RECV_PIECE if stream is not None else 0))
         if first:
             self.download.acquire_blocking(len(first))
             store(partial.write_at, offset, memoryview(first))
@@ -335,9 +335,10 @@ class RangeClient:
         while got < count:
             if stream is None:
                 n = partial.splice_from(fd, offset + got, count - got)
-            else:  # TLS: decrypted into a buffer, then written (no splice)
-                n = stream.recv_into(buf[: min(len(buf), count - got)])
-                store(partial.write_at, offset + got, buf[:n])
+            else:  # decrypted into the stream's buffer, then written (no splice)
+                view = stream.recv_view(min(RECV_PIECE, count - got))
+                n = len(view)
+                store(partial.write_at, offset + got, view)
             if n == 0:
                 raise TransferError(f"closed after {got} of {count} bytes")
             got += n

@@ -42,9 +42,14 @@ set TLS 1.3 suites per context (``set_ciphers`` is for TLS 1.2 and older, and th
 ``set_ciphersuites``), only process-wide through an OpenSSL configuration file named by
 ``OPENSSL_CONF`` (``Ciphersuites`` under ``system_default``), read when OpenSSL starts.
 
-This module gives TLS sockets (``ssl.SSLSocket``: simple, for small exchanges);
+**The record layer.** The contexts offer the ALPN protocol of :mod:`treedrive.transport.bulk`
+(``records=False``: they do not, as nodes before it did not): when both ends offer it, a file's
+bytes leave TLS for large records keyed from secrets exchanged inside it.
+
+This module gives TLS sockets (``ssl.SSLSocket``: simple, for small exchanges; TLS only, they do
+not speak the record layer: give them contexts made with ``records=False`` to talk to a stream);
 :mod:`treedrive.transport.tlsstream` gives the same handshake and checks over memory BIOs, with
-far fewer syscalls, for bulk transfers.
+far fewer syscalls, and the record layer, for bulk transfers.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
+
+from treedrive.transport.bulk import ALPN as BULK_ALPN
 
 OPEN_ISSUER_SEED = hashlib.sha256(b"treedrive open tls issuer v1").digest()
 """Seed of the open issuer's Ed25519 key. Public on purpose: see the module docstring."""
@@ -141,7 +148,7 @@ def check_key(actual: bytes, expected: bytes) -> None:
         raise KeyMismatch(f"peer key {actual.hex()[:16]}… is not the pinned {expected.hex()[:16]}…")
 
 
-def _context(purpose: int, private_key: Ed25519PrivateKey) -> ssl.SSLContext:
+def _context(purpose: int, private_key: Ed25519PrivateKey, records: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -152,6 +159,8 @@ def _context(purpose: int, private_key: Ed25519PrivateKey) -> ssl.SSLContext:
     ctx.load_verify_locations(cadata=issuer.public_bytes(serialization.Encoding.DER))
     if purpose == ssl.PROTOCOL_TLS_SERVER:
         ctx.num_tickets = 0  # TLS 1.3 sends tickets even with OP_NO_TICKET; none are resumed
+    if records:  # the bulk record layer (transport/bulk.py): chosen when both ends offer it
+        ctx.set_alpn_protocols([BULK_ALPN])
     _load_chain(ctx, private_key)
     return ctx
 
@@ -177,18 +186,21 @@ def _load_chain(ctx: ssl.SSLContext, private_key: Ed25519PrivateKey) -> None:
 
 @dataclass(frozen=True)
 class NodeTLS:
-    """A node's two TLS contexts (made once, shared by every connection and thread)."""
+    """A node's two TLS contexts (made once, shared by every connection and thread).
+
+    ``records``: whether they offer the bulk record layer (:mod:`treedrive.transport.bulk`);
+    without, the node speaks TLS all the way, as nodes before it did."""
 
     public_key: bytes
     server: ssl.SSLContext
     client: ssl.SSLContext
 
     @classmethod
-    def from_private_key(cls, private_key: Ed25519PrivateKey) -> NodeTLS:
+    def from_private_key(cls, private_key: Ed25519PrivateKey, records: bool = True) -> NodeTLS:
         return cls(
             public_key=raw_public_key(private_key),
-            server=_context(ssl.PROTOCOL_TLS_SERVER, private_key),
-            client=_context(ssl.PROTOCOL_TLS_CLIENT, private_key),
+            server=_context(ssl.PROTOCOL_TLS_SERVER, private_key, records),
+            client=_context(ssl.PROTOCOL_TLS_CLIENT, private_key, records),
         )
 
 

@@ -9,7 +9,9 @@ connection: the handshake and the request within ``control_timeout``), and every
 (the handshake, decrypting the request, encrypting a header) runs in a small pool of worker
 threads, so the cipher never runs on the loop. Bulk bytes move in the upload and push-body
 workers (:mod:`~treedrive.transport.uploader`, :func:`SecureConn.read_raw`), as for plain
-connections. A stranger who sends ``0x16`` and then nothing holds no thread: only the loop waits.
+connections: as the records of :mod:`~treedrive.transport.bulk` when both ends offer them (the
+server sends its secret as soon as the handshake is done; a pusher waits for it). A stranger who
+sends ``0x16`` and then nothing holds no thread: only the loop waits.
 
 Both ends of a TLS connection set ``TCP_NODELAY``: the handshake's last flight and the request
 are small writes in a row, and Nagle's algorithm would hold the second until the first is
@@ -41,8 +43,8 @@ from treedrive.transport.inbound import buffered, run_body, start_body
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secure import HandshakeError, NodeTLS, key_of_certificate
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import Reader, Workers
-from treedrive.transport.tlsstream import SecureStream
 
 TLS_HANDSHAKE = 0x16
 """The first byte of a TLS connection (a handshake record: the ClientHello)."""
@@ -96,8 +98,9 @@ async def accept(
     node: NodeTLS, sock: socket.socket, initial: bytes, deadline: float
 ) -> SecureStream:
     """The server's side of the handshake on the non-blocking ``sock`` (``initial``: the bytes
-    already read), done by ``deadline`` (monotonic). Raises HandshakeError (also for a timeout);
-    the caller closes the socket."""
+    already read), done by ``deadline`` (monotonic); with the record layer, this side's secret
+    is sent at once (a pusher waits for it). Raises HandshakeError (also for a timeout); the
+    caller closes the socket."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     incoming.write(initial)
     tls = node.server.wrap_bio(incoming, outgoing, server_side=True)
@@ -116,6 +119,9 @@ async def accept(
         if not der:
             raise HandshakeError("peer presented no certificate")
         key = key_of_certificate(der)
+        handover = await crypto(tlsstream.start_handover, tls, node.public_key, key, True)
+        if outgoing.pending:
+            await _sendall(sock, outgoing.read(), deadline)
     except HandshakeError:
         raise
     except (OSError, ValueError) as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
@@ -123,18 +129,21 @@ async def accept(
             with contextlib.suppress(OSError):
                 sock.send(outgoing.read())
         raise HandshakeError(f"TLS handshake failed: {exc}") from None
-    return SecureStream(sock, tls, (incoming, outgoing), key)
+    return SecureStream(sock, tls, (incoming, outgoing), key, handover)
 
 
 async def dial(
     node: NodeTLS, sock: socket.socket, expected: bytes, deadline: float
 ) -> SecureStream:
     """The client's side of the handshake on the blocking ``sock`` (a connection this node
-    made, to a peer it chose), in a worker thread, within ``deadline`` seconds; the peer must
-    prove ``expected``."""
+    made, to a peer it chose, to push a file), in a worker thread, within ``deadline``
+    seconds; the peer must prove ``expected``. With the record layer, also the server's
+    secret (the pusher seals the file's bytes with it)."""
     loop = asyncio.get_running_loop()
     connect = tlsstream.connect
-    return await loop.run_in_executor(_dial_workers.pool(), connect, node, sock, expected, deadline)
+    return await loop.run_in_executor(
+        _dial_workers.pool(), connect, node, sock, expected, deadline, True
+    )
 
 
 def _detach(writer: asyncio.StreamWriter) -> socket.socket:

@@ -31,8 +31,8 @@ from treedrive.transport.extension import (
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secureconn import SecureConn, crypto
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
-from treedrive.transport.tlsstream import SecureStream
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,14 @@ them anyway).
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any, cast
 
 import click
 
 from treedrive.client import Client, FileRecord, Scope, Status
+from treedrive.client.background import meanwhile
+from treedrive.client.http import no_progress
 from treedrive.core.text import human_size, printable, table
 from treedrive.web.options import _client, _emit, common
 from treedrive.web.peer_commands import peers
@@ -133,7 +134,9 @@ def push(
         line.show(meter.done, size, meter.rate, eta_of(meter.done, size, meter.rate))
 
     try:
-        data = client.push(file, name=shared_as, force=force, progress=sent)
+        data = client.push(
+            file, name=shared_as, force=force, progress=no_progress if line.hidden else sent
+        )
     finally:
         line.clear()
     if as_json:
@@ -209,39 +212,27 @@ def get(
 def _fetch(client: Client, file_id: str, record: FileRecord, hidden: bool) -> FileRecord:
     """POST the fetch in a thread; meanwhile draw the node's progress of it (from
     ``/api/transfers``: rate and ETA of this run, a resume's bytes on disk not counted)."""
-    result: list[FileRecord] = []
-    failure: list[BaseException] = []
-
-    def fetch() -> None:
-        try:
-            result.append(client.get(file_id))
-        except BaseException as exc:
-            failure.append(exc)
-
-    worker = threading.Thread(target=fetch, daemon=True)
-    worker.start()
     line = _line(f"get {record['display_name']}", hidden)
+
+    def draw() -> None:
+        if line.hidden:
+            return
+        mine = [
+            t
+            for t in client.transfers()["active"]
+            if t["file_id"] == file_id and t["direction"] == "in"
+        ]
+        done = sum(t["bytes_done"] for t in mine)
+        if done <= 0:
+            return  # nothing has arrived yet: no line (an error may come first)
+        total = max((t["bytes_total"] or 0 for t in mine), default=0) or None
+        rate = sum(t["rate"] or 0 for t in mine)
+        line.show(done, total, rate, eta_of(done, total, rate))
+
     try:
-        while worker.is_alive():
-            worker.join(POLL)
-            if not worker.is_alive() or line.hidden:
-                continue
-            mine = [
-                t
-                for t in client.transfers()["active"]
-                if t["file_id"] == file_id and t["direction"] == "in"
-            ]
-            done = sum(t["bytes_done"] for t in mine)
-            if done <= 0:
-                continue  # nothing has arrived yet: no line (an error may come first)
-            total = max((t["bytes_total"] or 0 for t in mine), default=0) or None
-            rate = sum(t["rate"] or 0 for t in mine)
-            line.show(done, total, rate, eta_of(done, total, rate))
+        return meanwhile(lambda: client.get(file_id), draw, POLL)
     finally:
         line.clear()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 def _download(client: Client, record: FileRecord, target: Path, hidden: bool) -> None:

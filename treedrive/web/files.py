@@ -8,7 +8,9 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 
 from treedrive.core.errors import StorageError
+from treedrive.core.model import Pushed
 from treedrive.core.names import safe_name
+from treedrive.core.node import Node
 from treedrive.web import views
 from treedrive.web.body import OverCap, detachable, receive_raw, write_chunks
 from treedrive.web.guard import _entry, _file_id, _flag, _int, _node, error
@@ -109,6 +111,12 @@ async def upload(request: web.Request) -> web.Response:
         if forward is not None:
             forward.call_off()  # a no-op once pushed
         sink.abort()  # a no-op once pushed
+    return pushed_answer(node, pushed)
+
+
+def pushed_answer(node: Node, pushed: Pushed) -> web.Response:
+    """The answer to a push: 201 and the new file's record, or 200 and the record of the file
+    that already had these bytes (``existing``)."""
     entry = node.file(pushed.meta.file_id)
     if entry is None:  # deleted in the meantime
         raise error(404, f"{pushed.meta.file_id[:12]}… was deleted meanwhile")

@@ -27,6 +27,7 @@ ERROR_STATUSES: Final = {
     "404": "No such file or peer",
     "409": "The id prefix names more than one file",
     "413": "The upload is over the cap",
+    "422": "Push by path: this node cannot read that file (send its bytes instead)",
     "502": "No holder gave the file",
     "507": "This node's disk is full",
 }
@@ -122,6 +123,38 @@ COMPONENTS: Final[Schema] = {
             },
             "required": ["active", "recent"],
         },
+        "PushByPath": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "description": "Absolute path of a regular file"},
+                "name": {"type": "string", "description": "Name to share it under"},
+                "force": {"type": "boolean", "description": "Push again bytes held here"},
+                "id": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                    "description": "Names the push for GET /pushes/{push_id}",
+                },
+                "expect": {
+                    "type": "object",
+                    "description": "The file meant, as stat says: another there is a 422",
+                    "properties": {
+                        k: {"type": "integer", "minimum": 0}
+                        for k in ("dev", "ino", "size", "mtime_ns")
+                    },
+                    "required": ["dev", "ino", "size", "mtime_ns"],
+                },
+            },
+            "required": ["path"],
+        },
+        "PushProgress": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "bytes_done": {"type": "integer"},
+                "bytes_total": {"type": "integer"},
+            },
+            "required": ["id", "bytes_done", "bytes_total"],
+        },
         "Limits": {
             "type": "object",
             "properties": {"download": NULLABLE_RATE, "upload": NULLABLE_RATE},
@@ -159,7 +192,7 @@ def operation(route: Route) -> Schema:
             },
         },
     }
-    if route.method == "POST" and route.path == "/files":
+    if route.method == "POST" and route.path in ("/files", "/pushes"):
         op["responses"]["200"] = {
             "description": "This node already holds these bytes (existing: true)",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/File"}}},

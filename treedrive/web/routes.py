@@ -16,7 +16,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from treedrive.core.node import Node
-from treedrive.web import api, files, monitor, openapi_doc, stream
+from treedrive.web import api, files, monitor, openapi_doc, pathpush, stream
 from treedrive.web.guard import HOSTS, HUB, NODE, SAFE_METHODS, TOKEN, Handler, HostPolicy, guard
 from treedrive.web.hub import EventHub
 
@@ -192,6 +192,33 @@ ROUTES: Final = (
         },
     ),
     Route(
+        "POST",
+        "/pushes",
+        pathpush.push,
+        "Push a file on the node's own machine by its path: the node reads it itself (only from "
+        "a loopback client running as the node's user, token in the Authorization header). "
+        "Answers as POST /files; 403 or 422: the node cannot take it so, send the bytes instead; "
+        "409: the file changed while it was read.",
+        ok=(201, "application/json", ref("File")),
+        body={"application/json": ref("PushByPath")},
+    ),
+    Route(
+        "GET",
+        "/pushes/{push_id}",
+        pathpush.progress,
+        "How far the node has read the file of a push by path under way (404: none runs).",
+        ok=(200, "application/json", ref("PushProgress")),
+        params=(
+            Param(
+                "push_id",
+                "path",
+                {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "The id the push by path was given.",
+                required=True,
+            ),
+        ),
+    ),
+    Route(
         "GET",
         "/files/{file_id}",
         files.one_file,
@@ -293,6 +320,7 @@ def build_app(node: Node, token: str, hosts: HostPolicy) -> web.Application:
     app[HOSTS] = hosts
     app[monitor.MONITOR] = monitor.Monitor()
     app[api.STATS_SLOTS] = asyncio.Semaphore(2)
+    app[pathpush.PUSHES] = {}
     app[openapi_doc.DOCUMENT] = openapi_doc.document(ROUTES)
     for route in ROUTES:
         for path in route.paths:
