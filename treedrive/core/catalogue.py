@@ -107,15 +107,8 @@ class Catalogue:
             self.membership.track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
-            deleted = uow.tombstones.owners([m.file_id for m in files])
-            stale = [(m.file_id, deleted[m.file_id]) for m in files if m.file_id in deleted]
+            judged, stale = self.take(uow, r.peer_id, files, now, complete=True)
             signed = uow.tombstones.signatures([f for f, _ in stale]) if stale else {}
-            live = [m for m in files if m.file_id not in deleted]
-            judged = self.judge(uow, live)
-            for meta, is_new in uow.files.advertise(
-                r.peer_id, judged.taken, now, complete=True, untouched=judged.untouched
-            ):
-                uow.emit(FileAdvertised(meta, r.peer_id, is_new))
             uow.commit()
         self.report(judged, r.peer_id)
         if r.skipped:
@@ -126,6 +119,33 @@ class Catalogue:
         plugin_keys(ctx, "GOSSIP_REPLY", r.peer_id, r.extra)
         if stale:
             self.relay_deletes(peer, stale, signed)
+
+    def take(
+        self,
+        uow: UnitOfWork,
+        holder: str,
+        metas: Sequence[FileMeta],
+        now: float,
+        *,
+        complete: bool = False,
+        announced: bool = False,
+    ) -> tuple[Judged, list[tuple[str, str]]]:
+        """``holder`` says it holds ``metas`` (records :meth:`not_forged` let through): the
+        records of files their owners did not delete are judged (:meth:`judge`) and what is
+        taken is recorded as held by ``holder`` (``complete``: that is all it holds, as a
+        GOSSIP_REPLY says; ``announced``: in its own ANNOUNCE). Returns how they were judged,
+        and (file id, owner) of the files their owners deleted (``holder`` is to be told:
+        :meth:`relay_deletes`)."""
+        deleted = uow.tombstones.owners([m.file_id for m in metas])
+        stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
+        live = [m for m in metas if m.file_id not in deleted]
+        judged = self.judge(uow, live)
+        for meta, is_new in uow.files.advertise(
+            holder, judged.taken, now,
+            complete=complete, announced=announced, untouched=judged.untouched,
+        ):  # fmt: skip
+            uow.emit(FileAdvertised(meta, holder, is_new))
+        return judged, stale
 
     def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
         window = self._relay_windows.get(address)
@@ -177,20 +197,14 @@ class Catalogue:
         if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
             return
         now = time.time()
-        judged = Judged()
         with ctx.transaction() as uow:
-            owner = uow.tombstones.owner(a.meta.file_id)
             peer = uow.peers.get(a.from_peer)
-            signed = uow.tombstones.signatures([a.meta.file_id]) if owner is not None else {}
-            if owner is None:
-                judged = self.judge(uow, [a.meta])
-                taken = judged.taken
-                for meta, is_new in uow.files.advertise(a.from_peer, taken, now, announced=True):
-                    uow.emit(FileAdvertised(meta, a.from_peer, is_new))
-                uow.commit()
+            judged, stale = self.take(uow, a.from_peer, [a.meta], now, announced=True)
+            signed = uow.tombstones.signatures([a.meta.file_id]) if stale else {}
+            uow.commit()
         self.report(judged, a.from_peer)
-        if owner is not None and peer is not None:
-            self.relay_deletes(peer, [(a.meta.file_id, owner)], signed)
+        if stale and peer is not None:
+            self.relay_deletes(peer, stale, signed)
 
     def on_delete(self, d: Delete) -> None:
         ctx = self.ctx
