@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from tests.core.harness import ME, MY_HOST, MY_PORT, TS, Harness, file_of, gossip
 from treedrive.core import ownership, swimwire
-from treedrive.core.deltas import Change
+from treedrive.core.bound import Claim, prove
+from treedrive.core.deltas import Change, Sync
 from treedrive.core.events import PeerExpired
 from treedrive.core.identity import NodeKey
 from treedrive.core.messages import RAW_RANGE, SWIM, Extension, Gossip, GossipReply
@@ -31,6 +33,14 @@ def message(msg: Message, *, port: int | None = None) -> Gossip | GossipReply:
                            extension=FEATURES, swim=fields)  # fmt: skip
     return Gossip(host=host, port=port, id=f"s-{time.monotonic()}", peer_id=msg.sender,
                   extension=FEATURES, swim=fields)  # fmt: skip
+
+
+def signed(key: NodeKey, msg: Message) -> Gossip | GossipReply:
+    """``msg`` as the transport hands it to the node, signed by ``key`` (PROTOCOL.md 2.7)."""
+    m = message(msg)
+    gossip_id = m.id if isinstance(m, Gossip) else None
+    claim = Claim(m.peer_id, m.host, m.port, gossip_id, tuple(sorted(FEATURES.features)))
+    return replace(m, extension=replace(FEATURES, proof=prove(key, claim, int(time.time()))))
 
 
 def ping(sender: str, port: int, seq: int = 1, **kw: Any) -> Ping:
@@ -249,3 +259,72 @@ async def test_news_of_a_member_keeps_the_features_it_said_itself(s: Harness) ->
     assert (bob.host, bob.port) == ("127.0.0.1", 7011)
     assert bob.features == FEATURES.features  # not cut down to {swim}
     assert peers(s)["carol"].features == FEATURES.features
+
+
+def forged_first(h: Harness, key: NodeKey) -> FileMeta:
+    """alice's record as she sealed it; the store holds a forgery of it first (unsealed, its
+    size a lie), from mallory."""
+    honest = ownership.seal(key, file_of(b"alice's six bytes", owner="alice"))
+    h.advertise(replace(honest, seal=None, file_size=999.0), "mallory")
+    return honest
+
+
+ALICE = ("127.0.0.1", 7003)
+
+
+async def test_a_members_own_sealed_record_replaces_a_forgery_when_it_was_heard_of_first(
+    s: Harness,
+) -> None:
+    """carol's news names alice before alice says a word: alice's own first message (a signed
+    ack with the record she sealed) still pins her key (news of a member is no message of its
+    own), so her record takes the forgery's place, as in a GOSSIP_REPLY (PROTOCOL.md 2.7,
+    2.8)."""
+    key = NodeKey.generate()
+    honest = forged_first(s, key)
+    await take(s, push("carol", 7002, news=(News("alice", ALICE, 1, Status.ALIVE),)))
+    assert s.node.swim.manages("alice")
+    sync = Sync("alice", 0, 5, 5, (Change("alice", 5, honest.file_id, honest),), snapshot=True)
+    ack = Ack(sender="alice", address=ALICE, incarnation=1, head=5, seq=1, of="alice",
+              of_incarnation=1, sync=sync)  # fmt: skip
+    await s.node.handle_message(signed(key, ack), "127.0.0.1:40000")
+    await s.settle()
+    entry = s.node.file(honest.file_id)
+    assert entry is not None
+    assert entry.meta == honest  # the size she sealed, and her seal
+    assert set(entry.holders) == {"mallory", "alice"}
+    alice = peers(s)["alice"]
+    assert alice.features == FEATURES.features  # what she said, not only {swim}
+
+
+async def test_a_sealed_record_relayed_before_its_owner_was_pinned_is_judged_again_at_the_pin(
+    s: Harness,
+) -> None:
+    """carol relays alice's change (the record alice sealed) before alice's key is pinned here:
+    its seal counts for nothing yet (a stranger may seal with a key of its own), and the
+    forgery's size stays. alice's own first message pins her key: the records she holds are
+    judged again, and hers takes the forgery's place (a GOSSIP_REPLY would list it again; a
+    change comes once)."""
+    key = NodeKey.generate()
+    honest = forged_first(s, key)
+    news = (News("alice", ALICE, 1, Status.ALIVE),)
+    await take(
+        s, push("carol", 7002, news=news, changes=(Change("alice", 5, honest.file_id, honest),))
+    )
+    entry = s.node.file(honest.file_id)
+    assert entry is not None
+    assert (entry.meta.file_size, entry.meta.seal) == (999.0, None)
+    assert set(entry.holders) == {"mallory", "alice"}
+    await s.node.handle_message(signed(key, push("alice", ALICE[1])), "127.0.0.1:40000")
+    await s.settle()
+    entry = s.node.file(honest.file_id)
+    assert entry is not None
+    assert entry.meta == honest
+
+
+async def test_a_members_own_first_message_is_tracked_though_news_of_it_came_first(
+    s: Harness,
+) -> None:
+    await take(s, push("carol", 7002, news=(News("alice", ALICE, 1, Status.ALIVE),)))
+    assert peers(s)["alice"].features == frozenset({SWIM})  # heard of: all that is known
+    await take(s, ping("alice", ALICE[1]))
+    assert peers(s)["alice"].features == FEATURES.features  # what she says herself

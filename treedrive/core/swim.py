@@ -54,6 +54,7 @@ from treedrive.core.swimtypes import (
     Member,
     Message,
     News,
+    Out,
     Ping,
     PingReq,
     Push,
@@ -70,9 +71,6 @@ class _Probe:
     sent: float
     indirect: bool = False
     acked: bool = False
-
-
-Out = tuple[Address, Message]
 
 
 class Swim(MemberNews):

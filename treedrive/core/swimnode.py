@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 
 from treedrive.core import swimwire
 from treedrive.core.activity import Activity
@@ -42,16 +42,15 @@ from treedrive.core.bound import Claim
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext, logged, storage_failure
 from treedrive.core.deltas import Catalogue as Deltas
-from treedrive.core.deltas import Change
 from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import extension
 from treedrive.core.membership import Membership
 from treedrive.core.messages import SWIM, Gossip, GossipReply
 from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import Address, same_host, source_ip
-from treedrive.core.swim import Out, Swim
+from treedrive.core.swim import Swim
 from treedrive.core.swimstore import SwimStore
-from treedrive.core.swimtypes import Ack, Config, Member, Message, Status
+from treedrive.core.swimtypes import Ack, Config, Member, Message, Out, Status
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,8 @@ class SwimNode:
         self.swim: Swim | None = None
         self.deltas: Deltas | None = None
         self._written: dict[str, tuple[Address, float]] = {}
-        """Members as last written to the peer table: address, when (in rounds)."""
+        """Members as last written to the peer table: address, when (in rounds) from their own
+        message (``-inf``: from news of them)."""
         self._version = -1
         self._reconciled = 0.0
         self._ids: frozenset[str] = frozenset()
@@ -266,18 +266,27 @@ class SwimNode:
         if same_host(message.host, source_ip(source)):  # the way to it works
             ctx.network.reachable(message.host, message.port)
         outs = swim.receive(msg, self.now())
-        self._send(_guarded(outs, msg, source))
+        self._send(swimwire.guarded(outs, msg, source))
         self.settle()
 
     def _track(self, message: Gossip | GossipReply) -> bool:
-        """Track the sender (its ``last_seen`` written once a round at most); False when the
-        message is to be taken as a classic peer's (the gate says so), or was not recorded."""
+        """Track the sender (its ``last_seen`` written once a round at most; its first message
+        of its own, and one that asks something of the pins, always), and judge again what it
+        sealed once its key is pinned. False when the message is to be taken as a classic
+        peer's (the gate says so), or was not recorded."""
         ctx = self.ctx
         address = (message.host, message.port)
         written = self._written.get(message.peer_id)
         now = self.now()
-        if written is not None and written[0] == address and now - written[1] < TRACK_EVERY:
+        gate = self.membership.gate
+        if (
+            written is not None
+            and written[0] == address
+            and now - written[1] < TRACK_EVERY
+            and not gate.awaits(message.peer_id)
+        ):
             return True
+        pinning = gate.pins(message.peer_id)
         try:
             with ctx.transaction() as uow:
                 peer = self.membership.track(
@@ -291,6 +300,8 @@ class SwimNode:
             return True  # a full disk must not silence membership
         if peer.features is None or SWIM not in peer.features:
             return False
+        if pinning and self.deltas is not None:
+            self.store.judge_again(message.peer_id, self.deltas, self.manages)
         self._written[message.peer_id] = (address, now)
         return True
 
@@ -332,8 +343,9 @@ class SwimNode:
                 uow.emit(PeerExpired(peer_id))
             forgotten = uow.files.remove_orphans() if known else []
             uow.commit()
-        now = self.now()
-        self._written.update((m.peer_id, (m.address, now)) for m in fresh)
+        # Heard of, not from: the member's own next message is tracked all the same (the gate
+        # pins the key it signs with, and the features it says are written).
+        self._written.update((m.peer_id, (m.address, -math.inf)) for m in fresh)
         for peer_id in gone:
             self._written.pop(peer_id, None)
             if self.deltas is not None:
@@ -356,19 +368,7 @@ class SwimNode:
         ):
             return
         self._version, self._reconciled = ctx.local_version, now
-        with ctx.store.reading() as uow:
-            held = {m.file_id: m for m in uow.files.local_metas()}
-            gone = [m for m in deltas.log.held() if m.file_id not in held]
-            mine = [m.file_id for m in gone if m.file_owner == ctx.peer_id]
-            signed = uow.tombstones.signatures(mine) if mine else {}
-        changes: list[Change] = []
-        for meta in gone:
-            change = deltas.delete(meta.file_id, signed.get(meta.file_id))
-            changes += [change] if change is not None else []
-        for file_id, meta in held.items():
-            if deltas.log.meta(file_id) != meta:
-                change = deltas.add(meta) or deltas.restore(meta)
-                changes += [change] if change is not None else []
+        changes = self.store.reconcile(deltas)
         if changes:
             swim.spread(changes)
 
@@ -386,17 +386,3 @@ def _track_member(uow: UnitOfWork, m: Member, max_peers: int, activity: Activity
     uow.emit(PeerSeen(peer, new))
     if new:
         activity.joined(peer)
-
-
-def _guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:
-    """An ack's catalogue answer and member list go back only to the IP the ping came from:
-    to another address named in the ping, the ack says only that this node is alive (no
-    reply much larger than what asked for it, THREATS.md)."""
-    if same_host(msg.address[0], source_ip(source)):
-        return outs
-    return [
-        (a, replace(m, sync=None, members=()))
-        if isinstance(m, Ack) and a == msg.address and (m.sync or m.members)
-        else (a, m)
-        for a, m in outs
-    ]

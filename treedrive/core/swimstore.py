@@ -12,7 +12,10 @@ rules as a GOSSIP_REPLY's records (:mod:`treedrive.core.catalogue`, THREATS.md):
   which the tombstone carries): the record goes everywhere, and the copy here too.
 
 Changes of origins that are not members (alive or suspect) are not applied: the caller forgets
-what it knew of them, so that it asks for their whole list once they are members.
+what it knew of them, so that it asks for their whole list once they are members. A change comes
+once (a GOSSIP_REPLY lists its records each interval): the records an origin sealed itself are
+judged again once its key is pinned (:meth:`SwimStore.judge_again`). This node's own change log
+follows the store (:meth:`SwimStore.reconcile`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from collections.abc import Callable, Sequence
 from treedrive.core import ownership
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
+from treedrive.core.deltas import Catalogue as Deltas
 from treedrive.core.deltas import Change
-from treedrive.core.events import FileAdvertised
 from treedrive.core.model import CatalogEntry, DeleteSignature, FileMeta, PeerInfo
 from treedrive.core.ownership import Judged
 from treedrive.core.ports import UnitOfWork
@@ -101,15 +104,7 @@ class SwimStore:
         """Record ``origin`` as a holder of the records of ``adds`` that pass; returns how they
         were judged, and (file id, owner) of those whose owners deleted them."""
         metas = self.catalogue.not_forged(adds, origin)
-        deleted = uow.tombstones.owners([m.file_id for m in metas])
-        live = [m for m in metas if m.file_id not in deleted]
-        judged = self.catalogue.judge(uow, live)
-        for meta, is_new in uow.files.advertise(
-            origin, judged.taken, now, untouched=judged.untouched
-        ):
-            uow.emit(FileAdvertised(meta, origin, is_new))
-        told = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
-        return judged, told
+        return self.catalogue.take(uow, origin, metas, now)
 
     def _removes(
         self,
@@ -137,6 +132,41 @@ class SwimStore:
             self.catalogue.forget(uow, entry, change.signed)
             if entry.has_copy:
                 deleted.append((entry, origin))
+
+    def judge_again(self, origin: str, deltas: Deltas, member: Callable[[str], bool]) -> None:
+        """``origin``'s key was just pinned: the records it sealed itself that it holds, as
+        this node knows them, are judged again. Taken before the pin, their seals counted for
+        nothing (a stranger may seal with a key of its own); a GOSSIP_REPLY lists them again
+        each interval, a change comes once."""
+        view = deltas.views.get(origin)
+        if view is None:
+            return
+        sealed = [
+            c for c in view.files.values()
+            if c.meta is not None and c.meta.seal is not None and c.meta.file_owner == origin
+        ]  # fmt: skip
+        if sealed:
+            self.apply(sealed, member)
+
+    def reconcile(self, deltas: Deltas) -> list[Change]:
+        """Bring this node's change log in line with what the store says it holds (the store is
+        the truth: a delete that a peer's change implied but the store refused is undone);
+        returns the changes made (to spread)."""
+        ctx = self.ctx
+        with ctx.store.reading() as uow:
+            held = {m.file_id: m for m in uow.files.local_metas()}
+            gone = [m for m in deltas.log.held() if m.file_id not in held]
+            mine = [m.file_id for m in gone if m.file_owner == ctx.peer_id]
+            signed = uow.tombstones.signatures(mine) if mine else {}
+        changes: list[Change] = []
+        for meta in gone:
+            change = deltas.delete(meta.file_id, signed.get(meta.file_id))
+            changes += [change] if change is not None else []
+        for file_id, meta in held.items():
+            if deltas.log.meta(file_id) != meta:
+                change = deltas.add(meta) or deltas.restore(meta)
+                changes += [change] if change is not None else []
+        return changes
 
     def _tell(self, stale: dict[str, list[tuple[str, str]]]) -> None:
         """Origins that still list files their owners deleted: pass the owners' DELETEs on."""

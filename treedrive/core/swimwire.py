@@ -12,7 +12,8 @@ receivers answer a ping with an :class:`~treedrive.core.swim.Ack`, which is a GO
 :data:`~treedrive.core.deltas.MAX_CHANGES` changes in a sync and
 :data:`~treedrive.core.swim.MAX_MEMBERS` members; peer ids and hosts of bounded length, ports,
 numbers and incarnations in range. A malformed item is skipped; a
-malformed message reads as None.
+malformed message reads as None. :func:`guarded` keeps an ack's catalogue answer and member list
+from going anywhere but back to where its ping came from.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from typing import Any, Final
 from treedrive.core.deltas import MAX_CHANGES, Change, Sync
 from treedrive.core.identity import decode_key, decode_signature, encode_b64
 from treedrive.core.model import DeleteSignature, FileMeta, Seal
+from treedrive.core.replies import same_host, source_ip
 from treedrive.core.swimtypes import (
     MAX_MEMBERS,
     Ack,
     Address,
     Message,
     News,
+    Out,
     Ping,
     PingReq,
     Push,
@@ -148,6 +151,20 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
         "peerId": msg.sender,
         "treedrive": ext,
     }
+
+
+def guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:
+    """An ack's catalogue answer and member list go back only to the IP the ping came from:
+    to another address named in the ping, the ack says only that this node is alive (no
+    reply much larger than what asked for it, THREATS.md)."""
+    if same_host(msg.address[0], source_ip(source)):
+        return outs
+    return [
+        (a, replace(m, sync=None, members=()))
+        if isinstance(m, Ack) and a == msg.address and (m.sync or m.members)
+        else (a, m)
+        for a, m in outs
+    ]
 
 
 # ---------------------------------------------------------------------------- decoding
