@@ -7,7 +7,8 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treedrive.core.deltas import Catalogue, Change, ChangeLog, Sync, View, Views
+from treedrive.core.deltas import Change, ChangeLog, Sync, View, Views
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.model import FileMeta
 
 

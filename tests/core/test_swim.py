@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.test_deltas import meta
-from treedrive.core.deltas import Catalogue
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.spread import SpreadQueue
 from treedrive.core.swim import MAX_RELAYS, Swim
 from treedrive.core.swimtypes import (

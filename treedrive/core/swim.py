@@ -43,7 +43,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from treedrive.core.deltas import Catalogue
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.swimnews import MemberNews
 from treedrive.core.swimtypes import (
     DEFAULT,

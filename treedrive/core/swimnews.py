@@ -15,7 +15,8 @@ import math
 import random
 from typing import Any
 
-from treedrive.core.deltas import Catalogue, Change
+from treedrive.core.deltas import Change
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.spread import SpreadQueue
 from treedrive.core.swimchanges import ChangeNews
 from treedrive.core.swimtable import MemberTable

@@ -2,7 +2,7 @@
 nodes that both advertise the ``swim`` feature (issue 12; PROTOCOL.md 2.10).
 
 The pure state machines (:class:`~treedrive.core.swim.Swim` with its
-:class:`~treedrive.core.deltas.Catalogue`) decide; this module is their I/O:
+:class:`~treedrive.core.deltasync.Catalogue`) decide; this module is their I/O:
 
 - time: ``Swim`` counts in gossip intervals (``time.monotonic() / gossip_interval``); the node's
   swim task ticks it when :meth:`~treedrive.core.swim.Swim.next_wake` says (at least five times
@@ -41,7 +41,7 @@ from treedrive.core.activity import Activity
 from treedrive.core.bound import Claim
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext, logged, storage_failure
-from treedrive.core.deltas import Catalogue as Deltas
+from treedrive.core.deltasync import Catalogue as Deltas
 from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import extension
 from treedrive.core.membership import Membership

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from treedrive.core import ownership
 from treedrive.core.catalogue import Catalogue
 from treedrive.core.context import NodeContext
-from treedrive.core.deltas import Catalogue as Deltas
 from treedrive.core.deltas import Change
+from treedrive.core.deltasync import Catalogue as Deltas
 from treedrive.core.model import CatalogEntry, DeleteSignature, FileMeta, PeerInfo
 from treedrive.core.ownership import Judged
 from treedrive.core.ports import UnitOfWork
