@@ -290,7 +290,8 @@ async def test_a_members_own_sealed_record_replaces_a_forgery_when_it_was_heard_
     await s.settle()
     entry = s.node.file(honest.file_id)
     assert entry is not None
-    assert entry.meta == honest  # the size she sealed, and her seal
+    assert entry.meta == honest  # the size she sealed...
+    assert entry.meta.seal == honest.seal  # ...and her seal
     assert set(entry.holders) == {"mallory", "alice"}
     alice = peers(s)["alice"]
     assert alice.features == FEATURES.features  # what she said, not only {swim}
@@ -300,10 +301,10 @@ async def test_a_sealed_record_relayed_before_its_owner_was_pinned_is_judged_aga
     s: Harness,
 ) -> None:
     """carol relays alice's change (the record alice sealed) before alice's key is pinned here:
-    its seal counts for nothing yet (a stranger may seal with a key of its own), and the
-    forgery's size stays. alice's own first message pins her key: the records she holds are
-    judged again, and hers takes the forgery's place (a GOSSIP_REPLY would list it again; a
-    change comes once)."""
+    its seal cannot count yet (a stranger may seal with a key of its own), so alice is not
+    listed with a record that contradicts the stored one. alice's own first message pins her
+    key: the records she holds are judged again, and hers takes the forgery's place (a
+    GOSSIP_REPLY would pin and list at once; a relayed change comes first, and once)."""
     key = NodeKey.generate()
     honest = forged_first(s, key)
     news = (News("alice", ALICE, 1, Status.ALIVE),)
@@ -313,12 +314,14 @@ async def test_a_sealed_record_relayed_before_its_owner_was_pinned_is_judged_aga
     entry = s.node.file(honest.file_id)
     assert entry is not None
     assert (entry.meta.file_size, entry.meta.seal) == (999.0, None)
-    assert set(entry.holders) == {"mallory", "alice"}
+    assert entry.holders == ("mallory",)
     await s.node.handle_message(signed(key, push("alice", ALICE[1])), "127.0.0.1:40000")
     await s.settle()
     entry = s.node.file(honest.file_id)
     assert entry is not None
     assert entry.meta == honest
+    assert entry.meta.seal == honest.seal
+    assert set(entry.holders) == {"mallory", "alice"}
 
 
 async def test_a_members_own_first_message_is_tracked_though_news_of_it_came_first(

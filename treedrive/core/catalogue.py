@@ -129,17 +129,17 @@ class Catalogue:
         *,
         complete: bool = False,
         announced: bool = False,
+        owner_pinned: bool = False,
     ) -> tuple[Judged, list[tuple[str, str]]]:
-        """``holder`` says it holds ``metas`` (records :meth:`not_forged` let through): the
-        records of files their owners did not delete are judged (:meth:`judge`) and what is
-        taken is recorded as held by ``holder`` (``complete``: that is all it holds, as a
-        GOSSIP_REPLY says; ``announced``: in its own ANNOUNCE). Returns how they were judged,
-        and (file id, owner) of the files their owners deleted (``holder`` is to be told:
-        :meth:`relay_deletes`)."""
+        """``holder`` says it holds ``metas`` (that :meth:`not_forged` let through): those of
+        files their owners did not delete are judged (:meth:`judge`; ``owner_pinned``: as
+        its own changes are) and what is taken is recorded as held by ``holder``
+        (``complete``: that is all it holds; ``announced``: in its ANNOUNCE). Returns how they
+        were judged, and (file id, owner) of the files their owners deleted (to tell it)."""
         deleted = uow.tombstones.owners([m.file_id for m in metas])
         stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
         live = [m for m in metas if m.file_id not in deleted]
-        judged = self.judge(uow, live)
+        judged = self.judge(uow, live, holder if owner_pinned else None)
         for meta, is_new in uow.files.advertise(
             holder, judged.taken, now,
             complete=complete, announced=announced, untouched=judged.untouched,
@@ -329,10 +329,13 @@ class Catalogue:
         self.ctx.store.blobs.delete(file_id)
 
     # -- judging records (PROTOCOL.md 2.8) ----------------------------------------------------
-    def judge(self, uow: ReadOnlyUnitOfWork, metas: Sequence[FileMeta]) -> Judged:
+    def judge(
+        self, uow: ReadOnlyUnitOfWork, metas: Sequence[FileMeta], holder: str | None = None
+    ) -> Judged:
         """What of ``metas`` (the records of one message) to take, as
         :func:`~treedrive.core.ownership.judge_record` decides against the stored records and
-        the pinned keys; seals are verified within the budget."""
+        the pinned keys; seals are verified within the budget. ``holder``: the records of its
+        own that :func:`~treedrive.core.ownership.awaits_owner` holds back wait."""
         judged = Judged()
         if not metas:
             return judged
@@ -347,6 +350,9 @@ class Catalogue:
             if meta.seal_error is not None:
                 judged.bad_seals.append(meta.seal_error)
             entry = known.get(meta.file_id)
+            if holder is not None and ownership.awaits_owner(meta, entry, pins, holder):
+                judged.hold(meta)
+                continue
             checked = ownership.needs_check(meta, entry)
             if checked and not self._seal_checks.take(now):
                 judged.defer(meta)

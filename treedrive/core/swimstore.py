@@ -13,9 +13,11 @@ rules as a GOSSIP_REPLY's records (:mod:`treedrive.core.catalogue`, THREATS.md):
 
 Changes of origins that are not members (alive or suspect) are not applied: the caller forgets
 what it knew of them, so that it asks for their whole list once they are members. A change comes
-once (a GOSSIP_REPLY lists its records each interval): the records an origin sealed itself are
-judged again once its key is pinned (:meth:`SwimStore.judge_again`). This node's own change log
-follows the store (:meth:`SwimStore.reconcile`).
+once (a GOSSIP_REPLY pins its sender's key and lists its records at once, each interval): the
+records an origin sealed itself are judged again once its key is pinned
+(:meth:`SwimStore.judge_again`), and those that contradict a stored unsealed record wait for it
+(:func:`~treedrive.core.ownership.awaits_owner`). This node's own change log follows the store
+(:meth:`SwimStore.reconcile`).
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class SwimStore:
         """Record ``origin`` as a holder of the records of ``adds`` that pass; returns how they
         were judged, and (file id, owner) of those whose owners deleted them."""
         metas = self.catalogue.not_forged(adds, origin)
-        return self.catalogue.take(uow, origin, metas, now)
+        return self.catalogue.take(uow, origin, metas, now, owner_pinned=True)
 
     def _removes(
         self,
