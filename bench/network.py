@@ -16,7 +16,10 @@ iproute2): node 0 is the well-known host, the others bootstrap through it. Measu
   intervals until every node knows every other again; ``files_lost``: files pushed before the
   split that some node no longer lists (or nobody holds) once healed; ``deletes_resurrected``:
   nodes of the deleting side that list the deleted file again; ``deletes_not_propagated``:
-  nodes of the other side that still list it (the DELETE was sent while they were cut off).
+  nodes of the other side that still list it (the DELETE was sent while they were cut off);
+- churn: the last node killed (SIGKILL, no goodbye). ``dead_detected_rounds``: intervals until
+  each other node has dropped it (p50, p99); ``false_dead``: nodes dropped by someone meanwhile
+  that were alive.
 
 Without namespaces (not root, no ``ip``) it says so and measures nothing (a loopback run cannot
 cut a group off nor count one node's bytes). Everything it made is removed by name at the end,
@@ -93,11 +96,15 @@ class Net:
         return all(self.knows_all(n) for n in self.nodes)
 
     def per_node_times(
-        self, since: float, done: Callable[[LabNode], bool], limit: float
+        self,
+        since: float,
+        done: Callable[[LabNode], bool],
+        limit: float,
+        nodes: list[LabNode] | None = None,
     ) -> list[float]:
-        """For each node, the intervals from ``since`` until ``done(node)`` (nodes that never
-        got there within ``limit`` seconds are left out)."""
-        left = {n.peer_id: n for n in self.nodes}
+        """For each node (of ``nodes``, else all), the intervals from ``since`` until
+        ``done(node)`` (nodes that never got there within ``limit`` seconds are left out)."""
+        left = {n.peer_id: n for n in (self.nodes if nodes is None else nodes)}
         times: list[float] = []
         while left and time.monotonic() - since < limit:
             for peer_id, node in list(left.items()):
@@ -188,10 +195,29 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         # back; a right node that still lists it never heard of the delete.
         result["deletes_resurrected"] = sum(doomed in n.files() for n in left)
         result["deletes_not_propagated"] = sum(doomed in n.files() for n in right)
+        churn(net, result, limit)
     finally:
         net.stop()
         lab.close()
     return result
+
+
+def churn(net: Net, result: Figures, limit: float) -> None:
+    """Kill the last node; how long the others take to drop it, and whom they drop wrongly."""
+    victim = net.nodes[-1]
+    alive = net.nodes[:-1]
+    names = {n.peer_id for n in alive}
+    victim.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    wrong: set[str] = set()
+
+    def dropped(node: LabNode) -> bool:
+        known = node.peers()
+        wrong.update(names - known - {node.peer_id})
+        return victim.peer_id not in known
+
+    result["dead_detected_rounds"] = pcts(net.per_node_times(killed, dropped, limit, alive))
+    result["false_dead"] = len(wrong)
 
 
 def _terminated(*_: object) -> None:

@@ -16,7 +16,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from treedrive.core.deltas import Catalogue, View
+from treedrive.core.deltas import View
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.model import FileMeta
 from treedrive.core.swim import Swim
 from treedrive.core.swimtypes import DEFAULT, Ack, Address, Config, Member, Message, Status

@@ -7,7 +7,8 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treedrive.core.deltas import Catalogue, Change, ChangeLog, Sync, View, Views
+from treedrive.core.deltas import Change, ChangeLog, Sync, View, Views
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.model import FileMeta
 
 
@@ -218,3 +219,50 @@ def test_any_order_of_relays_and_syncs_converges_to_the_origin(
         view.take(log.since(view.seq if view.seq else None, view.asof))
     assert view.seq == log.seq
     assert {f for f in view.files if view.holds(f)} == {m.file_id for m in log.held()}
+
+
+def test_a_peer_with_numbers_of_an_earlier_run_gets_a_whole_snapshot() -> None:
+    before = Catalogue("a", epoch=1000)
+    kept, dropped = before.add(meta("a", 1)), before.add(meta("a", 2))
+    assert kept is not None
+    assert dropped is not None
+    assert dropped.seq == 1002
+    b = Catalogue("b")
+    b.take(before.answer(None))
+    assert b.views.holds("a", meta("a", 2).file_id)
+    # a restarts with a later epoch, holding only the first file
+    after = Catalogue("a", epoch=5000)
+    after.add(meta("a", 1))
+    answer = after.answer(b.have("a"), b.asof("a"))
+    assert answer.snapshot
+    assert answer.since == 0
+    b.take(answer)
+    assert b.views.holds("a", meta("a", 1).file_id)
+    assert not b.views.holds("a", meta("a", 2).file_id)
+
+
+def test_the_journal_lists_every_change_of_others_that_was_new() -> None:
+    a, b = Catalogue("a"), Catalogue("b")
+    b.journal = []
+    first = a.add(meta("a", 1))
+    assert first is not None
+    b.news(first)
+    b.news(first)  # not new twice
+    a.add(meta("a", 2))
+    b.take(a.answer(b.have("a")))
+    assert [c.file_id for c in b.journal] == [meta("a", 1).file_id, meta("a", 2).file_id]
+
+
+def test_a_delete_the_store_refused_is_undone_by_restore() -> None:
+    c = Catalogue("c")
+    theirs = meta("a", 1)
+    assert c.add(theirs) is not None
+    first = Catalogue("a").add(theirs)
+    assert first is not None
+    c.news(first)
+    dropped = c.news(Change("a", 2, theirs.file_id, None))  # the owner's tombstone
+    assert [x.origin for x in dropped] == ["a", "c"]
+    assert c.add(theirs) is None  # an owner-deleted file is not taken again...
+    restored = c.restore(theirs)  # ...unless this node's store still holds it
+    assert restored is not None
+    assert c.log.holds(theirs.file_id)

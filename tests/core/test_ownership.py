@@ -12,6 +12,7 @@ from treedrive.core.identity import NodeKey
 from treedrive.core.model import MEGABYTE, CatalogEntry, DeleteSignature, FileMeta, Seal
 from treedrive.core.ownership import (
     Verdict,
+    awaits_owner,
     claim,
     differences,
     judge_delete,
@@ -229,3 +230,17 @@ def test_a_delete_follows_the_pinned_key_over_a_strangers_seal() -> None:
 def test_a_delete_of_an_unsealed_file_keeps_the_classic_rule() -> None:
     assert judge_delete(FID, None, RECORD, None) is None
     assert judge_delete(FID, None, RECORD, ALICE.public) is None
+
+
+def test_an_owners_own_sealed_record_against_a_forgery_waits_for_its_key() -> None:
+    forged = stored(replace(RECORD, file_size=999.0))
+    # alice's own sealed record contradicts the stored claim: it waits until her key is pinned
+    assert awaits_owner(SEALED, forged, {}, "alice")
+    assert judge(SEALED, forged) == (Verdict.CLASSIC, RECORD)  # else: taken without its seal
+    # once pinned, it is judged (and wins); relayed by another holder, it is judged at once
+    assert not awaits_owner(SEALED, forged, {"alice": ALICE.public}, "alice")
+    assert not awaits_owner(SEALED, forged, {}, "bob")
+    # nothing to contradict: a new id, the same fields, or an unsealed record
+    assert not awaits_owner(SEALED, None, {}, "alice")
+    assert not awaits_owner(SEALED, stored(RECORD), {}, "alice")
+    assert not awaits_owner(replace(RECORD, file_size=1.0), forged, {}, "alice")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.test_deltas import meta
-from treedrive.core.deltas import Catalogue
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.spread import SpreadQueue
 from treedrive.core.swim import MAX_RELAYS, Swim
 from treedrive.core.swimtypes import (
@@ -350,3 +350,23 @@ def test_while_a_member_is_lost_tables_are_pulled_from_random_members_not_the_ho
     assert all(m.have != -1 for _, m in pulls)  # none is a newcomer's ask of a host
     assert len({to for to, _ in pulls}) >= 5  # spread over the members
     assert sum(to == addr(0) for to, _ in pulls) <= len(pulls) // 2
+
+
+def test_join_asks_the_first_member_met_for_its_table_and_pull_asks_any() -> None:
+    net = Net(4)
+    a, b, c, d = (net.nodes[addr(i)] for i in range(4))
+    for other in (c, d):  # b knows c and d; a knows nobody
+        b.learn(News(other.me, other.address, 0, Status.ALIVE), 0.0)
+    [(to, ping)] = a.join("p1", addr(1), 0.0)
+    assert to == addr(1)
+    assert isinstance(ping, Ping)
+    assert ping.join
+    assert a.join("p2", addr(2), 0.0) == []  # not alone any more: no second table
+    net.deliver([(to, ping)])
+    assert set(a.alive()) == {"p1", "p2", "p3"}
+    # later, any member alive is asked again
+    [(to, again)] = a.pull(1.0)
+    assert isinstance(again, Ping)
+    assert again.join
+    assert to in {addr(1), addr(2), addr(3)}
+    assert Swim("z", addr(9), Catalogue("z"), random.Random(0), 0.0).pull(0.0) == []

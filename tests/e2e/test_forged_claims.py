@@ -184,19 +184,26 @@ async def test_a_stranger_cannot_make_this_node_the_owner_of_a_file_it_never_pus
     assert r.forged_claims >= 3
 
 
+@pytest.mark.parametrize("swim", [False, True], ids=["classic", "swim"])
 async def test_an_honest_peer_stays_tracked_through_a_flood_of_new_peer_ids(
-    start_node: Starter, counting: CountingListener, monkeypatch: pytest.MonkeyPatch
+    start_node: Starter, counting: CountingListener, monkeypatch: pytest.MonkeyPatch, swim: bool
 ) -> None:
     """At max_peers, a flood of new peer ids (each newer than the honest peer's last GOSSIP)
-    evicted the honest peer as the longest silent; a peer that answers R's GOSSIPs is kept."""
+    evicted the honest peer as the longest silent; a peer that answers R's GOSSIPs is kept.
+    Between two nodes that speak swim (PROTOCOL.md 2.10) no classic GOSSIP goes, so the honest
+    peer there is a member that answers R's probes; here it speaks only the classic protocol
+    (``extension=False``), so that R's GOSSIPs and its answers prove it as before."""
     # A proof lasts 4 gossip intervals (2 s here), renewed each round; on a busy machine the
     # flood keeps the event loop (every node's, here) busy for seconds at a time, and R's
     # GOSSIP or H's answer waits behind it: the proof lapses. It lasts the whole test here.
     monkeypatch.setattr(replies, "PROVEN_FOR", 120 / INTERVAL)
     r: Node = await start_node("R", peer_timeout=30.0, max_peers=5)
-    h: Node = await start_node("H", bootstrap=(address(r),), peer_timeout=30.0)
+    h: Node = await start_node("H", bootstrap=(address(r),), peer_timeout=30.0, extension=swim)
     h_address = (h.host, h.port)
-    await wait_for(lambda: r.replies.proven(h_address, time.monotonic()))
+    if swim:
+        await wait_for(lambda: r.swim.manages("H") and "H" in {p.peer_id for p in r.peers()})
+    else:
+        await wait_for(lambda: r.replies.proven(h_address, time.monotonic()))
     events = watch(r)
     await asyncio.to_thread(forged_gossips, r.port, counting.port, 300)
 

@@ -114,15 +114,8 @@ class Catalogue:
             self.membership.track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
-            deleted = uow.tombstones.owners([m.file_id for m in files])
-            stale = [(m.file_id, deleted[m.file_id]) for m in files if m.file_id in deleted]
+            judged, stale = self.take(uow, r.peer_id, files, now, complete=True)
             signed = uow.tombstones.signatures([f for f, _ in stale]) if stale else {}
-            live = [m for m in files if m.file_id not in deleted]
-            judged = self.judge(uow, live)
-            for meta, is_new in uow.files.advertise(
-                r.peer_id, judged.taken, now, complete=True, untouched=judged.untouched
-            ):
-                uow.emit(FileAdvertised(meta, r.peer_id, is_new))
             uow.commit()
         self.report(judged, r.peer_id)
         if r.skipped:
@@ -132,7 +125,34 @@ class Catalogue:
             )  # fmt: skip
         plugin_keys(ctx, "GOSSIP_REPLY", r.peer_id, r.extra)
         if stale:
-            self._relay_deletes(peer, stale, signed)
+            self.relay_deletes(peer, stale, signed)
+
+    def take(
+        self,
+        uow: UnitOfWork,
+        holder: str,
+        metas: Sequence[FileMeta],
+        now: float,
+        *,
+        complete: bool = False,
+        announced: bool = False,
+        owner_pinned: bool = False,
+    ) -> tuple[Judged, list[tuple[str, str]]]:
+        """``holder`` says it holds ``metas`` (that :meth:`not_forged` let through): those of
+        files their owners did not delete are judged (:meth:`judge`; ``owner_pinned``: as
+        its own changes are) and what is taken is recorded as held by ``holder``
+        (``complete``: that is all it holds; ``announced``: in its ANNOUNCE). Returns how they
+        were judged, and (file id, owner) of the files their owners deleted (to tell it)."""
+        deleted = uow.tombstones.owners([m.file_id for m in metas])
+        stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
+        live = [m for m in metas if m.file_id not in deleted]
+        judged = self.judge(uow, live, holder if owner_pinned else None)
+        for meta, is_new in uow.files.advertise(
+            holder, judged.taken, now,
+            complete=complete, announced=announced, untouched=judged.untouched,
+        ):  # fmt: skip
+            uow.emit(FileAdvertised(meta, holder, is_new))
+        return judged, stale
 
     def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
         window = self._relay_windows.get(address)
@@ -140,7 +160,7 @@ class Catalogue:
             window = (now, 0)
         return window
 
-    def _relay_deletes(
+    def relay_deletes(
         self,
         peer: PeerInfo,
         stale: Sequence[tuple[str, str]],
@@ -184,20 +204,14 @@ class Catalogue:
         if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
             return
         now = time.time()
-        judged = Judged()
         with ctx.transaction() as uow:
-            owner = uow.tombstones.owner(a.meta.file_id)
             peer = uow.peers.get(a.from_peer)
-            signed = uow.tombstones.signatures([a.meta.file_id]) if owner is not None else {}
-            if owner is None:
-                judged = self.judge(uow, [a.meta])
-                taken = judged.taken
-                for meta, is_new in uow.files.advertise(a.from_peer, taken, now, announced=True):
-                    uow.emit(FileAdvertised(meta, a.from_peer, is_new))
-                uow.commit()
+            judged, stale = self.take(uow, a.from_peer, [a.meta], now, announced=True)
+            signed = uow.tombstones.signatures([a.meta.file_id]) if stale else {}
+            uow.commit()
         self.report(judged, a.from_peer)
-        if owner is not None and peer is not None:
-            self._relay_deletes(peer, [(a.meta.file_id, owner)], signed)
+        if stale and peer is not None:
+            self.relay_deletes(peer, stale, signed)
 
     def on_delete(self, d: Delete) -> None:
         ctx = self.ctx
@@ -227,12 +241,12 @@ class Catalogue:
             pinned = uow.keys.pinned([d.from_peer]).get(d.from_peer)
             why = ownership.judge_delete(d.file_id, d.signed, entry.meta, pinned)
             if why is None:
-                self._forget(uow, entry, d.signed)
+                self.forget(uow, entry, d.signed)
                 uow.commit()
         if why is not None:
             self._refused_delete(d, why)
             return
-        self._drop_bytes(d.file_id)
+        self.drop_bytes(d.file_id)
         ctx.activity.deleted(entry.meta, by=d.from_peer)
 
     # -- changes ------------------------------------------------------------------------------
@@ -247,7 +261,7 @@ class Catalogue:
         ctx.counters.refused["delete"] += 1
         ctx.notify(FileRefused(d.file_id, d.from_peer, f"DELETE refused: {why}"))
 
-    def _forget(
+    def forget(
         self, uow: UnitOfWork, entry: CatalogEntry, signed: DeleteSignature | None = None
     ) -> None:
         uow.files.remove(entry.meta.file_id)
@@ -255,7 +269,7 @@ class Catalogue:
         uow.tombstones.add(entry.meta.file_id, entry.meta.file_owner, time.time(), signed)
         uow.emit(FileDeleted(entry.meta.file_id, entry.meta.file_owner))
 
-    def _drop_bytes(self, file_id: str) -> None:
+    def drop_bytes(self, file_id: str) -> None:
         blobs = self.ctx.store.blobs
         blobs.delete(file_id)
         blobs.range_path(file_id).unlink(missing_ok=True)
@@ -276,9 +290,9 @@ class Catalogue:
             signed = None
             if ctx.config.extension:
                 signed = ownership.sign_delete(ctx.key, file_id, ctx.peer_id, int(time.time()))
-            self._forget(uow, entry, signed)
+            self.forget(uow, entry, signed)
             uow.commit()
-        self._drop_bytes(file_id)
+        self.drop_bytes(file_id)
         self._send_delete(Delete(from_peer=ctx.peer_id, file_id=file_id, signed=signed))
         ctx.activity.deleted(entry.meta)
 
@@ -322,10 +336,13 @@ class Catalogue:
         self.ctx.store.blobs.delete(file_id)
 
     # -- judging records (PROTOCOL.md 2.8) ----------------------------------------------------
-    def judge(self, uow: ReadOnlyUnitOfWork, metas: Sequence[FileMeta]) -> Judged:
+    def judge(
+        self, uow: ReadOnlyUnitOfWork, metas: Sequence[FileMeta], holder: str | None = None
+    ) -> Judged:
         """What of ``metas`` (the records of one message) to take, as
         :func:`~treedrive.core.ownership.judge_record` decides against the stored records and
-        the pinned keys; seals are verified within the budget."""
+        the pinned keys; seals are verified within the budget. ``holder``: the records of its
+        own that :func:`~treedrive.core.ownership.awaits_owner` holds back wait."""
         judged = Judged()
         if not metas:
             return judged
@@ -340,6 +357,9 @@ class Catalogue:
             if meta.seal_error is not None:
                 judged.bad_seals.append(meta.seal_error)
             entry = known.get(meta.file_id)
+            if holder is not None and ownership.awaits_owner(meta, entry, pins, holder):
+                judged.hold(meta)
+                continue
             checked = ownership.needs_check(meta, entry)
             if checked and not self._seal_checks.take(now):
                 judged.defer(meta)

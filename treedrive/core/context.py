@@ -24,7 +24,7 @@ from treedrive.core.config import NodeConfig
 from treedrive.core.errors import StorageError
 from treedrive.core.events import Event, FileDeleted, FileStored, Notice, TransferFinished
 from treedrive.core.identity import NodeKey
-from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS, Message
+from treedrive.core.messages import RAW_PUSH, RAW_RANGE, STREAM_PUSH, SWIM, TLS, Message
 from treedrive.core.metrics import Counters
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.plugins import Plugins
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 node_log = logging.getLogger("treedrive.core.node")
 """The node's logger: lines about what peers did, whichever part of the node writes them."""
 
-EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH, TLS})
+EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH, SWIM, TLS})
 
 
 def features_for(config: NodeConfig) -> frozenset[str]:

@@ -10,20 +10,19 @@ its own requests both go through it. A change of a file wins over an older chang
 from the same origin (a higher sequence number), so the order in which they arrive does not
 matter, and a relayed old add never brings back a file deleted since.
 
-:class:`Catalogue` is one node's side of both: its own log, its views of the others, and the
-owner-delete rule (a file deleted by its owner is dropped by every holder, which logs the delete
-in turn, and is never taken back from anyone). Everything a peer sends is a claim with limits
-(:data:`MAX_CHANGES` per answer, :data:`MAX_ORIGINS` views); checking those limits on decoded
-input is :mod:`treedrive.core.swimwire`'s.
+One node's side of both, with the owner-delete rule, is :mod:`treedrive.core.deltasync`'s.
+Everything a peer sends is a claim with limits (:data:`MAX_CHANGES` per answer,
+:data:`MAX_ORIGINS` views); checking those limits on decoded input is
+:mod:`treedrive.core.swimwire`'s.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from treedrive.core.model import FileMeta
+from treedrive.core.model import DeleteSignature, FileMeta
 
 LOG_LIMIT = 1024
 """Changes a node keeps in its log: a peer further behind than that gets a snapshot."""
@@ -32,8 +31,6 @@ MAX_CHANGES = 512
 with the number it reached."""
 MAX_ORIGINS = 65536
 """Origins whose records a node keeps (THREATS.md: a stranger must not grow this without bound)."""
-MAX_DELETED = 65536
-"""Owner-deleted file ids remembered (a bounded set: the oldest go first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +42,8 @@ class Change:
     seq: int
     file_id: str
     meta: FileMeta | None = None
+    signed: DeleteSignature | None = field(default=None, compare=False)
+    """A tombstone of the origin's own file: its signature of the delete (PROTOCOL.md 2.8)."""
 
     @property
     def deleted(self) -> bool:
@@ -70,20 +69,26 @@ class Sync:
 class ChangeLog:
     """One node's numbered changes to what it holds, and what it holds now."""
 
-    def __init__(self, origin: str, limit: int = LOG_LIMIT, page: int = MAX_CHANGES) -> None:
+    def __init__(
+        self, origin: str, limit: int = LOG_LIMIT, page: int = MAX_CHANGES, epoch: int = 0
+    ) -> None:
         self.origin = origin
-        self.seq = 0
+        self.seq = epoch
+        """Numbers start after ``epoch`` (a running node takes its start time: a peer that has
+        numbers of an earlier run is before the first delete, and gets a whole snapshot)."""
         self.limit = limit
         self.page = page
         self._log: deque[Change] = deque(maxlen=limit)
-        self.last_delete = 0
+        self.last_delete = epoch
         """The number of the latest delete (a snapshot from a number before it must start over)."""
         self._held: dict[str, Change] = {}
         """file id -> the add that holds it, in the order of their numbers."""
 
-    def _next(self, file_id: str, meta: FileMeta | None) -> Change:
+    def _next(
+        self, file_id: str, meta: FileMeta | None, signed: DeleteSignature | None = None
+    ) -> Change:
         self.seq += 1
-        change = Change(self.origin, self.seq, file_id, meta)
+        change = Change(self.origin, self.seq, file_id, meta, signed)
         self._log.append(change)
         return change
 
@@ -97,11 +102,11 @@ class ChangeLog:
         self._held[meta.file_id] = change
         return change
 
-    def delete(self, file_id: str) -> Change | None:
+    def delete(self, file_id: str, signed: DeleteSignature | None = None) -> Change | None:
         """This node no longer holds ``file_id``; None if it did not."""
         if self._held.pop(file_id, None) is None:
             return None
-        change = self._next(file_id, None)
+        change = self._next(file_id, None, signed)
         self.last_delete = change.seq
         return change
 
@@ -287,103 +292,3 @@ class Views:
     def holds(self, origin: str, file_id: str) -> bool:
         view = self.get(origin)
         return view is not None and view.holds(file_id)
-
-
-class Catalogue:
-    """One node's catalogue sync: its own :class:`ChangeLog`, its :class:`Views` of the others,
-    and the owner-delete rule. What it returns is what the node should spread further."""
-
-    def __init__(
-        self, me: str, base: Mapping[str, View] | None = None, log_limit: int = LOG_LIMIT
-    ) -> None:
-        self.me = me
-        self.log = ChangeLog(me, log_limit)
-        self.views = Views(base)
-        self._deleted: dict[str, None] = {}
-        """File ids deleted by their owner (bounded): never held again, never listed again."""
-
-    def head(self) -> int:
-        return self.log.seq
-
-    def have(self, origin: str) -> int | None:
-        return self.views.have(origin)
-
-    def asof(self, origin: str) -> int | None:
-        return self.views.asof(origin)
-
-    def answer(self, since: int | None, asof: int | None = None) -> Sync:
-        return self.log.since(since, asof)
-
-    def _owner_deleted(self, file_id: str) -> list[Change]:
-        self._deleted[file_id] = None
-        while len(self._deleted) > MAX_DELETED:
-            del self._deleted[next(iter(self._deleted))]
-        mine = self.log.delete(file_id)
-        return [mine] if mine is not None else []
-
-    def _owner_of(self, file_id: str, prior: Change | None) -> str | None:
-        """The owner of ``file_id`` as this node knows it: from its own copy, else from the record
-        ``prior`` that a delete replaces."""
-        held = self.log.meta(file_id)
-        if held is not None:
-            return held.file_owner
-        return None if prior is None or prior.meta is None else prior.meta.file_owner
-
-    def news(self, change: Change) -> list[Change]:
-        """A change relayed by gossip. Returns what to spread: the change if it was new here,
-        and this node's own changes that follow from it."""
-        if change.origin == self.me:
-            return []
-        if change.meta is not None and change.file_id in self._deleted:
-            return []
-        view = self.views.get(change.origin)
-        prior = None if view is None else view.files.get(change.file_id)
-        if not self.views.apply(change):
-            return []
-        out = [change]
-        if change.meta is None and self._owner_of(change.file_id, prior) == change.origin:
-            out += self._owner_deleted(change.file_id)
-        return out
-
-    def take(self, sync: Sync) -> list[Change]:
-        """An origin's answer to this node's request; returns this node's changes that follow."""
-        if sync.origin == self.me:
-            return []
-        view = self.views.get(sync.origin)
-        before = {} if view is None else view.files
-        before = dict(before) if sync.snapshot else before  # a snapshot drops records in place
-        priors = {c.file_id: before.get(c.file_id) for c in sync.changes if c.meta is None}
-        out: list[Change] = []
-        for change in self.views.take(sync):
-            if change.meta is not None:
-                continue
-            prior = priors.get(change.file_id, before.get(change.file_id))
-            if self._owner_of(change.file_id, prior) == change.origin:
-                out += self._owner_deleted(change.file_id)
-        return out
-
-    def heard(self, origin: str, head: int) -> None:
-        if origin != self.me:
-            self.views.heard(origin, head)
-
-    def behind(self) -> list[str]:
-        return list(self.views.behind)
-
-    def add(self, meta: FileMeta) -> Change | None:
-        """This node now holds ``meta`` (pushed here, fetched, or its own push)."""
-        if meta.file_id in self._deleted:
-            return None
-        return self.log.add(meta)
-
-    def delete(self, file_id: str) -> Change | None:
-        """This node deletes ``file_id`` (its owner's delete, or a copy dropped)."""
-        held = self.log.meta(file_id)
-        if held is not None and held.file_owner == self.me:
-            self._deleted[file_id] = None
-        return self.log.delete(file_id)
-
-    def lists(self, origins: Iterable[str], file_id: str) -> bool:
-        """Whether this node lists ``file_id`` as held by one of ``origins`` (itself included)."""
-        if self.log.holds(file_id):
-            return True
-        return any(self.views.holds(o, file_id) for o in origins if o != self.me)

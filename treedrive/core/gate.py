@@ -130,6 +130,18 @@ class Gate:
             )  # fmt: skip
         return True
 
+    def awaits(self, peer_id: str) -> bool:
+        """Whether the message :meth:`admit` let in last, from ``peer_id``, asks something of
+        the pins (a first key to pin, the pinned key's ``last_seen``, or to be taken as a
+        classic peer's): the unit of work that tracks ``peer_id`` must :meth:`record` it."""
+        return self._pending is not None and self._pending[0] == peer_id
+
+    def pins(self, peer_id: str) -> bool:
+        """Whether the message :meth:`admit` let in last, from ``peer_id``, presents a first key
+        to pin (:meth:`record` pins it, unless the table of pins is full)."""
+        pending = self._pending
+        return pending is not None and pending[0] == peer_id and pending[1] not in (None, CLASSIC)
+
     def record(self, uow: UnitOfWork, peer_id: str) -> bool:
         """In the unit of work that tracks ``peer_id`` after :meth:`admit` let its message in:
         pin the key it presented first, or note that the pinned key signed again (the pin

@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 from treedrive.core.bound import REPLY_RESIGN, Claim
@@ -24,7 +25,8 @@ from treedrive.core.context import NodeContext, storage_failure
 from treedrive.core.events import PeerExpired, PeerSeen
 from treedrive.core.features import extension, features_of, gossip_extra, plugin_keys
 from treedrive.core.gate import Gate
-from treedrive.core.messages import Extension, Gossip, GossipReply
+from treedrive.core.messages import SWIM, Extension, Gossip, GossipReply
+from treedrive.core.model import PeerInfo
 from treedrive.core.ports import UnitOfWork
 from treedrive.core.recontact import Recontact
 from treedrive.core.replies import (
@@ -73,6 +75,15 @@ class Membership:
         self.recontact.well_known(
             ((a.host, a.port) for a in ctx.config.bootstrap), time.monotonic()
         )
+        # Set by the swim side (:mod:`treedrive.core.swimnode`) when the node speaks it:
+        self.met: Callable[[str, str, int], None] = _nothing
+        """A peer that speaks swim was tracked (its id, host and port)."""
+        self.managed: Callable[[str], bool] = _no
+        """Whether a peer's liveness is swim's to judge (not expired for silence here)."""
+        self.managed_addresses: Callable[[], frozenset[Address]] = frozenset
+        """The addresses that get no classic GOSSIP (members of swim)."""
+        self.managed_ids: Callable[[], frozenset[str]] = frozenset
+        """The members of swim alive or suspect: like proven peers, evicted last."""
 
     def close(self) -> None:
         for _, timer in self._pending_replies.values():
@@ -106,7 +117,12 @@ class Membership:
         return True
 
     def gossip_to(self, addresses: list[Address]) -> None:
-        """A new GOSSIP to each of ``addresses`` (a GOSSIP_REPLY from there answers it)."""
+        """A new GOSSIP to each of ``addresses`` (a GOSSIP_REPLY from there answers it), but
+        those of swim's members (they hear from this node by swim)."""
+        managed = self.managed_addresses()
+        addresses = [a for a in addresses if a not in managed] if managed else addresses
+        if not addresses:
+            return
         gossip = self.new_gossip()
         now = time.monotonic()
         for host, port in addresses:
@@ -133,17 +149,17 @@ class Membership:
     # -- tracking -----------------------------------------------------------------------------
     def track(
         self, uow: UnitOfWork, peer_id: str, host: str, port: int, ext: Extension | None
-    ) -> None:
+    ) -> PeerInfo:
         """Track or refresh a peer, within ``max_peers``: the longest silent make room, but the
         peers that answer this node's GOSSIPs go last (a flood of new peer ids must not push
-        them out)."""
+        them out). Returns it as tracked."""
         ctx = self.ctx
         if self.gate.record(uow, peer_id):
             ext = None  # a signature for a classic peer's name: classic rules (PROTOCOL.md 2.7)
         peers = uow.peers
         peer, new = peers.upsert(
             peer_id, host, port, time.time(), features_of(ext),
-            max_peers=ctx.config.max_peers, keep=self._proven_peers(),
+            max_peers=ctx.config.max_peers, keep=self._proven_peers() | self.managed_ids(),
         )  # fmt: skip
         for gone in peers.evicted:
             uow.emit(PeerExpired(gone))
@@ -155,6 +171,9 @@ class Membership:
         uow.emit(PeerSeen(peer, new))
         if new:
             ctx.activity.joined(peer)
+        if peer.features is not None and SWIM in peer.features:
+            self.met(peer_id, host, port)
+        return peer
 
     def _proven_peers(self) -> frozenset[str]:
         now = time.monotonic()
@@ -184,7 +203,9 @@ class Membership:
         ctx = self.ctx
         now = time.time() if now is None else now
         with ctx.transaction() as uow:
-            gone = uow.peers.expired(now - ctx.config.peer_timeout)
+            gone = [
+                p for p in uow.peers.expired(now - ctx.config.peer_timeout) if not self.managed(p)
+            ]
             addresses = [(p.host, p.port) for p in map(uow.peers.get, gone) if p is not None]
             uow.peers.remove(gone)
             for peer_id in gone:
@@ -319,6 +340,14 @@ class Membership:
         for host, port in random.sample(others, min(ctx.config.fanout, len(others))):
             self.replies.gossiped((host, port), now)
             ctx.send(host, port, g)
+
+
+def _nothing(peer_id: str, host: str, port: int) -> None:
+    pass
+
+
+def _no(peer_id: str) -> bool:
+    return False
 
 
 def _signed_within(reply: GossipReply, wall: int) -> bool:

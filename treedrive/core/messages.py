@@ -24,6 +24,9 @@ RAW_PUSH: Final = "raw-push"
 """Feature: a pushed FILE_DATA with raw bytes (PROTOCOL.md 2.3)."""
 STREAM_PUSH: Final = "stream-push"
 """Feature: a raw push whose record follows its bytes, sent while they arrive (PROTOCOL.md 2.4)."""
+SWIM: Final = "swim"
+"""Feature: membership by fan-out and catalogue sync by deltas (PROTOCOL.md 2.10), in a ``swim``
+key of the extension's object; between two nodes that both advertise it, no classic GOSSIP."""
 TLS: Final = "tls"
 """Feature: extension connections (2.2-2.4) are TLS 1.3 bound to both nodes' keys (PROTOCOL.md
 2.9), with peers whose key is pinned."""
@@ -67,6 +70,9 @@ class Gossip:
     """The message exactly as received, so that forwarding leaves it unchanged."""
     extension: Extension | None = None
     """The originator's TreeDrive extension; None: a classic peer."""
+    swim: Any = None
+    """The value of the extension's ``swim`` key (a membership message, read by
+    :mod:`treedrive.core.swimwire`); None: a classic GOSSIP. Never forwarded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,9 @@ class GossipReply:
     """How many entries of ``files`` were malformed and left out."""
     extension: Extension | None = None
     """The replier's TreeDrive extension; None: a classic peer."""
+    swim: Any = None
+    """The value of the extension's ``swim`` key (an ack, read by
+    :mod:`treedrive.core.swimwire`; its ``files`` are no list of holdings); None: classic."""
 
 
 @dataclass(frozen=True, slots=True)

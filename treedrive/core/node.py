@@ -42,6 +42,7 @@ from treedrive.core.reads import Reads
 from treedrive.core.recovery import new_peer_id, recover
 from treedrive.core.replies import ReplyPolicy
 from treedrive.core.sharing import Sharing
+from treedrive.core.swimnode import SwimNode
 from treedrive.core.transfers import RangeProgress, TransferHandle, Transfers
 
 __all__ = ["RELAYS_PER_ADDRESS", "RELAYS_PER_MESSAGE", "Node", "new_peer_id"]
@@ -65,6 +66,7 @@ class Node:
         self.membership = Membership(ctx)
         self.joining = Joining(ctx, self.membership)
         self.catalogue = Catalogue(ctx, self.membership)
+        self.swim = SwimNode(ctx, self.membership, self.catalogue)
         self.sharing = Sharing(ctx, self.catalogue, self.transfers)
         self.fetching = Fetching(ctx, self.catalogue, self.sharing, self.transfers)
         self.reads = Reads(store)
@@ -153,7 +155,9 @@ class Node:
         await self.plugins.startup(self)
         told = f" (peers are told {ctx.host})" if ctx.host != host else ""
         log.info("node %s listening on %s:%d%s", self.peer_id, host, self.port, told)
+        self.swim.start()
         ctx.spawn(self.joining.gossip_loop(), "gossip")
+        ctx.spawn(self.swim.loop(), "swim")
         ctx.spawn(self._cleanup_loop(), "cleanup")
         ctx.spawn(self.fetching.join(self.joining.joined), "join")
         if self.config.bootstrap:
@@ -170,6 +174,7 @@ class Node:
         if not ctx.stopping.is_set():
             log.info("node %s stopping", self.peer_id)
         ctx.stopping.set()
+        self.swim.leave()
         self.membership.close()
         await self.plugins.shutdown(self)
         for task in list(ctx.tasks):
@@ -256,7 +261,9 @@ class Node:
     async def handle_message(self, message: Message, source: str) -> None:
         self.ctx.counters.message_received(message)
         try:
-            if isinstance(message, Gossip):
+            if isinstance(message, Gossip | GossipReply) and self.swim.takes(message):
+                self.swim.on_message(message, source)
+            elif isinstance(message, Gossip):
                 self.membership.on_gossip(message, source)
             elif isinstance(message, GossipReply):
                 if self.membership.gate.admit(message, source):

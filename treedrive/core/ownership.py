@@ -107,6 +107,10 @@ class Judged:
         self.deferred += 1
         self.untouched.add(meta.file_id)
 
+    def hold(self, meta: FileMeta) -> None:
+        """``meta`` waits for its owner's key (:func:`awaits_owner`): it changes nothing now."""
+        self.untouched.add(meta.file_id)
+
 
 def claim(meta: FileMeta) -> bytes:
     """The bytes an owner signs of ``meta`` (its five fields, exactly as they travel)."""
@@ -197,6 +201,24 @@ def judge_record(
     ):
         return Ruling(Verdict.SEALED, record)
     return Ruling(Verdict.CLASSIC, replace(record, seal=None))
+
+
+def awaits_owner(
+    record: FileMeta, known: CatalogEntry | None, pins: Mapping[str, bytes], holder: str
+) -> bool:
+    """Whether ``holder``'s sealed record of its own file is to wait until ``holder``'s key is
+    pinned: it contradicts the stored record, which no seal that counts backs, and before the
+    pin :func:`judge_record` would drop its seal, listing ``holder`` with a record it
+    contradicts. A GOSSIP_REPLY pins its sender's key and lists its records at once; a change
+    relayed by others comes first, and is judged again once the key is pinned."""
+    return (
+        record.seal is not None
+        and record.file_owner == holder
+        and holder not in pins
+        and known is not None
+        and owner_seal(known.meta, pins) is None
+        and bool(differences(record, known.meta))
+    )
 
 
 def differences(a: FileMeta, b: FileMeta) -> str:

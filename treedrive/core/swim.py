@@ -22,7 +22,8 @@ every message, each item at most ``retransmit`` times (``mult · log10(N + 1)``)
 first; membership news older than ``news_rounds`` is dropped unsent (it is stale). A member that
 hears it is suspected or dead refutes with a higher incarnation, and tells whoever said so
 first. A message from a member that this node holds suspect or dead (at an incarnation at least
-that of the message) draws a :class:`Push` telling it so.
+that of the message) draws a :class:`Push` telling it so. The member table, its news and the
+precedence of claims about members are :mod:`treedrive.core.swimnews`'.
 
 Healing a partition: a dead member that answers is "back"; this node pulls its table (an
 :class:`Ack` to a ``join`` ping lists the members it holds alive) for ``pull_rounds``, and takes
@@ -38,15 +39,12 @@ their last change number, so a node whose news missed a change learns that it is
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from treedrive.core.deltas import Catalogue, Change
-from treedrive.core.spread import SpreadQueue
-from treedrive.core.swimchanges import ChangeNews
-from treedrive.core.swimtable import MemberTable
+from treedrive.core.deltasync import Catalogue
+from treedrive.core.swimnews import MemberNews
 from treedrive.core.swimtypes import (
     DEFAULT,
     MAX_MEMBERS,
@@ -56,6 +54,7 @@ from treedrive.core.swimtypes import (
     Member,
     Message,
     News,
+    Out,
     Ping,
     PingReq,
     Push,
@@ -74,11 +73,9 @@ class _Probe:
     acked: bool = False
 
 
-Out = tuple[Address, Message]
-
-
-class Swim(MemberTable):
-    """One node's membership. ``catalogue`` is its catalogue sync (its log and views)."""
+class Swim(MemberNews):
+    """One node's membership. ``catalogue`` is its catalogue sync (its log and views); the
+    member table and its news are :class:`~treedrive.core.swimnews.MemberNews`'."""
 
     def __init__(
         self,
@@ -91,88 +88,19 @@ class Swim(MemberTable):
         config: Config = DEFAULT,
         seeds: tuple[Address, ...] = (),
     ) -> None:
-        self.me, self.address, self.catalogue, self.rng = me, address, catalogue, rng
-        self.config = config
+        super().__init__(me, address, catalogue, rng, now, config)
         self.seeds = tuple(s for s in seeds if s != address)
-        super().__init__(rng, config)
-        self.incarnation = 0
         self._seed_phase = rng.randrange(config.seed_rounds)
-        self.heard: dict[str, float] = {}
-        self._news: SpreadQueue[News] = SpreadQueue()
-        self._changes = ChangeNews(me, catalogue, rng, config)
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, tuple[Address, int, float]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
         self._seq = 0
         self._round = 0
         self.next_round = now
-        self._noticed: dict[str, float] = {}
-        self._now = now
         self._revived: list[str] = []
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
         self._pulled = -1.0
-
-    def retransmit(self) -> int:
-        return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
-
-    def _set(self, m: Member, spread: bool = True) -> None:
-        if not self._put(m):
-            return
-        if not spread:  # what this node was spreading about it is out of date
-            self._news.discard(m.peer_id)
-        else:
-            news = self._news_of(m)
-            self._news.put(m.peer_id, news, self._now)
-
-    def _news_of(self, m: Member) -> News:
-        return News(m.peer_id, m.address, m.incarnation, m.status, self._changes.head_of(m.peer_id))
-
-    def _refute(self, incarnation: int) -> None:
-        self.incarnation = max(self.incarnation, incarnation) + 1
-        self._news.put(self.me, self._self_news(), self._now)
-
-    def _self_news(self) -> News:
-        return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
-
-    def learn(self, news: News, now: float, spread: bool = True, vouched: bool = False) -> None:
-        """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
-        incarnation, dead over suspect over alive). ``vouched``: the claim comes from the table
-        of a member that answered us (a join, or one back from the dead) and holds it alive at
-        the incarnation this node holds it suspect or dead at: across a healed partition that
-        is the truth (the other side never lost it), and if not, probes find it dead again."""
-        if news.peer_id == self.me:
-            if (
-                news.status in (Status.SUSPECT, Status.DEAD)
-                and news.incarnation >= self.incarnation
-            ):
-                self._refute(news.incarnation)
-            return
-        if news.head >= 0:
-            self.catalogue.heard(news.peer_id, news.head)
-        known = self.members.get(news.peer_id)
-        if (
-            known is not None
-            and news.incarnation <= known.incarnation
-            and (news.incarnation < known.incarnation or news.status <= known.status)
-            and not (
-                vouched
-                and news.status == Status.ALIVE
-                and known.status in (Status.SUSPECT, Status.DEAD)
-                and news.incarnation == known.incarnation
-            )
-        ):
-            return
-        if known is None:
-            if news.status <= Status.SUSPECT:
-                self._set(
-                    Member(news.peer_id, news.address, news.incarnation, news.status, now), spread
-                )
-                self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
-            return
-        if news.status == Status.ALIVE and known.status >= Status.DEAD:
-            self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
-        self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
 
     def _direct(self, msg: Message, now: float) -> list[Out]:
         """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
@@ -205,35 +133,27 @@ class Swim(MemberTable):
 
     # ------------------------------------------------------------------ sending
 
-    def _message(
-        self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: Any
-    ) -> Message:
-        limit = self.retransmit()
-        oldest = self._now - self.config.news_rounds
-        if news is None:
-            news = tuple(self._news.take(self.config.max_news, limit, oldest))
-        changes = self._changes.take(limit)
-        return kind(
-            sender=self.me,
-            address=self.address,
-            incarnation=self.incarnation,
-            head=self.catalogue.head(),
-            news=news,
-            changes=changes,
-            heads=self._changes.heads(self._now),
-            **kw,
-        )
-
-    def spread(self, changes: list[Change]) -> None:
-        """Catalogue changes to spread (this node's own, or news that was new here)."""
-        self._changes.spread(changes, self._now)
-
     def _ping(self, target: str, now: float, **kw: Any) -> Out:
         self._seq += 1
         member = self.members[target]
         have, asof = self.catalogue.have(target), self.catalogue.asof(target)
         self._probes[self._seq] = _Probe(target, now)
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
+
+    def join(self, peer: str, address: Address, now: float) -> list[Out]:
+        """A member met outside this protocol (a classic message of a node that speaks it):
+        alive; the first one met while this node knows no member is asked for its table."""
+        self._now = now
+        alone = not self._alive
+        self.learn(News(peer, address, 0, Status.ALIVE), now)
+        return [self._ping(peer, now, join=True)] if alone and peer in self._alive else []
+
+    def pull(self, now: float) -> list[Out]:
+        """Ask a random member alive for its member list (a join ping): members that joined
+        while this node's news of them went round elsewhere are learned at once."""
+        self._now = now
+        alive = self._alive.items
+        return [self._ping(self.rng.choice(alive), now, join=True)] if alive else []
 
     def next_wake(self) -> float:
         """When :meth:`tick` has something to do next."""
@@ -307,7 +227,7 @@ class Swim(MemberTable):
         round, while none is alive)."""
         cfg = self.config
         out: list[Out] = []
-        for _ in range(cfg.reprobe_dead):
+        for _ in range(min(cfg.reprobe_dead, len(self._dead))):  # each at most once a round
             dead = self._next_target(self._dead_order, (Status.DEAD,))
             if dead is not None:
                 out.append(self._ping(dead, now))

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import random
 
-from treedrive.core.deltas import Catalogue, Change
+from treedrive.core.deltas import Change
+from treedrive.core.deltasync import Catalogue
 from treedrive.core.spread import SpreadQueue
 from treedrive.core.swimtypes import Config
 

@@ -22,6 +22,9 @@ class MemberTable:
         self._dead: dict[str, float] = {}
         self._order: list[str] = []
         self._dead_order: list[str] = []
+        self.journal: list[Member] | None = None
+        """When a list: every row stored is appended (the running node's peer table follows
+        them, and empties it)."""
 
     def alive(self) -> list[str]:
         return list(self._alive.items)
@@ -56,6 +59,8 @@ class MemberTable:
             return False
         self.members[m.peer_id] = m
         self._index(m.peer_id, m)
+        if self.journal is not None:
+            self.journal.append(m)
         return True
 
     def _next_target(self, order: list[str], want: tuple[Status, ...]) -> str | None:

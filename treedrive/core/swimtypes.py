@@ -101,6 +101,10 @@ class Push(Message):
     """News only, no answer (a GOSSIP on the wire)."""
 
 
+Out = tuple[Address, Message]
+"""A message to send, and where."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     fanout: int = 3

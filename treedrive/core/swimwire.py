@@ -12,28 +12,36 @@ receivers answer a ping with an :class:`~treedrive.core.swim.Ack`, which is a GO
 :data:`~treedrive.core.deltas.MAX_CHANGES` changes in a sync and
 :data:`~treedrive.core.swim.MAX_MEMBERS` members; peer ids and hosts of bounded length, ports,
 numbers and incarnations in range. A malformed item is skipped; a
-malformed message reads as None.
+malformed message reads as None. :func:`guarded` keeps an ack's catalogue answer and member list
+from going anywhere but back to where its ping came from.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from treedrive.core.deltas import MAX_CHANGES, Change, Sync
-from treedrive.core.model import FileMeta
+from treedrive.core.identity import decode_key, decode_signature, encode_b64
+from treedrive.core.model import DeleteSignature, FileMeta, Seal
+from treedrive.core.replies import same_host, source_ip
 from treedrive.core.swimtypes import (
     MAX_MEMBERS,
     Ack,
     Address,
     Message,
     News,
+    Out,
     Ping,
     PingReq,
     Push,
     Status,
 )
+from treedrive.core.text import label
 
 KEY: Final = "swim"
 MAX_WIRE_NEWS: Final = 64
@@ -41,6 +49,7 @@ MAX_WIRE_NEWS: Final = 64
 MAX_ID: Final = 256
 MAX_HOST: Final = 255
 MAX_NUMBER: Final = 2**53
+MAX_TIMESTAMP: Final = 2**40
 HOST: Final = re.compile(r"[A-Za-z0-9._:%-]{1,255}")
 FILE_ID: Final = re.compile(r"[0-9a-f]{64}")
 _KINDS: Final = {Ping: "ping", Ack: "ack", PingReq: "req", Push: "push"}
@@ -50,8 +59,20 @@ def _news(n: News) -> list[object]:
     return [n.peer_id, n.address[0], n.address[1], n.incarnation, int(n.status), n.head]
 
 
+def _record(meta: FileMeta) -> dict[str, object]:
+    """A record with its owner's seal (PROTOCOL.md 2.8) under ``treedrive``, if it has one."""
+    if meta.seal is None:
+        return meta.wire()
+    seal = {"ok": encode_b64(meta.seal.owner_key), "seal": encode_b64(meta.seal.signature)}
+    return {**meta.wire(), "treedrive": seal}
+
+
 def _change(c: Change) -> list[object]:
-    return [c.origin, c.seq, c.file_id, None if c.meta is None else c.meta.wire()]
+    if c.meta is not None:
+        return [c.origin, c.seq, c.file_id, _record(c.meta)]
+    if c.signed is None:
+        return [c.origin, c.seq, c.file_id, None]
+    return [c.origin, c.seq, c.file_id, None, [c.signed.ts, encode_b64(c.signed.signature)]]
 
 
 def _sync(s: Sync) -> dict[str, object]:
@@ -65,9 +86,8 @@ def _sync(s: Sync) -> dict[str, object]:
     }
 
 
-def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[str, Any]:
-    """``msg`` as a classic message; ``base`` is the rest of the ``treedrive`` object (version,
-    features, proof) and ``gossip_id`` the GOSSIP's ``id``."""
+def fields(msg: Message) -> dict[str, Any]:
+    """The value of the ``swim`` key that carries ``msg`` (in the ``treedrive`` object)."""
     swim: dict[str, Any] = {"k": _KINDS[type(msg)], "n": msg.incarnation, "h": msg.head}
     if msg.news:
         swim["news"] = [_news(n) for n in msg.news]
@@ -93,7 +113,26 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
             swim["sync"] = _sync(msg.sync)
         if msg.members:
             swim["m"] = [_news(n) for n in msg.members]
-    ext = {**base, KEY: swim}
+    return swim
+
+
+def fit(msg: Message, limit: int) -> dict[str, Any]:
+    """:func:`fields` of ``msg``, its catalogue changes (then its news) halved until the JSON
+    takes at most ``limit`` bytes (a GOSSIP is bounded: it could be forwarded)."""
+    while True:
+        swim = fields(msg)
+        if len(json.dumps(swim)) <= limit or not (msg.changes or msg.news):
+            return swim
+        if msg.changes:
+            msg = replace(msg, changes=msg.changes[: len(msg.changes) // 2])
+        else:
+            msg = replace(msg, news=msg.news[: len(msg.news) // 2])
+
+
+def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[str, Any]:
+    """``msg`` as a classic message; ``base`` is the rest of the ``treedrive`` object (version,
+    features, proof) and ``gossip_id`` the GOSSIP's ``id``."""
+    ext = {**base, KEY: fields(msg)}
     host, port = msg.address
     if isinstance(msg, Ack):
         return {
@@ -112,6 +151,20 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
         "peerId": msg.sender,
         "treedrive": ext,
     }
+
+
+def guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:
+    """An ack's catalogue answer and member list go back only to the IP the ping came from:
+    to another address named in the ping, the ack says only that this node is alive (no
+    reply much larger than what asked for it, THREATS.md)."""
+    if same_host(msg.address[0], source_ip(source)):
+        return outs
+    return [
+        (a, replace(m, sync=None, members=()))
+        if isinstance(m, Ack) and a == msg.address and (m.sync or m.members)
+        else (a, m)
+        for a, m in outs
+    ]
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -176,14 +229,41 @@ def _read_meta(v: object) -> FileMeta:
         raise _Bad
     if isinstance(ts, bool) or not isinstance(ts, int | float | str) or len(str(ts)) > 32:
         raise _Bad
-    name = v.get("file_name")
-    if not isinstance(name, str) or len(name) > 4096:
+    if isinstance(ts, str) and not ts.isprintable():
         raise _Bad
-    return FileMeta(fid, name, float(size), _str(v.get("file_owner")), ts)
+    if not isinstance(ts, str) and not (math.isfinite(ts) and 0 <= ts <= MAX_TIMESTAMP):
+        raise _Bad
+    name = v.get("file_name")
+    if not isinstance(name, str):
+        raise _Bad
+    seal = _read_seal(v.get("treedrive"))
+    return FileMeta(fid, label(name), float(size), _str(v.get("file_owner")), ts, seal=seal)
+
+
+def _read_seal(v: object) -> Seal | None:
+    """A record's seal; a malformed one makes the record malformed (a TreeDrive sender wrote
+    it: nothing to be lenient about)."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise _Bad
+    key, sig = decode_key(v.get("ok")), decode_signature(v.get("seal"))
+    if key is None or sig is None:
+        raise _Bad
+    return Seal(key, sig)
+
+
+def _read_signed(v: object) -> DeleteSignature:
+    if not isinstance(v, list) or len(v) != 2:
+        raise _Bad
+    sig = decode_signature(v[1])
+    if sig is None:
+        raise _Bad
+    return DeleteSignature(_int(v[0], 0, MAX_TIMESTAMP), sig)
 
 
 def _read_change(v: object) -> Change:
-    if not isinstance(v, list) or len(v) != 4:
+    if not isinstance(v, list) or len(v) not in (4, 5):
         raise _Bad
     fid = v[2]
     if not isinstance(fid, str) or not FILE_ID.fullmatch(fid):
@@ -191,7 +271,8 @@ def _read_change(v: object) -> Change:
     meta = None if v[3] is None else _read_meta(v[3])
     if meta is not None and meta.file_id != fid:
         raise _Bad
-    return Change(_str(v[0]), _int(v[1], 1), fid, meta)
+    signed = _read_signed(v[4]) if len(v) == 5 and meta is None else None
+    return Change(_str(v[0]), _int(v[1], 1), fid, meta, signed)
 
 
 def _read_head(v: object) -> tuple[str, int]:
@@ -210,6 +291,13 @@ def _read_sync(v: object, sender: str) -> Sync | None:
         raise _Bad
     snap = v.get("snap") is True
     return Sync(sender, _int(v.get("f")), _int(v.get("u")), _int(v.get("hd")), changes, snap)
+
+
+def read(peer_id: str, host: str, port: int, swim: object) -> Message | None:
+    """The membership message of a GOSSIP or GOSSIP_REPLY whose classic fields the transport
+    already checked, ``swim`` being its ``treedrive.swim`` value (None: malformed)."""
+    obj = {"peerId": peer_id, "host": host, "port": port, "treedrive": {KEY: swim}}
+    return decode(obj)
 
 
 def decode(obj: Mapping[str, Any]) -> Message | None:

@@ -103,6 +103,8 @@ __all__ = [
 RECORD_KEYS = ("file_name", "file_size", "file_id", "file_owner", "file_timestamp")
 TYPES = ("GOSSIP", "GOSSIP_REPLY", "GET_FILE", "FILE_DATA", "ANNOUNCE", "DELETE")
 
+SWIM_KEY: Final = "swim"
+"""The key of the extension's object that carries a membership message (PROTOCOL.md 2.10)."""
 _NOT_EXTRA: Final = frozenset({"type", extension.KEY})
 _MAX_JSON_INT_DIGITS: Final = 4000
 """Below Python's limit on int/str conversion (4300 digits): such an int can be encoded."""
@@ -205,6 +207,7 @@ def decode(obj: Mapping[str, Any]) -> Message:
             extra=_extra(obj, keys),
             original=dict(obj),
             extension=extension.capabilities(obj),
+            swim=_swim(obj),
         )
         # The extension's key counts as unknown here: it is forwarded too, whatever it holds.
         _check_gossip_size(obj, len(gossip.extra) + (extension.KEY in obj))
@@ -232,6 +235,7 @@ def decode(obj: Mapping[str, Any]) -> Message:
             extra=_extra(obj, ("host", "port", "peerId", "files")),
             skipped=skipped,
             extension=extension.capabilities(obj),
+            swim=_swim(obj),
         )
     if kind == "GET_FILE":
         return GetFile(file_id=fields.file_id(obj), extra=_extra(obj, ("file_id",)))
@@ -300,7 +304,17 @@ def encode(message: Message) -> dict[str, Any]:
             out.setdefault(key, value)
     if isinstance(message, Gossip | GossipReply) and message.extension is not None:
         out[extension.KEY] = extension.capabilities_wire(message.extension)
+        if message.swim is not None:
+            out[extension.KEY][SWIM_KEY] = message.swim
     return out
+
+
+def _swim(obj: Mapping[str, Any]) -> Any:
+    """The ``swim`` value of a GOSSIP's or GOSSIP_REPLY's extension object, as it came (the core
+    reads it, with its limits: :mod:`treedrive.core.swimwire`); None when there is none. The
+    whole message is already bounded (the codec's limits, and a GOSSIP's size)."""
+    ext = obj.get(extension.KEY)
+    return ext.get(SWIM_KEY) if isinstance(ext, Mapping) else None
 
 
 def trailer_record(obj: Mapping[str, Any]) -> FileMeta:

@@ -1,0 +1,129 @@
+"""Membership news of :mod:`treedrive.core.swim`: what a node knows of each member, SWIM's
+precedence rules for claims about members (:meth:`MemberNews.learn`), and the messages that
+carry the news. Pure: no I/O, no clock of its own.
+
+News (membership :class:`~treedrive.core.swimtypes.News` and catalogue
+:class:`~treedrive.core.deltas.Change`) rides on every message, each item at most ``retransmit``
+times (``mult · log10(N + 1)``), least sent first; membership news older than ``news_rounds`` is
+dropped unsent (it is stale). A member that hears it is suspected or dead refutes with a higher
+incarnation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from treedrive.core.deltas import Change
+from treedrive.core.deltasync import Catalogue
+from treedrive.core.spread import SpreadQueue
+from treedrive.core.swimchanges import ChangeNews
+from treedrive.core.swimtable import MemberTable
+from treedrive.core.swimtypes import Address, Config, Member, Message, News, Status
+
+
+class MemberNews(MemberTable):
+    """One node's member table with the news it spreads (``catalogue``: its catalogue sync)."""
+
+    def __init__(
+        self,
+        me: str,
+        address: Address,
+        catalogue: Catalogue,
+        rng: random.Random,
+        now: float,
+        config: Config,
+    ) -> None:
+        self.me, self.address, self.catalogue = me, address, catalogue
+        super().__init__(rng, config)
+        self.incarnation = 0
+        self.heard: dict[str, float] = {}
+        self._news: SpreadQueue[News] = SpreadQueue()
+        self._changes = ChangeNews(me, catalogue, rng, config)
+        self._noticed: dict[str, float] = {}
+        self._now = now
+
+    def retransmit(self) -> int:
+        return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
+
+    def _set(self, m: Member, spread: bool = True) -> None:
+        if not self._put(m):
+            return
+        if not spread:  # what this node was spreading about it is out of date
+            self._news.discard(m.peer_id)
+        else:
+            news = self._news_of(m)
+            self._news.put(m.peer_id, news, self._now)
+
+    def _news_of(self, m: Member) -> News:
+        return News(m.peer_id, m.address, m.incarnation, m.status, self._changes.head_of(m.peer_id))
+
+    def _refute(self, incarnation: int) -> None:
+        self.incarnation = max(self.incarnation, incarnation) + 1
+        self._news.put(self.me, self._self_news(), self._now)
+
+    def _self_news(self) -> News:
+        return News(self.me, self.address, self.incarnation, Status.ALIVE, self.catalogue.head())
+
+    def learn(self, news: News, now: float, spread: bool = True, vouched: bool = False) -> None:
+        """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
+        incarnation, dead over suspect over alive). ``vouched``: the claim comes from the table
+        of a member that answered us (a join, or one back from the dead) and holds it alive at
+        the incarnation this node holds it suspect or dead at: across a healed partition that
+        is the truth (the other side never lost it), and if not, probes find it dead again."""
+        if news.peer_id == self.me:
+            if (
+                news.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation >= self.incarnation
+            ):
+                self._refute(news.incarnation)
+            return
+        if news.head >= 0:
+            self.catalogue.heard(news.peer_id, news.head)
+        known = self.members.get(news.peer_id)
+        if (
+            known is not None
+            and news.incarnation <= known.incarnation
+            and (news.incarnation < known.incarnation or news.status <= known.status)
+            and not (
+                vouched
+                and news.status == Status.ALIVE
+                and known.status in (Status.SUSPECT, Status.DEAD)
+                and news.incarnation == known.incarnation
+            )
+        ):
+            return
+        if known is None:
+            if news.status <= Status.SUSPECT:
+                self._set(
+                    Member(news.peer_id, news.address, news.incarnation, news.status, now), spread
+                )
+                self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+            return
+        if news.status == Status.ALIVE and known.status >= Status.DEAD:
+            self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
+        self._set(Member(news.peer_id, news.address, news.incarnation, news.status, now), spread)
+
+    def _message(
+        self, kind: type[Message], news: tuple[News, ...] | None = None, **kw: Any
+    ) -> Message:
+        limit = self.retransmit()
+        oldest = self._now - self.config.news_rounds
+        if news is None:
+            news = tuple(self._news.take(self.config.max_news, limit, oldest))
+        changes = self._changes.take(limit)
+        return kind(
+            sender=self.me,
+            address=self.address,
+            incarnation=self.incarnation,
+            head=self.catalogue.head(),
+            news=news,
+            changes=changes,
+            heads=self._changes.heads(self._now),
+            **kw,
+        )
+
+    def spread(self, changes: list[Change]) -> None:
+        """Catalogue changes to spread (this node's own, or news that was new here)."""
+        self._changes.spread(changes, self._now)
