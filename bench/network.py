@@ -68,12 +68,14 @@ def wait(predicate: Callable[[], bool], timeout: float, every: float = 0.1) -> f
 
 
 class Net:
-    def __init__(self, lab: Lab, root: Path, n: int, interval: float, timeout: float) -> None:
+    def __init__(
+        self, lab: Lab, root: Path, n: int, interval: float, timeout: float, swim: bool = True
+    ) -> None:
         self.interval = interval
         hosts = lab.add(n)
         timers = ["--gossip-interval", str(interval), "--peer-timeout", str(timeout),
                   "--cleanup-interval", str(min(1.0, interval / 2)), "--max-peers", str(n + 50),
-                  "--log-level", "WARNING"]  # fmt: skip
+                  "--log-level", "WARNING", "--swim" if swim else "--no-swim"]  # fmt: skip
         self.nodes: list[LabNode] = []
         for i, host in enumerate(hosts):
             boot = [] if i == 0 else ["--bootstrap", f"{hosts[0].ip}:9000"]
@@ -141,10 +143,11 @@ class Figures(dict[str, Any]):
 
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     lab = Lab()
-    net = Net(lab, root, args.nodes, args.interval, args.peer_timeout)
+    net = Net(lab, root, args.nodes, args.interval, args.peer_timeout, args.swim)
     result = Figures()
-    for key, value in (("nodes", args.nodes), ("mode", "netns"), ("interval", args.interval),
-                       ("peer_timeout", args.peer_timeout)):  # fmt: skip
+    head = (("nodes", args.nodes), ("mode", "netns"), ("swim", args.swim),
+            ("interval", args.interval), ("peer_timeout", args.peer_timeout))  # fmt: skip
+    for key, value in head:
         result[key] = value
     try:
         started = net.start()
@@ -235,6 +238,12 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=5, help="files pushed (one node each)")
     ap.add_argument("--json", nargs="?", const="-", help="write the figures as JSON (- : stdout)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (nodes' logs)")
+    ap.add_argument(
+        "--swim",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the nodes run --swim (PROTOCOL.md 2.10); --no-swim: the classic all-to-all gossip",
+    )
     args = ap.parse_args()
     why = available()
     if why is not None:

@@ -181,6 +181,7 @@ def _node_config(
         max_peers=o["max_peers"],
         extension=o["extension"],
         encryption=o["encryption"],
+        swim=o["swim"],
         extra=dict(file_settings(ctx).plugins),
     )
     return config, notes

@@ -244,6 +244,15 @@ OPTIONS = [
         "pinned and that do; --no-encryption moves them in clear.",
     ),
     click.option(
+        "--swim/--no-swim",
+        envvar=env("SWIM"),
+        show_envvar=True,
+        default=False,
+        show_default=True,
+        help="Membership by SWIM probes and catalogue deltas with TreeDrive peers that also "
+        "offer it, in place of the all-to-all gossip (PROTOCOL.md 2.10; opt-in for now).",
+    ),
+    click.option(
         "--shell/--no-shell",
         "shell",
         envvar=env("SHELL"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -52,7 +53,8 @@ def push(sender: str, port: int, **kw: Any) -> Push:
 
 
 @pytest.fixture
-def s(h: Harness) -> Harness:
+def s(make_harness: Callable[..., Harness]) -> Harness:
+    h = make_harness(swim=True)  # swim is opt-in (NodeConfig.swim)
     h.node.swim.start()
     return h
 

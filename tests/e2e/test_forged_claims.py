@@ -197,8 +197,10 @@ async def test_an_honest_peer_stays_tracked_through_a_flood_of_new_peer_ids(
     # flood keeps the event loop (every node's, here) busy for seconds at a time, and R's
     # GOSSIP or H's answer waits behind it: the proof lapses. It lasts the whole test here.
     monkeypatch.setattr(replies, "PROVEN_FOR", 120 / INTERVAL)
-    r: Node = await start_node("R", peer_timeout=30.0, max_peers=5)
-    h: Node = await start_node("H", bootstrap=(address(r),), peer_timeout=30.0, extension=swim)
+    r: Node = await start_node("R", peer_timeout=30.0, max_peers=5, swim=swim)
+    h: Node = await start_node(
+        "H", bootstrap=(address(r),), peer_timeout=30.0, extension=swim, swim=swim
+    )
     h_address = (h.host, h.port)
     if swim:
         await wait_for(lambda: r.swim.manages("H") and "H" in {p.peer_id for p in r.peers()})

@@ -23,6 +23,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 INTERVAL = FAST["gossip_interval"]
 
 
+@pytest.fixture(autouse=True)
+def swim_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swim is opt-in (``--swim``): every node these tests start turns it on."""
+    monkeypatch.setenv("TREEDRIVE_SWIM", "true")
+
+
 def source(tmp_path: Path, name: str, size: int = 20_000) -> Path:
     folder = tmp_path / "src"
     folder.mkdir(exist_ok=True)

@@ -40,10 +40,11 @@ EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH, SWIM, TLS})
 
 def features_for(config: NodeConfig) -> frozenset[str]:
     """The extension features a node with ``config`` speaks: none without the extension, all
-    but ``tls`` without encryption."""
+    but ``tls`` without encryption, ``swim`` only when asked for."""
     if not config.extension:
         return frozenset()
-    return EXTENSION_FEATURES if config.encryption else EXTENSION_FEATURES - {TLS}
+    off = ({TLS} if not config.encryption else set()) | ({SWIM} if not config.swim else set())
+    return EXTENSION_FEATURES - off
 
 
 class NodeContext:
