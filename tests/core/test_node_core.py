@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,7 +44,6 @@ from treedrive.core.messages import (
     RAW_PUSH,
     RAW_RANGE,
     STREAM_PUSH,
-    SWIM,
     TLS,
     Announce,
     Delete,
@@ -103,7 +103,7 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.extension is not None
     assert answer.extension.proof is not None
     ext = replace(answer.extension, proof=None)
-    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, SWIM, TLS}), 1)
+    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS}), 1)
     assert answer.extra == {}
     [alice] = h.node.peers()
     assert (alice.peer_id, alice.host, alice.port) == ("alice", "127.0.0.1", 7123)
@@ -938,3 +938,15 @@ async def test_peers_that_answer_our_gossip_survive_a_flood_of_new_peer_ids(
     tracked = {p.peer_id for p in h.node.peers()}
     assert "alice" in tracked
     assert not tracked & {"bob", "carol"}
+
+
+def test_swim_is_offered_only_when_asked_for(tmp_path: Path) -> None:
+    from treedrive.core.config import NodeConfig
+    from treedrive.core.context import features_for
+    from treedrive.core.messages import SWIM
+
+    base = NodeConfig(data_dir=tmp_path)
+    assert SWIM not in features_for(base)
+    assert SWIM in features_for(replace(base, swim=True))
+    assert TLS not in features_for(replace(base, swim=True, encryption=False))
+    assert features_for(replace(base, swim=True, extension=False)) == frozenset()
