@@ -63,6 +63,8 @@ from treedrive.core.swimtypes import (
 
 MAX_RELAYS = 64
 """Indirect probes made for others in one round (each dials an address a peer named)."""
+MAX_SEED_JOINS = 8
+"""Join pings to well-known hosts awaiting an answer (the oldest is forgotten first)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +73,8 @@ class _Probe:
     sent: float
     indirect: bool = False
     acked: bool = False
+    join: bool = False
+    """A join ping: its target's answer may carry its member list."""
 
 
 class Swim(MemberNews):
@@ -92,6 +96,8 @@ class Swim(MemberNews):
         self.seeds = tuple(s for s in seeds if s != address)
         self._seed_phase = rng.randrange(config.seed_rounds)
         self._probes: dict[int, _Probe] = {}
+        self._seed_joins: dict[int, float] = {}
+        """Join pings sent to well-known hosts (by sequence number): their answers' lists."""
         self._relays: dict[int, tuple[Address, int, float]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
         self._seq = 0
@@ -137,7 +143,7 @@ class Swim(MemberNews):
         self._seq += 1
         member = self.members[target]
         have, asof = self.catalogue.have(target), self.catalogue.asof(target)
-        self._probes[self._seq] = _Probe(target, now)
+        self._probes[self._seq] = _Probe(target, now, join=bool(kw.get("join")))
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
     def join(self, peer: str, address: Address, now: float) -> list[Out]:
@@ -246,6 +252,9 @@ class Swim(MemberNews):
         elif due and not self._alive and self.seeds:
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
+            if len(self._seed_joins) >= MAX_SEED_JOINS:
+                self._seed_joins.pop(next(iter(self._seed_joins)))
+            self._seed_joins[self._seq] = now
             out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
         return out
 
@@ -305,8 +314,14 @@ class Swim(MemberNews):
         )
 
     def _acked(self, ack: Ack, now: float) -> list[Out]:
-        for news in ack.members:
-            self.learn(news, now, spread=False, vouched=True)
+        # A member list only in answer to this node's own join ping: from the member asked, or
+        # from a well-known host asked by sequence number (any other ack's list is ignored:
+        # two made-up lists would fill the member table).
+        probe = self._probes.get(ack.seq)
+        asked = probe is not None and probe.join and probe.target == ack.sender
+        if ack.members and (asked or self._seed_joins.pop(ack.seq, None) is not None):
+            for news in ack.members:
+                self.learn(news, now, spread=False, vouched=True)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

@@ -302,6 +302,11 @@ class SwimNode:
             return False
         if pinning and self.deltas is not None:
             self.store.judge_again(message.peer_id, self.deltas, self.manages)
+        if len(self._written) >= 2 * self.ctx.config.max_peers and self.swim is not None:
+            # peer ids a stranger makes up are cheap: keep the rows of members only
+            members = self.swim.members
+            for peer_id in [p for p in self._written if p not in members]:
+                del self._written[peer_id]
         self._written[message.peer_id] = (address, now)
         return True
 
