@@ -254,7 +254,11 @@ class SwimNode:
         if swim is None or message.peer_id == ctx.peer_id:
             return
         msg = swimwire.read(message.peer_id, message.host, message.port, message.swim)
-        if msg is None or isinstance(msg, Ack) != isinstance(message, GossipReply):
+        if (
+            msg is None
+            or isinstance(msg, Ack) != isinstance(message, GossipReply)
+            or swimwire.too_far_ahead(msg, time.time())
+        ):
             ctx.counters.dropped["swim"] += 1
             ctx.log_limited(
                 "swim-malformed", logging.WARNING, "malformed membership message from %s "

@@ -351,3 +351,17 @@ def _decode(obj: Mapping[str, Any], swim: Mapping[str, Any]) -> Message:
             members=members,
         )
     raise _Bad
+
+
+INCARNATION_AHEAD = 2**20
+"""How far ahead of the wall clock (in seconds) an incarnation may be. A node starts at the
+clock's seconds and adds one per refute; a claim far ahead (2**53 about another member) would
+win over everything that member says of itself until it is forgotten."""
+
+
+def too_far_ahead(msg: Message, now: float) -> bool:
+    """Whether ``msg`` claims an incarnation, its sender's or in its news, beyond
+    :data:`INCARNATION_AHEAD` of the wall clock ``now``."""
+    limit = int(now) + INCARNATION_AHEAD
+    members = msg.members if isinstance(msg, Ack) else ()
+    return msg.incarnation > limit or any(n.incarnation > limit for n in (*msg.news, *members))
