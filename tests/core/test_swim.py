@@ -402,3 +402,24 @@ def test_a_full_member_table_does_not_grow_the_probe_order() -> None:
         a.learn(News(f"m{i}", (f"10.8.{i // 250}.{i % 250}", 1), 0, Status.ALIVE), 0.0)
     assert len(a.members) == 10
     assert len(a._order) <= 10
+
+
+def test_member_lists_to_one_host_are_few_per_round() -> None:
+    """Join pings from one address (a few hundred bytes each) get at most 4 member lists a
+    round; the others are answered without one."""
+    net = Net(30, seeds=(addr(0),))
+    net.run(10)
+    host = net.nodes[addr(0)]
+    lists = 0
+    for i in range(20):
+        ping = Ping(sender=f"x{i}", address=("10.6.6.6", 9000 + i), incarnation=1, head=0,
+                    seq=1, join=True)  # fmt: skip
+        [(_, ack)] = [o for o in host.receive(ping, net.now) if isinstance(o[1], Ack)]
+        assert isinstance(ack, Ack)
+        lists += bool(ack.members)
+    assert lists == 4
+    net.run(1.0)
+    ping = Ping(sender="y", address=("10.6.6.6", 9999), incarnation=1, head=0, seq=1, join=True)
+    [(_, ack)] = [o for o in host.receive(ping, net.now) if isinstance(o[1], Ack)]
+    assert isinstance(ack, Ack)
+    assert len(ack.members) >= 30  # the next round: a list again (the pingers joined it too)

@@ -63,6 +63,8 @@ from treedrive.core.swimtypes import (
 
 MAX_RELAYS = 64
 """Indirect probes made for others in one round (each dials an address a peer named)."""
+LISTS_PER_HOST = 4
+"""Member lists sent to one host per round at most."""
 MAX_SEED_JOINS = 8
 """Join pings to well-known hosts awaiting an answer (the oldest is forgotten first)."""
 
@@ -96,6 +98,8 @@ class Swim(MemberNews):
         self.seeds = tuple(s for s in seeds if s != address)
         self._seed_phase = rng.randrange(config.seed_rounds)
         self._probes: dict[int, _Probe] = {}
+        self._listed: dict[str, list[float]] = {}
+        """When each host was last sent this node's member list."""
         self._seed_joins: dict[int, float] = {}
         """Join pings sent to well-known hosts (by sequence number): their answers' lists."""
         self._relays: dict[int, tuple[Address, int, float]] = {}
@@ -292,12 +296,24 @@ class Swim(MemberNews):
                 out.append((msg.target_address, self._message(Ping, seq=self._seq)))
         return out
 
+    def _may_list(self, host: str) -> bool:
+        """Whether a join ping from ``host`` gets this node's member list now: at most
+        :data:`LISTS_PER_HOST` a round per host (a list is up to 8,191 members, for a ping of a
+        few hundred bytes; nodes on one machine join together)."""
+        recent = [t for t in self._listed.get(host, ()) if self._now - t < 1.0]
+        if len(recent) >= LISTS_PER_HOST:
+            return False
+        if len(self._listed) >= self.config.max_members:
+            self._listed.clear()
+        self._listed[host] = [*recent, self._now]
+        return True
+
     def _ack(self, ping: Ping) -> Ack:
         sync = None
         if ping.have is None or 0 <= ping.have < self.catalogue.head():
             sync = self.catalogue.answer(ping.have, ping.asof)
         members: tuple[News, ...] = ()
-        if ping.join:
+        if ping.join and self._may_list(ping.address[0]):
             listed = (self.members[p] for p in self._alive.items)
             alive = [m for m in listed if m.status == Status.ALIVE][: MAX_MEMBERS - 1]
             members = (
