@@ -423,3 +423,22 @@ def test_member_lists_to_one_host_are_few_per_round() -> None:
     [(_, ack)] = [o for o in host.receive(ping, net.now) if isinstance(o[1], Ack)]
     assert isinstance(ack, Ack)
     assert len(ack.members) >= 30  # the next round: a list again (the pingers joined it too)
+
+
+def test_relays_answered_at_once_still_count_against_the_round() -> None:
+    """Each relayed probe's ack frees its slot among those pending, but not in the round's
+    count: a peer that names a node acking at once gets at most MAX_RELAYS a round."""
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("m", addr(2), 0, Status.ALIVE), 0.0)
+    node.learn(News("v", addr(8), 0, Status.ALIVE), 0.0)
+    relayed = 0
+    for i in range(300):
+        req = PingReq(sender="m", address=addr(2), incarnation=0, head=0, seq=i,
+                      target="v", target_address=addr(8))  # fmt: skip
+        for to, m in node.receive(req, 0.2):
+            if to == addr(8) and isinstance(m, Ping):
+                relayed += 1
+                ack = Ack(sender="v", address=addr(8), incarnation=0, head=0, seq=m.seq,
+                          of="v", of_incarnation=0)  # fmt: skip
+                node.receive(ack, 0.2)
+    assert relayed == MAX_RELAYS

@@ -228,6 +228,8 @@ async def test_an_ack_carries_the_catalogue_only_back_to_the_pings_own_ip(s: Har
     await take(s, ping("bob", 7001, have=None), source="10.0.0.9:40000")
     [(_, _, far)] = s.net.messages(GossipReply)
     assert "sync" not in far.swim
+    assert not far.swim.get("ch")  # a bare ack to a named address: no changes, no news
+    assert not far.swim.get("news")
     s.net.sent.clear()
     await take(s, ping("bob", 7001, seq=2, have=None), source="127.0.0.1:40000")
     [(_, _, near)] = s.net.messages(GossipReply)

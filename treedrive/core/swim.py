@@ -98,6 +98,8 @@ class Swim(MemberNews):
         self.seeds = tuple(s for s in seeds if s != address)
         self._seed_phase = rng.randrange(config.seed_rounds)
         self._probes: dict[int, _Probe] = {}
+        self._relayed: list[float] = []
+        """When the indirect probes made for others in the last round were made."""
         self._listed: dict[str, list[float]] = {}
         """When each host was last sent this node's member list."""
         self._seed_joins: dict[int, float] = {}
@@ -290,7 +292,11 @@ class Swim(MemberNews):
         elif isinstance(msg, PingReq) and msg.sender in self._alive:
             while self._relays and now - next(iter(self._relays.values()))[2] > 1.0:
                 del self._relays[next(iter(self._relays))]
-            if len(self._relays) < MAX_RELAYS:  # a stranger names addresses: a bounded rate
+            # a stranger names addresses: a bounded rate (made in the last round, whether or
+            # not they were answered: an ack frees a slot in _relays, not in this count)
+            self._relayed = [t for t in self._relayed if now - t < 1.0]
+            if len(self._relays) < MAX_RELAYS and len(self._relayed) < MAX_RELAYS:
+                self._relayed.append(now)
                 self._seq += 1
                 self._relays[self._seq] = (msg.address, msg.seq, now)
                 out.append((msg.target_address, self._message(Ping, seq=self._seq)))

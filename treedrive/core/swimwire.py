@@ -154,14 +154,14 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
 
 
 def guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:
-    """An ack's catalogue answer and member list go back only to the IP the ping came from:
-    to another address named in the ping, the ack says only that this node is alive (no
+    """An ack's catalogue answer, member list and news go back only to the IP the ping came
+    from: to another address named in the ping, the ack says only that this node is alive (no
     reply much larger than what asked for it, THREATS.md)."""
     if same_host(msg.address[0], source_ip(source)):
         return outs
     return [
-        (a, replace(m, sync=None, members=()))
-        if isinstance(m, Ack) and a == msg.address and (m.sync or m.members)
+        (a, replace(m, sync=None, members=(), news=(), changes=(), heads=()))
+        if isinstance(m, Ack) and a == msg.address
         else (a, m)
         for a, m in outs
     ]
