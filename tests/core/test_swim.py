@@ -370,3 +370,75 @@ def test_join_asks_the_first_member_met_for_its_table_and_pull_asks_any() -> Non
     assert again.join
     assert to in {addr(1), addr(2), addr(3)}
     assert Swim("z", addr(9), Catalogue("z"), random.Random(0), 0.0).pull(0.0) == []
+
+
+def test_a_member_list_is_taken_only_in_answer_to_this_nodes_own_join_ping() -> None:
+    """mallory's acks carry member lists nobody asked for: none is taken (two such lists
+    would fill the member table and keep every real newcomer out)."""
+    net = Net(3, seeds=(addr(0),))
+    net.run(4)
+    a = net.nodes[addr(1)]
+    made_up = tuple(News(f"fake{i}", (f"10.9.{i // 250}.{i % 250}", 1), 0, Status.ALIVE)
+                    for i in range(500))  # fmt: skip
+    for seq in (0, 1, 2, 99, a._seq):  # a pending probe's number too: not a join ping
+        ack = Ack(sender="mallory", address=("10.6.6.6", 8270), incarnation=1, head=0,
+                  seq=seq, of="mallory", of_incarnation=1, members=made_up)  # fmt: skip
+        a.receive(ack, net.now)
+    assert not [p for p in a.members if p.startswith("fake")]
+    # the member a join ping went to is heard, list and all
+    [(to, ping)] = a.pull(net.now)
+    assert isinstance(ping, Ping)
+    target = next(n for n in net.nodes.values() if n.address == to)
+    answer = Ack(sender=target.me, address=to, incarnation=target.incarnation, head=0,
+                 seq=ping.seq, of=target.me, of_incarnation=target.incarnation,
+                 members=made_up[:3])  # fmt: skip
+    a.receive(answer, net.now)
+    assert {"fake0", "fake1", "fake2"} <= set(a.members)
+
+
+def test_a_full_member_table_does_not_grow_the_probe_order() -> None:
+    a = Swim("a", addr(1), Catalogue("a"), random.Random(1), 0.0, config=Config(max_members=10))
+    for i in range(5_000):
+        a.learn(News(f"m{i}", (f"10.8.{i // 250}.{i % 250}", 1), 0, Status.ALIVE), 0.0)
+    assert len(a.members) == 10
+    assert len(a._order) <= 10
+
+
+def test_member_lists_to_one_host_are_few_per_round() -> None:
+    """Join pings from one address (a few hundred bytes each) get at most 4 member lists a
+    round; the others are answered without one."""
+    net = Net(30, seeds=(addr(0),))
+    net.run(10)
+    host = net.nodes[addr(0)]
+    lists = 0
+    for i in range(20):
+        ping = Ping(sender=f"x{i}", address=("10.6.6.6", 9000 + i), incarnation=1, head=0,
+                    seq=1, join=True)  # fmt: skip
+        [(_, ack)] = [o for o in host.receive(ping, net.now) if isinstance(o[1], Ack)]
+        assert isinstance(ack, Ack)
+        lists += bool(ack.members)
+    assert lists == 4
+    net.run(1.0)
+    ping = Ping(sender="y", address=("10.6.6.6", 9999), incarnation=1, head=0, seq=1, join=True)
+    [(_, ack)] = [o for o in host.receive(ping, net.now) if isinstance(o[1], Ack)]
+    assert isinstance(ack, Ack)
+    assert len(ack.members) >= 30  # the next round: a list again (the pingers joined it too)
+
+
+def test_relays_answered_at_once_still_count_against_the_round() -> None:
+    """Each relayed probe's ack frees its slot among those pending, but not in the round's
+    count: a peer that names a node acking at once gets at most MAX_RELAYS a round."""
+    node = Swim("me", addr(1), Catalogue("me"), random.Random(1), 0.0)
+    node.learn(News("m", addr(2), 0, Status.ALIVE), 0.0)
+    node.learn(News("v", addr(8), 0, Status.ALIVE), 0.0)
+    relayed = 0
+    for i in range(300):
+        req = PingReq(sender="m", address=addr(2), incarnation=0, head=0, seq=i,
+                      target="v", target_address=addr(8))  # fmt: skip
+        for to, m in node.receive(req, 0.2):
+            if to == addr(8) and isinstance(m, Ping):
+                relayed += 1
+                ack = Ack(sender="v", address=addr(8), incarnation=0, head=0, seq=m.seq,
+                          of="v", of_incarnation=0)  # fmt: skip
+                node.receive(ack, 0.2)
+    assert relayed == MAX_RELAYS

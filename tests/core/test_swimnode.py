@@ -228,6 +228,8 @@ async def test_an_ack_carries_the_catalogue_only_back_to_the_pings_own_ip(s: Har
     await take(s, ping("bob", 7001, have=None), source="10.0.0.9:40000")
     [(_, _, far)] = s.net.messages(GossipReply)
     assert "sync" not in far.swim
+    assert not far.swim.get("ch")  # a bare ack to a named address: no changes, no news
+    assert not far.swim.get("news")
     s.net.sent.clear()
     await take(s, ping("bob", 7001, seq=2, have=None), source="127.0.0.1:40000")
     [(_, _, near)] = s.net.messages(GossipReply)
@@ -333,3 +335,21 @@ async def test_a_members_own_first_message_is_tracked_though_news_of_it_came_fir
     assert peers(s)["alice"].features == frozenset({SWIM})  # heard of: all that is known
     await take(s, ping("alice", ALICE[1]))
     assert peers(s)["alice"].features == FEATURES.features  # what she says herself
+
+
+async def test_an_incarnation_far_ahead_of_the_clock_is_dropped(s: Harness) -> None:
+    """mallory's news says bob is dead at incarnation 2**53: taken, no word of bob's own could
+    ever win over it again; the whole message is dropped instead, as malformed."""
+    doom = News("bob", ("127.0.0.1", 7002), 2**53, Status.DEAD)
+    await take(s, push("mallory", 7666, news=(doom,)))
+    assert s.node.ctx.counters.dropped["swim"] == 1
+    core = s.node.swim.swim
+    assert core is not None
+    assert "bob" not in core.members
+    now = int(time.time())
+    fine = News("carol", ("127.0.0.1", 7003), now + 5, Status.ALIVE)
+    await take(s, push("mallory", 7666, news=(fine,)))
+    assert s.node.ctx.counters.dropped["swim"] == 1
+    assert "carol" in core.members
+    assert swimwire.too_far_ahead(push("m", 1, news=(doom,)), now)
+    assert not swimwire.too_far_ahead(push("m", 1, news=(fine,)), now)

@@ -63,6 +63,10 @@ from treedrive.core.swimtypes import (
 
 MAX_RELAYS = 64
 """Indirect probes made for others in one round (each dials an address a peer named)."""
+LISTS_PER_HOST = 4
+"""Member lists sent to one host per round at most."""
+MAX_SEED_JOINS = 8
+"""Join pings to well-known hosts awaiting an answer (the oldest is forgotten first)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +75,8 @@ class _Probe:
     sent: float
     indirect: bool = False
     acked: bool = False
+    join: bool = False
+    """A join ping: its target's answer may carry its member list."""
 
 
 class Swim(MemberNews):
@@ -92,6 +98,12 @@ class Swim(MemberNews):
         self.seeds = tuple(s for s in seeds if s != address)
         self._seed_phase = rng.randrange(config.seed_rounds)
         self._probes: dict[int, _Probe] = {}
+        self._relayed: list[float] = []
+        """When the indirect probes made for others in the last round were made."""
+        self._listed: dict[str, list[float]] = {}
+        """When each host was last sent this node's member list."""
+        self._seed_joins: dict[int, float] = {}
+        """Join pings sent to well-known hosts (by sequence number): their answers' lists."""
         self._relays: dict[int, tuple[Address, int, float]] = {}
         """Indirect probes made for others: my seq -> (requester, its seq)."""
         self._seq = 0
@@ -137,7 +149,7 @@ class Swim(MemberNews):
         self._seq += 1
         member = self.members[target]
         have, asof = self.catalogue.have(target), self.catalogue.asof(target)
-        self._probes[self._seq] = _Probe(target, now)
+        self._probes[self._seq] = _Probe(target, now, join=bool(kw.get("join")))
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
     def join(self, peer: str, address: Address, now: float) -> list[Out]:
@@ -246,6 +258,9 @@ class Swim(MemberNews):
         elif due and not self._alive and self.seeds:
             self._seq += 1
             seed = self.seeds[self.rng.randrange(len(self.seeds))]
+            if len(self._seed_joins) >= MAX_SEED_JOINS:
+                self._seed_joins.pop(next(iter(self._seed_joins)))
+            self._seed_joins[self._seq] = now
             out.append((seed, self._message(Ping, seq=self._seq, have=-1, join=True)))
         return out
 
@@ -277,18 +292,34 @@ class Swim(MemberNews):
         elif isinstance(msg, PingReq) and msg.sender in self._alive:
             while self._relays and now - next(iter(self._relays.values()))[2] > 1.0:
                 del self._relays[next(iter(self._relays))]
-            if len(self._relays) < MAX_RELAYS:  # a stranger names addresses: a bounded rate
+            # a stranger names addresses: a bounded rate (made in the last round, whether or
+            # not they were answered: an ack frees a slot in _relays, not in this count)
+            self._relayed = [t for t in self._relayed if now - t < 1.0]
+            if len(self._relays) < MAX_RELAYS and len(self._relayed) < MAX_RELAYS:
+                self._relayed.append(now)
                 self._seq += 1
                 self._relays[self._seq] = (msg.address, msg.seq, now)
                 out.append((msg.target_address, self._message(Ping, seq=self._seq)))
         return out
+
+    def _may_list(self, host: str) -> bool:
+        """Whether a join ping from ``host`` gets this node's member list now: at most
+        :data:`LISTS_PER_HOST` a round per host (a list is up to 8,191 members, for a ping of a
+        few hundred bytes; nodes on one machine join together)."""
+        recent = [t for t in self._listed.get(host, ()) if self._now - t < 1.0]
+        if len(recent) >= LISTS_PER_HOST:
+            return False
+        if len(self._listed) >= self.config.max_members:
+            self._listed.clear()
+        self._listed[host] = [*recent, self._now]
+        return True
 
     def _ack(self, ping: Ping) -> Ack:
         sync = None
         if ping.have is None or 0 <= ping.have < self.catalogue.head():
             sync = self.catalogue.answer(ping.have, ping.asof)
         members: tuple[News, ...] = ()
-        if ping.join:
+        if ping.join and self._may_list(ping.address[0]):
             listed = (self.members[p] for p in self._alive.items)
             alive = [m for m in listed if m.status == Status.ALIVE][: MAX_MEMBERS - 1]
             members = (
@@ -305,8 +336,14 @@ class Swim(MemberNews):
         )
 
     def _acked(self, ack: Ack, now: float) -> list[Out]:
-        for news in ack.members:
-            self.learn(news, now, spread=False, vouched=True)
+        # A member list only in answer to this node's own join ping: from the member asked, or
+        # from a well-known host asked by sequence number (any other ack's list is ignored:
+        # two made-up lists would fill the member table).
+        probe = self._probes.get(ack.seq)
+        asked = probe is not None and probe.join and probe.target == ack.sender
+        if ack.members and (asked or self._seed_joins.pop(ack.seq, None) is not None):
+            for news in ack.members:
+                self.learn(news, now, spread=False, vouched=True)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

@@ -47,14 +47,16 @@ class MemberNews(MemberTable):
     def retransmit(self) -> int:
         return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
 
-    def _set(self, m: Member, spread: bool = True) -> None:
+    def _set(self, m: Member, spread: bool = True) -> bool:
+        """Store a row and spread news of it (False: not stored, the table is full)."""
         if not self._put(m):
-            return
+            return False
         if not spread:  # what this node was spreading about it is out of date
             self._news.discard(m.peer_id)
         else:
             news = self._news_of(m)
             self._news.put(m.peer_id, news, self._now)
+        return True
 
     def _news_of(self, m: Member) -> News:
         return News(m.peer_id, m.address, m.incarnation, m.status, self._changes.head_of(m.peer_id))
@@ -95,10 +97,9 @@ class MemberNews(MemberTable):
         ):
             return
         if known is None:
-            if news.status <= Status.SUSPECT:
-                self._set(
-                    Member(news.peer_id, news.address, news.incarnation, news.status, now), spread
-                )
+            row = Member(news.peer_id, news.address, news.incarnation, news.status, now)
+            # a newcomer the full table refused is not probed either (the order stays bounded)
+            if news.status <= Status.SUSPECT and self._set(row, spread):
                 self._order.insert(self.rng.randrange(len(self._order) + 1), news.peer_id)
             return
         if news.status == Status.ALIVE and known.status >= Status.DEAD:

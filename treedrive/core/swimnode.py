@@ -254,7 +254,11 @@ class SwimNode:
         if swim is None or message.peer_id == ctx.peer_id:
             return
         msg = swimwire.read(message.peer_id, message.host, message.port, message.swim)
-        if msg is None or isinstance(msg, Ack) != isinstance(message, GossipReply):
+        if (
+            msg is None
+            or isinstance(msg, Ack) != isinstance(message, GossipReply)
+            or swimwire.too_far_ahead(msg, time.time())
+        ):
             ctx.counters.dropped["swim"] += 1
             ctx.log_limited(
                 "swim-malformed", logging.WARNING, "malformed membership message from %s "
@@ -302,6 +306,11 @@ class SwimNode:
             return False
         if pinning and self.deltas is not None:
             self.store.judge_again(message.peer_id, self.deltas, self.manages)
+        if len(self._written) >= 2 * self.ctx.config.max_peers and self.swim is not None:
+            # peer ids a stranger makes up are cheap: keep the rows of members only
+            members = self.swim.members
+            for peer_id in [p for p in self._written if p not in members]:
+                del self._written[peer_id]
         self._written[message.peer_id] = (address, now)
         return True
 

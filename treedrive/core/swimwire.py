@@ -154,14 +154,14 @@ def encode(msg: Message, base: Mapping[str, Any], gossip_id: str = "") -> dict[s
 
 
 def guarded(outs: list[Out], msg: Message, source: str) -> list[Out]:
-    """An ack's catalogue answer and member list go back only to the IP the ping came from:
-    to another address named in the ping, the ack says only that this node is alive (no
+    """An ack's catalogue answer, member list and news go back only to the IP the ping came
+    from: to another address named in the ping, the ack says only that this node is alive (no
     reply much larger than what asked for it, THREATS.md)."""
     if same_host(msg.address[0], source_ip(source)):
         return outs
     return [
-        (a, replace(m, sync=None, members=()))
-        if isinstance(m, Ack) and a == msg.address and (m.sync or m.members)
+        (a, replace(m, sync=None, members=(), news=(), changes=(), heads=()))
+        if isinstance(m, Ack) and a == msg.address
         else (a, m)
         for a, m in outs
     ]
@@ -351,3 +351,17 @@ def _decode(obj: Mapping[str, Any], swim: Mapping[str, Any]) -> Message:
             members=members,
         )
     raise _Bad
+
+
+INCARNATION_AHEAD = 2**20
+"""How far ahead of the wall clock (in seconds) an incarnation may be. A node starts at the
+clock's seconds and adds one per refute; a claim far ahead (2**53 about another member) would
+win over everything that member says of itself until it is forgotten."""
+
+
+def too_far_ahead(msg: Message, now: float) -> bool:
+    """Whether ``msg`` claims an incarnation, its sender's or in its news, beyond
+    :data:`INCARNATION_AHEAD` of the wall clock ``now``."""
+    limit = int(now) + INCARNATION_AHEAD
+    members = msg.members if isinstance(msg, Ack) else ()
+    return msg.incarnation > limit or any(n.incarnation > limit for n in (*msg.news, *members))
