@@ -12,9 +12,10 @@ Each round (one gossip interval) a node:
 - pushes the news it has to spread (:class:`Push`) to ``fanout`` random members (nothing when
   there is nothing to spread);
 - probes ``reprobe_dead`` dead members (round-robin) and, every ``seed_rounds`` while it holds
-  members dead (every round when it knows nobody alive), one well-known address: a node that has
-  lost peers keeps looking for them at a slow rate, so a partition heals once the network is
-  whole again;
+  members dead, pulls a random member's table (anti-entropy for news dropped as stale; a
+  well-known address is asked instead, every round, only while it knows nobody alive): a node
+  that has lost peers keeps looking for them at a slow rate, so a partition heals once the
+  network is whole again;
 - pings up to ``syncs`` origins whose catalogue it is behind on.
 
 News (membership :class:`News` and catalogue :class:`~treedrive.core.deltas.Change`) rides on
