@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.transport.tls_helpers import downstream_relay, forwarder, hung_up, pair, split_wire
 from treedrive.transport import bulk, secure, tlsstream
+from treedrive.transport.filereader import FileReader
 from treedrive.transport.secure import HandshakeError, KeyMismatch, NodeTLS
-from treedrive.transport.securestream import FileReader, SecureStream
+from treedrive.transport.securestream import SecureStream
 
 SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of any piece or record size
 

@@ -20,14 +20,10 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import cast
 
 from treedrive.transport import bulk
-
-ReadAt = Callable[[memoryview, int], int]
-"""Reads a file into the view from the offset; how many bytes (0: the file ends there)."""
+from treedrive.transport.filereader import ReadAt
 
 SOCKET_BUFFER = 1024 * 1024
 """Bytes of ciphertext read from the socket at a time."""
@@ -383,36 +379,6 @@ class SecureStream:
         self.sock.close()
 
     def __enter__(self) -> SecureStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class FileReader:
-    """Reads a file opened for one upload alone (its own file position, unbuffered) at the
-    offsets the upload asks for, in order: one ``readinto`` per piece, a seek only when an
-    offset is not where the last read ended (what ``sendfile`` does in the kernel for a plain
-    connection). Partial files are read by the store (their ``Tail``), never here."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = path.open("rb", buffering=0)
-        self._at = 0
-
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def __call__(self, view: memoryview, offset: int) -> int:
-        if offset != self._at:
-            self._file.seek(offset)
-        n = self._file.readinto(view) or 0
-        self._at = offset + n
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> FileReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,10 +28,11 @@ from treedrive.transport.extension import (
     raw_file_data,
     stream_push,
 )
+from treedrive.transport.filereader import FileReader, ReadAt
 from treedrive.transport.limits import NetLimits
 from treedrive.transport.ratelimit import RateLimiter
 from treedrive.transport.secureconn import SecureConn, crypto
-from treedrive.transport.securestream import FileReader, ReadAt, SecureStream
+from treedrive.transport.securestream import SecureStream
 from treedrive.transport.streams import NOT_HERE, Workers, drain, drain_upload, write_file_data
 
 log = logging.getLogger(__name__)
