@@ -58,6 +58,11 @@ class Host:
     inside: str
     ip: str
 
+    @property
+    def mac(self) -> str:
+        """Its inside link's hardware address (locally administered, from its number)."""
+        return "02:77:" + ":".join(f"{b:02x}" for b in self.index.to_bytes(4, "big"))
+
 
 @dataclass
 class Lab:
@@ -89,7 +94,8 @@ class Lab:
             host = Host(i, f"{self.prefix}n{i}", f"{self.prefix}o{i}", f"{self.prefix}i{i}", ip)
             self.hosts.append(host)
             _ip("netns", "add", host.ns)
-            _ip("link", "add", host.outside, "type", "veth", "peer", "name", host.inside)
+            _ip("link", "add", host.outside, "type", "veth", "peer", "name", host.inside,
+                "address", host.mac)  # fmt: skip
             _ip("link", "set", host.inside, "netns", host.ns)
             _ip("link", "set", host.outside, "master", self.bridge)
             _ip("link", "set", host.outside, "up")
@@ -97,7 +103,26 @@ class Lab:
             self.exec(host, "ip", "addr", "add", f"{ip}/16", "dev", host.inside)
             self.exec(host, "ip", "link", "set", host.inside, "up")
             made.append(host)
+        self._neighbours(made)
         return made
+
+    def _neighbours(self, made: Sequence[Host]) -> None:
+        """Every host knows every other's hardware address for good (permanent neighbour
+        entries), so no host asks by ARP. The kernel keeps one ARP table for all namespaces, of
+        ``gc_thresh3`` (1,024) learned entries by default: a lab of N hosts that talk to each
+        other learns N x (N - 1) of them, so past about 32 hosts new ones are refused ("neighbor
+        table overflow") and a host cannot reach most others. Permanent entries do not count."""
+        new = {h.ns for h in made}
+        for host in self.hosts:
+            others = [h for h in self.hosts if h is not host and (host.ns in new or h.ns in new)]
+            if not others:
+                continue
+            lines = "".join(
+                f"neigh replace {h.ip} lladdr {h.mac} dev {host.inside} nud permanent\n"
+                for h in others
+            )
+            subprocess.run(["ip", "-n", host.ns, "-batch", "-"], input=lines, text=True,
+                           capture_output=True, check=True, timeout=30)  # fmt: skip
 
     def exec(self, host: Host, *argv: str) -> None:
         subprocess.run(["ip", "netns", "exec", host.ns, *argv], check=True, timeout=30)
