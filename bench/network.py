@@ -7,7 +7,10 @@ iproute2): node 0 is the well-known host, the others bootstrap through it. Measu
   it knows every other (p50, p99 over the nodes);
 - ``rounds_to_catalogue``: a file pushed on one node, intervals until each node lists it;
 - ``bytes_per_node_per_interval``: steady state, what each node sent, from its interface's byte
-  counters, over ``--steady`` intervals (p50, p99 over the nodes); and
+  counters, over ``--steady`` intervals (p50, p99 over the nodes); the same figure as
+  ``wire_bytes_per_node_per_interval``, the simulator's key for what the wire carries (its
+  ``bytes_per_node_per_interval`` counts the messages' JSON alone), with the simulator's figure
+  for the same N and the ratio of the medians (``wire_bytes_real_vs_simulator``); and
   ``messages_per_node_per_interval``: the TCP connections it opened meanwhile (its namespace's
   ``ActiveOpens``: one per message);
 - a partition: the second half of the nodes moved to a bridge of their own for ``--split-for``
@@ -46,6 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import simulate
 from tests.netlab import Lab, LabNode, available
 
 
@@ -166,10 +170,15 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     net.per_node_times(pushed, lambda n: files[0] in n.files(), limit)
                 )
         wait(lambda: all(set(files) <= n.files() for n in net.nodes), limit)
-        time.sleep(2 * args.interval)  # past the pushes: steady state
+        # Past the pushes and their copies: the changes they made have gone round (each is
+        # sent a few times, on up to 3 pushes a round) and the joins' pulls are done.
+        time.sleep(args.settle * args.interval)
         per_bytes, per_msgs = steady(lab, net, args.steady)
         result["bytes_per_node_per_interval"] = pcts(per_bytes)
+        result["wire_bytes_per_node_per_interval"] = result["bytes_per_node_per_interval"]
         result["messages_per_node_per_interval"] = pcts(per_msgs)
+        if args.swim:
+            compare(result, args.nodes)
 
         half = args.nodes // 2
         left, right = net.nodes[:half], net.nodes[half:]
@@ -205,6 +214,18 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return result
 
 
+def compare(result: Figures, n: int) -> None:
+    """The simulator's steady state for the same N (``bench/simulate.py``, same logic, one
+    file a node as here), and the real wire bytes against its wire bytes (the done-when: within
+    25 %)."""
+    sim = simulate.steady(argparse.Namespace(files=1, fanout=3, seed=7), n)
+    wire = sim["wire_bytes_per_node_per_interval"]
+    result["simulator_wire_bytes_per_node_per_interval"] = wire
+    result["simulator_messages_per_node_per_interval"] = sim["messages_per_node_per_interval"]
+    real = result["wire_bytes_per_node_per_interval"]["p50"]
+    result["wire_bytes_real_vs_simulator"] = round(real / wire["p50"], 3)
+
+
 def churn(net: Net, result: Figures, limit: float) -> None:
     """Kill the last node; how long the others take to drop it, and whom they drop wrongly."""
     victim = net.nodes[-1]
@@ -235,6 +256,10 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=float, default=10.0, help="seconds")
     ap.add_argument("--split-for", type=float, default=25.0, help="partition length, seconds")
     ap.add_argument("--steady", type=int, default=5, help="intervals of steady-state counting")
+    ap.add_argument(
+        "--settle", type=int, default=10,
+        help="intervals waited after the pushes before counting (their news goes round)",
+    )  # fmt: skip
     ap.add_argument("--files", type=int, default=5, help="files pushed (one node each)")
     ap.add_argument("--json", nargs="?", const="-", help="write the figures as JSON (- : stdout)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (nodes' logs)")

@@ -5,6 +5,9 @@ virtual time (1.0 = one gossip interval) with loss, delay, crashes, joins and pa
 Every message sent is counted with its real encoded size: the classic JSON object that
 :func:`treedrive.core.swimwire.encode` builds (GOSSIP or GOSSIP_REPLY, with the extension's
 version, features and a proof of the real sizes), written compactly as the node writes it.
+And with what it costs on the wire (:data:`SENDER_FRAMING`, :data:`RECEIVER_FRAMING`): every
+message is a TCP connection of its own, whose handshake, segment headers and FIN exchange weigh
+more than a ping's JSON; the real benchmark (``bench/network.py``) counts them on the interfaces.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ BASE_EXT: dict[str, Any] = {
 GOSSIP_ID = "0aab9be0-b6f7-4323-942b-f5d17e1f8d39"  # a UUID4's length
 
 
+SENDER_FRAMING = 338
+"""Bytes a message's sender puts on the wire besides the message itself, measured on the test
+lab's veth pairs (``tests/test_netlab.py`` checks it): Ethernet, IPv4 and TCP headers with
+timestamps (66 bytes a segment) on its SYN (74), the handshake's ACK, the data segment, its FIN
+and the ACK of the receiver's FIN (the lab's links pass one message of up to 64 kB as one
+segment)."""
+RECEIVER_FRAMING = 206
+"""Bytes a message's receiver sends back for it: the SYN-ACK (74), the ACK of the data, its FIN."""
+
+
 def file_meta(owner: str, n: int) -> FileMeta:
     fid = hashlib.sha256(f"{owner}/{n}".encode()).hexdigest()
     return FileMeta(fid, f"{owner}-file-{n}.bin", 0.25, owner, 1795617115 + n)
@@ -57,18 +70,26 @@ class SimNode:
 
 @dataclass(slots=True)
 class Traffic:
-    """Bytes and messages each node sent since :meth:`reset`."""
+    """Bytes and messages each node sent since :meth:`reset`: ``bytes`` the messages' JSON,
+    ``wire`` what the node's interface sends (its messages with their framing, and the
+    receiver's share of each connection it took in)."""
 
     bytes: dict[int, int] = field(default_factory=dict)
     messages: dict[int, int] = field(default_factory=dict)
+    wire: dict[int, int] = field(default_factory=dict)
 
     def count(self, idx: int, size: int) -> None:
         self.bytes[idx] = self.bytes.get(idx, 0) + size
         self.messages[idx] = self.messages.get(idx, 0) + 1
+        self.wire[idx] = self.wire.get(idx, 0) + size + SENDER_FRAMING
+
+    def received(self, idx: int) -> None:
+        self.wire[idx] = self.wire.get(idx, 0) + RECEIVER_FRAMING
 
     def reset(self) -> None:
         self.bytes.clear()
         self.messages.clear()
+        self.wire.clear()
 
 
 class World:
@@ -174,6 +195,8 @@ class World:
                 continue
             if self.partitioned and self.nodes[dest].side != src.side:
                 continue
+            if self.nodes[dest].up:
+                self.traffic.received(dest)
             self._counter += 1
             at = self.now + self.rng.uniform(*self.delay)
             heapq.heappush(self._events, (at, self._counter, dest, msg))

@@ -114,9 +114,11 @@ def _world(args: argparse.Namespace, n: int, seed: int, loss: float = 0.0) -> Wo
     return world
 
 
-def _traffic(world: World, start: float, rounds: int) -> tuple[list[float], list[float]]:
-    """Bytes and messages each live node sends per interval over ``rounds`` rounds from
-    ``start``."""
+def _traffic(
+    world: World, start: float, rounds: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Bytes (JSON), messages and bytes on the wire each live node sends per interval over
+    ``rounds`` rounds from ``start``."""
     world.run_until(start)
     world.measure = True
     world.traffic.reset()
@@ -125,15 +127,17 @@ def _traffic(world: World, start: float, rounds: int) -> tuple[list[float], list
     live = world.live()
     per_bytes = [world.traffic.bytes.get(x.idx, 0) / rounds for x in live]
     per_msgs = [world.traffic.messages.get(x.idx, 0) / rounds for x in live]
-    return per_bytes, per_msgs
+    per_wire = [world.traffic.wire.get(x.idx, 0) / rounds for x in live]
+    return per_bytes, per_msgs, per_wire
 
 
 def steady(args: argparse.Namespace, n: int) -> dict[str, Any]:
     world = _world(args, n, args.seed)
-    per_bytes, per_msgs = _traffic(world, 3.0, 5)
+    per_bytes, per_msgs, per_wire = _traffic(world, 3.0, 5)
     return {
         "bytes_per_node_per_interval": p50_p99(per_bytes),
         "messages_per_node_per_interval": p50_p99(per_msgs),
+        "wire_bytes_per_node_per_interval": p50_p99(per_wire),
     }
 
 
@@ -189,7 +193,7 @@ def news(args: argparse.Namespace, n: int) -> dict[str, Any]:
     if crashed:
         out["rounds_to_detect_crash"] = p50_p99([r for tr in crashed for r in tr.rounds])
         # after churn every node holds members dead: what that steady state costs
-        per_bytes, per_msgs = _traffic(world, world.now, AFTER_CHURN_ROUNDS)
+        per_bytes, per_msgs, _ = _traffic(world, world.now, AFTER_CHURN_ROUNDS)
         out["bytes_per_node_per_interval_after_churn"] = {
             **p50_p99(per_bytes),
             "max": max(per_bytes),
@@ -317,6 +321,7 @@ def plot(results: list[dict[str, Any]], folder: Path) -> None:
         "ideal_rounds",
         "bytes_per_node_per_interval",
         "messages_per_node_per_interval",
+        "wire_bytes_per_node_per_interval",
         "bytes_per_node_per_interval_after_churn",
     ):
         if not all(key in r for r in results):

@@ -4,7 +4,9 @@ within the push-gossip ideal, and a 50/50 partition heals with nothing lost or r
 from __future__ import annotations
 
 import argparse
+import random
 
+from bench.simnet import RECEIVER_FRAMING, SENDER_FRAMING, World
 from bench.simulate import MAX_ROUNDS, simulate
 
 
@@ -44,3 +46,27 @@ def test_with_loss_and_churn_news_still_reaches_every_live_node() -> None:
     after = r["bytes_per_node_per_interval_after_churn"]  # measured once the churn settled
     assert isinstance(after, dict)
     assert 0 < after["p50"] <= after["p99"] <= after["max"]
+
+
+def test_the_wire_counts_each_message_with_its_framing_at_both_ends() -> None:
+    """No loss, nobody down: what the interfaces carry is every message's JSON, the sender's
+    framing for each, and the receiver's for each (``bench/simnet.py``)."""
+    world = World(random.Random(3), loss=0.0)
+    world.populate(12, 2)
+    world.run_until(3.0)
+    world.traffic.reset()
+    world.run_until(6.0)
+    t = world.traffic
+    sent = sum(t.messages.values())
+    assert sent > 0
+    assert sum(t.wire.values()) == sum(t.bytes.values()) + sent * (
+        SENDER_FRAMING + RECEIVER_FRAMING
+    )
+    world.crash(world.nodes[5])
+    world.traffic.reset()
+    world.run_until(9.0)
+    # messages to the crashed node cost their sender, and nothing at the receiver
+    assert sum(t.wire.values()) < sum(t.bytes.values()) + sum(t.messages.values()) * (
+        SENDER_FRAMING + RECEIVER_FRAMING
+    )
+    assert 5 not in t.wire
