@@ -3,6 +3,7 @@
 - :mod:`~treedrive.core.context`: what the parts share (identity, store, outbox, plugins, tasks);
 - :mod:`~treedrive.core.membership` and :mod:`~treedrive.core.bootstrap`: GOSSIP, peers, joining;
 - :mod:`~treedrive.core.catalogue`: who holds which file, deletes and tombstones;
+  :mod:`~treedrive.core.deleterelay`: owners' DELETEs passed on to peers that missed them;
 - :mod:`~treedrive.core.sharing`: pushes, both ways; :mod:`~treedrive.core.fetching`: gets;
 - :mod:`~treedrive.core.transfers`: transfers and their progress;
 - :mod:`~treedrive.core.recovery`: the store made consistent at start.
@@ -25,9 +26,10 @@ from typing import Any
 
 from treedrive.core.activity import Activity
 from treedrive.core.bootstrap import Joining
-from treedrive.core.catalogue import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Catalogue
+from treedrive.core.catalogue import Catalogue
 from treedrive.core.config import NodeConfig
 from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged, storage_failure
+from treedrive.core.deleterelay import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE
 from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
 from treedrive.core.forwarding import Forward
