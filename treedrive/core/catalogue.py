@@ -70,16 +70,30 @@ class Catalogue:
         stranger's record would make this node the owner of a file it did not push, and give
         it the right to DELETE it); those are counted and logged. A file this node pushed and
         then deleted is its own too: a peer that still lists it missed the DELETE, and the
-        tombstone check that follows sends it again."""
+        tombstone check that follows sends it again. (:meth:`take` does this check itself, on
+        the tombstones it reads anyway.)"""
         ctx = self.ctx
         if not any(m.file_owner == ctx.peer_id for m in metas):
             return list(metas)
         own = self.own_files()
         claimed = [m.file_id for m in metas if m.file_owner == ctx.peer_id and m.file_id not in own]
-        if claimed:
-            with ctx.store.reading() as uow:
-                deleted = uow.tombstones.owners(claimed)
-            own = own | {f for f, owner in deleted.items() if owner == ctx.peer_id}
+        if not claimed:
+            return list(metas)
+        with ctx.store.reading() as uow:
+            deleted = uow.tombstones.owners(claimed)
+        return self._unforged(metas, own, deleted, peer_id)
+
+    def _unforged(
+        self,
+        metas: Sequence[FileMeta],
+        own: frozenset[str],
+        deleted: dict[str, str],
+        peer_id: str,
+    ) -> list[FileMeta]:
+        """``metas`` without those that claim this node owns a file neither in ``own`` nor
+        tombstoned in this node's name (``deleted``: file id -> owner); counted and logged."""
+        ctx = self.ctx
+        own = own | {f for f, owner in deleted.items() if owner == ctx.peer_id}
         kept = [m for m in metas if m.file_owner != ctx.peer_id or m.file_id in own]
         skipped = len(metas) - len(kept)
         if skipped:
@@ -99,12 +113,11 @@ class Catalogue:
             return
         now = time.time()
         self.membership.answered(r, source)
-        files = self.not_forged(r.files, r.peer_id)
         with ctx.transaction() as uow:
             self.membership.track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
-            judged, stale = self.take(uow, r.peer_id, files, now, complete=True)
+            judged, stale = self.take(uow, r.peer_id, r.files, now, complete=True)
             signed = uow.tombstones.signatures([f for f, _ in stale]) if stale else {}
             uow.commit()
         self.report(judged, r.peer_id)
@@ -128,12 +141,16 @@ class Catalogue:
         announced: bool = False,
         owner_pinned: bool = False,
     ) -> tuple[Judged, list[tuple[str, str]]]:
-        """``holder`` says it holds ``metas`` (that :meth:`not_forged` let through): those of
-        files their owners did not delete are judged (:meth:`judge`; ``owner_pinned``: as
-        its own changes are) and what is taken is recorded as held by ``holder``
-        (``complete``: that is all it holds; ``announced``: in its ANNOUNCE). Returns how they
-        were judged, and (file id, owner) of the files their owners deleted (to tell it)."""
+        """``holder`` says it holds ``metas``: those that claim this node owns a file it never
+        pushed are skipped (as :meth:`not_forged` skips them, on the same read of tombstones),
+        those of files their owners did not delete are judged (:meth:`judge`;
+        ``owner_pinned``: as its own changes are) and what is taken is recorded as held by
+        ``holder`` (``complete``: that is all it holds; ``announced``: in its ANNOUNCE).
+        Returns how they were judged, and (file id, owner) of the files their owners deleted
+        (to tell it)."""
         deleted = uow.tombstones.owners([m.file_id for m in metas])
+        if any(m.file_owner == self.ctx.peer_id for m in metas):
+            metas = self._unforged(metas, self.own_files(), deleted, holder)
         stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
         live = [m for m in metas if m.file_id not in deleted]
         judged = self.judge(uow, live, holder if owner_pinned else None)
@@ -156,7 +173,7 @@ class Catalogue:
 
     def on_announce(self, a: Announce) -> None:
         ctx = self.ctx
-        if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
+        if a.from_peer == ctx.peer_id:
             return
         now = time.time()
         with ctx.transaction() as uow:
