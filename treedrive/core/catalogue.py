@@ -3,8 +3,8 @@ that would make this node the owner of a file it never pushed.
 
 A GOSSIP_REPLY lists what its sender holds (PROTOCOL.md 1.4), an ANNOUNCE adds one holding, a
 DELETE from a file's owner removes the file everywhere (1.6); a peer that still advertises a file
-its owner deleted is told so again (bounded). The user's ``delete`` is here too: the owner's
-DELETE goes to every tracked peer, signed for TreeDrive peers.
+its owner deleted is told so again (bounded: :mod:`~treedrive.core.deleterelay`). The user's
+``delete`` is here too: the owner's DELETE goes to every tracked peer, signed for TreeDrive peers.
 
 Records sealed by their owners (2.8) are judged by :mod:`treedrive.core.ownership` before they
 are taken: what it refuses changes nothing here. Verifying a seal costs CPU, so seals are
@@ -22,8 +22,9 @@ from dataclasses import replace
 
 from treedrive.core import ownership
 from treedrive.core.activity import file_label
-from treedrive.core.bounded import Bounded, Reused, TokenBucket
+from treedrive.core.bounded import Reused, TokenBucket
 from treedrive.core.context import NodeContext
+from treedrive.core.deleterelay import DeleteRelay
 from treedrive.core.errors import NotFound, NotOwner
 from treedrive.core.events import FileAdvertised, FileDeleted, FileRefused, FileStored
 from treedrive.core.features import plugin_keys
@@ -32,17 +33,9 @@ from treedrive.core.messages import Announce, Delete, GossipReply
 from treedrive.core.model import CatalogEntry, DeleteSignature, FileMeta, PeerInfo
 from treedrive.core.ownership import Judged
 from treedrive.core.ports import ReadOnlyUnitOfWork, UnitOfWork
-from treedrive.core.replies import MAX_ADDRESSES, Address, distinct_addresses
+from treedrive.core.replies import distinct_addresses
 
 log = logging.getLogger(__name__)
-
-RELAY_DELETE_EVERY = 30.0  # seconds before re-telling one address about one deleted file
-RELAYS_PER_MESSAGE = 8
-"""DELETEs relayed for one message that advertises deleted files (a GOSSIP_REPLY may list 300)."""
-RELAYS_PER_ADDRESS = 8
-"""DELETEs relayed to one address per gossip interval, whatever peer id it goes by."""
-RELAYED_KEPT = 10_000
-"""(address, file) pairs remembered as told."""
 
 
 class Catalogue:
@@ -52,10 +45,7 @@ class Catalogue:
         self.ctx = ctx
         self.membership = membership
         self._own: Reused[frozenset[str]] = Reused(ctx.config.gossip_interval)
-        self._relayed: Bounded[tuple[Address, str], float] = Bounded(RELAYED_KEPT)
-        """(address, file id) -> when that address was last told the file was deleted."""
-        self._relay_windows: Bounded[Address, tuple[float, int]] = Bounded(MAX_ADDRESSES)
-        """address -> (start of its current interval, DELETEs relayed to it in it)."""
+        self._relay = DeleteRelay(ctx)
         self._seal_checks = TokenBucket(
             ownership.SEAL_CHECKS_PER_SECOND, ownership.SEAL_CHECKS_BURST
         )
@@ -80,16 +70,30 @@ class Catalogue:
         stranger's record would make this node the owner of a file it did not push, and give
         it the right to DELETE it); those are counted and logged. A file this node pushed and
         then deleted is its own too: a peer that still lists it missed the DELETE, and the
-        tombstone check that follows sends it again."""
+        tombstone check that follows sends it again. (:meth:`take` does this check itself, on
+        the tombstones it reads anyway.)"""
         ctx = self.ctx
         if not any(m.file_owner == ctx.peer_id for m in metas):
             return list(metas)
         own = self.own_files()
         claimed = [m.file_id for m in metas if m.file_owner == ctx.peer_id and m.file_id not in own]
-        if claimed:
-            with ctx.store.reading() as uow:
-                deleted = uow.tombstones.owners(claimed)
-            own = own | {f for f, owner in deleted.items() if owner == ctx.peer_id}
+        if not claimed:
+            return list(metas)
+        with ctx.store.reading() as uow:
+            deleted = uow.tombstones.owners(claimed)
+        return self._unforged(metas, own, deleted, peer_id)
+
+    def _unforged(
+        self,
+        metas: Sequence[FileMeta],
+        own: frozenset[str],
+        deleted: dict[str, str],
+        peer_id: str,
+    ) -> list[FileMeta]:
+        """``metas`` without those that claim this node owns a file neither in ``own`` nor
+        tombstoned in this node's name (``deleted``: file id -> owner); counted and logged."""
+        ctx = self.ctx
+        own = own | {f for f, owner in deleted.items() if owner == ctx.peer_id}
         kept = [m for m in metas if m.file_owner != ctx.peer_id or m.file_id in own]
         skipped = len(metas) - len(kept)
         if skipped:
@@ -109,12 +113,11 @@ class Catalogue:
             return
         now = time.time()
         self.membership.answered(r, source)
-        files = self.not_forged(r.files, r.peer_id)
         with ctx.transaction() as uow:
             self.membership.track(uow, r.peer_id, r.host, r.port, r.extension)
             peer = uow.peers.get(r.peer_id)
             assert peer is not None
-            judged, stale = self.take(uow, r.peer_id, files, now, complete=True)
+            judged, stale = self.take(uow, r.peer_id, r.files, now, complete=True)
             signed = uow.tombstones.signatures([f for f, _ in stale]) if stale else {}
             uow.commit()
         self.report(judged, r.peer_id)
@@ -138,12 +141,16 @@ class Catalogue:
         announced: bool = False,
         owner_pinned: bool = False,
     ) -> tuple[Judged, list[tuple[str, str]]]:
-        """``holder`` says it holds ``metas`` (that :meth:`not_forged` let through): those of
-        files their owners did not delete are judged (:meth:`judge`; ``owner_pinned``: as
-        its own changes are) and what is taken is recorded as held by ``holder``
-        (``complete``: that is all it holds; ``announced``: in its ANNOUNCE). Returns how they
-        were judged, and (file id, owner) of the files their owners deleted (to tell it)."""
+        """``holder`` says it holds ``metas``: those that claim this node owns a file it never
+        pushed are skipped (as :meth:`not_forged` skips them, on the same read of tombstones),
+        those of files their owners did not delete are judged (:meth:`judge`;
+        ``owner_pinned``: as its own changes are) and what is taken is recorded as held by
+        ``holder`` (``complete``: that is all it holds; ``announced``: in its ANNOUNCE).
+        Returns how they were judged, and (file id, owner) of the files their owners deleted
+        (to tell it)."""
         deleted = uow.tombstones.owners([m.file_id for m in metas])
+        if any(m.file_owner == self.ctx.peer_id for m in metas):
+            metas = self._unforged(metas, self.own_files(), deleted, holder)
         stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
         live = [m for m in metas if m.file_id not in deleted]
         judged = self.judge(uow, live, holder if owner_pinned else None)
@@ -154,12 +161,6 @@ class Catalogue:
             uow.emit(FileAdvertised(meta, holder, is_new))
         return judged, stale
 
-    def _relay_window(self, address: Address, now: float) -> tuple[float, int]:
-        window = self._relay_windows.get(address)
-        if window is None or now - window[0] >= self.ctx.config.gossip_interval:
-            window = (now, 0)
-        return window
-
     def relay_deletes(
         self,
         peer: PeerInfo,
@@ -167,41 +168,12 @@ class Catalogue:
         signed: dict[str, DeleteSignature],
     ) -> None:
         """A peer still advertises files their owners deleted (it missed the DELETEs): pass the
-        owners' DELETEs on to its address (with the owner's signature, if ``signed`` has one,
-        to a TreeDrive peer; a classic peer gets the classic DELETE). Bounded: each (address,
-        file) at most once per ``RELAY_DELETE_EVERY``, at most ``RELAYS_PER_MESSAGE`` for one
-        message and ``RELAYS_PER_ADDRESS`` per interval to one address (a stranger names any
-        address, with a fresh peer id each time); one log line (rate-limited) says how many."""
-        ctx = self.ctx
-        address = (peer.host, peer.port)
-        if peer.peer_id == ctx.peer_id or address == (ctx.host, ctx.port):
-            return  # a DELETE in this node's own name is a forgery
-        now = time.monotonic()
-        start, count = self._relay_window(address, now)
-        sent = held_back = 0
-        for file_id, owner in stale:
-            last = self._relayed.get((address, file_id))
-            if owner == peer.peer_id or (last is not None and now - last < RELAY_DELETE_EVERY):
-                continue  # the owner knows what it deleted; or told lately
-            if sent >= RELAYS_PER_MESSAGE or count >= RELAYS_PER_ADDRESS:
-                held_back += 1
-                continue
-            self._relayed.put((address, file_id), now)
-            sent += 1
-            count += 1
-            signature = signed.get(file_id) if peer.is_treedrive and ctx.features else None
-            ctx.send(*address, Delete(from_peer=owner, file_id=file_id, signed=signature))
-        self._relay_windows.put(address, (start, count))
-        if sent or held_back:
-            ctx.log_limited(
-                "relay-delete", logging.INFO,
-                "told %s:%d (%r) that %d files were deleted by their owners (%d more not now)",
-                address[0][:64], address[1], peer.peer_id[:64], sent, held_back,
-            )  # fmt: skip
+        owners' DELETEs on, within bounds (:meth:`DeleteRelay.relay`)."""
+        self._relay.relay(peer, stale, signed)
 
     def on_announce(self, a: Announce) -> None:
         ctx = self.ctx
-        if a.from_peer == ctx.peer_id or not self.not_forged([a.meta], a.from_peer):
+        if a.from_peer == ctx.peer_id:
             return
         now = time.time()
         with ctx.transaction() as uow:

@@ -3,6 +3,9 @@
 - :mod:`~treedrive.core.context`: what the parts share (identity, store, outbox, plugins, tasks);
 - :mod:`~treedrive.core.membership` and :mod:`~treedrive.core.bootstrap`: GOSSIP, peers, joining;
 - :mod:`~treedrive.core.catalogue`: who holds which file, deletes and tombstones;
+  :mod:`~treedrive.core.deleterelay`: owners' DELETEs passed on to peers that missed them;
+- :mod:`~treedrive.core.swimnode`: membership and catalogue by swim, with peers that speak it;
+- :mod:`~treedrive.core.dispatch`: each inbound message to the part that handles it;
 - :mod:`~treedrive.core.sharing`: pushes, both ways; :mod:`~treedrive.core.fetching`: gets;
 - :mod:`~treedrive.core.transfers`: transfers and their progress;
 - :mod:`~treedrive.core.recovery`: the store made consistent at start.
@@ -25,16 +28,18 @@ from typing import Any
 
 from treedrive.core.activity import Activity
 from treedrive.core.bootstrap import Joining
-from treedrive.core.catalogue import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE, Catalogue
+from treedrive.core.catalogue import Catalogue
 from treedrive.core.config import NodeConfig
-from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged, storage_failure
+from treedrive.core.context import EXTENSION_FEATURES, NodeContext, logged
+from treedrive.core.deleterelay import RELAYS_PER_ADDRESS, RELAYS_PER_MESSAGE
+from treedrive.core.dispatch import Dispatch
 from treedrive.core.events import Event, Notice
 from treedrive.core.fetching import Fetching
 from treedrive.core.forwarding import Forward
 from treedrive.core.gate import Gate
 from treedrive.core.identity import NodeKey
 from treedrive.core.membership import Membership
-from treedrive.core.messages import Announce, Delete, FileData, Gossip, GossipReply, Message
+from treedrive.core.messages import FileData, Gossip, GossipReply, Message
 from treedrive.core.model import CatalogEntry, FileMeta, PeerInfo, Pushed, TransferState
 from treedrive.core.plugins import Plugins
 from treedrive.core.ports import FileSink, Network, PartialFile, Progress, Store, UnitOfWork
@@ -67,6 +72,8 @@ class Node:
         self.joining = Joining(ctx, self.membership)
         self.catalogue = Catalogue(ctx, self.membership)
         self.swim = SwimNode(ctx, self.membership, self.catalogue)
+        self.dispatch = Dispatch(ctx, self.membership, self.catalogue, self.swim)
+        """Where each inbound message goes."""
         self.sharing = Sharing(ctx, self.catalogue, self.transfers)
         self.fetching = Fetching(ctx, self.catalogue, self.sharing, self.transfers)
         self.reads = Reads(store)
@@ -259,33 +266,7 @@ class Node:
         return entry.meta, self.store.blobs.path(file_id)
 
     async def handle_message(self, message: Message, source: str) -> None:
-        self.ctx.counters.message_received(message)
-        try:
-            if isinstance(message, Gossip | GossipReply) and self.swim.takes(message):
-                self.swim.on_message(message, source)
-            elif isinstance(message, Gossip):
-                self.membership.on_gossip(message, source)
-            elif isinstance(message, GossipReply):
-                if self.membership.gate.admit(message, source):
-                    self.catalogue.on_gossip_reply(message, source)
-            elif isinstance(message, Announce):
-                self.catalogue.on_announce(message)
-            elif isinstance(message, Delete):
-                self.catalogue.on_delete(message)
-            else:
-                self.ctx.counters.dropped["unexpected"] += 1
-                self.ctx.log_limited(
-                    "unexpected", logging.WARNING, "unexpected %s from %s dropped",
-                    type(message).__name__, source,
-                )  # fmt: skip
-        except Exception as exc:
-            if not storage_failure(exc):
-                raise
-            self.ctx.counters.dropped["storage"] += 1
-            self.ctx.log_limited(
-                "storage", logging.ERROR, "%s from %s not recorded: %s",
-                type(message).__name__, source, exc,
-            )  # fmt: skip
+        self.dispatch.message(message, source)
 
     def track_push(
         self, meta: FileMeta, source: str, sender: str | None, size: int | None
