@@ -221,7 +221,8 @@ class View:
             return []  # an answer that leaves a gap, or nonsense: ask again
         files = self._own()
         top = max(sync.head, self.said)  # (an answer may cross a later word of the origin's)
-        new, unsure = self._check(sync, files, top)
+        checked = sync.snapshot or self.head > sync.since  # (``head``: every number held, at most)
+        new, unsure = self._check(sync, files, top) if checked else ([], False)
         for change in sync.changes:
             if not sync.since < change.seq <= sync.upto:
                 continue
