@@ -371,7 +371,6 @@ def test_a_forged_head_beyond_the_window_is_ignored() -> None:
     o, n, _ = synced()
     far = o.head() + WINDOW + 1
     n.heard("o", far)
-    assert n.behind() == []  # not left behind, asking o again and again
     y = meta("o", 2)
     assert n.news(Change("o", far, y.file_id, y)) == []  # neither stored nor spread
     assert not n.views.holds("o", y.file_id)
@@ -379,6 +378,9 @@ def test_a_forged_head_beyond_the_window_is_ignored() -> None:
     view = n.views.get("o")
     assert view is not None
     assert view.head == o.head()  # not spread in heads either
+    assert n.behind() == ["o"]  # o itself is asked, once...
+    n.heard("o", o.head(), own=True)  # (its ack)
+    assert n.behind() == []  # ...and the node is not left behind, asking again and again
 
 
 def test_the_origins_own_head_replaces_a_relayed_one_and_unmasks_a_forged_run() -> None:
@@ -408,14 +410,30 @@ def test_legitimate_progress_converges_within_the_window_and_beyond_it() -> None
     n.heard("o", o.head())
     converge(o, n)
     assert listed(n) == {m.file_id for m in o.log.held()}
-    for i in range(700, 3000):  # beyond it: dropped as relayed, taken from o itself
+    for i in range(700, 3000):  # beyond it: the relayed head is dropped, o asked itself
         o.add(meta("o", i))
     n.heard("o", o.head())
-    assert n.behind() == []
-    n.heard("o", o.head(), own=True)
+    assert n.behind() == ["o"]
     converge(o, n, rounds=40)
     assert listed(n) == {m.file_id for m in o.log.held()}
     c = o.add(meta("o", 3000))  # and o's next change, relayed, is taken at once
     assert c is not None
     assert n.news(c) == [c]
     assert n.have("o") == o.head()
+
+
+def test_a_restarted_origin_is_asked_and_its_new_numbers_taken() -> None:
+    _, n, x = synced(epoch=1000)
+    after = Catalogue("o", epoch=5_000_000)  # numbers after its new start time, far past
+    y = meta("o", 2)
+    after.add(x)
+    c = after.add(y)
+    assert c is not None
+    assert n.news(c) == []  # past the last word + WINDOW: dropped...
+    assert n.behind() == ["o"]  # ...but o is asked
+    converge(after, n)
+    assert listed(n) == {x.file_id, y.file_id}
+    later = after.add(meta("o", 3))
+    assert later is not None
+    assert n.news(later) == [later]  # o's new numbers are taken once it spoke
+    assert n.have("o") == after.head()

@@ -13,11 +13,8 @@ matter, and a relayed old add never brings back a file deleted since.
 One node's side of both, with the owner-delete rule, is :mod:`treedrive.core.deltasync`'s.
 Everything a peer sends is a claim with limits (:data:`MAX_CHANGES` per answer,
 :data:`MAX_ORIGINS` views); checking those limits on decoded input is
-:mod:`treedrive.core.swimwire`'s. Change numbers and heads relayed by third parties are claims
-too: the origin's own word (its answer, or the head its own message states) wins over them. A
-change the origin's answer shows impossible (numbered past its head, or not the change it numbered
-so) is dropped, and what it may have hidden is asked for again; once the origin has spoken, a
-relayed number more than :data:`WINDOW` past what a node knows of it is dropped unheard.
+:mod:`treedrive.core.swimwire`'s. Relayed change numbers and heads are claims that the
+origin's own word overrules (:meth:`View.take`, :meth:`View.stated`, :data:`WINDOW`).
 """
 
 from __future__ import annotations
@@ -36,10 +33,9 @@ with the number it reached."""
 MAX_ORIGINS = 65536
 """Origins whose records a node keeps (THREATS.md: a stranger must not grow this without bound)."""
 WINDOW = LOG_LIMIT
-"""How far past the origin's own last word (or the last number held without a gap, if higher) a
-relayed change or head may be. Further than the origin's log reaches, the origin answers with a
-snapshot of what it holds anyway, so a relayed number beyond it brings nothing that answer does
-not; an origin that really made more changes is caught up with at the next word of its own."""
+"""How far past the origin's own last word (or the number held without a gap) a relayed change
+or head may be: beyond its log, the origin's answer is a snapshot anyway. Past it, the claim is
+dropped and the origin asked (one that made more changes, or restarted, is caught up with)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,12 +335,15 @@ class Views:
         view = self.get(origin)
         return None if view is None else max(view.asof, view.seq)
 
-    def _beyond(self, view: View | None, seq: int) -> bool:
-        """Whether a relayed ``seq`` is past what ``view``'s origin can have (counted)."""
+    def _beyond(self, origin: str, view: View | None, seq: int) -> bool:
+        """Whether a relayed ``seq`` is past what ``view``'s origin can have (counted). Nothing
+        of it is kept, but the origin is asked (as if behind, until its next word): a restarted
+        origin's numbers start after its new epoch, far past its last word."""
         bound = None if view is None else view.bound()
         if bound is None or seq <= bound:
             return False
         self.dropped += 1
+        self.behind[origin] = None
         return True
 
     def heard(self, origin: str, head: int, own: bool = False) -> list[Change]:
@@ -354,8 +353,9 @@ class Views:
         view = self.get(origin)
         if own:
             if view is not None and head == view.said and head >= view.head:
+                self._track(origin, view)
                 return []
-        elif (view is not None and head <= view.head) or self._beyond(view, head):
+        elif (view is not None and head <= view.head) or self._beyond(origin, view, head):
             return []
         view = self._writable(origin)
         if view is None:
@@ -372,7 +372,7 @@ class Views:
 
     def apply(self, change: Change) -> bool:
         """A change relayed by a third party (dropped past its origin's :meth:`View.bound`)."""
-        if self._beyond(self.get(change.origin), change.seq):
+        if self._beyond(change.origin, self.get(change.origin), change.seq):
             return False
         view = self._writable(change.origin)
         if view is None:
