@@ -159,7 +159,8 @@ class World:
             members[peer_id] = Member(peer_id, address, 0, Status.ALIVE, 0.0)
         for _ in range(n):
             node = self._node(files, members)
-            view = View(node.catalogue.head(), head=node.catalogue.head())
+            head = node.catalogue.head()
+            view = View(head, head=head, said=head)  # each origin has spoken: steady state
             view.files = dict(node.catalogue.log._held)
             self.base_views[node.peer_id] = view
         for v in self.base_views.values():

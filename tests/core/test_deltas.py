@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treedrive.core.deltas import Change, ChangeLog, Sync, View, Views
+from treedrive.core.deltas import WINDOW, Change, ChangeLog, Sync, View, Views
 from treedrive.core.deltasync import Catalogue
 from treedrive.core.model import FileMeta
 
@@ -266,3 +267,173 @@ def test_a_delete_the_store_refused_is_undone_by_restore() -> None:
     restored = c.restore(theirs)  # ...unless this node's store still holds it
     assert restored is not None
     assert c.log.holds(theirs.file_id)
+
+
+# -- relayed change numbers and heads are claims: the origin's own word wins (THREATS.md) ------
+
+
+def synced(epoch: int = 1000) -> tuple[Catalogue, Catalogue, FileMeta]:
+    """Origin ``o`` holding one file, and ``n`` that took o's answer (o's own word)."""
+    o, n = Catalogue("o", epoch=epoch), Catalogue("n")
+    x = meta("o", 1)
+    o.add(x)
+    n.take(o.answer(None))
+    assert n.views.holds("o", x.file_id)
+    return o, n, x
+
+
+def converge(o: Catalogue, n: Catalogue, rounds: int = 20) -> None:
+    """n asks o while it is behind, as a node does."""
+    for _ in range(rounds):
+        if "o" not in n.behind():
+            return
+        n.take(o.answer(n.have("o"), n.asof("o")))
+    assert "o" not in n.behind()
+
+
+def listed(n: Catalogue) -> set[str]:
+    view = n.views.get("o")
+    assert view is not None
+    return {f for f in view.files if view.holds(f)}
+
+
+def test_a_forged_huge_number_relayed_before_the_origin_spoke_is_dropped_at_its_answer() -> None:
+    o, n = Catalogue("o", epoch=1000), Catalogue("n")
+    x = meta("o", 1)
+    real = o.add(x)
+    assert real is not None
+    n.news(real)  # relayed: o has not spoken yet, so anything goes until its answer
+    n.journal = []
+    forged = replace(real, seq=2**60, meta=replace(x, file_name="forged"))
+    assert n.news(forged) == [forged]
+    o.delete(x.file_id)  # o's real later change
+    converge(o, n)
+    assert not n.views.holds("o", x.file_id)  # the delete is no longer hidden
+    assert n.views.forged == 1
+    assert n.journal[-1].file_id == x.file_id
+    assert n.journal[-1].deleted
+    later = o.add(meta("o", 2))  # and o's new record, relayed, is taken
+    assert later is not None
+    assert n.news(later) == [later]
+    converge(o, n)
+    assert listed(n) == {later.file_id}
+
+
+def test_a_forged_number_within_the_window_does_not_hide_the_origins_later_delete() -> None:
+    o, n, x = synced()
+    forged = Change("o", o.head() + 5, x.file_id, replace(x, file_name="forged"))
+    assert n.news(forged) == [forged]  # within the window: taken, and checked at the answer
+    o.delete(x.file_id)
+    n.heard("o", o.head())  # relayed
+    converge(o, n)
+    assert not n.views.holds("o", x.file_id)
+    assert n.views.forged == 1
+
+
+def test_what_a_forged_number_displaced_is_fetched_again_from_the_origin() -> None:
+    o, n, x = synced()
+    n.journal = []
+    forged = Change("o", o.head() + 5, x.file_id, replace(x, file_name="forged"))
+    n.news(forged)
+    y = meta("o", 2)
+    o.add(y)  # o's answer does not say what it holds of x...
+    n.heard("o", o.head())
+    n.take(o.answer(n.have("o"), n.asof("o")))
+    assert n.views.forged == 1
+    [retracted] = [c for c in n.journal if c.deleted]
+    assert retracted.file_id == x.file_id
+    assert retracted.retracted  # not the origin's delete: it never said so
+    assert n.have("o") == 0  # ...so a snapshot from the start is asked for
+    converge(o, n)
+    view = n.views.get("o")
+    assert view is not None
+    assert view.files[x.file_id].meta == x  # o's own record again, not the forgery
+    assert listed(n) == {x.file_id, y.file_id}
+    tomb = o.delete(x.file_id)
+    assert tomb is not None
+    n.news(tomb)  # o's later changes of x are heard again
+    assert listed(n) == {y.file_id}
+
+
+def test_a_forged_add_of_the_origins_own_file_retracted_is_no_owner_delete() -> None:
+    o, n, x = synced()
+    assert n.add(x) is not None  # n holds a copy of o's file
+    n.news(Change("o", o.head() + 5, x.file_id, x))
+    n.heard("o", o.head(), own=True)  # o's own message: nothing past its head can be
+    assert not n.views.holds("o", x.file_id)
+    assert n.views.forged == 1
+    assert n.log.holds(x.file_id)  # its copy is not dropped as if o had deleted x
+    converge(o, n)
+    assert listed(n) == {x.file_id}
+
+
+def test_a_forged_head_beyond_the_window_is_ignored() -> None:
+    o, n, _ = synced()
+    far = o.head() + WINDOW + 1
+    n.heard("o", far)
+    y = meta("o", 2)
+    assert n.news(Change("o", far, y.file_id, y)) == []  # neither stored nor spread
+    assert not n.views.holds("o", y.file_id)
+    assert n.views.dropped == 2
+    view = n.views.get("o")
+    assert view is not None
+    assert view.head == o.head()  # not spread in heads either
+    assert n.behind() == ["o"]  # o itself is asked, once...
+    n.heard("o", o.head(), own=True)  # (its ack)
+    assert n.behind() == []  # ...and the node is not left behind, asking again and again
+
+
+def test_the_origins_own_head_replaces_a_relayed_one_and_unmasks_a_forged_run() -> None:
+    o, n, x = synced()
+    h = o.head()
+    n.heard("o", h + 10)  # within the window: n asks o...
+    assert n.behind() == ["o"]
+    n.heard("o", h, own=True)  # ...and o's own message says there is nothing more
+    assert n.behind() == []
+    y = meta("o", 2)
+    run = [Change("o", h + 1, x.file_id, None), Change("o", h + 2, y.file_id, y)]
+    for c in run:  # a forged run that follows on: taken as without a gap
+        n.news(c)
+    assert n.have("o") == h + 2
+    assert not n.views.holds("o", x.file_id)
+    n.heard("o", h, own=True)
+    assert n.views.forged == 2
+    assert n.have("o") == 0  # what the run displaced: a snapshot from the start
+    converge(o, n)
+    assert listed(n) == {x.file_id}
+
+
+def test_legitimate_progress_converges_within_the_window_and_beyond_it() -> None:
+    o, n, _ = synced()
+    for i in range(2, 700):  # within the window: relayed heads make n ask
+        o.add(meta("o", i))
+    n.heard("o", o.head())
+    converge(o, n)
+    assert listed(n) == {m.file_id for m in o.log.held()}
+    for i in range(700, 3000):  # beyond it: the relayed head is dropped, o asked itself
+        o.add(meta("o", i))
+    n.heard("o", o.head())
+    assert n.behind() == ["o"]
+    converge(o, n, rounds=40)
+    assert listed(n) == {m.file_id for m in o.log.held()}
+    c = o.add(meta("o", 3000))  # and o's next change, relayed, is taken at once
+    assert c is not None
+    assert n.news(c) == [c]
+    assert n.have("o") == o.head()
+
+
+def test_a_restarted_origin_is_asked_and_its_new_numbers_taken() -> None:
+    _, n, x = synced(epoch=1000)
+    after = Catalogue("o", epoch=5_000_000)  # numbers after its new start time, far past
+    y = meta("o", 2)
+    after.add(x)
+    c = after.add(y)
+    assert c is not None
+    assert n.news(c) == []  # past the last word + WINDOW: dropped...
+    assert n.behind() == ["o"]  # ...but o is asked
+    converge(after, n)
+    assert listed(n) == {x.file_id, y.file_id}
+    later = after.add(meta("o", 3))
+    assert later is not None
+    assert n.news(later) == [later]  # o's new numbers are taken once it spoke
+    assert n.have("o") == after.head()

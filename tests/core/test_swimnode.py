@@ -14,7 +14,7 @@ import pytest
 from tests.core.harness import ME, MY_HOST, MY_PORT, TS, Harness, file_of, gossip
 from treedrive.core import ownership, swimwire
 from treedrive.core.bound import Claim, prove
-from treedrive.core.deltas import Change, Sync
+from treedrive.core.deltas import WINDOW, Change, Sync
 from treedrive.core.events import PeerExpired
 from treedrive.core.identity import NodeKey
 from treedrive.core.messages import RAW_RANGE, SWIM, Extension, Gossip, GossipReply
@@ -319,7 +319,9 @@ async def test_a_sealed_record_relayed_before_its_owner_was_pinned_is_judged_aga
     assert entry is not None
     assert (entry.meta.file_size, entry.meta.seal) == (999.0, None)
     assert entry.holders == ("mallory",)
-    await s.node.handle_message(signed(key, push("alice", ALICE[1])), "127.0.0.1:40000")
+    # her own message states her head: 5, the change relayed (a lower one would show it forged)
+    own = replace(push("alice", ALICE[1]), head=5)
+    await s.node.handle_message(signed(key, own), "127.0.0.1:40000")
     await s.settle()
     entry = s.node.file(honest.file_id)
     assert entry is not None
@@ -353,3 +355,37 @@ async def test_an_incarnation_far_ahead_of_the_clock_is_dropped(s: Harness) -> N
     assert "carol" in core.members
     assert swimwire.too_far_ahead(push("m", 1, news=(doom,)), now)
     assert not swimwire.too_far_ahead(push("m", 1, news=(fine,)), now)
+
+
+async def test_a_relayed_number_past_the_owners_word_is_dropped_and_never_costs_the_copy(
+    s: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """carol relays bob's add of bob's own file, numbered past the head bob states himself:
+    bob's next message of his own shows it forged, so bob is no longer listed as its holder, but
+    this is no delete of bob's (the copy here stays); a number past bob's word + WINDOW is not
+    taken at all. Both are counted, with a log line."""
+    data = b"bob's own file"
+    meta = file_of(data, owner="bob")
+    await take(s, replace(ping("bob", 7001), head=100))
+    await held_copy(s, meta, data)
+    with caplog.at_level(logging.WARNING):
+        await take(s, push("carol", 7002, changes=(Change("bob", 150, meta.file_id, meta),)))
+        entry = s.node.file(meta.file_id)
+        assert entry is not None
+        assert "bob" in entry.holders
+        await take(s, replace(push("bob", 7001), head=100))
+        entry = s.node.file(meta.file_id)
+        assert entry is not None
+        assert "bob" not in entry.holders
+        assert entry.has_copy
+        assert s.node.store.blobs.has(meta.file_id)
+        deltas = s.node.swim.deltas
+        assert deltas is not None
+        assert deltas.log.holds(meta.file_id)
+        assert s.node.ctx.counters.dropped["swim_claim_forged"] == 1
+        other = file_of(b"bob's other file", owner="bob")
+        far = Change("bob", 100 + WINDOW + 1, other.file_id, other)
+        await take(s, push("carol", 7002, changes=(far,)))
+        assert s.node.file(other.file_id) is None
+        assert s.node.ctx.counters.dropped["swim_claim_ahead"] == 1
+    assert [r for r in caplog.records if "relayed catalogue claims dropped" in r.message]

@@ -13,7 +13,8 @@ matter, and a relayed old add never brings back a file deleted since.
 One node's side of both, with the owner-delete rule, is :mod:`treedrive.core.deltasync`'s.
 Everything a peer sends is a claim with limits (:data:`MAX_CHANGES` per answer,
 :data:`MAX_ORIGINS` views); checking those limits on decoded input is
-:mod:`treedrive.core.swimwire`'s.
+:mod:`treedrive.core.swimwire`'s. Relayed change numbers and heads are claims that the
+origin's own word overrules (:meth:`View.take`, :meth:`View.stated`, :data:`WINDOW`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ MAX_CHANGES = 512
 with the number it reached."""
 MAX_ORIGINS = 65536
 """Origins whose records a node keeps (THREATS.md: a stranger must not grow this without bound)."""
+WINDOW = LOG_LIMIT
+"""How far past the origin's own last word (or the number held without a gap) a relayed change
+or head may be: beyond its log, the origin's answer is a snapshot anyway. Past it, the claim is
+dropped and the origin asked (one that made more changes, or restarted, is caught up with)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,10 @@ class Change:
     meta: FileMeta | None = None
     signed: DeleteSignature | None = field(default=None, compare=False)
     """A tombstone of the origin's own file: its signature of the delete (PROTOCOL.md 2.8)."""
+    retracted: bool = field(default=False, compare=False)
+    """A tombstone this node made for a relayed add that the origin's answer showed forged: the
+    origin never said it, so it only stops listing the origin as a holder (never an owner's
+    delete). Never sent."""
 
     @property
     def deleted(self) -> bool:
@@ -164,6 +173,10 @@ class View:
     """The records up to ``seq`` are right as of this number (a snapshot page's head)."""
     shared: bool = False
     """``files`` belongs to someone else too (a simulator's common start): copied before a write."""
+    said: int = -1
+    """The last head the origin itself stated (its answer, or its own message); -1: none yet."""
+    forged: int = 0
+    """Relayed changes that the origin's answers showed forged (a count)."""
 
     def _own(self) -> dict[str, Change]:
         if self.shared:
@@ -172,7 +185,12 @@ class View:
         return self.files
 
     def copy(self) -> View:
-        return View(self.seq, self.files, self.head, self.asof, shared=True)
+        return View(self.seq, self.files, self.head, self.asof, True, self.said, self.forged)
+
+    def bound(self) -> int | None:
+        """The highest number a relayed claim may have (None: the origin has not spoken yet,
+        anything goes until its first answer checks it)."""
+        return None if self.said < 0 else max(self.said, self.seq) + WINDOW
 
     def holds(self, file_id: str) -> bool:
         change = self.files.get(file_id)
@@ -193,18 +211,14 @@ class View:
 
     def take(self, sync: Sync) -> list[Change]:
         """Take an origin's answer; returns the changes that were new (a snapshot's records that
-        replace nothing newer, and tombstones for what the snapshot no longer lists)."""
+        replace nothing newer, and tombstones for what the snapshot no longer lists or what the
+        answer showed forged)."""
         if sync.upto < sync.since or sync.since > self.seq:
             return []  # an answer that leaves a gap, or nonsense: ask again
         files = self._own()
-        new: list[Change] = []
-        if sync.snapshot:
-            listed = {c.file_id for c in sync.changes}
-            for fid, known in list(files.items()):
-                if sync.since < known.seq <= sync.upto and fid not in listed:
-                    del files[fid]
-                    if known.meta is not None:
-                        new.append(Change(sync.origin, sync.upto, fid, None))
+        top = max(sync.head, self.said)  # (an answer may cross a later word of the origin's)
+        checked = sync.snapshot or self.head > sync.since  # (``head``: every number held, at most)
+        new, unsure = self._check(sync, files, top) if checked else ([], False)
         for change in sync.changes:
             if not sync.since < change.seq <= sync.upto:
                 continue
@@ -214,9 +228,67 @@ class View:
                 new.append(change)
         self.seq = sync.upto if sync.snapshot and sync.since == 0 else max(self.seq, sync.upto)
         self.asof = sync.head if sync.snapshot else max(self.asof, self.seq)
-        self.head = max(sync.head, self.seq)  # the origin's word replaces others' claims
+        self.said = top
+        self.head = max(top, self.seq)  # the origin's word replaces others' claims
         for fid in [f for f, c in files.items() if c.meta is None and c.seq <= self.seq]:
             del files[fid]  # a tombstone covered by ``seq`` is no longer needed
+        if unsure:  # what a forgery displaced is unknown: a snapshot from the start says
+            self.seq = self.asof = 0
+        return new
+
+    def _check(self, sync: Sync, files: dict[str, Change], top: int) -> tuple[list[Change], bool]:
+        """Drop what the origin's answer ``sync`` contradicts: a change numbered past ``top``
+        (its head), or in the answer's range but not the change the answer has at that number
+        (a delta lists every number; a snapshot, each record still held). Returns tombstones of
+        adds no longer listed, and whether a forged change may have displaced what the answer
+        does not cover (then only a snapshot from the start tells that file's state)."""
+        answer = {c.seq: c for c in sync.changes if sync.since < c.seq <= sync.upto}
+        listed = {c.file_id: c.seq for c in answer.values()}
+        new: list[Change] = []
+        unsure = False
+        for fid, known in list(files.items()):
+            past = known.seq > top
+            inside = sync.since < known.seq <= sync.upto
+            if not past and (not inside or answer.get(known.seq) == known):
+                continue  # confirmed, or beyond this answer's range and possible
+            if fid in listed:  # the answer says what the origin holds of it
+                del files[fid]
+                if past or not sync.snapshot or known.seq >= listed[fid]:
+                    self.forged += 1  # (a snapshot's later record of it replaces an older one)
+            elif sync.snapshot and not past:  # the origin no longer holds it: its own word
+                del files[fid]
+                if known.meta is not None:
+                    new.append(Change(sync.origin, sync.upto, fid, None))
+            else:
+                new += self._forged(files, known)
+                unsure = unsure or not (sync.snapshot and sync.since == 0)
+        return new, unsure
+
+    def _forged(self, files: dict[str, Change], known: Change) -> list[Change]:
+        """Drop ``known``, shown forged; returns the tombstone that stops listing it."""
+        del files[known.file_id]
+        self.forged += 1
+        if known.meta is None:
+            return []
+        return [Change(known.origin, known.seq, known.file_id, None, retracted=True)]
+
+    def stated(self, head: int) -> list[Change]:
+        """The origin itself says (a message of its own) that its last number is ``head``: a
+        head claimed past it is replaced, and changes held past it are forged: dropped, and as
+        what they displaced is unknown, a snapshot from the start is asked for. Returns the
+        tombstones of the dropped adds."""
+        if head < self.said:
+            return []  # an older word of the origin's (messages may cross)
+        self.said = head
+        new: list[Change] = []
+        if self.head > head:  # (every number held is at most ``self.head``)
+            files = self._own()
+            past = [c for c in files.values() if c.seq > head]
+            for known in past:
+                new += self._forged(files, known)
+            if past or self.seq > head:
+                self.seq = self.asof = 0
+        self.head = max(head, self.seq)
         return new
 
 
@@ -230,6 +302,10 @@ class Views:
         self.limit = limit
         self.behind: dict[str, None] = {}
         """Origins whose known head is past the last number held without a gap (ordered)."""
+        self.dropped = 0
+        """Relayed changes and heads dropped: numbered past their origin's :meth:`View.bound`."""
+        self.forged = 0
+        """Relayed changes that an origin's answer showed forged, dropped at that answer."""
 
     def get(self, origin: str) -> View | None:
         view = self._own.get(origin)
@@ -259,17 +335,45 @@ class Views:
         view = self.get(origin)
         return None if view is None else max(view.asof, view.seq)
 
-    def heard(self, origin: str, head: int) -> None:
-        """``origin`` says (itself, or through another) that its last number is ``head``."""
+    def _beyond(self, origin: str, view: View | None, seq: int) -> bool:
+        """Whether a relayed ``seq`` is past what ``view``'s origin can have (counted). Nothing
+        of it is kept, but the origin is asked (as if behind, until its next word): a restarted
+        origin's numbers start after its new epoch, far past its last word."""
+        bound = None if view is None else view.bound()
+        if bound is None or seq <= bound:
+            return False
+        self.dropped += 1
+        self.behind[origin] = None
+        return True
+
+    def heard(self, origin: str, head: int, own: bool = False) -> list[Change]:
+        """``origin`` says that its last number is ``head``: itself (``own``: a message whose
+        sender it is, :meth:`View.stated`; returns the tombstones of the adds it showed forged),
+        or through another (a claim, taken within :meth:`View.bound`)."""
         view = self.get(origin)
-        if view is not None and head <= view.head:
-            return
+        if own:
+            if view is not None and head == view.said and head >= view.head:
+                self._track(origin, view)
+                return []
+        elif (view is not None and head <= view.head) or self._beyond(origin, view, head):
+            return []
         view = self._writable(origin)
-        if view is not None:
-            view.head = max(view.head, head)
-            self._track(origin, view)
+        if view is None:
+            return []
+        new: list[Change] = []
+        if own:
+            forged = view.forged
+            new = view.stated(head)
+            self.forged += view.forged - forged
+        else:
+            view.head = head
+        self._track(origin, view)
+        return new
 
     def apply(self, change: Change) -> bool:
+        """A change relayed by a third party (dropped past its origin's :meth:`View.bound`)."""
+        if self._beyond(change.origin, self.get(change.origin), change.seq):
+            return False
         view = self._writable(change.origin)
         if view is None:
             return False
@@ -281,7 +385,9 @@ class Views:
         view = self._writable(sync.origin)
         if view is None:
             return []
+        forged = view.forged
         new = view.take(sync)
+        self.forged += view.forged - forged
         self._track(sync.origin, view)
         return new
 

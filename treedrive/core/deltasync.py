@@ -96,16 +96,21 @@ class Catalogue:
         if self.journal is not None:
             self.journal.extend(new)
         for change in new:
-            if change.meta is not None:
+            if change.meta is not None or change.retracted:
                 continue
             prior = priors.get(change.file_id, before.get(change.file_id))
             if self._owner_of(change.file_id, prior) == change.origin:
                 out += self._owner_deleted(change.file_id)
         return out
 
-    def heard(self, origin: str, head: int) -> None:
-        if origin != self.me:
-            self.views.heard(origin, head)
+    def heard(self, origin: str, head: int, own: bool = False) -> None:
+        """``origin``'s last number is ``head``: its own word (``own``: a message whose sender
+        it is), or another's claim (see :meth:`Views.heard`)."""
+        if origin == self.me:
+            return
+        retracted = self.views.heard(origin, head, own)
+        if self.journal is not None:
+            self.journal.extend(retracted)
 
     def behind(self) -> list[str]:
         return list(self.views.behind)

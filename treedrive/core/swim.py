@@ -120,7 +120,7 @@ class Swim(MemberNews):
         suspect or dead at that incarnation or later, tell it (once a round)."""
         if msg.sender in self.members:
             self.heard[msg.sender] = now
-        self.catalogue.heard(msg.sender, msg.head)
+        self.catalogue.heard(msg.sender, msg.head, own=True)  # the gate let its name in
         out: list[Out] = []
         known = self.members.get(msg.sender)
         if known is not None and known.status == Status.DEAD:  # there may be more behind it

@@ -331,6 +331,7 @@ class SwimNode:
         if changes:
             for origin in self.store.apply(changes, self.manages):
                 deltas.views.forget(origin)
+        self.store.report_claims(deltas)
         self.reconcile()
 
     def _members(self, rows: list[Member]) -> None:

@@ -6,7 +6,8 @@ rules as a GOSSIP_REPLY's records (:mod:`treedrive.core.catalogue`, THREATS.md):
   never pushed are skipped, records of files their owners deleted are skipped (and the origin is
   told of the delete, as a peer that still lists one is), and the rest are judged by
   :mod:`treedrive.core.ownership` (seals, owner rules) before the origin is recorded as a holder;
-- an origin's tombstone ("it no longer holds this file") removes it from the file's holders;
+- an origin's tombstone ("it no longer holds this file") removes it from the file's holders
+  (and only that when this node made it for a relayed add the origin's answer showed forged);
   when the origin is the file's recorded owner, it is the owner's delete, honoured as a DELETE is
   (:func:`~treedrive.core.ownership.judge_delete`: a sealed file needs the owner's signature,
   which the tombstone carries): the record goes everywhere, and the copy here too.
@@ -42,6 +43,26 @@ class SwimStore:
     def __init__(self, ctx: NodeContext, catalogue: Catalogue) -> None:
         self.ctx = ctx
         self.catalogue = catalogue
+        self._claims = (0, 0)
+        """The counts of dropped relayed claims already reported (:meth:`report_claims`)."""
+
+    def report_claims(self, deltas: Deltas) -> None:
+        """Count, and log (one line a second at most), the relayed change numbers and heads
+        dropped since the last call: past their origin's own word, or shown forged by its
+        answer (:mod:`treedrive.core.deltas`)."""
+        ahead, forged = deltas.views.dropped, deltas.views.forged
+        new_ahead, new_forged = ahead - self._claims[0], forged - self._claims[1]
+        if not new_ahead and not new_forged:
+            return
+        self._claims = (ahead, forged)
+        ctx = self.ctx
+        ctx.counters.dropped["swim_claim_ahead"] += new_ahead
+        ctx.counters.dropped["swim_claim_forged"] += new_forged
+        ctx.log_limited(
+            "swim-claims", logging.WARNING, "relayed catalogue claims dropped: %d numbered past "
+            "their origin's own word, %d shown forged by the origin's answer", new_ahead,
+            new_forged,
+        )  # fmt: skip
 
     def apply(self, changes: Sequence[Change], member: Callable[[str], bool]) -> set[str]:
         """Apply ``changes`` (in the order they were taken) of the origins that are members;
@@ -123,7 +144,7 @@ class SwimStore:
             entry = known.get(change.file_id)
             if entry is None:
                 continue
-            if entry.meta.file_owner != origin:
+            if entry.meta.file_owner != origin or change.retracted:  # not the owner's delete
                 uow.files.remove_holder(change.file_id, origin)
                 continue
             why = ownership.judge_delete(change.file_id, change.signed, entry.meta, pinned)
