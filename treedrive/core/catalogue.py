@@ -65,24 +65,6 @@ class Catalogue:
             self._own.put(own, version, now)
         return own
 
-    def not_forged(self, metas: Sequence[FileMeta], peer_id: str) -> list[FileMeta]:
-        """``metas`` without the records that claim this node owns a file it never pushed (a
-        stranger's record would make this node the owner of a file it did not push, and give
-        it the right to DELETE it); those are counted and logged. A file this node pushed and
-        then deleted is its own too: a peer that still lists it missed the DELETE, and the
-        tombstone check that follows sends it again. (:meth:`take` does this check itself, on
-        the tombstones it reads anyway.)"""
-        ctx = self.ctx
-        if not any(m.file_owner == ctx.peer_id for m in metas):
-            return list(metas)
-        own = self.own_files()
-        claimed = [m.file_id for m in metas if m.file_owner == ctx.peer_id and m.file_id not in own]
-        if not claimed:
-            return list(metas)
-        with ctx.store.reading() as uow:
-            deleted = uow.tombstones.owners(claimed)
-        return self._unforged(metas, own, deleted, peer_id)
-
     def _unforged(
         self,
         metas: Sequence[FileMeta],
@@ -142,7 +124,7 @@ class Catalogue:
         owner_pinned: bool = False,
     ) -> tuple[Judged, list[tuple[str, str]]]:
         """``holder`` says it holds ``metas``: those that claim this node owns a file it never
-        pushed are skipped (as :meth:`not_forged` skips them, on the same read of tombstones),
+        pushed are skipped (:meth:`_unforged`, on the tombstones read for the rest),
         those of files their owners did not delete are judged (:meth:`judge`;
         ``owner_pinned``: as its own changes are) and what is taken is recorded as held by
         ``holder`` (``complete``: that is all it holds; ``announced``: in its ANNOUNCE).

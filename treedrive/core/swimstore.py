@@ -126,8 +126,7 @@ class SwimStore:
     ) -> tuple[Judged, list[tuple[str, str]]]:
         """Record ``origin`` as a holder of the records of ``adds`` that pass; returns how they
         were judged, and (file id, owner) of those whose owners deleted them."""
-        metas = self.catalogue.not_forged(adds, origin)
-        return self.catalogue.take(uow, origin, metas, now, owner_pinned=True)
+        return self.catalogue.take(uow, origin, adds, now, owner_pinned=True)
 
     def _removes(
         self,
