@@ -442,3 +442,38 @@ def test_relays_answered_at_once_still_count_against_the_round() -> None:
                           of="v", of_incarnation=0)  # fmt: skip
                 node.receive(ack, 0.2)
     assert relayed == MAX_RELAYS
+
+
+def test_a_random_members_table_does_not_revive_a_member_this_node_found_dead() -> None:
+    """In a split, a member of this side that has not yet found the other side dead still lists
+    it alive: its table, pulled at random, must not bring back a member this node holds dead at
+    the same incarnation (the split would never be noticed everywhere). A member back from the
+    dead is believed: across a healed partition the other side never lost anyone."""
+    a = Swim("a", addr(1), Catalogue("a"), random.Random(1), 0.0)
+    for i in (2, 3, 9):
+        a.learn(News(f"p{i}" if i < 9 else "gone", addr(i), 0, Status.ALIVE), 0.0)
+    a.learn(News("gone", addr(9), 0, Status.DEAD), 0.0)
+    listing = (News("gone", addr(9), 0, Status.ALIVE),)
+
+    def answer(to: Address, ping: Message, sender: str) -> Ack:
+        return Ack(sender=sender, address=to, incarnation=0, head=0, seq=ping.seq, of=sender,
+                   of_incarnation=0, members=listing)  # fmt: skip
+
+    [(to, ping)] = a.pull(1.0)
+    a.receive(answer(to, ping, "p2" if to == addr(2) else "p3"), 1.0)
+    assert a.members["gone"].status == Status.DEAD
+    # a newer incarnation in a random table is news like any other
+    a.learn(News("p3", addr(3), 0, Status.DEAD), 1.0)
+    [(to, ping)] = a.pull(2.0)  # (p2: the only one alive)
+    listing = (News("gone", addr(9), 0, Status.ALIVE), News("p3", addr(3), 1, Status.ALIVE))
+    a.receive(answer(to, ping, "p2"), 2.0)
+    assert a.members["gone"].status == Status.DEAD
+    assert a.members["p3"].status == Status.ALIVE
+    # a member held dead that speaks is back; its table is its side's word, and is believed
+    a.learn(News("p2", addr(2), 0, Status.DEAD), 3.0)
+    hello = Push(sender="p2", address=addr(2), incarnation=0, head=0)
+    out = a.receive(hello, 3.0)
+    [(to, ping)] = [(t, m) for t, m in out if isinstance(m, Ping) and m.join]
+    assert to == addr(2)
+    a.receive(answer(to, ping, "p2"), 3.0)
+    assert a.members["gone"].status == Status.ALIVE

@@ -78,6 +78,9 @@ class _Probe:
     acked: bool = False
     join: bool = False
     """A join ping: its target's answer may carry its member list."""
+    vouch: bool = False
+    """That list is the word of a member back from the dead (or of the first one met by a node
+    that knows nobody alive): it may revive members held dead at the same incarnation."""
 
 
 class Swim(MemberNews):
@@ -128,7 +131,7 @@ class Swim(MemberNews):
             self._pull_until = now + self.config.pull_rounds
             if now - self._pulled >= 1.0:  # pull its table now (once a round at most)
                 self._pulled = now
-                out.append(self._ping(msg.sender, now, join=True))
+                out.append(self._ping(msg.sender, now, vouch=True, join=True))
         self.learn(News(msg.sender, msg.address, msg.incarnation, Status.ALIVE), now)
         if known is not None and known.status != Status.ALIVE:  # back: spread where it is now
             back = News(msg.sender, msg.address, msg.incarnation, Status.ALIVE, msg.head)
@@ -146,11 +149,11 @@ class Swim(MemberNews):
 
     # ------------------------------------------------------------------ sending
 
-    def _ping(self, target: str, now: float, **kw: Any) -> Out:
+    def _ping(self, target: str, now: float, vouch: bool = False, **kw: Any) -> Out:
         self._seq += 1
         member = self.members[target]
         have, asof = self.catalogue.have(target), self.catalogue.asof(target)
-        self._probes[self._seq] = _Probe(target, now, join=bool(kw.get("join")))
+        self._probes[self._seq] = _Probe(target, now, join=bool(kw.get("join")), vouch=vouch)
         return member.address, self._message(Ping, seq=self._seq, have=have, asof=asof, **kw)
 
     def join(self, peer: str, address: Address, now: float) -> list[Out]:
@@ -159,7 +162,8 @@ class Swim(MemberNews):
         self._now = now
         alone = not self._alive
         self.learn(News(peer, address, 0, Status.ALIVE), now)
-        return [self._ping(peer, now, join=True)] if alone and peer in self._alive else []
+        alive = peer in self._alive
+        return [self._ping(peer, now, vouch=True, join=True)] if alone and alive else []
 
     def pull(self, now: float) -> list[Out]:
         """Ask a random member alive for its member list (a join ping): members that joined
@@ -248,7 +252,7 @@ class Swim(MemberNews):
         lost = self._dead or self._suspects
         if revived and lost and now < self._pull_until and now - self._pulled >= 1.0:
             self._pulled = now
-            out.append(self._ping(self.rng.choice(revived), now, join=True))
+            out.append(self._ping(self.rng.choice(revived), now, vouch=True, join=True))
         due = not self._alive or (self._round + self._seed_phase) % cfg.seed_rounds == 0
         if due and self._alive and self._dead:
             # Anti-entropy while any member is lost (memberlist's push-pull): the table of a
@@ -340,11 +344,18 @@ class Swim(MemberNews):
         # A member list only in answer to this node's own join ping: from the member asked, or
         # from a well-known host asked by sequence number (any other ack's list is ignored:
         # two made-up lists would fill the member table).
+        # Its word revives members held dead at the same incarnation only if it is back from the
+        # dead itself (across a healed partition the other side never lost them) or this node
+        # knew nobody alive; a random member's table is merged by SWIM's precedence alone (in a
+        # split, a member of this side that has not yet found the other side dead would bring
+        # it back each time, and the split would never be noticed everywhere).
         probe = self._probes.get(ack.seq)
         asked = probe is not None and probe.join and probe.target == ack.sender
-        if ack.members and (asked or self._seed_joins.pop(ack.seq, None) is not None):
+        seeded = not asked and self._seed_joins.pop(ack.seq, None) is not None
+        if ack.members and (asked or seeded):
+            vouched = seeded or (probe is not None and probe.vouch)
             for news in ack.members:
-                self.learn(news, now, spread=False, vouched=True)
+                self.learn(news, now, spread=False, vouched=vouched)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

@@ -71,9 +71,10 @@ class MemberNews(MemberTable):
     def learn(self, news: News, now: float, spread: bool = True, vouched: bool = False) -> None:
         """Take a claim about a member (SWIM's precedence: a higher incarnation wins; at one
         incarnation, dead over suspect over alive). ``vouched``: the claim comes from the table
-        of a member that answered us (a join, or one back from the dead) and holds it alive at
-        the incarnation this node holds it suspect or dead at: across a healed partition that
-        is the truth (the other side never lost it), and if not, probes find it dead again."""
+        of a member back from the dead (or the first met by a node that knew nobody alive) and
+        holds it alive at the incarnation this node holds it suspect or dead at: across a healed
+        partition that is the truth (the other side never lost it), and if not, probes find it
+        dead again."""
         if news.peer_id == self.me:
             if (
                 news.status in (Status.SUSPECT, Status.DEAD)
