@@ -44,6 +44,7 @@ from treedrive.core.messages import (
     RAW_PUSH,
     RAW_RANGE,
     STREAM_PUSH,
+    SWIM,
     TLS,
     Announce,
     Delete,
@@ -103,7 +104,7 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.extension is not None
     assert answer.extension.proof is not None
     ext = replace(answer.extension, proof=None)
-    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS}), 1)
+    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, SWIM, TLS}), 1)
     assert answer.extra == {}
     [alice] = h.node.peers()
     assert (alice.peer_id, alice.host, alice.port) == ("alice", "127.0.0.1", 7123)
