@@ -45,7 +45,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "max_peers": ("50", 50),
     "extension": ("false", False),
     "encryption": ("false", False),
-    "swim": ("true", True),
+    "swim": ("false", False),
     "shell": ("false", False),
     "log_level": ("DEBUG", "DEBUG"),
     "config": ("/dev/null", Path("/dev/null")),  # an empty TOML file

@@ -45,7 +45,7 @@ FILE_SAMPLES: dict[str, tuple[str, Any]] = {
     "max-peers": ("50", 50),
     "extension": ("false", False),
     "encryption": ("false", False),
-    "swim": ("true", True),
+    "swim": ("false", False),
     "shell": ("false", False),
     "log-level": ('"debug"', "DEBUG"),
     "log-file": ('"/var/log/treedrive.log"', "/var/log/treedrive.log"),

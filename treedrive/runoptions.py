@@ -247,10 +247,11 @@ OPTIONS = [
         "--swim/--no-swim",
         envvar=env("SWIM"),
         show_envvar=True,
-        default=False,
+        default=True,
         show_default=True,
         help="Membership by SWIM probes and catalogue deltas with TreeDrive peers that also "
-        "offer it, in place of the all-to-all gossip (PROTOCOL.md 2.10; opt-in for now).",
+        "offer it, in place of the all-to-all gossip (PROTOCOL.md 2.10); --no-swim gossips "
+        "with every peer the classic way.",
     ),
     click.option(
         "--shell/--no-shell",

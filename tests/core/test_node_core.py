@@ -44,6 +44,7 @@ from treedrive.core.messages import (
     RAW_PUSH,
     RAW_RANGE,
     STREAM_PUSH,
+    SWIM,
     TLS,
     Announce,
     Delete,
@@ -103,7 +104,7 @@ async def test_gossip_reply_goes_to_the_address_in_the_message(h: Harness) -> No
     assert answer.extension is not None
     assert answer.extension.proof is not None
     ext = replace(answer.extension, proof=None)
-    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, TLS}), 1)
+    assert ext == Extension(frozenset({RAW_PUSH, RAW_RANGE, STREAM_PUSH, SWIM, TLS}), 1)
     assert answer.extra == {}
     [alice] = h.node.peers()
     assert (alice.peer_id, alice.host, alice.port) == ("alice", "127.0.0.1", 7123)
@@ -940,13 +941,14 @@ async def test_peers_that_answer_our_gossip_survive_a_flood_of_new_peer_ids(
     assert not tracked & {"bob", "carol"}
 
 
-def test_swim_is_offered_only_when_asked_for(tmp_path: Path) -> None:
+def test_swim_is_offered_unless_turned_off(tmp_path: Path) -> None:
     from treedrive.core.config import NodeConfig
     from treedrive.core.context import features_for
     from treedrive.core.messages import SWIM
 
     base = NodeConfig(data_dir=tmp_path)
-    assert SWIM not in features_for(base)
+    assert SWIM in features_for(base)
+    assert SWIM not in features_for(replace(base, swim=False))
     assert SWIM in features_for(replace(base, swim=True))
     assert TLS not in features_for(replace(base, swim=True, encryption=False))
     assert features_for(replace(base, swim=True, extension=False)) == frozenset()

@@ -23,12 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 INTERVAL = FAST["gossip_interval"]
 
 
-@pytest.fixture(autouse=True)
-def swim_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Swim is opt-in (``--swim``): every node these tests start turns it on."""
-    monkeypatch.setenv("TREEDRIVE_SWIM", "true")
-
-
 def source(tmp_path: Path, name: str, size: int = 20_000) -> Path:
     folder = tmp_path / "src"
     folder.mkdir(exist_ok=True)
@@ -126,3 +120,21 @@ def test_a_classic_peer_in_a_swim_network_works_both_ways(
     # the nodes' replies to bob list what they hold (the classic full list)
     replies = bob.messages("GOSSIP_REPLY", peerId="C")
     assert any(pushed in {r["file_id"] for r in m["files"]} for m in replies)
+
+
+def test_a_node_without_swim_and_swim_nodes_work_both_ways(shells: Shells, tmp_path: Path) -> None:
+    """Swim is on by default; a TreeDrive node run with ``--no-swim`` (or one older than swim)
+    gossips the classic way, and the others answer it so: all know each other and each other's
+    files, and an owner's delete reaches it."""
+    a = shells("A").start()
+    b = shells("B", "--bootstrap", a.address).start()
+    old = shells("O", "--no-swim", "--bootstrap", a.address).start()
+    nodes = [a, b, old]
+    wait_until(lambda: mesh(nodes), timeout=30, what="every node knows every other")
+    ids = {n.node.peer_id: n.push(source(tmp_path, f"{n.node.peer_id}.bin")) for n in nodes}
+    for n in nodes:
+        wait_until(lambda n=n: all(i in n.files() for i in ids.values()), timeout=20,
+                   what=f"{n.node.peer_id} lists every file")  # fmt: skip
+    assert b.delete(ids["B"]).startswith("deleted B.bin")
+    wait_until(lambda: ids["B"] not in old.files(), timeout=20, what="O dropped B.bin")
+    wait_until(lambda: ids["O"] in b.files(), timeout=5, what="B still lists O's file")

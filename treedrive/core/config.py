@@ -85,11 +85,11 @@ class NodeConfig:
     """Encrypt extension transfers (TLS 1.3 bound to the node keys, PROTOCOL.md 2.9) with peers
     that advertise ``tls`` and whose key is pinned; False: advertise no ``tls``, transfer in
     clear (for comparison, or a peer whose TLS is broken)."""
-    swim: bool = False
+    swim: bool = True
     """Membership by SWIM probes and catalogue deltas with TreeDrive peers that also offer it
-    (PROTOCOL.md 2.10), in place of the classic all-to-all gossip between them. Off by default
-    until its hardening against hostile peers is done (issue 12); classic peers are unaffected
-    either way."""
+    (PROTOCOL.md 2.10), in place of the classic all-to-all gossip between them; False: the
+    classic gossip with every peer (for comparison, or a network of nodes older than swim).
+    Classic peers are unaffected either way."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Settings for plugins. ``extra[name]`` is the ``[plugins.<name>]`` table of the config file
     (a dict of TOML values; :meth:`plugin_settings` reads it). The web plugin also reads a few

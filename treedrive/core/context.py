@@ -40,7 +40,7 @@ EXTENSION_FEATURES = frozenset({RAW_RANGE, RAW_PUSH, STREAM_PUSH, SWIM, TLS})
 
 def features_for(config: NodeConfig) -> frozenset[str]:
     """The extension features a node with ``config`` speaks: none without the extension, all
-    but ``tls`` without encryption, ``swim`` only when asked for."""
+    but ``tls`` without encryption, ``swim`` unless turned off."""
     if not config.extension:
         return frozenset()
     off = ({TLS} if not config.encryption else set()) | ({SWIM} if not config.swim else set())

@@ -202,7 +202,8 @@ class NodeProcess:
                 stderr=out,
                 text=True,
                 bufsize=1,
-                env={**os.environ, **self.env} if self.env else None,
+                # a stack dump of every thread on SIGABRT: see :meth:`stop`
+                env={**os.environ, "PYTHONFAULTHANDLER": "1", **self.env},
             )
         deadline = time.monotonic() + 20
         while not (self.data_dir / "node.json").exists():
@@ -237,7 +238,10 @@ class NodeProcess:
             self.proc.wait(timeout=20)
 
     def stop(self) -> int | None:
-        """SIGINT (like Ctrl-C) and wait; returns the exit code."""
+        """SIGINT (like Ctrl-C) and wait; returns the exit code. A node that has not exited
+        20 s later gets SIGABRT, which makes it print every thread's stack (its
+        ``PYTHONFAULTHANDLER``) into its log, and the end of that log is printed here (pytest
+        shows it with the failure)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -245,7 +249,9 @@ class NodeProcess:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.kill(signal.SIGABRT)
+                print(f"node {self.peer_id} did not stop within 20 s of SIGINT; its output ends:")
+                print(self.log.read_text(errors="replace")[-8000:])
         return self.proc.returncode
 
 
