@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.netlab import Lab, available
 from treedrive.core.hookspecs import hookimpl
 from treedrive.core.model import CatalogEntry, PeerInfo
 from treedrive.core.node import Node
@@ -120,3 +121,17 @@ def marked(marks: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any
         return test
 
     return apply
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """Hosts in network namespaces on a bridge (tests/netlab.py), all removed at the end; the
+    test is skipped where namespaces cannot be made (not root, no ``ip``)."""
+    why = available()
+    if why is not None:
+        pytest.skip(why)
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()

@@ -8,23 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from tests.netlab import Lab, available
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    why = available()
-    if why is not None:
-        pytest.skip(why)
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
+from tests.netlab import Lab
 
 
 def neighbours(lab: Lab, ns: str) -> dict[str, tuple[str, str]]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.helpers import wait_until
-from tests.netlab import Lab, LabNode, available
+from tests.netlab import Lab, LabNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -26,18 +25,6 @@ TIMERS = [
     "--gossip-interval", str(INTERVAL), "--peer-timeout", str(TIMEOUT),
     "--cleanup-interval", "0.25", "--join-delay", "0.5",
 ]  # fmt: skip
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    why = available()
-    if why is not None:
-        pytest.skip(why)
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def start_nodes(lab: Lab, tmp_path: Path, n: int) -> list[LabNode]:
