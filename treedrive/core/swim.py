@@ -11,11 +11,13 @@ Each round (one gossip interval) a node:
   ``suspect_rounds`` makes the member dead;
 - pushes the news it has to spread (:class:`Push`) to ``fanout`` random members (nothing when
   there is nothing to spread);
-- probes ``reprobe_dead`` dead members (round-robin) and, every ``seed_rounds`` while it holds
-  members dead, pulls a random member's table (anti-entropy for news dropped as stale; a
-  well-known address is asked instead, every round, only while it knows nobody alive): a node
-  that has lost peers keeps looking for them at a slow rate, so a partition heals once the
-  network is whole again;
+- probes ``reprobe_dead`` dead members (round-robin, pings without news) and, every
+  ``seed_rounds`` while it holds members dead, pulls a random member's table (anti-entropy for
+  news dropped as stale; a well-known address is asked instead, every round, only while it knows
+  nobody alive): a node that has lost peers keeps looking for them at a slow rate, so a
+  partition heals once the network is whole again;
+- probes up to ``recheck`` members it holds alive that such a table left out: a death whose
+  news missed this node is found by its own probes, not after its round-robin (N rounds);
 - pings up to ``syncs`` origins whose catalogue it is behind on.
 
 News (membership :class:`News` and catalogue :class:`~treedrive.core.deltas.Change`) rides on
@@ -117,6 +119,9 @@ class Swim(MemberNews):
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
         self._pulled = -1.0
+        self._recheck: dict[str, None] = {}
+        """Members held alive that a random member's table left out: probed first, a few a
+        round (bounded by ``max_news``)."""
 
     def _direct(self, msg: Message, now: float) -> list[Out]:
         """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
@@ -225,6 +230,7 @@ class Swim(MemberNews):
         target = self._next_target(self._order, (Status.ALIVE, Status.SUSPECT))
         if target is not None:
             out.append(self._ping(target, now))
+        out += self._rechecks(target, now)
         out += self._looking(now)
         syncs = 0
         for origin in self.catalogue.behind():
@@ -238,6 +244,28 @@ class Swim(MemberNews):
                 out.append((self.members[peer].address, self._message(Push)))
         return out
 
+    def _rechecks(self, target: str | None, now: float) -> list[Out]:
+        """Probe up to ``recheck`` members that a random member's table left out (a death this
+        node's news missed is found by its own probes, never taken on another's word: a member
+        that is reachable answers, so this cannot undo a heal)."""
+        out: list[Out] = []
+        probing = {p.target for p in self._probes.values()}
+        while self._recheck and len(out) < self.config.recheck:
+            peer = next(iter(self._recheck))
+            del self._recheck[peer]
+            if peer in self._alive and peer != target and peer not in probing:
+                out.append(self._ping(peer, now))
+        return out
+
+    def _left_out(self, ack: Ack) -> None:
+        """Members held alive or suspect that a random member's whole table left out."""
+        if len(ack.members) >= MAX_MEMBERS:
+            return  # cut short: absence says nothing
+        listed = {n.peer_id for n in ack.members}
+        for peer in self._alive.items:
+            if peer not in listed and len(self._recheck) < self.config.max_news:
+                self._recheck[peer] = None
+
     def _looking(self, now: float) -> list[Out]:
         """Looking for lost members: dead ones re-probed, tables pulled from those back, and
         now and then while any is lost a random member's table (a well-known host's, each
@@ -246,8 +274,8 @@ class Swim(MemberNews):
         out: list[Out] = []
         for _ in range(min(cfg.reprobe_dead, len(self._dead))):  # each at most once a round
             dead = self._next_target(self._dead_order, (Status.DEAD,))
-            if dead is not None:
-                out.append(self._ping(dead, now))
+            if dead is not None:  # no news: most of these pings go nowhere
+                out.append(self._ping(dead, now, news=()))
         revived = [p for p in self._revived if p in self._alive]
         lost = self._dead or self._suspects
         if revived and lost and now < self._pull_until and now - self._pulled >= 1.0:
@@ -356,6 +384,8 @@ class Swim(MemberNews):
             vouched = seeded or (probe is not None and probe.vouch)
             for news in ack.members:
                 self.learn(news, now, spread=False, vouched=vouched)
+            if not vouched:
+                self._left_out(ack)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

@@ -50,7 +50,7 @@ from treedrive.core.ports import UnitOfWork
 from treedrive.core.replies import Address, same_host, source_ip
 from treedrive.core.swim import Swim
 from treedrive.core.swimstore import SwimStore
-from treedrive.core.swimtypes import Ack, Config, Member, Message, Out, Status
+from treedrive.core.swimtypes import Ack, Member, Message, Out, Status, node_config
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ TRACK_EVERY = 1.0
 RECONCILE_EVERY = 10.0
 """Rounds between two checks of the change log against the store when nothing seemed to
 change (a copy dropped without an event)."""
-PROBE_SECONDS = 1.0
-"""A probe waits at least this long (up to half a round) for its ack before others are asked
-to probe too: a short interval must not turn a busy member's slow answer into indirect probes,
-which cost the busy network more messages."""
 PULLS = (2.0, 5.0, 12.0, 30.0)
 """Rounds after its start at which a node pulls a random member's list once more: nodes that
 started about when it did are learned even if their news went round before it knew them."""
@@ -122,17 +118,7 @@ class SwimNode:
         ctx = self.ctx
         self.deltas = Deltas(ctx.peer_id, epoch=int(time.time() * 1_000_000))
         self.deltas.journal = []
-        timeout = ctx.config.peer_timeout / self.interval
-        probe = min(0.5, max(0.2, PROBE_SECONDS / self.interval))
-        config = Config(
-            probe_timeout=probe,
-            suspect_after=max(0.8, probe + 0.3),
-            suspect_rounds=max(1.0, timeout - 1.0),
-            # Origins that changed are named for longer than a member takes to be found dead:
-            # after a split too short for either side to drop the other, a change made on one
-            # side (an owner's delete) is still asked for from the other.
-            heads_rounds=max(10.0, 2 * timeout + 2),
-        )
+        config = node_config(self.interval, ctx.config.peer_timeout)
         swim = Swim(ctx.peer_id, (ctx.host, ctx.port), self.deltas, random.Random(), self.now(),
                     config=config)  # fmt: skip
         swim.incarnation = int(time.time())  # a restart is newer than what peers remember

@@ -134,6 +134,10 @@ class Config:
     """Rounds after which membership news not yet sent ``retransmit`` times is dropped as stale
     (catalogue changes never are: they stay true)."""
     syncs: int = 3
+    recheck: int = 3
+    """Extra probes per round of members this node holds alive that a random member's table
+    left out (that member holds them dead, suspect or not yet known): a node that missed a death
+    while it went round checks for itself instead of waiting for its round-robin (N rounds)."""
     """Extra pings per round to origins this node is behind on."""
     dead_rounds: float = 10_000.0
     """Rounds a dead member stays in the table (re-probed) before it is dropped."""
@@ -141,3 +145,24 @@ class Config:
 
 
 DEFAULT = Config()
+
+
+PROBE_SECONDS = 1.0
+"""A probe waits at least this long (up to half a round) for its ack before others are asked
+to probe too: a short interval must not turn a busy member's slow answer into indirect probes,
+which cost the busy network more messages."""
+
+
+def node_config(interval: float, peer_timeout: float) -> Config:
+    """A running node's settings for its gossip ``interval`` and ``peer_timeout`` (seconds)."""
+    timeout = peer_timeout / interval
+    probe = min(0.5, max(0.2, PROBE_SECONDS / interval))
+    return Config(
+        probe_timeout=probe,
+        suspect_after=max(0.8, probe + 0.3),
+        suspect_rounds=max(1.0, timeout - 1.0),
+        # Origins that changed are named for longer than a member takes to be found dead:
+        # after a split too short for either side to drop the other, a change made on one
+        # side (an owner's delete) is still asked for from the other.
+        heads_rounds=max(10.0, 2 * timeout + 2),
+    )
