@@ -119,9 +119,6 @@ class Swim(MemberNews):
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
         self._pulled = -1.0
-        self._recheck: dict[str, None] = {}
-        """Members held alive that a random member's table left out: probed first, a few a
-        round (bounded by ``max_news``)."""
 
     def _direct(self, msg: Message, now: float) -> list[Out]:
         """A message from its sender: it is alive at ``msg.incarnation``. If this node holds it
@@ -257,15 +254,6 @@ class Swim(MemberNews):
                 out.append(self._ping(peer, now))
         return out
 
-    def _left_out(self, ack: Ack) -> None:
-        """Members held alive or suspect that a random member's whole table left out."""
-        if len(ack.members) >= MAX_MEMBERS:
-            return  # cut short: absence says nothing
-        listed = {n.peer_id for n in ack.members}
-        for peer in self._alive.items:
-            if peer not in listed and len(self._recheck) < self.config.max_news:
-                self._recheck[peer] = None
-
     def _looking(self, now: float) -> list[Out]:
         """Looking for lost members: dead ones re-probed, tables pulled from those back, and
         now and then while any is lost a random member's table (a well-known host's, each
@@ -385,7 +373,7 @@ class Swim(MemberNews):
             for news in ack.members:
                 self.learn(news, now, spread=False, vouched=vouched)
             if not vouched:
-                self._left_out(ack)
+                self.left_out(ack.members)
         if ack.sync is not None and ack.sync.origin == ack.sender:
             self.spread(self.catalogue.take(ack.sync))
         relay = self._relays.pop(ack.seq, None)

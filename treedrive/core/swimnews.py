@@ -20,7 +20,7 @@ from treedrive.core.deltasync import Catalogue
 from treedrive.core.spread import SpreadQueue
 from treedrive.core.swimchanges import ChangeNews
 from treedrive.core.swimtable import MemberTable
-from treedrive.core.swimtypes import Address, Config, Member, Message, News, Status
+from treedrive.core.swimtypes import MAX_MEMBERS, Address, Config, Member, Message, News, Status
 
 
 class MemberNews(MemberTable):
@@ -43,6 +43,19 @@ class MemberNews(MemberTable):
         self._changes = ChangeNews(me, catalogue, rng, config)
         self._noticed: dict[str, float] = {}
         self._now = now
+        self._recheck: dict[str, None] = {}
+        """Members held alive that a random member's table left out: probed first, a few a
+        round (bounded by ``max_news``)."""
+
+    def left_out(self, listed: tuple[News, ...]) -> None:
+        """Members held alive or suspect that a random member's whole table (``listed``) left
+        out: to be probed by this node itself."""
+        if len(listed) >= MAX_MEMBERS:
+            return  # cut short: absence says nothing
+        names = {n.peer_id for n in listed}
+        for peer in self._alive.items:
+            if peer not in names and len(self._recheck) < self.config.max_news:
+                self._recheck[peer] = None
 
     def retransmit(self) -> int:
         return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))
