@@ -512,3 +512,51 @@ def test_a_random_members_table_does_not_revive_a_member_this_node_found_dead() 
     assert to == addr(2)
     a.receive(answer(to, ping, "p2"), 3.0)
     assert a.members["gone"].status == Status.ALIVE
+
+
+def test_while_a_partition_heals_a_claim_of_failure_is_checked_before_it_is_believed() -> None:
+    """After a healed partition each side's stale view of the other (and of its own side, taken
+    from the other) went round again: nearly every member had to refute it and every node to
+    hear each refutation (simulated: 8 rounds to heal at N = 2,000, 12 at 5,000). While this
+    node heals (a member held dead answered lately), a claim that a member it holds alive at
+    that incarnation failed is checked by its own probe instead: a member that answers stays
+    alive and no news of its failure is spread; one that does not is suspected by this node
+    itself. Outside a heal, and at a newer incarnation, a claim is taken as SWIM's rules say."""
+
+    def node() -> Swim:
+        n = Swim("a", addr(1), Catalogue("a"), random.Random(1), 0.0)
+        for i in (2, 3, 4, 5, 6):
+            n.learn(News(f"p{i}", addr(i), 0, Status.ALIVE), 0.0)
+        n.learn(News("p2", addr(2), 0, Status.DEAD), 0.0)
+        return n
+
+    claims = (
+        News("p4", addr(4), 0, Status.DEAD),
+        News("p5", addr(5), 0, Status.SUSPECT),
+        News("p6", addr(6), 1, Status.SUSPECT),
+    )
+    claim = Push(sender="p3", address=addr(3), incarnation=0, head=0, news=claims)
+    calm = node()
+    calm.receive(claim, 1.0)
+    assert [calm.members[f"p{i}"].status for i in (4, 5, 6)] == [
+        Status.DEAD, Status.SUSPECT, Status.SUSPECT,
+    ]  # fmt: skip
+    healing = node()
+    healing.receive(Push(sender="p2", address=addr(2), incarnation=0, head=0), 1.0)
+    healing.receive(claim, 1.0)
+    assert [healing.members[f"p{i}"].status for i in (4, 5, 6)] == [
+        Status.ALIVE, Status.ALIVE, Status.SUSPECT,
+    ]  # fmt: skip
+    out = [o for t in (1.0, 1.1) for o in healing.tick(t)]
+    pings = {to: m for to, m in out if isinstance(m, Ping)}
+    assert addr(4) in pings
+    assert addr(5) in pings
+    ack = Ack(sender="p4", address=addr(4), incarnation=0, head=0, seq=pings[addr(4)].seq,
+              of="p4", of_incarnation=0)  # fmt: skip
+    healing.receive(ack, 1.2)
+    for t in range(12, 22):
+        healing.tick(t / 10)
+    assert healing.members["p4"].status == Status.ALIVE
+    assert healing.members["p5"].status == Status.SUSPECT  # its own probe failed
+    spread = healing._message(Push).news
+    assert not any(n.peer_id == "p4" and n.status != Status.ALIVE for n in spread)

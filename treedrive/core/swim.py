@@ -66,8 +66,6 @@ from treedrive.core.swimtypes import (
 
 MAX_RELAYS = 64
 """Indirect probes made for others in one round (each dials an address a peer named)."""
-LISTS_PER_HOST = 4
-"""Member lists sent to one host per round at most."""
 MAX_SEED_JOINS = 8
 """Join pings to well-known hosts awaiting an answer (the oldest is forgotten first)."""
 
@@ -106,8 +104,6 @@ class Swim(MemberNews):
         self._probes: dict[int, _Probe] = {}
         self._relayed: list[float] = []
         """When the indirect probes made for others in the last round were made."""
-        self._listed: dict[str, list[float]] = {}
-        """When each host was last sent this node's member list."""
         self._seed_joins: dict[int, float] = {}
         """Join pings sent to well-known hosts (by sequence number): their answers' lists."""
         self._relays: dict[int, tuple[Address, int, float]] = {}
@@ -242,15 +238,17 @@ class Swim(MemberNews):
         return out
 
     def _rechecks(self, target: str | None, now: float) -> list[Out]:
-        """Probe up to ``recheck`` members that a random member's table left out (a death this
-        node's news missed is found by its own probes, never taken on another's word: a member
-        that is reachable answers, so this cannot undo a heal)."""
+        """Probe up to ``recheck`` (``heal_checks`` while healing) members that a random member's
+        table left out or that another claims failed (a death this node's news missed is found
+        by its own probes, never taken on another's word: a member that is reachable answers,
+        so this cannot undo a heal; one held dead since is probed too: it may be back)."""
         out: list[Out] = []
-        probing = {p.target for p in self._probes.values()}
-        while self._recheck and len(out) < self.config.recheck:
+        busy = {target, *(p.target for p in self._probes.values())}
+        cap = self.config.heal_checks if now < self._pull_until else self.config.recheck
+        while self._recheck and len(out) < cap:
             peer = next(iter(self._recheck))
             del self._recheck[peer]
-            if peer in self._alive and peer != target and peer not in probing:
+            if (peer in self._alive or peer in self._dead) and peer not in busy:
                 out.append(self._ping(peer, now))
         return out
 
@@ -296,10 +294,12 @@ class Swim(MemberNews):
         lost = sender is not None and sender.status != Status.ALIVE
         out = self._direct(msg, now)
         incarnation = self.incarnation
+        healing = now < self._pull_until
         for news in msg.news:
             if lost and news.status != Status.ALIVE and news.peer_id != self.me:
                 continue  # a sender this node had lost: its failures are from the other side
-            self.learn(news, now)
+            if not self.checked_first(news, healing):
+                self.learn(news, now)
         if self.incarnation > incarnation:  # refuted: the sender is the one to tell first
             out.append((msg.address, self._message(Push, news=(self._self_news(),))))
         for change in msg.changes:
@@ -322,18 +322,6 @@ class Swim(MemberNews):
                 self._relays[self._seq] = (msg.address, msg.seq, now)
                 out.append((msg.target_address, self._message(Ping, seq=self._seq)))
         return out
-
-    def _may_list(self, host: str) -> bool:
-        """Whether a join ping from ``host`` gets this node's member list now: at most
-        :data:`LISTS_PER_HOST` a round per host (a list is up to 8,191 members, for a ping of a
-        few hundred bytes; nodes on one machine join together)."""
-        recent = [t for t in self._listed.get(host, ()) if self._now - t < 1.0]
-        if len(recent) >= LISTS_PER_HOST:
-            return False
-        if len(self._listed) >= self.config.max_members:
-            self._listed.clear()
-        self._listed[host] = [*recent, self._now]
-        return True
 
     def _ack(self, ping: Ping) -> Ack:
         sync = None

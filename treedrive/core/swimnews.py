@@ -22,6 +22,9 @@ from treedrive.core.swimchanges import ChangeNews
 from treedrive.core.swimtable import MemberTable
 from treedrive.core.swimtypes import MAX_MEMBERS, Address, Config, Member, Message, News, Status
 
+LISTS_PER_HOST = 4
+"""Member lists sent to one host per round at most."""
+
 
 class MemberNews(MemberTable):
     """One node's member table with the news it spreads (``catalogue``: its catalogue sync)."""
@@ -43,9 +46,12 @@ class MemberNews(MemberTable):
         self._changes = ChangeNews(me, catalogue, rng, config)
         self._noticed: dict[str, float] = {}
         self._now = now
+        self._listed: dict[str, list[float]] = {}
+        """When each host was last sent this node's member list."""
         self._recheck: dict[str, None] = {}
-        """Members held alive that a random member's table left out: probed first, a few a
-        round (bounded by ``max_news``)."""
+        """Members to probe first, a few a round (bounded by ``max_news``): held alive, but a
+        random member's table left them out, or (while a partition heals) another claims they
+        failed."""
 
     def left_out(self, listed: tuple[News, ...]) -> None:
         """Members held alive or suspect that a random member's whole table (``listed``) left
@@ -56,6 +62,38 @@ class MemberNews(MemberTable):
         for peer in self._alive.items:
             if peer not in names and len(self._recheck) < self.config.max_news:
                 self._recheck[peer] = None
+
+    def checked_first(self, news: News, healing: bool) -> bool:
+        """Whether a claim that a member failed is to be checked by a probe of this node's own
+        instead of being taken (True: it is queued for one). Only while a partition heals
+        (``healing``), and only a claim about a member held alive at that incarnation or later:
+        across a healed cut each side's view of the other (and of its own side, taken from the
+        other) is stale, and taken at its word it went round again, so that nearly every member
+        had to refute it and every node had to hear each refutation. A member that is really
+        down fails the probe and is suspected by this node itself; when the queue is full the
+        claim is taken as usual."""
+        if not healing or news.status not in (Status.SUSPECT, Status.DEAD):
+            return False
+        known = self.members.get(news.peer_id)
+        if known is None or known.status != Status.ALIVE or news.incarnation > known.incarnation:
+            return False
+        if news.peer_id not in self._recheck:
+            if len(self._recheck) >= self.config.max_news:
+                return False
+            self._recheck[news.peer_id] = None
+        return True
+
+    def _may_list(self, host: str) -> bool:
+        """Whether a join ping from ``host`` gets this node's member list now: at most
+        :data:`LISTS_PER_HOST` a round per host (a list is up to 8,191 members, for a ping of a
+        few hundred bytes; nodes on one machine join together)."""
+        recent = [t for t in self._listed.get(host, ()) if self._now - t < 1.0]
+        if len(recent) >= LISTS_PER_HOST:
+            return False
+        if len(self._listed) >= self.config.max_members:
+            self._listed.clear()
+        self._listed[host] = [*recent, self._now]
+        return True
 
     def retransmit(self) -> int:
         return max(1, math.ceil(self.config.retransmit_mult * math.log10(len(self.members) + 2)))

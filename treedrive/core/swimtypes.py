@@ -134,11 +134,15 @@ class Config:
     """Rounds after which membership news not yet sent ``retransmit`` times is dropped as stale
     (catalogue changes never are: they stay true)."""
     syncs: int = 3
+    """Extra pings per round to origins this node is behind on."""
     recheck: int = 3
     """Extra probes per round of members this node holds alive that a random member's table
     left out (that member holds them dead, suspect or not yet known): a node that missed a death
     while it went round checks for itself instead of waiting for its round-robin (N rounds)."""
-    """Extra pings per round to origins this node is behind on."""
+    heal_checks: int = 8
+    """The same probes per round while a partition heals (a dead member answered within
+    ``pull_rounds``), of members held alive that another claims failed
+    (:meth:`~treedrive.core.swimnews.MemberNews.checked_first`)."""
     dead_rounds: float = 10_000.0
     """Rounds a dead member stays in the table (re-probed) before it is dropped."""
     max_members: int = 16_384
