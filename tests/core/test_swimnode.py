@@ -112,7 +112,7 @@ async def test_a_malformed_swim_message_is_dropped_with_one_log_line(
         for _ in range(3):
             await s.node.handle_message(bad, "127.0.0.1:40000")
     await s.settle()
-    assert s.node.ctx.counters.dropped["swim"] == 3
+    assert s.node.ctx.counters.dropped["swim_malformed"] == 3
     assert s.net.sent == []
     assert "bob" not in peers(s)
     assert len([r for r in caplog.records if "malformed membership" in r.message]) == 1
@@ -344,14 +344,14 @@ async def test_an_incarnation_far_ahead_of_the_clock_is_dropped(s: Harness) -> N
     ever win over it again; the whole message is dropped instead, as malformed."""
     doom = News("bob", ("127.0.0.1", 7002), 2**53, Status.DEAD)
     await take(s, push("mallory", 7666, news=(doom,)))
-    assert s.node.ctx.counters.dropped["swim"] == 1
+    assert s.node.ctx.counters.dropped["swim_malformed"] == 1
     core = s.node.swim.swim
     assert core is not None
     assert "bob" not in core.members
     now = int(time.time())
     fine = News("carol", ("127.0.0.1", 7003), now + 5, Status.ALIVE)
     await take(s, push("mallory", 7666, news=(fine,)))
-    assert s.node.ctx.counters.dropped["swim"] == 1
+    assert s.node.ctx.counters.dropped["swim_malformed"] == 1
     assert "carol" in core.members
     assert swimwire.too_far_ahead(push("m", 1, news=(doom,)), now)
     assert not swimwire.too_far_ahead(push("m", 1, news=(fine,)), now)

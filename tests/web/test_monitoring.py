@@ -142,7 +142,7 @@ async def test_metrics_parse_and_count_a_fetch_and_a_push(
     assert value(b0, "treedrive_transfers_active", direction="in") == 0
     for reason in ("peer_other_key", "bytes", "p2p_connection_cap", "http_connection_cap"):
         assert value(b0, "treedrive_refusals_total", reason=reason) == 0
-    for reason in ("outbox_full", "invalid_message", "unexpected"):
+    for reason in ("outbox_full", "invalid_message", "unexpected", "swim_malformed"):
         assert value(b0, "treedrive_drops_total", reason=reason) == 0
 
     # bob fetches alice's file

@@ -245,7 +245,7 @@ class SwimNode:
             or isinstance(msg, Ack) != isinstance(message, GossipReply)
             or swimwire.too_far_ahead(msg, time.time())
         ):
-            ctx.counters.dropped["swim"] += 1
+            ctx.counters.dropped["swim_malformed"] += 1
             ctx.log_limited(
                 "swim-malformed", logging.WARNING, "malformed membership message from %s "
                 "(%r) dropped", source, message.peer_id[:64],

@@ -57,7 +57,13 @@ TRANSPORT_DROPS: Final = {
 }
 """The transport's tallies that are drops, by metric reason."""
 CORE_REFUSALS: Final = ("record", "bytes", "delete")
-CORE_DROPS: Final = ("unexpected", "storage")
+CORE_DROPS: Final = (
+    "unexpected",
+    "storage",
+    "swim_malformed",
+    "swim_claim_ahead",
+    "swim_claim_forged",
+)
 
 
 # -- health ----------------------------------------------------------------------------------
