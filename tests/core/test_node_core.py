@@ -7,7 +7,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -846,6 +847,46 @@ async def test_a_record_saying_this_node_owns_a_file_it_never_pushed_is_skipped(
     assert not h.node.store.blobs.has(forged.file_id)
     assert all(e.meta.file_owner != ME for e in h.node.files() if e.meta != mine)
     assert h.node.forged_claims == 3
+
+
+async def test_claims_of_this_nodes_files_are_judged_inside_their_own_transaction(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which files this node owns is read in the transaction that takes the claims, not in a
+    second session opened beside it (which saw only what was committed before)."""
+    src = h.tmp / "mine.txt"
+    src.write_bytes(b"really mine")
+    mine = await h.node.push(src)
+    store = h.node.store
+    writing, beside = [False], []
+    real_write, real_read = store.unit_of_work, store.reading
+
+    @contextmanager
+    def unit_of_work() -> Iterator[Any]:
+        writing[0] = True
+        try:
+            with real_write() as uow:
+                yield uow
+        finally:
+            writing[0] = False
+
+    @contextmanager
+    def reading() -> Iterator[Any]:
+        beside.append(writing[0])
+        with real_read() as uow:
+            yield uow
+
+    monkeypatch.setattr(store, "unit_of_work", unit_of_work)
+    monkeypatch.setattr(store, "reading", reading)
+    h.node.ctx.local_version += 1  # what it owns is read afresh
+    forged = file_of(b"never pushed here", owner=ME)
+    await h.node.handle_message(reply("mallory", 7666, forged, mine), "127.0.0.1:5000")
+    assert h.node.file(forged.file_id) is None
+    entry = h.node.file(mine.file_id)
+    assert entry is not None
+    assert entry.holders == ("mallory",)
+    assert True not in beside
+    assert h.node.forged_claims == 1
 
 
 async def test_a_peer_that_missed_this_nodes_delete_gets_it_again(h: Harness) -> None:

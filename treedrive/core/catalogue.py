@@ -51,17 +51,24 @@ class Catalogue:
         )
 
     # -- what this node owns ------------------------------------------------------------------
-    def own_files(self) -> frozenset[str]:
+    def own_files(self, uow: UnitOfWork | None = None) -> frozenset[str]:
         """The ids of the files this node owns and holds: those it pushed (only a push makes a
-        file owned by this node). Reused until they change."""
+        file owned by this node). Reused until they change; read in ``uow`` when given (a
+        transaction under way: not a second session beside it, and not kept, as it may yet
+        roll back)."""
         ctx = self.ctx
         now = time.monotonic()
-        own = self._own.get(ctx.local_version, now)
-        if own is None:
-            version = ctx.local_version
-            with ctx.store.reading() as uow:
-                metas = uow.files.local_metas()
-            own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
+        version = ctx.local_version
+        own = self._own.get(version, now)
+        if own is not None:
+            return own
+        if uow is not None:
+            metas = uow.files.local_metas()
+        else:
+            with ctx.store.reading() as reader:
+                metas = reader.files.local_metas()
+        own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
+        if uow is None:
             self._own.put(own, version, now)
         return own
 
@@ -132,7 +139,7 @@ class Catalogue:
         (to tell it)."""
         deleted = uow.tombstones.owners([m.file_id for m in metas])
         if any(m.file_owner == self.ctx.peer_id for m in metas):
-            metas = self._unforged(metas, self.own_files(), deleted, holder)
+            metas = self._unforged(metas, self.own_files(uow), deleted, holder)
         stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
         live = [m for m in metas if m.file_id not in deleted]
         judged = self.judge(uow, live, holder if owner_pinned else None)
