@@ -121,6 +121,7 @@ class Swim(MemberNews):
         suspect or dead at that incarnation or later, tell it (once a round)."""
         if msg.sender in self.members:
             self.heard[msg.sender] = now
+        self._claims.pop(msg.sender, None)  # a claim that it failed, checked: it did not
         self.catalogue.heard(msg.sender, msg.head, own=True)  # the gate let its name in
         out: list[Out] = []
         known = self.members.get(msg.sender)
@@ -212,6 +213,9 @@ class Swim(MemberNews):
                 del self._probes[seq]
                 if m.status == Status.ALIVE and m.since <= probe.sent:  # not revived meanwhile
                     self._set(Member(m.peer_id, m.address, m.incarnation, Status.SUSPECT, now))
+                    claim = self._claims.pop(m.peer_id, None)  # checked, and confirmed
+                    if claim is not None:
+                        self.learn(claim, now)
         for m in self._overdue_suspects(now):
             self._set(Member(m.peer_id, m.address, m.incarnation, Status.DEAD, now))
         for peer in self._forget_dead(now):

@@ -48,6 +48,9 @@ class MemberNews(MemberTable):
         self._now = now
         self._listed: dict[str, list[float]] = {}
         """When each host was last sent this node's member list."""
+        self._claims: dict[str, News] = {}
+        """Claims of failure put off until this node's own probe (:meth:`checked_first`): taken
+        if that probe fails too, dropped when the member is heard from."""
         self._recheck: dict[str, None] = {}
         """Members to probe first, a few a round (bounded by ``max_news``): held alive, but a
         random member's table left them out, or (while a partition heals) another claims they
@@ -73,8 +76,8 @@ class MemberNews(MemberTable):
         across a healed cut each side's view of the other (and of its own side, taken from the
         other) is stale, and taken at its word it went round again, so that nearly every member
         had to refute it and every node had to hear each refutation. A member that is really
-        down fails the probe and is suspected by this node itself; when the queue is full the
-        claim is taken as usual."""
+        down fails the probe, and then the claim is taken; when the queue is full it is taken
+        at once."""
         if not healing or news.status not in (Status.SUSPECT, Status.DEAD):
             return False
         known = self.members.get(news.peer_id)
@@ -84,6 +87,9 @@ class MemberNews(MemberTable):
             if len(self._recheck) >= self.config.max_news:
                 return False
             self._recheck[news.peer_id] = None
+        if news.peer_id not in self._claims and len(self._claims) >= self.config.max_news:
+            del self._claims[next(iter(self._claims))]
+        self._claims[news.peer_id] = news
         return True
 
     def _may_list(self, host: str) -> bool:
