@@ -249,11 +249,13 @@ class Swim(MemberNews):
         out: list[Out] = []
         busy = {target, *(p.target for p in self._probes.values())}
         cap = self.config.heal_checks if now < self._pull_until else self.config.recheck
-        while self._recheck and len(out) < cap:
-            peer = next(iter(self._recheck))
-            del self._recheck[peer]
-            if (peer in self._alive or peer in self._dead) and peer not in busy:
-                out.append(self._ping(peer, now))
+        for queue in (self._to_check, self._recheck):  # claims put off first
+            while queue and len(out) < cap:
+                peer = next(iter(queue))
+                del queue[peer]
+                if (peer in self._alive or peer in self._dead) and peer not in busy:
+                    busy.add(peer)
+                    out.append(self._ping(peer, now))
         return out
 
     def _looking(self, now: float) -> list[Out]:

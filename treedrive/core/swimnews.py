@@ -51,6 +51,8 @@ class MemberNews(MemberTable):
         self._claims: dict[str, News] = {}
         """Claims of failure put off until this node's own probe (:meth:`checked_first`): taken
         if that probe fails too, dropped when the member is heard from."""
+        self._to_check: dict[str, None] = {}
+        """The members of those claims, not probed yet (before ``_recheck``'s)."""
         self._recheck: dict[str, None] = {}
         """Members to probe first, a few a round (bounded by ``max_news``): held alive, but a
         random member's table left them out, or (while a partition heals) another claims they
@@ -83,10 +85,10 @@ class MemberNews(MemberTable):
         known = self.members.get(news.peer_id)
         if known is None or known.status != Status.ALIVE or news.incarnation > known.incarnation:
             return False
-        if news.peer_id not in self._recheck:
-            if len(self._recheck) >= self.config.max_news:
+        if news.peer_id not in self._to_check:
+            if len(self._to_check) >= self.config.max_news:
                 return False
-            self._recheck[news.peer_id] = None
+            self._to_check[news.peer_id] = None
         if news.peer_id not in self._claims and len(self._claims) >= self.config.max_news:
             del self._claims[next(iter(self._claims))]
         self._claims[news.peer_id] = news
