@@ -114,6 +114,8 @@ class Swim(MemberNews):
         self._revived: list[str] = []
         """Members that were dead here and answered lately: asked for their tables."""
         self._pull_until = 0.0
+        self._check_until = 0.0
+        """Until when claims of failure are checked first (a partition is healing)."""
         self._pulled = -1.0
 
     def _direct(self, msg: Message, now: float) -> list[Out]:
@@ -128,6 +130,7 @@ class Swim(MemberNews):
         if known is not None and known.status == Status.DEAD:  # there may be more behind it
             self._revived = [*self._revived[-7:], msg.sender]
             self._pull_until = now + self.config.pull_rounds
+            self._check_until = now + self.config.check_rounds
             if now - self._pulled >= 1.0:  # pull its table now (once a round at most)
                 self._pulled = now
                 out.append(self._ping(msg.sender, now, vouch=True, join=True))
@@ -248,7 +251,7 @@ class Swim(MemberNews):
         so this cannot undo a heal; one held dead since is probed too: it may be back)."""
         out: list[Out] = []
         busy = {target, *(p.target for p in self._probes.values())}
-        cap = self.config.heal_checks if now < self._pull_until else self.config.recheck
+        cap = self.config.heal_checks if now < self._check_until else self.config.recheck
         for queue in (self._to_check, self._recheck):  # claims put off first
             while queue and len(out) < cap:
                 peer = next(iter(queue))
@@ -300,7 +303,7 @@ class Swim(MemberNews):
         lost = sender is not None and sender.status != Status.ALIVE
         out = self._direct(msg, now)
         incarnation = self.incarnation
-        healing = now < self._pull_until
+        healing = now < self._check_until
         for news in msg.news:
             if lost and news.status != Status.ALIVE and news.peer_id != self.me:
                 continue  # a sender this node had lost: its failures are from the other side

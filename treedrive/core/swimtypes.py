@@ -141,8 +141,12 @@ class Config:
     while it went round checks for itself instead of waiting for its round-robin (N rounds)."""
     heal_checks: int = 8
     """The same probes per round while a partition heals (a dead member answered within
-    ``pull_rounds``), of members held alive that another claims failed
+    ``check_rounds``), of members held alive that another claims failed
     (:meth:`~treedrive.core.swimnews.MemberNews.checked_first`)."""
+    check_rounds: float = 3.0
+    """Rounds after a dead member answered during which such claims are checked first: the
+    stale claims of a healed cut go round in the first few; a crash meanwhile is found a round
+    or two later than by taking them."""
     dead_rounds: float = 10_000.0
     """Rounds a dead member stays in the table (re-probed) before it is dropped."""
     max_members: int = 16_384
