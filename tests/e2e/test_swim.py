@@ -117,9 +117,15 @@ def test_a_classic_peer_in_a_swim_network_works_both_ways(
     to_bob = bob.messages("GOSSIP") + bob.messages("GOSSIP_REPLY")
     assert to_bob
     assert not [m for m in to_bob if "swim" in (m.get("treedrive") or {})]
-    # the nodes' replies to bob list what they hold (the classic full list)
-    replies = bob.messages("GOSSIP_REPLY", peerId="C")
-    assert any(pushed in {r["file_id"] for r in m["files"]} for m in replies)
+    # the nodes' replies to bob list what they hold (the classic full list); a reply waits for
+    # its spacing and for bob's credit (the reply policy), so it may come a while later
+    wait_until(
+        lambda: any(
+            pushed in {r["file_id"] for r in m["files"]}
+            for m in bob.messages("GOSSIP_REPLY", peerId="C")
+        ),
+        timeout=20, what="C's GOSSIP_REPLY to bob lists its file",
+    )  # fmt: skip
 
 
 def test_a_node_without_swim_and_swim_nodes_work_both_ways(shells: Shells, tmp_path: Path) -> None:
