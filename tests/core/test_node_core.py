@@ -878,7 +878,6 @@ async def test_claims_of_this_nodes_files_are_judged_inside_their_own_transactio
 
     monkeypatch.setattr(store, "unit_of_work", unit_of_work)
     monkeypatch.setattr(store, "reading", reading)
-    h.node.ctx.local_version += 1  # what it owns is read afresh
     forged = file_of(b"never pushed here", owner=ME)
     await h.node.handle_message(reply("mallory", 7666, forged, mine), "127.0.0.1:5000")
     assert h.node.file(forged.file_id) is None

@@ -51,24 +51,17 @@ class Catalogue:
         )
 
     # -- what this node owns ------------------------------------------------------------------
-    def own_files(self, uow: UnitOfWork | None = None) -> frozenset[str]:
+    def own_files(self) -> frozenset[str]:
         """The ids of the files this node owns and holds: those it pushed (only a push makes a
-        file owned by this node). Reused until they change; read in ``uow`` when given (a
-        transaction under way: not a second session beside it, and not kept, as it may yet
-        roll back)."""
+        file owned by this node). Reused until they change."""
         ctx = self.ctx
         now = time.monotonic()
-        version = ctx.local_version
-        own = self._own.get(version, now)
-        if own is not None:
-            return own
-        if uow is not None:
-            metas = uow.files.local_metas()
-        else:
-            with ctx.store.reading() as reader:
-                metas = reader.files.local_metas()
-        own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
-        if uow is None:
+        own = self._own.get(ctx.local_version, now)
+        if own is None:
+            version = ctx.local_version
+            with ctx.store.reading() as uow:
+                metas = uow.files.local_metas()
+            own = frozenset(m.file_id for m in metas if m.file_owner == ctx.peer_id)
             self._own.put(own, version, now)
         return own
 
@@ -138,8 +131,12 @@ class Catalogue:
         Returns how they were judged, and (file id, owner) of the files their owners deleted
         (to tell it)."""
         deleted = uow.tombstones.owners([m.file_id for m in metas])
-        if any(m.file_owner == self.ctx.peer_id for m in metas):
-            metas = self._unforged(metas, self.own_files(uow), deleted, holder)
+        me = self.ctx.peer_id
+        if claimed := [m.file_id for m in metas if m.file_owner == me]:
+            # which of them this node holds and owns: those ids only, in this transaction
+            held = uow.files.known(claimed)
+            own = frozenset(f for f, e in held.items() if e.has_copy and e.meta.file_owner == me)
+            metas = self._unforged(metas, own, deleted, holder)
         stale = [(m.file_id, deleted[m.file_id]) for m in metas if m.file_id in deleted]
         live = [m for m in metas if m.file_id not in deleted]
         judged = self.judge(uow, live, holder if owner_pinned else None)
