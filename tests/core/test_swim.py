@@ -587,3 +587,26 @@ def test_a_table_lists_suspects_so_that_pullers_do_not_all_probe_them() -> None:
     a.receive(ack, float(t))
     assert a.members["p4"].status == Status.ALIVE
     assert "p4" not in a._recheck
+
+
+def test_claims_put_off_while_healing_are_bounded() -> None:
+    """A peer may send any number of failure claims while this node heals: at most ``max_news``
+    are put off (the rest are taken as SWIM's rules say), at most ``heal_checks`` probes go out
+    a round for them, and only to members' own addresses."""
+    cfg = Config(max_news=16, heal_checks=4)
+    a = Swim("a", addr(1), Catalogue("a"), random.Random(1), 0.0, config=cfg)
+    for i in range(2, 60):
+        a.learn(News(f"p{i}", addr(i), 0, Status.ALIVE), 0.0)
+    a.learn(News("p2", addr(2), 0, Status.DEAD), 0.0)
+    a.receive(Push(sender="p2", address=addr(2), incarnation=0, head=0), 1.0)  # healing now
+    claims = tuple(News(f"p{i}", ("203.0.113.9", 1), 0, Status.DEAD) for i in range(4, 60))
+    for k in range(0, len(claims), 16):
+        a.receive(Push(sender="p3", address=addr(3), incarnation=0, head=0,
+                       news=claims[k : k + 16]), 1.0)  # fmt: skip
+    assert len(a._claims) == len(a._to_check) == 16
+    assert sum(a.members[f"p{i}"].status == Status.DEAD for i in range(4, 60)) == 56 - 16
+    out = a.tick(1.0)  # one round
+    put_off = {a.members[peer].address for peer in a._claims}
+    checks = [to for to, m in out if isinstance(m, Ping) and to in put_off]
+    assert 4 <= len(checks) <= 4 + 1  # the heal checks, and the round-robin probe may be one
+    assert put_off <= {addr(i) for i in range(4, 60)}  # their own addresses, not the claims'
